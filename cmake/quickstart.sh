@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# The README's two Quickstart commands:
+#   cmake/quickstart.sh demo [ARGS...]   set up, build, run the BTX pipeline demo
+#   cmake/quickstart.sh test             set up, build, run the whole test suite
+# Set-up is idempotent and quick when nothing is missing: Debian -dev packages via
+# apt-get, a venv in .venv with torch==2.13.0 (LibTorch comes from that wheel unless
+# CMAKE_PREFIX_PATH or Torch_DIR already names one), transformers for the interop tests.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+mode=${1:-}
+[ $# -gt 0 ] && shift
+case "$mode" in demo|test|build) ;; *)
+  echo "usage: cmake/quickstart.sh demo|test|build [args...]" >&2; exit 2 ;;
+esac
+say() { printf '[btx] %s\n' "$*" >&2; }
+
+# ---- Debian packages (we are root on this kind of machine; sudo where we are not)
+debs=(cmake ninja-build g++ ccache doctest-dev nlohmann-json3-dev librange-v3-dev
+      libbenchmark-dev gnuplot-nox clang-format python3-venv)
+missing=()
+for p in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  say "installing Debian packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# ---- Python venv: torch first (the local CPU wheel), or pip would pull a CUDA build.
+venv="$root/.venv"
+py="$venv/bin/python"
+if [ ! -x "$py" ]; then
+  say "creating $venv"
+  python3 -m venv "$venv"
+fi
+if ! "$py" -c 'import torch' 2>/dev/null; then
+  say "installing torch==2.13.0 into the venv"
+  "$py" -m pip install -q torch==2.13.0
+fi
+if [ "$mode" = test ] && ! "$py" -c 'import transformers, safetensors' 2>/dev/null; then
+  say "installing transformers + safetensors (independent reference for interop tests)"
+  "$py" -m pip install -q transformers safetensors
+fi
+
+# ---- Configure once, build incrementally. A user's LibTorch (CMAKE_PREFIX_PATH or
+# Torch_DIR) comes first; the wheel's prefix is only a fallback after it.
+torch_prefix=$("$py" -c 'import torch; print(torch.utils.cmake_prefix_path)')
+build="$root/build"
+if [ ! -f "$build/CMakeCache.txt" ]; then
+  say "configuring $build"
+  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    "-DCMAKE_PREFIX_PATH=${CMAKE_PREFIX_PATH:+$CMAKE_PREFIX_PATH;}$torch_prefix" \
+    ${Torch_DIR:+"-DTorch_DIR=$Torch_DIR"} -DBTX_PYTHON="$py" >/dev/null
+fi
+jobs=$(nproc)
+say "building ($jobs jobs)"
+cmake --build "$build" -j "$jobs"
+
+case "$mode" in
+  build) ;;
+  demo)
+    exe="$build/bin/btx-pipeline"
+    [ -x "$exe" ] || exe="$build/bin/btx-train-tiny-llama"
+    say "running $exe $*"
+    exec "$exe" "$@" ;;
+  test)
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+    exec ctest --test-dir "$build" --output-on-failure -j "$jobs" ;;
+esac

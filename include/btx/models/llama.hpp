@@ -1,0 +1,189 @@
+// SPDX-License-Identifier: MIT
+// The reference Llama decoder (HF LlamaForCausalLM's architecture and parameter names).
+// Each layer's feed-forward block sits in a replaceable slot (`mlp`, a torch AnyModule),
+// so MoE layers can take its place: built in by a FeedForwardFactory, or swapped later
+// by btx's model surgery.
+//
+// Parameter names (equal to HF's state-dict keys):
+//   model.embed_tokens.weight, model.layers.{i}.{input_layernorm,post_attention_layernorm}.weight,
+//   model.layers.{i}.self_attn.{q,k,v,o}_proj.weight, model.layers.{i}.mlp.*,
+//   model.norm.weight, lm_head.weight (absent when tie_word_embeddings).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <functional>
+#include <string>
+
+#include <btx/models/llama_config.hpp>
+#include <btx/models/llama_layers.hpp>
+#include <btx/models/rotary.hpp>
+#include <btx/version.hpp>
+
+namespace btx {
+BTX_NAMESPACE_BEGIN
+
+// Builds the feed-forward module of layer `layer`; it must map [..., H] -> [..., H].
+using FeedForwardFactory = std::function<torch::nn::AnyModule(const LlamaConfig&, int64_t layer)>;
+
+inline torch::nn::AnyModule dense_feed_forward(const LlamaConfig& config, int64_t /*layer*/) {
+  return torch::nn::AnyModule(LlamaMLP(config.hidden_size, config.intermediate_size));
+}
+
+// --------------------------------------------------------------- decoder layer
+class LlamaDecoderLayerImpl : public torch::nn::Cloneable<LlamaDecoderLayerImpl> {
+ public:
+  LlamaDecoderLayerImpl(const LlamaConfig& config, int64_t layer, FeedForwardFactory ffn)
+      : config_(config), layer_(layer), ffn_factory_(std::move(ffn)) {
+    reset();
+  }
+  void reset() override {
+    input_layernorm =
+        register_module("input_layernorm", RMSNorm(config_.hidden_size, config_.rms_norm_eps));
+    self_attn = register_module("self_attn", LlamaAttention(config_));
+    post_attention_layernorm = register_module("post_attention_layernorm",
+                                               RMSNorm(config_.hidden_size, config_.rms_norm_eps));
+    mlp = ffn_factory_ ? ffn_factory_(config_, layer_) : dense_feed_forward(config_, layer_);
+    register_module("mlp", mlp.ptr());
+  }
+
+  // Swaps the feed-forward block, keeping the parameter prefix `mlp.`.
+  void set_mlp(torch::nn::AnyModule module) {
+    replace_module("mlp", module.ptr());
+    mlp = std::move(module);
+  }
+
+  // x_BTD [B, T, H]. `mlp_input`, when given, receives the FFN's input (the normed
+  // hidden state), which router initialisation from hidden states needs.
+  torch::Tensor forward(const torch::Tensor& x_BTD, const RotaryTables& rope,
+                        torch::Tensor* cache_k = nullptr, torch::Tensor* cache_v = nullptr,
+                        torch::Tensor* mlp_input = nullptr) {
+    auto h = x_BTD + self_attn->forward(input_layernorm(x_BTD), rope, cache_k, cache_v);
+    auto normed = post_attention_layernorm(h);
+    if (mlp_input != nullptr) *mlp_input = normed.detach();
+    return h + mlp.forward<torch::Tensor>(normed);
+  }
+
+  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+  LlamaAttention self_attn{nullptr};
+  torch::nn::AnyModule mlp;
+
+ private:
+  LlamaConfig config_;
+  int64_t layer_;
+  FeedForwardFactory ffn_factory_;
+};
+TORCH_MODULE(LlamaDecoderLayer);
+
+// ------------------------------------------------------------------ the trunk
+class LlamaModelImpl : public torch::nn::Cloneable<LlamaModelImpl> {
+ public:
+  LlamaModelImpl(const LlamaConfig& config, FeedForwardFactory ffn)
+      : config_(config), ffn_factory_(std::move(ffn)) {
+    config_.validate();
+    reset();
+  }
+  void reset() override {
+    embed_tokens = register_module("embed_tokens",
+                                   torch::nn::Embedding(config_.vocab_size, config_.hidden_size));
+    layers = register_module("layers", torch::nn::ModuleList());
+    for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+      layers->push_back(LlamaDecoderLayer(config_, i, ffn_factory_));
+    }
+    norm = register_module("norm", RMSNorm(config_.hidden_size, config_.rms_norm_eps));
+  }
+
+  // ids_BT [B, T] int64 -> final normed hidden states [B, T, H].
+  torch::Tensor forward(const torch::Tensor& ids_BT, KVCache* cache = nullptr,
+                        std::vector<torch::Tensor>* mlp_inputs = nullptr) {
+    TORCH_CHECK(ids_BT.dim() == 2, "btx::Llama expects token ids [batch, time], got ",
+                ids_BT.sizes());
+    const int64_t offset = cache != nullptr ? cache->length() : 0;
+    const int64_t T = ids_BT.size(1);
+    TORCH_CHECK(offset + T <= config_.max_position_embeddings, "sequence of ", offset + T,
+                " tokens exceeds max_position_embeddings=", config_.max_position_embeddings);
+    if (cache != nullptr && cache->keys.size() != layers->size()) *cache = KVCache(layers->size());
+    auto h = embed_tokens(ids_BT);
+    auto rope = rotary_tables(config_.resolved_head_dim(), config_.rope_theta, offset, T,
+                              h.device(), h.scalar_type());
+    if (mlp_inputs != nullptr) mlp_inputs->assign(layers->size(), torch::Tensor());
+    for (size_t i = 0; i < layers->size(); ++i) {
+      h = layers->ptr<LlamaDecoderLayerImpl>(i)->forward(
+          h, rope, cache != nullptr ? &cache->keys[i] : nullptr,
+          cache != nullptr ? &cache->values[i] : nullptr,
+          mlp_inputs != nullptr ? &(*mlp_inputs)[i] : nullptr);
+    }
+    return norm(h);
+  }
+
+  [[nodiscard]] LlamaDecoderLayerImpl& layer(size_t i) {
+    return *layers->ptr<LlamaDecoderLayerImpl>(i);
+  }
+
+  torch::nn::Embedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  RMSNorm norm{nullptr};
+
+ private:
+  LlamaConfig config_;
+  FeedForwardFactory ffn_factory_;
+};
+TORCH_MODULE(LlamaModel);
+
+// --------------------------------------------------------- the causal LM head
+class LlamaForCausalLMImpl : public torch::nn::Cloneable<LlamaForCausalLMImpl> {
+ public:
+  explicit LlamaForCausalLMImpl(const LlamaConfig& config, FeedForwardFactory ffn = {})
+      : config_(config), ffn_factory_(std::move(ffn)) {
+    config_.validate();
+    reset();
+  }
+  void reset() override {
+    model = register_module("model", LlamaModel(config_, ffn_factory_));
+    if (!config_.tie_word_embeddings) {
+      lm_head = register_module("lm_head", make_linear(config_.hidden_size, config_.vocab_size));
+    } else {
+      lm_head = nullptr;
+    }
+    init_weights();
+  }
+
+  // HF's _init_weights: normal(0, initializer_range) for every matrix, ones for norms.
+  void init_weights() {
+    torch::NoGradGuard no_grad;
+    for (auto& p : named_parameters()) {
+      if (p.value().dim() >= 2) p.value().normal_(0.0, config_.initializer_range);
+    }
+  }
+
+  // ids_BT [B, T] -> logits [B, T, V].
+  torch::Tensor forward(const torch::Tensor& ids_BT, KVCache* cache = nullptr) {
+    return logits(model->forward(ids_BT, cache));
+  }
+  torch::Tensor logits(const torch::Tensor& hidden_BTD) {
+    return config_.tie_word_embeddings
+               ? torch::nn::functional::linear(hidden_BTD, model->embed_tokens->weight)
+               : lm_head(hidden_BTD);
+  }
+
+  [[nodiscard]] const LlamaConfig& config() const { return config_; }
+  [[nodiscard]] const FeedForwardFactory& feed_forward_factory() const { return ffn_factory_; }
+
+  LlamaModel model{nullptr};
+  torch::nn::Linear lm_head{nullptr};
+
+ private:
+  LlamaConfig config_;
+  FeedForwardFactory ffn_factory_;
+};
+TORCH_MODULE(LlamaForCausalLM);
+
+// Mean next-token cross-entropy: logits_BTV predicts targets_BT (already shifted).
+inline torch::Tensor next_token_loss(const torch::Tensor& logits_BTV,
+                                     const torch::Tensor& targets_BT) {
+  return torch::nn::functional::cross_entropy(
+      logits_BTV.reshape({-1, logits_BTV.size(-1)}).to(torch::kFloat32), targets_BT.reshape({-1}));
+}
+
+BTX_NAMESPACE_END
+}  // namespace btx

@@ -1,0 +1,19 @@
+// SPDX-License-Identifier: MIT
+// A user's program: includes btx, builds a tiny Llama and runs it.
+#include <btx/btx.hpp>
+
+#include <iostream>
+
+int main() {
+  btx::LlamaConfig config;
+  config.vocab_size = 32;
+  config.hidden_size = 16;
+  config.intermediate_size = 32;
+  config.num_attention_heads = 2;
+  config.num_key_value_heads = 1;
+  btx::LlamaForCausalLM model(config);
+  auto logits = model->forward(torch::randint(0, 32, {1, 5}));
+  if (logits.sizes() != torch::IntArrayRef({1, 5, 32})) return 1;
+  std::cout << "btx consumer ok " << BTX_VERSION_STRING << "\n";
+  return 0;
+}
