@@ -1,0 +1,121 @@
+// SPDX-License-Identifier: MIT
+// Embarrassingly parallel experts as real OS processes: spawn one child per expert with
+// its own log file, wait for all, and report each one's fate. A child that crashes or is
+// killed costs only its own work; the others run to completion.
+#pragma once
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <btx/version.hpp>
+
+extern char** environ;
+
+namespace btx {
+BTX_NAMESPACE_BEGIN
+
+struct ProcessOutcome {
+  std::string name;
+  pid_t pid = -1;
+  int exit_code = -1;  // valid when !signaled
+  int signal = 0;      // the terminating signal when signaled
+  bool signaled = false;
+  [[nodiscard]] bool ok() const { return !signaled && exit_code == 0; }
+  [[nodiscard]] std::string describe() const {
+    if (signaled)
+      return name + " was killed by signal " + std::to_string(signal) + " (" + ::strsignal(signal) +
+             ")";
+    return name + " exited with code " + std::to_string(exit_code);
+  }
+};
+
+class ProcessGroup {
+ public:
+  ProcessGroup() = default;
+  ProcessGroup(const ProcessGroup&) = delete;
+  ProcessGroup& operator=(const ProcessGroup&) = delete;
+  ~ProcessGroup() {
+    for (auto& c : children_) {  // never leave orphans behind on an exception
+      if (!c.reaped) {
+        ::kill(c.outcome.pid, SIGTERM);
+        ::waitpid(c.outcome.pid, nullptr, 0);
+      }
+    }
+  }
+
+  // Starts argv[0] with argv; stdout and stderr go to log_path (appended).
+  pid_t spawn(const std::string& name, const std::vector<std::string>& argv,
+              const std::string& log_path, const std::vector<std::string>& extra_env = {}) {
+    if (argv.empty()) throw std::invalid_argument("ProcessGroup::spawn: empty argv for " + name);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log_path.c_str(),
+                                     O_WRONLY | O_CREAT | O_APPEND, 0644);
+    posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    std::vector<std::string> env_store;
+    for (char** e = environ; *e != nullptr; ++e) env_store.emplace_back(*e);
+    env_store.insert(env_store.end(), extra_env.begin(), extra_env.end());
+    std::vector<char*> env;
+    for (auto& e : env_store) env.push_back(e.data());
+    env.push_back(nullptr);
+    pid_t pid = -1;
+    const int rc = ::posix_spawn(&pid, args[0], &actions, nullptr, args.data(), env.data());
+    posix_spawn_file_actions_destroy(&actions);
+    if (rc != 0) {
+      throw std::runtime_error("cannot start " + name + " (" + argv[0] + "): " + std::strerror(rc));
+    }
+    children_.push_back({{name, pid}, false});
+    return pid;
+  }
+
+  // Waits for every child; the outcomes come back in spawn order.
+  std::vector<ProcessOutcome> wait_all() {
+    std::vector<ProcessOutcome> out;
+    for (auto& c : children_) {
+      if (!c.reaped) {
+        int status = 0;
+        while (::waitpid(c.outcome.pid, &status, 0) < 0 && errno == EINTR) {
+        }
+        c.reaped = true;
+        if (WIFSIGNALED(status)) {
+          c.outcome.signaled = true;
+          c.outcome.signal = WTERMSIG(status);
+        } else {
+          c.outcome.exit_code = WEXITSTATUS(status);
+        }
+      }
+      out.push_back(c.outcome);
+    }
+    return out;
+  }
+
+ private:
+  struct Child {
+    ProcessOutcome outcome;
+    bool reaped = false;
+  };
+  std::vector<Child> children_;
+};
+
+// The running executable, for re-launching this program as a worker.
+inline std::string self_executable() {
+  char buf[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) throw std::runtime_error("cannot resolve /proc/self/exe");
+  return std::string(buf, size_t(n));
+}
+
+BTX_NAMESPACE_END
+}  // namespace btx
