@@ -72,9 +72,11 @@ int main() {
     loss_value = loss.item<double>();
     if (step == 0) first = loss_value;
     if (step % 100 == 0) {
-      std::cout << "step " << step << "  loss " << loss_value << "  tokens per expert "
-                << moe->last_stats().tokens_per_expert
-                << "  (pairs not picked: " << moe->last_stats().dropped << ")\n";
+      const auto& stats = moe->last_stats();
+      std::cout << "step " << step << "  loss " << loss_value << "  tokens per expert";
+      for (int64_t e = 0; e < E; ++e)
+        std::cout << ' ' << stats.tokens_per_expert[e].item<int64_t>();
+      std::cout << "  (pairs not picked: " << stats.dropped << ")\n";
     }
   }
   std::cout << (loss_value < 0.5 * first ? "learned: loss fell by more than half\n"
