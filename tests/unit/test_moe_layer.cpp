@@ -209,6 +209,16 @@ TEST_CASE("moe: forward keeps [B, T, H], records statistics and flows gradients"
                                        "experts.down_proj"});
 }
 
+TEST_CASE("moe: an empty batch gives an empty output for every router") {
+  torch::manual_seed(8);
+  btx::LlamaMLP dense(H, I);
+  auto x = torch::randn({0, 3, H});
+  CHECK(run_identical(std::make_shared<btx::TopK>(H, E, 2), dense, x).sizes() == x.sizes());
+  CHECK(run_identical(std::make_shared<btx::Switch>(H, E), dense, x).sizes() == x.sizes());
+  CHECK(run_identical(std::make_shared<btx::SampleTop1>(H, E), dense, x).sizes() == x.sizes());
+  CHECK(run_identical(std::make_shared<btx::Soft>(H, E), dense, x).sizes() == x.sizes());
+}
+
 TEST_CASE("moe: clone is a deep copy with equal outputs") {
   torch::manual_seed(7);
   torch::nn::AnyModule block(torch::nn::Linear(H, H));
