@@ -53,6 +53,16 @@ TEST_CASE("moe llama: every router name builds and trains one step; clone is dee
   }
 }
 
+TEST_CASE("moe llama: sample top-1 can route the first layer softly, as in the BTX paper") {
+  btx::LlamaForCausalLM model(
+      tiny_config(),
+      btx::moe_feed_forward({.router = "sample_top1", .seed = 3, .soft_first_layer = true}));
+  using SoftLayer = btx::MoEImpl<btx::Soft, btx::PackedSwiGLU>;
+  using SampleLayer = btx::MoEImpl<btx::SampleTop1, btx::PackedSwiGLU>;
+  CHECK(dynamic_cast<SoftLayer*>(model->model->layer(0).mlp.ptr().get()) != nullptr);
+  CHECK(dynamic_cast<SampleLayer*>(model->model->layer(1).mlp.ptr().get()) != nullptr);
+}
+
 TEST_CASE("moe llama: unknown router names and bad options are rejected up front") {
   auto msg = [](btx::MoEOptions o) {
     try {

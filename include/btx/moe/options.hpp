@@ -34,6 +34,7 @@ struct MoEOptions {
   double z_loss_coef = 0.0;              // router z-loss coefficient; 0 disables it
   TemperatureSchedule temperature = {};  // Sample Top-1: init 1, floor 0.5, rate 1e-4
   uint64_t seed = 0;                     // Sample Top-1 noise; layer l uses seed + l
+  bool soft_first_layer = false;         // Sample Top-1 only: layer 0 routes softly (BTX paper)
   int64_t hidden_size = 0;               // H, needed only when upcycling modules of unknown width
 
   [[nodiscard]] AuxLossOptions aux() const {
@@ -58,10 +59,11 @@ inline int64_t parse_top_k(const std::string& name, int64_t k) {
   return 0;
 }
 
-// Builds the router `options.router` names for hidden size H and calls
+// Builds the router `options.router` names for MoE layer `layer` (counted from 0) of
+// hidden size H and calls
 // fn(std::shared_ptr<RouterType>); returns what fn returns (every branch must agree).
 template <class Fn>
-auto with_router(const MoEOptions& options, int64_t hidden_size, uint64_t seed_offset, Fn&& fn) {
+auto with_router(const MoEOptions& options, int64_t hidden_size, uint64_t layer, Fn&& fn) {
   const int64_t E = options.num_experts;
   if (E <= 0) {
     throw std::invalid_argument("btx: MoEOptions.num_experts must be >= 1, got " +
@@ -80,8 +82,9 @@ auto with_router(const MoEOptions& options, int64_t hidden_size, uint64_t seed_o
     return fn(std::make_shared<Switch>(hidden_size, E, options.capacity_factor));
   }
   if (name == "sample_top1") {
-    return fn(std::make_shared<SampleTop1>(hidden_size, E, options.temperature,
-                                           options.seed + seed_offset));
+    if (options.soft_first_layer && layer == 0) return fn(std::make_shared<Soft>(hidden_size, E));
+    return fn(
+        std::make_shared<SampleTop1>(hidden_size, E, options.temperature, options.seed + layer));
   }
   if (name == "soft") return fn(std::make_shared<Soft>(hidden_size, E));
   throw std::invalid_argument("btx: unknown router '" + name +
