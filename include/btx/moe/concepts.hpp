@@ -1,0 +1,78 @@
+// SPDX-License-Identifier: MIT
+// The two policies an MoE layer is made of, as concepts built from small named
+// requirements: a custom router or expert container that lacks one fails to compile with
+// a note naming the requirement (e.g. `btx::has_route<MyRouter>` evaluated to false).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <concepts>
+#include <cstdint>
+#include <vector>
+
+#include <btx/moe/routing.hpp>
+#include <btx/version.hpp>
+
+namespace btx {
+BTX_NAMESPACE_BEGIN
+
+// A LibTorch module (so its parameters are registered and named inside the MoE layer).
+template <class M>
+concept is_torch_module = std::derived_from<M, torch::nn::Module>;
+
+// `num_experts()` -> E.
+template <class M>
+concept has_num_experts = requires(const M& m) {
+  { m.num_experts() } -> std::convertible_to<int64_t>;
+};
+
+// `hidden_size()` -> H, checked against the other policy when the layer is built.
+template <class M>
+concept has_hidden_size = requires(const M& m) {
+  { m.hidden_size() } -> std::convertible_to<int64_t>;
+};
+
+// `route(x_TD)` exists ...
+template <class R>
+concept has_route = requires(R& r, const torch::Tensor& x_TD) {
+  r.route(x_TD);
+};
+
+// ... and returns a btx::RoutingResult.
+template <class R>
+concept routes_to_result = requires(R& r, const torch::Tensor& x_TD) {
+  { r.route(x_TD) } -> std::same_as<RoutingResult>;
+};
+
+// Maps hidden states x[T, H] to expert indices [T, k], combine weights [T, k], the full
+// logits/probabilities [T, E] and (capacity routers) the dropped assignments.
+template <class R>
+concept Router = is_torch_module<R> && has_num_experts<R> && has_hidden_size<R> && has_route<R> &&
+    routes_to_result<R>;
+
+// `run_expert(e, x_NH)` runs expert e on a contiguous block of N tokens -> [N, H].
+template <class X>
+concept runs_expert_block = requires(X& x, int64_t e, const torch::Tensor& x_NH) {
+  { x.run_expert(e, x_NH) } -> std::same_as<torch::Tensor>;
+};
+
+// `parameters()` -> the experts' tensors (every LibTorch module has it).
+template <class X>
+concept has_parameters = requires(const X& x) {
+  { x.parameters() } -> std::convertible_to<std::vector<torch::Tensor>>;
+};
+
+// Optional fast path: `run_sorted(x_NH, counts)` runs every expert on its block of the
+// tokens sorted by expert (counts[e] rows each, in expert order) in one call.
+template <class X>
+concept runs_sorted_blocks = requires(X& x, const torch::Tensor& x_NH,
+                                      const std::vector<int64_t>& counts) {
+  { x.run_sorted(x_NH, counts) } -> std::same_as<torch::Tensor>;
+};
+
+template <class X>
+concept ExpertContainer = is_torch_module<X> && has_num_experts<X> && has_hidden_size<X> &&
+    runs_expert_block<X> && has_parameters<X>;
+
+BTX_NAMESPACE_END
+}  // namespace btx

@@ -1,0 +1,159 @@
+// SPDX-License-Identifier: MIT
+// btx::MoE<Router, Experts>: a Mixture-of-Experts feed-forward layer made of a router
+// policy (child "gate") and an expert container (child "experts"). It maps [..., H] to
+// [..., H], so it drops into a Llama layer's `mlp` slot; it records its auxiliary loss
+// and routing statistics on every call. MoELayerBase lets code find MoE layers in any
+// model without knowing their template arguments (btx::collect_aux_loss, moe_layers).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <btx/moe/aux_loss.hpp>
+#include <btx/moe/concepts.hpp>
+#include <btx/moe/dispatch.hpp>
+#include <btx/moe/routing.hpp>
+#include <btx/version.hpp>
+
+namespace btx {
+BTX_NAMESPACE_BEGIN
+
+class MoELayerBase {
+ public:
+  virtual ~MoELayerBase() = default;
+  // The last forward's aux loss (alpha * L_LB + z_coef * L_z); undefined when disabled.
+  [[nodiscard]] virtual torch::Tensor aux_loss() const = 0;
+  [[nodiscard]] virtual const RoutingStats& last_stats() const = 0;
+  [[nodiscard]] virtual int64_t num_experts() const = 0;
+  [[nodiscard]] virtual const AuxLossOptions& aux_options() const = 0;
+  virtual void set_aux_options(const AuxLossOptions& options) = 0;
+
+ protected:
+  MoELayerBase() = default;
+  MoELayerBase(const MoELayerBase&) = default;
+  MoELayerBase(MoELayerBase&&) = default;
+  MoELayerBase& operator=(const MoELayerBase&) = default;
+  MoELayerBase& operator=(MoELayerBase&&) = default;
+};
+
+template <Router R, ExpertContainer X>
+class MoEImpl : public torch::nn::Cloneable<MoEImpl<R, X>>, public MoELayerBase {
+ public:
+  MoEImpl(std::shared_ptr<R> gate, std::shared_ptr<X> experts, AuxLossOptions aux = {})
+      : gate_(std::move(gate)), experts_(std::move(experts)), aux_(aux) {
+    if (!gate_ || !experts_) {
+      throw std::invalid_argument("btx::MoE: router and experts must be non-null");
+    }
+    if (gate_->num_experts() != experts_->num_experts()) {
+      throw std::invalid_argument(
+          "btx::MoE: router has num_experts=" + std::to_string(gate_->num_experts()) +
+          " but the expert container has " + std::to_string(experts_->num_experts()));
+    }
+    if (gate_->hidden_size() != experts_->hidden_size()) {
+      throw std::invalid_argument(
+          "btx::MoE: router hidden_size=" + std::to_string(gate_->hidden_size()) +
+          " differs from the experts' hidden_size=" + std::to_string(experts_->hidden_size()));
+    }
+    register_children();
+  }
+
+  // Runs on the copy inside clone(): the copy gets its own router and experts.
+  void reset() override {
+    gate_ = std::dynamic_pointer_cast<R>(gate_->clone());
+    experts_ = std::dynamic_pointer_cast<X>(experts_->clone());
+    register_children();
+  }
+
+  // x [..., H] -> [..., H].
+  torch::Tensor forward(const torch::Tensor& x) {
+    const int64_t H = gate_->hidden_size();
+    if (x.dim() < 1 || x.size(-1) != H) {
+      throw std::invalid_argument("btx::MoE: input " + c10::str(x.sizes()) +
+                                  " does not end in hidden_size=" + std::to_string(H));
+    }
+    auto x_TD = x.reshape({-1, H});
+    RoutingResult r = gate_->route(x_TD);
+    DispatchOutput d = dispatch_combine(x_TD, r, *experts_);
+
+    stats_.tokens_per_expert = torch::tensor(d.tokens_per_expert, torch::kLong);
+    stats_.dropped = d.dropped;
+    stats_.tokens = x_TD.size(0);
+    {
+      torch::NoGradGuard no_grad;
+      stats_.entropy =
+          x_TD.size(0) == 0
+              ? 0.0
+              : -(r.probs_TE * torch::log_softmax(r.logits_TE, 1)).sum(1).mean().item<double>();
+    }
+    aux_loss_ = aux_.enabled() && x_TD.size(0) > 0 ? btx::aux_loss(r, aux_) : torch::Tensor();
+    return d.y_TD.view(x.sizes());
+  }
+
+  [[nodiscard]] torch::Tensor aux_loss() const override { return aux_loss_; }
+  [[nodiscard]] const RoutingStats& last_stats() const override { return stats_; }
+  [[nodiscard]] int64_t num_experts() const override { return gate_->num_experts(); }
+  [[nodiscard]] int64_t hidden_size() const { return gate_->hidden_size(); }
+  [[nodiscard]] const AuxLossOptions& aux_options() const override { return aux_; }
+  void set_aux_options(const AuxLossOptions& options) override { aux_ = options; }
+
+  [[nodiscard]] R& gate() { return *gate_; }
+  [[nodiscard]] X& experts() { return *experts_; }
+  [[nodiscard]] std::shared_ptr<R> gate_ptr() const { return gate_; }
+  [[nodiscard]] std::shared_ptr<X> experts_ptr() const { return experts_; }
+
+ private:
+  void register_children() {
+    this->register_module("gate", gate_);
+    this->register_module("experts", experts_);
+  }
+
+  std::shared_ptr<R> gate_;
+  std::shared_ptr<X> experts_;
+  AuxLossOptions aux_;
+  RoutingStats stats_;
+  torch::Tensor aux_loss_;
+};
+
+// The module holder (TORCH_MODULE cannot take a template).
+template <Router R, ExpertContainer X>
+class MoE : public torch::nn::ModuleHolder<MoEImpl<R, X>> {
+ public:
+  using torch::nn::ModuleHolder<MoEImpl<R, X>>::ModuleHolder;
+  using Impl = MoEImpl<R, X>;
+};
+
+// Sum of every MoE layer's last aux loss in `model` (itself included); a zero scalar when
+// there is none, so `loss + btx::collect_aux_loss(*model)` always works.
+inline torch::Tensor collect_aux_loss(torch::nn::Module& model) {
+  torch::Tensor total;
+  auto add = [&](torch::nn::Module& m) {
+    if (auto* layer = dynamic_cast<MoELayerBase*>(&m)) {
+      auto l = layer->aux_loss();
+      if (l.defined()) total = total.defined() ? total + l : l;
+    }
+  };
+  add(model);
+  for (auto& m : model.modules(/*include_self=*/false)) add(*m);
+  return total.defined() ? total : torch::zeros({});
+}
+
+// Every MoE layer in `model` with its qualified name (e.g. "model.layers.0.mlp").
+inline std::vector<std::pair<std::string, MoELayerBase*>> moe_layers(torch::nn::Module& model) {
+  std::vector<std::pair<std::string, MoELayerBase*>> out;
+  if (auto* self = dynamic_cast<MoELayerBase*>(&model)) out.emplace_back("", self);
+  for (auto& item : model.named_modules("", /*include_self=*/false)) {
+    if (auto* layer = dynamic_cast<MoELayerBase*>(item.value().get())) {
+      out.emplace_back(item.key(), layer);
+    }
+  }
+  return out;
+}
+
+BTX_NAMESPACE_END
+}  // namespace btx

@@ -1,0 +1,93 @@
+// SPDX-License-Identifier: MIT
+// Sample Top-1 router (BTX paper): in training, Gumbel-softmax sampling at an annealed
+// temperature with a straight-through top-1 forward; at inference, plain argmax. The
+// Gumbel noise comes from the router's own seeded generator, so runs reproduce.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include <btx/moe/routing.hpp>
+#include <btx/version.hpp>
+
+namespace btx {
+BTX_NAMESPACE_BEGIN
+
+// tau(step) = max(floor, init * exp(-rate * step)); step counts training forwards.
+struct TemperatureSchedule {
+  double init = 1.0;
+  double floor = 0.5;
+  double rate = 1e-4;
+  [[nodiscard]] double at(int64_t step) const {
+    return std::max(floor, init * std::exp(-rate * static_cast<double>(step)));
+  }
+};
+
+class SampleTop1 : public torch::nn::Cloneable<SampleTop1> {
+ public:
+  SampleTop1(int64_t hidden_size, int64_t num_experts, TemperatureSchedule schedule = {},
+             uint64_t seed = 0)
+      : hidden_(hidden_size), experts_(num_experts), schedule_(schedule), seed_(seed) {
+    if (!(schedule.floor > 0.0) || !(schedule.init > 0.0) || schedule.rate < 0.0) {
+      throw std::invalid_argument(
+          "btx::SampleTop1: temperature schedule needs init > 0, floor > 0 and rate >= 0");
+    }
+    reset();
+  }
+  // A clone restarts its own noise stream from the seed (it never shares the original's).
+  void reset() override {
+    weight = detail::make_router_weight(*this, experts_, hidden_, "SampleTop1");
+    reseed(seed_);
+  }
+  void reseed(uint64_t seed) {
+    seed_ = seed;
+    generator_ = at::make_generator<at::CPUGeneratorImpl>(seed);
+  }
+
+  RoutingResult route(const torch::Tensor& x_TD) {
+    RoutingResult r;
+    r.logits_TE = detail::router_logits(x_TD, weight, "btx::SampleTop1::route");
+    r.probs_TE = torch::softmax(r.logits_TE, 1);
+    if (!is_training()) {
+      r.indices_TK = r.logits_TE.argmax(1, /*keepdim=*/true);
+      r.weights_TK = torch::ones(r.indices_TK.sizes(), r.logits_TE.options());
+      return r;
+    }
+    const double tau = temperature();
+    ++step_;
+    // Gumbel(0, 1) noise drawn on the CPU generator, so every device sees the same stream.
+    auto u_TE = torch::rand(r.logits_TE.sizes(), generator_, torch::kFloat32)
+                    .clamp(1e-10, 1.0 - 1e-7)
+                    .to(r.logits_TE.device());
+    auto gumbel_TE = -torch::log(-torch::log(u_TE));
+    auto soft_TE = torch::softmax((r.logits_TE + gumbel_TE) / tau, 1);
+    r.indices_TK = soft_TE.argmax(1, /*keepdim=*/true);
+    auto soft_T1 = soft_TE.gather(1, r.indices_TK);
+    r.weights_TK = (soft_T1 - soft_T1.detach()) + 1.0;  // value 1, gradient of the soft prob
+    return r;
+  }
+
+  [[nodiscard]] double temperature() const { return schedule_.at(step_); }
+  [[nodiscard]] int64_t step() const { return step_; }
+  [[nodiscard]] int64_t num_experts() const { return experts_; }
+  [[nodiscard]] int64_t hidden_size() const { return hidden_; }
+
+  torch::Tensor weight;  // [E, H]
+
+ private:
+  int64_t hidden_, experts_;
+  TemperatureSchedule schedule_;
+  uint64_t seed_;
+  int64_t step_ = 0;
+  at::Generator generator_;
+};
+
+BTX_NAMESPACE_END
+}  // namespace btx

@@ -1,0 +1,44 @@
+// SPDX-License-Identifier: MIT
+// Soft router: every token goes to every expert with its softmax weight (a dense mixture).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+
+#include <btx/moe/routing.hpp>
+#include <btx/version.hpp>
+
+namespace btx {
+BTX_NAMESPACE_BEGIN
+
+class Soft : public torch::nn::Cloneable<Soft> {
+ public:
+  Soft(int64_t hidden_size, int64_t num_experts) : hidden_(hidden_size), experts_(num_experts) {
+    reset();
+  }
+  void reset() override { weight = detail::make_router_weight(*this, experts_, hidden_, "Soft"); }
+
+  // x_TD [T, H] -> E assignments per token, weights = softmax over all logits.
+  RoutingResult route(const torch::Tensor& x_TD) {
+    RoutingResult r;
+    r.logits_TE = detail::router_logits(x_TD, weight, "btx::Soft::route");
+    r.probs_TE = torch::softmax(r.logits_TE, 1);
+    r.indices_TK = torch::arange(experts_, x_TD.options().dtype(torch::kLong))
+                       .unsqueeze(0)
+                       .expand({x_TD.size(0), experts_});
+    r.weights_TK = r.probs_TE;
+    return r;
+  }
+
+  [[nodiscard]] int64_t num_experts() const { return experts_; }
+  [[nodiscard]] int64_t hidden_size() const { return hidden_; }
+
+  torch::Tensor weight;  // [E, H]
+
+ private:
+  int64_t hidden_, experts_;
+};
+
+BTX_NAMESPACE_END
+}  // namespace btx

@@ -1,0 +1,83 @@
+// SPDX-License-Identifier: MIT
+// What a router hands to an MoE layer (RoutingResult), what the layer records about each
+// call (RoutingStats), and the fp32 router-logit computation the shipped routers share.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include <btx/version.hpp>
+
+namespace btx {
+BTX_NAMESPACE_BEGIN
+
+// One routing decision for T tokens over E experts, k assignments per token.
+struct RoutingResult {
+  torch::Tensor indices_TK;  // [T, k] int64, expert of each assignment
+  torch::Tensor weights_TK;  // [T, k] combine weight of each assignment (0 when dropped)
+  torch::Tensor logits_TE;   // [T, E] router logits (for the z-loss)
+  torch::Tensor probs_TE;    // [T, E] softmax of the logits (for load balancing)
+  // weights, logits and probs are fp32 (fp64 when the hidden states are fp64).
+  torch::Tensor dropped_TK;  // [T, k] bool, assignments over capacity; undefined: none dropped
+};
+
+// Per-call statistics of one MoE layer, for routing analysis.
+struct RoutingStats {
+  torch::Tensor tokens_per_expert;  // [E] int64 on CPU: assignments computed by each expert
+  int64_t dropped = 0;              // assignments dropped (over capacity)
+  int64_t tokens = 0;               // tokens routed in the call
+  double entropy = 0.0;             // mean over tokens of -sum_e p_e log p_e (nats)
+};
+
+namespace detail {
+
+// Throws std::invalid_argument naming `where` unless x_TD is [T, hidden].
+inline void check_hidden(const torch::Tensor& x_TD, int64_t hidden, const char* where) {
+  if (x_TD.dim() != 2 || x_TD.size(1) != hidden) {
+    throw std::invalid_argument(std::string(where) + ": expected hidden states [tokens, " +
+                                std::to_string(hidden) + "], got " + c10::str(x_TD.sizes()) +
+                                "; router and model must agree on hidden_size");
+  }
+}
+
+// The dtype routing math runs in: fp32, or fp64 for fp64 inputs (never bf16/fp16).
+inline torch::ScalarType routing_dtype(const torch::Tensor& x) {
+  return x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+}
+
+// logits_TE = x_TD W^T in routing_dtype; throws std::runtime_error on NaN/Inf logits.
+inline torch::Tensor router_logits(const torch::Tensor& x_TD, const torch::Tensor& weight_EH,
+                                   const char* where) {
+  check_hidden(x_TD, weight_EH.size(1), where);
+  const auto dtype = routing_dtype(x_TD);
+  auto logits_TE = torch::mm(x_TD.to(dtype), weight_EH.to(dtype).t());
+  if (logits_TE.numel() > 0 && !torch::isfinite(logits_TE).all().item<bool>()) {
+    throw std::runtime_error(std::string(where) +
+                             ": non-finite router logits (NaN or Inf); check the hidden states "
+                             "and the router weight `gate.weight` for NaN/Inf");
+  }
+  return logits_TE;
+}
+
+// Registers a router weight [E, H] with nn.Linear's default init (uniform +-1/sqrt(H)).
+inline torch::Tensor make_router_weight(torch::nn::Module& m, int64_t experts, int64_t hidden,
+                                        const char* where) {
+  if (experts <= 0) {
+    throw std::invalid_argument(std::string(where) + ": num_experts must be >= 1, got " +
+                                std::to_string(experts));
+  }
+  if (hidden <= 0) {
+    throw std::invalid_argument(std::string(where) + ": hidden_size must be >= 1, got " +
+                                std::to_string(hidden));
+  }
+  const double bound = 1.0 / std::sqrt(static_cast<double>(hidden));
+  return m.register_parameter("weight", torch::empty({experts, hidden}).uniform_(-bound, bound));
+}
+
+}  // namespace detail
+
+BTX_NAMESPACE_END
+}  // namespace btx
