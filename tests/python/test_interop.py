@@ -12,7 +12,7 @@ import unittest
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
 
 TOOL = os.environ.get("BTX_INTEROP", "build/bin/btx-interop")
 TOLERANCE = 1e-4
@@ -145,6 +145,54 @@ class SafetensorsCrossesBetweenBtxAndPython(unittest.TestCase):
             self.assertNotEqual(result.returncode, 0)
             self.assertIn("py.safetensors", result.stderr)
             self.assertFalse(os.path.exists(os.path.join(tmp, "out.safetensors")))
+
+
+class MixtralNamesMatchTransformers(unittest.TestCase):
+    """btx's MoE naming contract <-> transformers' Mixtral (packed experts in memory)."""
+
+    def assert_experts_match(self, packed, hf_state, layers, experts, inter):
+        # packed: btx name -> tensor; hf_state: transformers 5 in-memory state dict.
+        for i in range(layers):
+            btx_l, hf_l = f"model.layers.{i}.mlp.", f"model.layers.{i}.mlp."
+            gate_up = hf_state[hf_l + "experts.gate_up_proj"]  # [E, 2I, H], gate first
+            self.assertEqual(gate_up.shape[0], experts)
+            self.assertTrue(torch.equal(packed[btx_l + "gate.weight"], hf_state[hf_l + "gate.weight"]))
+            self.assertTrue(torch.equal(packed[btx_l + "experts.gate_proj"], gate_up[:, :inter]))
+            self.assertTrue(torch.equal(packed[btx_l + "experts.up_proj"], gate_up[:, inter:]))
+            self.assertTrue(torch.equal(packed[btx_l + "experts.down_proj"],
+                                        hf_state[hf_l + "experts.down_proj"]))
+
+    def test_btx_moe_checkpoint_loads_in_transformers(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = os.path.join(tmp, "ckpt")
+            btx("save-moe", ckpt, 21, 3, 2)
+            model, info = MixtralForCausalLM.from_pretrained(ckpt, output_loading_info=True)
+            for key in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+                self.assertFalse(info.get(key), f"{key}: {info.get(key)}")
+            self.assertEqual(model.config.num_local_experts, 3)
+            self.assertEqual(model.config.num_experts_per_tok, 2)
+            self.assertIsNone(model.config.sliding_window)
+            dumped = os.path.join(tmp, "btx.safetensors")
+            btx("load-moe", ckpt, dumped)  # btx reloads what it wrote
+            self.assert_experts_match(load_file(dumped), model.state_dict(), 2, 3, 64)
+
+    def test_transformers_mixtral_loads_into_btx_packed_experts(self):
+        torch.manual_seed(22)
+        config = MixtralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
+                               num_local_experts=3, max_position_embeddings=128)
+        model = MixtralForCausalLM(config)
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = os.path.join(tmp, "ckpt")
+            model.save_pretrained(ckpt, max_shard_size="40KB")
+            dumped = os.path.join(tmp, "btx.safetensors")
+            btx("load-moe", ckpt, dumped)
+            btx_params = load_file(dumped)
+            state = model.state_dict()
+            self.assert_experts_match(btx_params, state, 2, 3, 64)
+            for name in ("model.embed_tokens.weight", "lm_head.weight",
+                         "model.layers.1.self_attn.k_proj.weight", "model.norm.weight"):
+                self.assertTrue(torch.equal(btx_params[name], state[name]), name)
 
 
 if __name__ == "__main__":
