@@ -1,0 +1,127 @@
+// SPDX-License-Identifier: MIT
+// AtomicDir: write an output folder under "<target>.tmp-<pid>-<random>" beside the target,
+// then commit() fsyncs it and renames it into place. Without commit() the temp folder is
+// removed, so nothing half-written ever appears at the target path.
+#pragma once
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <btx/version.hpp>
+
+namespace btx {
+BTX_NAMESPACE_BEGIN
+namespace io {
+
+namespace detail {
+
+inline std::string random_suffix() {
+  std::random_device rd;
+  std::uniform_int_distribution<uint32_t> dist;
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%08x", dist(rd));
+  return std::to_string(::getpid()) + "-" + buf;
+}
+
+inline void fsync_path(const std::filesystem::path& p) {
+  const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || ::fsync(fd) != 0) {
+    const int err = errno;
+    if (fd >= 0) ::close(fd);
+    throw std::runtime_error("cannot fsync " + p.string() + ": " + std::strerror(err));
+  }
+  ::close(fd);
+}
+
+inline bool exists_non_empty(const std::filesystem::path& p) {
+  std::error_code ec;
+  const auto st = std::filesystem::symlink_status(p, ec);
+  if (ec || !std::filesystem::exists(st)) return false;
+  return !std::filesystem::is_directory(st) || !std::filesystem::is_empty(p);
+}
+
+}  // namespace detail
+
+class AtomicDir {
+ public:
+  // Creates the temp folder. Throws if `target` exists and is not an empty folder, unless
+  // `overwrite` (then commit() moves the old one aside and removes it after the rename).
+  explicit AtomicDir(std::filesystem::path target, bool overwrite = false)
+      : target_(std::filesystem::absolute(std::move(target)).lexically_normal()),
+        overwrite_(overwrite) {
+    if (target_.filename().empty()) target_ = target_.parent_path();
+    check_target();
+    std::filesystem::create_directories(target_.parent_path());
+    tmp_ = target_;
+    tmp_ += ".tmp-" + detail::random_suffix();
+    std::filesystem::create_directory(tmp_);
+  }
+  AtomicDir(const AtomicDir&) = delete;
+  AtomicDir& operator=(const AtomicDir&) = delete;
+  ~AtomicDir() {
+    if (!committed_) {
+      std::error_code ec;
+      std::filesystem::remove_all(tmp_, ec);
+    }
+  }
+
+  // Where callers write; becomes target() on commit().
+  [[nodiscard]] const std::filesystem::path& path() const { return tmp_; }
+  [[nodiscard]] const std::filesystem::path& target() const { return target_; }
+  [[nodiscard]] bool committed() const { return committed_; }
+
+  void commit() {
+    if (committed_)
+      throw std::logic_error("AtomicDir for " + target_.string() + " committed twice");
+    for (const auto& entry : std::filesystem::recursive_directory_iterator(tmp_)) {
+      if (entry.is_regular_file() || entry.is_directory()) detail::fsync_path(entry.path());
+    }
+    detail::fsync_path(tmp_);
+    check_target();
+    std::filesystem::path old;
+    std::error_code ec;
+    if (detail::exists_non_empty(target_)) {
+      old = target_;
+      old += ".old-" + detail::random_suffix();
+      std::filesystem::rename(target_, old);
+    } else if (std::filesystem::is_directory(target_, ec)) {
+      std::filesystem::remove(target_, ec);  // an empty folder: replace it
+    }
+    try {
+      std::filesystem::rename(tmp_, target_);
+    } catch (...) {
+      if (!old.empty()) std::filesystem::rename(old, target_, ec);  // put the old one back
+      throw;
+    }
+    committed_ = true;
+    detail::fsync_path(target_.parent_path());
+    if (!old.empty()) std::filesystem::remove_all(old, ec);
+  }
+
+ private:
+  void check_target() const {
+    if (!overwrite_ && detail::exists_non_empty(target_)) {
+      throw std::runtime_error("output folder " + target_.string() +
+                               " already exists and is not empty; choose another path or allow "
+                               "overwriting");
+    }
+  }
+
+  std::filesystem::path target_, tmp_;
+  bool overwrite_ = false;
+  bool committed_ = false;
+};
+
+}  // namespace io
+BTX_NAMESPACE_END
+}  // namespace btx

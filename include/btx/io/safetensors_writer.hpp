@@ -1,0 +1,189 @@
+// SPDX-License-Identifier: MIT
+// safetensors writers. SafetensorsStreamWriter declares names/dtypes/shapes first and then
+// takes tensor data one at a time, in any order, so a merge holds ~one tensor in memory.
+// Files are written to "<file>.tmp-<pid>" and renamed into place by finish(): a file that
+// was not finished never appears at its path.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <btx/io/safetensors_header.hpp>
+#include <btx/version.hpp>
+
+namespace btx {
+BTX_NAMESPACE_BEGIN
+namespace io {
+
+// One tensor a stream writer will receive.
+struct TensorDecl {
+  std::string name;
+  torch::ScalarType dtype;
+  std::vector<int64_t> shape;
+};
+
+inline uint64_t tensor_bytes(const TensorDecl& d) {
+  uint64_t n = dtype_from_torch(d.dtype).size;
+  for (auto s : d.shape)
+    n = detail::checked_mul(n, uint64_t(s), "tensor \"" + d.name + "\" is too large");
+  return n;
+}
+
+namespace detail {
+inline void write_all(int fd, const void* data, uint64_t n, uint64_t offset,
+                      const std::string& file) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  while (n > 0) {
+    const ssize_t w = ::pwrite(fd, p, std::min<uint64_t>(n, 1ull << 30), off_t(offset));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) throw std::runtime_error("writing " + file + " failed: " + std::strerror(errno));
+    p += w;
+    n -= uint64_t(w);
+    offset += uint64_t(w);
+  }
+}
+}  // namespace detail
+
+class SafetensorsStreamWriter {
+ public:
+  SafetensorsStreamWriter(std::filesystem::path file, std::vector<TensorDecl> decls,
+                          const std::map<std::string, std::string>& metadata = {{"format", "pt"}})
+      : file_(std::move(file)),
+        tmp_(file_.string() + ".tmp-" + std::to_string(::getpid())),
+        decls_(std::move(decls)) {
+    // Reference order: larger dtype alignment first, then by name.
+    std::sort(decls_.begin(), decls_.end(), [](const TensorDecl& a, const TensorDecl& b) {
+      const auto sa = dtype_from_torch(a.dtype).size, sb = dtype_from_torch(b.dtype).size;
+      return sa != sb ? sa > sb : a.name < b.name;
+    });
+    nlohmann::ordered_json header = nlohmann::ordered_json::object();
+    if (!metadata.empty()) header["__metadata__"] = metadata;
+    uint64_t offset = 0;
+    for (size_t i = 0; i < decls_.size(); ++i) {
+      const auto& d = decls_[i];
+      if (d.name == "__metadata__" || !index_.emplace(d.name, i).second) {
+        throw std::invalid_argument("cannot write tensor \"" + d.name + "\" to " + file_.string() +
+                                    ": the name is reserved or repeated");
+      }
+      for (auto s : d.shape) {
+        if (s < 0) {
+          throw std::invalid_argument("tensor \"" + d.name + "\" for " + file_.string() +
+                                      " has a negative dimension");
+        }
+      }
+      const uint64_t n = tensor_bytes(d);
+      header[d.name] = {{"dtype", dtype_from_torch(d.dtype).name},
+                        {"shape", d.shape},
+                        {"data_offsets", {offset, offset + n}}};
+      offsets_.push_back(offset);
+      offset += n;
+    }
+    std::string text = header.dump();
+    text.append((8 - text.size() % 8) % 8, ' ');  // data section aligned to 8 bytes
+    data_start_ = 8 + text.size();
+    total_ = data_start_ + offset;
+    written_.assign(decls_.size(), false);
+    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd_ < 0) {
+      throw std::runtime_error("cannot create " + tmp_.string() + ": " + std::strerror(errno));
+    }
+    const uint64_t n = text.size();
+    detail::write_all(fd_, &n, 8, 0, tmp_.string());
+    detail::write_all(fd_, text.data(), text.size(), 8, tmp_.string());
+  }
+  SafetensorsStreamWriter(const SafetensorsStreamWriter&) = delete;
+  SafetensorsStreamWriter& operator=(const SafetensorsStreamWriter&) = delete;
+  ~SafetensorsStreamWriter() {
+    if (fd_ >= 0) ::close(fd_);
+    if (!finished_) {
+      std::error_code ec;
+      std::filesystem::remove(tmp_, ec);
+    }
+  }
+
+  // Writes one declared tensor, converted to its declared dtype; the shape must match.
+  void write(const std::string& name, const torch::Tensor& tensor) {
+    auto it = index_.find(name);
+    if (it == index_.end()) {
+      throw std::invalid_argument("tensor \"" + name + "\" was not declared for " + file_.string());
+    }
+    const auto& d = decls_[it->second];
+    if (written_[it->second]) {
+      throw std::invalid_argument("tensor \"" + name + "\" written twice to " + file_.string());
+    }
+    if (tensor.sizes() != torch::IntArrayRef(d.shape)) {
+      throw std::invalid_argument("tensor \"" + name + "\" for " + file_.string() + " has shape " +
+                                  c10::str(tensor.sizes()) + ", declared " +
+                                  c10::str(torch::IntArrayRef(d.shape)));
+    }
+    auto data = tensor.detach().to(torch::kCPU, d.dtype).contiguous();
+    detail::write_all(fd_, data.data_ptr(), tensor_bytes(d), data_start_ + offsets_[it->second],
+                      tmp_.string());
+    written_[it->second] = true;
+  }
+
+  // Checks every tensor was written, fsyncs, and renames the file into place.
+  void finish() {
+    for (size_t i = 0; i < decls_.size(); ++i) {
+      if (!written_[i]) {
+        throw std::runtime_error("tensor \"" + decls_[i].name + "\" was declared but never " +
+                                 "written to " + file_.string());
+      }
+    }
+    if (::ftruncate(fd_, off_t(total_)) != 0 || ::fsync(fd_) != 0 || ::close(fd_) != 0) {
+      fd_ = -1;
+      throw std::runtime_error("cannot finish " + tmp_.string() + ": " + std::strerror(errno));
+    }
+    fd_ = -1;
+    std::filesystem::rename(tmp_, file_);
+    finished_ = true;
+  }
+
+  [[nodiscard]] const std::vector<TensorDecl>& declared() const { return decls_; }
+  [[nodiscard]] uint64_t file_size() const { return total_; }
+
+ private:
+  std::filesystem::path file_, tmp_;
+  std::vector<TensorDecl> decls_;
+  std::map<std::string, size_t> index_;
+  std::vector<uint64_t> offsets_;
+  std::vector<bool> written_;
+  uint64_t data_start_ = 0, total_ = 0;
+  int fd_ = -1;
+  bool finished_ = false;
+};
+
+inline TensorDecl declare(const std::string& name, const torch::Tensor& t) {
+  return {name, t.scalar_type(), t.sizes().vec()};
+}
+
+// Writes `tensors` to `file` in one go (each keeps its own dtype).
+inline void save_safetensors(const std::filesystem::path& file,
+                             const std::map<std::string, torch::Tensor>& tensors,
+                             const std::map<std::string, std::string>& metadata = {
+                                 {"format", "pt"}}) {
+  std::vector<TensorDecl> decls;
+  for (const auto& [name, t] : tensors) decls.push_back(declare(name, t));
+  SafetensorsStreamWriter writer(file, std::move(decls), metadata);
+  for (const auto& [name, t] : tensors) writer.write(name, t);
+  writer.finish();
+}
+
+}  // namespace io
+BTX_NAMESPACE_END
+}  // namespace btx

@@ -1,0 +1,123 @@
+// SPDX-License-Identifier: MIT
+// btx-interop: the C++ side of the Python interop tests (tests/python/test_interop.py).
+//   btx-interop logits CKPT_DIR IDS.safetensors OUT.safetensors   HF checkpoint -> logits
+//   btx-interop save-llama OUT_DIR SEED TIED MAX_SHARD_BYTES      random tiny Llama -> HF folder
+//   btx-interop copy IN.safetensors OUT.safetensors               btx reader -> btx writer
+//   btx-interop save-moe OUT_DIR SEED EXPERTS TOP_K               MoE-contract model -> Mixtral
+//   btx-interop load-moe CKPT_DIR OUT.safetensors                 Mixtral -> btx params (dumped)
+// The MoE commands use a stand-in block with the MoE naming contract's parameters (btx's
+// own MoE module is not needed to check names, shapes and expert packing).
+#include <torch/torch.h>
+
+#include <cstdlib>
+#include <exception>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <string>
+
+#include <btx/hf/llama_checkpoint.hpp>
+#include <btx/io/safetensors_reader.hpp>
+#include <btx/io/safetensors_writer.hpp>
+
+namespace {
+
+int usage() {
+  std::cerr << "usage: btx-interop logits CKPT_DIR IDS.safetensors OUT.safetensors\n"
+               "       btx-interop save-llama OUT_DIR SEED TIED(0|1) MAX_SHARD_BYTES\n"
+               "       btx-interop copy IN.safetensors OUT.safetensors\n"
+               "       btx-interop save-moe OUT_DIR SEED EXPERTS TOP_K\n"
+               "       btx-interop load-moe CKPT_DIR OUT.safetensors\n";
+  return 2;
+}
+
+// The tests' tiny Llama: hidden 32, 2 layers, vocab 64, GQA 4:2.
+btx::LlamaConfig tiny_config(bool tied) {
+  btx::LlamaConfig c;
+  c.vocab_size = 64;
+  c.hidden_size = 32;
+  c.intermediate_size = 64;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.max_position_embeddings = 128;
+  c.rms_norm_eps = 1e-6;
+  c.tie_word_embeddings = tied;
+  return c;
+}
+
+// Parameters named as the MoE contract: gate.weight [E, H], experts.{gate,up,down}_proj.
+struct ContractExpertsImpl : torch::nn::Module {
+  ContractExpertsImpl(int64_t E, int64_t H, int64_t I) {
+    register_parameter("gate_proj", torch::randn({E, I, H}));
+    register_parameter("up_proj", torch::randn({E, I, H}));
+    register_parameter("down_proj", torch::randn({E, H, I}));
+  }
+};
+TORCH_MODULE(ContractExperts);
+struct ContractMoEImpl : torch::nn::Module {
+  ContractMoEImpl(int64_t E, int64_t H, int64_t I) {
+    register_module("gate", torch::nn::Linear(torch::nn::LinearOptions(H, E).bias(false)));
+    register_module("experts", ContractExperts(E, H, I));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return x; }
+};
+TORCH_MODULE(ContractMoE);
+
+btx::LlamaForCausalLM contract_moe_model(const btx::LlamaConfig& config, int64_t experts) {
+  return btx::LlamaForCausalLM(config, [experts](const btx::LlamaConfig& c, int64_t) {
+    return torch::nn::AnyModule(ContractMoE(experts, c.hidden_size, c.intermediate_size));
+  });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const std::string cmd = argc > 1 ? argv[1] : "";
+    if (cmd == "logits" && argc == 5) {
+      auto model = btx::hf::load_llama(argv[2]);
+      model->eval();
+      auto ids = btx::io::SafetensorsFile(argv[3]).tensor("ids").to(torch::kInt64);
+      torch::NoGradGuard no_grad;
+      btx::io::save_safetensors(argv[4], {{"logits", model->forward(ids).contiguous()}});
+      return 0;
+    }
+    if (cmd == "save-llama" && argc == 6) {
+      torch::manual_seed(std::stoll(argv[3]));
+      const auto config = tiny_config(std::string(argv[4]) == "1");
+      btx::LlamaForCausalLM model(config);
+      btx::hf::SaveOptions opts;
+      opts.max_shard_bytes = std::stoull(argv[5]);
+      btx::hf::save_hf_checkpoint(*model, config, argv[2], opts);
+      return 0;
+    }
+    if (cmd == "copy" && argc == 4) {
+      btx::io::save_safetensors(argv[3], btx::io::load_safetensors(argv[2]));
+      return 0;
+    }
+    if (cmd == "save-moe" && argc == 6) {
+      torch::manual_seed(std::stoll(argv[3]));
+      const auto config = tiny_config(false);
+      auto model = contract_moe_model(config, std::stoll(argv[4]));
+      btx::hf::SaveOptions opts;
+      opts.moe = btx::hf::MoEConfig{std::stoll(argv[4]), std::stoll(argv[5]), 0.02};
+      btx::hf::save_hf_checkpoint(*model, config, argv[2], opts);
+      return 0;
+    }
+    if (cmd == "load-moe" && argc == 4) {
+      const auto hf = btx::hf::read_config_json(std::filesystem::path(argv[2]) / "config.json");
+      if (!hf.moe) throw std::runtime_error(std::string(argv[2]) + " is not a Mixtral checkpoint");
+      auto model = contract_moe_model(hf.llama, hf.moe->num_local_experts);
+      btx::hf::load_hf_weights(*model, argv[2]);
+      std::map<std::string, torch::Tensor> params;
+      for (const auto& p : model->named_parameters()) params[p.key()] = p.value().detach();
+      btx::io::save_safetensors(argv[3], params);
+      return 0;
+    }
+    return usage();
+  } catch (const std::exception& e) {
+    std::cerr << "btx-interop: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,265 @@
+// SPDX-License-Identifier: MIT
+// safetensors: writer -> reader round trips, the streaming writer, and one hand-crafted
+// malformed file per validation rule, each error naming the file and the tensor.
+#include <doctest/doctest.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <btx/io/safetensors_reader.hpp>
+#include <btx/io/safetensors_writer.hpp>
+
+#include "../test_support.hpp"
+
+namespace fs = std::filesystem;
+using btx::io::FormatError;
+
+namespace {
+
+fs::path scratch_dir(const std::string& name) {
+  auto dir = fs::temp_directory_path() / ("btx-test-" + std::to_string(::getpid())) / name;
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+// Writes u64 N, the header text, then `data_bytes` zero bytes.
+fs::path raw_file(const fs::path& file, const std::string& header, uint64_t data_bytes,
+                  std::optional<uint64_t> claimed_n = std::nullopt) {
+  std::ofstream out(file, std::ios::binary);
+  const uint64_t n = claimed_n.value_or(header.size());
+  out.write(reinterpret_cast<const char*>(&n), 8);
+  out << header;
+  out << std::string(data_bytes, '\0');
+  return file;
+}
+
+// The message of the FormatError that opening `file` throws ("" if none).
+std::string open_error(const fs::path& file) {
+  try {
+    btx::io::SafetensorsFile f(file);
+  } catch (const FormatError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+}  // namespace
+
+TEST_CASE("safetensors: writer then reader round-trips every supported dtype and shape") {
+  auto dir = scratch_dir("roundtrip");
+  std::map<std::string, torch::Tensor> tensors = {
+      {"f32", torch::randn({3, 5})},
+      {"f16", torch::randn({7}).to(torch::kFloat16)},
+      {"bf16", torch::randn({2, 3, 1}).to(torch::kBFloat16)},
+      {"f64", torch::randn({2}).to(torch::kFloat64)},
+      {"i64", torch::arange(10, torch::kInt64)},
+      {"i32", torch::arange(-3, 3, torch::kInt32)},
+      {"i16", torch::arange(5, torch::kInt16)},
+      {"i8", torch::arange(-4, 4, torch::kInt8)},
+      {"u8", torch::arange(9, torch::kUInt8)},
+      {"bool", torch::tensor({true, false, true})},
+      {"scalar", torch::tensor(3.5)},
+      {"empty", torch::empty({0, 4})}};
+  btx::io::save_safetensors(dir / "a.safetensors", tensors);
+  btx::io::SafetensorsFile file(dir / "a.safetensors");
+  CHECK(file.metadata().at("format") == "pt");
+  CHECK(file.tensors().size() == tensors.size());
+  for (const auto& [name, t] : tensors) {
+    auto back = file.tensor(name);
+    CHECK((back.scalar_type() == t.scalar_type()));
+    CHECK(back.sizes() == t.sizes());
+    CHECK(torch::equal(back, t));
+  }
+  // Larger dtypes first, then by name: the data section stays aligned for every view.
+  CHECK(file.tensors().front().dtype.size == 8);
+  CHECK(file.tensors().back().dtype.size == 1);
+}
+
+TEST_CASE("safetensors: header is space-padded to a multiple of 8 and views are zero-copy") {
+  auto dir = scratch_dir("padding");
+  btx::io::save_safetensors(dir / "a.safetensors", {{"x", torch::ones({4})}});
+  std::ifstream in(dir / "a.safetensors", std::ios::binary);
+  uint64_t n = 0;
+  in.read(reinterpret_cast<char*>(&n), 8);
+  CHECK(n % 8 == 0);
+  btx::io::SafetensorsFile file(dir / "a.safetensors");
+  auto a = file.tensor("x");
+  auto b = file.tensor("x");
+  CHECK(a.data_ptr() == b.data_ptr());  // both view the mapping
+  a.add_(1.0f);                         // copy-on-write: the file keeps its bytes
+  CHECK(
+      torch::equal(btx::io::SafetensorsFile(dir / "a.safetensors").tensor("x"), torch::ones({4})));
+}
+
+TEST_CASE("safetensors: a view outlives the file object that made it") {
+  auto dir = scratch_dir("lifetime");
+  btx::io::save_safetensors(dir / "a.safetensors", {{"x", torch::arange(6.0).reshape({2, 3})}});
+  torch::Tensor view;
+  {
+    btx::io::SafetensorsFile file(dir / "a.safetensors");
+    view = file.tensor("x");
+  }
+  CHECK(torch::equal(view, torch::arange(6.0).reshape({2, 3})));
+}
+
+TEST_CASE("safetensors: unaligned data is copied instead of viewed") {
+  auto dir = scratch_dir("unaligned");
+  // Header of length 9 (not padded): F32 data starts at file offset 17.
+  std::string header = R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
+  while ((8 + header.size()) % 4 == 0) header += ' ';
+  auto file = raw_file(dir / "u.safetensors", header, 8);
+  btx::io::SafetensorsFile f(file);
+  CHECK(torch::equal(f.tensor("x"), torch::zeros({2})));
+  CHECK(f.tensor("x").data_ptr() != f.tensor("x").data_ptr());  // two copies
+}
+
+TEST_CASE("safetensors: streaming writer takes tensors one at a time in any order") {
+  auto dir = scratch_dir("stream");
+  auto a = torch::randn({4, 4}), b = torch::randn({3}).to(torch::kBFloat16);
+  {
+    btx::io::SafetensorsStreamWriter w(
+        dir / "s.safetensors", {{"a", torch::kFloat32, {4, 4}}, {"b", torch::kBFloat16, {3}}});
+    w.write("b", b);
+    CHECK_FALSE(fs::exists(dir / "s.safetensors"));  // nothing at the path until finish()
+    w.write("a", a.to(torch::kFloat64));             // converted to the declared dtype
+    w.finish();
+  }
+  btx::io::SafetensorsFile f(dir / "s.safetensors");
+  CHECK(torch::equal(f.tensor("a"), a));
+  CHECK(torch::equal(f.tensor("b"), b));
+}
+
+TEST_CASE("safetensors: an unfinished streaming writer leaves nothing behind") {
+  auto dir = scratch_dir("unfinished");
+  {
+    btx::io::SafetensorsStreamWriter w(dir / "s.safetensors", {{"a", torch::kFloat32, {2}}});
+    CHECK_THROWS_WITH_AS(w.write("a", torch::ones({3})), doctest::Contains("\"a\""),
+                         std::invalid_argument);
+    CHECK_THROWS_WITH_AS(w.finish(), doctest::Contains("never written"), std::runtime_error);
+  }
+  CHECK(fs::is_empty(dir));
+}
+
+TEST_CASE("safetensors: reader rejects a truncated file naming the file") {
+  auto dir = scratch_dir("truncated");
+  std::ofstream(dir / "t.safetensors", std::ios::binary) << "abc";
+  CHECK(contains(open_error(dir / "t.safetensors"), "t.safetensors"));
+  CHECK(contains(open_error(dir / "t.safetensors"), "truncated"));
+  raw_file(dir / "t2.safetensors", "{}", 0, 1000);  // N larger than the file
+  CHECK(contains(open_error(dir / "t2.safetensors"), "truncated"));
+  // Data section shorter than the header claims.
+  raw_file(dir / "t3.safetensors", R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})",
+           12);
+  CHECK(contains(open_error(dir / "t3.safetensors"), "t3.safetensors"));
+  CHECK(contains(open_error(dir / "t3.safetensors"), "truncated or trailing"));
+}
+
+TEST_CASE("safetensors: reader rejects a header over 100,000,000 bytes") {
+  auto dir = scratch_dir("huge");
+  auto e = open_error(raw_file(dir / "h.safetensors", "{}", 0, 100'000'001));
+  CHECK(contains(e, "h.safetensors"));
+  CHECK(contains(e, "100,000,000"));
+}
+
+TEST_CASE("safetensors: reader rejects a header that is not a JSON object or not JSON") {
+  auto dir = scratch_dir("notobject");
+  CHECK(contains(open_error(raw_file(dir / "a.safetensors", "[1, 2]", 0)), "not a JSON object"));
+  CHECK(contains(open_error(raw_file(dir / "b.safetensors", "{\"x\": ", 0)), "invalid JSON"));
+  CHECK(contains(open_error(raw_file(dir / "c.safetensors", R"({"x": 3})", 0)), "\"x\""));
+}
+
+TEST_CASE("safetensors: reader rejects duplicate keys") {
+  auto dir = scratch_dir("dup");
+  const std::string entry = R"({"dtype":"F32","shape":[1],"data_offsets":[0,4]})";
+  auto e =
+      open_error(raw_file(dir / "d.safetensors", "{\"w\":" + entry + ",\"w\":" + entry + "}", 4));
+  CHECK(contains(e, "d.safetensors"));
+  CHECK(contains(e, "duplicate key \"w\""));
+  auto e2 = open_error(
+      raw_file(dir / "d2.safetensors",
+               R"({"w":{"dtype":"F32","dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4));
+  CHECK(contains(e2, "duplicate key \"dtype\""));
+}
+
+TEST_CASE("safetensors: reader rejects holes and overlaps between tensors") {
+  auto dir = scratch_dir("offsets");
+  auto hole = open_error(raw_file(dir / "hole.safetensors",
+                                  R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                                  R"("b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})",
+                                  12));
+  CHECK(contains(hole, "hole.safetensors"));
+  CHECK(contains(hole, "\"b\""));
+  CHECK(contains(hole, "hole"));
+  auto overlap = open_error(raw_file(dir / "overlap.safetensors",
+                                     R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                                     R"("b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+                                     8));
+  CHECK(contains(overlap, "\"b\""));
+  CHECK(contains(overlap, "overlap"));
+  auto first = open_error(raw_file(dir / "first.safetensors",
+                                   R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8));
+  CHECK(contains(first, "\"a\""));
+  auto reversed = open_error(raw_file(
+      dir / "rev.safetensors", R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[4,0]}})", 4));
+  CHECK(contains(reversed, "END 0 < BEGIN 4"));
+}
+
+TEST_CASE("safetensors: reader rejects a byte span that does not match dtype x shape") {
+  auto dir = scratch_dir("size");
+  auto e = open_error(raw_file(dir / "s.safetensors",
+                               R"({"w":{"dtype":"F16","shape":[2,3],"data_offsets":[0,24]}})", 24));
+  CHECK(contains(e, "s.safetensors"));
+  CHECK(contains(e, "\"w\""));
+  CHECK(contains(e, "need 12"));
+}
+
+TEST_CASE("safetensors: reader rejects shapes whose element count overflows") {
+  auto dir = scratch_dir("overflow");
+  auto e = open_error(raw_file(
+      dir / "o.safetensors",
+      R"({"w":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,0]}})", 0));
+  CHECK(contains(e, "\"w\""));
+  CHECK(contains(e, "overflows"));
+  auto neg = open_error(raw_file(dir / "n.safetensors",
+                                 R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,0]}})", 0));
+  CHECK(contains(neg, "non-negative"));
+}
+
+TEST_CASE("safetensors: reader reports unsupported and unknown dtypes by tensor and file") {
+  auto dir = scratch_dir("dtype");
+  auto e = open_error(raw_file(dir / "f8.safetensors",
+                               R"({"w":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,2]}})", 2));
+  CHECK(contains(e, "unsupported dtype F8_E4M3 for tensor \"w\" in"));
+  CHECK(contains(e, "f8.safetensors"));
+  auto c = open_error(raw_file(dir / "c.safetensors",
+                               R"({"z":{"dtype":"C64","shape":[1],"data_offsets":[0,8]}})", 8));
+  CHECK(contains(c, "unsupported dtype C64 for tensor \"z\""));
+}
+
+TEST_CASE("safetensors: reader accepts only string-to-string __metadata__") {
+  auto dir = scratch_dir("metadata");
+  auto e = open_error(raw_file(dir / "m.safetensors", R"({"__metadata__":{"format":1}})", 0));
+  CHECK(contains(e, "m.safetensors"));
+  CHECK(contains(e, "__metadata__ value for \"format\""));
+  CHECK(contains(open_error(raw_file(dir / "m2.safetensors", R"({"__metadata__":"pt"})", 0)),
+                 "__metadata__ is not a JSON object"));
+  CHECK(open_error(raw_file(dir / "ok.safetensors", R"({"__metadata__":{"format":"pt"}})", 0))
+            .empty());
+}
+
+TEST_CASE("safetensors: reading one tensor by name and asking for a missing one") {
+  auto dir = scratch_dir("byname");
+  btx::io::save_safetensors(dir / "a.safetensors",
+                            {{"a", torch::ones({2})}, {"b", torch::zeros({3})}});
+  btx::io::SafetensorsFile f(dir / "a.safetensors");
+  CHECK(f.contains("b"));
+  CHECK(torch::equal(f.tensor("b"), torch::zeros({3})));
+  CHECK_THROWS_WITH_AS((void)f.tensor("c"), doctest::Contains("\"c\" not found"), FormatError);
+}
