@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Averaging policies: how the Mix stage combines the tensors that the N experts share
-// (attention, embeddings, norms, LM head). The arithmetic runs in fp32 (fp64 for fp64
-// sources) and the result is cast back to the sources' dtype.
+// (attention, embeddings, norms, LM head). The arithmetic runs in fp32 for 16-bit sources
+// (fp64 for fp32/fp64 ones) and the result is cast back to the sources' dtype.
 #pragma once
 
 #include <torch/torch.h>
@@ -108,6 +108,12 @@ static_assert(AveragingPolicy<WeightedMean>);
 static_assert(AveragingPolicy<KeepOne>);
 
 // ------------------------------------------------------------------ averaging
+// Accumulate in a type wider than the source: fp32 for bf16/fp16, fp64 for fp32. So the
+// average of N identical tensors rounds back to exactly that tensor.
+inline torch::ScalarType accumulator_dtype(torch::ScalarType source) {
+  return c10::elementSize(source) < 4 ? torch::kFloat32 : torch::kFloat64;
+}
+
 // sum_j weights[j] * load(j), reading one source at a time (peak memory: the accumulator
 // plus one tensor). Every loaded tensor must match source 0's spec; the error names the
 // tensor and both sources. `labels` names the sources for messages.
@@ -134,7 +140,7 @@ inline torch::Tensor weighted_sum(const std::string& name, const std::vector<dou
       first = j;
       // Exactly one contributor with weight 1: copy, no arithmetic at all.
       if (contributors == 1 && weights[j] == 1.0) return t.detach().clone();
-      acc = t.detach().to(torch::promote_types(dtype, torch::kFloat32)) * weights[j];
+      acc = t.detach().to(accumulator_dtype(dtype)) * weights[j];
       continue;
     }
     if (t.sizes().vec() != shape || t.scalar_type() != dtype) {
