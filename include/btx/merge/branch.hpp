@@ -1,0 +1,106 @@
+// SPDX-License-Identifier: MIT
+// Branch: N independent deep copies of a seed model, one per domain, each tagged with
+// an ExpertInfo recording its lineage (parent name and a fingerprint of the seed weights).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <concepts>
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <btx/merge/expert_info.hpp>
+#include <btx/version.hpp>
+
+namespace btx {
+BTX_NAMESPACE_BEGIN
+namespace merge {
+
+// A torch ModuleHolder (LlamaForCausalLM, ...) whose module is a Cloneable.
+template <class M>
+concept holds_a_module = requires {
+  typename M::ContainedType;
+}
+&&std::derived_from<typename M::ContainedType, torch::nn::Module>;
+template <class M>
+concept deep_copies_itself = requires(const M& m) {
+  { m->clone() } -> std::convertible_to<std::shared_ptr<torch::nn::Module>>;
+};
+template <class M>
+concept CloneableModule = holds_a_module<M> && deep_copies_itself<M>;
+
+// A deep copy: new parameters, same values, same device.
+template <CloneableModule M>
+M deep_copy(const M& module) {
+  auto copy = std::dynamic_pointer_cast<typename M::ContainedType>(module->clone());
+  if (!copy) throw std::logic_error("btx::merge::deep_copy: clone() returned another type");
+  return M(std::move(copy));
+}
+
+// FNV-1a (64 bit) over every parameter and buffer: names, dtypes, shapes and bytes. Equal
+// weights give equal fingerprints; any change to any value changes it (almost surely).
+inline std::string weights_fingerprint(const torch::nn::Module& module) {
+  uint64_t h = 1469598103934665603ULL;
+  const auto mix = [&h](const void* data, size_t n) {
+    const auto* p = static_cast<const unsigned char*>(data);
+    for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ULL;
+  };
+  const auto add = [&](const std::string& name, const torch::Tensor& t) {
+    mix(name.data(), name.size());
+    const auto dtype = static_cast<int>(t.scalar_type());
+    mix(&dtype, sizeof dtype);
+    for (int64_t s : t.sizes()) mix(&s, sizeof s);
+    const auto c = t.detach().cpu().contiguous();
+    mix(c.data_ptr(), c.nbytes());
+  };
+  for (const auto& p : module.named_parameters(true)) add(p.key(), p.value());
+  for (const auto& b : module.named_buffers(true)) add(b.key(), b.value());
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+template <class M>
+struct Branched {
+  M model;
+  ExpertInfo info;
+};
+
+// One deep copy of `seed` per domain; expert j is named domains[j], parent `seed_name`.
+template <CloneableModule M>
+std::vector<Branched<M>> branch(const M& seed, const std::vector<std::string>& domains,
+                                const std::string& seed_name = "seed") {
+  if (domains.empty()) throw std::invalid_argument("btx::merge::branch: no domains given");
+  for (size_t j = 0; j < domains.size(); ++j) {
+    if (domains[j].empty()) {
+      throw std::invalid_argument("btx::merge::branch: domain " + std::to_string(j) +
+                                  " has an empty name");
+    }
+    for (size_t k = 0; k < j; ++k) {
+      if (domains[k] == domains[j]) {
+        throw std::invalid_argument("btx::merge::branch: domain '" + domains[j] +
+                                    "' is given twice; expert names must be unique");
+      }
+    }
+  }
+  const std::string hash = weights_fingerprint(*seed);
+  std::vector<Branched<M>> out;
+  for (size_t j = 0; j < domains.size(); ++j) {
+    ExpertInfo info;
+    info.name = domains[j];
+    info.domain = domains[j];
+    info.parent = seed_name;
+    info.seed_hash = hash;
+    info.branch_index = int64_t(j);
+    out.push_back({deep_copy(seed), std::move(info)});
+  }
+  return out;
+}
+
+}  // namespace merge
+BTX_NAMESPACE_END
+}  // namespace btx

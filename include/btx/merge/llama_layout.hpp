@@ -1,0 +1,182 @@
+// SPDX-License-Identifier: MIT
+// Tensor names of dense Llama and btx MoE state dicts (the naming contract), and the
+// validation every merge runs before producing anything: the sources must be dense
+// Llamas with the same tensor set, shapes and dtypes.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <btx/merge/state_dict.hpp>
+#include <btx/version.hpp>
+
+namespace btx {
+BTX_NAMESPACE_BEGIN
+namespace merge {
+
+// The three SwiGLU projections: gate/up [I, H], down [H, I].
+inline const std::vector<std::string>& ffn_projections() {
+  static const std::vector<std::string> p = {"gate_proj", "up_proj", "down_proj"};
+  return p;
+}
+
+inline std::string layer_prefix(int64_t layer) {
+  return "model.layers." + std::to_string(layer) + ".";
+}
+// Dense: model.layers.{i}.mlp.{gate,up,down}_proj.weight
+inline std::string dense_ffn_name(int64_t layer, const std::string& proj) {
+  return layer_prefix(layer) + "mlp." + proj + ".weight";
+}
+// MoE (contract): model.layers.{i}.mlp.experts.{gate,up,down}_proj [E, I, H] / [E, H, I]
+inline std::string experts_name(int64_t layer, const std::string& proj) {
+  return layer_prefix(layer) + "mlp.experts." + proj;
+}
+// MoE router (contract): model.layers.{i}.mlp.gate.weight [E, H]
+inline std::string router_name(int64_t layer) {
+  return layer_prefix(layer) + "mlp.gate.weight";
+}
+
+// Layer index of a name under model.layers.{i}., if any.
+inline std::optional<int64_t> layer_of(const std::string& name) {
+  static const std::string head = "model.layers.";
+  if (name.rfind(head, 0) != 0) return std::nullopt;
+  const auto dot = name.find('.', head.size());
+  if (dot == std::string::npos || dot == head.size()) return std::nullopt;
+  const std::string digits = name.substr(head.size(), dot - head.size());
+  if (!std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    return std::nullopt;
+  }
+  return std::stoll(digits);
+}
+inline bool is_ffn_tensor(const std::string& name) {
+  const auto layer = layer_of(name);
+  return layer && name.rfind(layer_prefix(*layer) + "mlp.", 0) == 0;
+}
+
+// What validation learnt about the (identically shaped) dense sources.
+struct DenseLayout {
+  int64_t num_layers = 0;
+  int64_t hidden = 0;        // H
+  int64_t intermediate = 0;  // I
+  torch::ScalarType ffn_dtype = torch::kFloat32;
+  std::vector<TensorSpec> specs;  // every tensor of source 0, sorted by name
+
+  [[nodiscard]] std::vector<TensorSpec> shared_specs() const {  // all but the FFN weights
+    std::vector<TensorSpec> out;
+    for (const auto& s : specs) {
+      if (!is_ffn_tensor(s.name)) out.push_back(s);
+    }
+    return out;
+  }
+};
+
+template <TensorSource S>
+std::vector<std::string> labels_of(const std::vector<S>& sources) {
+  std::vector<std::string> out;
+  for (const auto& s : sources) out.push_back(s.label());
+  return out;
+}
+
+// Throws std::invalid_argument naming the tensor and the two sources that disagree, or the
+// structural problem (not a dense Llama, missing FFN weight, inconsistent shapes).
+template <TensorSource S>
+DenseLayout validate_dense_sources(const std::vector<S>& sources) {
+  if (sources.empty()) throw std::invalid_argument("btx::merge: no sources to merge");
+  const auto& ref = sources.front();
+  const auto ref_names = ref.names();
+  const std::set<std::string> ref_set(ref_names.begin(), ref_names.end());
+  DenseLayout layout;
+  for (const auto& n : ref_set) layout.specs.push_back(ref.spec(n));
+
+  for (size_t j = 1; j < sources.size(); ++j) {
+    const auto names = sources[j].names();
+    const std::set<std::string> set(names.begin(), names.end());
+    for (const auto& n : ref_set) {
+      if (!set.count(n)) {
+        throw std::invalid_argument("btx::merge: tensor '" + n + "' is in '" + ref.label() +
+                                    "' but missing from '" + sources[j].label() +
+                                    "'; merged sources must have the same tensors");
+      }
+    }
+    for (const auto& n : set) {
+      if (!ref_set.count(n)) {
+        throw std::invalid_argument("btx::merge: tensor '" + n + "' is in '" + sources[j].label() +
+                                    "' but missing from '" + ref.label() +
+                                    "'; merged sources must have the same tensors");
+      }
+    }
+    for (const auto& s : layout.specs) {
+      const TensorSpec other = sources[j].spec(s.name);
+      if (other.shape != s.shape || other.dtype != s.dtype) {
+        throw std::invalid_argument("btx::merge: tensor '" + s.name + "' is " +
+                                    shape_string(s.shape) + " " + c10::toString(s.dtype) + " in '" +
+                                    ref.label() + "' but " + shape_string(other.shape) + " " +
+                                    c10::toString(other.dtype) + " in '" + sources[j].label() +
+                                    "'; merged sources must share architecture and dtype");
+      }
+    }
+  }
+
+  std::set<int64_t> layers;
+  for (const auto& n : ref_set) {
+    if (const auto l = layer_of(n)) layers.insert(*l);
+    if (n.find(".mlp.experts.") != std::string::npos || n.find(".mlp.gate.weight") != n.npos) {
+      throw std::invalid_argument("btx::merge: source '" + ref.label() + "' has MoE tensor '" + n +
+                                  "'; the Mix stage merges dense Llama checkpoints");
+    }
+  }
+  layout.num_layers = static_cast<int64_t>(layers.size());
+  if (layout.num_layers == 0 || *layers.rbegin() != layout.num_layers - 1) {
+    throw std::invalid_argument(
+        "btx::merge: source '" + ref.label() + "' has no contiguous model.layers.{0.." +
+        std::to_string(layout.num_layers) + "} tensors; is it a Llama state dict?");
+  }
+  for (int64_t i = 0; i < layout.num_layers; ++i) {
+    for (const auto& proj : ffn_projections()) {
+      const auto name = dense_ffn_name(i, proj);
+      if (!ref_set.count(name)) {
+        throw std::invalid_argument("btx::merge: source '" + ref.label() + "' lacks '" + name +
+                                    "'; each layer needs a dense SwiGLU FFN");
+      }
+      const auto s = ref.spec(name);
+      const bool down = proj == "down_proj";
+      if (s.shape.size() != 2) {
+        throw std::invalid_argument("btx::merge: '" + name + "' is " + shape_string(s.shape) +
+                                    "; FFN weights are matrices");
+      }
+      const int64_t I = down ? s.shape[1] : s.shape[0];
+      const int64_t H = down ? s.shape[0] : s.shape[1];
+      if (layout.hidden == 0) {
+        layout.hidden = H;
+        layout.intermediate = I;
+        layout.ffn_dtype = s.dtype;
+      }
+      if (H != layout.hidden || I != layout.intermediate || s.dtype != layout.ffn_dtype) {
+        throw std::invalid_argument(
+            "btx::merge: '" + name + "' is " + shape_string(s.shape) + " " +
+            c10::toString(s.dtype) + " but layer 0's FFN has H=" + std::to_string(layout.hidden) +
+            ", I=" + std::to_string(layout.intermediate) + " " + c10::toString(layout.ffn_dtype) +
+            "; packed experts need the same FFN shape and dtype in every layer");
+      }
+    }
+    for (const auto& n : ref_set) {
+      if (layer_of(n) == i && is_ffn_tensor(n) && n != dense_ffn_name(i, "gate_proj") &&
+          n != dense_ffn_name(i, "up_proj") && n != dense_ffn_name(i, "down_proj")) {
+        throw std::invalid_argument("btx::merge: unexpected FFN tensor '" + n + "' in '" +
+                                    ref.label() + "'; only bias-free SwiGLU FFNs can be mixed");
+      }
+    }
+  }
+  return layout;
+}
+
+}  // namespace merge
+BTX_NAMESPACE_END
+}  // namespace btx

@@ -1,0 +1,200 @@
+// SPDX-License-Identifier: MIT
+// The CheckpointMerger policies: BTX mix, splitting, blending, sparse upcycling (dense
+// experts -> MoE, outputs named by the MoE contract) and BTM merge (-> one dense Llama).
+// Each validates every source before producing anything and returns a Plan, so the same
+// merge runs all at once (merge()) or tensor by tensor (a streaming checkpoint writer).
+//
+//   auto plan = btx::merge::BtxMix<>{}.plan(sources);   // sources: TensorSources
+//   btx::merge::StateDict moe = btx::merge::materialize(plan);
+#pragma once
+
+#include <torch/torch.h>
+
+#include <concepts>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <btx/merge/averaging.hpp>
+#include <btx/merge/llama_layout.hpp>
+#include <btx/merge/moe_plan.hpp>
+#include <btx/merge/plan.hpp>
+#include <btx/merge/router_init.hpp>
+#include <btx/merge/state_dict.hpp>
+#include <btx/version.hpp>
+
+namespace btx {
+BTX_NAMESPACE_BEGIN
+namespace merge {
+
+// ---------------------------------------------------------------- the concept
+template <class M, class S>
+concept plans_merges_of = requires(const M& m, const std::vector<S>& sources) {
+  { m.plan(sources) } -> std::same_as<Plan>;
+};
+template <class M, class S>
+concept CheckpointMerger =
+    names_itself<M> && TensorSource<S> && plans_merges_of<M, S> && std::copy_constructible<M>;
+
+template <class M, TensorSource S>
+requires CheckpointMerger<M, S> StateDict merge(const M& merger, const std::vector<S>& sources) {
+  return materialize(merger.plan(sources));
+}
+
+namespace detail {
+template <TensorSource S>
+int64_t intermediate_of(const std::vector<S>& sources) {
+  if (sources.empty()) throw std::invalid_argument("btx::merge: no sources to merge");
+  return validate_dense_sources(sources).intermediate;
+}
+inline void check_divides(const std::string& method, int64_t I, int64_t parts, const char* what) {
+  if (parts <= 0 || I % parts != 0) {
+    throw std::invalid_argument(
+        "btx::merge::" + method + ": " + what + "=" + std::to_string(parts) +
+        " must divide intermediate_size=" + std::to_string(I) + " into equal chunks");
+  }
+}
+}  // namespace detail
+
+// ------------------------------------------------------------------ BTX mix
+// The paper's MiX: expert j of every layer is source j's FFN; every other tensor is
+// averaged by `averaging`; routers start from `router`.
+template <AveragingPolicy A = UniformMean, RouterInit R = RouterNormal>
+struct BtxMix {
+  A averaging{};
+  R router{};
+  int64_t experts_per_token = 2;
+
+  [[nodiscard]] std::string name() const { return "btx_mix"; }
+  template <TensorSource S>
+  [[nodiscard]] Plan plan(const std::vector<S>& sources) const {
+    const int64_t I = detail::intermediate_of(sources);
+    MoeRecipe r{name(), {}, 1, experts_per_token, 0.0, 0};
+    for (size_t j = 0; j < sources.size(); ++j) r.experts.push_back({{{j, 0, I}}});
+    return moe_plan(sources, averaging, router, std::move(r));
+  }
+};
+
+// ---------------------------------------------------------------- splitting
+// Each source FFN is cut into `chunks` = C pieces along I: N*C experts of I/C each, expert
+// j*C + c holding rows [c*I/C, (c+1)*I/C) of source j. SwiGLU acts elementwise along I, so
+// the sum of a source's C chunk outputs equals its dense FFN output; to reproduce a
+// top-k routing of the unsplit experts the split model routes top-(C*k), which the
+// manifest's experts_per_token suggests (experts_per_token here is the unsplit k).
+template <AveragingPolicy A = UniformMean, RouterInit R = RouterNormal>
+struct SplitMix {
+  A averaging{};
+  R router{};
+  int64_t chunks = 2;
+  int64_t experts_per_token = 2;
+
+  [[nodiscard]] std::string name() const { return "split"; }
+  template <TensorSource S>
+  [[nodiscard]] Plan plan(const std::vector<S>& sources) const {
+    const int64_t I = detail::intermediate_of(sources);
+    detail::check_divides(name(), I, chunks, "chunks");
+    const int64_t w = I / chunks;
+    MoeRecipe r{name(), {}, chunks, chunks * experts_per_token, 0.0, 0};
+    for (size_t j = 0; j < sources.size(); ++j) {
+      for (int64_t c = 0; c < chunks; ++c) r.experts.push_back({{{j, c * w, (c + 1) * w}}});
+    }
+    return moe_plan(sources, averaging, router, std::move(r));
+  }
+};
+
+// ----------------------------------------------------------------- blending
+// N experts, expert n the concatenation (along I) of chunk n of every source's FFN:
+// [chunk n of source 0, chunk n of source 1, ...], each chunk I/N wide. Every expert mixes
+// every domain, so RouterFromHidden does not apply.
+template <AveragingPolicy A = UniformMean, RouterInit R = RouterNormal>
+struct BlendMix {
+  A averaging{};
+  R router{};
+  int64_t experts_per_token = 2;
+
+  [[nodiscard]] std::string name() const { return "blend"; }
+  template <TensorSource S>
+  [[nodiscard]] Plan plan(const std::vector<S>& sources) const {
+    const int64_t I = detail::intermediate_of(sources);
+    const int64_t N = int64_t(sources.size());
+    detail::check_divides(name(), I, N, "number of sources");
+    const int64_t w = I / N;
+    MoeRecipe r{name(), {}, N, experts_per_token, 0.0, 0};
+    for (int64_t n = 0; n < N; ++n) {
+      ExpertRecipe ex;
+      for (size_t j = 0; j < sources.size(); ++j) ex.pieces.push_back({j, n * w, (n + 1) * w});
+      r.experts.push_back(std::move(ex));
+    }
+    return moe_plan(sources, averaging, router, std::move(r));
+  }
+};
+
+// --------------------------------------------------------- sparse upcycling
+// One source (the seed): num_experts copies of its FFN, each optionally perturbed by
+// Gaussian noise of std noise_std * std(weight), seeded; everything else copied.
+template <RouterInit R = RouterNormal>
+struct Upcycle {
+  int64_t num_experts = 4;
+  R router{};
+  double noise_std = 0.0;
+  uint64_t noise_seed = 0;
+  int64_t experts_per_token = 2;
+
+  [[nodiscard]] std::string name() const { return "upcycle"; }
+  template <TensorSource S>
+  [[nodiscard]] Plan plan(const std::vector<S>& sources) const {
+    if (sources.size() != 1) {
+      throw std::invalid_argument("btx::merge::Upcycle: needs exactly one source (the seed), got " +
+                                  std::to_string(sources.size()));
+    }
+    if (num_experts <= 0) {
+      throw std::invalid_argument("btx::merge::Upcycle: num_experts must be > 0, got " +
+                                  std::to_string(num_experts));
+    }
+    const int64_t I = detail::intermediate_of(sources);
+    MoeRecipe r{name(), {}, 1, experts_per_token, noise_std, noise_seed};
+    for (int64_t e = 0; e < num_experts; ++e) r.experts.push_back({{{0, 0, I}}});
+    return moe_plan(sources, KeepOne{0}, router, std::move(r));
+  }
+};
+
+// ---------------------------------------------------------------- BTM merge
+// Branch-Train-Merge's parameter average: one dense Llama, every tensor (FFNs included)
+// averaged by `averaging`.
+template <AveragingPolicy A = UniformMean>
+struct BtmMerge {
+  A averaging{};
+
+  [[nodiscard]] std::string name() const { return "btm_merge"; }
+  template <TensorSource S>
+  [[nodiscard]] Plan plan(const std::vector<S>& sources) const {
+    const DenseLayout layout = validate_dense_sources(sources);
+    const std::vector<double> weights = averaging.weights(sources.size());
+    MixManifest m;
+    m.method = name();
+    m.sources = labels_of(sources);
+    m.averaging = averaging.to_json();
+    m.weights = weights;
+    auto state = std::make_shared<const std::vector<S>>(sources);
+    auto labels = m.sources;
+    Plan::Compute compute = [state, labels, weights](const TensorSpec& spec) {
+      torch::NoGradGuard no_grad;
+      return weighted_sum(
+          spec.name, weights, [&](size_t j) { return (*state)[j].load(spec.name); }, labels);
+    };
+    return Plan(layout.specs, std::move(compute), std::move(m));
+  }
+};
+
+static_assert(CheckpointMerger<BtxMix<>, StateDictSource>);
+static_assert(CheckpointMerger<SplitMix<>, StateDictSource>);
+static_assert(CheckpointMerger<BlendMix<>, StateDictSource>);
+static_assert(CheckpointMerger<Upcycle<>, StateDictSource>);
+static_assert(CheckpointMerger<BtmMerge<>, StateDictSource>);
+
+}  // namespace merge
+BTX_NAMESPACE_END
+}  // namespace btx

@@ -1,0 +1,204 @@
+// SPDX-License-Identifier: MIT
+// The engine under every dense -> MoE merge: a recipe per output expert (which rows of
+// which source's FFN, along the intermediate dimension I) turned into a Plan whose
+// outputs follow the MoE naming contract. BTX mix, splitting, blending and sparse
+// upcycling differ only in their recipes (see mixers.hpp).
+#pragma once
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <btx/merge/averaging.hpp>
+#include <btx/merge/llama_layout.hpp>
+#include <btx/merge/manifest.hpp>
+#include <btx/merge/plan.hpp>
+#include <btx/merge/router_init.hpp>
+#include <btx/merge/state_dict.hpp>
+#include <btx/version.hpp>
+
+namespace btx {
+BTX_NAMESPACE_BEGIN
+namespace merge {
+
+// Rows [begin, end) along I of source `source`'s FFN: gate/up rows, down columns.
+struct FfnPiece {
+  size_t source = 0;
+  int64_t begin = 0, end = 0;
+};
+// One output expert: its pieces concatenated along I, in order.
+struct ExpertRecipe {
+  std::vector<FfnPiece> pieces;
+
+  [[nodiscard]] int64_t intermediate() const {
+    int64_t n = 0;
+    for (const auto& p : pieces) n += p.end - p.begin;
+    return n;
+  }
+  // The source it comes from, or -1 when it mixes several.
+  [[nodiscard]] int64_t single_source() const {
+    if (pieces.empty()) return -1;
+    for (const auto& p : pieces) {
+      if (p.source != pieces.front().source) return -1;
+    }
+    return int64_t(pieces.front().source);
+  }
+};
+
+// Everything a dense -> MoE plan needs besides the sources and policies.
+struct MoeRecipe {
+  std::string method;
+  std::vector<ExpertRecipe> experts;
+  int64_t split_factor = 1;
+  int64_t experts_per_token = 2;
+  double noise_std = 0.0;  // Gaussian noise on expert weights, relative to each tensor's std
+  uint64_t noise_seed = 0;
+};
+
+// Expert e's weight for projection `proj` of one layer, built from the loaded dense
+// source tensors (gate/up [I, H], down [H, I]).
+inline torch::Tensor build_expert(const ExpertRecipe& recipe, const std::string& proj,
+                                  const std::vector<torch::Tensor>& dense) {
+  const int64_t dim = proj == "down_proj" ? 1 : 0;
+  std::vector<torch::Tensor> parts;
+  for (const auto& p : recipe.pieces) {
+    parts.push_back(dense.at(p.source).narrow(dim, p.begin, p.end - p.begin));
+  }
+  return parts.size() == 1 ? parts.front() : torch::cat(parts, dim);
+}
+
+// w plus N(0, (relative_std * std(w))^2), seeded per (seed, layer, projection, expert).
+inline torch::Tensor add_relative_noise(const torch::Tensor& w, double relative_std,
+                                        uint64_t seed) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  auto w32 = w.to(torch::kFloat32);
+  auto noise =
+      torch::randn(w.sizes(), gen, torch::kFloat32) * (relative_std * w32.std().item<double>());
+  return (w32 + noise).to(w.scalar_type());
+}
+
+template <TensorSource S, AveragingPolicy A, RouterInit R>
+Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router,
+              MoeRecipe recipe) {
+  // ------------------------------------------------ validate everything first
+  const DenseLayout layout = validate_dense_sources(sources);
+  const std::vector<double> weights = averaging.weights(sources.size());
+  router.validate(sources.size(), layout.num_layers, layout.hidden);
+  if (recipe.experts.empty()) {
+    throw std::invalid_argument("btx::merge::" + recipe.method + ": no experts to build");
+  }
+  const int64_t I_e = recipe.experts.front().intermediate();
+  for (size_t e = 0; e < recipe.experts.size(); ++e) {
+    for (const auto& p : recipe.experts[e].pieces) {
+      if (p.source >= sources.size() || p.begin < 0 || p.end <= p.begin ||
+          p.end > layout.intermediate) {
+        throw std::invalid_argument(
+            "btx::merge::" + recipe.method + ": expert " + std::to_string(e) + " reads rows [" +
+            std::to_string(p.begin) + ", " + std::to_string(p.end) + ") of source " +
+            std::to_string(p.source) +
+            ", outside its FFN (I=" + std::to_string(layout.intermediate) + ")");
+      }
+    }
+    if (recipe.experts[e].intermediate() != I_e || I_e == 0) {
+      throw std::invalid_argument("btx::merge::" + recipe.method +
+                                  ": experts must share one intermediate size to be packed");
+    }
+  }
+  if (!(recipe.noise_std >= 0.0) || !std::isfinite(recipe.noise_std)) {
+    throw std::invalid_argument("btx::merge::" + recipe.method +
+                                ": noise std must be finite and >= 0");
+  }
+
+  // -------------------------------------------------------- the output list
+  const int64_t E = int64_t(recipe.experts.size());
+  const int64_t H = layout.hidden;
+  struct Role {
+    int kind = 0;  // 0 averaged, 1 router, 2 experts
+    int64_t layer = 0;
+    std::string proj;
+  };
+  std::vector<TensorSpec> outputs;
+  std::map<std::string, Role> roles;
+  for (const auto& s : layout.shared_specs()) {
+    outputs.push_back(s);
+    roles[s.name] = Role{};
+  }
+  for (int64_t i = 0; i < layout.num_layers; ++i) {
+    outputs.push_back({router_name(i), {E, H}, layout.ffn_dtype});
+    roles[router_name(i)] = Role{1, i, ""};
+    for (const auto& proj : ffn_projections()) {
+      const bool down = proj == "down_proj";
+      outputs.push_back({experts_name(i, proj),
+                         down ? std::vector<int64_t>{E, H, I_e} : std::vector<int64_t>{E, I_e, H},
+                         layout.ffn_dtype});
+      roles[experts_name(i, proj)] = Role{2, i, proj};
+    }
+  }
+  std::sort(outputs.begin(), outputs.end(),
+            [](const TensorSpec& a, const TensorSpec& b) { return a.name < b.name; });
+
+  MixManifest manifest;
+  manifest.method = recipe.method;
+  manifest.sources = labels_of(sources);
+  manifest.averaging = averaging.to_json();
+  manifest.router_init = router.to_json();
+  manifest.weights = weights;
+  manifest.num_experts = E;
+  manifest.split_factor = recipe.split_factor;
+  manifest.experts_per_token = recipe.experts_per_token;
+  manifest.moe_intermediate_size = I_e;
+
+  // --------------------------------------------- computing one output tensor
+  auto state = std::make_shared<const std::vector<S>>(sources);
+  auto labels = manifest.sources;
+  Plan::Compute compute = [state, labels, weights, router, recipe, roles,
+                           H](const TensorSpec& spec) -> torch::Tensor {
+    torch::NoGradGuard no_grad;
+    const Role& role = roles.at(spec.name);
+    const auto& srcs = *state;
+    if (role.kind == 0) {
+      return weighted_sum(
+          spec.name, weights, [&](size_t j) { return srcs[j].load(spec.name); }, labels);
+    }
+    if (role.kind == 1) {
+      std::vector<int64_t> src_of;
+      for (const auto& ex : recipe.experts) src_of.push_back(ex.single_source());
+      return router.init(role.layer, src_of, H, spec.dtype);
+    }
+    // Load each source's dense weight once, only if some expert reads it.
+    std::vector<torch::Tensor> dense(srcs.size());
+    for (const auto& ex : recipe.experts) {
+      for (const auto& p : ex.pieces) {
+        if (!dense[p.source].defined()) {
+          dense[p.source] = srcs[p.source].load(dense_ffn_name(role.layer, role.proj));
+        }
+      }
+    }
+    const int64_t proj_index = role.proj == "gate_proj" ? 0 : role.proj == "up_proj" ? 1 : 2;
+    std::vector<torch::Tensor> experts;
+    for (size_t e = 0; e < recipe.experts.size(); ++e) {
+      auto w = build_expert(recipe.experts[e], role.proj, dense);
+      if (recipe.noise_std > 0.0) {
+        const uint64_t seed = recipe.noise_seed * 1000003ULL + uint64_t(role.layer) * 7919ULL +
+                              uint64_t(proj_index) * 104729ULL + e;
+        w = add_relative_noise(w, recipe.noise_std, seed);
+      }
+      experts.push_back(w.to(spec.dtype));
+    }
+    return torch::stack(experts);
+  };
+  return Plan(std::move(outputs), std::move(compute), std::move(manifest));
+}
+
+}  // namespace merge
+BTX_NAMESPACE_END
+}  // namespace btx

@@ -1,0 +1,175 @@
+// SPDX-License-Identifier: MIT
+// RouterInit policies: the starting value of each layer's new router W_l [E, H]. Random
+// normal (the paper, and HF's init), zero (uniform routing at first), or "hidden" as in
+// mergekit-moe: row e is expert e's mean FFN input on sample text, so tokens that look
+// like an expert's domain start out routed to it.
+#pragma once
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <concepts>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <btx/merge/averaging.hpp>
+#include <btx/models/llama.hpp>
+#include <btx/version.hpp>
+
+namespace btx {
+BTX_NAMESPACE_BEGIN
+namespace merge {
+
+// ---------------------------------------------------------------- the concept
+// validate(num_sources, num_layers, hidden): throws before a merge produces anything.
+template <class R>
+concept validates_router_inputs = requires(const R& r, size_t n, int64_t l, int64_t h) {
+  r.validate(n, l, h);
+};
+// init(layer, source_of_expert, hidden, dtype) -> [E, H]. source_of_expert[e] is the source
+// whose FFN expert e came from, or -1 when it mixes several (blending).
+template <class R>
+concept initialises_router = requires(const R& r, int64_t layer, const std::vector<int64_t>& src,
+                                      int64_t hidden, torch::ScalarType dtype) {
+  { r.init(layer, src, hidden, dtype) } -> std::same_as<torch::Tensor>;
+};
+template <class R>
+concept RouterInit = names_itself<R> && describes_itself_in_json<R> && validates_router_inputs<R> &&
+    initialises_router<R> && std::copy_constructible<R>;
+
+// -------------------------------------------------------------- the policies
+// N(0, std^2), seeded per (seed, layer): the same router whichever order layers are made.
+struct RouterNormal {
+  double std = 0.02;
+  uint64_t seed = 0;
+
+  [[nodiscard]] std::string name() const { return "normal"; }
+  [[nodiscard]] nlohmann::json to_json() const {
+    return {{"name", name()}, {"std", std}, {"seed", seed}};
+  }
+  void validate(size_t, int64_t, int64_t) const {
+    if (!(std >= 0.0) || !std::isfinite(std)) {
+      throw std::invalid_argument("btx::merge::RouterNormal: std must be finite and >= 0, got " +
+                                  std::to_string(std));
+    }
+  }
+  [[nodiscard]] torch::Tensor init(int64_t layer, const std::vector<int64_t>& src, int64_t hidden,
+                                   torch::ScalarType dtype) const {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(seed * 1000003ULL + uint64_t(layer));
+    auto w = torch::randn({int64_t(src.size()), hidden}, gen, torch::kFloat32) * std;
+    return w.to(dtype);
+  }
+};
+
+// All zeros: every expert gets weight 1/E until the router learns.
+struct RouterZero {
+  [[nodiscard]] std::string name() const { return "zero"; }
+  [[nodiscard]] nlohmann::json to_json() const { return {{"name", name()}}; }
+  void validate(size_t, int64_t, int64_t) const {}
+  [[nodiscard]] torch::Tensor init(int64_t, const std::vector<int64_t>& src, int64_t hidden,
+                                   torch::ScalarType dtype) const {
+    return torch::zeros({int64_t(src.size()), hidden}, dtype);
+  }
+};
+
+// mergekit-moe's "hidden" mode. per_source[j] is [L, H]: source j's mean FFN input per
+// layer (see mean_mlp_inputs). Like mergekit, each row is scaled to unit L2 norm (norms
+// below 1e-8 are clamped) and then multiplied by `scale`; normalize=false keeps raw means.
+// mergekit takes the residual stream entering the layer; btx takes the FFN's actual input
+// (post_attention_layernorm's output), which is what the router sees.
+struct RouterFromHidden {
+  std::vector<torch::Tensor> per_source;  // N tensors [L, H]
+  double scale = 1.0;
+  bool normalize = true;
+
+  [[nodiscard]] std::string name() const { return "hidden"; }
+  [[nodiscard]] nlohmann::json to_json() const {
+    return {{"name", name()}, {"scale", scale}, {"normalize", normalize}};
+  }
+  void validate(size_t num_sources, int64_t num_layers, int64_t hidden) const {
+    if (per_source.size() != num_sources) {
+      throw std::invalid_argument("btx::merge::RouterFromHidden: " +
+                                  std::to_string(per_source.size()) + " hidden-state tables for " +
+                                  std::to_string(num_sources) + " sources; give one per source");
+    }
+    for (size_t j = 0; j < per_source.size(); ++j) {
+      const auto& t = per_source[j];
+      if (!t.defined() || t.dim() != 2 || t.size(0) != num_layers || t.size(1) != hidden) {
+        throw std::invalid_argument(
+            "btx::merge::RouterFromHidden: hidden states of source " + std::to_string(j) +
+            " must be [num_layers=" + std::to_string(num_layers) +
+            ", hidden=" + std::to_string(hidden) + "], got " +
+            (t.defined() ? shape_string(t.sizes().vec()) : std::string("an undefined tensor")));
+      }
+      if (!torch::isfinite(t).all().item<bool>()) {
+        throw std::invalid_argument("btx::merge::RouterFromHidden: hidden states of source " +
+                                    std::to_string(j) + " contain NaN or Inf");
+      }
+    }
+  }
+  [[nodiscard]] torch::Tensor init(int64_t layer, const std::vector<int64_t>& src, int64_t hidden,
+                                   torch::ScalarType dtype) const {
+    std::vector<torch::Tensor> rows;
+    for (size_t e = 0; e < src.size(); ++e) {
+      if (src[e] < 0 || size_t(src[e]) >= per_source.size()) {
+        throw std::invalid_argument(
+            "btx::merge::RouterFromHidden: expert " + std::to_string(e) +
+            " does not come from a single source (blending?); use RouterNormal or RouterZero");
+      }
+      auto row = per_source[size_t(src[e])][layer].to(torch::kFloat32).reshape({hidden});
+      if (normalize) row = row / row.norm().clamp_min(1e-8);
+      rows.push_back(row * scale);
+    }
+    return torch::stack(rows).to(dtype);
+  }
+};
+
+static_assert(RouterInit<RouterNormal>);
+static_assert(RouterInit<RouterZero>);
+static_assert(RouterInit<RouterFromHidden>);
+
+// ------------------------------------------------------- hidden states of a model
+// Mean FFN input per layer over every token of `samples` (each [B, T] token ids): [L, H]
+// fp32, from model->model->forward(ids, nullptr, &mlp_inputs). Tokens weigh equally
+// (mergekit averages per prompt first).
+inline torch::Tensor mean_mlp_inputs(LlamaForCausalLM& model,
+                                     const std::vector<torch::Tensor>& samples) {
+  if (samples.empty()) {
+    throw std::invalid_argument("btx::merge::mean_mlp_inputs: no sample token ids given");
+  }
+  torch::NoGradGuard no_grad;
+  const auto device = model->parameters().front().device();
+  torch::Tensor sum_LH;
+  int64_t tokens = 0;
+  for (const auto& ids : samples) {
+    std::vector<torch::Tensor> mlp_inputs;  // L tensors [B, T, H]
+    model->model->forward(ids.to(device), nullptr, &mlp_inputs);
+    std::vector<torch::Tensor> per_layer;
+    for (const auto& x : mlp_inputs) {
+      per_layer.push_back(x.to(torch::kFloat32).reshape({-1, x.size(-1)}).sum(0));
+    }
+    auto s = torch::stack(per_layer).cpu();
+    sum_LH = sum_LH.defined() ? sum_LH + s : s;
+    tokens += ids.numel();
+  }
+  return sum_LH / double(tokens);
+}
+
+// RouterFromHidden over each expert's own hidden states on the same samples.
+inline RouterFromHidden hidden_router_init(std::vector<LlamaForCausalLM>& experts,
+                                           const std::vector<torch::Tensor>& samples,
+                                           double scale = 1.0) {
+  RouterFromHidden r;
+  r.scale = scale;
+  for (auto& m : experts) r.per_source.push_back(mean_mlp_inputs(m, samples));
+  return r;
+}
+
+}  // namespace merge
+BTX_NAMESPACE_END
+}  // namespace btx
