@@ -109,3 +109,20 @@ TEST_CASE("aux loss: load balancing reduces load imbalance compared with alpha =
   CHECK(switch_form < none - 0.2);
   CHECK(btx_form < none - 0.2);
 }
+
+TEST_CASE("aux loss: switch form with top-2 equals HF Mixtral's load_balancing_loss_func") {
+  torch::manual_seed(12);
+  const int64_t T = 10, E = 4, K = 2;
+  btx::RoutingResult r;
+  r.logits_TE = torch::randn({T, E}, torch::kDouble);
+  r.probs_TE = torch::softmax(r.logits_TE, 1);
+  auto [top, idx] = r.probs_TE.topk(K, 1);
+  r.indices_TK = idx;
+  r.weights_TK = top / top.sum(1, true);
+  // HF: mask [T, k, E]; tokens_per_expert = mean over tokens -> [k, E];
+  // loss = E * sum(tokens_per_expert * mean_probs[None, :]).
+  auto mask_TKE = torch::one_hot(idx, E).to(torch::kDouble);
+  auto hf = E * (mask_TKE.mean(0) * r.probs_TE.mean(0).unsqueeze(0)).sum();
+  CHECK(btx::load_balancing_loss(r, btx::LoadBalanceForm::switch_).item<double>() ==
+        doctest::Approx(hf.item<double>()).epsilon(1e-12));
+}
