@@ -26,14 +26,14 @@ btx::RoutingResult two_token_case() {
 
 }  // namespace
 
-TEST_CASE("aux loss: load balancing in BTX form uses the mean routed weight") {
+TEST_CASE("moe aux loss: load balancing in BTX form uses the mean routed weight") {
   auto r = two_token_case();
   // p = (0.625, 0.375); u = mean g = (0.375, 0.25); E * sum u p = 2 * (0.234375 + 0.09375)
   CHECK(btx::load_balancing_loss(r, btx::LoadBalanceForm::btx).item<double>() ==
         doctest::Approx(0.65625));
 }
 
-TEST_CASE("aux loss: load balancing in Switch form uses the fraction of tokens routed") {
+TEST_CASE("moe aux loss: load balancing in Switch form uses the fraction of tokens routed") {
   auto r = two_token_case();
   // f = (0.5, 0.5); E * sum f p = 2 * (0.3125 + 0.1875) = 1: balanced counts give 1.
   CHECK(btx::load_balancing_loss(r, btx::LoadBalanceForm::switch_).item<double>() ==
@@ -43,7 +43,7 @@ TEST_CASE("aux loss: load balancing in Switch form uses the fraction of tokens r
         doctest::Approx(1.25));
 }
 
-TEST_CASE("aux loss: z-loss is the mean squared logsumexp, scaled by its own coefficient") {
+TEST_CASE("moe aux loss: z-loss is the mean squared logsumexp, scaled by its own coefficient") {
   auto r = two_token_case();
   const double z0 = std::log(4.0), z1 = std::log(2.0);
   CHECK(btx::router_z_loss(r).item<double>() == doctest::Approx((z0 * z0 + z1 * z1) / 2));
@@ -53,7 +53,7 @@ TEST_CASE("aux loss: z-loss is the mean squared logsumexp, scaled by its own coe
   CHECK_FALSE(btx::aux_loss(r, btx::AuxLossOptions{0.0, btx::LoadBalanceForm::btx, 0.0}).defined());
 }
 
-TEST_CASE("aux loss: collect_aux_loss sums every MoE layer of a model") {
+TEST_CASE("moe aux loss: collect_aux_loss sums every MoE layer of a model") {
   torch::manual_seed(0);
   using Layer = btx::MoE<btx::TopK, btx::PackedSwiGLU>;
   torch::nn::Sequential net(
@@ -99,7 +99,7 @@ static double busiest_share_after_training(double alpha, btx::LoadBalanceForm fo
   return share;
 }
 
-TEST_CASE("aux loss: load balancing reduces load imbalance compared with alpha = 0") {
+TEST_CASE("moe aux loss: load balancing reduces load imbalance compared with alpha = 0") {
   const double none = busiest_share_after_training(0.0, btx::LoadBalanceForm::switch_);
   const double btx_form = busiest_share_after_training(0.1, btx::LoadBalanceForm::btx);
   const double switch_form = busiest_share_after_training(0.1, btx::LoadBalanceForm::switch_);
@@ -108,4 +108,21 @@ TEST_CASE("aux loss: load balancing reduces load imbalance compared with alpha =
   CHECK(none > 0.9);
   CHECK(switch_form < none - 0.2);
   CHECK(btx_form < none - 0.2);
+}
+
+TEST_CASE("moe aux loss: switch form with top-2 equals HF Mixtral's load_balancing_loss_func") {
+  torch::manual_seed(12);
+  const int64_t T = 10, E = 4, K = 2;
+  btx::RoutingResult r;
+  r.logits_TE = torch::randn({T, E}, torch::kDouble);
+  r.probs_TE = torch::softmax(r.logits_TE, 1);
+  auto [top, idx] = r.probs_TE.topk(K, 1);
+  r.indices_TK = idx;
+  r.weights_TK = top / top.sum(1, true);
+  // HF: mask [T, k, E]; tokens_per_expert = mean over tokens -> [k, E];
+  // loss = E * sum(tokens_per_expert * mean_probs[None, :]).
+  auto mask_TKE = torch::one_hot(idx, E).to(torch::kDouble);
+  auto hf = E * (mask_TKE.mean(0) * r.probs_TE.mean(0).unsqueeze(0)).sum();
+  CHECK(btx::load_balancing_loss(r, btx::LoadBalanceForm::switch_).item<double>() ==
+        doctest::Approx(hf.item<double>()).epsilon(1e-12));
 }

@@ -209,6 +209,22 @@ TEST_CASE("moe: forward keeps [B, T, H], records statistics and flows gradients"
                                        "experts.down_proj"});
 }
 
+TEST_CASE("moe: bf16 hidden states route in fp32 and compute experts in bf16") {
+  torch::manual_seed(9);
+  auto gate = std::make_shared<btx::TopK>(H, E, 2);
+  auto experts = std::make_shared<btx::PackedSwiGLU>(E, H, I);
+  btx::MoE<btx::TopK, btx::PackedSwiGLU> moe(gate, experts);
+  auto x = torch::randn({6, H});
+  auto y32 = moe->forward(x);
+  moe->to(torch::kBFloat16);
+  auto r = gate->route(x.to(torch::kBFloat16));
+  CHECK((r.logits_TE.scalar_type() == torch::kFloat32));
+  CHECK((r.weights_TK.scalar_type() == torch::kFloat32));
+  auto y16 = moe->forward(x.to(torch::kBFloat16));
+  CHECK((y16.scalar_type() == torch::kBFloat16));
+  CHECK(max_abs_diff(y16, y32) < 0.05 * y32.abs().max().item<double>() + 1e-2);
+}
+
 TEST_CASE("moe: an empty batch gives an empty output for every router") {
   torch::manual_seed(8);
   btx::LlamaMLP dense(H, I);
