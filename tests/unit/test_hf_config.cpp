@@ -172,3 +172,15 @@ TEST_CASE("hf names: Mixtral names round-trip and dense names are unchanged") {
         btx::hf::BtxSlot{"model.layers.0.mlp.gate.weight", std::nullopt});
   CHECK(hf_to_btx_slot("lm_head.weight") == btx::hf::BtxSlot{"lm_head.weight", std::nullopt});
 }
+
+TEST_CASE("hf config: wrongly typed fields are reported as config errors, not JSON crashes") {
+  auto j = llama_json();
+  j["model_type"] = 7;
+  CHECK(has(config_error(j), "test/config.json"));
+  j = llama_json();
+  j["rope_parameters"]["rope_theta"] = "big";
+  CHECK(has(config_error(j), "wrong JSON type"));
+  j = llama_json();
+  j["hidden_size"] = 32.5;
+  CHECK(has(config_error(j), "\"hidden_size\""));
+}

@@ -18,6 +18,14 @@ using btx::io::FormatError;
 
 namespace {
 
+// Every test file's scratch folders live under this one; it goes when the test binary exits.
+const struct RemoveScratchAtExit {
+  ~RemoveScratchAtExit() {
+    std::error_code ec;
+    fs::remove_all(fs::temp_directory_path() / ("btx-test-" + std::to_string(::getpid())), ec);
+  }
+} remove_scratch_at_exit;
+
 fs::path scratch_dir(const std::string& name) {
   auto dir = fs::temp_directory_path() / ("btx-test-" + std::to_string(::getpid())) / name;
   fs::remove_all(dir);

@@ -42,9 +42,8 @@ inline std::runtime_error config_error(const std::string& where, const std::stri
 
 }  // namespace detail
 
-// Parses a LlamaForCausalLM or MixtralForCausalLM config; `where` names the source.
-inline HFConfig config_from_json(const nlohmann::json& j,
-                                 const std::string& where = "config.json") {
+namespace detail {
+inline HFConfig parse_config(const nlohmann::json& j, const std::string& where) {
   if (!j.is_object()) throw detail::config_error(where, "not a JSON object");
   std::string model_type = j.value("model_type", "");
   if (model_type.empty() && j.contains("architectures") && j["architectures"].is_array() &&
@@ -146,6 +145,19 @@ inline HFConfig config_from_json(const nlohmann::json& j,
     throw detail::config_error(where, e.what());
   }
   return out;
+}
+}  // namespace detail
+
+// Parses a LlamaForCausalLM or MixtralForCausalLM config; `where` names the source.
+// Throws std::runtime_error naming `where` and the offending field.
+inline HFConfig config_from_json(const nlohmann::json& j,
+                                 const std::string& where = "config.json") {
+  try {
+    return detail::parse_config(j, where);
+  } catch (const nlohmann::json::exception& e) {
+    throw detail::config_error(where,
+                               std::string("a field has the wrong JSON type (") + e.what() + ")");
+  }
 }
 
 inline HFConfig read_config_json(const std::filesystem::path& file) {

@@ -102,9 +102,16 @@ class SafetensorsStreamWriter {
     if (fd_ < 0) {
       throw std::runtime_error("cannot create " + tmp_.string() + ": " + std::strerror(errno));
     }
-    const uint64_t n = text.size();
-    detail::write_all(fd_, &n, 8, 0, tmp_.string());
-    detail::write_all(fd_, text.data(), text.size(), 8, tmp_.string());
+    try {
+      const uint64_t n = text.size();
+      detail::write_all(fd_, &n, 8, 0, tmp_.string());
+      detail::write_all(fd_, text.data(), text.size(), 8, tmp_.string());
+    } catch (...) {  // the destructor will not run for a throwing constructor
+      ::close(fd_);
+      std::error_code ec;
+      std::filesystem::remove(tmp_, ec);
+      throw;
+    }
   }
   SafetensorsStreamWriter(const SafetensorsStreamWriter&) = delete;
   SafetensorsStreamWriter& operator=(const SafetensorsStreamWriter&) = delete;
