@@ -251,6 +251,16 @@ TEST_CASE("merge router init: seeded normal, zero, and unit-norm hidden-state ro
   // Split experts inherit their source's row.
   auto s = bm::merge(bm::SplitMix<bm::UniformMean, bm::RouterFromHidden>{{}, hidden, 2, 1}, srcs);
   CHECK(max_abs_diff(s.at("model.layers.1.mlp.gate.weight")[3], router[1]) < 1e-6);
+  // mergekit's recipe: the base model on each expert's own prompts.
+  std::vector<std::vector<torch::Tensor>> prompts = {{torch::randint(0, 32, {1, 6})},
+                                                     {torch::randint(32, 64, {2, 5})}};
+  auto from_prompts = bm::hidden_router_init_from_prompts(models[0], prompts, 2.0);
+  auto p = bm::merge(bm::BtxMix<bm::UniformMean, bm::RouterFromHidden>{{}, from_prompts}, srcs);
+  mlp_inputs.clear();
+  models[0]->model->forward(prompts[1][0], nullptr, &mlp_inputs);
+  auto code_mean = mlp_inputs[0].reshape({-1, 32}).mean(0);
+  CHECK(max_abs_diff(p.at("model.layers.0.mlp.gate.weight")[1],
+                     2.0 * code_mean / code_mean.norm()) < 1e-5);
   bm::RouterFromHidden wrong{{torch::ones({2, 31}), torch::ones({2, 31})}};
   CHECK_THROWS_WITH_AS(
       (bm::merge(bm::BtxMix<bm::UniformMean, bm::RouterFromHidden>{{}, wrong}, srcs)),
