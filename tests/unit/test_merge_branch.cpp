@@ -109,6 +109,7 @@ TEST_CASE("merge surgery: adding then removing an expert round-trips the MoE") {
   auto moe3 = bm::add_expert(moe2, srcs[2].tensors(), bm::RouterZero{}, "e2", &manifest);
   CHECK(manifest.num_experts == 3);
   CHECK(manifest.sources.back() == "e2");
+  CHECK(manifest.experts[2] == nlohmann::json::parse(R"([{"source":"e2","rows":[0,64]}])"));
   auto direct = bm::merge(Mix{}, srcs);
   for (int64_t i = 0; i < 2; ++i) {
     for (const auto& p : bm::ffn_projections()) {
@@ -120,6 +121,7 @@ TEST_CASE("merge surgery: adding then removing an expert round-trips the MoE") {
   auto back = bm::remove_expert(moe3, 2, &manifest);
   CHECK(manifest.num_experts == 2);
   CHECK(manifest.sources == std::vector<std::string>{"e0", "e1"});
+  CHECK(manifest.experts.size() == 2);
   REQUIRE(back.size() == moe2.size());
   for (const auto& [name, t] : moe2) CHECK_MESSAGE(torch::equal(back.at(name), t), name);
   // Removing the middle expert keeps the others in order.

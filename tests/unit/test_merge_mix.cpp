@@ -100,6 +100,8 @@ TEST_CASE("merge mix: names follow the MoE contract and experts keep their sourc
   nlohmann::json j = m;
   CHECK(j.at("averaging").at("name") == "uniform_mean");
   CHECK(j.get<bm::MixManifest>().experts_per_token == 2);
+  CHECK(nlohmann::json(nlohmann::json::parse(j.dump()).get<bm::MixManifest>()) == j);
+  CHECK_THROWS_AS(nlohmann::json::array().get<bm::MixManifest>(), std::invalid_argument);
 }
 
 TEST_CASE("merge mix: weighted averaging uses the weights, keep-one copies the seed") {
@@ -152,6 +154,8 @@ TEST_CASE("merge split: the chunk experts of a source sum to its dense FFN outpu
   CHECK(moe.at(kDown).sizes() == torch::IntArrayRef({8, 32, 16}));
   CHECK(plan.manifest().experts_per_token == 8);  // C * k
   CHECK(plan.manifest().moe_intermediate_size == 16);
+  CHECK(plan.manifest().experts[5] ==
+        nlohmann::json::parse(R"([{"source":"expert1","rows":[16,32]}])"));
   auto x = torch::randn({5, 32});
   for (int64_t j = 0; j < 2; ++j) {
     const auto& d = srcs[size_t(j)];
@@ -184,6 +188,10 @@ TEST_CASE("merge blend: expert n is chunk n of every source, concatenated") {
     CHECK(torch::equal(moe.at(kGate)[n], expect_g));
     CHECK(torch::equal(moe.at(kDown)[n], expect_d));
   }
+  nlohmann::json provenance = bm::BlendMix<>{}.plan(srcs).manifest().experts;
+  CHECK(provenance[1] ==
+        nlohmann::json::parse(
+            R"([{"source":"expert0","rows":[32,64]},{"source":"expert1","rows":[32,64]}])"));
   // Blended experts have no single source: hidden-state routers cannot apply.
   bm::RouterFromHidden hidden{{torch::ones({2, 32}), torch::ones({2, 32})}};
   CHECK_THROWS_WITH_AS(
@@ -207,6 +215,7 @@ TEST_CASE("merge upcycle: copies of the seed FFN, with noise of the requested re
   CHECK_FALSE(torch::equal(a.at(kUp)[0], a.at(kUp)[1]));
   auto rel = (a.at(kUp) - dense_up).std().item<double>() / dense_up.std().item<double>();
   CHECK(rel == doctest::Approx(0.1).epsilon(0.05));
+  CHECK(noisy.plan(srcs).manifest().options.at("noise_std") == 0.1);
   CHECK_THROWS_AS(bm::Upcycle<>{4}.plan(sources_of(make_models(2, 1))), std::invalid_argument);
 }
 

@@ -8,6 +8,8 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -156,6 +158,16 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
   manifest.split_factor = recipe.split_factor;
   manifest.experts_per_token = recipe.experts_per_token;
   manifest.moe_intermediate_size = I_e;
+  for (const auto& ex : recipe.experts) {
+    nlohmann::json pieces = nlohmann::json::array();
+    for (const auto& p : ex.pieces) {
+      pieces.push_back({{"source", manifest.sources[p.source]}, {"rows", {p.begin, p.end}}});
+    }
+    manifest.experts.push_back(std::move(pieces));
+  }
+  if (recipe.noise_std > 0.0) {
+    manifest.options = {{"noise_std", recipe.noise_std}, {"noise_seed", recipe.noise_seed}};
+  }
 
   // --------------------------------------------- computing one output tensor
   auto state = std::make_shared<const std::vector<S>>(sources);
