@@ -173,6 +173,48 @@ TEST_CASE("merge split: the chunk experts of a source sum to its dense FFN outpu
                        std::invalid_argument);
 }
 
+namespace {
+// Mixtral routing by hand for one layer: softmax over E logits, top-k, renormalise.
+torch::Tensor moe_layer(const bm::StateDict& sd, int64_t layer, int64_t k, const torch::Tensor& x) {
+  auto router = sd.at(bm::router_name(layer));
+  auto g = sd.at(bm::experts_name(layer, "gate_proj"));
+  auto u = sd.at(bm::experts_name(layer, "up_proj"));
+  auto d = sd.at(bm::experts_name(layer, "down_proj"));
+  auto probs = torch::softmax(torch::matmul(x, router.t()), -1);  // [T, E]
+  auto [w, idx] = probs.topk(k, -1);
+  w = w / w.sum(-1, true);
+  auto out = torch::zeros_like(x);
+  for (int64_t t = 0; t < x.size(0); ++t) {
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t e = idx[t][j].item<int64_t>();
+      out[t] += w[t][j] * swiglu(x[t].unsqueeze(0), g[e], u[e], d[e]).squeeze(0);
+    }
+  }
+  return out;
+}
+}  // namespace
+
+TEST_CASE("merge split: rescaled chunks with top-(C*k) reproduce the unsplit top-k MoE") {
+  auto models = make_models(3, 37);
+  auto srcs = sources_of(models);
+  bm::RouterFromHidden rows{{torch::randn({2, 32}), torch::randn({2, 32}), torch::randn({2, 32})}};
+  using Hidden = bm::RouterFromHidden;
+  auto unsplit = bm::merge(bm::BtxMix<bm::UniformMean, Hidden>{{}, rows, 1}, srcs);
+  bm::SplitMix<bm::UniformMean, Hidden> split{{}, rows, /*chunks=*/4, /*experts_per_token=*/1};
+  split.rescale_down = true;
+  auto plan = split.plan(srcs);
+  auto moe = bm::materialize(plan);
+  CHECK(plan.manifest().experts_per_token == 4);
+  auto x = torch::randn({6, 32});
+  for (int64_t layer = 0; layer < 2; ++layer) {
+    CHECK(max_abs_diff(moe_layer(moe, layer, 4, x), moe_layer(unsplit, layer, 1, x)) < 1e-5);
+  }
+  // Without the rescale the split MoE gives 1/C of the unsplit output.
+  split.rescale_down = false;
+  auto plain = bm::merge(split, srcs);
+  CHECK(max_abs_diff(4 * moe_layer(plain, 1, 4, x), moe_layer(unsplit, 1, 1, x)) < 1e-5);
+}
+
 TEST_CASE("merge blend: expert n is chunk n of every source, concatenated") {
   auto models = make_models(2, 13);
   auto srcs = sources_of(models);
