@@ -52,6 +52,40 @@ TEST_CASE("merge branch: ExpertInfo survives a JSON round trip and bad JSON is n
                        std::invalid_argument);
 }
 
+TEST_CASE("merge branch: branch, diverge, then mix the seed and the experts") {
+  torch::manual_seed(1);
+  btx::LlamaForCausalLM seed(tiny_config());
+  auto branches = bm::branch(seed, {"math", "code", "wiki"});
+  std::vector<btx::LlamaForCausalLM> models = {seed};
+  std::vector<std::string> labels = {"seed"};
+  std::vector<bm::ExpertInfo> infos;
+  for (auto& b : branches) {  // stand-in for training: each expert drifts its own way
+    torch::NoGradGuard no_grad;
+    for (auto& p : b.model->parameters()) p.add_(torch::randn_like(p) * 0.01);
+    b.info.tokens_trained = 1000 * (b.info.branch_index + 1);
+    models.push_back(b.model);
+    labels.push_back(b.info.name);
+    infos.push_back(b.info);
+  }
+  auto srcs = bm::sources_of(models, labels);
+  auto plan = bm::BtxMix<>{}.plan(srcs);
+  auto moe = bm::materialize(plan);
+  CHECK(plan.manifest().sources == labels);
+  const std::string down = "model.layers.1.mlp.down_proj.weight";
+  for (int64_t e = 0; e < 4; ++e) {
+    CHECK(torch::equal(moe.at(bm::experts_name(1, "down_proj"))[e], srcs[size_t(e)].load(down)));
+  }
+  const std::string q = "model.layers.0.self_attn.q_proj.weight";
+  auto mean = (srcs[0].load(q) + srcs[1].load(q) + srcs[2].load(q) + srcs[3].load(q)) / 4;
+  CHECK(max_abs_diff(moe.at(q), mean) < 1e-7);
+
+  // BTM-style weighting of the domain experts by tokens trained: 1:2:3.
+  std::vector<bm::StateDictSource> domains(srcs.begin() + 1, srcs.end());
+  auto weighted = bm::merge(bm::BtmMerge<bm::WeightedMean>{bm::weighted_by_tokens(infos)}, domains);
+  auto expect = (srcs[1].load(down) + 2 * srcs[2].load(down) + 3 * srcs[3].load(down)) / 6;
+  CHECK(max_abs_diff(weighted.at(down), expect) < 1e-7);
+}
+
 namespace {
 std::vector<bm::StateDictSource> three_sources() {
   std::vector<bm::StateDictSource> out;
@@ -75,6 +109,7 @@ TEST_CASE("merge surgery: adding then removing an expert round-trips the MoE") {
   auto moe3 = bm::add_expert(moe2, srcs[2].tensors(), bm::RouterZero{}, "e2", &manifest);
   CHECK(manifest.num_experts == 3);
   CHECK(manifest.sources.back() == "e2");
+  CHECK(manifest.experts[2] == nlohmann::json::parse(R"([{"source":"e2","rows":[0,64]}])"));
   auto direct = bm::merge(Mix{}, srcs);
   for (int64_t i = 0; i < 2; ++i) {
     for (const auto& p : bm::ffn_projections()) {
@@ -86,6 +121,7 @@ TEST_CASE("merge surgery: adding then removing an expert round-trips the MoE") {
   auto back = bm::remove_expert(moe3, 2, &manifest);
   CHECK(manifest.num_experts == 2);
   CHECK(manifest.sources == std::vector<std::string>{"e0", "e1"});
+  CHECK(manifest.experts.size() == 2);
   REQUIRE(back.size() == moe2.size());
   for (const auto& [name, t] : moe2) CHECK_MESSAGE(torch::equal(back.at(name), t), name);
   // Removing the middle expert keeps the others in order.

@@ -100,6 +100,8 @@ TEST_CASE("merge mix: names follow the MoE contract and experts keep their sourc
   nlohmann::json j = m;
   CHECK(j.at("averaging").at("name") == "uniform_mean");
   CHECK(j.get<bm::MixManifest>().experts_per_token == 2);
+  CHECK(nlohmann::json(nlohmann::json::parse(j.dump()).get<bm::MixManifest>()) == j);
+  CHECK_THROWS_AS(nlohmann::json::array().get<bm::MixManifest>(), std::invalid_argument);
 }
 
 TEST_CASE("merge mix: weighted averaging uses the weights, keep-one copies the seed") {
@@ -152,6 +154,8 @@ TEST_CASE("merge split: the chunk experts of a source sum to its dense FFN outpu
   CHECK(moe.at(kDown).sizes() == torch::IntArrayRef({8, 32, 16}));
   CHECK(plan.manifest().experts_per_token == 8);  // C * k
   CHECK(plan.manifest().moe_intermediate_size == 16);
+  CHECK(plan.manifest().experts[5] ==
+        nlohmann::json::parse(R"([{"source":"expert1","rows":[16,32]}])"));
   auto x = torch::randn({5, 32});
   for (int64_t j = 0; j < 2; ++j) {
     const auto& d = srcs[size_t(j)];
@@ -169,6 +173,48 @@ TEST_CASE("merge split: the chunk experts of a source sum to its dense FFN outpu
                        std::invalid_argument);
 }
 
+namespace {
+// Mixtral routing by hand for one layer: softmax over E logits, top-k, renormalise.
+torch::Tensor moe_layer(const bm::StateDict& sd, int64_t layer, int64_t k, const torch::Tensor& x) {
+  auto router = sd.at(bm::router_name(layer));
+  auto g = sd.at(bm::experts_name(layer, "gate_proj"));
+  auto u = sd.at(bm::experts_name(layer, "up_proj"));
+  auto d = sd.at(bm::experts_name(layer, "down_proj"));
+  auto probs = torch::softmax(torch::matmul(x, router.t()), -1);  // [T, E]
+  auto [w, idx] = probs.topk(k, -1);
+  w = w / w.sum(-1, true);
+  auto out = torch::zeros_like(x);
+  for (int64_t t = 0; t < x.size(0); ++t) {
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t e = idx[t][j].item<int64_t>();
+      out[t] += w[t][j] * swiglu(x[t].unsqueeze(0), g[e], u[e], d[e]).squeeze(0);
+    }
+  }
+  return out;
+}
+}  // namespace
+
+TEST_CASE("merge split: rescaled chunks with top-(C*k) reproduce the unsplit top-k MoE") {
+  auto models = make_models(3, 37);
+  auto srcs = sources_of(models);
+  bm::RouterFromHidden rows{{torch::randn({2, 32}), torch::randn({2, 32}), torch::randn({2, 32})}};
+  using Hidden = bm::RouterFromHidden;
+  auto unsplit = bm::merge(bm::BtxMix<bm::UniformMean, Hidden>{{}, rows, 1}, srcs);
+  bm::SplitMix<bm::UniformMean, Hidden> split{{}, rows, /*chunks=*/4, /*experts_per_token=*/1};
+  split.rescale_down = true;
+  auto plan = split.plan(srcs);
+  auto moe = bm::materialize(plan);
+  CHECK(plan.manifest().experts_per_token == 4);
+  auto x = torch::randn({6, 32});
+  for (int64_t layer = 0; layer < 2; ++layer) {
+    CHECK(max_abs_diff(moe_layer(moe, layer, 4, x), moe_layer(unsplit, layer, 1, x)) < 1e-5);
+  }
+  // Without the rescale the split MoE gives 1/C of the unsplit output.
+  split.rescale_down = false;
+  auto plain = bm::merge(split, srcs);
+  CHECK(max_abs_diff(4 * moe_layer(plain, 1, 4, x), moe_layer(unsplit, 1, 1, x)) < 1e-5);
+}
+
 TEST_CASE("merge blend: expert n is chunk n of every source, concatenated") {
   auto models = make_models(2, 13);
   auto srcs = sources_of(models);
@@ -184,6 +230,10 @@ TEST_CASE("merge blend: expert n is chunk n of every source, concatenated") {
     CHECK(torch::equal(moe.at(kGate)[n], expect_g));
     CHECK(torch::equal(moe.at(kDown)[n], expect_d));
   }
+  nlohmann::json provenance = bm::BlendMix<>{}.plan(srcs).manifest().experts;
+  CHECK(provenance[1] ==
+        nlohmann::json::parse(
+            R"([{"source":"expert0","rows":[32,64]},{"source":"expert1","rows":[32,64]}])"));
   // Blended experts have no single source: hidden-state routers cannot apply.
   bm::RouterFromHidden hidden{{torch::ones({2, 32}), torch::ones({2, 32})}};
   CHECK_THROWS_WITH_AS(
@@ -207,6 +257,7 @@ TEST_CASE("merge upcycle: copies of the seed FFN, with noise of the requested re
   CHECK_FALSE(torch::equal(a.at(kUp)[0], a.at(kUp)[1]));
   auto rel = (a.at(kUp) - dense_up).std().item<double>() / dense_up.std().item<double>();
   CHECK(rel == doctest::Approx(0.1).epsilon(0.05));
+  CHECK(noisy.plan(srcs).manifest().options.at("noise_std") == 0.1);
   CHECK_THROWS_AS(bm::Upcycle<>{4}.plan(sources_of(make_models(2, 1))), std::invalid_argument);
 }
 
@@ -251,6 +302,16 @@ TEST_CASE("merge router init: seeded normal, zero, and unit-norm hidden-state ro
   // Split experts inherit their source's row.
   auto s = bm::merge(bm::SplitMix<bm::UniformMean, bm::RouterFromHidden>{{}, hidden, 2, 1}, srcs);
   CHECK(max_abs_diff(s.at("model.layers.1.mlp.gate.weight")[3], router[1]) < 1e-6);
+  // mergekit's recipe: the base model on each expert's own prompts.
+  std::vector<std::vector<torch::Tensor>> prompts = {{torch::randint(0, 32, {1, 6})},
+                                                     {torch::randint(32, 64, {2, 5})}};
+  auto from_prompts = bm::hidden_router_init_from_prompts(models[0], prompts, 2.0);
+  auto p = bm::merge(bm::BtxMix<bm::UniformMean, bm::RouterFromHidden>{{}, from_prompts}, srcs);
+  mlp_inputs.clear();
+  models[0]->model->forward(prompts[1][0], nullptr, &mlp_inputs);
+  auto code_mean = mlp_inputs[0].reshape({-1, 32}).mean(0);
+  CHECK(max_abs_diff(p.at("model.layers.0.mlp.gate.weight")[1],
+                     2.0 * code_mean / code_mean.norm()) < 1e-5);
   bm::RouterFromHidden wrong{{torch::ones({2, 31}), torch::ones({2, 31})}};
   CHECK_THROWS_WITH_AS(
       (bm::merge(bm::BtxMix<bm::UniformMean, bm::RouterFromHidden>{{}, wrong}, srcs)),

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include <btx/merge/averaging.hpp>
 #include <btx/merge/expert_info.hpp>
 #include <btx/version.hpp>
 
@@ -99,6 +100,13 @@ std::vector<Branched<M>> branch(const M& seed, const std::vector<std::string>& d
     out.push_back({deep_copy(seed), std::move(info)});
   }
   return out;
+}
+
+// Averaging weights proportional to each expert's tokens_trained (validated when used).
+inline WeightedMean weighted_by_tokens(const std::vector<ExpertInfo>& experts) {
+  WeightedMean w;
+  for (const auto& e : experts) w.raw.push_back(double(e.tokens_trained));
+  return w;
 }
 
 }  // namespace merge

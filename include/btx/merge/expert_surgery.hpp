@@ -7,6 +7,8 @@
 
 #include <torch/torch.h>
 
+#include <nlohmann/json.hpp>
+
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -112,6 +114,8 @@ StateDict add_expert(const StateDict& moe, const StateDict& expert, const R& rou
   if (manifest != nullptr) {
     manifest->num_experts = m.num_experts + 1;
     manifest->sources.push_back(label);
+    manifest->experts.push_back(
+        nlohmann::json::array({{{"source", label}, {"rows", {0, m.intermediate}}}}));
   }
   return out;
 }
@@ -143,6 +147,9 @@ inline StateDict remove_expert(const StateDict& moe, int64_t index,
     manifest->num_experts = m.num_experts - 1;
     if (manifest->sources.size() == size_t(m.num_experts)) {  // one source per expert
       manifest->sources.erase(manifest->sources.begin() + index);
+    }
+    if (manifest->experts.is_array() && manifest->experts.size() == size_t(m.num_experts)) {
+      manifest->experts.erase(manifest->experts.begin() + index);
     }
   }
   return out;

@@ -26,6 +26,10 @@ struct MixManifest {
   int64_t split_factor = 1;           // chunks per source FFN (splitting), else 1
   int64_t experts_per_token = 0;      // suggested top-k for the MoE config (0: dense)
   int64_t moe_intermediate_size = 0;  // each expert's I (0: dense)
+  // Provenance, one entry per expert: the pieces concatenated along I, each
+  // {"source": label, "rows": [begin, end)}. Empty for a dense result.
+  nlohmann::json experts = nlohmann::json::array();
+  nlohmann::json options = nlohmann::json::object();  // method-specific (upcycling noise, ...)
 };
 
 inline void to_json(nlohmann::json& j, const MixManifest& m) {
@@ -37,7 +41,9 @@ inline void to_json(nlohmann::json& j, const MixManifest& m) {
                      {"num_experts", m.num_experts},
                      {"split_factor", m.split_factor},
                      {"experts_per_token", m.experts_per_token},
-                     {"moe_intermediate_size", m.moe_intermediate_size}};
+                     {"moe_intermediate_size", m.moe_intermediate_size},
+                     {"experts", m.experts},
+                     {"options", m.options}};
 }
 
 inline void from_json(const nlohmann::json& j, MixManifest& m) {
@@ -54,6 +60,8 @@ inline void from_json(const nlohmann::json& j, MixManifest& m) {
   out.split_factor = j.value("split_factor", int64_t{1});
   out.experts_per_token = j.value("experts_per_token", int64_t{0});
   out.moe_intermediate_size = j.value("moe_intermediate_size", int64_t{0});
+  out.experts = j.value("experts", nlohmann::json::array());
+  out.options = j.value("options", nlohmann::json::object());
   m = std::move(out);
 }
 

@@ -81,15 +81,20 @@ struct BtxMix {
 // ---------------------------------------------------------------- splitting
 // Each source FFN is cut into `chunks` = C pieces along I: N*C experts of I/C each, expert
 // j*C + c holding rows [c*I/C, (c+1)*I/C) of source j. SwiGLU acts elementwise along I, so
-// the sum of a source's C chunk outputs equals its dense FFN output; to reproduce a
-// top-k routing of the unsplit experts the split model routes top-(C*k), which the
-// manifest's experts_per_token suggests (experts_per_token here is the unsplit k).
+// the sum of a source's C chunk outputs equals its dense FFN output.
+// Matching the unsplit MoE: if the C chunks of source j share source j's router row (as
+// RouterFromHidden gives), top-(C*k) routing selects all chunks of the top-k sources, but
+// the renormalised weights give each chunk g_j / C, so the output is 1/C of the unsplit
+// MoE's. With rescale_down = true every chunk's down_proj is multiplied by C and the split
+// MoE with top-(C*k) reproduces the unsplit top-k MoE exactly. The manifest suggests
+// experts_per_token = C*k (experts_per_token here is the unsplit k).
 template <AveragingPolicy A = UniformMean, RouterInit R = RouterNormal>
 struct SplitMix {
   A averaging{};
   R router{};
   int64_t chunks = 2;
   int64_t experts_per_token = 2;
+  bool rescale_down = false;  // multiply down_proj chunks by C (see above)
 
   [[nodiscard]] std::string name() const { return "split"; }
   template <TensorSource S>
@@ -98,6 +103,7 @@ struct SplitMix {
     detail::check_divides(name(), I, chunks, "chunks");
     const int64_t w = I / chunks;
     MoeRecipe r{name(), {}, chunks, chunks * experts_per_token, 0.0, 0};
+    if (rescale_down) r.down_scale = double(chunks);
     for (size_t j = 0; j < sources.size(); ++j) {
       for (int64_t c = 0; c < chunks; ++c) r.experts.push_back({{{j, c * w, (c + 1) * w}}});
     }

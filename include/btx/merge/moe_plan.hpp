@@ -8,6 +8,8 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -62,6 +64,7 @@ struct MoeRecipe {
   int64_t experts_per_token = 2;
   double noise_std = 0.0;  // Gaussian noise on expert weights, relative to each tensor's std
   uint64_t noise_seed = 0;
+  double down_scale = 1.0;  // factor on every expert's down_proj (splitting's rescale)
 };
 
 // Expert e's weight for projection `proj` of one layer, built from the loaded dense
@@ -113,6 +116,10 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
                                   ": experts must share one intermediate size to be packed");
     }
   }
+  if (!std::isfinite(recipe.down_scale) || recipe.down_scale == 0.0) {
+    throw std::invalid_argument("btx::merge::" + recipe.method +
+                                ": down_scale must be finite and non-zero");
+  }
   if (!(recipe.noise_std >= 0.0) || !std::isfinite(recipe.noise_std)) {
     throw std::invalid_argument("btx::merge::" + recipe.method +
                                 ": noise std must be finite and >= 0");
@@ -156,6 +163,17 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
   manifest.split_factor = recipe.split_factor;
   manifest.experts_per_token = recipe.experts_per_token;
   manifest.moe_intermediate_size = I_e;
+  for (const auto& ex : recipe.experts) {
+    nlohmann::json pieces = nlohmann::json::array();
+    for (const auto& p : ex.pieces) {
+      pieces.push_back({{"source", manifest.sources[p.source]}, {"rows", {p.begin, p.end}}});
+    }
+    manifest.experts.push_back(std::move(pieces));
+  }
+  if (recipe.down_scale != 1.0) manifest.options["down_scale"] = recipe.down_scale;
+  if (recipe.noise_std > 0.0) {
+    manifest.options = {{"noise_std", recipe.noise_std}, {"noise_seed", recipe.noise_seed}};
+  }
 
   // --------------------------------------------- computing one output tensor
   auto state = std::make_shared<const std::vector<S>>(sources);
@@ -187,6 +205,9 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
     std::vector<torch::Tensor> experts;
     for (size_t e = 0; e < recipe.experts.size(); ++e) {
       auto w = build_expert(recipe.experts[e], role.proj, dense);
+      if (recipe.down_scale != 1.0 && proj_index == 2) {
+        w = (w.to(torch::kFloat32) * recipe.down_scale).to(w.scalar_type());
+      }
       if (recipe.noise_std > 0.0) {
         const uint64_t seed = recipe.noise_seed * 1000003ULL + uint64_t(role.layer) * 7919ULL +
                               uint64_t(proj_index) * 104729ULL + e;

@@ -77,11 +77,16 @@ struct RouterZero {
   }
 };
 
-// mergekit-moe's "hidden" mode. per_source[j] is [L, H]: source j's mean FFN input per
-// layer (see mean_mlp_inputs). Like mergekit, each row is scaled to unit L2 norm (norms
-// below 1e-8 are clamped) and then multiplied by `scale`; normalize=false keeps raw means.
-// mergekit takes the residual stream entering the layer; btx takes the FFN's actual input
-// (post_attention_layernorm's output), which is what the router sees.
+// mergekit-moe's "hidden" mode. per_source[j] is [L, H]: a mean FFN input per layer for
+// source j (see mean_mlp_inputs). As in mergekit, each row is scaled to unit L2 norm (norms
+// below 1e-8 clamped), then multiplied by `scale`; normalize=false keeps the raw means.
+// Differences from mergekit, by choice: btx takes the FFN's actual input (the output of
+// post_attention_layernorm, what the router sees) where mergekit takes the residual
+// stream entering the layer, and averages over all tokens (mergekit's "hidden_avg"; its
+// default "hidden" takes the last token). Two ways to fill it:
+//   hidden_router_init(experts, samples): each expert on the same sample text;
+//   hidden_router_init_from_prompts(base, prompts): mergekit's way, the base model on each
+//   expert's own domain prompts.
 struct RouterFromHidden {
   std::vector<torch::Tensor> per_source;  // N tensors [L, H]
   double scale = 1.0;
@@ -167,6 +172,18 @@ inline RouterFromHidden hidden_router_init(std::vector<LlamaForCausalLM>& expert
   RouterFromHidden r;
   r.scale = scale;
   for (auto& m : experts) r.per_source.push_back(mean_mlp_inputs(m, samples));
+  return r;
+}
+
+// mergekit's recipe: one model (the base) run on each expert's own prompts; row j of
+// every router comes from prompts_per_expert[j] (each a list of [B, T] token ids).
+inline RouterFromHidden hidden_router_init_from_prompts(
+    LlamaForCausalLM& base, const std::vector<std::vector<torch::Tensor>>& prompts_per_expert,
+    double scale = 1.0) {
+  RouterFromHidden r;
+  r.scale = scale;
+  for (const auto& prompts : prompts_per_expert)
+    r.per_source.push_back(mean_mlp_inputs(base, prompts));
   return r;
 }
 

@@ -67,6 +67,8 @@ template <class S>
 concept loads_tensors = requires(const S& s, const std::string& name) {
   { s.load(name) } -> std::same_as<torch::Tensor>;  // one tensor; throws if absent
 };
+// Plans keep a copy of their sources, so a source should be cheap to copy (share file
+// handles or mappings through a shared_ptr).
 template <class S>
 concept TensorSource = labels_itself<S> && lists_tensor_names<S> && describes_tensors<S> &&
     loads_tensors<S> && std::copy_constructible<S>;
@@ -127,6 +129,19 @@ StateDict state_dict_of(const Holder& holder) {
 template <class Module>
 StateDictSource source_of(const Module& module, std::string label) {
   return StateDictSource(state_dict_of(module), std::move(label));
+}
+
+// One source per module, labelled labels[j] (e.g. the experts' domains).
+template <class Module>
+std::vector<StateDictSource> sources_of(const std::vector<Module>& modules,
+                                        const std::vector<std::string>& labels) {
+  if (labels.size() != modules.size()) {
+    throw std::invalid_argument("btx::merge::sources_of: " + std::to_string(labels.size()) +
+                                " labels for " + std::to_string(modules.size()) + " modules");
+  }
+  std::vector<StateDictSource> out;
+  for (size_t j = 0; j < modules.size(); ++j) out.push_back(source_of(modules[j], labels[j]));
+  return out;
 }
 
 // Copies `tensors` into the module's parameters and buffers by name (dtype and device
