@@ -18,7 +18,7 @@ say() { printf '[btx] %s\n' "$*" >&2; }
 
 # ---- Debian packages (we are root on this kind of machine; sudo where we are not)
 debs=(cmake ninja-build g++ ccache doctest-dev nlohmann-json3-dev librange-v3-dev
-      libbenchmark-dev gnuplot-nox clang-format python3-venv)
+      libbenchmark-dev libyaml-cpp-dev gnuplot-nox clang-format python3-venv)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -1,0 +1,324 @@
+// SPDX-License-Identifier: MIT
+// btx-pipeline's configuration: the embedded default (a real multi-domain corpus found on
+// a stock Debian machine + generated arithmetic), the --quick preset used by the tests,
+// and loading/validation of a user's YAML or JSON file. Unknown keys are errors, so a
+// typo never silently falls back to a default.
+#pragma once
+
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include <btx/data/corpus.hpp>
+#include <btx/models/llama_config.hpp>
+
+namespace btx::pipeline {
+
+struct StageBudget {
+  int64_t steps = 100;
+  double lr = 3e-3;
+  int64_t warmup = 10;
+};
+
+struct PipelineConfig {
+  std::string run_dir = "runs/default";
+  uint64_t seed = 0;
+  LlamaConfig model;
+  int64_t seq_len = 128;
+  int64_t batch_size = 16;
+  std::vector<DomainSpec> domains;
+  std::string seed_checkpoint;  // HF Llama folder; empty: pretrain a seed here
+  StageBudget seed_stage{400, 3e-3, 20};
+  StageBudget expert_stage{300, 2e-3, 10};
+  StageBudget finetune_stage{100, 1e-3, 10};
+  std::string router = "top2";             // BTX's router
+  std::vector<std::string> extra_routers;  // also finetune these (switch, sample_top1, soft)
+  double load_balance_alpha = 0.01;
+  std::string load_balance_form = "btx";  // btx | switch
+  bool seed_as_expert = true;             // the paper's generalist expert
+  std::string router_init = "normal";     // normal | zero | hidden
+  bool baselines = true;                  // dense, BTM merge/ensemble, sparse upcycling
+  int64_t eval_windows = 48;
+  int64_t math_problems = 100;
+  int64_t log_every = 20;
+  int64_t fail_expert = -1;  // fault injection: this expert index ...
+  int64_t fail_step = -1;    // ... aborts at this step (tests of isolated failures)
+};
+
+// A stock Debian machine's real text: C headers (libc6-dev), English licence texts,
+// Python's standard library (python3.11-minimal); plus generated arithmetic.
+inline std::vector<DomainSpec> default_domains(int64_t train_tokens, int64_t eval_tokens) {
+  return {
+      {.name = "math",
+       .generator = "arithmetic",
+       .max_train_tokens = train_tokens,
+       .max_eval_tokens = eval_tokens},
+      {.name = "code",
+       .paths = {"/usr/include"},
+       .extensions = {".h"},
+       .max_train_tokens = train_tokens,
+       .max_eval_tokens = eval_tokens},
+      {.name = "prose",
+       .paths = {"/usr/share/common-licenses"},
+       .max_train_tokens = train_tokens,
+       .max_eval_tokens = eval_tokens,
+       .eval_every = 5},
+  };
+}
+
+inline PipelineConfig default_config() {
+  PipelineConfig c;
+  c.model.vocab_size = 256;
+  c.model.hidden_size = 128;
+  c.model.intermediate_size = 352;
+  c.model.num_hidden_layers = 2;
+  c.model.num_attention_heads = 4;
+  c.model.num_key_value_heads = 2;
+  c.model.max_position_embeddings = 512;
+  c.domains = default_domains(1 << 20, 1 << 15);
+  return c;
+}
+
+// Small enough for the test suite (about a minute on two cores).
+inline PipelineConfig quick_config() {
+  PipelineConfig c = default_config();
+  c.run_dir = "runs/quick";
+  c.model.hidden_size = 64;
+  c.model.intermediate_size = 128;
+  c.seq_len = 64;
+  c.batch_size = 8;
+  c.domains = default_domains(1 << 17, 1 << 13);
+  c.seed_stage = {60, 3e-3, 5};
+  c.expert_stage = {40, 2e-3, 5};
+  c.finetune_stage = {20, 1e-3, 5};
+  c.eval_windows = 8;
+  c.math_problems = 20;
+  c.log_every = 10;
+  return c;
+}
+
+namespace detail {
+
+inline void reject_unknown(const nlohmann::json& j, const std::string& where,
+                           const std::set<std::string>& known) {
+  if (!j.is_object()) throw std::invalid_argument("config: '" + where + "' must be a mapping");
+  for (const auto& [key, value] : j.items()) {
+    if (!known.contains(key)) {
+      std::string list;
+      for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+      throw std::invalid_argument("config: unknown key '" + key + "' in " + where +
+                                  " (known: " + list + ")");
+    }
+  }
+}
+
+template <class T>
+void read(const nlohmann::json& j, const char* key, T& out, const std::string& where) {
+  if (!j.contains(key)) return;
+  try {
+    out = j.at(key).get<T>();
+  } catch (const nlohmann::json::exception&) {
+    throw std::invalid_argument("config: " + where + "." + key + " has the wrong type (" +
+                                j.at(key).dump() + ")");
+  }
+}
+
+inline void read_stage(const nlohmann::json& j, const char* key, StageBudget& s) {
+  if (!j.contains(key)) return;
+  const auto& o = j.at(key);
+  reject_unknown(o, key, {"steps", "lr", "warmup"});
+  read(o, "steps", s.steps, key);
+  read(o, "lr", s.lr, key);
+  read(o, "warmup", s.warmup, key);
+}
+
+inline DomainSpec read_domain(const nlohmann::json& d, const DomainSpec& defaults) {
+  reject_unknown(
+      d, "domains[]",
+      {"name", "paths", "extensions", "recursive", "generator", "token_file", "eval_token_file",
+       "token_dtype", "max_train_tokens", "max_eval_tokens", "eval_every", "seed"});
+  DomainSpec s = defaults;
+  const std::string w = "domains[]";
+  read(d, "name", s.name, w);
+  read(d, "paths", s.paths, w);
+  read(d, "extensions", s.extensions, w);
+  read(d, "recursive", s.recursive, w);
+  read(d, "generator", s.generator, w);
+  read(d, "token_file", s.token_file, w);
+  read(d, "eval_token_file", s.eval_token_file, w);
+  read(d, "token_dtype", s.token_dtype, w);
+  read(d, "max_train_tokens", s.max_train_tokens, w);
+  read(d, "max_eval_tokens", s.max_eval_tokens, w);
+  read(d, "eval_every", s.eval_every, w);
+  read(d, "seed", s.seed, w);
+  return s;
+}
+
+}  // namespace detail
+
+// Overlays a parsed YAML/JSON document on `base` (default or quick).
+inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
+  using detail::read;
+  detail::reject_unknown(j, "the top level",
+                         {"run_dir",
+                          "seed",
+                          "model",
+                          "seq_len",
+                          "batch_size",
+                          "domains",
+                          "seed_checkpoint",
+                          "seed_stage",
+                          "expert_stage",
+                          "finetune_stage",
+                          "router",
+                          "extra_routers",
+                          "load_balance_alpha",
+                          "load_balance_form",
+                          "seed_as_expert",
+                          "router_init",
+                          "baselines",
+                          "eval_windows",
+                          "math_problems",
+                          "log_every",
+                          "fail_expert",
+                          "fail_step"});
+  const std::string top = "config";
+  read(j, "run_dir", c.run_dir, top);
+  read(j, "seed", c.seed, top);
+  if (j.contains("model")) {
+    const auto& m = j.at("model");
+    detail::reject_unknown(
+        m, "model",
+        {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+         "num_key_value_heads", "head_dim", "rope_theta", "rms_norm_eps", "max_position_embeddings",
+         "tie_word_embeddings", "vocab_size"});
+    read(m, "hidden_size", c.model.hidden_size, "model");
+    read(m, "intermediate_size", c.model.intermediate_size, "model");
+    read(m, "num_hidden_layers", c.model.num_hidden_layers, "model");
+    read(m, "num_attention_heads", c.model.num_attention_heads, "model");
+    read(m, "num_key_value_heads", c.model.num_key_value_heads, "model");
+    if (m.contains("head_dim")) c.model.head_dim = m.at("head_dim").get<int64_t>();
+    read(m, "rope_theta", c.model.rope_theta, "model");
+    read(m, "rms_norm_eps", c.model.rms_norm_eps, "model");
+    read(m, "max_position_embeddings", c.model.max_position_embeddings, "model");
+    read(m, "tie_word_embeddings", c.model.tie_word_embeddings, "model");
+    read(m, "vocab_size", c.model.vocab_size, "model");
+  }
+  read(j, "seq_len", c.seq_len, top);
+  read(j, "batch_size", c.batch_size, top);
+  if (j.contains("domains")) {
+    if (!j.at("domains").is_array()) throw std::invalid_argument("config: domains must be a list");
+    DomainSpec defaults;
+    defaults.max_train_tokens =
+        c.domains.empty() ? defaults.max_train_tokens : c.domains.front().max_train_tokens;
+    c.domains.clear();
+    for (const auto& d : j.at("domains")) c.domains.push_back(detail::read_domain(d, defaults));
+  }
+  read(j, "seed_checkpoint", c.seed_checkpoint, top);
+  detail::read_stage(j, "seed_stage", c.seed_stage);
+  detail::read_stage(j, "expert_stage", c.expert_stage);
+  detail::read_stage(j, "finetune_stage", c.finetune_stage);
+  read(j, "router", c.router, top);
+  read(j, "extra_routers", c.extra_routers, top);
+  read(j, "load_balance_alpha", c.load_balance_alpha, top);
+  read(j, "load_balance_form", c.load_balance_form, top);
+  read(j, "seed_as_expert", c.seed_as_expert, top);
+  read(j, "router_init", c.router_init, top);
+  read(j, "baselines", c.baselines, top);
+  read(j, "eval_windows", c.eval_windows, top);
+  read(j, "math_problems", c.math_problems, top);
+  read(j, "log_every", c.log_every, top);
+  read(j, "fail_expert", c.fail_expert, top);
+  read(j, "fail_step", c.fail_step, top);
+  return c;
+}
+
+// Everything that can be checked before training starts.
+inline void validate(const PipelineConfig& c) {
+  c.model.validate();
+  const auto positive = [](const char* field, int64_t v) {
+    if (v <= 0) {
+      throw std::invalid_argument(std::string("config: ") + field + " must be > 0, got " +
+                                  std::to_string(v));
+    }
+  };
+  positive("seq_len", c.seq_len);
+  positive("batch_size", c.batch_size);
+  positive("seed_stage.steps", c.seed_checkpoint.empty() ? c.seed_stage.steps : 1);
+  positive("expert_stage.steps", c.expert_stage.steps);
+  positive("finetune_stage.steps", c.finetune_stage.steps);
+  positive("eval_windows", c.eval_windows);
+  if (c.seq_len + 1 > c.model.max_position_embeddings) {
+    throw std::invalid_argument("config: seq_len=" + std::to_string(c.seq_len) +
+                                " exceeds model.max_position_embeddings=" +
+                                std::to_string(c.model.max_position_embeddings));
+  }
+  if (c.domains.empty()) throw std::invalid_argument("config: no domains");
+  if (c.router_init != "normal" && c.router_init != "zero" && c.router_init != "hidden") {
+    throw std::invalid_argument("config: router_init '" + c.router_init +
+                                "' is not one of normal, zero, hidden");
+  }
+  if (c.load_balance_form != "btx" && c.load_balance_form != "switch") {
+    throw std::invalid_argument("config: load_balance_form '" + c.load_balance_form +
+                                "' is not one of btx, switch");
+  }
+}
+
+inline nlohmann::json to_json(const PipelineConfig& c) {
+  auto domains = nlohmann::json::array();
+  for (const auto& d : c.domains) {
+    domains.push_back({{"name", d.name},
+                       {"paths", d.paths},
+                       {"extensions", d.extensions},
+                       {"recursive", d.recursive},
+                       {"generator", d.generator},
+                       {"token_file", d.token_file},
+                       {"eval_token_file", d.eval_token_file},
+                       {"token_dtype", d.token_dtype},
+                       {"max_train_tokens", d.max_train_tokens},
+                       {"max_eval_tokens", d.max_eval_tokens},
+                       {"eval_every", d.eval_every},
+                       {"seed", d.seed}});
+  }
+  const auto stage = [](const StageBudget& s) {
+    return nlohmann::json{{"steps", s.steps}, {"lr", s.lr}, {"warmup", s.warmup}};
+  };
+  nlohmann::json model = {{"hidden_size", c.model.hidden_size},
+                          {"intermediate_size", c.model.intermediate_size},
+                          {"num_hidden_layers", c.model.num_hidden_layers},
+                          {"num_attention_heads", c.model.num_attention_heads},
+                          {"num_key_value_heads", c.model.num_key_value_heads},
+                          {"rope_theta", c.model.rope_theta},
+                          {"rms_norm_eps", c.model.rms_norm_eps},
+                          {"max_position_embeddings", c.model.max_position_embeddings},
+                          {"tie_word_embeddings", c.model.tie_word_embeddings},
+                          {"vocab_size", c.model.vocab_size}};
+  if (c.model.head_dim) model["head_dim"] = *c.model.head_dim;
+  return {{"run_dir", c.run_dir},
+          {"seed", c.seed},
+          {"model", model},
+          {"seq_len", c.seq_len},
+          {"batch_size", c.batch_size},
+          {"domains", domains},
+          {"seed_checkpoint", c.seed_checkpoint},
+          {"seed_stage", stage(c.seed_stage)},
+          {"expert_stage", stage(c.expert_stage)},
+          {"finetune_stage", stage(c.finetune_stage)},
+          {"router", c.router},
+          {"extra_routers", c.extra_routers},
+          {"load_balance_alpha", c.load_balance_alpha},
+          {"load_balance_form", c.load_balance_form},
+          {"seed_as_expert", c.seed_as_expert},
+          {"router_init", c.router_init},
+          {"baselines", c.baselines},
+          {"eval_windows", c.eval_windows},
+          {"math_problems", c.math_problems},
+          {"log_every", c.log_every},
+          {"fail_expert", c.fail_expert},
+          {"fail_step", c.fail_step}};
+}
+
+}  // namespace btx::pipeline

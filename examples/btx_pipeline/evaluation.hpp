@@ -1,0 +1,136 @@
+// SPDX-License-Identifier: MIT
+// (f) evaluation: every model on every domain's held-out tokens, greedy exact match on the
+// math problems, and, for MoE models, the routing analysis (each expert's share of each
+// domain's tokens, per layer).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <btx/merge/btm_ensemble.hpp>
+#include <btx/models/generate.hpp>
+#include <btx/moe/moe_layer.hpp>
+#include <btx/train/evaluate.hpp>
+
+#include "report.hpp"
+#include "stages.hpp"
+
+namespace btx::pipeline {
+
+struct Evaluated {
+  ModelResult result;
+  RoutingShares routing;  // empty for dense models
+};
+
+inline ModelResult score(const Run& run, const std::string& name, const std::string& kind,
+                         const LogitsFn& logits_fn) {
+  ModelResult r;
+  r.name = name;
+  r.kind = kind;
+  for (const auto& d : run.corpus.domains) {
+    r.loss[d.name] =
+        evaluate_loss(logits_fn, d.eval_tokens, run.config.seq_len, run.config.eval_windows).loss;
+    if (!d.eval_problems.empty()) {
+      auto next = [&](const std::vector<int64_t>& ids) {
+        auto logits = logits_fn(torch::tensor(ids, torch::kLong).unsqueeze(0));
+        return logits.select(1, logits.size(1) - 1).argmax(-1).item<int64_t>();
+      };
+      r.math_exact_match = exact_match(next, d.eval_problems, size_t(run.config.math_problems));
+    }
+  }
+  return r;
+}
+
+inline void add_compute(ModelResult& r, const Run& run, const std::vector<std::string>& stages) {
+  for (const auto& s : stages) {
+    const auto info = run.stage_info(s);
+    r.train_flops += info.value("flops", 0.0);
+    r.train_tokens += info.value("tokens", int64_t{0});
+    r.train_seconds += info.value("seconds", 0.0);
+  }
+}
+
+inline RoutingShares routing_analysis(const Run& run, LlamaForCausalLM& model) {
+  RoutingShares shares;
+  torch::NoGradGuard no_grad;
+  model->eval();
+  for (const auto& d : run.corpus.domains) {
+    std::vector<torch::Tensor> counts;  // per layer [E]
+    const int64_t T = run.config.seq_len;
+    const int64_t windows =
+        std::min<int64_t>(run.config.eval_windows, (d.eval_tokens.numel() - 1) / T);
+    for (int64_t w = 0; w < windows; ++w) {
+      auto ids = d.eval_tokens.slice(0, w * T, w * T + T).to(torch::kInt64).unsqueeze(0);
+      (void)model->forward(ids);
+      auto layers = moe_layers(*model);
+      if (counts.empty())
+        counts.assign(layers.size(), torch::zeros({run.num_experts()}, torch::kDouble));
+      for (size_t l = 0; l < layers.size(); ++l) {
+        counts[l] += layers[l].second->last_stats().tokens_per_expert.to(torch::kDouble);
+      }
+    }
+    auto& per_layer = shares[d.name];
+    for (auto& c : counts) {
+      c = c / c.sum().clamp_min(1.0);
+      per_layer.emplace_back(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+    }
+  }
+  return shares;
+}
+
+inline std::vector<Evaluated> evaluate_all(const Run& run) {
+  std::vector<Evaluated> out;
+  const auto dense_fn = [](LlamaForCausalLM& m) {
+    m->eval();
+    return [m](const torch::Tensor& ids) mutable { return m->forward(ids); };
+  };
+  auto seed = run.load_dense("seed");
+  out.push_back({score(run, "seed", "the seed model alone", dense_fn(seed)), {}});
+  std::vector<std::string> expert_stages;
+  for (const auto& d : run.domain_names()) {
+    auto m = run.load_dense(expert_stage(d));
+    out.push_back({score(run, "expert " + d, "the " + d + " expert alone", dense_fn(m)), {}});
+    add_compute(out.back().result, run, {expert_stage(d)});
+    expert_stages.push_back(expert_stage(d));
+  }
+  if (run.config.baselines) {
+    auto dense = run.load_dense("dense");
+    out.push_back(
+        {score(run, "dense", "dense continued training at BTX's compute", dense_fn(dense)), {}});
+    add_compute(out.back().result, run, {"dense"});
+    auto merged = run.load_dense("btm-merge");
+    out.push_back(
+        {score(run, "BTM merge", "parameter average of the experts", dense_fn(merged)), {}});
+    add_compute(out.back().result, run, expert_stages);
+    std::vector<LlamaForCausalLM> members;
+    for (const auto& d : run.domain_names()) members.push_back(run.load_dense(expert_stage(d)));
+    members.push_back(run.load_dense("seed"));
+    merge::BtmEnsemble ensemble(members);
+    out.push_back({score(run, "BTM ensemble", "experts + seed, domain-posterior weighted",
+                         [&](const torch::Tensor& ids) { return ensemble.forward(ids); }),
+                   {}});
+    add_compute(out.back().result, run, expert_stages);
+    auto up = run.load_moe("upcycle", run.config.router);
+    out.push_back({score(run, "sparse upcycling", "MoE of seed copies, finetuned at BTX's compute",
+                         dense_fn(up)),
+                   routing_analysis(run, up)});
+    add_compute(out.back().result, run, {"upcycle"});
+  }
+  std::vector<std::string> routers{run.config.router};
+  routers.insert(routers.end(), run.config.extra_routers.begin(), run.config.extra_routers.end());
+  for (const auto& router : routers) {
+    auto m = run.load_moe(finetune_stage(router), router);
+    out.push_back({score(run, "BTX " + router, "BTX: experts mixed, MoE-finetuned with " + router,
+                         dense_fn(m)),
+                   routing_analysis(run, m)});
+    auto stages = expert_stages;
+    stages.push_back(finetune_stage(router));
+    add_compute(out.back().result, run, stages);
+  }
+  return out;
+}
+
+}  // namespace btx::pipeline

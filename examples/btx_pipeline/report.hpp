@@ -1,0 +1,122 @@
+// SPDX-License-Identifier: MIT
+// The run report: a model x domain table of held-out loss/perplexity, math exact match and
+// compute; the routing analysis (per domain and layer, each expert's share of tokens) as
+// heatmaps with dead-expert warnings; loss curves of every stage; all tied together in
+// report.md, with metrics.jsonl holding every logged step.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include <btx/report/gnuplot.hpp>
+
+namespace btx::pipeline {
+
+struct ModelResult {
+  std::string name;                    // "BTX top2", "dense", ...
+  std::string kind;                    // what it is, one line
+  std::map<std::string, double> loss;  // domain -> mean nats/token
+  double math_exact_match = std::nan("");
+  double train_flops = 0.0;  // compute spent after the seed (the equal-compute budget)
+  int64_t train_tokens = 0;
+  double train_seconds = 0.0;
+};
+
+// shares[domain][layer][expert]: fraction of the domain's routed assignments.
+using RoutingShares = std::map<std::string, std::vector<std::vector<double>>>;
+
+inline std::string fmt(double v, int digits = 3) {
+  if (std::isnan(v)) return "-";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+  return buf;
+}
+
+inline std::string results_table(const std::vector<ModelResult>& models,
+                                 const std::vector<std::string>& domains) {
+  std::ostringstream t;
+  t << "| model |";
+  for (const auto& d : domains) t << " " << d << " loss (ppl) |";
+  t << " avg loss | math EM | train TFLOP | tokens | seconds |\n|---|";
+  for (size_t i = 0; i < domains.size() + 5; ++i) t << "---|";
+  t << "\n";
+  for (const auto& m : models) {
+    t << "| " << m.name << " |";
+    double sum = 0;
+    for (const auto& d : domains) {
+      const double l = m.loss.count(d) ? m.loss.at(d) : std::nan("");
+      sum += l;
+      t << " " << fmt(l) << " (" << fmt(std::exp(l), 2) << ") |";
+    }
+    t << " " << fmt(sum / double(domains.size())) << " | " << fmt(m.math_exact_match, 2) << " | "
+      << fmt(m.train_flops / 1e12, 3) << " | " << m.train_tokens << " | " << fmt(m.train_seconds, 1)
+      << " |\n";
+  }
+  return t.str();
+}
+
+// Warnings for experts whose share of a domain-averaged layer falls below `dead`.
+inline std::vector<std::string> dead_expert_warnings(const RoutingShares& shares,
+                                                     const std::vector<std::string>& expert_names,
+                                                     double dead = 0.01) {
+  std::vector<std::string> out;
+  if (shares.empty()) return out;
+  const size_t layers = shares.begin()->second.size();
+  for (size_t l = 0; l < layers; ++l) {
+    for (size_t e = 0; e < expert_names.size(); ++e) {
+      double mean = 0;
+      for (const auto& [domain, per_layer] : shares) mean += per_layer[l][e];
+      mean /= double(shares.size());
+      if (mean < dead) {
+        out.push_back("layer " + std::to_string(l) + ": expert '" + expert_names[e] +
+                      "' receives " + fmt(100 * mean, 2) + "% of tokens (dead expert)");
+      }
+    }
+  }
+  return out;
+}
+
+// One heatmap per layer: rows = domains, columns = experts.
+inline std::vector<std::string> plot_routing(const std::filesystem::path& dir,
+                                             const std::string& model, const RoutingShares& shares,
+                                             const std::vector<std::string>& expert_names) {
+  std::vector<std::string> files;
+  if (shares.empty()) return files;
+  std::vector<std::string> rows;
+  for (const auto& [domain, _] : shares) rows.push_back(domain);
+  const size_t layers = shares.begin()->second.size();
+  for (size_t l = 0; l < layers; ++l) {
+    std::vector<std::vector<double>> grid;
+    for (const auto& [domain, per_layer] : shares) grid.push_back(per_layer[l]);
+    const std::string file = "routing_" + model + "_layer" + std::to_string(l) + ".png";
+    plot_heatmap(dir / file, model + ": share of tokens per expert, layer " + std::to_string(l),
+                 rows, expert_names, grid);
+    files.push_back(file);
+  }
+  return files;
+}
+
+// Loss curves from metrics.jsonl records {"stage","step","loss"}.
+inline bool plot_loss_curves(const std::filesystem::path& png,
+                             const std::vector<nlohmann::json>& records) {
+  Series series;
+  for (const auto& r : records) {
+    if (r.contains("loss") && r.contains("stage") && r.contains("step")) {
+      series[r["stage"].get<std::string>()].emplace_back(r["step"].get<double>(),
+                                                         r["loss"].get<double>());
+    }
+  }
+  return !series.empty() &&
+         plot_lines(png, "training loss per stage", "step", "nats/token", series);
+}
+
+}  // namespace btx::pipeline

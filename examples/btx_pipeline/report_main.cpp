@@ -1,0 +1,132 @@
+// SPDX-License-Identifier: MIT
+// The eval stage and the report: results.json (cached, so a re-run does not re-evaluate),
+// metrics.jsonl (every stage's logged steps), pictures, report.md.
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "evaluation.hpp"
+#include "report.hpp"
+#include "run.hpp"
+
+namespace bp = btx::pipeline;
+namespace fs = std::filesystem;
+
+namespace {
+
+nlohmann::json to_json(const bp::Evaluated& e) {
+  const auto& r = e.result;
+  return {{"name", r.name},
+          {"kind", r.kind},
+          {"loss", r.loss},
+          {"math_exact_match", std::isnan(r.math_exact_match) ? nlohmann::json(nullptr)
+                                                              : nlohmann::json(r.math_exact_match)},
+          {"train_flops", r.train_flops},
+          {"train_tokens", r.train_tokens},
+          {"train_seconds", r.train_seconds},
+          {"routing", e.routing}};
+}
+
+bp::Evaluated from_json(const nlohmann::json& j) {
+  bp::Evaluated e;
+  e.result.name = j["name"];
+  e.result.kind = j["kind"];
+  e.result.loss = j["loss"].get<std::map<std::string, double>>();
+  e.result.math_exact_match =
+      j["math_exact_match"].is_null() ? std::nan("") : j["math_exact_match"].get<double>();
+  e.result.train_flops = j["train_flops"];
+  e.result.train_tokens = j["train_tokens"];
+  e.result.train_seconds = j["train_seconds"];
+  e.routing = j["routing"].get<bp::RoutingShares>();
+  return e;
+}
+
+std::string slug(std::string s) {
+  for (auto& c : s) {
+    if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+  }
+  return s;
+}
+
+}  // namespace
+
+int write_report(const bp::Run& run) {
+  const auto eval_dir = run.stage_dir("eval");
+  fs::create_directories(eval_dir);
+  std::vector<bp::Evaluated> results;
+  if (run.done("eval")) {
+    std::ifstream in(eval_dir / "results.json");
+    for (const auto& j : nlohmann::json::parse(in)) results.push_back(from_json(j));
+    std::fprintf(stderr, "[pipeline] eval already finished, skipped\n");
+  } else {
+    btx::ProgressLine progress("eval", 1);
+    results = bp::evaluate_all(run);
+    auto all = nlohmann::json::array();
+    for (const auto& e : results) all.push_back(to_json(e));
+    std::ofstream(eval_dir / "results.json") << all.dump(2) << "\n";
+    progress.finish(std::to_string(results.size()) + " models evaluated");
+    run.mark_done("eval", {{"stage", "eval"}, {"models", results.size()}});
+  }
+
+  // metrics.jsonl: every stage's logged steps, in stage order.
+  std::vector<nlohmann::json> records;
+  std::ofstream metrics(run.dir / "metrics.jsonl");
+  for (const auto& entry : fs::directory_iterator(run.dir)) {
+    const auto file = entry.path() / "metrics.jsonl";
+    if (!fs::exists(file)) continue;
+    std::ifstream in(file);
+    for (std::string line; std::getline(in, line);) {
+      if (line.empty()) continue;
+      metrics << line << "\n";
+      records.push_back(nlohmann::json::parse(line));
+    }
+  }
+  std::sort(records.begin(), records.end(), [](const auto& a, const auto& b) {
+    return std::pair(a["stage"].template get<std::string>(), a["step"].template get<int64_t>()) <
+           std::pair(b["stage"].template get<std::string>(), b["step"].template get<int64_t>());
+  });
+  const bool curves = bp::plot_loss_curves(run.dir / "loss_curves.png", records);
+
+  std::vector<bp::ModelResult> rows;
+  for (const auto& e : results) rows.push_back(e.result);
+  const auto domains = run.domain_names();
+  std::ofstream md(run.dir / "report.md");
+  md << "# btx pipeline report\n\nRun folder: `" << run.dir.string() << "`. Config: `config.json`; "
+     << "data: `manifest.json` (every file read, with its size and FNV-1a hash).\n\n"
+     << "## Held-out loss per domain (nats/token; perplexity in brackets)\n\n"
+     << "Compute is the training after the seed, the budget every method shares: BTX = the "
+        "experts + the MoE finetune; dense and sparse upcycling spend the same FLOPs; BTM "
+        "spends only the experts'.\n\n"
+     << bp::results_table(rows, domains) << "\n";
+  for (const auto& r : rows) md << "- **" << r.name << "**: " << r.kind << "\n";
+  md << "\n## Routing analysis\n\nShare of each domain's routed tokens per expert and layer "
+        "(held-out text, inference mode). Experts: ";
+  const auto experts = run.expert_names();
+  for (size_t e = 0; e < experts.size(); ++e) md << (e ? ", " : "") << "`" << experts[e] << "`";
+  md << " (the last is the seed, the generalist).\n\n";
+  for (const auto& e : results) {
+    if (e.routing.empty()) continue;
+    md << "### " << e.result.name << "\n\n";
+    for (const auto& file : bp::plot_routing(run.dir, slug(e.result.name), e.routing, experts)) {
+      md << "![routing](" << file << ")\n";
+    }
+    const auto warnings =
+        bp::dead_expert_warnings(e.routing, experts, 1.0 / (4.0 * double(experts.size())));
+    for (const auto& w : warnings) {
+      md << "\n> warning: " << w << "\n";
+      std::fprintf(stderr, "[pipeline] warning (%s): %s\n", e.result.name.c_str(), w.c_str());
+    }
+    md << "\n";
+  }
+  md << "## Loss curves\n\n"
+     << (curves ? "![loss curves](loss_curves.png)\n" : "(gnuplot unavailable)\n")
+     << "\n## Checkpoints\n\nEvery stage's model is a Hugging Face checkpoint in `<stage>/model/`; "
+        "the final BTX model (`btx-"
+     << run.config.router << "/model/`) is a MixtralForCausalLM checkpoint.\n";
+  std::fprintf(stderr, "[pipeline] report: %s\n\n%s", (run.dir / "report.md").c_str(),
+               bp::results_table(rows, domains).c_str());
+  return 0;
+}

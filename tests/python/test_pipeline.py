@@ -1,0 +1,154 @@
+# SPDX-License-Identifier: MIT
+"""btx-pipeline --quick end to end (ctest pipeline.quick_end_to_end).
+
+Checks that every stage ran, every row of the table is present and finite, the routing
+analysis covers every layer and domain, the final Mixtral loads in btx and in
+transformers with the same logits, a second run skips every finished stage, and bad
+configs fail before any training starts. transformers is only an independent reference.
+"""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import torch
+from safetensors.torch import load_file, save_file
+
+PIPELINE = os.environ["BTX_PIPELINE"]
+INTEROP = os.environ["BTX_INTEROP"]
+
+
+def run(args, **kw):
+    return subprocess.run([PIPELINE, *args], capture_output=True, text=True, **kw)
+
+
+class QuickPipeline(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="btx-pipeline-")
+        cls.run_dir = os.path.join(cls.tmp, "run")
+        cls.first = run(["--quick", "--run-dir", cls.run_dir])
+        sys.stderr.write(cls.first.stderr[-4000:])
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def test_every_stage_ran_and_every_row_is_finite(self):
+        self.assertEqual(self.first.returncode, 0, self.first.stderr[-3000:])
+        stages = ["seed", "expert-math", "expert-code", "expert-prose", "mix", "btx-top2",
+                  "dense", "upcycle", "btm-merge", "eval"]
+        for s in stages:
+            self.assertTrue(os.path.exists(os.path.join(self.run_dir, s, "stage.json")), s)
+        with open(os.path.join(self.run_dir, "eval", "results.json")) as f:
+            results = json.load(f)
+        names = [r["name"] for r in results]
+        for expected in ["seed", "expert math", "expert code", "expert prose", "dense",
+                         "BTM merge", "BTM ensemble", "sparse upcycling", "BTX top2"]:
+            self.assertIn(expected, names)
+        for r in results:
+            self.assertEqual(sorted(r["loss"]), ["code", "math", "prose"], r["name"])
+            for d, loss in r["loss"].items():
+                self.assertTrue(math.isfinite(loss) and 0 < loss < 10, (r["name"], d, loss))
+            self.assertIsNotNone(r["math_exact_match"], r["name"])
+        # Equal compute: dense and upcycling spend BTX's FLOPs (within one step's rounding).
+        by = {r["name"]: r for r in results}
+        btx = by["BTX top2"]["train_flops"]
+        for base in ["dense", "sparse upcycling"]:
+            self.assertAlmostEqual(by[base]["train_flops"] / btx, 1.0, delta=0.05)
+        report = open(os.path.join(self.run_dir, "report.md")).read()
+        for n in names:
+            self.assertIn("| " + n + " |", report)
+        for picture in ["loss_curves.png"]:
+            with open(os.path.join(self.run_dir, picture), "rb") as f:
+                self.assertEqual(f.read(4)[1:], b"PNG")
+        self.assertTrue(os.path.getsize(os.path.join(self.run_dir, "metrics.jsonl")) > 0)
+        manifest = json.load(open(os.path.join(self.run_dir, "manifest.json")))
+        self.assertTrue(any(m["split"] == "eval" for m in manifest["files"]))
+
+    def test_routing_analysis_covers_every_layer_and_domain(self):
+        with open(os.path.join(self.run_dir, "eval", "results.json")) as f:
+            results = {r["name"]: r for r in json.load(f)}
+        routing = results["BTX top2"]["routing"]
+        self.assertEqual(sorted(routing), ["code", "math", "prose"])
+        for domain, layers in routing.items():
+            self.assertEqual(len(layers), 2)
+            for shares in layers:
+                self.assertEqual(len(shares), 4)  # 3 domain experts + the seed
+                self.assertAlmostEqual(sum(shares), 1.0, places=6)
+        for layer in range(2):
+            self.assertTrue(os.path.exists(
+                os.path.join(self.run_dir, f"routing_BTX_top2_layer{layer}.png")))
+
+    def test_final_mixtral_loads_in_transformers_with_btx_logits(self):
+        from transformers import MixtralForCausalLM
+        ckpt = os.path.join(self.run_dir, "btx-top2", "model")
+        model, info = MixtralForCausalLM.from_pretrained(ckpt, output_loading_info=True)
+        self.assertEqual(info["missing_keys"], set() if isinstance(info["missing_keys"], set) else [])
+        self.assertFalse(info["unexpected_keys"])
+        model.eval()
+        ids = torch.tensor([list(b"int main(void) { return 1+2; }\n")])
+        ids_file = os.path.join(self.tmp, "ids.safetensors")
+        out_file = os.path.join(self.tmp, "logits.safetensors")
+        save_file({"ids": ids.to(torch.int64)}, ids_file)
+        r = subprocess.run([INTEROP, "logits", ckpt, ids_file, out_file], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with torch.no_grad():
+            ref = model(ids).logits
+        ours = load_file(out_file)["logits"]
+        self.assertLess((ours - ref).abs().max().item(), 1e-4)
+
+    def test_second_run_skips_finished_stages(self):
+        second = run(["--quick", "--run-dir", self.run_dir])
+        self.assertEqual(second.returncode, 0, second.stderr[-3000:])
+        self.assertNotIn("step 1/", second.stderr)  # nothing trained again
+        for s in ["expert-math", "btx-top2", "dense", "upcycle", "eval"]:
+            self.assertIn(f"{s} already finished, skipped", second.stderr)
+
+
+class BadInputFailsBeforeTraining(unittest.TestCase):
+    def check(self, config, needle):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "bad.yaml")
+            with open(path, "w") as f:
+                f.write(config)
+            r = run([path, "--quick", "--run-dir", os.path.join(tmp, "run")])
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn(needle, r.stderr)
+            self.assertNotIn("step ", r.stderr)
+            self.assertFalse(os.path.exists(os.path.join(tmp, "run", "seed")))
+
+    def test_missing_data_path(self):
+        self.check("domains:\n  - {name: code, paths: [/nonexistent/btx-data]}\n", "/nonexistent/btx-data")
+
+    def test_empty_domain(self):
+        with tempfile.TemporaryDirectory() as empty:
+            self.check(f"domains:\n  - {{name: code, paths: [{empty}], extensions: [.h]}}\n",
+                       "domain 'code' is empty")
+
+    def test_unknown_router(self):
+        self.check("router: top-3\n", "unknown router 'top-3'")
+
+    def test_budget_too_small(self):
+        self.check("expert_stage: {steps: 0}\n", "expert_stage.steps must be > 0")
+
+    def test_typo_in_a_key(self):
+        self.check("finetune_stage: {stpes: 10}\n", "unknown key 'stpes'")
+
+    def test_hf_seed_btx_cannot_represent(self):
+        with tempfile.TemporaryDirectory() as seed:
+            with open(os.path.join(seed, "config.json"), "w") as f:
+                json.dump({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                           "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                           "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256,
+                           "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "gelu",
+                           "max_position_embeddings": 512}, f)
+            self.check(f"seed_checkpoint: {seed}\n", "hidden_act")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
