@@ -27,6 +27,7 @@ struct Evaluated {
 
 inline ModelResult score(const Run& run, const std::string& name, const std::string& kind,
                          const LogitsFn& logits_fn) {
+  std::fprintf(stderr, "[eval] %s\n", name.c_str());
   ModelResult r;
   r.name = name;
   r.kind = kind;

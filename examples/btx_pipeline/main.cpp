@@ -4,11 +4,14 @@
 // report. Run with --help for everything; README.md shows a measured default run.
 #include <torch/torch.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <btx/parallel/process_group.hpp>
@@ -159,6 +162,19 @@ int run_worker(const Args& a) {
   return 0;
 }
 
+// The last "[stage] step ..." or "[stage] done ..." line of a worker's log, if any.
+std::string last_progress_line(const fs::path& log) {
+  std::ifstream in(log);
+  std::string line, last;
+  while (std::getline(in, line)) {
+    if (line.size() > 1 && line[0] == '[' &&
+        (line.find("] step ") != std::string::npos || line.find("] done ") != std::string::npos)) {
+      last = line;
+    }
+  }
+  return last;
+}
+
 // Launches one worker process per job; returns false if any failed (others finish).
 bool run_workers(const bp::Run& run,
                  const std::vector<std::pair<std::string, std::vector<std::string>>>& jobs) {
@@ -176,6 +192,18 @@ bool run_workers(const bp::Run& run,
     group.spawn(stage, argv, (run.stage_dir(stage) / "log.txt").string(), {"OMP_NUM_THREADS=1"});
     std::fprintf(stderr, "[pipeline] started %s (log: %s)\n", stage.c_str(),
                  (run.stage_dir(stage) / "log.txt").c_str());
+  }
+  // Relay each worker's newest progress line to our stderr while they run.
+  std::map<std::string, std::string> shown;
+  while (group.running()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    for (const auto& [stage, extra] : jobs) {
+      const auto line = last_progress_line(run.stage_dir(stage) / "log.txt");
+      if (!line.empty() && shown[stage] != line) {
+        std::fprintf(stderr, "%s\n", line.c_str());
+        shown[stage] = line;
+      }
+    }
   }
   bool ok = true;
   for (const auto& outcome : group.wait_all()) {
@@ -212,7 +240,9 @@ int main(int argc, char** argv) {
     fs::create_directories(run.dir);
     std::ofstream(run.dir / "config.json") << bp::to_json(config).dump(2) << "\n";
     std::ofstream(run.dir / "manifest.json") << run.corpus.manifest_json().dump(2) << "\n";
-    torch::set_num_threads(int(std::max(1u, std::thread::hardware_concurrency())));
+    // One thread per process: the stages that run concurrently already fill the cores,
+    // and OpenMP's spinning barriers slow to a crawl on a loaded machine.
+    torch::set_num_threads(1);
     bp::run_seed(run);
     if (a.until == "seed") return 0;
     std::vector<std::pair<std::string, std::vector<std::string>>> experts;

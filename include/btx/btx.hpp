@@ -1,10 +1,58 @@
 // SPDX-License-Identifier: MIT
-// Umbrella header: everything btx offers.
+// Umbrella header: everything btx offers (the library is header-only; include only what
+// you use to keep compile times down).
 #pragma once
 
+#include <btx/version.hpp>
+#include <btx/data/arithmetic.hpp>
+#include <btx/data/byte_tokenizer.hpp>
+#include <btx/data/corpus.hpp>
+#include <btx/data/sampler.hpp>
+#include <btx/data/token_file.hpp>
+#include <btx/hf/config_json.hpp>
+#include <btx/hf/llama_checkpoint.hpp>
+#include <btx/hf/mixtral_names.hpp>
+#include <btx/io/atomic_dir.hpp>
+#include <btx/io/checkpoint_reader.hpp>
+#include <btx/io/safetensors_header.hpp>
+#include <btx/io/safetensors_reader.hpp>
+#include <btx/io/safetensors_writer.hpp>
+#include <btx/io/sharded_writer.hpp>
+#include <btx/merge/averaging.hpp>
+#include <btx/merge/branch.hpp>
+#include <btx/merge/btm_ensemble.hpp>
+#include <btx/merge/expert_info.hpp>
+#include <btx/merge/expert_surgery.hpp>
+#include <btx/merge/llama_layout.hpp>
+#include <btx/merge/manifest.hpp>
+#include <btx/merge/mixers.hpp>
+#include <btx/merge/moe_plan.hpp>
+#include <btx/merge/plan.hpp>
+#include <btx/merge/router_init.hpp>
+#include <btx/merge/state_dict.hpp>
 #include <btx/models/generate.hpp>
 #include <btx/models/llama.hpp>
 #include <btx/models/llama_config.hpp>
 #include <btx/models/llama_layers.hpp>
 #include <btx/models/rotary.hpp>
-#include <btx/version.hpp>
+#include <btx/moe/aux_loss.hpp>
+#include <btx/moe/concepts.hpp>
+#include <btx/moe/dispatch.hpp>
+#include <btx/moe/experts/module_experts.hpp>
+#include <btx/moe/experts/packed_swiglu.hpp>
+#include <btx/moe/llama_moe.hpp>
+#include <btx/moe/moe_layer.hpp>
+#include <btx/moe/options.hpp>
+#include <btx/moe/routers/sample_top1.hpp>
+#include <btx/moe/routers/soft.hpp>
+#include <btx/moe/routers/switch.hpp>
+#include <btx/moe/routers/top_k.hpp>
+#include <btx/moe/routing.hpp>
+#include <btx/moe/surgery.hpp>
+#include <btx/parallel/process_group.hpp>
+#include <btx/report/gnuplot.hpp>
+#include <btx/train/evaluate.hpp>
+#include <btx/train/flops.hpp>
+#include <btx/train/progress.hpp>
+#include <btx/train/schedule.hpp>
+#include <btx/train/trainer.hpp>

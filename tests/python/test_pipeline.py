@@ -88,7 +88,7 @@ class QuickPipeline(unittest.TestCase):
         from transformers import MixtralForCausalLM
         ckpt = os.path.join(self.run_dir, "btx-top2", "model")
         model, info = MixtralForCausalLM.from_pretrained(ckpt, output_loading_info=True)
-        self.assertEqual(info["missing_keys"], set() if isinstance(info["missing_keys"], set) else [])
+        self.assertFalse(info["missing_keys"])
         self.assertFalse(info["unexpected_keys"])
         model.eval()
         ids = torch.tensor([list(b"int main(void) { return 1+2; }\n")])

@@ -80,22 +80,20 @@ class ProcessGroup {
     return pid;
   }
 
+  // Reaps children that have ended, without blocking; true while any still runs.
+  bool running() {
+    bool any = false;
+    for (auto& c : children_) {
+      if (!c.reaped) any |= !reap(c, WNOHANG);
+    }
+    return any;
+  }
+
   // Waits for every child; the outcomes come back in spawn order.
   std::vector<ProcessOutcome> wait_all() {
     std::vector<ProcessOutcome> out;
     for (auto& c : children_) {
-      if (!c.reaped) {
-        int status = 0;
-        while (::waitpid(c.outcome.pid, &status, 0) < 0 && errno == EINTR) {
-        }
-        c.reaped = true;
-        if (WIFSIGNALED(status)) {
-          c.outcome.signaled = true;
-          c.outcome.signal = WTERMSIG(status);
-        } else {
-          c.outcome.exit_code = WEXITSTATUS(status);
-        }
-      }
+      if (!c.reaped) reap(c, 0);
       out.push_back(c.outcome);
     }
     return out;
@@ -106,6 +104,22 @@ class ProcessGroup {
     ProcessOutcome outcome;
     bool reaped = false;
   };
+  // waitpid with `flags`; records the outcome and returns true once the child has ended.
+  static bool reap(Child& c, int flags) {
+    int status = 0;
+    pid_t r;
+    while ((r = ::waitpid(c.outcome.pid, &status, flags)) < 0 && errno == EINTR) {
+    }
+    if (r == 0) return false;  // still running (WNOHANG)
+    c.reaped = true;
+    if (r > 0 && WIFSIGNALED(status)) {
+      c.outcome.signaled = true;
+      c.outcome.signal = WTERMSIG(status);
+    } else if (r > 0) {
+      c.outcome.exit_code = WEXITSTATUS(status);
+    }
+    return true;
+  }
   std::vector<Child> children_;
 };
 
