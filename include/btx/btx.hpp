@@ -3,7 +3,6 @@
 // you use to keep compile times down).
 #pragma once
 
-#include <btx/version.hpp>
 #include <btx/data/arithmetic.hpp>
 #include <btx/data/byte_tokenizer.hpp>
 #include <btx/data/corpus.hpp>
@@ -56,3 +55,4 @@
 #include <btx/train/progress.hpp>
 #include <btx/train/schedule.hpp>
 #include <btx/train/trainer.hpp>
+#include <btx/version.hpp>
