@@ -56,10 +56,10 @@ inline bool plot_lines(const std::filesystem::path& png, const std::string& titl
     }
   }
   std::ofstream g(script);
-  g << "set terminal pngcairo size 1000,600\nset output \"" << detail::gnuplot_quote(png.string())
-    << "\"\nset title \"" << detail::gnuplot_quote(title) << "\"\nset xlabel \""
-    << detail::gnuplot_quote(xlabel) << "\"\nset ylabel \"" << detail::gnuplot_quote(ylabel)
-    << "\"\nset key outside right\nset grid\nplot ";
+  g << "set terminal pngcairo noenhanced size 1000,600\nset output \""
+    << detail::gnuplot_quote(png.string()) << "\"\nset title \"" << detail::gnuplot_quote(title)
+    << "\"\nset xlabel \"" << detail::gnuplot_quote(xlabel) << "\"\nset ylabel \""
+    << detail::gnuplot_quote(ylabel) << "\"\nset key outside right\nset grid\nplot ";
   int index = 0;
   for (const auto& [name, points] : series) {
     if (index > 0) g << ", ";
@@ -86,9 +86,9 @@ inline bool plot_heatmap(const std::filesystem::path& png, const std::string& ti
     }
   }
   std::ofstream g(script);
-  g << "set terminal pngcairo size " << 300 + 110 * cols.size() << "," << 200 + 40 * rows.size()
-    << "\nset output \"" << detail::gnuplot_quote(png.string()) << "\"\nset title \""
-    << detail::gnuplot_quote(title)
+  g << "set terminal pngcairo noenhanced size " << 300 + 110 * cols.size() << ","
+    << 200 + 40 * rows.size() << "\nset output \"" << detail::gnuplot_quote(png.string())
+    << "\"\nset title \"" << detail::gnuplot_quote(title)
     << "\"\nset cbrange [0:1]\nset palette defined (0 \"white\", 1 \"#08306b\")\n"
     << "set xrange [-0.5:" << double(cols.size()) - 0.5 << "]\nset yrange ["
     << double(rows.size()) - 0.5 << ":-0.5]\nset xtics (";
