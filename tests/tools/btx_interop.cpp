@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: MIT
 // btx-interop: the C++ side of the Python interop tests (tests/python/test_interop.py).
-//   btx-interop logits CKPT_DIR IDS.safetensors OUT.safetensors   HF checkpoint -> logits
+//   btx-interop logits CKPT_DIR IDS.safetensors OUT.safetensors   HF Llama/Mixtral -> logits
 //   btx-interop save-llama OUT_DIR SEED TIED MAX_SHARD_BYTES      random tiny Llama -> HF folder
 //   btx-interop copy IN.safetensors OUT.safetensors               btx reader -> btx writer
 //   btx-interop save-moe OUT_DIR SEED EXPERTS TOP_K               MoE-contract model -> Mixtral
 //   btx-interop load-moe CKPT_DIR OUT.safetensors                 Mixtral -> btx params (dumped)
-// The MoE commands use a stand-in block with the MoE naming contract's parameters (btx's
-// own MoE module is not needed to check names, shapes and expert packing).
+// `logits` builds the model config.json names (a Mixtral with btx's real MoE module); the
+// save-moe/load-moe commands use a stand-in block with the MoE naming contract's parameters
+// (btx's own MoE module is not needed to check names, shapes and expert packing).
 #include <torch/torch.h>
 
 #include <cstdlib>
@@ -16,6 +17,7 @@
 #include <map>
 #include <string>
 
+#include <btx/hf/auto_model.hpp>
 #include <btx/hf/llama_checkpoint.hpp>
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
@@ -76,7 +78,7 @@ int main(int argc, char** argv) {
   try {
     const std::string cmd = argc > 1 ? argv[1] : "";
     if (cmd == "logits" && argc == 5) {
-      auto model = btx::hf::load_llama(argv[2]);
+      auto model = btx::hf::load_causal_lm(argv[2]);
       model->eval();
       auto ids = btx::io::SafetensorsFile(argv[3]).tensor("ids").to(torch::kInt64);
       torch::NoGradGuard no_grad;

@@ -1,0 +1,272 @@
+// SPDX-License-Identifier: MIT
+// btx-merge's configuration: mergekit-moe's keys where they apply plus btx's own, read from
+// YAML or JSON. Unknown keys, wrong types and impossible combinations are errors naming the
+// key, reported before any checkpoint is opened.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace btx::merge_tool {
+
+struct ExpertEntry {
+  std::string source_model;             // a HF Llama folder ("" only for method upcycle)
+  std::vector<nlohmann::json> prompts;  // positive_prompts: strings or token-id lists
+};
+
+struct MergeConfig {
+  std::string base_model;
+  std::vector<ExpertEntry> experts;
+  std::string gate_mode = "hidden";  // mergekit's default
+  int64_t experts_per_token = 2;
+  std::string dtype;  // "" = the sources' dtype
+  std::string averaging = "uniform";
+  std::vector<double> weights;
+  int64_t split = 0;  // SplitMix chunks (method split)
+  std::string method = "btx";
+  bool include_base_as_expert = false;
+  uint64_t seed = 0;
+  uint64_t max_shard_size = 5'000'000'000;
+  double router_aux_loss_coef = 0.02;
+};
+
+inline constexpr const char* kConfigHelp = R"(CONFIG keys (YAML or JSON; unknown keys are errors):
+  base_model: PATH          HF Llama folder: the architecture, tokenizer files and
+                            config.json come from it; gate_mode hidden runs it. Required.
+  experts:                  the dense experts, in expert order. Required, at least one.
+    - source_model: PATH    HF Llama folder (for method upcycle: omitted or base_model)
+      positive_prompts:     gate_mode hidden only: prompts of this expert's domain, each a
+        - "text"            string (byte-tokenised; only when base_model has no
+        - [1, 5, 9]         tokenizer.json/tokenizer.model) or a list of token ids
+  gate_mode: hidden         router init: hidden (mergekit's default: row j = the base
+                            model's mean FFN input on expert j's prompts, unit norm),
+                            random (N(0, 0.02^2), seeded) or zero (uniform routing)
+  experts_per_token: 2      top-k of the Mixtral (split C: the config gets C*k)
+  dtype: float32            output dtype: float32, float16 or bfloat16 (default: sources')
+  method: btx               btx (expert j = source j's FFN), split (each FFN cut into
+                            `split` experts), blend (expert n = chunk n of every FFN) or
+                            upcycle (len(experts) copies of base_model's FFN)
+  split: 2                  chunks per FFN for method split (implies method split);
+                            down_proj is scaled by C so top-(C*k) equals unsplit top-k
+  averaging: uniform        non-FFN tensors: uniform (mean), weighted (by `weights`) or
+                            keep_base (base_model's, which must be one of the sources)
+  weights: [1, 2]           one per source, in source order (implies averaging weighted)
+  include_base_as_expert: false
+                            add base_model as expert 0 (the BTX paper's generalist); with
+                            gate_mode hidden its prompts are all experts' prompts together
+  seed: 0                   seed of gate_mode random
+  max_shard_size: 5000000000
+                            bytes per safetensors shard (also "500MB", "2GB", "1GiB")
+  router_aux_loss_coef: 0.02
+                            written to config.json (transformers' load-balancing weight)
+Relative paths are relative to the current directory (as in mergekit).
+)";
+
+namespace detail {
+
+inline std::invalid_argument key_error(const std::string& key, const std::string& what) {
+  return std::invalid_argument("config key '" + key + "': " + what);
+}
+inline std::string get_string(const nlohmann::json& j, const std::string& key) {
+  if (!j.is_string()) throw key_error(key, "must be a string, got " + j.dump());
+  return j.get<std::string>();
+}
+inline int64_t get_int(const nlohmann::json& j, const std::string& key, int64_t min) {
+  if (!j.is_number_integer()) throw key_error(key, "must be an integer, got " + j.dump());
+  const auto v = j.get<int64_t>();
+  if (v < min) throw key_error(key, "must be >= " + std::to_string(min) + ", got " + j.dump());
+  return v;
+}
+inline double get_number(const nlohmann::json& j, const std::string& key) {
+  if (!j.is_number() || !std::isfinite(j.get<double>())) {
+    throw key_error(key, "must be a finite number, got " + j.dump());
+  }
+  return j.get<double>();
+}
+inline std::string one_of(const nlohmann::json& j, const std::string& key,
+                          const std::set<std::string>& allowed) {
+  const auto v = get_string(j, key);
+  if (!allowed.count(v)) {
+    std::string list;
+    for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+    throw key_error(key, "unknown value '" + v + "'; use one of: " + list);
+  }
+  return v;
+}
+inline uint64_t parse_size(const nlohmann::json& j, const std::string& key) {
+  if (j.is_number_integer()) return uint64_t(get_int(j, key, 1));
+  const auto text = get_string(j, key);
+  static const std::map<std::string, uint64_t> units = {{"B", 1},
+                                                        {"KB", 1000},
+                                                        {"MB", 1000'000},
+                                                        {"GB", 1000'000'000},
+                                                        {"KiB", 1ull << 10},
+                                                        {"MiB", 1ull << 20},
+                                                        {"GiB", 1ull << 30}};
+  size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::exception&) {
+    throw key_error(key, "'" + text + "' is not a size (bytes, or e.g. 500MB, 2GB, 1GiB)");
+  }
+  const auto unit = units.find(text.substr(used));
+  if (unit == units.end() || !(v > 0)) {
+    throw key_error(key, "'" + text + "' is not a size (bytes, or e.g. 500MB, 2GB, 1GiB)");
+  }
+  return uint64_t(v * double(unit->second));
+}
+
+}  // namespace detail
+
+inline MergeConfig parse_merge_config(const nlohmann::json& j) {
+  using namespace detail;
+  if (!j.is_object()) throw std::invalid_argument("the config must be a mapping of keys");
+  static const std::set<std::string> known = {"base_model",
+                                              "experts",
+                                              "gate_mode",
+                                              "experts_per_token",
+                                              "dtype",
+                                              "averaging",
+                                              "weights",
+                                              "split",
+                                              "method",
+                                              "include_base_as_expert",
+                                              "seed",
+                                              "max_shard_size",
+                                              "router_aux_loss_coef"};
+  for (const auto& [key, value] : j.items()) {
+    if (!known.count(key)) {
+      throw key_error(key, "unknown key (btx-merge --help lists the keys it reads)");
+    }
+  }
+  MergeConfig c;
+  if (!j.contains("base_model")) throw key_error("base_model", "missing (a HF Llama folder)");
+  c.base_model = get_string(j["base_model"], "base_model");
+  if (j.contains("split")) {
+    c.split = get_int(j["split"], "split", 1);
+    c.method = "split";
+  }
+  if (j.contains("method")) {
+    c.method = one_of(j["method"], "method", {"btx", "split", "blend", "upcycle"});
+  }
+  if (c.method == "split" && c.split == 0) c.split = 2;
+  if (c.method != "split" && j.contains("split")) {
+    throw key_error("split", "applies to method split only (method is " + c.method + ")");
+  }
+  if (j.contains("gate_mode")) {
+    c.gate_mode = one_of(j["gate_mode"], "gate_mode", {"hidden", "random", "zero"});
+  }
+  if (j.contains("experts_per_token")) {
+    c.experts_per_token = get_int(j["experts_per_token"], "experts_per_token", 1);
+  }
+  if (j.contains("dtype"))
+    c.dtype = one_of(j["dtype"], "dtype", {"float32", "float16", "bfloat16"});
+  if (j.contains("weights")) {
+    if (!j["weights"].is_array() || j["weights"].empty()) {
+      throw key_error("weights", "must be a non-empty list of numbers, one per source");
+    }
+    for (const auto& w : j["weights"]) c.weights.push_back(get_number(w, "weights"));
+    c.averaging = "weighted";
+  }
+  if (j.contains("averaging")) {
+    c.averaging = one_of(j["averaging"], "averaging", {"uniform", "weighted", "keep_base"});
+  }
+  if (c.averaging == "weighted" && c.weights.empty()) {
+    throw key_error("averaging", "weighted needs 'weights' (one per source)");
+  }
+  if (c.averaging != "weighted" && !c.weights.empty()) {
+    throw key_error("weights", "given but averaging is " + c.averaging);
+  }
+  if (j.contains("include_base_as_expert")) {
+    if (!j["include_base_as_expert"].is_boolean()) {
+      throw key_error("include_base_as_expert", "must be true or false");
+    }
+    c.include_base_as_expert = j["include_base_as_expert"].get<bool>();
+  }
+  if (j.contains("seed")) c.seed = uint64_t(get_int(j["seed"], "seed", 0));
+  if (j.contains("max_shard_size"))
+    c.max_shard_size = parse_size(j["max_shard_size"], "max_shard_size");
+  if (j.contains("router_aux_loss_coef")) {
+    c.router_aux_loss_coef = get_number(j["router_aux_loss_coef"], "router_aux_loss_coef");
+  }
+
+  if (!j.contains("experts") || !j["experts"].is_array() || j["experts"].empty()) {
+    throw key_error("experts", "missing or empty (a list of {source_model: PATH})");
+  }
+  for (size_t e = 0; e < j["experts"].size(); ++e) {
+    const auto& x = j["experts"][e];
+    const std::string where = "experts[" + std::to_string(e) + "]";
+    if (!x.is_object()) throw key_error(where, "must be a mapping with source_model");
+    ExpertEntry entry;
+    for (const auto& [key, value] : x.items()) {
+      if (key == "source_model") {
+        entry.source_model = get_string(value, where + ".source_model");
+      } else if (key == "positive_prompts") {
+        if (!value.is_array()) throw key_error(where + ".positive_prompts", "must be a list");
+        for (const auto& p : value) entry.prompts.push_back(p);
+      } else {
+        throw key_error(where + "." + key,
+                        "unknown key (experts take source_model and positive_prompts)");
+      }
+    }
+    if (entry.source_model.empty() && c.method != "upcycle") {
+      throw key_error(where + ".source_model", "missing (a HF Llama folder)");
+    }
+    c.experts.push_back(std::move(entry));
+  }
+
+  // Combinations.
+  if (c.method == "upcycle") {
+    if (c.include_base_as_expert) {
+      throw key_error("include_base_as_expert", "does not apply to method upcycle");
+    }
+    if (j.contains("averaging") || j.contains("weights")) {
+      throw key_error(j.contains("averaging") ? "averaging" : "weights",
+                      "does not apply to method upcycle (one source: base_model)");
+    }
+    if (c.gate_mode == "hidden") {
+      throw key_error("gate_mode",
+                      "hidden gives identical rows for upcycled copies of one "
+                      "model; use random or zero with method upcycle");
+    }
+  }
+  if (c.method == "blend" && c.gate_mode == "hidden") {
+    throw key_error("gate_mode",
+                    "hidden needs experts from one source each; method blend "
+                    "mixes every source in every expert (use random or zero)");
+  }
+  if (c.gate_mode == "hidden") {
+    for (size_t e = 0; e < c.experts.size(); ++e) {
+      if (c.experts[e].prompts.empty()) {
+        throw key_error("experts[" + std::to_string(e) + "].positive_prompts",
+                        "missing: gate_mode hidden (mergekit's default) needs prompts for every "
+                        "expert; or set gate_mode: random");
+      }
+    }
+  } else {
+    for (size_t e = 0; e < c.experts.size(); ++e) {
+      if (!c.experts[e].prompts.empty()) {
+        throw key_error("experts[" + std::to_string(e) + "].positive_prompts",
+                        "used by gate_mode hidden only (gate_mode is " + c.gate_mode + ")");
+      }
+    }
+  }
+  const size_t unsplit = c.experts.size() + (c.include_base_as_expert ? 1 : 0);
+  if (size_t(c.experts_per_token) > unsplit) {
+    throw key_error("experts_per_token", std::to_string(c.experts_per_token) +
+                                             " is more than the " + std::to_string(unsplit) +
+                                             " experts");
+  }
+  return c;
+}
+
+}  // namespace btx::merge_tool

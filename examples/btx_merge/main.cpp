@@ -1,0 +1,370 @@
+// SPDX-License-Identifier: MIT
+// btx-merge CONFIG.yaml OUT_DIR: N Hugging Face dense Llama checkpoints -> one Mixtral
+// checkpoint (mergekit-moe's role, with btx's mixing methods), streamed tensor by tensor.
+// Every input is validated before anything is written; OUT_DIR appears only when complete.
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <memory>
+#include <set>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include <btx/data/byte_tokenizer.hpp>
+#include <btx/hf/config_json.hpp>
+#include <btx/hf/llama_checkpoint.hpp>
+#include <btx/io/atomic_dir.hpp>
+#include <btx/merge/checkpoint_source.hpp>
+#include <btx/merge/mixers.hpp>
+#include <btx/merge/router_init.hpp>
+#include <btx/merge/write_plan.hpp>
+
+#include "../common/yaml_json.hpp"
+#include "config.hpp"
+
+namespace fs = std::filesystem;
+using namespace btx;
+using btx::merge_tool::MergeConfig;
+
+namespace {
+
+struct InputError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Compared byte for byte across every source; copied from base_model.
+const std::vector<std::string> kTokenizerFiles = {"tokenizer.json",
+                                                  "tokenizer_config.json",
+                                                  "special_tokens_map.json",
+                                                  "tokenizer.model",
+                                                  "vocab.json",
+                                                  "merges.txt",
+                                                  "added_tokens.json"};
+// Copied from base_model when present, not compared.
+const std::vector<std::string> kCopiedFiles = {"generation_config.json"};
+// config.json fields that may differ between sources.
+const std::set<std::string> kIgnoredConfigKeys = {"dtype", "torch_dtype", "transformers_version",
+                                                  "_name_or_path"};
+
+std::string read_file(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  if (!in) throw InputError("cannot read " + p.string());
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+
+nlohmann::json read_json(const fs::path& p) {
+  try {
+    return nlohmann::json::parse(read_file(p));
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError(p.string() + " is not valid JSON: " + e.what());
+  }
+}
+
+// Same architecture (config.json equal but for kIgnoredConfigKeys), same tokenizer files.
+void check_same_model_family(const std::vector<fs::path>& dirs) {
+  const fs::path& ref = dirs.front();
+  const auto ref_config = read_json(ref / "config.json");
+  for (const auto& d : dirs) {
+    const auto hf = hf::read_config_json(d / "config.json");  // parses and validates
+    if (hf.moe) {
+      throw InputError(d.string() + " is a Mixtral (MoE) checkpoint; btx-merge mixes dense Llamas");
+    }
+    const auto config = read_json(d / "config.json");
+    std::set<std::string> keys;
+    for (const auto& [k, v] : ref_config.items()) keys.insert(k);
+    for (const auto& [k, v] : config.items()) keys.insert(k);
+    for (const auto& k : keys) {
+      if (kIgnoredConfigKeys.count(k)) continue;
+      const auto a = ref_config.value(k, nlohmann::json()), b = config.value(k, nlohmann::json());
+      if (a != b) {
+        throw InputError("config.json field '" + k + "' is " + a.dump() + " in " + ref.string() +
+                         " but " + b.dump() + " in " + d.string() +
+                         "; merged models must share one architecture");
+      }
+    }
+  }
+  for (const auto& name : kTokenizerFiles) {
+    const fs::path* first = nullptr;
+    std::string bytes;
+    for (const auto& d : dirs) {
+      if (fs::exists(d / name)) {
+        first = &d;
+        bytes = read_file(d / name);
+        break;
+      }
+    }
+    if (!first) continue;
+    for (const auto& d : dirs) {
+      if (!fs::exists(d / name)) {
+        throw InputError("tokenizer file " + name + " is in " + first->string() + " but not in " +
+                         d.string() + "; merged models must share one tokenizer");
+      }
+      if (read_file(d / name) != bytes) {
+        throw InputError("tokenizer file " + name + " differs between " + first->string() +
+                         " and " + d.string() + "; merged models must share one tokenizer");
+      }
+    }
+  }
+}
+
+// The base model's token ids for each prompt: [1, T] tensors.
+std::vector<torch::Tensor> tokenize(const std::vector<nlohmann::json>& prompts,
+                                    const fs::path& base, int64_t vocab, const std::string& where) {
+  const bool has_tokenizer =
+      fs::exists(base / "tokenizer.json") || fs::exists(base / "tokenizer.model");
+  std::vector<torch::Tensor> out;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const auto& p = prompts[i];
+    const std::string at = where + ".positive_prompts[" + std::to_string(i) + "]";
+    std::vector<int64_t> ids;
+    if (p.is_string()) {
+      if (has_tokenizer) {
+        throw InputError(at + ": text prompts are byte-tokenised, which is wrong for " +
+                         base.string() +
+                         " (it has its own tokenizer); give token ids instead, "
+                         "e.g. tokenizer(prompt).input_ids");
+      }
+      if (vocab < ByteTokenizer::vocab_size) {
+        throw InputError(at +
+                         ": text prompts are byte-tokenised (ids 0..255) but the model's "
+                         "vocab_size is " +
+                         std::to_string(vocab) + "; give token ids");
+      }
+      ids = ByteTokenizer::encode(p.get<std::string>());
+    } else if (p.is_array()) {
+      for (const auto& id : p) {
+        if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= vocab) {
+          throw InputError(at + ": token id " + id.dump() +
+                           " is not in [0, vocab_size=" + std::to_string(vocab) + ")");
+        }
+        ids.push_back(id.get<int64_t>());
+      }
+    } else {
+      throw InputError(at + ": must be a string or a list of token ids");
+    }
+    if (ids.empty()) throw InputError(at + " is empty");
+    out.push_back(torch::tensor(ids, torch::kInt64).unsqueeze(0));
+  }
+  return out;
+}
+
+// Split experts of one source share its router row, so top-(C*k) picks whole sources.
+template <merge::RouterInit R>
+struct SharedRowPerSource {
+  R inner;
+  [[nodiscard]] std::string name() const { return inner.name(); }
+  [[nodiscard]] nlohmann::json to_json() const {
+    auto j = inner.to_json();
+    j["row_per_source"] = true;
+    return j;
+  }
+  void validate(size_t n, int64_t layers, int64_t hidden) const {
+    inner.validate(n, layers, hidden);
+  }
+  [[nodiscard]] torch::Tensor init(int64_t layer, const std::vector<int64_t>& src, int64_t hidden,
+                                   torch::ScalarType dtype) const {
+    std::vector<int64_t> unique, pos;
+    for (auto s : src) {
+      auto it = std::find(unique.begin(), unique.end(), s);
+      pos.push_back(int64_t(it - unique.begin()));
+      if (it == unique.end()) unique.push_back(s);
+    }
+    return inner.init(layer, unique, hidden, dtype).index_select(0, torch::tensor(pos));
+  }
+};
+
+using Averaging = std::variant<merge::UniformMean, merge::WeightedMean, merge::KeepOne>;
+using Router = std::variant<merge::RouterNormal, merge::RouterZero, merge::RouterFromHidden>;
+
+merge::Plan make_plan(const MergeConfig& c, const std::vector<merge::CheckpointSource>& sources,
+                      const Averaging& averaging, const Router& router) {
+  return std::visit(
+      [&](const auto& a, const auto& r) -> merge::Plan {
+        using A = std::decay_t<decltype(a)>;
+        using R = std::decay_t<decltype(r)>;
+        const int64_t k = c.experts_per_token;
+        if (c.method == "split") {
+          return merge::SplitMix<A, SharedRowPerSource<R>>{a, {r}, c.split, k, true}.plan(sources);
+        }
+        if (c.method == "blend") return merge::BlendMix<A, R>{a, r, k}.plan(sources);
+        if (c.method == "upcycle") {
+          return merge::Upcycle<R>{int64_t(c.experts.size()), r, 0.0, 0, k}.plan(sources);
+        }
+        return merge::BtxMix<A, R>{a, r, k}.plan(sources);
+      },
+      averaging, router);
+}
+
+bool same_path(const fs::path& a, const fs::path& b) {
+  return fs::weakly_canonical(a) == fs::weakly_canonical(b);
+}
+
+int run(const MergeConfig& c, const fs::path& out_dir, bool force) {
+  if (!force && io::detail::exists_non_empty(out_dir)) {
+    throw InputError("OUT_DIR " + out_dir.string() +
+                     " exists and is not empty (--force replaces it)");
+  }
+  const fs::path base = c.base_model;
+  // ------------------------------------------------------------ the sources
+  std::vector<fs::path> dirs;  // in expert order
+  std::vector<std::vector<nlohmann::json>> prompts;
+  if (c.method == "upcycle") {
+    for (const auto& e : c.experts) {
+      if (!e.source_model.empty() && !same_path(e.source_model, base)) {
+        throw InputError("method upcycle copies base_model; experts' source_model " +
+                         e.source_model + " is not base_model " + base.string());
+      }
+    }
+    dirs.push_back(base);
+  } else {
+    if (c.include_base_as_expert) {
+      dirs.push_back(base);
+      prompts.emplace_back();
+      for (const auto& e : c.experts)
+        prompts.back().insert(prompts.back().end(), e.prompts.begin(), e.prompts.end());
+    }
+    for (const auto& e : c.experts) {
+      dirs.push_back(e.source_model);
+      prompts.push_back(e.prompts);
+    }
+  }
+  std::vector<fs::path> all = {base};
+  all.insert(all.end(), dirs.begin(), dirs.end());
+  for (const auto& d : all) {
+    if (!fs::is_directory(d))
+      throw InputError("checkpoint folder " + d.string() + " does not exist");
+    if (!fs::exists(d / "config.json")) throw InputError(d.string() + " has no config.json");
+  }
+  check_same_model_family(all);
+  std::vector<merge::CheckpointSource> sources;
+  for (const auto& d : dirs) sources.emplace_back(d);
+  {  // the base's tensors too, when it is not a source
+    std::vector<merge::CheckpointSource> with_base = {merge::CheckpointSource(base)};
+    with_base.insert(with_base.end(), sources.begin(), sources.end());
+    (void)merge::validate_dense_sources(with_base);
+  }
+  const auto base_config = hf::read_config_json(base / "config.json");
+
+  // ------------------------------------------------------------ the policies
+  Averaging averaging = merge::UniformMean{};
+  if (c.averaging == "weighted") {
+    if (c.weights.size() != sources.size()) {
+      throw InputError("config key 'weights': " + std::to_string(c.weights.size()) +
+                       " weights for " + std::to_string(sources.size()) + " sources" +
+                       (c.include_base_as_expert ? " (base_model first, then experts)" : ""));
+    }
+    averaging = merge::WeightedMean{c.weights};
+  } else if (c.averaging == "keep_base") {
+    size_t index = dirs.size();
+    for (size_t j = 0; j < dirs.size() && index == dirs.size(); ++j) {
+      if (same_path(dirs[j], base)) index = j;
+    }
+    if (index == dirs.size()) {
+      throw InputError(
+          "config key 'averaging': keep_base needs base_model among the sources "
+          "(set include_base_as_expert: true, or list it as an expert)");
+    }
+    averaging = merge::KeepOne{index};
+  }
+  Router router = merge::RouterNormal{0.02, c.seed};
+  if (c.gate_mode == "zero") router = merge::RouterZero{};
+  if (c.gate_mode == "hidden") {
+    std::cerr << "btx-merge: gate_mode hidden: running " << base.string() << " on the prompts\n";
+    auto model = hf::load_llama(base, torch::kFloat32);
+    model->eval();
+    std::vector<std::vector<torch::Tensor>> ids;
+    for (size_t j = 0; j < prompts.size(); ++j) {
+      ids.push_back(tokenize(
+          prompts[j], base, base_config.llama.vocab_size,
+          c.include_base_as_expert && j == 0
+              ? std::string("experts[*] (for the base expert)")
+              : "experts[" + std::to_string(j - (c.include_base_as_expert ? 1 : 0)) + "]"));
+    }
+    router = merge::hidden_router_init_from_prompts(model, ids);
+  }
+
+  // ------------------------------------------------------- plan, then write
+  const merge::Plan plan = make_plan(c, sources, averaging, router);
+  const auto dtype =
+      c.dtype.empty() ? plan.outputs().front().dtype : merge::dtype_from_hf_name(c.dtype);
+  auto config_json = merge::hf_config_for(plan, base_config.llama, merge::hf_dtype_name(dtype),
+                                          c.router_aux_loss_coef);
+  const auto raw_base = read_json(base / "config.json");
+  for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id"}) {
+    if (raw_base.contains(key)) config_json[key] = raw_base[key];
+  }
+
+  merge::WritePlanOptions options;
+  options.dtype = dtype;
+  options.max_shard_bytes = c.max_shard_size;
+  options.overwrite = force;
+  for (const auto& list : {kTokenizerFiles, kCopiedFiles}) {
+    for (const auto& f : list) {
+      if (fs::exists(base / f)) options.copy_files.push_back(base / f);
+    }
+  }
+  auto last = std::chrono::steady_clock::now() - std::chrono::seconds(10);
+  options.progress = [&](const merge::WriteProgress& p) {
+    const auto now = std::chrono::steady_clock::now();
+    if (p.index != p.count && now - last < std::chrono::milliseconds(500)) return;
+    last = now;
+    std::fprintf(stderr, "btx-merge: tensor %zu/%zu  %.1f/%.1f MB  %.1f MB/s  %s\n", p.index,
+                 p.count, double(p.bytes_done) / 1e6, double(p.bytes_total) / 1e6,
+                 double(p.bytes_done) / 1e6 / std::max(p.seconds, 1e-9), p.name.c_str());
+  };
+  std::cerr << "btx-merge: " << plan.manifest().method << ", " << sources.size() << " sources -> "
+            << plan.manifest().num_experts << " experts, top-" << plan.manifest().experts_per_token
+            << ", " << merge::hf_dtype_name(dtype) << "\n";
+  const auto stats = merge::write_plan(plan, config_json, out_dir, options);
+  std::fprintf(stderr, "btx-merge: wrote %s: %zu tensors in %zu shard(s), %.1f MB in %.1f s\n",
+               out_dir.string().c_str(), stats.tensors, stats.shards, double(stats.bytes) / 1e6,
+               stats.seconds);
+  return 0;
+}
+
+int usage(std::FILE* to) {
+  std::fprintf(to,
+               "usage: btx-merge [--force] CONFIG.yaml OUT_DIR\n"
+               "Mixes N Hugging Face dense Llama checkpoints into one Mixtral checkpoint\n"
+               "(config.json, safetensors, the base model's tokenizer files, btx_merge.json).\n"
+               "Every input is checked first (architecture, tokenizer files, tensor names,\n"
+               "shapes, dtypes); OUT_DIR must not exist or be empty (--force replaces it)\n"
+               "and appears only when complete. Exit 1 on bad input, 2 on bad usage.\n\n%s",
+               merge_tool::kConfigHelp);
+  return to == stdout ? 0 : 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args;
+  bool force = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--help" || a == "-h") return usage(stdout);
+    if (a == "--force") {
+      force = true;
+    } else if (a.rfind("--", 0) == 0) {
+      std::fprintf(stderr, "btx-merge: error: unknown option %s\n", a.c_str());
+      return usage(stderr);
+    } else {
+      args.push_back(a);
+    }
+  }
+  if (args.size() != 2) return usage(stderr);
+  try {
+    const auto config = merge_tool::parse_merge_config(tools::load_config_file(args[0]));
+    return run(config, args[1], force);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "btx-merge: error: %s\n", e.what());
+    return 1;
+  }
+}

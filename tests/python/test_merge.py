@@ -1,0 +1,265 @@
+# SPDX-License-Identifier: MIT
+# btx-merge against the real transformers (an independent reference): the Mixtral it
+# writes loads in MixtralForCausalLM with no missing/unexpected keys and the same logits
+# as btx's own MoE module; N identical experts reproduce the dense Llama; bad inputs fail
+# with exit 1, a message naming the tensor/file/key, and nothing at OUT_DIR.
+# Run: BTX_MERGE=build/bin/btx-merge BTX_INTEROP=build/bin/btx-interop \
+#      python tests/python/test_merge.py [TestClass]
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import LlamaConfig, LlamaForCausalLM, MixtralForCausalLM
+
+MERGE = os.environ.get("BTX_MERGE", "build/bin/btx-merge")
+INTEROP = os.environ.get("BTX_INTEROP", "build/bin/btx-interop")
+TOLERANCE = 1e-4
+
+
+def tiny_llama(seed, **overrides):
+    torch.manual_seed(seed)
+    kwargs = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
+                  max_position_embeddings=128)
+    kwargs.update(overrides)
+    model = LlamaForCausalLM(LlamaConfig(**kwargs)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def merge(tmp, config, out="out", extra=()):
+    path = os.path.join(tmp, "merge.yaml")
+    with open(path, "w") as f:
+        f.write(config)
+    out_dir = os.path.join(tmp, out)
+    result = subprocess.run([MERGE, *extra, path, out_dir], capture_output=True, text=True)
+    return result, out_dir
+
+
+def yaml_config(base, experts, **keys):
+    lines = [f"base_model: {base}", "experts:"]
+    for e in experts:
+        lines.append(f"  - source_model: {e}")
+    for k, v in keys.items():
+        lines.append(f"{k}: {v}")
+    return "\n".join(lines) + "\n"
+
+
+def btx_logits(tmp, ckpt, ids):
+    ids_file, out = os.path.join(tmp, "ids.safetensors"), os.path.join(tmp, "logits.safetensors")
+    save_file({"ids": ids}, ids_file)
+    r = subprocess.run([INTEROP, "logits", ckpt, ids_file, out], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise AssertionError(f"btx-interop logits failed:\n{r.stderr}")
+    return load_file(out)["logits"]
+
+
+def load_mixtral(test, ckpt):
+    model, info = MixtralForCausalLM.from_pretrained(ckpt, output_loading_info=True)
+    for key in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        test.assertFalse(info.get(key), f"{key}: {info.get(key)}")
+    return model.eval()
+
+
+class MixtralFromBtxMergeMatchesTransformers(unittest.TestCase):
+    """(b) different experts, top-2 of 3: transformers' Mixtral == btx's MoE module."""
+
+    def test_btx_mix_of_three_different_llamas(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            dirs = []
+            for j in range(3):
+                d = os.path.join(tmp, f"expert{j}")
+                tiny_llama(30 + j).save_pretrained(d)
+                dirs.append(d)
+            # A strong random router so the top-2 choice really differs between tokens.
+            result, out = merge(tmp, yaml_config(dirs[0], dirs, gate_mode="random",
+                                                 experts_per_token=2, seed=5,
+                                                 max_shard_size="30KB"))
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertIn("tensor", result.stderr)  # progress
+            self.assertIn("model.safetensors.index.json", os.listdir(out))
+            model = load_mixtral(self, out)
+            self.assertEqual(model.config.num_local_experts, 3)
+            self.assertEqual(model.config.num_experts_per_tok, 2)
+            with open(os.path.join(out, "btx_merge.json")) as f:
+                self.assertEqual(json.load(f)["method"], "btx_mix")
+            ids = torch.randint(0, 64, (2, 13))
+            with torch.no_grad():
+                expected = model(ids).logits
+            got = btx_logits(tmp, out, ids)
+            self.assertLessEqual((got - expected).abs().max().item(), TOLERANCE)
+            # The experts really differ: the MoE is not any one dense expert.
+            with torch.no_grad():
+                dense = LlamaForCausalLM.from_pretrained(dirs[0]).eval()(ids).logits
+            self.assertGreater((dense - expected).abs().max().item(), 1e-3)
+
+
+class IdenticalExpertsReproduceTheLlama(unittest.TestCase):
+    """(c) N copies of one transformers Llama -> a Mixtral with that Llama's logits."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="btx-merge-")
+        cls.base = os.path.join(cls.tmp, "llama")
+        cls.model = tiny_llama(40)
+        cls.model.save_pretrained(cls.base)
+        with open(os.path.join(cls.base, "tokenizer.json"), "w") as f:
+            f.write('{"version": "1.0"}')
+        cls.copies = []
+        for j in range(2):
+            d = os.path.join(cls.tmp, f"copy{j}")
+            shutil.copytree(cls.base, d)
+            cls.copies.append(d)
+        cls.ids = torch.randint(0, 64, (2, 11))
+        with torch.no_grad():
+            cls.expected = cls.model(cls.ids).logits
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def check(self, out_name, experts=None, **keys):
+        experts = experts or [self.base, *self.copies]
+        with tempfile.TemporaryDirectory() as tmp:
+            result, out = merge(tmp, yaml_config(self.base, experts, **keys))
+            self.assertEqual(result.returncode, 0, result.stderr)
+            model = load_mixtral(self, out)
+            with torch.no_grad():
+                got = model(self.ids).logits
+            self.assertLessEqual((got - self.expected).abs().max().item(), TOLERANCE, out_name)
+            self.assertLessEqual((btx_logits(tmp, out, self.ids) - self.expected).abs().max().item(),
+                                 TOLERANCE, out_name)
+            files = os.listdir(out)
+            self.assertIn("tokenizer.json", files)
+            self.assertIn("btx_merge.json", files)
+            return model.config
+
+    def test_top1_and_top2_and_top3(self):
+        for k in (1, 2, 3):
+            self.check(f"top{k}", gate_mode="random", experts_per_token=k, seed=k)
+
+    def test_include_base_as_expert(self):
+        config = self.check("base", gate_mode="random", include_base_as_expert="true",
+                            experts_per_token=2)
+        self.assertEqual(config.num_local_experts, 4)
+
+    def test_split_two_rescaled(self):
+        config = self.check("split", gate_mode="random", split=2, experts_per_token=1)
+        self.assertEqual(config.num_local_experts, 6)
+        self.assertEqual(config.num_experts_per_tok, 2)
+        self.assertEqual(config.intermediate_size, 32)
+
+    def test_hidden_gate_from_token_id_prompts_and_keep_base_and_bf16_config(self):
+        experts = "\n".join(f"  - source_model: {d}\n    positive_prompts: [[1, 2, 3], [4, 5]]"
+                            for d in [self.base, *self.copies])
+        config = f"base_model: {self.base}\nexperts:\n{experts}\naveraging: keep_base\n"
+        with tempfile.TemporaryDirectory() as tmp:
+            result, out = merge(tmp, config)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            with torch.no_grad():
+                got = load_mixtral(self, out)(self.ids).logits
+            self.assertLessEqual((got - self.expected).abs().max().item(), TOLERANCE)
+            result, out = merge(tmp, config + "dtype: bfloat16\n", out="bf16")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            with open(os.path.join(out, "config.json")) as f:
+                self.assertEqual(json.load(f)["dtype"], "bfloat16")
+            self.assertEqual(load_file(os.path.join(out, "model.safetensors"))[
+                "model.norm.weight"].dtype, torch.bfloat16)
+
+    def test_upcycle(self):
+        self.check("upcycle", experts=[self.base] * 4, method="upcycle", gate_mode="zero",
+                   experts_per_token=2)
+
+
+class BadInputLeavesNothing(unittest.TestCase):
+    """Mismatches fail before writing: exit 1, a message naming what, no OUT_DIR."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="btx-merge-bad-")
+        self.a = os.path.join(self.tmp, "a")
+        tiny_llama(50).save_pretrained(self.a)
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def other(self, name, seed=51, **overrides):
+        d = os.path.join(self.tmp, name)
+        tiny_llama(seed, **overrides).save_pretrained(d)
+        return d
+
+    def refused(self, config, *needles, extra=()):
+        result, out = merge(self.tmp, config, extra=extra)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn("btx-merge: error:", result.stderr)
+        for n in needles:
+            self.assertIn(n, result.stderr)
+        self.assertFalse(os.path.exists(out))
+        self.assertFalse([f for f in os.listdir(self.tmp) if f.startswith("out")])
+        return result.stderr
+
+    def test_mismatched_tensor_shape(self):
+        b = self.other("b")
+        name = "model.layers.1.mlp.up_proj.weight"
+        tensors = load_file(os.path.join(b, "model.safetensors"))
+        tensors[name] = torch.zeros(65, 32)
+        save_file(tensors, os.path.join(b, "model.safetensors"), metadata={"format": "pt"})
+        self.refused(yaml_config(self.a, [self.a, b], gate_mode="random"), name, self.a, b)
+
+    def test_different_vocab_sizes(self):
+        b = self.other("b", vocab_size=80)
+        self.refused(yaml_config(self.a, [self.a, b], gate_mode="random"), "vocab_size", self.a, b)
+
+    def test_different_tokenizer_files(self):
+        b = self.other("b")
+        for d, text in ((self.a, '{"a": 1}'), (b, '{"a": 2}')):
+            with open(os.path.join(d, "tokenizer.json"), "w") as f:
+                f.write(text)
+        self.refused(yaml_config(self.a, [self.a, b], gate_mode="random"), "tokenizer.json",
+                     self.a, b)
+
+    def test_truncated_safetensors_in_one_expert(self):
+        b = self.other("b")
+        f = os.path.join(b, "model.safetensors")
+        with open(f, "r+b") as fh:
+            fh.truncate(os.path.getsize(f) - 100)
+        self.refused(yaml_config(self.a, [self.a, b], gate_mode="random"), f)
+
+    def test_config_errors_name_the_key(self):
+        base = yaml_config(self.a, [self.a], gate_mode="random")
+        self.refused(base + "mystery_key: 1\n", "mystery_key")
+        self.refused(base + "dtype: float8\n", "dtype", "float8")
+        self.refused("experts: [\n", "not valid YAML")
+        self.refused(f"experts:\n  - source_model: {self.a}\n", "base_model")
+        self.refused(yaml_config(self.a, [self.a]), "positive_prompts")  # hidden without prompts
+        # Text prompts are byte-tokenised, which needs vocab_size >= 256.
+        self.refused(f"base_model: {self.a}\nexperts:\n  - source_model: {self.a}\n"
+                     "    positive_prompts: [\"2+2=4\"]\nexperts_per_token: 1\n",
+                     "positive_prompts[0]", "token ids")
+
+    def test_non_empty_out_dir_needs_force(self):
+        out = os.path.join(self.tmp, "out")
+        os.makedirs(out)
+        with open(os.path.join(out, "keep.txt"), "w") as f:
+            f.write("mine")
+        config = yaml_config(self.a, [self.a], gate_mode="zero", experts_per_token=1)
+        result, _ = merge(self.tmp, config)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("--force", result.stderr)
+        self.assertTrue(os.path.exists(os.path.join(out, "keep.txt")))
+        result, _ = merge(self.tmp, config, extra=("--force",))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertFalse(os.path.exists(os.path.join(out, "keep.txt")))
+        self.assertTrue(os.path.exists(os.path.join(out, "config.json")))
+
+
+if __name__ == "__main__":
+    unittest.main(argv=[sys.argv[0], *sys.argv[1:]], verbosity=2)
