@@ -98,7 +98,10 @@ TrainSummary train_causal_lm(Model& model, const WindowSampler& sampler,
       summary.resumed_from_step = state.step;
       std::fprintf(stderr, "[%s] resumed from checkpoint %s at step %lld\n", options.stage.c_str(),
                    resumed->first.c_str(), static_cast<long long>(state.step));
-      if (metrics) metrics->write({{"stage", options.stage}, {"resumed_from_step", state.step}});
+      if (metrics) {
+        metrics->write(
+            {{"stage", options.stage}, {"step", state.step}, {"resumed_from_step", state.step}});
+      }
     }
   }
   const auto save = [&] {
