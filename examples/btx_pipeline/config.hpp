@@ -44,8 +44,9 @@ struct PipelineConfig {
   int64_t eval_windows = 48;
   int64_t math_problems = 100;
   int64_t log_every = 20;
-  int64_t fail_expert = -1;  // fault injection: this expert index ...
-  int64_t fail_step = -1;    // ... aborts at this step (tests of isolated failures)
+  int64_t checkpoint_every = 50;  // training checkpoints per stage (0: none); reruns resume
+  int64_t fail_expert = -1;       // fault injection: this expert index ...
+  int64_t fail_step = -1;         // ... aborts at this step (tests of isolated failures)
 };
 
 // A stock Debian machine's real text: C headers (libc6-dev), English licence texts,
@@ -97,6 +98,7 @@ inline PipelineConfig quick_config() {
   c.eval_windows = 8;
   c.math_problems = 20;
   c.log_every = 10;
+  c.checkpoint_every = 10;
   return c;
 }
 
@@ -183,6 +185,7 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
                           "eval_windows",
                           "math_problems",
                           "log_every",
+                          "checkpoint_every",
                           "fail_expert",
                           "fail_step"});
   const std::string top = "config";
@@ -231,6 +234,7 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
   read(j, "eval_windows", c.eval_windows, top);
   read(j, "math_problems", c.math_problems, top);
   read(j, "log_every", c.log_every, top);
+  read(j, "checkpoint_every", c.checkpoint_every, top);
   read(j, "fail_expert", c.fail_expert, top);
   read(j, "fail_step", c.fail_step, top);
   return c;
@@ -251,6 +255,11 @@ inline void validate(const PipelineConfig& c) {
   positive("expert_stage.steps", c.expert_stage.steps);
   positive("finetune_stage.steps", c.finetune_stage.steps);
   positive("eval_windows", c.eval_windows);
+  positive("log_every", c.log_every);
+  if (c.checkpoint_every < 0) {
+    throw std::invalid_argument("config: checkpoint_every must be >= 0 (0: no checkpoints), got " +
+                                std::to_string(c.checkpoint_every));
+  }
   if (c.seq_len + 1 > c.model.max_position_embeddings) {
     throw std::invalid_argument("config: seq_len=" + std::to_string(c.seq_len) +
                                 " exceeds model.max_position_embeddings=" +
@@ -317,6 +326,7 @@ inline nlohmann::json to_json(const PipelineConfig& c) {
           {"eval_windows", c.eval_windows},
           {"math_problems", c.math_problems},
           {"log_every", c.log_every},
+          {"checkpoint_every", c.checkpoint_every},
           {"fail_expert", c.fail_expert},
           {"fail_step", c.fail_step}};
 }

@@ -59,6 +59,8 @@ CONFIG (YAML or JSON) overrides any of these keys (unknown keys are errors):
   router: top1|top2|topk:K|switch|sample_top1|soft    extra_routers: [more routers to compare]
   load_balance_alpha (0.01), load_balance_form: btx|switch, seed_as_expert (true),
   router_init: normal|zero|hidden, baselines (true), eval_windows, math_problems
+  checkpoint_every (50; quick: 10): every training stage checkpoints into
+    <run>/<stage>/checkpoints/ and a rerun resumes from there (0: no checkpoints)
   fail_expert, fail_step: fault injection (expert I aborts at step N)
 Token files follow nanoGPT: flat little-endian uint16 (or uint32) ids; the model's
 vocab_size must cover them. Text is tokenised one byte per token.

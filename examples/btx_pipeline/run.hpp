@@ -2,13 +2,16 @@
 // The run folder and its stages. Every stage writes into <run>/<stage>/: `model/` (a
 // Hugging Face checkpoint: Llama when dense, Mixtral when MoE), `metrics.jsonl`, and
 // `stage.json` last, so a stage is finished exactly when its stage.json exists and a
-// second run skips it.
+// second run skips it. Training stages checkpoint into `checkpoints/` until then, so a
+// killed stage resumes from its last checkpoint.
 #pragma once
 
 #include <torch/torch.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -18,6 +21,7 @@
 #include <btx/data/sampler.hpp>
 #include <btx/hf/llama_checkpoint.hpp>
 #include <btx/moe/llama_moe.hpp>
+#include <btx/moe/moe_layer.hpp>
 #include <btx/train/flops.hpp>
 #include <btx/train/progress.hpp>
 #include <btx/train/trainer.hpp>
@@ -51,6 +55,8 @@ struct Run {
       if (!out) throw std::runtime_error("cannot write " + tmp.string());
     }
     fs::rename(tmp, final_path);
+    std::error_code ec;  // a finished stage is never resumed: its checkpoints are spent
+    fs::remove_all(stage_dir(stage) / "checkpoints", ec);
   }
 
   [[nodiscard]] std::vector<std::string> domain_names() const {
@@ -123,7 +129,34 @@ struct Run {
   [[nodiscard]] int64_t tokens_per_step() const { return config.batch_size * config.seq_len; }
 };
 
-// Trains `model` as stage `stage`, logging to <stage>/metrics.jsonl; returns stage.json.
+// Router health: each MoE layer's share of routed tokens per expert in the last batch,
+// [layer][expert]; warns on stderr when a share falls below 1/(4N) (a dead expert).
+inline nlohmann::json expert_load(torch::nn::Module& model, const std::string& stage,
+                                  int64_t step) {
+  auto load = nlohmann::json::array();
+  for (const auto& [name, layer] : moe_layers(model)) {
+    const auto counts = layer->last_stats().tokens_per_expert.to(torch::kDouble);
+    const double total = counts.sum().item<double>();
+    const int64_t n = counts.numel();
+    std::vector<double> shares;
+    for (int64_t e = 0; e < n; ++e) {
+      shares.push_back(total > 0 ? counts[e].item<double>() / total : 0.0);
+      if (shares.back() < 1.0 / double(4 * n)) {
+        std::fprintf(stderr,
+                     "[%s] step %lld: warning: expert %lld of %s got %.1f%% of the routed "
+                     "tokens, below 1/(4N) = %.1f%%: a dead expert?\n",
+                     stage.c_str(), static_cast<long long>(step), static_cast<long long>(e),
+                     name.c_str(), 100.0 * shares.back(), 100.0 / double(4 * n));
+      }
+    }
+    load.push_back(shares);
+  }
+  return load;
+}
+
+// Trains `model` as stage `stage`, logging to <stage>/metrics.jsonl and checkpointing into
+// <stage>/checkpoints/ (a rerun resumes there); returns stage.json. on_step(step) runs
+// before every step (fault injection).
 inline nlohmann::json train_stage(const Run& run, const std::string& stage, LlamaForCausalLM& model,
                                   const WindowSampler& sampler, const StageBudget& budget,
                                   int64_t steps, double flops_per_token, bool moe,
@@ -137,17 +170,24 @@ inline nlohmann::json train_stage(const Run& run, const std::string& stage, Llam
   options.peak_lr = budget.lr;
   options.warmup_steps = std::min(budget.warmup, steps / 2);
   options.log_every = run.config.log_every;
-  int64_t step = 0;
-  std::function<torch::Tensor()> aux = [&]() -> torch::Tensor {
-    if (on_step) on_step(step);
-    ++step;
-    return moe ? collect_aux_loss(*model) : torch::Tensor();
-  };
+  if (run.config.checkpoint_every > 0) {
+    options.checkpoint_dir = (run.stage_dir(stage) / "checkpoints").string();
+    options.checkpoint_every = run.config.checkpoint_every;
+  }
+  options.on_step = std::move(on_step);
+  if (moe) {
+    options.on_log = [&model, stage](int64_t step, nlohmann::json& record) {
+      record["expert_load"] = expert_load(*model, stage, step);
+    };
+  }
+  std::function<torch::Tensor()> aux;
+  if (moe) aux = [&]() -> torch::Tensor { return collect_aux_loss(*model); };
   const auto summary = train_causal_lm(model, sampler, options, aux, &metrics);
   return {{"stage", stage},
           {"steps", summary.steps},
           {"tokens", summary.tokens},
           {"skipped_steps", summary.skipped_steps},
+          {"resumed_from_step", summary.resumed_from_step},
           {"seconds", summary.seconds},
           {"final_loss", summary.final_loss},
           {"flops", double(summary.tokens) * flops_per_token}};

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // Sample Top-1 router (BTX paper): in training, Gumbel-softmax sampling at an annealed
 // temperature with a straight-through top-1 forward; at inference, plain argmax. The
-// Gumbel noise comes from the router's own seeded generator, so runs reproduce.
+// Gumbel noise comes from the router's own seeded generator, so runs reproduce; the
+// generator and the step counter travel in training checkpoints (btx::ExtraState).
 #pragma once
 
 #include <torch/torch.h>
@@ -11,10 +12,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <map>
 #include <stdexcept>
 #include <string>
 
 #include <btx/moe/routing.hpp>
+#include <btx/train/extra_state.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -30,7 +33,7 @@ struct TemperatureSchedule {
   }
 };
 
-class SampleTop1 : public torch::nn::Cloneable<SampleTop1> {
+class SampleTop1 : public torch::nn::Cloneable<SampleTop1>, public ExtraState {
  public:
   SampleTop1(int64_t hidden_size, int64_t num_experts, TemperatureSchedule schedule = {},
              uint64_t seed = 0)
@@ -72,6 +75,18 @@ class SampleTop1 : public torch::nn::Cloneable<SampleTop1> {
     auto soft_T1 = soft_TE.gather(1, r.indices_TK);
     r.weights_TK = (soft_T1 - soft_T1.detach()) + 1.0;  // value 1, gradient of the soft prob
     return r;
+  }
+
+  // Checkpoint hook: the noise generator's state and the step counter (temperature).
+  [[nodiscard]] std::map<std::string, torch::Tensor> extra_state() const override {
+    return {{"generator", generator_state(generator_)},
+            {"step", torch::tensor({step_}, torch::kInt64)}};
+  }
+  void load_extra_state(const std::map<std::string, torch::Tensor>& state) override {
+    const auto& step = extra_state_entry(state, "step", "btx::SampleTop1");
+    if (step.numel() != 1) throw std::invalid_argument("btx::SampleTop1: 'step' must be a scalar");
+    set_generator_state(generator_, extra_state_entry(state, "generator", "btx::SampleTop1"));
+    step_ = step.to(torch::kInt64).item<int64_t>();
   }
 
   [[nodiscard]] double temperature() const { return schedule_.at(step_); }

@@ -1,0 +1,359 @@
+// SPDX-License-Identifier: MIT
+// Training checkpoints for exact resume: parameters and buffers, AdamW state, random
+// generators (torch's default CPU one and every btx::ExtraState module's), the loop's step,
+// data position and loss history. <dir>/step-000123/ holds model/optimizer/rng.safetensors
+// and state.json; folders appear atomically (io::AtomicDir) and <dir>/latest names the newest.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <btx/io/atomic_dir.hpp>
+#include <btx/io/safetensors_reader.hpp>
+#include <btx/io/safetensors_writer.hpp>
+#include <btx/train/extra_state.hpp>
+#include <btx/version.hpp>
+
+namespace btx {
+BTX_NAMESPACE_BEGIN
+
+// The training loop's own state (everything but tensors).
+struct TrainState {
+  int64_t step = 0;            // optimizer steps done = index of the next step
+  int64_t next_batch = 0;      // sampler index of the next batch
+  int64_t skipped_steps = 0;   // non-finite steps skipped so far
+  int64_t bad_in_a_row = 0;    // consecutive non-finite steps at the end
+  std::vector<double> losses;  // LM loss of every step so far (NaN: skipped)
+};
+
+// A checkpoint folder that is damaged (unreadable, truncated, non-finite): loading falls
+// back to the previous one. A checkpoint that does not fit the model is an error instead.
+class CorruptCheckpoint : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+namespace detail {
+
+inline constexpr const char* kCheckpointFormat = "btx-train-checkpoint";
+
+inline std::string step_folder_name(int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step-%06lld", static_cast<long long>(step));
+  return buf;
+}
+
+// Step number of a complete checkpoint folder name ("step-000123"), or -1.
+inline int64_t step_of_folder(const std::string& name) {
+  if (name.rfind("step-", 0) != 0 || name.size() == 5) return -1;
+  const std::string digits = name.substr(5);
+  if (digits.size() > 18 || digits.find_first_not_of("0123456789") != std::string::npos) return -1;
+  return std::stoll(digits);
+}
+
+// Complete-looking checkpoint folders in `dir`, newest first.
+inline std::vector<std::pair<int64_t, std::filesystem::path>> checkpoint_folders(
+    const std::filesystem::path& dir) {
+  std::vector<std::pair<int64_t, std::filesystem::path>> out;
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) return out;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    const int64_t step = step_of_folder(entry.path().filename().string());
+    if (step >= 0 && entry.is_directory()) out.emplace_back(step, entry.path());
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  return out;
+}
+
+inline bool is_finite_tensor(const torch::Tensor& t) {
+  if (!t.is_floating_point() && !t.is_complex()) return true;
+  return t.numel() == 0 || torch::isfinite(t).all().item<bool>();
+}
+
+// Tensor maps of one checkpoint, by file name.
+struct CheckpointTensors {
+  std::map<std::string, torch::Tensor> model, optimizer, rng;
+};
+
+inline CheckpointTensors gather(torch::nn::Module& model, torch::optim::AdamW& opt) {
+  CheckpointTensors t;
+  for (const auto& p : model.named_parameters()) t.model[p.key()] = p.value().detach();
+  for (const auto& b : model.named_buffers()) t.model[b.key()] = b.value().detach();
+  auto& state = opt.state();
+  for (const auto& p : model.named_parameters()) {
+    auto it = state.find(p.value().unsafeGetTensorImpl());
+    if (it == state.end()) continue;
+    const auto& s = static_cast<const torch::optim::AdamWParamState&>(*it->second);
+    t.optimizer[p.key() + ".exp_avg"] = s.exp_avg();
+    t.optimizer[p.key() + ".exp_avg_sq"] = s.exp_avg_sq();
+    if (s.max_exp_avg_sq().defined()) t.optimizer[p.key() + ".max_exp_avg_sq"] = s.max_exp_avg_sq();
+    t.optimizer[p.key() + ".step"] = torch::tensor({s.step()}, torch::kInt64);
+  }
+  t.rng["torch.default_cpu_generator"] = generator_state(at::detail::getDefaultCPUGenerator());
+  for (const auto& m : model.named_modules("", /*include_self=*/true)) {
+    if (const auto* owner = dynamic_cast<const ExtraState*>(m.value().get())) {
+      for (const auto& [k, v] : owner->extra_state())
+        t.rng[(m.key().empty() ? "" : m.key() + ".") + k] = v.detach().cpu();
+    }
+  }
+  return t;
+}
+
+inline void write_text_durably(const std::filesystem::path& file, const std::string& text) {
+  const auto tmp = file.string() + ".tmp-" + io::detail::random_suffix();
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << text;
+    out.flush();
+    if (!out) throw std::runtime_error("cannot write " + tmp);
+  }
+  io::detail::fsync_path(tmp);
+  std::filesystem::rename(tmp, file);
+  io::detail::fsync_path(file.parent_path());
+}
+
+// The tensors of file `name` in `folder`: checks existence, size and finiteness.
+inline std::map<std::string, torch::Tensor> read_tensors(const std::filesystem::path& folder,
+                                                         const std::string& name,
+                                                         const nlohmann::json& state) {
+  const auto file = folder / name;
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(file, ec);
+  if (ec) throw CorruptCheckpoint("checkpoint file " + file.string() + " is missing");
+  if (state.contains("files") && state["files"].contains(name) &&
+      state["files"][name].get<uint64_t>() != size) {
+    throw CorruptCheckpoint("checkpoint file " + file.string() + " has " + std::to_string(size) +
+                            " bytes, state.json recorded " + state["files"][name].dump());
+  }
+  std::map<std::string, torch::Tensor> out;
+  try {
+    for (auto& [k, v] : io::SafetensorsFile(file).load_all()) out[k] = v.clone();
+  } catch (const io::FormatError& e) {
+    throw CorruptCheckpoint(e.what());
+  }
+  for (const auto& [k, v] : out) {
+    if (!is_finite_tensor(v)) {
+      throw CorruptCheckpoint("tensor \"" + k + "\" in checkpoint file " + file.string() +
+                              " contains NaN or Inf; a checkpoint never does, so it is damaged");
+    }
+  }
+  return out;
+}
+
+inline const torch::Tensor& expect(const std::map<std::string, torch::Tensor>& tensors,
+                                   const std::string& name, const torch::Tensor& like,
+                                   const std::filesystem::path& file) {
+  auto it = tensors.find(name);
+  if (it == tensors.end()) {
+    throw std::runtime_error("tensor \"" + name + "\" is missing from checkpoint file " +
+                             file.string() + "; was it written for a different model?");
+  }
+  if (like.defined() &&
+      (it->second.sizes() != like.sizes() || it->second.scalar_type() != like.scalar_type())) {
+    throw std::runtime_error("tensor \"" + name + "\" in checkpoint file " + file.string() +
+                             " is " + c10::str(it->second.sizes()) + " " +
+                             c10::toString(it->second.scalar_type()) + ", the model has " +
+                             c10::str(like.sizes()) + " " + c10::toString(like.scalar_type()) +
+                             "; was it written for a different model?");
+  }
+  return it->second;
+}
+
+}  // namespace detail
+
+// Writes `<dir>/step-NNNNNN/` for state.step, then `<dir>/latest`, then removes all but
+// the `keep` newest checkpoints. Refuses (std::runtime_error, nothing written) when any
+// tensor holds NaN/Inf. Returns the new folder.
+inline std::filesystem::path save_training_checkpoint(const std::filesystem::path& dir,
+                                                      torch::nn::Module& model,
+                                                      torch::optim::AdamW& opt,
+                                                      const TrainState& state, int64_t keep = 2) {
+  if (keep < 1) {
+    throw std::invalid_argument("save_training_checkpoint: keep must be >= 1, got " +
+                                std::to_string(keep));
+  }
+  const auto tensors = detail::gather(model, opt);
+  const std::string folder_name = detail::step_folder_name(state.step);
+  for (const auto* group : {&tensors.model, &tensors.optimizer}) {
+    for (const auto& [name, t] : *group) {
+      if (!detail::is_finite_tensor(t)) {
+        throw std::runtime_error(
+            "refusing to write checkpoint " + (dir / folder_name).string() + ": tensor \"" + name +
+            "\" (" + (group == &tensors.model ? "model" : "optimizer") + ") contains NaN or Inf");
+      }
+    }
+  }
+  nlohmann::json losses = nlohmann::json::array();
+  for (double l : state.losses) losses.push_back(std::isfinite(l) ? nlohmann::json(l) : nullptr);
+  nlohmann::json info = {{"format", detail::kCheckpointFormat},
+                         {"version", 1},
+                         {"step", state.step},
+                         {"next_batch", state.next_batch},
+                         {"skipped_steps", state.skipped_steps},
+                         {"bad_in_a_row", state.bad_in_a_row},
+                         {"losses", losses}};
+  std::filesystem::create_directories(dir);
+  io::AtomicDir out(dir / folder_name, /*overwrite=*/true);
+  const std::map<std::string, const std::map<std::string, torch::Tensor>*> files = {
+      {"model.safetensors", &tensors.model},
+      {"optimizer.safetensors", &tensors.optimizer},
+      {"rng.safetensors", &tensors.rng}};
+  for (const auto& [file, group] : files) {
+    io::save_safetensors(out.path() / file, *group, {{"format", detail::kCheckpointFormat}});
+    info["files"][file] = std::filesystem::file_size(out.path() / file);
+  }
+  {
+    std::ofstream json(out.path() / "state.json");
+    json << info.dump(1) << "\n";
+    if (!json) throw std::runtime_error("cannot write " + (out.path() / "state.json").string());
+  }
+  out.commit();
+  detail::write_text_durably(dir / "latest", folder_name + "\n");
+  // Prune only now that the new checkpoint is complete: newer folders belong to an
+  // abandoned future (a resume from an older one), older ones beyond `keep` are stale.
+  std::error_code ec;
+  int64_t kept = 0;
+  for (const auto& [step, path] : detail::checkpoint_folders(dir)) {
+    if (step > state.step || (step <= state.step && ++kept > keep))
+      std::filesystem::remove_all(path, ec);
+  }
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const auto name = entry.path().filename().string();
+    if (name.rfind("step-", 0) == 0 &&
+        (name.find(".tmp-") != std::string::npos || name.find(".old-") != std::string::npos)) {
+      std::filesystem::remove_all(entry.path(), ec);  // left by a killed writer
+    }
+  }
+  return out.target();
+}
+
+// Reads checkpoint `folder` into `model` and `opt` (created over model.parameters()) and
+// restores the random generators; returns the loop state. Everything is validated before
+// anything is changed: CorruptCheckpoint when the folder is damaged, std::runtime_error
+// naming the tensor and file when it does not fit the model.
+inline TrainState load_training_checkpoint(const std::filesystem::path& folder,
+                                           torch::nn::Module& model, torch::optim::AdamW& opt) {
+  nlohmann::json info;
+  {
+    std::ifstream in(folder / "state.json");
+    if (!in) throw CorruptCheckpoint("checkpoint " + folder.string() + " has no state.json");
+    try {
+      info = nlohmann::json::parse(in);
+      if (info.at("format") != detail::kCheckpointFormat || info.at("version") != 1)
+        throw CorruptCheckpoint("not a version-1 btx training checkpoint");
+    } catch (const nlohmann::json::exception& e) {
+      throw CorruptCheckpoint("checkpoint " + folder.string() + ": unreadable state.json (" +
+                              e.what() + ")");
+    }
+  }
+  TrainState state;
+  try {
+    state.step = info.at("step").get<int64_t>();
+    state.next_batch = info.at("next_batch").get<int64_t>();
+    state.skipped_steps = info.at("skipped_steps").get<int64_t>();
+    state.bad_in_a_row = info.at("bad_in_a_row").get<int64_t>();
+    for (const auto& l : info.at("losses"))
+      state.losses.push_back(l.is_null() ? std::numeric_limits<double>::quiet_NaN()
+                                         : l.get<double>());
+  } catch (const nlohmann::json::exception& e) {
+    throw CorruptCheckpoint("checkpoint " + folder.string() + ": state.json lacks a field (" +
+                            e.what() + ")");
+  }
+  const auto model_t = detail::read_tensors(folder, "model.safetensors", info);
+  const auto opt_t = detail::read_tensors(folder, "optimizer.safetensors", info);
+  const auto rng_t = detail::read_tensors(folder, "rng.safetensors", info);
+  const auto current = detail::gather(model, opt);
+
+  // Validate every name and shape first.
+  const auto model_file = folder / "model.safetensors", opt_file = folder / "optimizer.safetensors",
+             rng_file = folder / "rng.safetensors";
+  for (const auto& [name, t] : current.model) (void)detail::expect(model_t, name, t, model_file);
+  for (const auto& [name, t] : model_t) {
+    if (!current.model.count(name)) {
+      throw std::runtime_error("checkpoint file " + model_file.string() + " has tensor \"" + name +
+                               "\" that the model lacks; was it written for a different model?");
+    }
+  }
+  for (const auto& p : model.named_parameters()) {
+    if (!opt_t.count(p.key() + ".step")) continue;  // no optimizer state yet
+    (void)detail::expect(opt_t, p.key() + ".exp_avg", p.value(), opt_file);
+    (void)detail::expect(opt_t, p.key() + ".exp_avg_sq", p.value(), opt_file);
+  }
+  for (const auto& [name, t] : current.rng)
+    (void)detail::expect(rng_t, name, name == "torch.default_cpu_generator" ? torch::Tensor() : t,
+                         rng_file);
+
+  // Apply.
+  {
+    torch::NoGradGuard no_grad;
+    for (const auto& p : model.named_parameters()) p.value().copy_(model_t.at(p.key()));
+    for (const auto& b : model.named_buffers()) b.value().copy_(model_t.at(b.key()));
+  }
+  auto& opt_state = opt.state();
+  for (const auto& p : model.named_parameters()) {
+    void* key = p.value().unsafeGetTensorImpl();
+    opt_state.erase(key);
+    if (!opt_t.count(p.key() + ".step")) continue;
+    auto s = std::make_unique<torch::optim::AdamWParamState>();
+    const auto dev = p.value().device();
+    s->step(opt_t.at(p.key() + ".step").item<int64_t>());
+    s->exp_avg(opt_t.at(p.key() + ".exp_avg").to(dev));
+    s->exp_avg_sq(opt_t.at(p.key() + ".exp_avg_sq").to(dev));
+    if (opt_t.count(p.key() + ".max_exp_avg_sq"))
+      s->max_exp_avg_sq(opt_t.at(p.key() + ".max_exp_avg_sq").to(dev));
+    opt_state[key] = std::move(s);
+  }
+  set_generator_state(at::detail::getDefaultCPUGenerator(),
+                      rng_t.at("torch.default_cpu_generator"));
+  for (const auto& m : model.named_modules("", /*include_self=*/true)) {
+    if (auto* owner = dynamic_cast<ExtraState*>(m.value().get())) {
+      const std::string prefix = m.key().empty() ? "" : m.key() + ".";
+      std::map<std::string, torch::Tensor> own;
+      for (const auto& [k, v] : owner->extra_state()) own[k] = rng_t.at(prefix + k);
+      owner->load_extra_state(own);
+    }
+  }
+  return state;
+}
+
+// The newest checkpoint in `dir` that loads, applied to model/opt; nullopt when `dir` has
+// none. Damaged folders (and `*.tmp-*` leftovers, which are never candidates) are skipped
+// with a warning; if folders exist but none loads, throws naming each one's problem.
+inline std::optional<std::pair<std::filesystem::path, TrainState>> resume_training_checkpoint(
+    const std::filesystem::path& dir, torch::nn::Module& model, torch::optim::AdamW& opt) {
+  std::string problems;
+  const auto folders = detail::checkpoint_folders(dir);
+  for (const auto& [step, path] : folders) {
+    try {
+      return std::make_pair(path, load_training_checkpoint(path, model, opt));
+    } catch (const CorruptCheckpoint& e) {
+      std::fprintf(stderr, "btx: skipping damaged checkpoint %s: %s\n", path.c_str(), e.what());
+      problems += "\n  " + path.string() + ": " + e.what();
+    }
+  }
+  if (!folders.empty()) {
+    throw std::runtime_error("no checkpoint in " + dir.string() + " can be loaded:" + problems +
+                             "\nremove the folder to train from the start");
+  }
+  return std::nullopt;
+}
+
+BTX_NAMESPACE_END
+}  // namespace btx
