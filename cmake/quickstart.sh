@@ -2,10 +2,13 @@
 # SPDX-License-Identifier: MIT
 # The README's two Quickstart commands:
 #   cmake/quickstart.sh demo [ARGS...]   set up, build, run the BTX pipeline demo
-#   cmake/quickstart.sh test             set up, build, run the whole test suite
+#   cmake/quickstart.sh test             set up, build, run the whole test suite, then the
+#                                        unit tests under ASan+UBSan (build-asan/) and the
+#                                        libFuzzer targets for 20 s each (build-fuzz/)
 # Set-up is idempotent and quick when nothing is missing: Debian -dev packages via
 # apt-get, a venv in .venv with torch==2.13.0 (LibTorch comes from that wheel unless
 # CMAKE_PREFIX_PATH or Torch_DIR already names one), transformers for the interop tests.
+# BTX_ASAN=0 / BTX_FUZZ=0 skip the sanitizer suite / the fuzzers in `test` mode.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -18,7 +21,8 @@ say() { printf '[btx] %s\n' "$*" >&2; }
 
 # ---- Debian packages (we are root on this kind of machine; sudo where we are not)
 debs=(cmake ninja-build g++ ccache doctest-dev nlohmann-json3-dev librange-v3-dev
-      libbenchmark-dev libyaml-cpp-dev gnuplot-nox clang-format python3-venv)
+      libbenchmark-dev libyaml-cpp-dev gnuplot-nox clang-format python3-venv
+      clang)  # clang: libFuzzer (its libclang-rt-*-dev) for tests/fuzz
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -69,5 +73,31 @@ case "$mode" in
     exec "$exe" "$@" ;;
   test)
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-    exec ctest --test-dir "$build" --output-on-failure -j "$jobs" ;;
+    failed=()
+    say "test suite (build/)"
+    ctest --test-dir "$build" --output-on-failure -j "$jobs" || failed+=("ctest build/")
+    if [ "${BTX_ASAN:-1}" != 0 ]; then
+      # The doctest unit tests again, instrumented (CMakePresets.json: asan).
+      if [ ! -f "$root/build-asan/CMakeCache.txt" ]; then
+        say "configuring build-asan/ (cmake --preset asan)"
+        cmake --preset asan "-DCMAKE_PREFIX_PATH=${CMAKE_PREFIX_PATH:+$CMAKE_PREFIX_PATH;}$torch_prefix" \
+          ${Torch_DIR:+"-DTorch_DIR=$Torch_DIR"} >/dev/null
+      fi
+      say "unit tests under AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/)"
+      if cmake --build --preset asan -j "$jobs"; then
+        ctest --preset asan -j "$jobs" || failed+=("ctest --preset asan")
+      else
+        failed+=("build-asan")
+      fi
+    fi
+    if [ "${BTX_FUZZ:-1}" != 0 ]; then
+      say "fuzzing (tests/fuzz/run_fuzzers.sh, ${BTX_FUZZ_SECONDS:-20}s per target)"
+      CMAKE_PREFIX_PATH="${CMAKE_PREFIX_PATH:+$CMAKE_PREFIX_PATH;}$torch_prefix" BTX_FUZZ_JOBS="$jobs" \
+        "$root/tests/fuzz/run_fuzzers.sh" || failed+=("fuzzers")
+    fi
+    if [ ${#failed[@]} -gt 0 ]; then
+      say "FAILED: ${failed[*]}"
+      exit 1
+    fi
+    say "all tests passed" ;;
 esac

@@ -26,7 +26,8 @@ struct ByteTokenizer {
   // [N] uint8 tensor holding the bytes; compact storage for corpora.
   [[nodiscard]] static torch::Tensor encode_tensor(std::string_view text) {
     auto out = torch::empty({int64_t(text.size())}, torch::kUInt8);
-    std::memcpy(out.data_ptr(), text.data(), text.size());
+    // memcpy from/to a null pointer is undefined even for 0 bytes (an empty tensor has none).
+    if (!text.empty()) std::memcpy(out.data_ptr(), text.data(), text.size());
     return out;
   }
   [[nodiscard]] static std::string decode(const std::vector<int64_t>& ids) {
