@@ -18,6 +18,9 @@ case "$mode" in demo|test|build) ;; *)
   echo "usage: cmake/quickstart.sh demo|test|build [args...]" >&2; exit 2 ;;
 esac
 say() { printf '[btx] %s\n' "$*" >&2; }
+# Paths under the checkout are hashed relative to it, so another clone of btx (a CI
+# checkout, a worktree) reuses the same ccache entries.
+export CCACHE_BASEDIR="$root" CCACHE_NOHASHDIR=1
 
 # ---- Debian packages (we are root on this kind of machine; sudo where we are not)
 debs=(cmake ninja-build g++ ccache doctest-dev nlohmann-json3-dev librange-v3-dev
