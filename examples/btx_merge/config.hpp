@@ -55,7 +55,8 @@ inline constexpr const char* kConfigHelp = R"(CONFIG keys (YAML or JSON; unknown
                             `split` experts), blend (expert n = chunk n of every FFN) or
                             upcycle (len(experts) copies of base_model's FFN)
   split: 2                  chunks per FFN for method split (implies method split);
-                            down_proj is scaled by C so top-(C*k) equals unsplit top-k
+                            down_proj is scaled by C and a source's C chunks share its
+                            router row, so top-(C*k) equals the unsplit top-k
   averaging: uniform        non-FFN tensors: uniform (mean), weighted (by `weights`) or
                             keep_base (base_model's, which must be one of the sources)
   weights: [1, 2]           one per source, in source order (implies averaging weighted)

@@ -1,0 +1,197 @@
+// SPDX-License-Identifier: MIT
+// Streaming merges from disk to disk: CheckpointSource reads what was saved, plans over it
+// equal plans over in-memory sources, write_plan writes a Mixtral folder that
+// load_causal_lm loads with btx's real MoE module, and a failure leaves nothing behind.
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include <btx/hf/auto_model.hpp>
+#include <btx/hf/llama_checkpoint.hpp>
+#include <btx/merge/checkpoint_source.hpp>
+#include <btx/merge/mixers.hpp>
+#include <btx/merge/write_plan.hpp>
+#include <btx/moe/moe_layer.hpp>
+
+#include "../test_support.hpp"
+
+namespace fs = std::filesystem;
+using btx::test::max_abs_diff;
+using btx::test::tiny_config;
+namespace merge = btx::merge;
+
+namespace {
+
+fs::path scratch(const std::string& name) {
+  auto dir = fs::temp_directory_path() / ("btx-test-" + std::to_string(::getpid())) / name;
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+// A random tiny Llama saved at `dir` (sharded when max_shard_bytes is small).
+btx::LlamaForCausalLM saved_llama(const fs::path& dir, uint64_t seed,
+                                  uint64_t max_shard_bytes = 1u << 30,
+                                  btx::LlamaConfig config = tiny_config()) {
+  torch::manual_seed(seed);
+  btx::LlamaForCausalLM model(config);
+  btx::hf::SaveOptions opts;
+  opts.max_shard_bytes = max_shard_bytes;
+  btx::hf::save_hf_checkpoint(*model, config, dir, opts);
+  return model;
+}
+
+bool leftovers_beside(const fs::path& target) {
+  for (const auto& e : fs::directory_iterator(target.parent_path())) {
+    if (e.path().filename().string().rfind(target.filename().string(), 0) == 0) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("merge stream: CheckpointSource reads every tensor of a sharded checkpoint as saved") {
+  const auto root = scratch("stream-source");
+  auto model = saved_llama(root / "a", 1, 16384);
+  REQUIRE(fs::exists(root / "a" / "model.safetensors.index.json"));
+  merge::CheckpointSource src(root / "a");
+  const auto expected = merge::state_dict_of(model);
+  CHECK(src.names().size() == expected.size());
+  for (const auto& [name, t] : expected) {
+    CHECK((src.spec(name) == merge::spec_of(name, t)));
+    auto loaded = src.load(name);
+    CHECK(torch::equal(loaded, t));
+    loaded.add_(1.0);  // fresh memory: writing to it changes neither the file nor later loads
+    CHECK(torch::equal(src.load(name), t));
+  }
+  CHECK(src.label() == (root / "a").string());
+  CHECK_THROWS_AS((void)src.load("no.such.tensor"), btx::io::FormatError);
+}
+
+TEST_CASE("merge stream: a BTX mix over checkpoint folders equals the mix over models in memory") {
+  const auto root = scratch("stream-equal");
+  std::vector<btx::LlamaForCausalLM> models;
+  for (int j = 0; j < 3; ++j) models.push_back(saved_llama(root / std::to_string(j), 10 + j));
+  const auto disk = merge::checkpoint_sources({root / "0", root / "1", root / "2"});
+  const auto memory = merge::sources_of(models, {"0", "1", "2"});
+  merge::BtxMix<> mix;
+  const auto a = merge::materialize(mix.plan(disk));
+  const auto b = merge::materialize(mix.plan(memory));
+  REQUIRE(a.size() == b.size());
+  for (const auto& [name, t] : b) CHECK(torch::equal(a.at(name), t));
+}
+
+TEST_CASE("merge stream: mismatched checkpoints are refused naming the tensor and both folders") {
+  const auto root = scratch("stream-mismatch");
+  saved_llama(root / "a", 1);
+  auto wide = tiny_config();
+  wide.intermediate_size = 96;
+  saved_llama(root / "b", 2, 1u << 30, wide);
+  const auto sources = merge::checkpoint_sources({root / "a", root / "b"});
+  try {
+    (void)merge::BtxMix<>{}.plan(sources);
+    FAIL("a plan over mismatched checkpoints was made");
+  } catch (const std::invalid_argument& e) {
+    const std::string what = e.what();
+    CHECK(what.find("mlp.") != std::string::npos);
+    CHECK(what.find((root / "a").string()) != std::string::npos);
+    CHECK(what.find((root / "b").string()) != std::string::npos);
+  }
+}
+
+TEST_CASE("merge stream: hf_decls splits packed experts into Mixtral's per-expert tensors") {
+  const auto root = scratch("stream-decls");
+  saved_llama(root / "a", 1);
+  saved_llama(root / "b", 2);
+  merge::SplitMix<> split;
+  split.chunks = 2;
+  const auto plan = split.plan(merge::checkpoint_sources({root / "a", root / "b"}));
+  const auto decls = merge::hf_decls(plan, torch::kBFloat16);
+  std::map<std::string, btx::io::TensorDecl> by;
+  for (const auto& d : decls) by.emplace(d.name, d);
+  const auto& w2 = by.at("model.layers.1.block_sparse_moe.experts.3.w2.weight");
+  CHECK(w2.shape == std::vector<int64_t>{32, 32});  // [H, I/2]
+  CHECK((w2.dtype == torch::kBFloat16));
+  CHECK(by.count("model.layers.0.block_sparse_moe.gate.weight"));
+  CHECK_FALSE(by.count("model.layers.0.block_sparse_moe.experts.4.w1.weight"));
+  CHECK_FALSE(by.count("model.layers.0.mlp.experts.gate_proj"));
+  // 2 layers x (router + 4 experts x 3) + the shared tensors.
+  CHECK(decls.size() ==
+        2 * 13 + merge::validate_dense_sources(merge::checkpoint_sources({root / "a"}))
+                     .shared_specs()
+                     .size());
+  const auto config = merge::hf_config_for(plan, tiny_config(), "bfloat16", 0.01);
+  CHECK(config["num_local_experts"].get<int>() == 4);
+  CHECK(config["num_experts_per_tok"].get<int>() == 4);  // C * k
+  CHECK(config["intermediate_size"].get<int>() == 32);
+  CHECK(config["dtype"].get<std::string>() == "bfloat16");
+}
+
+TEST_CASE(
+    "merge stream: write_plan writes a Mixtral that load_causal_lm loads with the planned "
+    "weights, and copies identical experts' logits from the dense model") {
+  const auto root = scratch("stream-write");
+  auto dense = saved_llama(root / "seed", 7, 1u << 30);
+  merge::BtxMix<merge::UniformMean, merge::RouterNormal> mix;
+  mix.router.std = 1.0;  // a router that really discriminates
+  const auto sources = merge::checkpoint_sources({root / "seed", root / "seed", root / "seed"});
+  const auto plan = mix.plan(sources);
+  std::ofstream(root / "tokenizer.json") << "{}";
+  merge::WritePlanOptions opts;
+  opts.max_shard_bytes = 20000;
+  opts.copy_files = {root / "tokenizer.json"};
+  size_t calls = 0;
+  opts.progress = [&](const merge::WriteProgress& p) {
+    ++calls;
+    CHECK(p.index == calls);
+    CHECK(p.bytes_done <= p.bytes_total);
+  };
+  const auto stats = merge::write_plan(plan, merge::hf_config_for(plan, tiny_config(), "float32"),
+                                       root / "moe", opts);
+  CHECK(calls == plan.outputs().size());
+  CHECK(stats.shards > 1);
+  for (const char* f :
+       {"config.json", "btx_merge.json", "tokenizer.json", "model.safetensors.index.json"}) {
+    CHECK_MESSAGE(fs::exists(root / "moe" / f), f);
+  }
+
+  auto moe = btx::hf::load_causal_lm(root / "moe");
+  const auto expected = merge::materialize(plan);
+  const auto got = merge::state_dict_of(moe);
+  for (const auto& [name, t] : expected) CHECK_MESSAGE(torch::equal(got.at(name), t), name);
+  CHECK(btx::moe_layers(*moe).size() == 2);
+
+  moe->eval();
+  dense->eval();
+  torch::NoGradGuard no_grad;
+  auto ids = torch::randint(0, 64, {2, 9});
+  CHECK(max_abs_diff(moe->forward(ids), dense->forward(ids)) < 1e-5);
+}
+
+TEST_CASE("merge stream: write_plan leaves nothing at the target when a tensor fails midway") {
+  const auto root = scratch("stream-fail");
+  saved_llama(root / "a", 1);
+  merge::BtxMix<> mix;
+  mix.experts_per_token = 1;
+  const auto good = mix.plan(merge::checkpoint_sources({root / "a"}));
+  size_t n = 0;
+  merge::Plan bad(
+      good.outputs(),
+      [&](const merge::TensorSpec& s) {
+        if (++n == 5) throw std::runtime_error("disk on fire");
+        return good.compute(s.name);
+      },
+      good.manifest());
+  CHECK_THROWS_WITH(
+      merge::write_plan(bad, merge::hf_config_for(good, tiny_config(), "float32"), root / "out"),
+      doctest::Contains("disk on fire"));
+  CHECK_FALSE(fs::exists(root / "out"));
+  CHECK_FALSE(leftovers_beside(root / "out"));
+}
