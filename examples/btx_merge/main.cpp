@@ -295,8 +295,8 @@ int run(const MergeConfig& c, const fs::path& out_dir, bool force) {
   const merge::Plan plan = make_plan(c, sources, averaging, router);
   const auto dtype =
       c.dtype.empty() ? plan.outputs().front().dtype : merge::dtype_from_hf_name(c.dtype);
-  auto config_json = merge::hf_config_for(plan, base_config.llama, merge::hf_dtype_name(dtype),
-                                          c.router_aux_loss_coef);
+  auto config_json =
+      merge::hf_config_for(plan, base_config.llama, hf::dtype_name(dtype), c.router_aux_loss_coef);
   const auto raw_base = read_json(base / "config.json");
   for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id"}) {
     if (raw_base.contains(key)) config_json[key] = raw_base[key];
@@ -322,7 +322,7 @@ int run(const MergeConfig& c, const fs::path& out_dir, bool force) {
   };
   std::cerr << "btx-merge: " << plan.manifest().method << ", " << sources.size() << " sources -> "
             << plan.manifest().num_experts << " experts, top-" << plan.manifest().experts_per_token
-            << ", " << merge::hf_dtype_name(dtype) << "\n";
+            << ", " << hf::dtype_name(dtype) << "\n";
   const auto stats = merge::write_plan(plan, config_json, out_dir, options);
   std::fprintf(stderr, "btx-merge: wrote %s: %zu tensors in %zu shard(s), %.1f MB in %.1f s\n",
                out_dir.string().c_str(), stats.tensors, stats.shards, double(stats.bytes) / 1e6,

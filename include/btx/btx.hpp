@@ -3,11 +3,14 @@
 // you use to keep compile times down).
 #pragma once
 
+#include <btx/version.hpp>
+
 #include <btx/data/arithmetic.hpp>
 #include <btx/data/byte_tokenizer.hpp>
 #include <btx/data/corpus.hpp>
 #include <btx/data/sampler.hpp>
 #include <btx/data/token_file.hpp>
+#include <btx/hf/auto_model.hpp>
 #include <btx/hf/config_json.hpp>
 #include <btx/hf/llama_checkpoint.hpp>
 #include <btx/hf/mixtral_names.hpp>
@@ -20,6 +23,7 @@
 #include <btx/merge/averaging.hpp>
 #include <btx/merge/branch.hpp>
 #include <btx/merge/btm_ensemble.hpp>
+#include <btx/merge/checkpoint_source.hpp>
 #include <btx/merge/expert_info.hpp>
 #include <btx/merge/expert_surgery.hpp>
 #include <btx/merge/llama_layout.hpp>
@@ -29,6 +33,7 @@
 #include <btx/merge/plan.hpp>
 #include <btx/merge/router_init.hpp>
 #include <btx/merge/state_dict.hpp>
+#include <btx/merge/write_plan.hpp>
 #include <btx/models/generate.hpp>
 #include <btx/models/llama.hpp>
 #include <btx/models/llama_config.hpp>
@@ -50,9 +55,10 @@
 #include <btx/moe/surgery.hpp>
 #include <btx/parallel/process_group.hpp>
 #include <btx/report/gnuplot.hpp>
+#include <btx/train/checkpoint.hpp>
 #include <btx/train/evaluate.hpp>
+#include <btx/train/extra_state.hpp>
 #include <btx/train/flops.hpp>
 #include <btx/train/progress.hpp>
 #include <btx/train/schedule.hpp>
 #include <btx/train/trainer.hpp>
-#include <btx/version.hpp>

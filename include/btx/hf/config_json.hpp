@@ -4,6 +4,8 @@
 // that silently computes something else.
 #pragma once
 
+#include <torch/torch.h>
+
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
@@ -22,6 +24,23 @@ BTX_NAMESPACE_BEGIN
 namespace hf {
 
 // Mixtral's MoE fields (kept apart from btx's MoE module so config I/O stands alone).
+// The `torch_dtype` string transformers writes for a weight dtype ("float32", ...).
+inline std::string dtype_name(torch::ScalarType t) {
+  switch (t) {
+    case torch::kFloat32:
+      return "float32";
+    case torch::kBFloat16:
+      return "bfloat16";
+    case torch::kFloat16:
+      return "float16";
+    case torch::kFloat64:
+      return "float64";
+    default:
+      throw std::invalid_argument(std::string("no Hugging Face dtype name for weights of dtype ") +
+                                  c10::toString(t));
+  }
+}
+
 struct MoEConfig {
   int64_t num_local_experts = 8;       // experts per layer E
   int64_t num_experts_per_tok = 2;     // top-k

@@ -62,21 +62,6 @@ inline bool is_harmless_extra(const std::string& name) {
          name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-inline std::string dtype_name(torch::ScalarType t) {
-  switch (t) {
-    case torch::kFloat32:
-      return "float32";
-    case torch::kBFloat16:
-      return "bfloat16";
-    case torch::kFloat16:
-      return "float16";
-    case torch::kFloat64:
-      return "float64";
-    default:
-      throw std::invalid_argument(std::string("cannot save weights of dtype ") + c10::toString(t));
-  }
-}
-
 }  // namespace detail
 
 // Copies a checkpoint's tensors into `model`'s parameters by mapped names, converting to
@@ -179,9 +164,9 @@ inline void save_hf_checkpoint(const torch::nn::Module& model, const LlamaConfig
   if (config.tie_word_embeddings == params.contains("lm_head.weight")) {
     throw std::invalid_argument("config.tie_word_embeddings disagrees with the model's lm_head");
   }
-  const auto config_json =
-      options.moe ? mixtral_config_json(config, *options.moe, detail::dtype_name(dtype))
-                  : llama_config_json(config, detail::dtype_name(dtype));
+  const auto config_json = options.moe
+                               ? mixtral_config_json(config, *options.moe, dtype_name(dtype))
+                               : llama_config_json(config, dtype_name(dtype));
   std::vector<io::TensorDecl> decls;
   for (const auto& pl : plan) decls.push_back({pl.hf_name, dtype, pl.shape});
 

@@ -62,22 +62,6 @@ struct WriteStats {
   double seconds = 0.0;
 };
 
-// The HF name torch dtype string ("float32", "bfloat16", ...).
-inline std::string hf_dtype_name(torch::ScalarType t) {
-  switch (t) {
-    case torch::kFloat32:
-      return "float32";
-    case torch::kBFloat16:
-      return "bfloat16";
-    case torch::kFloat16:
-      return "float16";
-    case torch::kFloat64:
-      return "float64";
-    default:
-      throw std::invalid_argument(std::string("btx::merge: no Hugging Face dtype name for ") +
-                                  c10::toString(t));
-  }
-}
 inline torch::ScalarType dtype_from_hf_name(const std::string& name) {
   if (name == "float32") return torch::kFloat32;
   if (name == "bfloat16") return torch::kBFloat16;
