@@ -261,5 +261,53 @@ class BadInputLeavesNothing(unittest.TestCase):
         self.assertTrue(os.path.exists(os.path.join(out, "config.json")))
 
 
+class KilledMergeLeavesNothing(unittest.TestCase):
+    """SIGKILL of btx-merge at random moments never leaves a partial model at OUT_DIR."""
+
+    def test_repeated_sigkills(self):
+        import random
+        import signal
+        import time
+        with tempfile.TemporaryDirectory() as tmp:
+            # Big enough (a few MB per model, many tensors) that a merge takes a while.
+            paths = []
+            for seed in range(3):
+                path = os.path.join(tmp, f"m{seed}")
+                tiny_llama(seed, hidden_size=256, intermediate_size=512, num_hidden_layers=6,
+                           vocab_size=512).save_pretrained(path)
+                paths.append(path)
+            cfg = os.path.join(tmp, "merge.yaml")
+            with open(cfg, "w") as f:
+                f.write(yaml_config(paths[0], paths, gate_mode="random", max_shard_size=2000000))
+            out_dir = os.path.join(tmp, "out")
+            start = time.time()
+            done = subprocess.run([MERGE, cfg, out_dir], capture_output=True, text=True)
+            full = time.time() - start
+            self.assertEqual(done.returncode, 0, done.stderr)
+            shutil.rmtree(out_dir)
+            rng = random.Random(7)
+            killed = 0
+            for _ in range(12):
+                p = subprocess.Popen([MERGE, cfg, out_dir], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+                time.sleep(rng.uniform(0.0, full))
+                if p.poll() is None:
+                    p.send_signal(signal.SIGKILL)
+                    killed += 1
+                p.wait()
+                if p.returncode == 0:
+                    # It finished first: then the folder must be complete and loadable.
+                    model, info = MixtralForCausalLM.from_pretrained(out_dir, output_loading_info=True)
+                    self.assertFalse(info["missing_keys"])
+                    shutil.rmtree(out_dir)
+                else:
+                    self.assertFalse(os.path.exists(out_dir), "partial output after SIGKILL")
+                # Temp folders of killed runs may remain beside OUT_DIR, never at it; a new
+                # run is not confused by them.
+            self.assertGreater(killed, 3)
+            done = subprocess.run([MERGE, cfg, out_dir], capture_output=True, text=True)
+            self.assertEqual(done.returncode, 0, done.stderr)
+
+
 if __name__ == "__main__":
     unittest.main(argv=[sys.argv[0], *sys.argv[1:]], verbosity=2)
