@@ -22,6 +22,8 @@
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
 
+#include "../test_support.hpp"
+
 namespace {
 
 int usage() {
@@ -33,16 +35,10 @@ int usage() {
   return 2;
 }
 
-// The tests' tiny Llama: hidden 32, 2 layers, vocab 64, GQA 4:2.
+// The tests' tiny Llama (hidden 32, 2 layers, vocab 64, GQA 4:2) with transformers'
+// rms_norm_eps default, so the Python-made twins match it.
 btx::LlamaConfig tiny_config(bool tied) {
-  btx::LlamaConfig c;
-  c.vocab_size = 64;
-  c.hidden_size = 32;
-  c.intermediate_size = 64;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.max_position_embeddings = 128;
+  auto c = btx::test::tiny_config();
   c.rms_norm_eps = 1e-6;
   c.tie_word_embeddings = tied;
   return c;

@@ -19,6 +19,8 @@
 #include <btx/moe/moe_layer.hpp>
 #include <btx/train/trainer.hpp>
 
+#include "../test_support.hpp"
+
 int main(int argc, char** argv) {
   if (argc < 4 || (std::string(argv[1]) != "dense" && std::string(argv[1]) != "moe")) {
     std::fprintf(stderr,
@@ -35,13 +37,7 @@ int main(int argc, char** argv) {
     const int64_t every = argc > 5 ? std::stoll(argv[5]) : 4;
     const int64_t sleep_ms = argc > 6 ? std::stoll(argv[6]) : 0;
 
-    btx::LlamaConfig config;
-    config.vocab_size = 64;
-    config.hidden_size = 32;
-    config.intermediate_size = 64;
-    config.num_hidden_layers = 2;
-    config.num_attention_heads = 4;
-    config.num_key_value_heads = 2;
+    btx::LlamaConfig config = btx::test::tiny_config();
     config.max_position_embeddings = 64;
     btx::MoEOptions moe_options;
     moe_options.num_experts = 4;
