@@ -156,31 +156,6 @@ std::vector<torch::Tensor> tokenize(const std::vector<nlohmann::json>& prompts,
   return out;
 }
 
-// Split experts of one source share its router row, so top-(C*k) picks whole sources.
-template <merge::RouterInit R>
-struct SharedRowPerSource {
-  R inner;
-  [[nodiscard]] std::string name() const { return inner.name(); }
-  [[nodiscard]] nlohmann::json to_json() const {
-    auto j = inner.to_json();
-    j["row_per_source"] = true;
-    return j;
-  }
-  void validate(size_t n, int64_t layers, int64_t hidden) const {
-    inner.validate(n, layers, hidden);
-  }
-  [[nodiscard]] torch::Tensor init(int64_t layer, const std::vector<int64_t>& src, int64_t hidden,
-                                   torch::ScalarType dtype) const {
-    std::vector<int64_t> unique, pos;
-    for (auto s : src) {
-      auto it = std::find(unique.begin(), unique.end(), s);
-      pos.push_back(int64_t(it - unique.begin()));
-      if (it == unique.end()) unique.push_back(s);
-    }
-    return inner.init(layer, unique, hidden, dtype).index_select(0, torch::tensor(pos));
-  }
-};
-
 using Averaging = std::variant<merge::UniformMean, merge::WeightedMean, merge::KeepOne>;
 using Router = std::variant<merge::RouterNormal, merge::RouterZero, merge::RouterFromHidden>;
 
@@ -192,7 +167,7 @@ merge::Plan make_plan(const MergeConfig& c, const std::vector<merge::CheckpointS
         using R = std::decay_t<decltype(r)>;
         const int64_t k = c.experts_per_token;
         if (c.method == "split") {
-          return merge::SplitMix<A, SharedRowPerSource<R>>{a, {r}, c.split, k, true}.plan(sources);
+          return merge::SplitMix<A, merge::RouterRowPerSource<R>>{a, {r}, c.split, k, true}.plan(sources);
         }
         if (c.method == "blend") return merge::BlendMix<A, R>{a, r, k}.plan(sources);
         if (c.method == "upcycle") {

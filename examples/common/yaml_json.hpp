@@ -5,6 +5,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <cstddef>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
@@ -14,19 +15,37 @@
 
 namespace btx::tools {
 
-inline nlohmann::json yaml_to_json(const YAML::Node& node) {
+// Limits on what a config may expand to. YAML aliases share nodes, so a few lines like
+// `b: [*a, *a, ...]` repeated can name 10^10 values ("billion laughs"); converting that
+// would never finish. Real configs have a few hundred values and a depth under ten.
+struct YamlLimits {
+  std::size_t max_values = 1'000'000;
+  int max_depth = 128;
+};
+
+namespace detail {
+
+inline nlohmann::json yaml_to_json(const YAML::Node& node, const YamlLimits& limits,
+                                   std::size_t& values, int depth) {
+  if (++values > limits.max_values)
+    throw std::invalid_argument("YAML expands to more than " + std::to_string(limits.max_values) +
+                                " values (aliases repeated?)");
+  if (depth > limits.max_depth)
+    throw std::invalid_argument("YAML nests deeper than " + std::to_string(limits.max_depth) +
+                                " levels");
   switch (node.Type()) {
     case YAML::NodeType::Null:
     case YAML::NodeType::Undefined:
       return nullptr;
     case YAML::NodeType::Sequence: {
       auto out = nlohmann::json::array();
-      for (const auto& item : node) out.push_back(yaml_to_json(item));
+      for (const auto& item : node) out.push_back(yaml_to_json(item, limits, values, depth + 1));
       return out;
     }
     case YAML::NodeType::Map: {
       auto out = nlohmann::json::object();
-      for (const auto& kv : node) out[kv.first.as<std::string>()] = yaml_to_json(kv.second);
+      for (const auto& kv : node)
+        out[kv.first.as<std::string>()] = yaml_to_json(kv.second, limits, values, depth + 1);
       return out;
     }
     case YAML::NodeType::Scalar: {
@@ -46,6 +65,13 @@ inline nlohmann::json yaml_to_json(const YAML::Node& node) {
     }
   }
   return nullptr;
+}
+
+}  // namespace detail
+
+inline nlohmann::json yaml_to_json(const YAML::Node& node, const YamlLimits& limits = {}) {
+  std::size_t values = 0;
+  return detail::yaml_to_json(node, limits, values, 0);
 }
 
 // JSON when the file starts with '{', YAML otherwise. Errors name the file and line.

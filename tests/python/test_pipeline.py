@@ -116,7 +116,7 @@ class BadInputFailsBeforeTraining(unittest.TestCase):
             path = os.path.join(tmp, "bad.yaml")
             with open(path, "w") as f:
                 f.write(config)
-            r = run([path, "--quick", "--run-dir", os.path.join(tmp, "run")])
+            r = run([path, "--quick", "--run-dir", os.path.join(tmp, "run")], timeout=300)
             self.assertNotEqual(r.returncode, 0)
             self.assertIn(needle, r.stderr)
             self.assertNotIn("step ", r.stderr)
@@ -138,6 +138,13 @@ class BadInputFailsBeforeTraining(unittest.TestCase):
 
     def test_typo_in_a_key(self):
         self.check("finetune_stage: {stpes: 10}\n", "unknown key 'stpes'")
+
+    def test_yaml_alias_bomb(self):
+        # Ten lines whose aliases name 10^10 values: refused quickly, not expanded.
+        lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+        for prev, cur in zip("abcdefghi", "bcdefghij"):
+            lines.append(f"{cur}: &{cur} [" + ", ".join([f"*{prev}"] * 10) + "]")
+        self.check("\n".join(lines) + "\n", "more than 1000000 values")
 
     def test_hf_seed_btx_cannot_represent(self):
         with tempfile.TemporaryDirectory() as seed:

@@ -302,6 +302,15 @@ TEST_CASE("merge router init: seeded normal, zero, and unit-norm hidden-state ro
   // Split experts inherit their source's row.
   auto s = bm::merge(bm::SplitMix<bm::UniformMean, bm::RouterFromHidden>{{}, hidden, 2, 1}, srcs);
   CHECK(max_abs_diff(s.at("model.layers.1.mlp.gate.weight")[3], router[1]) < 1e-6);
+  // A random init shares rows only through the adapter: chunks of one source tie.
+  auto shared = bm::merge(
+      bm::SplitMix<bm::UniformMean, bm::RouterRowPerSource<bm::RouterNormal>>{{}, {{0.02, 5}}, 2, 1},
+      srcs);
+  auto rows = shared.at("model.layers.0.mlp.gate.weight");  // [N*C=4, H], source-major
+  CHECK(rows.size(0) == 4);
+  CHECK(torch::equal(rows[0], rows[1]));
+  CHECK(torch::equal(rows[2], rows[3]));
+  CHECK_FALSE(torch::equal(rows[1], rows[2]));
   // mergekit's recipe: the base model on each expert's own prompts.
   std::vector<std::vector<torch::Tensor>> prompts = {{torch::randint(0, 32, {1, 6})},
                                                      {torch::randint(32, 64, {2, 5})}};

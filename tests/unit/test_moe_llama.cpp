@@ -107,6 +107,17 @@ TEST_CASE("moe upcycling: surgery on the reference Llama keeps outputs and names
   CHECK(params.find("model.layers.0.mlp.experts.gate_proj") != nullptr);
   CHECK(params.find("model.layers.0.mlp.gate.weight") != nullptr);
   CHECK(params.find("model.layers.0.mlp.gate_proj.weight") == nullptr);
+  // clone() after surgery is deep and keeps the MoE blocks (reset() in the copy must not
+  // rebuild the dense block from the model's factory).
+  auto copy = std::dynamic_pointer_cast<btx::LlamaForCausalLMImpl>(model->clone());
+  REQUIRE(copy);
+  CHECK(max_abs_diff(copy->forward(ids), expected) < 1e-5);
+  auto copied = copy->named_parameters();
+  CHECK(copied.size() == params.size());
+  torch::NoGradGuard no_grad;
+  copied["model.layers.1.mlp.experts.up_proj"].add_(1.0);
+  CHECK(max_abs_diff(model->forward(ids), expected) < 1e-5);
+  CHECK(max_abs_diff(copy->forward(ids), expected) > 1e-3);
 }
 
 namespace {

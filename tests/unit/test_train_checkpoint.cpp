@@ -78,7 +78,7 @@ TEST_CASE("checkpoint: folders step-N appear atomically, latest names the newest
   btx::LlamaForCausalLM model(btx::test::tiny_config());
   auto o = tiny_options(dir, 7, 2);
   o.keep_checkpoints = 2;
-  btx::train_causal_lm(model, tiny_sampler(), o);
+  const auto first = btx::train_causal_lm(model, tiny_sampler(), o);
   CHECK(fs::is_directory(dir / "step-000006"));
   CHECK(fs::is_directory(dir / "step-000007"));  // the end always checkpoints
   CHECK_FALSE(fs::exists(dir / "step-000004"));
@@ -96,6 +96,9 @@ TEST_CASE("checkpoint: folders step-N appear atomically, latest names the newest
   auto summary = btx::train_causal_lm(again, tiny_sampler(), o);
   CHECK(summary.resumed_from_step == 7);
   CHECK(summary.losses.size() == 7);
+  // The wall time of the first run is carried over, not restarted at zero.
+  CHECK(summary.seconds >= first.seconds * 0.5);
+  CHECK(summary.seconds > 0.0);
   CHECK(model_matches(again, dir / "step-000007" / "model.safetensors"));
   fs::remove_all(dir);
 }

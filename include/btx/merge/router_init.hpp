@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <concepts>
 #include <cstdint>
@@ -186,6 +187,36 @@ inline RouterFromHidden hidden_router_init_from_prompts(
     r.per_source.push_back(mean_mlp_inputs(base, prompts));
   return r;
 }
+
+// Adapter for splitting: the C experts cut from one source share that source's router row,
+// so equal logits make top-(C*k) over the N*C experts pick all C chunks of k sources, i.e.
+// k whole FFNs as before the split. Finetuning may then pull the rows apart.
+template <RouterInit R>
+struct RouterRowPerSource {
+  R inner;
+  [[nodiscard]] std::string name() const { return inner.name(); }
+  [[nodiscard]] nlohmann::json to_json() const {
+    auto j = inner.to_json();
+    j["row_per_source"] = true;
+    return j;
+  }
+  void validate(size_t n, int64_t layers, int64_t hidden) const {
+    inner.validate(n, layers, hidden);
+  }
+  // src[e]: the source of expert e, possibly repeated; rows are init'ed once per source.
+  [[nodiscard]] torch::Tensor init(int64_t layer, const std::vector<int64_t>& src, int64_t hidden,
+                                   torch::ScalarType dtype) const {
+    std::vector<int64_t> unique, row_of_expert;
+    for (auto s : src) {
+      auto it = std::find(unique.begin(), unique.end(), s);
+      row_of_expert.push_back(int64_t(it - unique.begin()));
+      if (it == unique.end()) unique.push_back(s);
+    }
+    return inner.init(layer, unique, hidden, dtype)
+        .index_select(0, torch::tensor(row_of_expert, torch::kInt64));
+  }
+};
+static_assert(RouterInit<RouterRowPerSource<RouterNormal>>);
 
 }  // namespace merge
 BTX_NAMESPACE_END

@@ -38,12 +38,20 @@ class LlamaDecoderLayerImpl : public torch::nn::Cloneable<LlamaDecoderLayerImpl>
     reset();
   }
   void reset() override {
+    // reset() runs in the constructor (no block yet) and inside clone(), where the copy
+    // arrives holding the original's block. Cloning that block keeps a block swapped in
+    // by set_mlp() or surgery, which the factory would rebuild as the original kind.
+    const bool in_clone = !mlp.is_empty();
     input_layernorm =
         register_module("input_layernorm", RMSNorm(config_.hidden_size, config_.rms_norm_eps));
     self_attn = register_module("self_attn", LlamaAttention(config_));
     post_attention_layernorm = register_module("post_attention_layernorm",
                                                RMSNorm(config_.hidden_size, config_.rms_norm_eps));
-    mlp = ffn_factory_ ? ffn_factory_(config_, layer_) : dense_feed_forward(config_, layer_);
+    if (in_clone) {
+      mlp = mlp.clone();
+    } else {
+      mlp = ffn_factory_ ? ffn_factory_(config_, layer_) : dense_feed_forward(config_, layer_);
+    }
     register_module("mlp", mlp.ptr());
   }
 

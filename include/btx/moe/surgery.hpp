@@ -72,8 +72,8 @@ inline torch::nn::AnyModule upcycle_block(const torch::nn::AnyModule& block,
 
 // Replaces every selected block of `model` with an MoE layer (sparse upcycling) and
 // returns the qualified names of the replaced slots, in module order. Throws if nothing
-// matched. For btx's LlamaForCausalLM prefer btx::upcycled() (llama_moe.hpp): its
-// clone() rebuilds layers through the model's factory, which surgery does not change.
+// matched. btx's LlamaForCausalLM clones correctly afterwards; a user's Cloneable parent
+// does too if its reset() keeps a block it already holds (see LlamaDecoderLayerImpl).
 template <class Parent>
 std::vector<std::string> upcycle(torch::nn::Module& model, const FeedForwardSlot<Parent>& slot,
                                  const MoEOptions& options) {

@@ -41,6 +41,7 @@ struct TrainState {
   int64_t skipped_steps = 0;   // non-finite steps skipped so far
   int64_t bad_in_a_row = 0;    // consecutive non-finite steps at the end
   std::vector<double> losses;  // LM loss of every step so far (NaN: skipped)
+  double seconds = 0.0;        // wall seconds of training so far, over every resume
 };
 
 // A checkpoint folder that is damaged (unreadable, truncated, non-finite): loading falls
@@ -208,6 +209,7 @@ inline std::filesystem::path save_training_checkpoint(const std::filesystem::pat
                          {"next_batch", state.next_batch},
                          {"skipped_steps", state.skipped_steps},
                          {"bad_in_a_row", state.bad_in_a_row},
+                         {"seconds", state.seconds},
                          {"losses", losses}};
   std::filesystem::create_directories(dir);
   io::AtomicDir out(dir / folder_name, /*overwrite=*/true);
@@ -269,6 +271,7 @@ inline TrainState load_training_checkpoint(const std::filesystem::path& folder,
     state.next_batch = info.at("next_batch").get<int64_t>();
     state.skipped_steps = info.at("skipped_steps").get<int64_t>();
     state.bad_in_a_row = info.at("bad_in_a_row").get<int64_t>();
+    state.seconds = info.value("seconds", 0.0);  // absent in checkpoints before 0.1
     for (const auto& l : info.at("losses"))
       state.losses.push_back(l.is_null() ? std::numeric_limits<double>::quiet_NaN()
                                          : l.get<double>());

@@ -52,7 +52,8 @@ struct TrainOptions {
 
 struct TrainSummary {
   int64_t steps = 0, tokens = 0, skipped_steps = 0;
-  double seconds = 0.0, final_loss = 0.0;
+  double seconds = 0.0;  // wall time of training, time before a resume included
+  double final_loss = 0.0;
   int64_t resumed_from_step = 0;  // 0: started fresh
   std::vector<double> losses;     // LM loss of every step, resumed ones included (NaN: skipped)
 };
@@ -104,10 +105,14 @@ TrainSummary train_causal_lm(Model& model, const WindowSampler& sampler,
       }
     }
   }
+  // Wall time accumulates over resumes, so a stage's seconds mean the same after a crash.
+  const double seconds_before = state.seconds;
+  ProgressLine progress(options.stage, options.steps);
+  const auto trained_seconds = [&] { return seconds_before + progress.seconds(); };
   const auto save = [&] {
+    state.seconds = trained_seconds();
     save_training_checkpoint(options.checkpoint_dir, *model, opt, state, options.keep_checkpoints);
   };
-  ProgressLine progress(options.stage, options.steps);
   auto window_start = std::chrono::steady_clock::now();
   for (int64_t step = state.step; step < options.steps; ++step) {
     if (options.on_step) options.on_step(step);
@@ -170,7 +175,7 @@ TrainSummary train_causal_lm(Model& model, const WindowSampler& sampler,
               {"lr", schedule(step)},
               {"tokens", (done - state.skipped_steps) * options.batch_size * T},
               {"tokens_per_s", tps},
-              {"seconds", progress.seconds()}};
+              {"seconds", trained_seconds()}};
           if (options.on_log) options.on_log(done, record);
           if (metrics) metrics->write(record);
         }
@@ -190,7 +195,7 @@ TrainSummary train_causal_lm(Model& model, const WindowSampler& sampler,
     if (std::isfinite(l)) summary.final_loss = l;
   }
   summary.losses = std::move(state.losses);
-  summary.seconds = progress.seconds();
+  summary.seconds = trained_seconds();
   progress.finish("final loss " + std::to_string(summary.final_loss) + ", " +
                   std::to_string(summary.tokens) + " tokens");
   return summary;
