@@ -167,7 +167,8 @@ merge::Plan make_plan(const MergeConfig& c, const std::vector<merge::CheckpointS
         using R = std::decay_t<decltype(r)>;
         const int64_t k = c.experts_per_token;
         if (c.method == "split") {
-          return merge::SplitMix<A, merge::RouterRowPerSource<R>>{a, {r}, c.split, k, true}.plan(sources);
+          return merge::SplitMix<A, merge::RouterRowPerSource<R>>{a, {r}, c.split, k, true}.plan(
+              sources);
         }
         if (c.method == "blend") return merge::BlendMix<A, R>{a, r, k}.plan(sources);
         if (c.method == "upcycle") {

@@ -64,7 +64,7 @@ TEST_CASE("corpus: missing paths, empty domains and unknown generators are rejec
   fs::remove_all(dir);
 }
 
-TEST_CASE("corpus: arithmetic domain carries exact-match problems; token files are read") {
+TEST_CASE("corpus: arithmetic domain carries exact-match problems, and token files are read") {
   auto corpus = btx::build_corpus({{.name = "math",
                                     .generator = "arithmetic",
                                     .max_train_tokens = 7000,
@@ -115,7 +115,7 @@ TEST_CASE("flops: an MoE token with k=2 costs more than a dense one, less than t
   CHECK(moe < 2 * dense);
 }
 
-TEST_CASE("trainer: loss falls on a repetitive stream; non-finite steps are skipped then fatal") {
+TEST_CASE("trainer: loss falls on a repetitive stream, non-finite steps are skipped then fatal") {
   torch::manual_seed(0);
   auto c = btx::test::tiny_config();
   btx::LlamaForCausalLM model(c);
@@ -135,7 +135,7 @@ TEST_CASE("trainer: loss falls on a repetitive stream; non-finite steps are skip
   for (const auto& p : model->parameters()) CHECK(torch::isfinite(p).all().item<bool>());
 }
 
-TEST_CASE("evaluate: uniform logits cost ln(V); an oracle answers every problem") {
+TEST_CASE("evaluate: uniform logits cost ln(V), an oracle answers every problem") {
   auto uniform = [](const torch::Tensor& ids) {
     return torch::zeros({ids.size(0), ids.size(1), 256});
   };

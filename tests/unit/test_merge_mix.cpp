@@ -304,7 +304,8 @@ TEST_CASE("merge router init: seeded normal, zero, and unit-norm hidden-state ro
   CHECK(max_abs_diff(s.at("model.layers.1.mlp.gate.weight")[3], router[1]) < 1e-6);
   // A random init shares rows only through the adapter: chunks of one source tie.
   auto shared = bm::merge(
-      bm::SplitMix<bm::UniformMean, bm::RouterRowPerSource<bm::RouterNormal>>{{}, {{0.02, 5}}, 2, 1},
+      bm::SplitMix<bm::UniformMean, bm::RouterRowPerSource<bm::RouterNormal>>{
+          {}, {{0.02, 5}}, 2, 1},
       srcs);
   auto rows = shared.at("model.layers.0.mlp.gate.weight");  // [N*C=4, H], source-major
   CHECK(rows.size(0) == 4);

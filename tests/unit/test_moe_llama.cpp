@@ -34,7 +34,7 @@ TEST_CASE("moe llama: factory builds Mixtral-named parameters of the contract's 
   CHECK(btx::moe_layers(*model)[0].first == "model.layers.0.mlp");
 }
 
-TEST_CASE("moe llama: every router name builds and trains one step; clone is deep") {
+TEST_CASE("moe llama: every router name builds and trains one step, and clone is deep") {
   for (const char* name : {"top1", "top2", "topk", "topk:3", "switch", "sample_top1", "soft"}) {
     CAPTURE(name);
     torch::manual_seed(1);

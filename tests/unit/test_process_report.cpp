@@ -11,7 +11,7 @@
 
 namespace fs = std::filesystem;
 
-TEST_CASE("process group: each child's exit code or signal is reported; others finish") {
+TEST_CASE("process group: each child's exit code or signal is reported, others finish") {
   auto dir = fs::temp_directory_path() / ("btx-proc-" + std::to_string(::getpid()));
   fs::create_directories(dir);
   btx::ProcessGroup group;
