@@ -11,19 +11,15 @@
 #include <btx/io/checkpoint_reader.hpp>
 #include <btx/io/sharded_writer.hpp>
 
+#include "../scratch.hpp"
 #include "../test_support.hpp"
 
 namespace fs = std::filesystem;
 using btx::io::FormatError;
+using btx::test::has;
+using btx::test::scratch_dir;
 
 namespace {
-
-fs::path scratch(const std::string& name) {
-  auto dir = fs::temp_directory_path() / ("btx-test-" + std::to_string(::getpid())) / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
 
 std::map<std::string, torch::Tensor> some_tensors() {
   return {{"a.weight", torch::randn({16, 8})},
@@ -46,14 +42,10 @@ std::string reader_error(const fs::path& dir) {
   return "";
 }
 
-bool has(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
-
 }  // namespace
 
 TEST_CASE("safetensors checkpoint: small tensors go to one model.safetensors without index") {
-  auto dir = scratch("single");
+  auto dir = scratch_dir("single");
   auto tensors = some_tensors();
   btx::io::save_sharded(dir, tensors);
   CHECK(fs::exists(dir / "model.safetensors"));
@@ -63,7 +55,7 @@ TEST_CASE("safetensors checkpoint: small tensors go to one model.safetensors wit
 }
 
 TEST_CASE("safetensors checkpoint: max shard size splits into model-0000K-of-0000N + index") {
-  auto dir = scratch("sharded");
+  auto dir = scratch_dir("sharded");
   auto tensors = some_tensors();
   btx::io::save_sharded(dir, tensors, 600);  // a.weight and b.weight are 512 bytes each
   CHECK(fs::exists(dir / "model-00001-of-00002.safetensors"));
@@ -79,7 +71,7 @@ TEST_CASE("safetensors checkpoint: max shard size splits into model-0000K-of-000
 }
 
 TEST_CASE("safetensors checkpoint: index shard names escaping the folder are refused") {
-  auto root = scratch("traversal");
+  auto root = scratch_dir("traversal");
   auto dir = root / "ckpt";
   fs::create_directories(dir);
   btx::io::save_safetensors(root / "x.safetensors", {{"w", torch::ones({2})}});
@@ -100,7 +92,7 @@ TEST_CASE("safetensors checkpoint: index shard names escaping the folder are ref
 }
 
 TEST_CASE("safetensors checkpoint: a missing shard is named with a tensor it should hold") {
-  auto dir = scratch("missing");
+  auto dir = scratch_dir("missing");
   write_index(dir, R"({"w":"model-00001-of-00002.safetensors"})");
   auto e = reader_error(dir);
   CHECK(has(e, "model-00001-of-00002.safetensors"));
@@ -109,7 +101,7 @@ TEST_CASE("safetensors checkpoint: a missing shard is named with a tensor it sho
 }
 
 TEST_CASE("safetensors checkpoint: tensors listed twice or absent from their shard are refused") {
-  auto dir = scratch("twice");
+  auto dir = scratch_dir("twice");
   btx::io::save_safetensors(dir / "s1.safetensors", {{"w", torch::ones({2})}});
   btx::io::save_safetensors(dir / "s2.safetensors",
                             {{"w", torch::ones({2})}, {"v", torch::ones({1})}});
@@ -123,12 +115,12 @@ TEST_CASE("safetensors checkpoint: tensors listed twice or absent from their sha
 }
 
 TEST_CASE("safetensors checkpoint: an empty folder names the files it looked for") {
-  auto dir = scratch("empty");
+  auto dir = scratch_dir("empty");
   CHECK(has(reader_error(dir), "no model.safetensors or model.safetensors.index.json"));
 }
 
 TEST_CASE("atomic dir: nothing appears at the target until commit") {
-  auto root = scratch("atomic");
+  auto root = scratch_dir("atomic");
   {
     btx::io::AtomicDir out(root / "model");
     std::ofstream(out.path() / "config.json") << "{}";
@@ -145,7 +137,7 @@ TEST_CASE("atomic dir: nothing appears at the target until commit") {
 }
 
 TEST_CASE("atomic dir: refuses a non-empty target unless asked to overwrite") {
-  auto root = scratch("atomic_overwrite");
+  auto root = scratch_dir("atomic_overwrite");
   fs::create_directories(root / "model");
   std::ofstream(root / "model" / "old.txt") << "old";
   CHECK_THROWS_WITH_AS(btx::io::AtomicDir(root / "model"), doctest::Contains("not empty"),
@@ -161,7 +153,7 @@ TEST_CASE("atomic dir: refuses a non-empty target unless asked to overwrite") {
 }
 
 TEST_CASE("atomic dir: an exception while writing leaves nothing at the target") {
-  auto root = scratch("atomic_throw");
+  auto root = scratch_dir("atomic_throw");
   try {
     btx::io::AtomicDir out(root / "model");
     btx::io::save_sharded(out.path(), some_tensors(), 600);

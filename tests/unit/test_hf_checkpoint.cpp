@@ -11,20 +11,16 @@
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
 
+#include "../scratch.hpp"
 #include "../test_support.hpp"
 
 namespace fs = std::filesystem;
+using btx::test::has;
 using btx::test::max_abs_diff;
+using btx::test::scratch_dir;
 using btx::test::tiny_config;
 
 namespace {
-
-fs::path scratch(const std::string& name) {
-  auto dir = fs::temp_directory_path() / ("btx-test-" + std::to_string(::getpid())) / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
 
 // Stand-in for btx's MoE block: the contract's names (gate.weight, experts.{gate,up,down}_proj)
 // and a soft mixture so logits depend on every expert weight.
@@ -73,14 +69,10 @@ std::string load_error(torch::nn::Module& model, const fs::path& dir) {
   return "";
 }
 
-bool has(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
-
 }  // namespace
 
 TEST_CASE("hf checkpoint: a dense model saved by btx loads back with equal logits") {
-  auto root = scratch("dense");
+  auto root = scratch_dir("dense");
   for (bool tied : {false, true}) {
     auto config = tiny_config();
     config.tie_word_embeddings = tied;
@@ -99,7 +91,7 @@ TEST_CASE("hf checkpoint: a dense model saved by btx loads back with equal logit
 }
 
 TEST_CASE("hf checkpoint: sharded bf16 save loads into an fp32 model") {
-  auto dir = scratch("sharded") / "ckpt";
+  auto dir = scratch_dir("sharded") / "ckpt";
   torch::manual_seed(4);
   btx::LlamaForCausalLM model(tiny_config());
   btx::hf::SaveOptions opts;
@@ -117,7 +109,7 @@ TEST_CASE("hf checkpoint: sharded bf16 save loads into an fp32 model") {
 }
 
 TEST_CASE("hf checkpoint: missing, mis-shaped and unexpected tensors are named, model untouched") {
-  auto root = scratch("bad");
+  auto root = scratch_dir("bad");
   torch::manual_seed(5);
   btx::LlamaForCausalLM source(tiny_config());
   std::map<std::string, torch::Tensor> tensors;
@@ -155,7 +147,7 @@ TEST_CASE("hf checkpoint: missing, mis-shaped and unexpected tensors are named, 
 }
 
 TEST_CASE("hf checkpoint: saving refuses a non-empty folder and inconsistent options") {
-  auto root = scratch("refuse");
+  auto root = scratch_dir("refuse");
   btx::LlamaForCausalLM model(tiny_config());
   btx::hf::save_hf_checkpoint(*model, tiny_config(), root / "a");
   CHECK_THROWS_WITH_AS(btx::hf::save_hf_checkpoint(*model, tiny_config(), root / "a"),
@@ -171,7 +163,7 @@ TEST_CASE("hf checkpoint: saving refuses a non-empty folder and inconsistent opt
 }
 
 TEST_CASE("hf checkpoint: an MoE-contract model saves as classic Mixtral and loads back") {
-  auto dir = scratch("moe") / "ckpt";
+  auto dir = scratch_dir("moe") / "ckpt";
   torch::manual_seed(6);
   auto model = fake_moe_model();
   btx::hf::SaveOptions opts;

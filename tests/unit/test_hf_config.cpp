@@ -10,7 +10,10 @@
 #include <btx/hf/config_json.hpp>
 #include <btx/hf/mixtral_names.hpp>
 
+#include "../scratch.hpp"
 #include "../test_support.hpp"
+
+using btx::test::has;
 
 namespace {
 
@@ -37,10 +40,6 @@ std::string config_error(const nlohmann::json& j) {
     return e.what();
   }
   return "";
-}
-
-bool has(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
 }
 
 }  // namespace
@@ -139,8 +138,7 @@ TEST_CASE("hf config: Llama and Mixtral configs round-trip through JSON") {
 }
 
 TEST_CASE("hf config: read_config_json rejects duplicate keys naming the file") {
-  auto dir = std::filesystem::temp_directory_path() / ("btx-test-" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
+  const auto dir = btx::test::scratch_dir("hf-config-dup");
   std::ofstream(dir / "dup.json") << R"({"hidden_size": 32, "hidden_size": 64})";
   CHECK_THROWS_WITH_AS(btx::hf::read_config_json(dir / "dup.json"),
                        doctest::Contains("duplicate key \"hidden_size\""), std::runtime_error);

@@ -20,21 +20,16 @@
 #include <btx/merge/write_plan.hpp>
 #include <btx/moe/moe_layer.hpp>
 
+#include "../scratch.hpp"
 #include "../test_support.hpp"
 
 namespace fs = std::filesystem;
 using btx::test::max_abs_diff;
+using btx::test::scratch_dir;
 using btx::test::tiny_config;
 namespace merge = btx::merge;
 
 namespace {
-
-fs::path scratch(const std::string& name) {
-  auto dir = fs::temp_directory_path() / ("btx-test-" + std::to_string(::getpid())) / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
 
 // A random tiny Llama saved at `dir` (sharded when max_shard_bytes is small).
 btx::LlamaForCausalLM saved_llama(const fs::path& dir, uint64_t seed,
@@ -58,7 +53,7 @@ bool leftovers_beside(const fs::path& target) {
 }  // namespace
 
 TEST_CASE("merge stream: CheckpointSource reads every tensor of a sharded checkpoint as saved") {
-  const auto root = scratch("stream-source");
+  const auto root = scratch_dir("stream-source");
   auto model = saved_llama(root / "a", 1, 16384);
   REQUIRE(fs::exists(root / "a" / "model.safetensors.index.json"));
   merge::CheckpointSource src(root / "a");
@@ -76,7 +71,7 @@ TEST_CASE("merge stream: CheckpointSource reads every tensor of a sharded checkp
 }
 
 TEST_CASE("merge stream: a BTX mix over checkpoint folders equals the mix over models in memory") {
-  const auto root = scratch("stream-equal");
+  const auto root = scratch_dir("stream-equal");
   std::vector<btx::LlamaForCausalLM> models;
   for (int j = 0; j < 3; ++j) models.push_back(saved_llama(root / std::to_string(j), 10 + j));
   const auto disk = merge::checkpoint_sources({root / "0", root / "1", root / "2"});
@@ -89,7 +84,7 @@ TEST_CASE("merge stream: a BTX mix over checkpoint folders equals the mix over m
 }
 
 TEST_CASE("merge stream: mismatched checkpoints are refused naming the tensor and both folders") {
-  const auto root = scratch("stream-mismatch");
+  const auto root = scratch_dir("stream-mismatch");
   saved_llama(root / "a", 1);
   auto wide = tiny_config();
   wide.intermediate_size = 96;
@@ -107,7 +102,7 @@ TEST_CASE("merge stream: mismatched checkpoints are refused naming the tensor an
 }
 
 TEST_CASE("merge stream: hf_decls splits packed experts into Mixtral's per-expert tensors") {
-  const auto root = scratch("stream-decls");
+  const auto root = scratch_dir("stream-decls");
   saved_llama(root / "a", 1);
   saved_llama(root / "b", 2);
   merge::SplitMix<> split;
@@ -137,7 +132,7 @@ TEST_CASE("merge stream: hf_decls splits packed experts into Mixtral's per-exper
 TEST_CASE(
     "merge stream: write_plan writes a Mixtral that load_causal_lm loads with the planned "
     "weights, and copies identical experts' logits from the dense model") {
-  const auto root = scratch("stream-write");
+  const auto root = scratch_dir("stream-write");
   auto dense = saved_llama(root / "seed", 7, 1u << 30);
   merge::BtxMix<merge::UniformMean, merge::RouterNormal> mix;
   mix.router.std = 1.0;  // a router that really discriminates
@@ -176,7 +171,7 @@ TEST_CASE(
 }
 
 TEST_CASE("merge stream: write_plan leaves nothing at the target when a tensor fails midway") {
-  const auto root = scratch("stream-fail");
+  const auto root = scratch_dir("stream-fail");
   saved_llama(root / "a", 1);
   merge::BtxMix<> mix;
   mix.experts_per_token = 1;

@@ -11,27 +11,15 @@
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
 
+#include "../scratch.hpp"
 #include "../test_support.hpp"
 
 namespace fs = std::filesystem;
 using btx::io::FormatError;
+using btx::test::has;
+using btx::test::scratch_dir;
 
 namespace {
-
-// Every test file's scratch folders live under this one; it goes when the test binary exits.
-const struct RemoveScratchAtExit {
-  ~RemoveScratchAtExit() {
-    std::error_code ec;
-    fs::remove_all(fs::temp_directory_path() / ("btx-test-" + std::to_string(::getpid())), ec);
-  }
-} remove_scratch_at_exit;
-
-fs::path scratch_dir(const std::string& name) {
-  auto dir = fs::temp_directory_path() / ("btx-test-" + std::to_string(::getpid())) / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
 
 // Writes u64 N, the header text, then `data_bytes` zero bytes.
 fs::path raw_file(const fs::path& file, const std::string& header, uint64_t data_bytes,
@@ -52,10 +40,6 @@ std::string open_error(const fs::path& file) {
     return e.what();
   }
   return "";
-}
-
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
 }
 
 }  // namespace
@@ -158,29 +142,29 @@ TEST_CASE("safetensors: an unfinished streaming writer leaves nothing behind") {
 TEST_CASE("safetensors: reader rejects a truncated file naming the file") {
   auto dir = scratch_dir("truncated");
   std::ofstream(dir / "t.safetensors", std::ios::binary) << "abc";
-  CHECK(contains(open_error(dir / "t.safetensors"), "t.safetensors"));
-  CHECK(contains(open_error(dir / "t.safetensors"), "truncated"));
+  CHECK(has(open_error(dir / "t.safetensors"), "t.safetensors"));
+  CHECK(has(open_error(dir / "t.safetensors"), "truncated"));
   raw_file(dir / "t2.safetensors", "{}", 0, 1000);  // N larger than the file
-  CHECK(contains(open_error(dir / "t2.safetensors"), "truncated"));
+  CHECK(has(open_error(dir / "t2.safetensors"), "truncated"));
   // Data section shorter than the header claims.
   raw_file(dir / "t3.safetensors", R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})",
            12);
-  CHECK(contains(open_error(dir / "t3.safetensors"), "t3.safetensors"));
-  CHECK(contains(open_error(dir / "t3.safetensors"), "truncated or trailing"));
+  CHECK(has(open_error(dir / "t3.safetensors"), "t3.safetensors"));
+  CHECK(has(open_error(dir / "t3.safetensors"), "truncated or trailing"));
 }
 
 TEST_CASE("safetensors: reader rejects a header over 100,000,000 bytes") {
   auto dir = scratch_dir("huge");
   auto e = open_error(raw_file(dir / "h.safetensors", "{}", 0, 100'000'001));
-  CHECK(contains(e, "h.safetensors"));
-  CHECK(contains(e, "100,000,000"));
+  CHECK(has(e, "h.safetensors"));
+  CHECK(has(e, "100,000,000"));
 }
 
 TEST_CASE("safetensors: reader rejects a header that is not a JSON object or not JSON") {
   auto dir = scratch_dir("notobject");
-  CHECK(contains(open_error(raw_file(dir / "a.safetensors", "[1, 2]", 0)), "not a JSON object"));
-  CHECK(contains(open_error(raw_file(dir / "b.safetensors", "{\"x\": ", 0)), "invalid JSON"));
-  CHECK(contains(open_error(raw_file(dir / "c.safetensors", R"({"x": 3})", 0)), "\"x\""));
+  CHECK(has(open_error(raw_file(dir / "a.safetensors", "[1, 2]", 0)), "not a JSON object"));
+  CHECK(has(open_error(raw_file(dir / "b.safetensors", "{\"x\": ", 0)), "invalid JSON"));
+  CHECK(has(open_error(raw_file(dir / "c.safetensors", R"({"x": 3})", 0)), "\"x\""));
 }
 
 TEST_CASE("safetensors: reader rejects duplicate keys") {
@@ -188,12 +172,12 @@ TEST_CASE("safetensors: reader rejects duplicate keys") {
   const std::string entry = R"({"dtype":"F32","shape":[1],"data_offsets":[0,4]})";
   auto e =
       open_error(raw_file(dir / "d.safetensors", "{\"w\":" + entry + ",\"w\":" + entry + "}", 4));
-  CHECK(contains(e, "d.safetensors"));
-  CHECK(contains(e, "duplicate key \"w\""));
+  CHECK(has(e, "d.safetensors"));
+  CHECK(has(e, "duplicate key \"w\""));
   auto e2 = open_error(
       raw_file(dir / "d2.safetensors",
                R"({"w":{"dtype":"F32","dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4));
-  CHECK(contains(e2, "duplicate key \"dtype\""));
+  CHECK(has(e2, "duplicate key \"dtype\""));
 }
 
 TEST_CASE("safetensors: reader rejects holes and overlaps between tensors") {
@@ -202,30 +186,30 @@ TEST_CASE("safetensors: reader rejects holes and overlaps between tensors") {
                                   R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
                                   R"("b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})",
                                   12));
-  CHECK(contains(hole, "hole.safetensors"));
-  CHECK(contains(hole, "\"b\""));
-  CHECK(contains(hole, "hole"));
+  CHECK(has(hole, "hole.safetensors"));
+  CHECK(has(hole, "\"b\""));
+  CHECK(has(hole, "hole"));
   auto overlap = open_error(raw_file(dir / "overlap.safetensors",
                                      R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
                                      R"("b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
                                      8));
-  CHECK(contains(overlap, "\"b\""));
-  CHECK(contains(overlap, "overlap"));
+  CHECK(has(overlap, "\"b\""));
+  CHECK(has(overlap, "overlap"));
   auto first = open_error(raw_file(dir / "first.safetensors",
                                    R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8));
-  CHECK(contains(first, "\"a\""));
+  CHECK(has(first, "\"a\""));
   auto reversed = open_error(raw_file(
       dir / "rev.safetensors", R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[4,0]}})", 4));
-  CHECK(contains(reversed, "END 0 < BEGIN 4"));
+  CHECK(has(reversed, "END 0 < BEGIN 4"));
 }
 
 TEST_CASE("safetensors: reader rejects a byte span that does not match dtype x shape") {
   auto dir = scratch_dir("size");
   auto e = open_error(raw_file(dir / "s.safetensors",
                                R"({"w":{"dtype":"F16","shape":[2,3],"data_offsets":[0,24]}})", 24));
-  CHECK(contains(e, "s.safetensors"));
-  CHECK(contains(e, "\"w\""));
-  CHECK(contains(e, "need 12"));
+  CHECK(has(e, "s.safetensors"));
+  CHECK(has(e, "\"w\""));
+  CHECK(has(e, "need 12"));
 }
 
 TEST_CASE("safetensors: reader rejects shapes whose element count overflows") {
@@ -233,31 +217,31 @@ TEST_CASE("safetensors: reader rejects shapes whose element count overflows") {
   auto e = open_error(raw_file(
       dir / "o.safetensors",
       R"({"w":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,0]}})", 0));
-  CHECK(contains(e, "\"w\""));
-  CHECK(contains(e, "overflows"));
+  CHECK(has(e, "\"w\""));
+  CHECK(has(e, "overflows"));
   auto neg = open_error(raw_file(dir / "n.safetensors",
                                  R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,0]}})", 0));
-  CHECK(contains(neg, "non-negative"));
+  CHECK(has(neg, "non-negative"));
 }
 
 TEST_CASE("safetensors: reader reports unsupported and unknown dtypes by tensor and file") {
   auto dir = scratch_dir("dtype");
   auto e = open_error(raw_file(dir / "f8.safetensors",
                                R"({"w":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,2]}})", 2));
-  CHECK(contains(e, "unsupported dtype F8_E4M3 for tensor \"w\" in"));
-  CHECK(contains(e, "f8.safetensors"));
+  CHECK(has(e, "unsupported dtype F8_E4M3 for tensor \"w\" in"));
+  CHECK(has(e, "f8.safetensors"));
   auto c = open_error(raw_file(dir / "c.safetensors",
                                R"({"z":{"dtype":"C64","shape":[1],"data_offsets":[0,8]}})", 8));
-  CHECK(contains(c, "unsupported dtype C64 for tensor \"z\""));
+  CHECK(has(c, "unsupported dtype C64 for tensor \"z\""));
 }
 
 TEST_CASE("safetensors: reader accepts only string-to-string __metadata__") {
   auto dir = scratch_dir("metadata");
   auto e = open_error(raw_file(dir / "m.safetensors", R"({"__metadata__":{"format":1}})", 0));
-  CHECK(contains(e, "m.safetensors"));
-  CHECK(contains(e, "__metadata__ value for \"format\""));
-  CHECK(contains(open_error(raw_file(dir / "m2.safetensors", R"({"__metadata__":"pt"})", 0)),
-                 "__metadata__ is not a JSON object"));
+  CHECK(has(e, "m.safetensors"));
+  CHECK(has(e, "__metadata__ value for \"format\""));
+  CHECK(has(open_error(raw_file(dir / "m2.safetensors", R"({"__metadata__":"pt"})", 0)),
+            "__metadata__ is not a JSON object"));
   CHECK(open_error(raw_file(dir / "ok.safetensors", R"({"__metadata__":{"format":"pt"}})", 0))
             .empty());
 }
