@@ -9,7 +9,7 @@
 
 #include <time.h>
 
-#include <btx/models/llama_layers.hpp>
+#include <btx/models/llama/layers.hpp>
 #include <btx/moe/experts/packed_swiglu.hpp>
 #include <btx/moe/moe_layer.hpp>
 #include <btx/moe/routers/top_k.hpp>

@@ -19,8 +19,8 @@
 #include <vector>
 
 #include <btx/data/byte_tokenizer.hpp>
-#include <btx/hf/config_json.hpp>
-#include <btx/hf/llama_checkpoint.hpp>
+#include <btx/models/llama/hf_config.hpp>
+#include <btx/models/llama/checkpoint.hpp>
 #include <btx/io/atomic_dir.hpp>
 #include <btx/merge/checkpoint_source.hpp>
 #include <btx/merge/mixers.hpp>
@@ -270,9 +270,10 @@ int run(const MergeConfig& c, const fs::path& out_dir, bool force) {
   // ------------------------------------------------------- plan, then write
   const merge::Plan plan = make_plan(c, sources, averaging, router);
   const auto dtype =
-      c.dtype.empty() ? plan.outputs().front().dtype : merge::dtype_from_hf_name(c.dtype);
+      c.dtype.empty() ? plan.outputs().front().dtype : btx::dtype_from_name(c.dtype);
   auto config_json =
-      merge::hf_config_for(plan, base_config.llama, hf::dtype_name(dtype), c.router_aux_loss_coef);
+      merge::hf_config_for(plan, btx::LlamaFamily::spec(base_config.llama), btx::dtype_name(dtype),
+                          c.router_aux_loss_coef);
   const auto raw_base = read_json(base / "config.json");
   for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id"}) {
     if (raw_base.contains(key)) config_json[key] = raw_base[key];
@@ -298,7 +299,7 @@ int run(const MergeConfig& c, const fs::path& out_dir, bool force) {
   };
   std::cerr << "btx-merge: " << plan.manifest().method << ", " << sources.size() << " sources -> "
             << plan.manifest().num_experts << " experts, top-" << plan.manifest().experts_per_token
-            << ", " << hf::dtype_name(dtype) << "\n";
+            << ", " << btx::dtype_name(dtype) << "\n";
   const auto stats = merge::write_plan(plan, config_json, out_dir, options);
   std::fprintf(stderr, "btx-merge: wrote %s: %zu tensors in %zu shard(s), %.1f MB in %.1f s\n",
                out_dir.string().c_str(), stats.tensors, stats.shards, double(stats.bytes) / 1e6,

@@ -13,7 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include <btx/data/corpus.hpp>
-#include <btx/models/llama_config.hpp>
+#include <btx/models/llama/config.hpp>
 
 namespace btx::pipeline {
 

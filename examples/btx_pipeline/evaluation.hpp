@@ -11,7 +11,7 @@
 #include <vector>
 
 #include <btx/merge/btm_ensemble.hpp>
-#include <btx/models/generate.hpp>
+#include <btx/models/common/generate.hpp>
 #include <btx/moe/moe_layer.hpp>
 #include <btx/train/evaluate.hpp>
 

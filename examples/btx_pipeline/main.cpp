@@ -14,7 +14,7 @@
 #include <thread>
 #include <vector>
 
-#include <btx/parallel/process_group.hpp>
+#include <btx/parallel/expert_processes.hpp>
 
 #include "../common/yaml_json.hpp"
 #include "config.hpp"
@@ -180,7 +180,7 @@ std::string last_progress_line(const fs::path& log) {
 // Launches one worker process per job; returns false if any failed (others finish).
 bool run_workers(const bp::Run& run,
                  const std::vector<std::pair<std::string, std::vector<std::string>>>& jobs) {
-  btx::ProcessGroup group;
+  btx::ExpertProcesses group;
   const auto exe = btx::self_executable();
   for (const auto& [stage, extra] : jobs) {
     if (run.done(stage)) {

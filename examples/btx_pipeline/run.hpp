@@ -19,8 +19,8 @@
 
 #include <btx/data/corpus.hpp>
 #include <btx/data/sampler.hpp>
-#include <btx/hf/llama_checkpoint.hpp>
-#include <btx/moe/llama_moe.hpp>
+#include <btx/models/llama/checkpoint.hpp>
+#include <btx/models/llama/moe.hpp>
 #include <btx/moe/moe_layer.hpp>
 #include <btx/train/flops.hpp>
 #include <btx/train/progress.hpp>

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include <btx/hf/config_json.hpp>
+#include <btx/models/llama/hf_config.hpp>
 #include <btx/merge/mixers.hpp>
 #include <btx/merge/router_init.hpp>
 #include <btx/merge/state_dict.hpp>

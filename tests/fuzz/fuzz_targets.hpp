@@ -20,7 +20,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <btx/hf/config_json.hpp>
+#include <btx/models/llama/hf_config.hpp>
 #include <btx/io/checkpoint_reader.hpp>
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>

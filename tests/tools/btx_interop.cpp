@@ -17,8 +17,8 @@
 #include <map>
 #include <string>
 
-#include <btx/hf/auto_model.hpp>
-#include <btx/hf/llama_checkpoint.hpp>
+#include <btx/models/auto.hpp>
+#include <btx/models/llama/checkpoint.hpp>
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
 

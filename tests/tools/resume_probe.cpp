@@ -15,7 +15,7 @@
 #include <thread>
 
 #include <btx/io/safetensors_writer.hpp>
-#include <btx/moe/llama_moe.hpp>
+#include <btx/models/llama/moe.hpp>
 #include <btx/moe/moe_layer.hpp>
 #include <btx/train/trainer.hpp>
 

@@ -7,7 +7,7 @@
 #include <filesystem>
 #include <string>
 
-#include <btx/hf/llama_checkpoint.hpp>
+#include <btx/models/llama/checkpoint.hpp>
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
 

@@ -7,8 +7,8 @@
 #include <fstream>
 #include <string>
 
-#include <btx/hf/config_json.hpp>
-#include <btx/hf/mixtral_names.hpp>
+#include <btx/models/llama/hf_config.hpp>
+#include <btx/models/llama/hf_names.hpp>
 
 #include "../scratch.hpp"
 #include "../test_support.hpp"

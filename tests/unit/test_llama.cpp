@@ -5,8 +5,9 @@
 
 #include <set>
 
-#include <btx/models/generate.hpp>
-#include <btx/models/llama.hpp>
+#include <btx/train/loss.hpp>
+#include <btx/models/common/generate.hpp>
+#include <btx/models/llama/model.hpp>
 
 #include "../test_support.hpp"
 
@@ -72,8 +73,8 @@ TEST_CASE("rope: rotation keeps norms and makes scores depend on relative positi
   auto q = torch::randn({1, 1, 1, hd}, torch::kDouble),
        k = torch::randn({1, 1, 1, hd}, torch::kDouble);
   auto at = [&](const torch::Tensor& x, int64_t pos) {
-    btx::RotaryTables one{tables.cos_TH.slice(0, pos, pos + 1),
-                          tables.sin_TH.slice(0, pos, pos + 1)};
+    btx::RotaryTables one{tables.cos_SA.slice(0, pos, pos + 1),
+                          tables.sin_SA.slice(0, pos, pos + 1)};
     return btx::apply_rotary(x, one);
   };
   // The tables are computed in fp32 as in HF, so equalities hold to ~1e-7.

@@ -5,7 +5,7 @@
 
 #include <btx/merge/averaging.hpp>
 #include <btx/merge/state_dict.hpp>
-#include <btx/models/llama.hpp>
+#include <btx/models/llama/model.hpp>
 
 #include "../test_support.hpp"
 

@@ -4,8 +4,8 @@
 
 #include <btx/merge/branch.hpp>
 #include <btx/merge/btm_ensemble.hpp>
-#include <btx/models/generate.hpp>
-#include <btx/models/llama.hpp>
+#include <btx/models/common/generate.hpp>
+#include <btx/models/llama/model.hpp>
 
 #include "../test_support.hpp"
 

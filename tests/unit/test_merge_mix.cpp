@@ -6,7 +6,7 @@
 #include <set>
 
 #include <btx/merge/mixers.hpp>
-#include <btx/models/llama.hpp>
+#include <btx/models/llama/model.hpp>
 
 #include "../test_support.hpp"
 

@@ -13,8 +13,8 @@
 
 #include <unistd.h>
 
-#include <btx/hf/auto_model.hpp>
-#include <btx/hf/llama_checkpoint.hpp>
+#include <btx/models/auto.hpp>
+#include <btx/models/llama/checkpoint.hpp>
 #include <btx/merge/checkpoint_source.hpp>
 #include <btx/merge/mixers.hpp>
 #include <btx/merge/write_plan.hpp>
@@ -108,7 +108,7 @@ TEST_CASE("merge stream: hf_decls splits packed experts into Mixtral's per-exper
   merge::SplitMix<> split;
   split.chunks = 2;
   const auto plan = split.plan(merge::checkpoint_sources({root / "a", root / "b"}));
-  const auto decls = merge::hf_decls(plan, torch::kBFloat16);
+  const auto decls = merge::hf_decls(plan, btx::families().get("llama"), torch::kBFloat16);
   std::map<std::string, btx::io::TensorDecl> by;
   for (const auto& d : decls) by.emplace(d.name, d);
   const auto& w2 = by.at("model.layers.1.block_sparse_moe.experts.3.w2.weight");
@@ -122,7 +122,7 @@ TEST_CASE("merge stream: hf_decls splits packed experts into Mixtral's per-exper
         2 * 13 + merge::validate_dense_sources(merge::checkpoint_sources({root / "a"}))
                      .shared_specs()
                      .size());
-  const auto config = merge::hf_config_for(plan, tiny_config(), "bfloat16", 0.01);
+  const auto config = merge::hf_config_for(plan, btx::LlamaFamily::spec(tiny_config()), "bfloat16", 0.01);
   CHECK(config["num_local_experts"].get<int>() == 4);
   CHECK(config["num_experts_per_tok"].get<int>() == 4);  // C * k
   CHECK(config["intermediate_size"].get<int>() == 32);
@@ -148,7 +148,7 @@ TEST_CASE(
     CHECK(p.index == calls);
     CHECK(p.bytes_done <= p.bytes_total);
   };
-  const auto stats = merge::write_plan(plan, merge::hf_config_for(plan, tiny_config(), "float32"),
+  const auto stats = merge::write_plan(plan, merge::hf_config_for(plan, btx::LlamaFamily::spec(tiny_config()), "float32"),
                                        root / "moe", opts);
   CHECK(calls == plan.outputs().size());
   CHECK(stats.shards > 1);
@@ -185,7 +185,7 @@ TEST_CASE("merge stream: write_plan leaves nothing at the target when a tensor f
       },
       good.manifest());
   CHECK_THROWS_WITH(
-      merge::write_plan(bad, merge::hf_config_for(good, tiny_config(), "float32"), root / "out"),
+      merge::write_plan(bad, merge::hf_config_for(good, btx::LlamaFamily::spec(tiny_config()), "float32"), root / "out"),
       doctest::Contains("disk on fire"));
   CHECK_FALSE(fs::exists(root / "out"));
   CHECK_FALSE(leftovers_beside(root / "out"));

@@ -6,7 +6,10 @@
 #include <set>
 #include <string>
 
-#include <btx/moe/llama_moe.hpp>
+#include <btx/merge/upcycle_model.hpp>
+#include <btx/models/llama/family.hpp>
+#include <btx/train/loss.hpp>
+#include <btx/models/llama/moe.hpp>
 #include <btx/moe/surgery.hpp>
 
 #include "../test_support.hpp"
@@ -87,10 +90,12 @@ TEST_CASE("moe upcycling: upcycled Llama equals the dense model and clones") {
   auto expected = dense->forward(ids);
   for (const char* router : {"top2", "switch", "soft"}) {
     CAPTURE(router);
-    auto moe = btx::upcycled(*dense, {.num_experts = 3, .router = router, .capacity_factor = 3});
-    CHECK(max_abs_diff(moe->forward(ids), expected) < 1e-5);
-    auto copy = std::dynamic_pointer_cast<btx::LlamaForCausalLMImpl>(moe->clone());
-    CHECK(max_abs_diff(copy->forward(ids), expected) < 1e-5);
+    auto moe = btx::merge::upcycled(btx::LlamaFamily::wrap(dense),
+                                    {.num_experts = 3, .router = router, .capacity_factor = 3});
+    CHECK(moe.is_moe());
+    CHECK(max_abs_diff(moe.forward(ids), expected) < 1e-5);
+    auto copy = moe.clone();
+    CHECK(max_abs_diff(copy.as<btx::LlamaForCausalLM>()->forward(ids), expected) < 1e-5);
   }
 }
 

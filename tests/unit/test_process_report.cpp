@@ -6,7 +6,7 @@
 #include <fstream>
 #include <iterator>
 
-#include <btx/parallel/process_group.hpp>
+#include <btx/parallel/expert_processes.hpp>
 #include <btx/report/gnuplot.hpp>
 
 namespace fs = std::filesystem;
@@ -14,7 +14,7 @@ namespace fs = std::filesystem;
 TEST_CASE("process group: each child's exit code or signal is reported, others finish") {
   auto dir = fs::temp_directory_path() / ("btx-proc-" + std::to_string(::getpid()));
   fs::create_directories(dir);
-  btx::ProcessGroup group;
+  btx::ExpertProcesses group;
   group.spawn("ok", {"/bin/sh", "-c", "echo hello from $EXPERT"}, (dir / "ok.log").string(),
               {"EXPERT=math"});
   group.spawn("fails", {"/bin/sh", "-c", "exit 3"}, (dir / "fails.log").string());

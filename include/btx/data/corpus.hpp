@@ -20,6 +20,7 @@
 #include <btx/data/arithmetic.hpp>
 #include <btx/data/byte_tokenizer.hpp>
 #include <btx/data/token_file.hpp>
+#include <btx/core/hash.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -85,14 +86,6 @@ struct Corpus {
   }
 };
 
-inline uint64_t fnv1a64(std::string_view bytes) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (unsigned char c : bytes) {
-    h ^= c;
-    h *= 0x100000001b3ull;
-  }
-  return h;
-}
 
 namespace detail {
 

@@ -15,13 +15,14 @@
 
 #include <btx/merge/averaging.hpp>
 #include <btx/merge/expert_info.hpp>
+#include <btx/core/hash.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
 BTX_NAMESPACE_BEGIN
 namespace merge {
 
-// A torch ModuleHolder (LlamaForCausalLM, ...) whose module is a Cloneable.
+// A torch ModuleHolder (any family's model) whose module is a Cloneable.
 template <class M>
 concept holds_a_module = requires {
   typename M::ContainedType;
@@ -45,11 +46,8 @@ M deep_copy(const M& module) {
 // FNV-1a (64 bit) over every parameter and buffer: names, dtypes, shapes and bytes. Equal
 // weights give equal fingerprints; any change to any value changes it (almost surely).
 inline std::string weights_fingerprint(const torch::nn::Module& module) {
-  uint64_t h = 1469598103934665603ULL;
-  const auto mix = [&h](const void* data, size_t n) {
-    const auto* p = static_cast<const unsigned char*>(data);
-    for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ULL;
-  };
+  Fnv1a64 h;
+  const auto mix = [&h](const void* data, size_t n) { h.add(data, n); };
   const auto add = [&](const std::string& name, const torch::Tensor& t) {
     mix(name.data(), name.size());
     const auto dtype = static_cast<int>(t.scalar_type());
@@ -60,9 +58,7 @@ inline std::string weights_fingerprint(const torch::nn::Module& module) {
   };
   for (const auto& p : module.named_parameters(true)) add(p.key(), p.value());
   for (const auto& b : module.named_buffers(true)) add(b.key(), b.value());
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
-  return buf;
+  return h.hex();
 }
 
 template <class M>

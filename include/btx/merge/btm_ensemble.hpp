@@ -17,8 +17,8 @@
 #include <utility>
 #include <vector>
 
-#include <btx/models/generate.hpp>
-#include <btx/models/llama.hpp>
+#include <btx/core/causal_lm.hpp>
+#include <btx/models/common/generate.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -30,20 +30,15 @@ struct BtmEnsembleOptions {
   std::optional<int64_t> top_k;  // keep only the k most probable experts per position
 };
 
+// Model: any family's holder or a btx::CausalLM (forward(ids_BS) -> logits_BSV); experts
+// must share one vocabulary (checked on the first forward, naming the expert).
+template <class Model = CausalLM>
 class BtmEnsemble {
  public:
-  explicit BtmEnsemble(std::vector<LlamaForCausalLM> experts, BtmEnsembleOptions options = {})
+  explicit BtmEnsemble(std::vector<Model> experts, BtmEnsembleOptions options = {})
       : experts_(std::move(experts)), options_(std::move(options)) {
     const size_t n = experts_.size();
     if (n == 0) throw std::invalid_argument("btx::merge::BtmEnsemble: no experts given");
-    for (size_t e = 1; e < n; ++e) {
-      if (experts_[e]->config().vocab_size != experts_[0]->config().vocab_size) {
-        throw std::invalid_argument(
-            "btx::merge::BtmEnsemble: expert " + std::to_string(e) + " has vocab_size " +
-            std::to_string(experts_[e]->config().vocab_size) + " but expert 0 has " +
-            std::to_string(experts_[0]->config().vocab_size));
-      }
-    }
     std::vector<double> prior =
         options_.prior.empty() ? std::vector<double>(n, 1.0) : options_.prior;
     if (prior.size() != n) {
@@ -69,24 +64,24 @@ class BtmEnsemble {
   }
 
   [[nodiscard]] size_t num_experts() const { return experts_.size(); }
-  [[nodiscard]] std::vector<LlamaForCausalLM>& experts() { return experts_; }
+  [[nodiscard]] std::vector<Model>& experts() { return experts_; }
 
-  // ids_BT [B, T] -> [B, T, E]: the log posterior used for the prediction at position t
+  // ids_BS [B, S] -> [B, S, E]: the log posterior used for the prediction at position t
   // (of token t+1): conditioned on x_0..x_t, i.e. log prior_e + sum_{s=1..t} log p_e(x_s |
   // x_<s), normalised over experts. x_0 has no prediction, so position 0 uses the prior.
   // With top_k, all but the k largest are -inf (ties with the k-th are kept) and the rest
   // renormalised.
-  torch::Tensor log_posterior(const torch::Tensor& ids_BT) {
-    return log_posterior_from(expert_log_probs(ids_BT), ids_BT);
+  torch::Tensor log_posterior(const torch::Tensor& ids_BS) {
+    return log_posterior_from(expert_log_probs(ids_BS), ids_BS);
   }
 
-  // ids_BT [B, T] -> log-probs [B, T, V] (fp32) of token t+1 at position t:
+  // ids_BS [B, S] -> log-probs [B, S, V] (fp32) of token t+1 at position t:
   // logsumexp_e(log P(e | x_0..x_t) + log p_e(. | x_0..x_t)).
-  torch::Tensor forward(const torch::Tensor& ids_BT) {
-    auto lp_EBTV = expert_log_probs(ids_BT);
-    auto post_BTE = log_posterior_from(lp_EBTV, ids_BT);
-    auto post_EBT1 = post_BTE.permute({2, 0, 1}).unsqueeze(-1);
-    return torch::logsumexp(post_EBT1 + lp_EBTV, 0);
+  torch::Tensor forward(const torch::Tensor& ids_BS) {
+    torch::Tensor lp_EBSV = expert_log_probs(ids_BS);
+    torch::Tensor post_BSE = log_posterior_from(lp_EBSV, ids_BS);
+    auto post_EBS1 = post_BSE.permute({2, 0, 1}).unsqueeze(-1);
+    return torch::logsumexp(post_EBS1 + lp_EBSV, 0);
   }
 
   // Greedy decoding of one prompt (no KV cache: each step re-reads the prefix, so the
@@ -100,8 +95,8 @@ class BtmEnsemble {
     auto ids = torch::tensor(prompt, torch::kLong).unsqueeze(0).to(device());
     std::vector<int64_t> out;
     for (int64_t n = 0; n < options.max_new_tokens; ++n) {
-      auto lp_BTV = forward(ids);
-      const int64_t next = lp_BTV.select(1, lp_BTV.size(1) - 1).argmax(-1).item<int64_t>();
+      torch::Tensor lp_BSV = forward(ids);
+      const int64_t next = lp_BSV.select(1, lp_BSV.size(1) - 1).argmax(-1).item<int64_t>();
       out.push_back(next);
       if (options.stop_token && next == *options.stop_token) break;
       ids = torch::cat({ids, torch::full({1, 1}, next, ids.options())}, 1);
@@ -114,39 +109,45 @@ class BtmEnsemble {
     return experts_.front()->parameters().front().device();
   }
 
-  // [E, B, T, V] fp32 log-softmax of every expert.
-  torch::Tensor expert_log_probs(const torch::Tensor& ids_BT) {
-    if (ids_BT.dim() != 2) {
+  // [E, B, S, V] fp32 log-softmax of every expert.
+  torch::Tensor expert_log_probs(const torch::Tensor& ids_BS) {
+    if (ids_BS.dim() != 2) {
       throw std::invalid_argument("btx::merge::BtmEnsemble expects token ids [batch, time]");
     }
     torch::NoGradGuard no_grad;
     std::vector<torch::Tensor> lps;
     for (auto& m : experts_) {
-      lps.push_back(torch::log_softmax(m->forward(ids_BT.to(device())).to(torch::kFloat32), -1));
+      lps.push_back(torch::log_softmax(m->forward(ids_BS.to(device())).to(torch::kFloat32), -1));
+      if (lps.back().size(-1) != lps.front().size(-1)) {
+        throw std::invalid_argument("btx::merge::BtmEnsemble: expert " +
+                                    std::to_string(lps.size() - 1) + " has vocab_size " +
+                                    std::to_string(lps.back().size(-1)) + " but expert 0 has " +
+                                    std::to_string(lps.front().size(-1)));
+      }
     }
     return torch::stack(lps);
   }
 
-  torch::Tensor log_posterior_from(const torch::Tensor& lp_EBTV, const torch::Tensor& ids_BT) {
-    const int64_t E = lp_EBTV.size(0), B = lp_EBTV.size(1), T = lp_EBTV.size(2);
-    auto ids = ids_BT.to(lp_EBTV.device());
-    // ll_EBT[e, b, s] = log p_e(x_s | x_<s) for s >= 1, and 0 at s = 0.
-    auto ll_EBT = torch::zeros({E, B, T}, lp_EBTV.options());
-    if (T > 1) {
-      auto next_EBT1 = ids.narrow(1, 1, T - 1).unsqueeze(0).unsqueeze(-1).expand({E, B, T - 1, 1});
-      auto picked = lp_EBTV.narrow(2, 0, T - 1).gather(-1, next_EBT1).squeeze(-1);
-      ll_EBT.narrow(2, 1, T - 1).copy_(picked);
+  torch::Tensor log_posterior_from(const torch::Tensor& lp_EBSV, const torch::Tensor& ids_BS) {
+    const int64_t E = lp_EBSV.size(0), B = lp_EBSV.size(1), S = lp_EBSV.size(2);
+    auto ids = ids_BS.to(lp_EBSV.device());
+    // ll_EBS[e, b, s] = log p_e(x_s | x_<s) for s >= 1, and 0 at s = 0.
+    auto ll_EBS = torch::zeros({E, B, S}, lp_EBSV.options());
+    if (S > 1) {
+      auto next_EBS1 = ids.narrow(1, 1, S - 1).unsqueeze(0).unsqueeze(-1).expand({E, B, S - 1, 1});
+      auto picked = lp_EBSV.narrow(2, 0, S - 1).gather(-1, next_EBS1).squeeze(-1);
+      ll_EBS.narrow(2, 1, S - 1).copy_(picked);
     }
-    auto prior_E = torch::tensor(log_prior_, lp_EBTV.options()).view({E, 1, 1});
-    auto post_BTE = (prior_E + ll_EBT.cumsum(2)).permute({1, 2, 0});
+    auto prior_E = torch::tensor(log_prior_, lp_EBSV.options()).view({E, 1, 1});
+    auto post_BSE = (prior_E + ll_EBS.cumsum(2)).permute({1, 2, 0});
     if (options_.top_k && *options_.top_k < E) {
-      auto kth = std::get<0>(post_BTE.topk(*options_.top_k, -1)).narrow(-1, *options_.top_k - 1, 1);
-      post_BTE = post_BTE.masked_fill(post_BTE < kth, -std::numeric_limits<float>::infinity());
+      auto kth = std::get<0>(post_BSE.topk(*options_.top_k, -1)).narrow(-1, *options_.top_k - 1, 1);
+      post_BSE = post_BSE.masked_fill(post_BSE < kth, -std::numeric_limits<float>::infinity());
     }
-    return torch::log_softmax(post_BTE, -1);
+    return torch::log_softmax(post_BSE, -1);
   }
 
-  std::vector<LlamaForCausalLM> experts_;
+  std::vector<Model> experts_;
   BtmEnsembleOptions options_;
   std::vector<double> log_prior_;
 };

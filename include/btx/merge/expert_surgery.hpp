@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include <btx/merge/llama_layout.hpp>
+#include <btx/merge/dense_layout.hpp>
 #include <btx/merge/manifest.hpp>
 #include <btx/merge/router_init.hpp>
 #include <btx/merge/state_dict.hpp>
@@ -72,7 +72,7 @@ inline MoeLayout inspect_moe(const StateDict& moe) {
   return m;
 }
 
-// Appends `expert` (a dense Llama: its model.layers.{i}.mlp.*_proj.weight) as expert E in
+// Appends `expert` (a dense decoder: its model.layers.{i}.mlp.*_proj.weight) as expert E in
 // every layer, with a router row from `router` (RouterFromHidden: one [L, H] table, the new
 // expert's). Returns the new state dict; `moe` is unchanged. `manifest`, if given, gets
 // the new expert count and `label` appended to its sources.

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // The CheckpointMerger policies: BTX mix, splitting, blending, sparse upcycling (dense
-// experts -> MoE, outputs named by the MoE contract) and BTM merge (-> one dense Llama).
+// experts -> MoE, outputs named by the MoE contract) and BTM merge (-> one dense model).
 // Each validates every source before producing anything and returns a Plan, so the same
 // merge runs all at once (merge()) or tensor by tensor (a streaming checkpoint writer).
 //
@@ -19,7 +19,7 @@
 #include <vector>
 
 #include <btx/merge/averaging.hpp>
-#include <btx/merge/llama_layout.hpp>
+#include <btx/merge/dense_layout.hpp>
 #include <btx/merge/moe_plan.hpp>
 #include <btx/merge/plan.hpp>
 #include <btx/merge/router_init.hpp>
@@ -168,7 +168,7 @@ struct Upcycle {
 };
 
 // ---------------------------------------------------------------- BTM merge
-// Branch-Train-Merge's parameter average: one dense Llama, every tensor (FFNs included)
+// Branch-Train-Merge's parameter average: one dense model, every tensor (FFNs included)
 // averaged by `averaging`.
 template <AveragingPolicy A = UniformMean>
 struct BtmMerge {

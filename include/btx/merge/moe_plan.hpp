@@ -21,7 +21,7 @@
 #include <vector>
 
 #include <btx/merge/averaging.hpp>
-#include <btx/merge/llama_layout.hpp>
+#include <btx/merge/dense_layout.hpp>
 #include <btx/merge/manifest.hpp>
 #include <btx/merge/plan.hpp>
 #include <btx/merge/router_init.hpp>

@@ -19,7 +19,7 @@
 #include <vector>
 
 #include <btx/merge/averaging.hpp>
-#include <btx/models/llama.hpp>
+#include <btx/core/causal_lm.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -140,34 +140,34 @@ static_assert(RouterInit<RouterZero>);
 static_assert(RouterInit<RouterFromHidden>);
 
 // ------------------------------------------------------- hidden states of a model
-// Mean FFN input per layer over every token of `samples` (each [B, T] token ids): [L, H]
-// fp32, from model->model->forward(ids, nullptr, &mlp_inputs). Tokens weigh equally
-// (mergekit averages per prompt first).
-inline torch::Tensor mean_mlp_inputs(LlamaForCausalLM& model,
-                                     const std::vector<torch::Tensor>& samples) {
+// Mean FFN input per layer over every token of `samples` (each [B, S] token ids): [L, D]
+// fp32, from model->ffn_inputs(ids) (any family's holder, or a btx::CausalLM). Tokens
+// weigh equally (mergekit averages per prompt first).
+template <lm_ffn_inputs Model>
+torch::Tensor mean_mlp_inputs(Model& model, const std::vector<torch::Tensor>& samples) {
   if (samples.empty()) {
     throw std::invalid_argument("btx::merge::mean_mlp_inputs: no sample token ids given");
   }
   torch::NoGradGuard no_grad;
   const auto device = model->parameters().front().device();
-  torch::Tensor sum_LH;
+  torch::Tensor sum_LD;
   int64_t tokens = 0;
   for (const auto& ids : samples) {
-    std::vector<torch::Tensor> mlp_inputs;  // L tensors [B, T, H]
-    model->model->forward(ids.to(device), nullptr, &mlp_inputs);
+    const std::vector<torch::Tensor> ffn_inputs = model->ffn_inputs(ids.to(device));  // L x [B, S, D]
     std::vector<torch::Tensor> per_layer;
-    for (const auto& x : mlp_inputs) {
-      per_layer.push_back(x.to(torch::kFloat32).reshape({-1, x.size(-1)}).sum(0));
+    for (const auto& x_BSD : ffn_inputs) {
+      per_layer.push_back(x_BSD.to(torch::kFloat32).reshape({-1, x_BSD.size(-1)}).sum(0));
     }
-    auto s = torch::stack(per_layer).cpu();
-    sum_LH = sum_LH.defined() ? sum_LH + s : s;
+    auto s_LD = torch::stack(per_layer).cpu();
+    sum_LD = sum_LD.defined() ? sum_LD + s_LD : s_LD;
     tokens += ids.numel();
   }
-  return sum_LH / double(tokens);
+  return sum_LD / double(tokens);
 }
 
 // RouterFromHidden over each expert's own hidden states on the same samples.
-inline RouterFromHidden hidden_router_init(std::vector<LlamaForCausalLM>& experts,
+template <lm_ffn_inputs Model>
+RouterFromHidden hidden_router_init(std::vector<Model>& experts,
                                            const std::vector<torch::Tensor>& samples,
                                            double scale = 1.0) {
   RouterFromHidden r;
@@ -178,8 +178,9 @@ inline RouterFromHidden hidden_router_init(std::vector<LlamaForCausalLM>& expert
 
 // mergekit's recipe: one model (the base) run on each expert's own prompts; row j of
 // every router comes from prompts_per_expert[j] (each a list of [B, T] token ids).
-inline RouterFromHidden hidden_router_init_from_prompts(
-    LlamaForCausalLM& base, const std::vector<std::vector<torch::Tensor>>& prompts_per_expert,
+template <lm_ffn_inputs Model>
+RouterFromHidden hidden_router_init_from_prompts(
+    Model& base, const std::vector<std::vector<torch::Tensor>>& prompts_per_expert,
     double scale = 1.0) {
   RouterFromHidden r;
   r.scale = scale;

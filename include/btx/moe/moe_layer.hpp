@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // btx::MoE<Router, Experts>: a Mixture-of-Experts feed-forward layer made of a router
-// policy (child "gate") and an expert container (child "experts"). It maps [..., H] to
-// [..., H], so it drops into a Llama layer's `mlp` slot; it records its auxiliary loss
+// policy (child "gate") and an expert container (child "experts"). It maps [..., D] to
+// [..., D], so it drops into a decoder layer's FFN slot; it records its auxiliary loss
 // and routing statistics on every call. MoELayerBase lets code find MoE layers in any
 // model without knowing their template arguments (btx::collect_aux_loss, moe_layers).
 #pragma once

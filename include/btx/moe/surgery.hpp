@@ -4,7 +4,8 @@
 // copies of that block. The block must sit in a `torch::nn::AnyModule` member of its
 // parent that is also registered as the parent's child; the names stay predictable:
 // `<parent>.<child>.gate.weight`, `<parent>.<child>.experts.{j}.<block's own names>`
-// (LlamaMLP blocks: the packed `experts.{gate,up,down}_proj` of btx's MoE contract).
+// (gated-FFN blocks, GatedFfnSource: the packed `experts.{gate,up,down}_proj` of btx's
+// MoE contract).
 #pragma once
 
 #include <torch/torch.h>
@@ -17,7 +18,7 @@
 #include <typeinfo>
 #include <vector>
 
-#include <btx/models/llama_layers.hpp>
+#include <btx/core/gated_ffn.hpp>
 #include <btx/moe/experts/module_experts.hpp>
 #include <btx/moe/experts/packed_swiglu.hpp>
 #include <btx/moe/moe_layer.hpp>
@@ -42,14 +43,14 @@ FeedForwardSlot<Parent> ffn_slot(torch::nn::AnyModule Parent::*member, std::stri
   return FeedForwardSlot<Parent>{member, std::move(child), std::move(where)};
 }
 
-// Builds the MoE layer for one dense block: packed SwiGLU for LlamaMLP blocks, otherwise
-// options.num_experts clones of the block.
+// Builds the MoE layer for one dense block: packed experts for a gated FFN (a block that
+// implements GatedFfnSource, as every family's FFN does), otherwise options.num_experts
+// clones of the block.
 inline torch::nn::AnyModule upcycle_block(const torch::nn::AnyModule& block,
                                           const MoEOptions& options, uint64_t layer_index) {
-  if (block.type_info() == typeid(LlamaMLPImpl)) {
-    const auto& dense = block.get<LlamaMLPImpl>();
-    auto experts = PackedSwiGLU::copies_of(dense, options.num_experts);
-    return with_router(options, dense.hidden_size(), layer_index, [&](auto gate) {
+  if (const auto* dense = dynamic_cast<const GatedFfnSource*>(block.ptr().get())) {
+    auto experts = PackedSwiGLU::copies_of(*dense, options.num_experts);
+    return with_router(options, experts->hidden_size(), layer_index, [&](auto gate) {
       using R = typename decltype(gate)::element_type;
       gate->to(experts->gate_proj.device(), experts->gate_proj.scalar_type());
       return torch::nn::AnyModule(MoE<R, PackedSwiGLU>(gate, experts, options.aux()));
@@ -72,8 +73,8 @@ inline torch::nn::AnyModule upcycle_block(const torch::nn::AnyModule& block,
 
 // Replaces every selected block of `model` with an MoE layer (sparse upcycling) and
 // returns the qualified names of the replaced slots, in module order. Throws if nothing
-// matched. btx's LlamaForCausalLM clones correctly afterwards; a user's Cloneable parent
-// does too if its reset() keeps a block it already holds (see LlamaDecoderLayerImpl).
+// matched. btx's family models clone correctly afterwards; a user's Cloneable parent does
+// too if its reset() keeps a block it already holds (as btx's decoder layers do).
 template <class Parent>
 std::vector<std::string> upcycle(torch::nn::Module& model, const FeedForwardSlot<Parent>& slot,
                                  const MoEOptions& options) {

@@ -18,7 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include <btx/data/sampler.hpp>
-#include <btx/models/llama.hpp>
+#include <btx/train/loss.hpp>
 #include <btx/train/checkpoint.hpp>
 #include <btx/train/progress.hpp>
 #include <btx/train/schedule.hpp>

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
-// Tensor names of dense Llama and btx MoE state dicts (the naming contract), and the
-// validation every merge runs before producing anything: the sources must be dense
-// Llamas with the same tensor set, shapes and dtypes.
+// Tensor names of dense and btx MoE state dicts (the naming contract, core/ffn_naming.hpp),
+// and the validation every merge runs before producing anything: the sources must be dense
+// decoders of one architecture, with the same tensor set, shapes and dtypes.
 #pragma once
 
 #include <torch/torch.h>
@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include <btx/core/ffn_naming.hpp>
 #include <btx/merge/state_dict.hpp>
 #include <btx/version.hpp>
 
@@ -21,50 +22,40 @@ namespace btx {
 BTX_NAMESPACE_BEGIN
 namespace merge {
 
-// The three SwiGLU projections: gate/up [I, H], down [H, I].
+// The FFN layout every merge assumes unless told otherwise: transformers' decoder layout
+// (see core/ffn_naming.hpp), used by every family btx ships.
+inline const FfnNaming& default_ffn_naming() {
+  static const FfnNaming naming;
+  return naming;
+}
+// The three gated-FFN projections: gate/up [F, D], down [D, F].
 inline const std::vector<std::string>& ffn_projections() {
-  static const std::vector<std::string> p = {"gate_proj", "up_proj", "down_proj"};
-  return p;
+  return default_ffn_naming().projections;
 }
-
-inline std::string layer_prefix(int64_t layer) {
-  return "model.layers." + std::to_string(layer) + ".";
-}
+inline std::string layer_prefix(int64_t layer) { return default_ffn_naming().layer_prefix(layer); }
 // Dense: model.layers.{i}.mlp.{gate,up,down}_proj.weight
 inline std::string dense_ffn_name(int64_t layer, const std::string& proj) {
-  return layer_prefix(layer) + "mlp." + proj + ".weight";
+  return default_ffn_naming().dense_ffn_name(layer, proj);
 }
-// MoE (contract): model.layers.{i}.mlp.experts.{gate,up,down}_proj [E, I, H] / [E, H, I]
+// MoE (contract): model.layers.{i}.mlp.experts.{gate,up,down}_proj [E, F, D] / [E, D, F]
 inline std::string experts_name(int64_t layer, const std::string& proj) {
-  return layer_prefix(layer) + "mlp.experts." + proj;
+  return default_ffn_naming().experts_name(layer, proj);
 }
-// MoE router (contract): model.layers.{i}.mlp.gate.weight [E, H]
-inline std::string router_name(int64_t layer) {
-  return layer_prefix(layer) + "mlp.gate.weight";
-}
-
+// MoE router (contract): model.layers.{i}.mlp.gate.weight [E, D]
+inline std::string router_name(int64_t layer) { return default_ffn_naming().router_name(layer); }
 // Layer index of a name under model.layers.{i}., if any.
 inline std::optional<int64_t> layer_of(const std::string& name) {
-  static const std::string head = "model.layers.";
-  if (name.rfind(head, 0) != 0) return std::nullopt;
-  const auto dot = name.find('.', head.size());
-  if (dot == std::string::npos || dot == head.size()) return std::nullopt;
-  const std::string digits = name.substr(head.size(), dot - head.size());
-  if (!std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-    return std::nullopt;
-  }
-  return std::stoll(digits);
+  return default_ffn_naming().layer_of(name);
 }
 inline bool is_ffn_tensor(const std::string& name) {
-  const auto layer = layer_of(name);
-  return layer && name.rfind(layer_prefix(*layer) + "mlp.", 0) == 0;
+  return default_ffn_naming().is_ffn_tensor(name);
 }
 
 // What validation learnt about the (identically shaped) dense sources.
 struct DenseLayout {
   int64_t num_layers = 0;
-  int64_t hidden = 0;        // H
-  int64_t intermediate = 0;  // I
+  int64_t hidden = 0;        // D
+  int64_t intermediate = 0;  // F
   torch::ScalarType ffn_dtype = torch::kFloat32;
   std::vector<TensorSpec> specs;  // every tensor of source 0, sorted by name
 
@@ -85,7 +76,7 @@ std::vector<std::string> labels_of(const std::vector<S>& sources) {
 }
 
 // Throws std::invalid_argument naming the tensor and the two sources that disagree, or the
-// structural problem (not a dense Llama, missing FFN weight, inconsistent shapes).
+// structural problem (not a dense decoder, missing FFN weight, inconsistent shapes).
 template <TensorSource S>
 DenseLayout validate_dense_sources(const std::vector<S>& sources) {
   if (sources.empty()) throw std::invalid_argument("btx::merge: no sources to merge");
@@ -129,14 +120,14 @@ DenseLayout validate_dense_sources(const std::vector<S>& sources) {
     if (const auto l = layer_of(n)) layers.insert(*l);
     if (n.find(".mlp.experts.") != std::string::npos || n.find(".mlp.gate.weight") != n.npos) {
       throw std::invalid_argument("btx::merge: source '" + ref.label() + "' has MoE tensor '" + n +
-                                  "'; the Mix stage merges dense Llama checkpoints");
+                                  "'; the Mix stage merges dense checkpoints");
     }
   }
   layout.num_layers = static_cast<int64_t>(layers.size());
   if (layout.num_layers == 0 || *layers.rbegin() != layout.num_layers - 1) {
     throw std::invalid_argument(
         "btx::merge: source '" + ref.label() + "' has no contiguous model.layers.{0.." +
-        std::to_string(layout.num_layers) + "} tensors; is it a Llama state dict?");
+        std::to_string(layout.num_layers) + "} tensors; is it a decoder state dict?");
   }
   for (int64_t i = 0; i < layout.num_layers; ++i) {
     for (const auto& proj : ffn_projections()) {
@@ -161,8 +152,8 @@ DenseLayout validate_dense_sources(const std::vector<S>& sources) {
       if (H != layout.hidden || I != layout.intermediate || s.dtype != layout.ffn_dtype) {
         throw std::invalid_argument(
             "btx::merge: '" + name + "' is " + shape_string(s.shape) + " " +
-            c10::toString(s.dtype) + " but layer 0's FFN has H=" + std::to_string(layout.hidden) +
-            ", I=" + std::to_string(layout.intermediate) + " " + c10::toString(layout.ffn_dtype) +
+            c10::toString(s.dtype) + " but layer 0's FFN has D=" + std::to_string(layout.hidden) +
+            ", F=" + std::to_string(layout.intermediate) + " " + c10::toString(layout.ffn_dtype) +
             "; packed experts need the same FFN shape and dtype in every layer");
       }
     }

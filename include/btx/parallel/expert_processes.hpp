@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // Embarrassingly parallel experts as real OS processes: spawn one child per expert with
 // its own log file, wait for all, and report each one's fate. A child that crashes or is
-// killed costs only its own work; the others run to completion.
+// killed costs only its own work; the others run to completion. (Not a c10d process group:
+// these processes never communicate; btx/dist is where synchronised training lives.)
 #pragma once
 
 #include <fcntl.h>
@@ -38,12 +39,12 @@ struct ProcessOutcome {
   }
 };
 
-class ProcessGroup {
+class ExpertProcesses {
  public:
-  ProcessGroup() = default;
-  ProcessGroup(const ProcessGroup&) = delete;
-  ProcessGroup& operator=(const ProcessGroup&) = delete;
-  ~ProcessGroup() {
+  ExpertProcesses() = default;
+  ExpertProcesses(const ExpertProcesses&) = delete;
+  ExpertProcesses& operator=(const ExpertProcesses&) = delete;
+  ~ExpertProcesses() {
     for (auto& c : children_) {  // never leave orphans behind on an exception
       if (!c.reaped) {
         ::kill(c.outcome.pid, SIGTERM);
@@ -55,7 +56,7 @@ class ProcessGroup {
   // Starts argv[0] with argv; stdout and stderr go to log_path (appended).
   pid_t spawn(const std::string& name, const std::vector<std::string>& argv,
               const std::string& log_path, const std::vector<std::string>& extra_env = {}) {
-    if (argv.empty()) throw std::invalid_argument("ProcessGroup::spawn: empty argv for " + name);
+    if (argv.empty()) throw std::invalid_argument("ExpertProcesses::spawn: empty argv for " + name);
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log_path.c_str(),

@@ -14,10 +14,13 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
-#include <btx/models/llama_config.hpp>
-#include <btx/models/llama_layers.hpp>
-#include <btx/models/rotary.hpp>
+#include <btx/core/kv_cache.hpp>
+#include <btx/models/common/layers.hpp>
+#include <btx/models/common/rotary.hpp>
+#include <btx/models/llama/config.hpp>
+#include <btx/models/llama/layers.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -61,12 +64,12 @@ class LlamaDecoderLayerImpl : public torch::nn::Cloneable<LlamaDecoderLayerImpl>
     mlp = std::move(module);
   }
 
-  // x_BTD [B, T, H]. `mlp_input`, when given, receives the FFN's input (the normed
+  // x_BSD [B, S, D]. `mlp_input`, when given, receives the FFN's input (the normed
   // hidden state), which router initialisation from hidden states needs.
-  torch::Tensor forward(const torch::Tensor& x_BTD, const RotaryTables& rope,
+  torch::Tensor forward(const torch::Tensor& x_BSD, const RotaryTables& rope,
                         torch::Tensor* cache_k = nullptr, torch::Tensor* cache_v = nullptr,
                         torch::Tensor* mlp_input = nullptr) {
-    auto h = x_BTD + self_attn->forward(input_layernorm(x_BTD), rope, cache_k, cache_v);
+    auto h = x_BSD + self_attn->forward(input_layernorm(x_BSD), rope, cache_k, cache_v);
     auto normed = post_attention_layernorm(h);
     if (mlp_input != nullptr) *mlp_input = normed.detach();
     return h + mlp.forward<torch::Tensor>(normed);
@@ -101,18 +104,18 @@ class LlamaModelImpl : public torch::nn::Cloneable<LlamaModelImpl> {
     norm = register_module("norm", RMSNorm(config_.hidden_size, config_.rms_norm_eps));
   }
 
-  // ids_BT [B, T] int64 -> final normed hidden states [B, T, H].
-  torch::Tensor forward(const torch::Tensor& ids_BT, KVCache* cache = nullptr,
+  // ids_BS [B, S] int64 -> final normed hidden states [B, S, D].
+  torch::Tensor forward(const torch::Tensor& ids_BS, KVCache* cache = nullptr,
                         std::vector<torch::Tensor>* mlp_inputs = nullptr) {
-    TORCH_CHECK(ids_BT.dim() == 2, "btx::Llama expects token ids [batch, time], got ",
-                ids_BT.sizes());
+    TORCH_CHECK(ids_BS.dim() == 2, "btx::Llama expects token ids [batch, time], got ",
+                ids_BS.sizes());
     const int64_t offset = cache != nullptr ? cache->length() : 0;
-    const int64_t T = ids_BT.size(1);
-    TORCH_CHECK(offset + T <= config_.max_position_embeddings, "sequence of ", offset + T,
+    const int64_t S = ids_BS.size(1);
+    TORCH_CHECK(offset + S <= config_.max_position_embeddings, "sequence of ", offset + S,
                 " tokens exceeds max_position_embeddings=", config_.max_position_embeddings);
     if (cache != nullptr && cache->keys.size() != layers->size()) *cache = KVCache(layers->size());
-    auto h = embed_tokens(ids_BT);
-    auto rope = rotary_tables(config_.resolved_head_dim(), config_.rope_theta, offset, T,
+    auto h = embed_tokens(ids_BS);
+    auto rope = rotary_tables(config_.resolved_head_dim(), config_.rope_theta, offset, S,
                               h.device(), h.scalar_type());
     if (mlp_inputs != nullptr) mlp_inputs->assign(layers->size(), torch::Tensor());
     for (size_t i = 0; i < layers->size(); ++i) {
@@ -164,14 +167,21 @@ class LlamaForCausalLMImpl : public torch::nn::Cloneable<LlamaForCausalLMImpl> {
     }
   }
 
-  // ids_BT [B, T] -> logits [B, T, V].
-  torch::Tensor forward(const torch::Tensor& ids_BT, KVCache* cache = nullptr) {
-    return logits(model->forward(ids_BT, cache));
+  // ids_BS [B, S] -> logits [B, S, V].
+  torch::Tensor forward(const torch::Tensor& ids_BS, KVCache* cache = nullptr) {
+    return logits(model->forward(ids_BS, cache));
   }
-  torch::Tensor logits(const torch::Tensor& hidden_BTD) {
+  torch::Tensor logits(const torch::Tensor& hidden_BSD) {
     return config_.tie_word_embeddings
-               ? torch::nn::functional::linear(hidden_BTD, model->embed_tokens->weight)
-               : lm_head(hidden_BTD);
+               ? torch::nn::functional::linear(hidden_BSD, model->embed_tokens->weight)
+               : lm_head(hidden_BSD);
+  }
+  // The input of every layer's FFN block, [B, S, D] per layer (router init from hidden
+  // states); no LM head is run.
+  std::vector<torch::Tensor> ffn_inputs(const torch::Tensor& ids_BS) {
+    std::vector<torch::Tensor> inputs;
+    model->forward(ids_BS, nullptr, &inputs);
+    return inputs;
   }
 
   [[nodiscard]] const LlamaConfig& config() const { return config_; }
@@ -185,13 +195,6 @@ class LlamaForCausalLMImpl : public torch::nn::Cloneable<LlamaForCausalLMImpl> {
   FeedForwardFactory ffn_factory_;
 };
 TORCH_MODULE(LlamaForCausalLM);
-
-// Mean next-token cross-entropy: logits_BTV predicts targets_BT (already shifted).
-inline torch::Tensor next_token_loss(const torch::Tensor& logits_BTV,
-                                     const torch::Tensor& targets_BT) {
-  return torch::nn::functional::cross_entropy(
-      logits_BTV.reshape({-1, logits_BTV.size(-1)}).to(torch::kFloat32), targets_BT.reshape({-1}));
-}
 
 BTX_NAMESPACE_END
 }  // namespace btx

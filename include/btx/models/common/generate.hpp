@@ -9,7 +9,7 @@
 #include <optional>
 #include <vector>
 
-#include <btx/models/llama.hpp>
+#include <btx/core/kv_cache.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -21,9 +21,10 @@ struct GenerateOptions {
   bool use_cache = true;
 };
 
-// Works for any causal LM module with forward(ids_BT, KVCache*) -> logits_BTV.
-template <class CausalLM>
-std::vector<int64_t> generate_greedy(CausalLM& model, const std::vector<int64_t>& prompt,
+// Works for any causal LM holder (or btx::CausalLM) with forward(ids_BS, KVCache*) ->
+// logits_BSV.
+template <class Model>
+std::vector<int64_t> generate_greedy(Model& model, const std::vector<int64_t>& prompt,
                                      const GenerateOptions& options = {}) {
   TORCH_CHECK(!prompt.empty(), "btx::generate_greedy needs a non-empty prompt");
   torch::NoGradGuard no_grad;
@@ -33,9 +34,9 @@ std::vector<int64_t> generate_greedy(CausalLM& model, const std::vector<int64_t>
   std::vector<int64_t> out;
   torch::Tensor step_input = ids;
   for (int64_t n = 0; n < options.max_new_tokens; ++n) {
-    torch::Tensor logits_BTV =
+    torch::Tensor logits_BSV =
         options.use_cache ? model->forward(step_input, &cache) : model->forward(ids, nullptr);
-    const int64_t next = logits_BTV.select(1, logits_BTV.size(1) - 1).argmax(-1).item<int64_t>();
+    const int64_t next = logits_BSV.select(1, logits_BSV.size(1) - 1).argmax(-1).item<int64_t>();
     out.push_back(next);
     if (options.stop_token && next == *options.stop_token) break;
     auto next_t = torch::full({1, 1}, next, torch::TensorOptions(torch::kLong).device(device));

@@ -11,6 +11,7 @@
 
 #include <unistd.h>
 
+#include <btx/core/model_spec.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -29,6 +30,13 @@ struct LlamaConfig {
   int64_t max_position_embeddings = 2048;  // longest sequence the model accepts
   bool tie_word_embeddings = false;        // lm_head shares embed_tokens.weight
   double initializer_range = 0.02;         // std of the normal init for Linear/Embedding
+
+  // The family-agnostic numbers (FLOP accounting, merge checks) take a LlamaConfig as is.
+  operator ArchShape() const {  // NOLINT(google-explicit-constructor): a view, not a conversion
+    return ArchShape{vocab_size,          hidden_size,         intermediate_size,
+                     num_hidden_layers,   num_attention_heads, num_key_value_heads,
+                     resolved_head_dim(), max_position_embeddings, tie_word_embeddings};
+  }
 
   [[nodiscard]] int64_t resolved_head_dim() const {
     return head_dim.value_or(num_attention_heads > 0 ? hidden_size / num_attention_heads : 0);

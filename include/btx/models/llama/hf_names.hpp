@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: MIT
-// Two-way name table between btx parameter names and Hugging Face tensor names. Dense
-// Llama names are identical; btx's packed MoE parameters (the naming contract) map to
-// Mixtral's classic per-expert tensors:
-//   model.layers.{i}.mlp.gate.weight          [E, H]    <-> block_sparse_moe.gate.weight
-//   model.layers.{i}.mlp.experts.gate_proj    [E, I, H] <-> block_sparse_moe.experts.{j}.w1.weight
-//   model.layers.{i}.mlp.experts.up_proj      [E, I, H] <-> block_sparse_moe.experts.{j}.w3.weight
-//   model.layers.{i}.mlp.experts.down_proj    [E, H, I] <-> block_sparse_moe.experts.{j}.w2.weight
+// The Llama family's two-way name table between btx parameter names and Hugging Face
+// tensor names. Dense Llama names are identical; btx's packed MoE parameters (the naming
+// contract) map to Mixtral's classic per-expert tensors:
+//   model.layers.{i}.mlp.gate.weight          [E, D]    <-> block_sparse_moe.gate.weight
+//   model.layers.{i}.mlp.experts.gate_proj    [E, F, D] <-> block_sparse_moe.experts.{j}.w1.weight
+//   model.layers.{i}.mlp.experts.up_proj      [E, F, D] <-> block_sparse_moe.experts.{j}.w3.weight
+//   model.layers.{i}.mlp.experts.down_proj    [E, D, F] <-> block_sparse_moe.experts.{j}.w2.weight
 #pragma once
 
 #include <cstdint>
@@ -14,18 +14,12 @@
 #include <string>
 #include <vector>
 
+#include <btx/hf/checkpoint.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
 BTX_NAMESPACE_BEGIN
 namespace hf {
-
-// Where one HF tensor lives in btx: a parameter, and for packed experts the row `expert`.
-struct BtxSlot {
-  std::string param;
-  std::optional<int64_t> expert;  // index into dim 0 of a packed [E, ...] parameter
-  bool operator==(const BtxSlot&) const = default;
-};
 
 namespace detail {
 inline const std::regex& btx_moe_pattern() {

@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: MIT
+// Family-agnostic model I/O, the way transformers' Auto classes work: config.json's
+// model_type picks the registered family, which builds the model and names its tensors.
+//   auto lm = btx::load_causal_lm("ckpt/");            // any registered family, dense or MoE
+//   btx::save_hf_checkpoint(lm, "out/", {.dtype = torch::kBFloat16});
+#pragma once
+
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include <btx/core/causal_lm.hpp>
+#include <btx/core/dtype.hpp>
+#include <btx/core/model_spec.hpp>
+#include <btx/hf/checkpoint.hpp>
+#include <btx/hf/config_json.hpp>
+#include <btx/io/checkpoint_reader.hpp>
+#include <btx/models/family.hpp>
+#include <btx/models/registry.hpp>
+#include <btx/moe/options.hpp>
+#include <btx/version.hpp>
+
+namespace btx {
+BTX_NAMESPACE_BEGIN
+
+// The family a config.json object declares; the error lists the model types btx reads.
+inline const FamilyEntry& family_for_config(const nlohmann::json& j, const std::string& where) {
+  const std::string type = hf::declared_model_type(j);
+  const FamilyEntry* family = families().for_model_type(type);
+  if (family == nullptr) {
+    throw std::runtime_error(where + ": model_type \"" + type +
+                             "\" is not supported (btx reads " + families().model_types() + ")");
+  }
+  return *family;
+}
+inline const FamilyEntry& family_of(const ModelSpec& spec) { return families().get(spec.family); }
+
+inline ModelSpec spec_from_json(const nlohmann::json& j, const std::string& where) {
+  return family_for_config(j, where).read_config(j, where);
+}
+inline ModelSpec read_model_spec(const std::filesystem::path& config_file) {
+  return spec_from_json(hf::read_json_file(config_file), config_file.string());
+}
+
+// A fresh model for `spec`: dense, or MoE routed by `options` (default: as the HF model).
+inline CausalLM make_model(const ModelSpec& spec, const std::optional<MoEOptions>& options = {}) {
+  return family_of(spec).make(spec, options);
+}
+
+namespace hf {
+// Loads a checkpoint folder into a built module, naming tensors as the folder's family.
+inline void load_hf_weights(torch::nn::Module& model, const std::filesystem::path& dir) {
+  const auto& family = family_of(read_model_spec(dir / "config.json"));
+  load_hf_weights(model, io::CheckpointReader(dir), family.name_map());
+}
+}  // namespace hf
+
+// Builds the model config.json describes, converts it to `dtype` and loads the weights
+// (every tensor checked before any is copied).
+inline CausalLM load_causal_lm(const std::filesystem::path& dir,
+                               torch::Dtype dtype = torch::kFloat32,
+                               const std::optional<MoEOptions>& options = {}) {
+  const auto spec = read_model_spec(dir / "config.json");
+  const auto& family = family_of(spec);
+  CausalLM lm = family.make(spec, options);
+  lm.to(dtype);
+  hf::load_hf_weights(lm.module(), io::CheckpointReader(dir), family.name_map());
+  return lm;
+}
+
+// Saves `lm` as a transformers checkpoint of its family (its MoE architecture when MoE).
+inline hf::WriteStats save_hf_checkpoint(const CausalLM& lm, const std::filesystem::path& dir,
+                                         const hf::SaveOptions& options = {}) {
+  ModelSpec spec = lm.spec();
+  if (options.moe) spec.moe = options.moe;
+  const auto& family = family_of(spec);
+  const auto params = lm.named_parameters();
+  if (params.is_empty()) throw std::invalid_argument("save_hf_checkpoint: model has no parameters");
+  const auto dtype = options.dtype.value_or(params[params.keys()[0]].scalar_type());
+  bool has_experts = false;
+  for (const auto& p : params) has_experts = has_experts || family.ffn.is_packed_experts(p.key());
+  if (has_experts != spec.moe.has_value()) {
+    throw std::invalid_argument(has_experts ? "model has MoE parameters but its spec has no MoE "
+                                              "fields (SaveOptions.moe: experts, top-k, aux loss)"
+                                            : "the spec has MoE fields but the model has no MoE "
+                                              "parameters");
+  }
+  hf::WriteOptions w;
+  w.dtype = dtype;
+  w.max_shard_bytes = options.max_shard_bytes;
+  w.overwrite = options.overwrite;
+  w.copy_files = options.copy_files;
+  return hf::save_module(lm.module(), family.config_json(spec, dtype_name(dtype)), dir,
+                         family.name_map(), w);
+}
+
+namespace hf {
+using btx::load_causal_lm;
+}  // namespace hf
+
+BTX_NAMESPACE_END
+}  // namespace btx

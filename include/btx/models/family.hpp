@@ -1,0 +1,197 @@
+// SPDX-License-Identifier: MIT
+// The ModelFamily extension point. A model family (Llama, Qwen3, ...) lives in its own
+// folder under models/ and is one registration away from every tool: it states how to
+// read and write its Hugging Face config.json, how to build its dense and MoE models, the
+// two-way name table between btx parameters and its HF checkpoints (dense and MoE), where
+// the FFN and router sit in a layer, and how its HF MoE architecture routes. Family-
+// agnostic code (checkpoint I/O, merging, router init, ensembling, the recipe, the tools)
+// sees only the FamilyEntry that register_family<F>() builds from those statics.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <concepts>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <btx/core/causal_lm.hpp>
+#include <btx/core/ffn_naming.hpp>
+#include <btx/core/model_spec.hpp>
+#include <btx/hf/checkpoint.hpp>
+#include <btx/moe/options.hpp>
+#include <btx/version.hpp>
+
+namespace btx {
+BTX_NAMESPACE_BEGIN
+
+// ------------------------------------------------------------------ the concept
+// `F::name()`: the registry name ("llama"); `F::dense_model_type()` / `F::moe_model_type()`:
+// the config.json model_type of its dense and MoE architectures ("llama" / "mixtral").
+template <class F>
+concept family_names_itself = requires {
+  { F::name() } -> std::convertible_to<std::string>;
+  { F::dense_model_type() } -> std::convertible_to<std::string>;
+  { F::moe_model_type() } -> std::convertible_to<std::string>;
+};
+// `F::read_config(json, where)`: a dense or MoE config.json -> ModelSpec, refusing (naming
+// `where` and the field) what the family's model cannot represent.
+template <class F>
+concept family_reads_config = requires(const nlohmann::json& j, const std::string& where) {
+  { F::read_config(j, where) } -> std::same_as<ModelSpec>;
+};
+// `F::config_json(spec, dtype)`: the config.json transformers loads (MoE when spec.moe).
+template <class F>
+concept family_writes_config = requires(const ModelSpec& spec, const std::string& dtype) {
+  { F::config_json(spec, dtype) } -> std::same_as<nlohmann::ordered_json>;
+};
+// `F::make_dense(spec)`, `F::make_moe(spec, options)`: freshly initialised models.
+template <class F>
+concept family_builds_models = requires(const ModelSpec& spec, const MoEOptions& options) {
+  { F::make_dense(spec) } -> std::same_as<CausalLM>;
+  { F::make_moe(spec, options) } -> std::same_as<CausalLM>;
+};
+// `F::hf_names(param, E)`: the HF tensor(s) of a btx parameter (E for packed experts);
+// `F::btx_slot(hf_name)`: where an HF tensor goes. The two must be inverse.
+template <class F>
+concept family_maps_names = requires(const std::string& name, int64_t experts) {
+  { F::hf_names(name, experts) } -> std::same_as<std::vector<std::string>>;
+  { F::btx_slot(name) } -> std::same_as<hf::BtxSlot>;
+};
+// `F::ffn_naming()`: where the FFN, packed experts and router sit in a layer.
+template <class F>
+concept family_locates_ffn = requires {
+  { F::ffn_naming() } -> std::same_as<FfnNaming>;
+};
+// `F::hf_moe_options(moe)`: MoEOptions that route exactly as the family's HF MoE model.
+template <class F>
+concept family_knows_hf_routing = requires(const MoEConfig& moe) {
+  { F::hf_moe_options(moe) } -> std::same_as<MoEOptions>;
+};
+
+template <class F>
+concept ModelFamily = family_names_itself<F> && family_reads_config<F> &&
+    family_writes_config<F> && family_builds_models<F> && family_maps_names<F> &&
+    family_locates_ffn<F> && family_knows_hf_routing<F>;
+
+// ------------------------------------------------------------ the runtime entry
+struct FamilyEntry {
+  std::string name, dense_model_type, moe_model_type;
+  std::function<ModelSpec(const nlohmann::json&, const std::string&)> read_config;
+  std::function<nlohmann::ordered_json(const ModelSpec&, const std::string&)> config_json;
+  std::function<CausalLM(const ModelSpec&)> make_dense;
+  std::function<CausalLM(const ModelSpec&, const MoEOptions&)> make_moe;
+  std::function<std::vector<std::string>(const std::string&, int64_t)> hf_names;
+  std::function<hf::BtxSlot(const std::string&)> btx_slot;
+  FfnNaming ffn;
+  std::function<MoEOptions(const MoEConfig&)> hf_moe_options;
+
+  // What hf:: checkpoint I/O needs of the family.
+  [[nodiscard]] hf::NameMap name_map() const { return {hf_names, ffn}; }
+  // A model for `spec`: dense, or MoE with `options` (default: the HF architecture's routing).
+  [[nodiscard]] CausalLM make(const ModelSpec& spec,
+                              const std::optional<MoEOptions>& options = {}) const {
+    if (!spec.moe) return make_dense(spec);
+    return make_moe(spec, options.value_or(hf_moe_options(*spec.moe)));
+  }
+};
+
+template <ModelFamily F>
+FamilyEntry family_entry() {
+  FamilyEntry e;
+  e.name = F::name();
+  e.dense_model_type = F::dense_model_type();
+  e.moe_model_type = F::moe_model_type();
+  e.read_config = [](const nlohmann::json& j, const std::string& where) {
+    return F::read_config(j, where);
+  };
+  e.config_json = [](const ModelSpec& s, const std::string& dtype) {
+    return F::config_json(s, dtype);
+  };
+  e.make_dense = [](const ModelSpec& s) { return F::make_dense(s); };
+  e.make_moe = [](const ModelSpec& s, const MoEOptions& o) { return F::make_moe(s, o); };
+  e.hf_names = [](const std::string& n, int64_t experts) { return F::hf_names(n, experts); };
+  e.btx_slot = [](const std::string& n) { return F::btx_slot(n); };
+  e.ffn = F::ffn_naming();
+  e.hf_moe_options = [](const MoEConfig& m) { return F::hf_moe_options(m); };
+  return e;
+}
+
+// ------------------------------------------------------------------ the registry
+// Families by name and by config.json model_type. Registration is cheap and may happen at
+// any time; lookups copy nothing (entries are never removed).
+class FamilyRegistry {
+ public:
+  void add(FamilyEntry entry) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const auto& key : {entry.dense_model_type, entry.moe_model_type}) {
+      if (by_type_.count(key)) {
+        throw std::invalid_argument("btx: model_type '" + key + "' of family '" + entry.name +
+                                    "' is already claimed by family '" +
+                                    by_type_.at(key)->name + "'");
+      }
+    }
+    if (by_name_.count(entry.name)) {
+      throw std::invalid_argument("btx: model family '" + entry.name + "' is already registered");
+    }
+    auto stored = std::make_shared<const FamilyEntry>(std::move(entry));
+    by_name_[stored->name] = stored;
+    by_type_[stored->dense_model_type] = stored;
+    by_type_[stored->moe_model_type] = stored;
+  }
+  [[nodiscard]] const FamilyEntry& get(const std::string& name) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const auto it = by_name_.find(name);
+    if (it == by_name_.end()) {
+      throw std::invalid_argument("btx: unknown model family '" + name + "'; registered: " +
+                                  names_locked());
+    }
+    return *it->second;
+  }
+  // The family whose dense or MoE architecture is `model_type`, or nullptr.
+  [[nodiscard]] const FamilyEntry* for_model_type(const std::string& model_type) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const auto it = by_type_.find(model_type);
+    return it == by_type_.end() ? nullptr : it->second.get();
+  }
+  [[nodiscard]] std::string model_types() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::string out;
+    for (const auto& [type, entry] : by_type_) out += (out.empty() ? "" : ", ") + type;
+    return out;
+  }
+  [[nodiscard]] std::string names() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return names_locked();
+  }
+
+ private:
+  [[nodiscard]] std::string names_locked() const {
+    std::string out;
+    for (const auto& [name, entry] : by_name_) out += (out.empty() ? "" : ", ") + name;
+    return out;
+  }
+  mutable std::mutex mutex_;
+  std::map<std::string, std::shared_ptr<const FamilyEntry>> by_name_, by_type_;
+};
+
+// The process-wide registry, without the built-in families (btx/models/registry.hpp's
+// families() adds those); a user family: btx::register_family<MyFamily>().
+inline FamilyRegistry& family_registry() {
+  static FamilyRegistry registry;
+  return registry;
+}
+
+template <ModelFamily F>
+bool register_family(FamilyRegistry& registry = family_registry()) {
+  registry.add(family_entry<F>());
+  return true;
+}
+
+BTX_NAMESPACE_END
+}  // namespace btx
