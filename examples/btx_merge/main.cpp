@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
-// btx-merge CONFIG.yaml OUT_DIR: N Hugging Face dense Llama checkpoints -> one Mixtral
-// checkpoint (mergekit-moe's role, with btx's mixing methods), streamed tensor by tensor.
+// btx-merge CONFIG.yaml OUT_DIR: N Hugging Face dense checkpoints of one model family -> one
+// MoE checkpoint of that family (Llama -> Mixtral; mergekit-moe's role, with btx's mixing
+// methods), streamed tensor by tensor. The family comes from config.json's model_type.
 // Every input is validated before anything is written; OUT_DIR appears only when complete.
 #include <torch/torch.h>
 
@@ -19,13 +20,13 @@
 #include <vector>
 
 #include <btx/data/byte_tokenizer.hpp>
-#include <btx/models/llama/hf_config.hpp>
-#include <btx/models/llama/checkpoint.hpp>
+#include <btx/core/dtype.hpp>
 #include <btx/io/atomic_dir.hpp>
 #include <btx/merge/checkpoint_source.hpp>
 #include <btx/merge/mixers.hpp>
 #include <btx/merge/router_init.hpp>
 #include <btx/merge/write_plan.hpp>
+#include <btx/models/auto.hpp>
 
 #include "../common/yaml_json.hpp"
 #include "config.hpp"
@@ -73,9 +74,10 @@ void check_same_model_family(const std::vector<fs::path>& dirs) {
   const fs::path& ref = dirs.front();
   const auto ref_config = read_json(ref / "config.json");
   for (const auto& d : dirs) {
-    const auto hf = hf::read_config_json(d / "config.json");  // parses and validates
-    if (hf.moe) {
-      throw InputError(d.string() + " is a Mixtral (MoE) checkpoint; btx-merge mixes dense Llamas");
+    const auto spec = read_model_spec(d / "config.json");  // its family parses and validates
+    if (spec.moe) {
+      throw InputError(d.string() + " is an MoE checkpoint (" + spec.family +
+                       " family); btx-merge mixes dense checkpoints");
     }
     const auto config = read_json(d / "config.json");
     std::set<std::string> keys;
@@ -227,7 +229,7 @@ int run(const MergeConfig& c, const fs::path& out_dir, bool force) {
     with_base.insert(with_base.end(), sources.begin(), sources.end());
     (void)merge::validate_dense_sources(with_base);
   }
-  const auto base_config = hf::read_config_json(base / "config.json");
+  const ModelSpec base_spec = read_model_spec(base / "config.json");
 
   // ------------------------------------------------------------ the policies
   Averaging averaging = merge::UniformMean{};
@@ -254,12 +256,12 @@ int run(const MergeConfig& c, const fs::path& out_dir, bool force) {
   if (c.gate_mode == "zero") router = merge::RouterZero{};
   if (c.gate_mode == "hidden") {
     std::cerr << "btx-merge: gate_mode hidden: running " << base.string() << " on the prompts\n";
-    auto model = hf::load_llama(base, torch::kFloat32);
-    model->eval();
+    auto model = load_causal_lm(base, torch::kFloat32);
+    model.eval();
     std::vector<std::vector<torch::Tensor>> ids;
     for (size_t j = 0; j < prompts.size(); ++j) {
       ids.push_back(tokenize(
-          prompts[j], base, base_config.llama.vocab_size,
+          prompts[j], base, base_spec.shape.vocab_size,
           c.include_base_as_expert && j == 0
               ? std::string("experts[*] (for the base expert)")
               : "experts[" + std::to_string(j - (c.include_base_as_expert ? 1 : 0)) + "]"));
@@ -272,8 +274,7 @@ int run(const MergeConfig& c, const fs::path& out_dir, bool force) {
   const auto dtype =
       c.dtype.empty() ? plan.outputs().front().dtype : btx::dtype_from_name(c.dtype);
   auto config_json =
-      merge::hf_config_for(plan, btx::LlamaFamily::spec(base_config.llama), btx::dtype_name(dtype),
-                          c.router_aux_loss_coef);
+      merge::hf_config_for(plan, base_spec, btx::dtype_name(dtype), c.router_aux_loss_coef);
   const auto raw_base = read_json(base / "config.json");
   for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id"}) {
     if (raw_base.contains(key)) config_json[key] = raw_base[key];
@@ -310,8 +311,10 @@ int run(const MergeConfig& c, const fs::path& out_dir, bool force) {
 int usage(std::FILE* to) {
   std::fprintf(to,
                "usage: btx-merge [--force] CONFIG.yaml OUT_DIR\n"
-               "Mixes N Hugging Face dense Llama checkpoints into one Mixtral checkpoint\n"
-               "(config.json, safetensors, the base model's tokenizer files, btx_merge.json).\n"
+               "Mixes N Hugging Face dense checkpoints of one model family into one MoE\n"
+               "checkpoint of that family (Llama -> Mixtral; config.json's model_type names\n"
+               "the family): config.json, safetensors, the base model's tokenizer files and\n"
+               "btx_merge.json.\n"
                "Every input is checked first (architecture, tokenizer files, tensor names,\n"
                "shapes, dtypes); OUT_DIR must not exist or be empty (--force replaces it)\n"
                "and appears only when complete. Exit 1 on bad input, 2 on bad usage.\n\n%s",

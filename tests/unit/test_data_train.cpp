@@ -8,6 +8,7 @@
 
 #include <btx/data/corpus.hpp>
 #include <btx/data/sampler.hpp>
+#include <btx/models/llama/model.hpp>
 #include <btx/train/evaluate.hpp>
 #include <btx/train/flops.hpp>
 #include <btx/train/trainer.hpp>

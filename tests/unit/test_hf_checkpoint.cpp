@@ -62,7 +62,8 @@ btx::LlamaForCausalLM fake_moe_model() {
 
 std::string load_error(torch::nn::Module& model, const fs::path& dir) {
   try {
-    btx::hf::load_hf_weights(model, dir);
+    // Bare safetensors folders (no config.json): name tensors as the Llama family does.
+    btx::hf::load_hf_weights(model, btx::io::CheckpointReader(dir), btx::hf::llama_name_map());
   } catch (const btx::io::FormatError& e) {
     return e.what();
   }

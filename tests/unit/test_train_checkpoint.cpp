@@ -9,6 +9,7 @@
 #include <fstream>
 #include <string>
 
+#include <btx/models/llama/model.hpp>
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
 #include <btx/moe/routers/sample_top1.hpp>

@@ -89,6 +89,7 @@ class CausalLM {
   // model->forward(ids)) takes a CausalLM unchanged.
   CausalLM* operator->() { return this; }
   const CausalLM* operator->() const { return this; }
+  torch::nn::Module& operator*() const { return module(); }
   [[nodiscard]] std::vector<torch::Tensor> parameters() const { return module().parameters(); }
   [[nodiscard]] torch::OrderedDict<std::string, torch::Tensor> named_parameters() const {
     return module().named_parameters();

@@ -38,10 +38,15 @@ inline nlohmann::json read_json_file(const std::filesystem::path& file) {
 }
 
 // `model_type`, or else the first architecture with its "ForCausalLM" cut and lower-cased
-// (so "MixtralForCausalLM" reads as "mixtral"); empty when neither is there.
-inline std::string declared_model_type(const nlohmann::json& j) {
+// (so "MixtralForCausalLM" reads as "mixtral"); empty when neither is there. A model_type
+// that is not a string is refused naming `where`.
+inline std::string declared_model_type(const nlohmann::json& j,
+                                       const std::string& where = "config.json") {
   if (!j.is_object()) return "";
-  if (j.contains("model_type") && j["model_type"].is_string()) {
+  if (j.contains("model_type") && !j["model_type"].is_null()) {
+    if (!j["model_type"].is_string()) {
+      throw detail::config_error(where, "field \"model_type\" has the wrong JSON type (not a string)");
+    }
     return j["model_type"].get<std::string>();
   }
   if (j.contains("architectures") && j["architectures"].is_array() && !j["architectures"].empty() &&

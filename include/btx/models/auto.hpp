@@ -30,7 +30,7 @@ BTX_NAMESPACE_BEGIN
 
 // The family a config.json object declares; the error lists the model types btx reads.
 inline const FamilyEntry& family_for_config(const nlohmann::json& j, const std::string& where) {
-  const std::string type = hf::declared_model_type(j);
+  const std::string type = hf::declared_model_type(j, where);
   const FamilyEntry* family = families().for_model_type(type);
   if (family == nullptr) {
     throw std::runtime_error(where + ": model_type \"" + type +

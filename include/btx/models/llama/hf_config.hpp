@@ -32,7 +32,7 @@ struct HFConfig {
 namespace detail {
 inline HFConfig parse_llama_config(const nlohmann::json& j, const std::string& where) {
   const ConfigFields f(j, where);
-  const std::string model_type = declared_model_type(j);
+  const std::string model_type = declared_model_type(j, where);
   if (model_type != "llama" && model_type != "mixtral") {
     throw config_error(where, "model_type \"" + model_type +
                                   "\" is not supported (the Llama family reads llama and mixtral)");
