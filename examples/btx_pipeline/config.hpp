@@ -12,25 +12,24 @@
 
 #include <nlohmann/json.hpp>
 
+#include <btx/core/model_spec.hpp>
 #include <btx/data/corpus.hpp>
 #include <btx/models/llama/config.hpp>
+#include <btx/recipe/run.hpp>
+#include <btx/recipe/train_stage.hpp>
 
 namespace btx::pipeline {
 
-struct StageBudget {
-  int64_t steps = 100;
-  double lr = 3e-3;
-  int64_t warmup = 10;
-};
+using recipe::StageBudget;
 
 struct PipelineConfig {
   std::string run_dir = "runs/default";
   uint64_t seed = 0;
-  LlamaConfig model;
+  LlamaConfig model;  // the demo seed's architecture (ignored with seed_checkpoint)
   int64_t seq_len = 128;
   int64_t batch_size = 16;
   std::vector<DomainSpec> domains;
-  std::string seed_checkpoint;  // HF Llama folder; empty: pretrain a seed here
+  std::string seed_checkpoint;  // HF checkpoint of any registered family; empty: pretrain a seed
   StageBudget seed_stage{400, 3e-3, 20};
   StageBudget expert_stage{300, 2e-3, 10};
   StageBudget finetune_stage{100, 1e-3, 10};
@@ -240,9 +239,10 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
   return c;
 }
 
-// Everything that can be checked before training starts.
-inline void validate(const PipelineConfig& c) {
-  c.model.validate();
+// Everything that can be checked before training starts; `seed` is the seed's shape
+// (config.model's, or seed_checkpoint's).
+inline void validate(const PipelineConfig& c, const ArchShape& seed) {
+  if (c.seed_checkpoint.empty()) c.model.validate();
   const auto positive = [](const char* field, int64_t v) {
     if (v <= 0) {
       throw std::invalid_argument(std::string("config: ") + field + " must be > 0, got " +
@@ -260,10 +260,10 @@ inline void validate(const PipelineConfig& c) {
     throw std::invalid_argument("config: checkpoint_every must be >= 0 (0: no checkpoints), got " +
                                 std::to_string(c.checkpoint_every));
   }
-  if (c.seq_len + 1 > c.model.max_position_embeddings) {
+  if (c.seq_len + 1 > seed.max_position_embeddings) {
     throw std::invalid_argument("config: seq_len=" + std::to_string(c.seq_len) +
-                                " exceeds model.max_position_embeddings=" +
-                                std::to_string(c.model.max_position_embeddings));
+                                " exceeds the seed's max_position_embeddings=" +
+                                std::to_string(seed.max_position_embeddings));
   }
   if (c.domains.empty()) throw std::invalid_argument("config: no domains");
   if (c.router_init != "normal" && c.router_init != "zero" && c.router_init != "hidden") {
@@ -274,6 +274,11 @@ inline void validate(const PipelineConfig& c) {
     throw std::invalid_argument("config: load_balance_form '" + c.load_balance_form +
                                 "' is not one of btx, switch");
   }
+}
+
+// What every training stage of the run shares.
+inline recipe::TrainSettings train_settings(const PipelineConfig& c) {
+  return {.batch_size = c.batch_size, .log_every = c.log_every, .checkpoint_every = c.checkpoint_every};
 }
 
 inline nlohmann::json to_json(const PipelineConfig& c) {

@@ -10,13 +10,18 @@
 #include <string>
 #include <vector>
 
+#include <btx/core/causal_lm.hpp>
 #include <btx/merge/btm_ensemble.hpp>
 #include <btx/models/common/generate.hpp>
 #include <btx/moe/moe_layer.hpp>
+#include <btx/recipe/baselines.hpp>
+#include <btx/recipe/finetune.hpp>
+#include <btx/recipe/lineage.hpp>
+#include <btx/recipe/stage_model.hpp>
 #include <btx/train/evaluate.hpp>
 
+#include "corpus.hpp"
 #include "report.hpp"
-#include "stages.hpp"
 
 namespace btx::pipeline {
 
@@ -25,7 +30,7 @@ struct Evaluated {
   RoutingShares routing;  // empty for dense models
 };
 
-inline ModelResult score(const Run& run, const std::string& name, const std::string& kind,
+inline ModelResult score(const PipelineRun& run, const std::string& name, const std::string& kind,
                          const LogitsFn& logits_fn) {
   std::fprintf(stderr, "[eval] %s\n", name.c_str());
   ModelResult r;
@@ -45,16 +50,16 @@ inline ModelResult score(const Run& run, const std::string& name, const std::str
   return r;
 }
 
-inline void add_compute(ModelResult& r, const Run& run, const std::vector<std::string>& stages) {
+inline void add_compute(ModelResult& r, const PipelineRun& p, const std::vector<std::string>& stages) {
   for (const auto& s : stages) {
-    const auto info = run.stage_info(s);
+    const auto info = p.run.record(s);
     r.train_flops += info.value("flops", 0.0);
     r.train_tokens += info.value("tokens", int64_t{0});
     r.train_seconds += info.value("seconds", 0.0);
   }
 }
 
-inline RoutingShares routing_analysis(const Run& run, LlamaForCausalLM& model) {
+inline RoutingShares routing_analysis(const PipelineRun& run, const CausalLM& model) {
   RoutingShares shares;
   torch::NoGradGuard no_grad;
   model->eval();
@@ -65,8 +70,8 @@ inline RoutingShares routing_analysis(const Run& run, LlamaForCausalLM& model) {
         std::min<int64_t>(run.config.eval_windows, (d.eval_tokens.numel() - 1) / T);
     for (int64_t w = 0; w < windows; ++w) {
       auto ids = d.eval_tokens.slice(0, w * T, w * T + T).to(torch::kInt64).unsqueeze(0);
-      (void)model->forward(ids);
-      auto layers = moe_layers(*model);
+      (void)model.forward(ids);
+      auto layers = moe_layers(model.module());
       if (counts.empty())
         counts.assign(layers.size(), torch::zeros({run.num_experts()}, torch::kDouble));
       for (size_t l = 0; l < layers.size(); ++l) {
@@ -82,53 +87,56 @@ inline RoutingShares routing_analysis(const Run& run, LlamaForCausalLM& model) {
   return shares;
 }
 
-inline std::vector<Evaluated> evaluate_all(const Run& run) {
+inline std::vector<Evaluated> evaluate_all(const PipelineRun& run) {
+  using recipe::expert_stage;
   std::vector<Evaluated> out;
-  const auto dense_fn = [](LlamaForCausalLM& m) {
-    m->eval();
-    return [m](const torch::Tensor& ids) mutable { return m->forward(ids); };
+  const auto load = [&](const std::string& stage) { return recipe::load_stage_model(run.run, stage); };
+  const auto load_moe = [&](const std::string& stage, const std::string& router) {
+    return recipe::load_stage_model(run.run, stage, run.moe_options(router));
   };
-  auto seed = run.load_dense("seed");
-  out.push_back({score(run, "seed", "the seed model alone", dense_fn(seed)), {}});
+  const auto logits_of = [](const CausalLM& m) -> LogitsFn {
+    m.eval();
+    return [m](const torch::Tensor& ids) { return m.forward(ids); };
+  };
+  out.push_back({score(run, "seed", "the seed model alone", logits_of(load("seed"))), {}});
   std::vector<std::string> expert_stages;
   for (const auto& d : run.domain_names()) {
-    auto m = run.load_dense(expert_stage(d));
-    out.push_back({score(run, "expert " + d, "the " + d + " expert alone", dense_fn(m)), {}});
+    out.push_back({score(run, "expert " + d, "the " + d + " expert alone",
+                         logits_of(load(expert_stage(d)))),
+                   {}});
     add_compute(out.back().result, run, {expert_stage(d)});
     expert_stages.push_back(expert_stage(d));
   }
   if (run.config.baselines) {
-    auto dense = run.load_dense("dense");
-    out.push_back(
-        {score(run, "dense", "dense continued training at BTX's compute", dense_fn(dense)), {}});
-    add_compute(out.back().result, run, {"dense"});
-    auto merged = run.load_dense("btm-merge");
-    out.push_back(
-        {score(run, "BTM merge", "parameter average of the experts", dense_fn(merged)), {}});
+    out.push_back({score(run, "dense", "dense continued training at BTX's compute",
+                         logits_of(load(recipe::kDenseStage))),
+                   {}});
+    add_compute(out.back().result, run, {recipe::kDenseStage});
+    out.push_back({score(run, "BTM merge", "parameter average of the experts",
+                         logits_of(load(recipe::kBtmMergeStage))),
+                   {}});
     add_compute(out.back().result, run, expert_stages);
-    std::vector<LlamaForCausalLM> members;
-    for (const auto& d : run.domain_names()) members.push_back(run.load_dense(expert_stage(d)));
-    members.push_back(run.load_dense("seed"));
-    merge::BtmEnsemble ensemble(members);
+    std::vector<CausalLM> members;
+    for (const auto& d : run.domain_names()) members.push_back(load(expert_stage(d)));
+    members.push_back(load("seed"));
+    merge::BtmEnsemble<CausalLM> ensemble(members);
     out.push_back({score(run, "BTM ensemble", "experts + seed, domain-posterior weighted",
                          [&](const torch::Tensor& ids) { return ensemble.forward(ids); }),
                    {}});
     add_compute(out.back().result, run, expert_stages);
-    auto up = run.load_moe("upcycle", run.config.router);
+    const auto up = load_moe(recipe::kUpcycleStage, run.config.router);
     out.push_back({score(run, "sparse upcycling", "MoE of seed copies, finetuned at BTX's compute",
-                         dense_fn(up)),
+                         logits_of(up)),
                    routing_analysis(run, up)});
-    add_compute(out.back().result, run, {"upcycle"});
+    add_compute(out.back().result, run, {recipe::kUpcycleStage});
   }
-  std::vector<std::string> routers{run.config.router};
-  routers.insert(routers.end(), run.config.extra_routers.begin(), run.config.extra_routers.end());
-  for (const auto& router : routers) {
-    auto m = run.load_moe(finetune_stage(router), router);
+  for (const auto& router : run.routers()) {
+    const auto m = load_moe(recipe::finetune_stage(router), router);
     out.push_back({score(run, "BTX " + router, "BTX: experts mixed, MoE-finetuned with " + router,
-                         dense_fn(m)),
+                         logits_of(m)),
                    routing_analysis(run, m)});
     auto stages = expert_stages;
-    stages.push_back(finetune_stage(router));
+    stages.push_back(recipe::finetune_stage(router));
     add_compute(out.back().result, run, stages);
   }
   return out;

@@ -4,44 +4,51 @@
 // report. Run with --help for everything; README.md shows a measured default run.
 #include <torch/torch.h>
 
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
-#include <map>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include <btx/parallel/expert_processes.hpp>
+#include <btx/models/auto.hpp>
+#include <btx/recipe/baselines.hpp>
+#include <btx/recipe/branch.hpp>
+#include <btx/recipe/finetune.hpp>
+#include <btx/recipe/mix.hpp>
+#include <btx/recipe/train_stage.hpp>
+#include <btx/recipe/worker_dispatch.hpp>
+#include <btx/recipe/workers.hpp>
 
 #include "../common/yaml_json.hpp"
 #include "config.hpp"
-#include "evaluation.hpp"
-#include "report.hpp"
-#include "run.hpp"
-#include "stages.hpp"
+#include "corpus.hpp"
 
 namespace bp = btx::pipeline;
 namespace fs = std::filesystem;
+namespace recipe = btx::recipe;
+using btx::CausalLM;
 
 namespace {
 
 constexpr const char* kHelp =
     R"(btx-pipeline: Branch-Train-MiX end to end, with baselines at equal compute.
 
-usage: btx-pipeline [CONFIG] [--quick] [--run-dir DIR] [--until STAGE]
+usage: btx-pipeline [CONFIG] [--quick] [--run-dir DIR] [--until seed|experts|mix|finetune]
        btx-pipeline --worker expert [--expert I] --run-dir DIR   (I defaults to $SLURM_ARRAY_TASK_ID)
-       btx-pipeline --worker finetune|dense|upcycle [--router R] --run-dir DIR
+       btx-pipeline --worker finetune [--router R] --run-dir DIR
+       btx-pipeline --worker dense|upcycle --run-dir DIR
 
 With no CONFIG it runs the embedded default: a byte-level Llama (vocab 256, hidden 128,
 2 layers, GQA 4:2) and three domains read from this machine -- math (generated arithmetic
 with answers), code (/usr/include/*.h), prose (/usr/share/common-licenses) -- each split
 into train and held-out documents (see <run>/manifest.json). --quick is a smaller preset
 (about a minute). Stages, each in <run>/<stage>/ and skipped when already finished:
-  seed        pretrain on the mixture of all domains (or load seed_checkpoint, an HF Llama)
-  expert-D    one expert per domain, branched from the seed, each in its own OS process
+  seed        pretrain on the mixture of all domains (or load seed_checkpoint: an HF
+              checkpoint of any family btx knows, e.g. Llama)
+  branch      one copy of the seed per domain; records each expert's lineage (--until seed
+              stops here, ready for `--worker expert` jobs, e.g. slurm_experts.sbatch)
+  expert-D    one expert per domain, trained from its copy, each in its own OS process
   mix         FFNs -> experts (plus the seed as generalist), the rest averaged, new routers
   btx-R       MoE finetune on the mixture with router R (load balancing alpha 0.01)
   dense, upcycle, btm-merge   baselines at BTX's total compute (seed excluded)
@@ -55,7 +62,7 @@ CONFIG (YAML or JSON) overrides any of these keys (unknown keys are errors):
   domains: [{name, paths: [files or dirs], extensions: [.h], recursive,
              generator: arithmetic, token_file: train.bin, eval_token_file: val.bin,
              token_dtype: uint16|uint32, max_train_tokens, max_eval_tokens, eval_every}]
-  seed_checkpoint: HF Llama folder      seed_stage/expert_stage/finetune_stage: {steps, lr, warmup}
+  seed_checkpoint: HF checkpoint folder  seed_stage/expert_stage/finetune_stage: {steps, lr, warmup}
   router: top1|top2|topk:K|switch|sample_top1|soft    extra_routers: [more routers to compare]
   load_balance_alpha (0.01), load_balance_form: btx|switch, seed_as_expert (true),
   router_init: normal|zero|hidden, baselines (true), eval_windows, math_problems
@@ -67,9 +74,8 @@ vocab_size must cover them. Text is tokenised one byte per token.
 )";
 
 struct Args {
-  std::string config_file, run_dir, until, worker, router;
+  std::string config_file, run_dir, until;
   bool quick = false;
-  int64_t expert = -1;
 };
 
 Args parse_args(int argc, char** argv) {
@@ -89,12 +95,6 @@ Args parse_args(int argc, char** argv) {
       a.run_dir = value();
     } else if (s == "--until") {
       a.until = value();
-    } else if (s == "--worker") {
-      a.worker = value();
-    } else if (s == "--expert") {
-      a.expert = std::stoll(value());
-    } else if (s == "--router") {
-      a.router = value();
     } else if (!s.empty() && s[0] == '-') {
       throw std::invalid_argument("unknown option " + s + " (see --help)");
     } else if (a.config_file.empty()) {
@@ -103,172 +103,168 @@ Args parse_args(int argc, char** argv) {
       throw std::invalid_argument("more than one CONFIG given: " + a.config_file + ", " + s);
     }
   }
+  if (!a.until.empty() && a.until != "seed" && a.until != "experts" && a.until != "mix" &&
+      a.until != "finetune") {
+    throw std::invalid_argument("--until " + a.until + ": not one of seed, experts, mix, finetune");
+  }
   return a;
 }
 
-bp::Run open_run(const bp::PipelineConfig& config) {
-  bp::Run run{config, fs::absolute(config.run_dir), btx::build_corpus(config.domains)};
-  for (size_t d = 0; d < run.corpus.domains.size(); ++d) (void)run.domain_sampler(d, 0);
-  if (run.corpus.vocab_size > config.model.vocab_size) {
-    throw std::invalid_argument("config: the data has token ids up to " +
-                                std::to_string(run.corpus.vocab_size - 1) +
-                                " but model.vocab_size=" + std::to_string(config.model.vocab_size));
-  }
-  for (const auto& r : [&] {
-         auto v = config.extra_routers;
-         v.push_back(config.router);
-         return v;
-       }()) {
-    (void)run.moe_options(r);
-    (void)run.make_moe(r);  // an unknown router or impossible k fails here, before training
-  }
-  return run;
+bp::PipelineConfig resolve_config(const Args& a) {
+  auto config = a.quick ? bp::quick_config() : bp::default_config();
+  if (!a.config_file.empty())
+    config = bp::apply_config(config, btx::tools::load_config_file(a.config_file));
+  if (!a.run_dir.empty()) config.run_dir = a.run_dir;
+  return config;
 }
 
 // Workers re-read the resolved config the parent wrote, so all processes agree.
-int run_worker(const Args& a) {
-  torch::set_num_threads(1);
-  if (a.run_dir.empty()) throw std::invalid_argument("--worker needs --run-dir");
-  std::ifstream in(fs::path(a.run_dir) / "config.json");
-  if (!in)
-    throw std::invalid_argument("no config.json in run dir '" + a.run_dir +
+bp::PipelineRun reopen_run(const fs::path& run_dir) {
+  std::ifstream in(run_dir / "config.json");
+  if (!in) {
+    throw std::invalid_argument("no config.json in run dir '" + run_dir.string() +
                                 "': run the pipeline first");
+  }
   auto config = bp::apply_config(bp::default_config(), nlohmann::json::parse(in));
-  config.run_dir = a.run_dir;
-  auto run = open_run(config);
-  if (a.worker == "expert") {
-    int64_t i = a.expert;
-    if (i < 0) {
-      const char* task = std::getenv("SLURM_ARRAY_TASK_ID");
-      if (task == nullptr)
-        throw std::invalid_argument("--worker expert needs --expert I or SLURM_ARRAY_TASK_ID");
-      i = std::stoll(task);
-    }
-    if (i < 0 || i >= int64_t(run.corpus.domains.size())) {
-      throw std::invalid_argument("expert index " + std::to_string(i) + " out of range [0, " +
-                                  std::to_string(run.corpus.domains.size()) + ")");
-    }
-    if (!run.done("seed"))
-      throw std::runtime_error("the seed stage is not finished in " + a.run_dir);
-    bp::run_expert(run, size_t(i));
-  } else if (a.worker == "finetune") {
-    bp::run_finetune(run, a.router.empty() ? run.config.router : a.router);
-  } else if (a.worker == "dense") {
-    bp::run_dense(run);
-  } else if (a.worker == "upcycle") {
-    bp::run_upcycle(run);
-  } else {
-    throw std::invalid_argument("unknown worker '" + a.worker +
-                                "' (expert, finetune, dense, upcycle)");
-  }
-  return 0;
+  config.run_dir = run_dir.string();
+  return bp::open_run(config);
 }
 
-// The last "[stage] step ..." or "[stage] done ..." line of a worker's log, if any.
-std::string last_progress_line(const fs::path& log) {
-  std::ifstream in(log);
-  std::string line, last;
-  while (std::getline(in, line)) {
-    if (line.size() > 1 && line[0] == '[' &&
-        (line.find("] step ") != std::string::npos || line.find("] done ") != std::string::npos)) {
-      last = line;
-    }
+// (a) the seed: pretrained on the mixture, or seed_checkpoint (any registered family).
+CausalLM seed_stage(const bp::PipelineRun& p) {
+  if (p.config.seed_checkpoint.empty()) {
+    CausalLM seed = recipe::make_stage_model(p.seed_spec);
+    recipe::train_stage(p.run, "seed", seed, p.mixture_sampler(0), p.config.seed_stage);
+    return seed;
   }
-  return last;
+  if (p.run.skip_if_done("seed")) return recipe::load_stage_model(p.run, "seed");
+  CausalLM seed = btx::load_causal_lm(p.config.seed_checkpoint);
+  recipe::finish_stage(p.run, "seed", seed,
+                       {{"source", p.config.seed_checkpoint},
+                        {"flops", 0.0},
+                        {"tokens", 0},
+                        {"seconds", 0.0}});
+  return seed;
 }
 
-// Launches one worker process per job; returns false if any failed (others finish).
-bool run_workers(const bp::Run& run,
-                 const std::vector<std::pair<std::string, std::vector<std::string>>>& jobs) {
-  btx::ExpertProcesses group;
-  const auto exe = btx::self_executable();
-  for (const auto& [stage, extra] : jobs) {
-    if (run.done(stage)) {
-      std::fprintf(stderr, "[pipeline] %s already finished, skipped\n", stage.c_str());
-      continue;
-    }
-    fs::create_directories(run.stage_dir(stage));
-    std::vector<std::string> argv{exe};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    argv.insert(argv.end(), {"--run-dir", run.dir.string()});
-    group.spawn(stage, argv, (run.stage_dir(stage) / "log.txt").string(), {"OMP_NUM_THREADS=1"});
-    std::fprintf(stderr, "[pipeline] started %s (log: %s)\n", stage.c_str(),
-                 (run.stage_dir(stage) / "log.txt").c_str());
+// ------------------------------------------------ the worker kinds (one process each)
+// (c) expert I, trained from its branch of the seed; fault injection for the isolation tests.
+void expert_worker(const recipe::WorkerArgs& a) {
+  const auto p = reopen_run(a.run_dir);
+  const int64_t i = a.index("expert", "SLURM_ARRAY_TASK_ID");
+  if (i >= int64_t(p.corpus.domains.size())) {
+    throw std::invalid_argument("expert index " + std::to_string(i) + " out of range [0, " +
+                                std::to_string(p.corpus.domains.size()) + ")");
   }
-  // Relay each worker's newest progress line to our stderr while they run.
-  std::map<std::string, std::string> shown;
-  while (group.running()) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(500));
-    for (const auto& [stage, extra] : jobs) {
-      const auto line = last_progress_line(run.stage_dir(stage) / "log.txt");
-      if (!line.empty() && shown[stage] != line) {
-        std::fprintf(stderr, "%s\n", line.c_str());
-        shown[stage] = line;
+  if (!p.run.done(recipe::kBranchStage)) {
+    throw std::runtime_error("the branch stage is not finished in " + a.run_dir.string() +
+                             ": run the pipeline with --until seed first");
+  }
+  const std::string name = p.corpus.domains[size_t(i)].name;
+  auto expert = recipe::branched_expert(p.run, recipe::load_stage_model(p.run, "seed"), name);
+  recipe::StageOptions options;
+  if (p.config.fail_expert == i) {
+    options.on_step = [fail_step = p.config.fail_step, name](int64_t step) {
+      if (step == fail_step) {
+        std::fprintf(stderr, "[%s] fault injected at step %lld: aborting\n", name.c_str(),
+                     static_cast<long long>(step));
+        std::abort();
       }
-    }
+    };
   }
-  bool ok = true;
-  for (const auto& outcome : group.wait_all()) {
-    if (outcome.ok() && run.done(outcome.name)) {
-      std::fprintf(stderr, "[pipeline] %s finished\n", outcome.name.c_str());
-    } else {
-      ok = false;
-      std::fprintf(stderr, "[pipeline] FAILED: %s; see %s. Run the pipeline again to resume.\n",
-                   outcome.describe().c_str(), (run.stage_dir(outcome.name) / "log.txt").c_str());
-    }
-  }
-  return ok;
+  recipe::train_expert(p.run, expert, p.domain_sampler(size_t(i), 1 + uint64_t(i)),
+                       p.config.expert_stage, options);
+}
+
+// (e) MoE finetune of the mixed model with router R.
+void finetune_worker(const recipe::WorkerArgs& a) {
+  const auto p = reopen_run(a.run_dir);
+  recipe::finetune_mix(p.run, p.moe_options(a.value_or("router", p.config.router)),
+                       p.mixture_sampler(100), p.config.finetune_stage);
+}
+
+// Baseline: dense continued training of the seed on the mixture at BTX's compute.
+void dense_worker(const recipe::WorkerArgs& a) {
+  const auto p = reopen_run(a.run_dir);
+  recipe::dense_baseline(p.run, recipe::load_stage_model(p.run, "seed"), p.mixture_sampler(200),
+                         p.config.expert_stage, p.btx_budget_flops());
+}
+
+// Baseline: sparse upcycling (an MoE of seed copies) finetuned with BTX's whole budget.
+void upcycle_worker(const recipe::WorkerArgs& a) {
+  const auto p = reopen_run(a.run_dir);
+  recipe::upcycle_baseline(p.run, recipe::load_stage_model(p.run, "seed"),
+                           p.moe_options(p.config.router), p.mixture_sampler(300),
+                           p.config.finetune_stage, p.btx_budget_flops(), p.config.seed + 17);
+}
+
+const recipe::WorkerTable& workers() {
+  static const recipe::WorkerTable table = [] {
+    recipe::WorkerTable t;
+    t.add("expert", {"expert"}, expert_worker)
+        .add("finetune", {"router"}, finetune_worker)
+        .add("dense", {}, dense_worker)
+        .add("upcycle", {}, upcycle_worker);
+    return t;
+  }();
+  return table;
 }
 
 }  // namespace
 
-int write_report(const bp::Run& run);  // report_main.cpp
+int write_report(const bp::PipelineRun& p);  // report_main.cpp
 
 int main(int argc, char** argv) {
   try {
-    const Args a = parse_args(argc, argv);
-    if (!a.worker.empty()) return run_worker(a);
-    auto config = a.quick ? bp::quick_config() : bp::default_config();
-    if (!a.config_file.empty())
-      config = bp::apply_config(config, btx::tools::load_config_file(a.config_file));
-    if (!a.run_dir.empty()) config.run_dir = a.run_dir;
-    if (!config.seed_checkpoint.empty()) {
-      // The seed defines the architecture; a config btx cannot represent fails here.
-      config.model =
-          btx::hf::read_config_json(fs::path(config.seed_checkpoint) / "config.json").llama;
+    if (const auto worker = recipe::parse_worker_args(argc, argv)) {
+      torch::set_num_threads(1);
+      workers().run(*worker);
+      return 0;
     }
-    bp::validate(config);
-    auto run = open_run(config);  // every data and config error surfaces here
-    fs::create_directories(run.dir);
-    std::ofstream(run.dir / "config.json") << bp::to_json(config).dump(2) << "\n";
-    std::ofstream(run.dir / "manifest.json") << run.corpus.manifest_json().dump(2) << "\n";
+    const Args a = parse_args(argc, argv);
+    const auto p = bp::open_run(resolve_config(a));  // every data and config error surfaces here
+    const auto& run = p.run;
+    fs::create_directories(run.dir());
+    std::ofstream(run.dir() / "config.json") << bp::to_json(p.config).dump(2) << "\n";
+    std::ofstream(run.dir() / "manifest.json") << p.corpus.manifest_json().dump(2) << "\n";
     // One thread per process: the stages that run concurrently already fill the cores,
     // and OpenMP's spinning barriers slow to a crawl on a loaded machine.
     torch::set_num_threads(1);
-    bp::run_seed(run);
+
+    // (a, b) Branch: the seed, copied once per domain.
+    const CausalLM seed = seed_stage(p);
+    recipe::branch_stage(run, seed, p.domain_names());
     if (a.until == "seed") return 0;
-    std::vector<std::pair<std::string, std::vector<std::string>>> experts;
-    for (size_t d = 0; d < run.corpus.domains.size(); ++d) {
-      experts.push_back({bp::expert_stage(run.corpus.domains[d].name),
-                         {"--worker", "expert", "--expert", std::to_string(d)}});
+
+    // (c) Train: one expert per domain, each in its own OS process.
+    std::vector<recipe::WorkerJob> experts;
+    for (size_t d = 0; d < p.corpus.domains.size(); ++d) {
+      experts.push_back(workers().job(run, recipe::expert_stage(p.corpus.domains[d].name),
+                                      "expert", {{"expert", std::to_string(d)}}));
     }
-    if (!run_workers(run, experts)) return 1;
+    if (!recipe::run_workers(run, experts).ok()) return 1;
     if (a.until == "experts") return 0;
-    bp::run_mix(run);
-    if (config.baselines) bp::run_btm_merge(run);
+
+    // (d) MiX: the experts' FFNs (and the seed's) become one MoE; BTM averages them instead.
+    const auto trained = recipe::load_experts(run);
+    recipe::mix_stage(run, trained, seed, p.mix_options());
+    if (p.config.baselines) recipe::btm_merge(run, trained);
     if (a.until == "mix") return 0;
-    std::vector<std::pair<std::string, std::vector<std::string>>> finetunes;
-    std::vector<std::string> routers{config.router};
-    routers.insert(routers.end(), config.extra_routers.begin(), config.extra_routers.end());
-    for (const auto& r : routers)
-      finetunes.push_back({bp::finetune_stage(r), {"--worker", "finetune", "--router", r}});
-    if (config.baselines) {
-      finetunes.push_back({"dense", {"--worker", "dense"}});
-      finetunes.push_back({"upcycle", {"--worker", "upcycle"}});
+
+    // (e) MoE-finetune with each router; the baselines at BTX's compute beside it.
+    std::vector<recipe::WorkerJob> finetunes;
+    for (const auto& r : p.routers()) {
+      finetunes.push_back(workers().job(run, recipe::finetune_stage(r), "finetune", {{"router", r}}));
     }
-    if (!run_workers(run, finetunes)) return 1;
+    if (p.config.baselines) {
+      finetunes.push_back(workers().job(run, recipe::kDenseStage, "dense"));
+      finetunes.push_back(workers().job(run, recipe::kUpcycleStage, "upcycle"));
+    }
+    if (!recipe::run_workers(run, finetunes).ok()) return 1;
     if (a.until == "finetune") return 0;
-    return write_report(run);
+
+    // (f) Evaluation and the report.
+    return write_report(p);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "btx-pipeline: error: %s\n", e.what());
     return 2;

@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
+#include "corpus.hpp"
 #include "evaluation.hpp"
 #include "report.hpp"
-#include "run.hpp"
 
 namespace bp = btx::pipeline;
 namespace fs = std::filesystem;
@@ -53,28 +53,28 @@ std::string slug(std::string s) {
 
 }  // namespace
 
-int write_report(const bp::Run& run) {
+int write_report(const bp::PipelineRun& p) {
+  const auto& run = p.run;
   const auto eval_dir = run.stage_dir("eval");
   fs::create_directories(eval_dir);
   std::vector<bp::Evaluated> results;
-  if (run.done("eval")) {
+  if (run.skip_if_done("eval")) {
     std::ifstream in(eval_dir / "results.json");
     for (const auto& j : nlohmann::json::parse(in)) results.push_back(from_json(j));
-    std::fprintf(stderr, "[pipeline] eval already finished, skipped\n");
   } else {
     btx::ProgressLine progress("eval", 1);
-    results = bp::evaluate_all(run);
+    results = bp::evaluate_all(p);
     auto all = nlohmann::json::array();
     for (const auto& e : results) all.push_back(to_json(e));
     std::ofstream(eval_dir / "results.json") << all.dump(2) << "\n";
     progress.finish(std::to_string(results.size()) + " models evaluated");
-    run.mark_done("eval", {{"stage", "eval"}, {"models", results.size()}});
+    run.mark_done("eval", {{"models", results.size()}});
   }
 
   // metrics.jsonl: every stage's logged steps, in stage order.
   std::vector<nlohmann::json> records;
-  std::ofstream metrics(run.dir / "metrics.jsonl");
-  for (const auto& entry : fs::directory_iterator(run.dir)) {
+  std::ofstream metrics(run.dir() / "metrics.jsonl");
+  for (const auto& entry : fs::directory_iterator(run.dir())) {
     const auto file = entry.path() / "metrics.jsonl";
     if (!fs::exists(file)) continue;
     std::ifstream in(file);
@@ -88,13 +88,13 @@ int write_report(const bp::Run& run) {
     return std::pair(a["stage"].template get<std::string>(), a["step"].template get<int64_t>()) <
            std::pair(b["stage"].template get<std::string>(), b["step"].template get<int64_t>());
   });
-  const bool curves = bp::plot_loss_curves(run.dir / "loss_curves.png", records);
+  const bool curves = bp::plot_loss_curves(run.dir() / "loss_curves.png", records);
 
   std::vector<bp::ModelResult> rows;
   for (const auto& e : results) rows.push_back(e.result);
-  const auto domains = run.domain_names();
-  std::ofstream md(run.dir / "report.md");
-  md << "# btx pipeline report\n\nRun folder: `" << run.dir.string() << "`. Config: `config.json`; "
+  const auto domains = p.domain_names();
+  std::ofstream md(run.dir() / "report.md");
+  md << "# btx pipeline report\n\nRun folder: `" << run.dir().string() << "`. Config: `config.json`; "
      << "data: `manifest.json` (every file read, with its size and FNV-1a hash).\n\n"
      << "## Held-out loss per domain (nats/token; perplexity in brackets)\n\n"
      << "Compute is the training after the seed, the budget every method shares: BTX = the "
@@ -104,13 +104,13 @@ int write_report(const bp::Run& run) {
   for (const auto& r : rows) md << "- **" << r.name << "**: " << r.kind << "\n";
   md << "\n## Routing analysis\n\nShare of each domain's routed tokens per expert and layer "
         "(held-out text, inference mode). Experts: ";
-  const auto experts = run.expert_names();
+  const auto experts = p.expert_names();
   for (size_t e = 0; e < experts.size(); ++e) md << (e ? ", " : "") << "`" << experts[e] << "`";
   md << " (the last is the seed, the generalist).\n\n";
   for (const auto& e : results) {
     if (e.routing.empty()) continue;
     md << "### " << e.result.name << "\n\n";
-    for (const auto& file : bp::plot_routing(run.dir, slug(e.result.name), e.routing, experts)) {
+    for (const auto& file : bp::plot_routing(run.dir(), slug(e.result.name), e.routing, experts)) {
       md << "![routing](" << file << ")\n";
     }
     const auto warnings =
@@ -125,8 +125,8 @@ int write_report(const bp::Run& run) {
      << (curves ? "![loss curves](loss_curves.png)\n" : "(gnuplot unavailable)\n")
      << "\n## Checkpoints\n\nEvery stage's model is a Hugging Face checkpoint in `<stage>/model/`; "
         "the final BTX model (`btx-"
-     << run.config.router << "/model/`) is a MixtralForCausalLM checkpoint.\n";
-  std::fprintf(stderr, "[pipeline] report: %s\n\n%s", (run.dir / "report.md").c_str(),
+     << p.config.router << "/model/`) is a MixtralForCausalLM checkpoint.\n";
+  std::fprintf(stderr, "[pipeline] report: %s\n\n%s", (run.dir() / "report.md").c_str(),
                bp::results_table(rows, domains).c_str());
   return 0;
 }

@@ -67,6 +67,17 @@
 #include <btx/moe/routing.hpp>
 #include <btx/moe/surgery.hpp>
 #include <btx/parallel/expert_processes.hpp>
+#include <btx/recipe/baselines.hpp>
+#include <btx/recipe/branch.hpp>
+#include <btx/recipe/compute.hpp>
+#include <btx/recipe/finetune.hpp>
+#include <btx/recipe/lineage.hpp>
+#include <btx/recipe/mix.hpp>
+#include <btx/recipe/run.hpp>
+#include <btx/recipe/stage_model.hpp>
+#include <btx/recipe/train_stage.hpp>
+#include <btx/recipe/worker_dispatch.hpp>
+#include <btx/recipe/workers.hpp>
 #include <btx/report/gnuplot.hpp>
 #include <btx/train/checkpoint.hpp>
 #include <btx/train/evaluate.hpp>

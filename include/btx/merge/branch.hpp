@@ -13,9 +13,10 @@
 #include <string>
 #include <vector>
 
+#include <btx/core/causal_lm.hpp>
+#include <btx/core/hash.hpp>
 #include <btx/merge/averaging.hpp>
 #include <btx/merge/expert_info.hpp>
-#include <btx/core/hash.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -67,10 +68,9 @@ struct Branched {
   ExpertInfo info;
 };
 
-// One deep copy of `seed` per domain; expert j is named domains[j], parent `seed_name`.
-template <CloneableModule M>
-std::vector<Branched<M>> branch(const M& seed, const std::vector<std::string>& domains,
-                                const std::string& seed_name = "seed") {
+namespace detail {
+// Throws unless `domains` is a non-empty list of unique, non-empty names.
+inline void check_branch_domains(const std::vector<std::string>& domains) {
   if (domains.empty()) throw std::invalid_argument("btx::merge::branch: no domains given");
   for (size_t j = 0; j < domains.size(); ++j) {
     if (domains[j].empty()) {
@@ -84,16 +84,42 @@ std::vector<Branched<M>> branch(const M& seed, const std::vector<std::string>& d
       }
     }
   }
+}
+// Expert j's lineage: named domains[j], branched from `seed_name` whose weights hash to `hash`.
+inline ExpertInfo branch_info(const std::vector<std::string>& domains, size_t j,
+                              const std::string& seed_name, const std::string& hash) {
+  ExpertInfo info;
+  info.name = domains[j];
+  info.domain = domains[j];
+  info.parent = seed_name;
+  info.seed_hash = hash;
+  info.branch_index = int64_t(j);
+  return info;
+}
+}  // namespace detail
+
+// One deep copy of `seed` per domain; expert j is named domains[j], parent `seed_name`.
+template <CloneableModule M>
+std::vector<Branched<M>> branch(const M& seed, const std::vector<std::string>& domains,
+                                const std::string& seed_name = "seed") {
+  detail::check_branch_domains(domains);
   const std::string hash = weights_fingerprint(*seed);
   std::vector<Branched<M>> out;
   for (size_t j = 0; j < domains.size(); ++j) {
-    ExpertInfo info;
-    info.name = domains[j];
-    info.domain = domains[j];
-    info.parent = seed_name;
-    info.seed_hash = hash;
-    info.branch_index = int64_t(j);
-    out.push_back({deep_copy(seed), std::move(info)});
+    out.push_back({deep_copy(seed), detail::branch_info(domains, j, seed_name, hash)});
+  }
+  return out;
+}
+
+// The same for a family-agnostic model handle: CausalLM::clone() is the deep copy.
+inline std::vector<Branched<CausalLM>> branch(const CausalLM& seed,
+                                              const std::vector<std::string>& domains,
+                                              const std::string& seed_name = "seed") {
+  detail::check_branch_domains(domains);
+  const std::string hash = weights_fingerprint(seed.module());
+  std::vector<Branched<CausalLM>> out;
+  for (size_t j = 0; j < domains.size(); ++j) {
+    out.push_back({seed.clone(), detail::branch_info(domains, j, seed_name, hash)});
   }
   return out;
 }

@@ -24,6 +24,7 @@ struct ExpertInfo {
   int64_t tokens_trained = 0;  // tokens seen since branching (a natural averaging weight)
   int64_t steps_trained = 0;   // optimiser steps since branching
   nlohmann::json extra = nlohmann::json::object();  // anything else (hyper-parameters, ...)
+  double flops = 0.0;  // training FLOPs since branching (last, so positional init still fits)
 
   friend bool operator==(const ExpertInfo&, const ExpertInfo&) = default;
 };
@@ -36,10 +37,12 @@ inline void to_json(nlohmann::json& j, const ExpertInfo& e) {
                      {"branch_index", e.branch_index},
                      {"tokens_trained", e.tokens_trained},
                      {"steps_trained", e.steps_trained},
+                     {"flops", e.flops},
                      {"extra", e.extra}};
 }
 
-// Requires name and domain; the counters default to 0. Throws std::invalid_argument
+// Requires name and domain; the counters default to 0 (so records written before a
+// counter existed, e.g. without "flops", still read). Throws std::invalid_argument
 // naming the field that is missing or of the wrong type.
 inline void from_json(const nlohmann::json& j, ExpertInfo& e) {
   if (!j.is_object()) throw std::invalid_argument("btx::merge::ExpertInfo: JSON must be an object");
@@ -67,10 +70,11 @@ inline void from_json(const nlohmann::json& j, ExpertInfo& e) {
   out.branch_index = field("branch_index", int64_t{0}, false);
   out.tokens_trained = field("tokens_trained", int64_t{0}, false);
   out.steps_trained = field("steps_trained", int64_t{0}, false);
+  out.flops = field("flops", 0.0, false);
   out.extra = j.value("extra", nlohmann::json::object());
-  if (out.tokens_trained < 0 || out.steps_trained < 0) {
+  if (out.tokens_trained < 0 || out.steps_trained < 0 || !(out.flops >= 0.0)) {
     throw std::invalid_argument("btx::merge::ExpertInfo '" + out.name +
-                                "': tokens_trained and steps_trained must be >= 0");
+                                "': tokens_trained, steps_trained and flops must be >= 0");
   }
   e = std::move(out);
 }

@@ -1,0 +1,136 @@
+// SPDX-License-Identifier: MIT
+// The pipeline's run: its resolved config, the run folder (btx::recipe::Run), the corpus
+// read from the config's domains, the seed's spec (the demo Llama, or seed_checkpoint's
+// family), and what the stages draw from them: one sampler per domain and one over the
+// mixture, the MoE options of a router, Mix's options, and BTX's compute budget.
+// open_run() checks everything that can be checked before any training.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <btx/core/model_spec.hpp>
+#include <btx/data/corpus.hpp>
+#include <btx/data/sampler.hpp>
+#include <btx/models/auto.hpp>
+#include <btx/models/llama/family.hpp>
+#include <btx/moe/options.hpp>
+#include <btx/recipe/compute.hpp>
+#include <btx/recipe/lineage.hpp>
+#include <btx/recipe/mix.hpp>
+#include <btx/recipe/run.hpp>
+
+#include "config.hpp"
+
+namespace btx::pipeline {
+
+struct PipelineRun {
+  PipelineConfig config;
+  recipe::Run run;
+  Corpus corpus;
+  ModelSpec seed_spec;
+
+  [[nodiscard]] std::vector<std::string> domain_names() const {
+    std::vector<std::string> names;
+    for (const auto& d : corpus.domains) names.push_back(d.name);
+    return names;
+  }
+  // Experts of the mixed model in router order: one per domain, then the seed.
+  [[nodiscard]] std::vector<std::string> expert_names() const {
+    auto names = domain_names();
+    if (config.seed_as_expert) names.push_back("seed");
+    return names;
+  }
+  [[nodiscard]] int64_t num_experts() const { return int64_t(expert_names().size()); }
+  // BTX's router first, then the extra ones to compare.
+  [[nodiscard]] std::vector<std::string> routers() const {
+    std::vector<std::string> r{config.router};
+    r.insert(r.end(), config.extra_routers.begin(), config.extra_routers.end());
+    return r;
+  }
+
+  [[nodiscard]] MoEOptions moe_options(const std::string& router) const {
+    MoEOptions o;
+    o.num_experts = num_experts();
+    o.router = router;
+    o.load_balance_alpha = config.load_balance_alpha;
+    o.load_balance_form = parse_load_balance_form(config.load_balance_form);
+    o.seed = config.seed;
+    return o;
+  }
+  [[nodiscard]] recipe::MixOptions mix_options() const {
+    recipe::MixOptions m;
+    m.router = config.router;
+    m.router_init = config.router_init;
+    m.seed_as_expert = config.seed_as_expert;
+    m.moe = moe_options(config.router);
+    m.router_seed = config.seed;
+    if (config.router_init == "hidden") {
+      // Row j: expert j's mean FFN input on its own domain's text (the seed: on all
+      // domains), so a token that looks like domain j starts out routed to expert j.
+      for (const auto& d : corpus.domains) {
+        m.router_samples.push_back(d.train_tokens.slice(0, 0, 8 * config.seq_len)
+                                       .view({8, config.seq_len})
+                                       .to(torch::kInt64));
+      }
+    }
+    return m;
+  }
+
+  [[nodiscard]] WindowSampler mixture_sampler(uint64_t stream) const {
+    std::vector<torch::Tensor> sources;
+    for (const auto& d : corpus.domains) sources.push_back(d.train_tokens);
+    return WindowSampler(sources, {}, config.seq_len, config.seed * 1000 + stream, domain_names());
+  }
+  [[nodiscard]] WindowSampler domain_sampler(size_t domain, uint64_t stream) const {
+    return WindowSampler({corpus.domains.at(domain).train_tokens}, {}, config.seq_len,
+                         config.seed * 1000 + stream, {corpus.domains.at(domain).name});
+  }
+  [[nodiscard]] int64_t tokens_per_step() const { return config.batch_size * config.seq_len; }
+
+  // BTX's compute after the seed: the experts' recorded FLOPs plus the planned finetune
+  // with BTX's router (the baselines run beside the finetune, so it is not done yet).
+  [[nodiscard]] double btx_budget_flops() const {
+    const double finetune = recipe::planned_flops(
+        config.finetune_stage.steps, tokens_per_step(),
+        recipe::flops_per_token(seed_spec, config.seq_len, moe_options(config.router)));
+    return recipe::btx_budget_flops(recipe::expert_infos(run), finetune);
+  }
+};
+
+// The seed's spec: seed_checkpoint's (any registered family, dense), else the demo Llama.
+inline ModelSpec seed_spec_of(const PipelineConfig& config) {
+  if (config.seed_checkpoint.empty()) return LlamaFamily::spec(config.model);
+  auto spec = read_model_spec(std::filesystem::path(config.seed_checkpoint) / "config.json");
+  if (spec.moe) {
+    throw std::invalid_argument("config: seed_checkpoint " + config.seed_checkpoint +
+                                " is an MoE model; BTX branches from a dense seed");
+  }
+  return spec;
+}
+
+// Every data and config error surfaces here, before a stage folder exists.
+inline PipelineRun open_run(const PipelineConfig& config) {
+  const ModelSpec spec = seed_spec_of(config);
+  validate(config, spec.shape);
+  PipelineRun p{config,
+                recipe::Run(config.run_dir, train_settings(config), "pipeline"),
+                build_corpus(config.domains),
+                spec};
+  for (size_t d = 0; d < p.corpus.domains.size(); ++d) (void)p.domain_sampler(d, 0);
+  if (p.corpus.vocab_size > spec.shape.vocab_size) {
+    throw std::invalid_argument("config: the data has token ids up to " +
+                                std::to_string(p.corpus.vocab_size - 1) +
+                                " but the seed's vocab_size is " +
+                                std::to_string(spec.shape.vocab_size));
+  }
+  // An unknown router or an impossible k fails here, before training.
+  for (const auto& r : p.routers()) with_router(p.moe_options(r), 1, 0, [](auto) { return 0; });
+  return p;
+}
+
+}  // namespace btx::pipeline

@@ -1,0 +1,101 @@
+// SPDX-License-Identifier: MIT
+// Compute accounting of the recipe, so BTX and its baselines compare at equal compute:
+// how many experts a router runs per token (the one place that decides it), training
+// FLOPs per token of a model from its ArchShape (train/flops.hpp), and budget matching:
+// BTX's total after the seed (every expert's training plus the MoE finetune) and the
+// number of steps that spends it.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <btx/core/model_spec.hpp>
+#include <btx/merge/expert_info.hpp>
+#include <btx/moe/options.hpp>
+#include <btx/train/flops.hpp>
+#include <btx/version.hpp>
+
+namespace btx {
+BTX_NAMESPACE_BEGIN
+namespace recipe {
+
+// Experts run per token by the router `options` names: k for a top-k router, every expert
+// for Soft (a dense mixture), 1 for Switch and Sample Top-1. Mix writes it as the
+// checkpoint's num_experts_per_tok and FLOP counting reads it from there, so both agree.
+inline int64_t active_experts(const MoEOptions& options) {
+  if (options.router == "soft") return options.num_experts;
+  const int64_t k = parse_top_k(options.router, options.k);
+  return k > 0 ? k : 1;
+}
+
+// Experts per layer and experts run per token: 1/1 for a dense spec.
+inline ComputeShape compute_shape(const ModelSpec& spec) {
+  if (!spec.moe) return {};
+  return {spec.moe->num_local_experts, spec.moe->num_experts_per_tok};
+}
+inline ComputeShape compute_shape(const MoEOptions& options) {
+  return {options.num_experts, active_experts(options)};
+}
+
+// The shape FLOPs are counted on: an MoE's experts may be narrower than the dense FFN.
+inline ArchShape counted_shape(const ModelSpec& spec) {
+  ArchShape shape = spec.shape;
+  if (spec.moe && spec.moe->expert_intermediate_size > 0) {
+    shape.intermediate_size = spec.moe->expert_intermediate_size;
+  }
+  return shape;
+}
+
+// Training FLOPs per token of a model (dense, or MoE as its spec's num_experts_per_tok).
+inline double flops_per_token(const ModelSpec& spec, int64_t seq_len) {
+  return training_flops_per_token(counted_shape(spec), seq_len, compute_shape(spec));
+}
+// ... of `dense` made into an MoE routed by `options` (before that model exists).
+inline double flops_per_token(const ModelSpec& dense, int64_t seq_len, const MoEOptions& options) {
+  return training_flops_per_token(counted_shape(dense), seq_len, compute_shape(options));
+}
+
+// FLOPs of `steps` steps of `tokens_per_step` tokens each.
+inline double planned_flops(int64_t steps, int64_t tokens_per_step, double flops_per_token) {
+  return double(steps) * double(tokens_per_step) * flops_per_token;
+}
+
+// BTX's compute after the seed: every expert's recorded training plus the MoE finetune.
+// The baselines at equal compute (dense continued training, sparse upcycling) spend this.
+inline double btx_budget_flops(const std::vector<merge::ExpertInfo>& experts,
+                               double finetune_flops) {
+  if (experts.empty()) throw std::invalid_argument("btx::recipe::btx_budget_flops: no experts");
+  double flops = finetune_flops;
+  for (const auto& e : experts) {
+    if (!(e.flops >= 0.0)) {
+      throw std::invalid_argument("btx::recipe::btx_budget_flops: expert '" + e.name +
+                                  "' has flops " + std::to_string(e.flops));
+    }
+    flops += e.flops;
+  }
+  return flops;
+}
+
+// The whole number of steps (at least 1) that comes nearest to spending `budget_flops`
+// at `tokens_per_step` tokens of `flops_per_token` each.
+inline int64_t steps_for_budget(double budget_flops, double flops_per_token,
+                                int64_t tokens_per_step) {
+  const double per_step = double(tokens_per_step) * flops_per_token;
+  if (!(per_step > 0.0) || !std::isfinite(per_step) || !(budget_flops >= 0.0) ||
+      !std::isfinite(budget_flops)) {
+    throw std::invalid_argument(
+        "btx::recipe::steps_for_budget: need a finite budget >= 0 and a positive cost per "
+        "step; got budget " +
+        std::to_string(budget_flops) + " FLOPs, " + std::to_string(tokens_per_step) +
+        " tokens/step x " + std::to_string(flops_per_token) + " FLOPs/token");
+  }
+  return std::max<int64_t>(1, std::llround(budget_flops / per_step));
+}
+
+}  // namespace recipe
+BTX_NAMESPACE_END
+}  // namespace btx

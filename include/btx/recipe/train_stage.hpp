@@ -1,0 +1,151 @@
+// SPDX-License-Identifier: MIT
+// Train: one training stage of the recipe on any family's model and the caller's sampler.
+// The stage logs to <stage>/metrics.jsonl, checkpoints into <stage>/checkpoints/ (a killed
+// stage resumes there), saves <stage>/model/ and finishes with stage.json, which records
+// steps, tokens, seconds and FLOPs (FLOPs per token from the model's ArchShape). An MoE
+// model adds its load-balancing loss and logs each layer's expert load (router health).
+// A finished stage is not trained again: its weights are loaded into the model instead.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include <btx/core/causal_lm.hpp>
+#include <btx/data/sampler.hpp>
+#include <btx/moe/moe_layer.hpp>
+#include <btx/recipe/compute.hpp>
+#include <btx/recipe/run.hpp>
+#include <btx/recipe/stage_model.hpp>
+#include <btx/train/progress.hpp>
+#include <btx/train/trainer.hpp>
+#include <btx/version.hpp>
+
+namespace btx {
+BTX_NAMESPACE_BEGIN
+namespace recipe {
+
+// How long and how fast one stage trains.
+struct StageBudget {
+  int64_t steps = 100;  // optimizer steps
+  double lr = 3e-3;     // peak learning rate (warmup, then cosine decay)
+  int64_t warmup = 10;  // warmup steps (at most half the stage)
+};
+
+struct StageOptions {
+  std::function<void(int64_t step)> on_step;          // before each step (fault injection)
+  nlohmann::json record = nlohmann::json::object();  // extra stage.json fields
+};
+
+// A model and the record (stage.json) of the stage that made it.
+struct StageResult {
+  CausalLM model;
+  nlohmann::json record;
+};
+
+// Router health: each MoE layer's share of routed tokens per expert in the last batch,
+// [layer][expert]; warns on stderr when a share falls below 1/(4N) (a dead expert?).
+inline nlohmann::json expert_load(torch::nn::Module& model, const std::string& stage,
+                                  int64_t step) {
+  auto load = nlohmann::json::array();
+  for (const auto& [name, layer] : moe_layers(model)) {
+    const auto counts = layer->last_stats().tokens_per_expert.to(torch::kDouble);
+    const double total = counts.sum().item<double>();
+    const int64_t n = counts.numel();
+    std::vector<double> shares;
+    for (int64_t e = 0; e < n; ++e) {
+      shares.push_back(total > 0 ? counts[e].item<double>() / total : 0.0);
+      if (shares.back() < 1.0 / double(4 * n)) {
+        std::fprintf(stderr,
+                     "[%s] step %lld: warning: expert %lld of %s got %.1f%% of the routed "
+                     "tokens, below 1/(4N) = %.1f%%: a dead expert?\n",
+                     stage.c_str(), static_cast<long long>(step), static_cast<long long>(e),
+                     name.c_str(), 100.0 * shares.back(), 100.0 / double(4 * n));
+      }
+    }
+    load.push_back(shares);
+  }
+  return load;
+}
+
+namespace detail {
+// train_causal_lm takes a torch holder (model->..., *model); this one forwards to a CausalLM.
+struct TrainableLM {
+  CausalLM lm;
+  const CausalLM* operator->() const { return &lm; }
+  torch::nn::Module& operator*() const { return lm.module(); }
+};
+}  // namespace detail
+
+// Trains `model` in place as stage `stage` and returns its record (nothing saved yet).
+inline nlohmann::json train(const Run& run, const std::string& stage, const CausalLM& model,
+                            const WindowSampler& sampler, const StageBudget& budget,
+                            const StageOptions& options = {}) {
+  std::filesystem::create_directories(run.stage_dir(stage));
+  MetricsLog metrics((run.stage_dir(stage) / "metrics.jsonl").string());
+  TrainOptions t;
+  t.stage = stage;
+  t.steps = budget.steps;
+  t.batch_size = run.train().batch_size;
+  t.peak_lr = budget.lr;
+  t.warmup_steps = std::min(budget.warmup, budget.steps / 2);
+  t.log_every = run.train().log_every;
+  if (run.train().checkpoint_every > 0) {
+    t.checkpoint_dir = run.checkpoint_dir(stage).string();
+    t.checkpoint_every = run.train().checkpoint_every;
+  }
+  t.on_step = options.on_step;
+  std::function<torch::Tensor()> aux;
+  if (model.is_moe()) {
+    t.on_log = [model, stage](int64_t step, nlohmann::json& record) {
+      record["expert_load"] = expert_load(model.module(), stage, step);
+    };
+    aux = [model]() -> torch::Tensor { return collect_aux_loss(model.module()); };
+  }
+  detail::TrainableLM trainable{model};
+  const auto summary = train_causal_lm(trainable, sampler, t, aux, &metrics);
+  nlohmann::json record = {{"stage", stage},
+                           {"steps", summary.steps},
+                           {"tokens", summary.tokens},
+                           {"skipped_steps", summary.skipped_steps},
+                           {"resumed_from_step", summary.resumed_from_step},
+                           {"seconds", summary.seconds},
+                           {"final_loss", summary.final_loss},
+                           {"flops", double(summary.tokens) *
+                                         flops_per_token(model.spec(), sampler.seq_len())}};
+  for (const auto& [key, value] : options.record.items()) record[key] = value;
+  return record;
+}
+
+// Saves `model` as the stage's result and finishes the stage with `record`.
+inline void finish_stage(const Run& run, const std::string& stage, const CausalLM& model,
+                         const nlohmann::json& record) {
+  save_stage_model(run, stage, model);
+  run.mark_done(stage, record);
+}
+
+// The Train stage: trains, saves and finishes `stage`, or, when it is already finished,
+// loads its weights into `model`. Returns stage.json either way.
+inline nlohmann::json train_stage(const Run& run, const std::string& stage, const CausalLM& model,
+                                  const WindowSampler& sampler, const StageBudget& budget,
+                                  const StageOptions& options = {}) {
+  if (run.skip_if_done(stage)) {
+    load_stage_weights(run, stage, model);
+    return run.record(stage);
+  }
+  auto record = train(run, stage, model, sampler, budget, options);
+  finish_stage(run, stage, model, record);
+  return run.record(stage);
+}
+
+}  // namespace recipe
+BTX_NAMESPACE_END
+}  // namespace btx
