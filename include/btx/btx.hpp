@@ -47,9 +47,12 @@
 #include <btx/moe/llama_moe.hpp>
 #include <btx/moe/moe_layer.hpp>
 #include <btx/moe/options.hpp>
+#include <btx/moe/router_registry.hpp>
+#include <btx/moe/router_spec.hpp>
 #include <btx/moe/routers/sample_top1.hpp>
 #include <btx/moe/routers/soft.hpp>
 #include <btx/moe/routers/switch.hpp>
+#include <btx/moe/routers/temperature_schedule.hpp>
 #include <btx/moe/routers/top_k.hpp>
 #include <btx/moe/routing.hpp>
 #include <btx/moe/surgery.hpp>
