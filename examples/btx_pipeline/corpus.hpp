@@ -129,7 +129,7 @@ inline PipelineRun open_run(const PipelineConfig& config) {
                                 std::to_string(spec.shape.vocab_size));
   }
   // An unknown router or an impossible k fails here, before training.
-  for (const auto& r : p.routers()) with_router(p.moe_options(r), 1, 0, [](auto) { return 0; });
+  for (const auto& r : p.routers()) check_router(p.moe_options(r));
   return p;
 }
 

@@ -60,9 +60,12 @@
 #include <btx/moe/experts/packed_swiglu.hpp>
 #include <btx/moe/moe_layer.hpp>
 #include <btx/moe/options.hpp>
+#include <btx/moe/router_registry.hpp>
+#include <btx/moe/router_spec.hpp>
 #include <btx/moe/routers/sample_top1.hpp>
 #include <btx/moe/routers/soft.hpp>
 #include <btx/moe/routers/switch.hpp>
+#include <btx/moe/routers/temperature_schedule.hpp>
 #include <btx/moe/routers/top_k.hpp>
 #include <btx/moe/routing.hpp>
 #include <btx/moe/surgery.hpp>

@@ -8,6 +8,7 @@
 
 #include <concepts>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include <btx/moe/routing.hpp>
@@ -19,6 +20,15 @@ BTX_NAMESPACE_BEGIN
 // A LibTorch module (so its parameters are registered and named inside the MoE layer).
 template <class M>
 concept is_torch_module = std::derived_from<M, torch::nn::Module>;
+
+// `clone()` -> a deep copy (std::shared_ptr<torch::nn::Module>): the MoE layer's clone()
+// copies its router and experts with it. Every module has a clone() that throws unless
+// the class derives from torch::nn::Cloneable<M>, so that derivation is what is checked.
+template <class M>
+concept is_cloneable_module = std::derived_from<M, torch::nn::Cloneable<M>> &&
+    requires(const M& m) {
+  { m.clone() } -> std::same_as<std::shared_ptr<torch::nn::Module>>;
+};
 
 // `num_experts()` -> E.
 template <class M>
@@ -46,9 +56,10 @@ concept routes_to_result = requires(R& r, const torch::Tensor& x_TD) {
 
 // Maps hidden states x[T, H] to expert indices [T, k], combine weights [T, k], the full
 // logits/probabilities [T, E] and (capacity routers) the dropped assignments.
+// (is_cloneable_module comes last so a router lacking route() is reported as has_route.)
 template <class R>
 concept Router = is_torch_module<R> && has_num_experts<R> && has_hidden_size<R> && has_route<R> &&
-    routes_to_result<R>;
+    routes_to_result<R> && is_cloneable_module<R>;
 
 // `run_expert(e, x_NH)` runs expert e on a contiguous block of N tokens -> [N, H].
 template <class X>
@@ -72,7 +83,7 @@ concept runs_sorted_blocks = requires(X& x, const torch::Tensor& x_NH,
 
 template <class X>
 concept ExpertContainer = is_torch_module<X> && has_num_experts<X> && has_hidden_size<X> &&
-    runs_expert_block<X> && has_parameters<X>;
+    runs_expert_block<X> && has_parameters<X> && is_cloneable_module<X>;
 
 BTX_NAMESPACE_END
 }  // namespace btx

@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: MIT
 // What a router hands to an MoE layer (RoutingResult), what the layer records about each
-// call (RoutingStats), and the fp32 router-logit computation the shipped routers share.
+// call (RoutingStats), and the public helpers routers are written with: the fp32 router
+// logits with their non-finite check, the router weight, and tensors on the input's device.
 #pragma once
 
 #include <torch/torch.h>
 
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -32,7 +34,7 @@ struct RoutingStats {
   double entropy = 0.0;             // mean over tokens of -sum_e p_e log p_e (nats)
 };
 
-namespace detail {
+// --- Helpers for writing a router (the shipped ones use them; so can yours) ---
 
 // Throws std::invalid_argument naming `where` unless x_TD is [T, hidden].
 inline void check_hidden(const torch::Tensor& x_TD, int64_t hidden, const char* where) {
@@ -43,17 +45,20 @@ inline void check_hidden(const torch::Tensor& x_TD, int64_t hidden, const char* 
   }
 }
 
-// The dtype routing math runs in: fp32, or fp64 for fp64 inputs (never bf16/fp16).
+// The dtype routing math runs in: fp32, or fp64 for fp64 inputs (never bf16/fp16, whose
+// rounding would reorder near-tied experts).
 inline torch::ScalarType routing_dtype(const torch::Tensor& x) {
   return x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
 }
 
-// logits_TE = x_TD W^T in routing_dtype; throws std::runtime_error on NaN/Inf logits.
-inline torch::Tensor router_logits(const torch::Tensor& x_TD, const torch::Tensor& weight_EH,
+// logits_TE = x_TD W^T in routing_dtype(x_TD), for a router weight w_ED [E, D]; throws
+// std::invalid_argument on a width mismatch and std::runtime_error on NaN/Inf logits, both
+// naming `where`.
+inline torch::Tensor router_logits(const torch::Tensor& x_TD, const torch::Tensor& w_ED,
                                    const char* where) {
-  check_hidden(x_TD, weight_EH.size(1), where);
+  check_hidden(x_TD, w_ED.size(1), where);
   const auto dtype = routing_dtype(x_TD);
-  auto logits_TE = torch::mm(x_TD.to(dtype), weight_EH.to(dtype).t());
+  auto logits_TE = torch::mm(x_TD.to(dtype), w_ED.to(dtype).t());
   if (logits_TE.numel() > 0 && !torch::isfinite(logits_TE).all().item<bool>()) {
     throw std::runtime_error(std::string(where) +
                              ": non-finite router logits (NaN or Inf); check the hidden states "
@@ -62,7 +67,8 @@ inline torch::Tensor router_logits(const torch::Tensor& x_TD, const torch::Tenso
   return logits_TE;
 }
 
-// Registers a router weight [E, H] with nn.Linear's default init (uniform +-1/sqrt(H)).
+// Registers the router weight "weight" [E, D] of `m` with nn.Linear's default init
+// (uniform +-1/sqrt(D)), so it is saved as `gate.weight` like HF Mixtral's router.
 inline torch::Tensor make_router_weight(torch::nn::Module& m, int64_t experts, int64_t hidden,
                                         const char* where) {
   if (experts <= 0) {
@@ -77,7 +83,29 @@ inline torch::Tensor make_router_weight(torch::nn::Module& m, int64_t experts, i
   return m.register_parameter("weight", torch::empty({experts, hidden}).uniform_(-bound, bound));
 }
 
-}  // namespace detail
+// Tensors a router creates itself must live on its input's device (a CPU-made index
+// tensor fails, or silently syncs, once the model runs on a GPU). These build them there.
+
+// int64 on x's device: for expert indices (RoutingResult::indices_TK).
+inline torch::TensorOptions index_options(const torch::Tensor& x) {
+  return torch::TensorOptions().dtype(torch::kLong).device(x.device());
+}
+
+// bool on x's device: for masks (RoutingResult::dropped_TK).
+inline torch::TensorOptions mask_options(const torch::Tensor& x) {
+  return torch::TensorOptions().dtype(torch::kBool).device(x.device());
+}
+
+// routing_dtype(x) on x's device: for weights a router makes up (e.g. constant ones).
+inline torch::TensorOptions weight_options(const torch::Tensor& x) {
+  return torch::TensorOptions().dtype(routing_dtype(x)).device(x.device());
+}
+
+// [tokens, experts] int64 on x's device whose every row is 0, 1, ..., experts - 1: the
+// indices of a router that lists every expert for every token (soft, expert choice).
+inline torch::Tensor every_expert_TE(int64_t tokens, int64_t experts, const torch::Tensor& x) {
+  return torch::arange(experts, index_options(x)).unsqueeze(0).expand({tokens, experts});
+}
 
 BTX_NAMESPACE_END
 }  // namespace btx

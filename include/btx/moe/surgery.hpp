@@ -23,6 +23,7 @@
 #include <btx/moe/experts/packed_swiglu.hpp>
 #include <btx/moe/moe_layer.hpp>
 #include <btx/moe/options.hpp>
+#include <btx/moe/router_registry.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -43,18 +44,16 @@ FeedForwardSlot<Parent> ffn_slot(torch::nn::AnyModule Parent::*member, std::stri
   return FeedForwardSlot<Parent>{member, std::move(child), std::move(where)};
 }
 
-// Builds the MoE layer for one dense block: packed experts for a gated FFN (a block that
-// implements GatedFfnSource, as every family's FFN does), otherwise options.num_experts
-// clones of the block.
+// Builds the MoE layer for one dense block with the router options.router names (any
+// registered one): packed experts for a gated FFN (a block that implements GatedFfnSource,
+// as every family's FFN does), otherwise options.num_experts clones of the block; the
+// router follows the experts' device and dtype.
 inline torch::nn::AnyModule upcycle_block(const torch::nn::AnyModule& block,
                                           const MoEOptions& options, uint64_t layer_index) {
+  const auto router = find_router(options.router);
   if (const auto* dense = dynamic_cast<const GatedFfnSource*>(block.ptr().get())) {
-    auto experts = PackedSwiGLU::copies_of(*dense, options.num_experts);
-    return with_router(options, experts->hidden_size(), layer_index, [&](auto gate) {
-      using R = typename decltype(gate)::element_type;
-      gate->to(experts->gate_proj.device(), experts->gate_proj.scalar_type());
-      return torch::nn::AnyModule(MoE<R, PackedSwiGLU>(gate, experts, options.aux()));
-    });
+    return router->make_layer(options, layer_index,
+                              PackedSwiGLU::copies_of(*dense, options.num_experts));
   }
   if (options.hidden_size <= 0) {
     throw std::invalid_argument(
@@ -62,13 +61,9 @@ inline torch::nn::AnyModule upcycle_block(const torch::nn::AnyModule& block,
         "maps [.., H] -> [.., H] over) to upcycle a block of type " +
         std::string(block.type_info().name()));
   }
-  auto experts = ModuleExperts::copies_of(block, options.num_experts, options.hidden_size);
-  return with_router(options, options.hidden_size, layer_index, [&](auto gate) {
-    using R = typename decltype(gate)::element_type;
-    auto params = experts->parameters();
-    if (!params.empty()) gate->to(params.front().device(), params.front().scalar_type());
-    return torch::nn::AnyModule(MoE<R, ModuleExperts>(gate, experts, options.aux()));
-  });
+  return router->make_layer(
+      options, layer_index,
+      ModuleExperts::copies_of(block, options.num_experts, options.hidden_size));
 }
 
 // Replaces every selected block of `model` with an MoE layer (sparse upcycling) and

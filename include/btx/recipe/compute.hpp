@@ -16,6 +16,7 @@
 #include <btx/core/model_spec.hpp>
 #include <btx/merge/expert_info.hpp>
 #include <btx/moe/options.hpp>
+#include <btx/moe/router_registry.hpp>
 #include <btx/train/flops.hpp>
 #include <btx/version.hpp>
 
@@ -23,14 +24,10 @@ namespace btx {
 BTX_NAMESPACE_BEGIN
 namespace recipe {
 
-// Experts run per token by the router `options` names: k for a top-k router, every expert
-// for Soft (a dense mixture), 1 for Switch and Sample Top-1. Mix writes it as the
-// checkpoint's num_experts_per_tok and FLOP counting reads it from there, so both agree.
-inline int64_t active_experts(const MoEOptions& options) {
-  if (options.router == "soft") return options.num_experts;
-  const int64_t k = parse_top_k(options.router, options.k);
-  return k > 0 ? k : 1;
-}
+// Experts run per token by the router `options` names, as its registration declares (k for
+// a top-k router, every expert for Soft, 1 for Switch and Sample Top-1). Mix writes it as
+// the checkpoint's num_experts_per_tok and FLOP counting reads it from there, so both agree.
+inline int64_t active_experts(const MoEOptions& options) { return btx::active_experts(options); }
 
 // Experts per layer and experts run per token: 1/1 for a dense spec.
 inline ComputeShape compute_shape(const ModelSpec& spec) {

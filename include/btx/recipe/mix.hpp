@@ -34,7 +34,7 @@ namespace recipe {
 inline constexpr const char* kMixStage = "mix";
 
 struct MixOptions {
-  std::string router = "top2";         // one of kRouterNames
+  std::string router = "top2";         // any registered router (btx::router_names())
   std::string router_init = "normal";  // normal | zero | hidden (see merge/router_init.hpp)
   bool seed_as_expert = true;          // the seed joins as the last expert (the generalist)
   // Everything else about the MoE layers (load balancing, capacity, ...); mix sets its

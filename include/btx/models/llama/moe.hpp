@@ -17,25 +17,26 @@
 #include <btx/moe/experts/packed_swiglu.hpp>
 #include <btx/moe/moe_layer.hpp>
 #include <btx/moe/options.hpp>
+#include <btx/moe/router_registry.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
 BTX_NAMESPACE_BEGIN
 
 // LlamaForCausalLM(config, moe_feed_forward({.num_experts = 4, .router = "top2"})).
-// The router name is checked here, before any layer is built. `activation` is the
-// experts' gate activation (SiLU for Llama; a derived family may pick another).
+// The router name (any registered one, btx::router_names()) is checked here, before any
+// layer is built. `activation` is the experts' gate activation (SiLU for Llama; a derived
+// family may pick another).
 inline FeedForwardFactory moe_feed_forward(MoEOptions options,
                                            GateActivation activation = GateActivation::silu) {
-  with_router(options, 1, 0, [](auto) { return 0; });  // validates name, k and E
-  return [options, activation](const LlamaConfig& config,
-                               int64_t layer) -> torch::nn::AnyModule {
-    return with_router(options, config.hidden_size, static_cast<uint64_t>(layer), [&](auto gate) {
-      using R = typename decltype(gate)::element_type;
-      auto experts = std::make_shared<PackedSwiGLU>(options.num_experts, config.hidden_size,
-                                                    config.intermediate_size, activation);
-      return torch::nn::AnyModule(MoE<R, PackedSwiGLU>(gate, experts, options.aux()));
-    });
+  check_router(options);  // validates name, k, E and the router's options
+  auto router = find_router(options.router);
+  return [options, router, activation](const LlamaConfig& config,
+                                       int64_t layer) -> torch::nn::AnyModule {
+    auto gate = router->make_router(options, config.hidden_size, static_cast<uint64_t>(layer));
+    auto experts = std::make_shared<PackedSwiGLU>(options.num_experts, config.hidden_size,
+                                                  config.intermediate_size, activation);
+    return router->make_layer(gate, experts, options.aux());
   };
 }
 

@@ -3,35 +3,29 @@
 // temperature with a straight-through top-1 forward; at inference, plain argmax. The
 // Gumbel noise comes from the router's own seeded generator, so runs reproduce; the
 // generator and the step counter travel in training checkpoints (btx::ExtraState).
+// Registered as "sample_top1" (with MoEOptions.soft_first_layer, layer 0 is a Soft router).
 #pragma once
 
 #include <torch/torch.h>
 
 #include <ATen/CPUGeneratorImpl.h>
 
-#include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <stdexcept>
 #include <string>
 
+#include <btx/moe/options.hpp>
+#include <btx/moe/router_spec.hpp>
+#include <btx/moe/routers/soft.hpp>
+#include <btx/moe/routers/temperature_schedule.hpp>
 #include <btx/moe/routing.hpp>
 #include <btx/train/extra_state.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
 BTX_NAMESPACE_BEGIN
-
-// tau(step) = max(floor, init * exp(-rate * step)); step counts training forwards.
-struct TemperatureSchedule {
-  double init = 1.0;
-  double floor = 0.5;
-  double rate = 1e-4;
-  [[nodiscard]] double at(int64_t step) const {
-    return std::max(floor, init * std::exp(-rate * static_cast<double>(step)));
-  }
-};
 
 class SampleTop1 : public torch::nn::Cloneable<SampleTop1>, public ExtraState {
  public:
@@ -46,7 +40,7 @@ class SampleTop1 : public torch::nn::Cloneable<SampleTop1>, public ExtraState {
   }
   // A clone restarts its own noise stream from the seed (it never shares the original's).
   void reset() override {
-    weight = detail::make_router_weight(*this, experts_, hidden_, "SampleTop1");
+    weight = make_router_weight(*this, experts_, hidden_, "SampleTop1");
     reseed(seed_);
   }
   void reseed(uint64_t seed) {
@@ -56,7 +50,7 @@ class SampleTop1 : public torch::nn::Cloneable<SampleTop1>, public ExtraState {
 
   RoutingResult route(const torch::Tensor& x_TD) {
     RoutingResult r;
-    r.logits_TE = detail::router_logits(x_TD, weight, "btx::SampleTop1::route");
+    r.logits_TE = router_logits(x_TD, weight, "btx::SampleTop1::route");
     r.probs_TE = torch::softmax(r.logits_TE, 1);
     if (!is_training()) {
       r.indices_TK = r.logits_TE.argmax(1, /*keepdim=*/true);
@@ -103,6 +97,20 @@ class SampleTop1 : public torch::nn::Cloneable<SampleTop1>, public ExtraState {
   int64_t step_ = 0;
   at::Generator generator_;
 };
+
+// "sample_top1", for btx::router_registry(). Layer l draws its noise from seed + l.
+inline void register_sample_top1_router(RouterRegistry& registry) {
+  registry.add<SampleTop1, Soft>(
+      {.name = "sample_top1",
+       .describe = "BTX's Sample Top-1: Gumbel-softmax top-1 in training, argmax at inference",
+       .make = [](const MoEOptions& o, int64_t hidden,
+                  uint64_t layer) -> std::shared_ptr<torch::nn::Module> {
+         if (o.soft_first_layer && layer == 0) return std::make_shared<Soft>(hidden, o.num_experts);
+         return std::make_shared<SampleTop1>(hidden, o.num_experts, o.temperature, o.seed + layer);
+       },
+       // Layer 0 runs every expert under soft_first_layer; the count is the other layers'.
+       .active_experts = [](const MoEOptions&) -> int64_t { return 1; }});
+}
 
 BTX_NAMESPACE_END
 }  // namespace btx

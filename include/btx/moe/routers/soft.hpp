@@ -1,11 +1,15 @@
 // SPDX-License-Identifier: MIT
 // Soft router: every token goes to every expert with its softmax weight (a dense mixture).
+// Registered as "soft".
 #pragma once
 
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <memory>
 
+#include <btx/moe/options.hpp>
+#include <btx/moe/router_spec.hpp>
 #include <btx/moe/routing.hpp>
 #include <btx/version.hpp>
 
@@ -17,16 +21,14 @@ class Soft : public torch::nn::Cloneable<Soft> {
   Soft(int64_t hidden_size, int64_t num_experts) : hidden_(hidden_size), experts_(num_experts) {
     reset();
   }
-  void reset() override { weight = detail::make_router_weight(*this, experts_, hidden_, "Soft"); }
+  void reset() override { weight = make_router_weight(*this, experts_, hidden_, "Soft"); }
 
   // x_TD [T, H] -> E assignments per token, weights = softmax over all logits.
   RoutingResult route(const torch::Tensor& x_TD) {
     RoutingResult r;
-    r.logits_TE = detail::router_logits(x_TD, weight, "btx::Soft::route");
+    r.logits_TE = router_logits(x_TD, weight, "btx::Soft::route");
     r.probs_TE = torch::softmax(r.logits_TE, 1);
-    r.indices_TK = torch::arange(experts_, x_TD.options().dtype(torch::kLong))
-                       .unsqueeze(0)
-                       .expand({x_TD.size(0), experts_});
+    r.indices_TK = every_expert_TE(x_TD.size(0), experts_, x_TD);
     r.weights_TK = r.probs_TE;
     return r;
   }
@@ -39,6 +41,16 @@ class Soft : public torch::nn::Cloneable<Soft> {
  private:
   int64_t hidden_, experts_;
 };
+
+// "soft", for btx::router_registry().
+inline void register_soft_router(RouterRegistry& registry) {
+  registry.add<Soft>(
+      {.name = "soft",
+       .describe = "every token to every expert with its softmax weight (dense)",
+       .make = [](const MoEOptions& o, int64_t hidden,
+                  uint64_t /*layer*/) { return std::make_shared<Soft>(hidden, o.num_experts); },
+       .active_experts = [](const MoEOptions& o) { return o.num_experts; }});
+}
 
 BTX_NAMESPACE_END
 }  // namespace btx

@@ -1,16 +1,19 @@
 // SPDX-License-Identifier: MIT
 // Switch router: top-1 with a capacity of ceil(capacity_factor * T / E) tokens per expert;
 // the assignments beyond it (in token order) are dropped, so those tokens pass through
-// the decoder layer's residual only.
+// the decoder layer's residual only. Registered as "switch".
 #pragma once
 
 #include <torch/torch.h>
 
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <string>
 
+#include <btx/moe/options.hpp>
+#include <btx/moe/router_spec.hpp>
 #include <btx/moe/routing.hpp>
 #include <btx/version.hpp>
 
@@ -27,7 +30,7 @@ class Switch : public torch::nn::Cloneable<Switch> {
     }
     reset();
   }
-  void reset() override { weight = detail::make_router_weight(*this, experts_, hidden_, "Switch"); }
+  void reset() override { weight = make_router_weight(*this, experts_, hidden_, "Switch"); }
 
   // Tokens each expert may take in a call over `tokens` tokens.
   [[nodiscard]] int64_t capacity(int64_t tokens) const {
@@ -40,7 +43,7 @@ class Switch : public torch::nn::Cloneable<Switch> {
   // loss while an MoE of identical experts still equals one expert.
   RoutingResult route(const torch::Tensor& x_TD) {
     RoutingResult r;
-    r.logits_TE = detail::router_logits(x_TD, weight, "btx::Switch::route");
+    r.logits_TE = router_logits(x_TD, weight, "btx::Switch::route");
     r.probs_TE = torch::softmax(r.logits_TE, 1);
     auto [p_T1, indices_T1] = r.probs_TE.max(1, /*keepdim=*/true);
     r.indices_TK = indices_T1;
@@ -63,6 +66,18 @@ class Switch : public torch::nn::Cloneable<Switch> {
   int64_t hidden_, experts_;
   double capacity_factor_;
 };
+
+// "switch", for btx::router_registry().
+inline void register_switch_router(RouterRegistry& registry) {
+  registry.add<Switch>(
+      {.name = "switch",
+       .describe = "top-1 with a capacity of ceil(capacity_factor * T / E) tokens per expert",
+       .make =
+           [](const MoEOptions& o, int64_t hidden, uint64_t /*layer*/) {
+             return std::make_shared<Switch>(hidden, o.num_experts, o.capacity_factor);
+           },
+       .active_experts = [](const MoEOptions&) -> int64_t { return 1; }});
+}
 
 BTX_NAMESPACE_END
 }  // namespace btx
