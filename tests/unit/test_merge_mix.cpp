@@ -340,3 +340,14 @@ TEST_CASE("merge plan: tensor-by-tensor computation in any order matches materia
   }
   CHECK_THROWS_AS((void)plan.compute("nope"), std::out_of_range);
 }
+
+TEST_CASE("merge plan: a recipe with down_scale and noise records both in the manifest") {
+  auto srcs = sources_of(make_models(1, 29));
+  const int64_t I = tiny_config().intermediate_size;
+  bm::MoeRecipe recipe{"noisy_rescaled", {{{{0, 0, I}}}, {{{0, 0, I}}}}, 1, 2, 0.05, 7, 2.0};
+  const auto plan = bm::moe_plan(srcs, bm::KeepOne{0}, bm::RouterZero{}, recipe);
+  const auto& options = plan.manifest().options;
+  CHECK(options.value("down_scale", 0.0) == 2.0);
+  CHECK(options.value("noise_std", 0.0) == 0.05);
+  CHECK(options.value("noise_seed", uint64_t{0}) == 7);
+}

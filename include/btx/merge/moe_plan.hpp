@@ -172,7 +172,8 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
   }
   if (recipe.down_scale != 1.0) manifest.options["down_scale"] = recipe.down_scale;
   if (recipe.noise_std > 0.0) {
-    manifest.options = {{"noise_std", recipe.noise_std}, {"noise_seed", recipe.noise_seed}};
+    manifest.options["noise_std"] = recipe.noise_std;  // beside down_scale, not instead of it
+    manifest.options["noise_seed"] = recipe.noise_seed;
   }
 
   // --------------------------------------------- computing one output tensor
