@@ -27,7 +27,7 @@ namespace recipe {
 // Experts run per token by the router `options` names, as its registration declares (k for
 // a top-k router, every expert for Soft, 1 for Switch and Sample Top-1). Mix writes it as
 // the checkpoint's num_experts_per_tok and FLOP counting reads it from there, so both agree.
-inline int64_t active_experts(const MoEOptions& options) { return btx::active_experts(options); }
+using btx::active_experts;
 
 // Experts per layer and experts run per token: 1/1 for a dense spec.
 inline ComputeShape compute_shape(const ModelSpec& spec) {
