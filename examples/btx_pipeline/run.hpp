@@ -83,9 +83,7 @@ struct Run {
   }
   // Experts run per token by `router` (for FLOP counting).
   [[nodiscard]] int64_t active_experts(const std::string& router) const {
-    if (router == "soft") return num_experts();
-    const int64_t k = parse_top_k(router, 2);
-    return k > 0 ? k : 1;
+    return btx::active_experts(moe_options(router));  // as the router's registration states
   }
 
   [[nodiscard]] LlamaForCausalLM make_dense() const { return LlamaForCausalLM(config.model); }
