@@ -19,6 +19,7 @@
 #include <btx/recipe/train_stage.hpp>
 #include <btx/recipe/worker_dispatch.hpp>
 #include <btx/recipe/workers.hpp>
+#include <btx/moe/router_registry.hpp>
 
 #include "../common/yaml_json.hpp"
 #include "config.hpp"
@@ -63,7 +64,7 @@ CONFIG (YAML or JSON) overrides any of these keys (unknown keys are errors):
              generator: arithmetic, token_file: train.bin, eval_token_file: val.bin,
              token_dtype: uint16|uint32, max_train_tokens, max_eval_tokens, eval_every}]
   seed_checkpoint: HF checkpoint folder  seed_stage/expert_stage/finetune_stage: {steps, lr, warmup}
-  router: top1|top2|topk:K|switch|sample_top1|soft    extra_routers: [more routers to compare]
+  router: a router name (see Routers below)    extra_routers: [more routers to compare]
   load_balance_alpha (0.01), load_balance_form: btx|switch, seed_as_expert (true),
   router_init: normal|zero|hidden, baselines (true), eval_windows, math_problems
   checkpoint_every (50; quick: 10): every training stage checkpoints into
@@ -87,7 +88,9 @@ Args parse_args(int argc, char** argv) {
       return argv[++i];
     };
     if (s == "--help" || s == "-h") {
-      std::cout << kHelp;
+      std::cout << kHelp << "Routers (router, extra_routers, --router):\n";
+      for (const auto& r : btx::router_registry().all())
+        std::printf("  %-12s %s\n", r->name().c_str(), r->spec().describe.c_str());
       std::exit(0);
     } else if (s == "--quick") {
       a.quick = true;
