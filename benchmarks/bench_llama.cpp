@@ -2,8 +2,8 @@
 // Reference Llama forward+backward throughput (tokens/s) on a small config.
 #include <benchmark/benchmark.h>
 
-#include <btx/train/loss.hpp>
 #include <btx/models/llama/model.hpp>
+#include <btx/train/loss.hpp>
 
 static void BM_LlamaTrainStep(benchmark::State& state) {
   torch::set_num_threads(1);

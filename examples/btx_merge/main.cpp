@@ -19,8 +19,8 @@
 #include <variant>
 #include <vector>
 
-#include <btx/data/byte_tokenizer.hpp>
 #include <btx/core/dtype.hpp>
+#include <btx/data/byte_tokenizer.hpp>
 #include <btx/io/atomic_dir.hpp>
 #include <btx/merge/checkpoint_source.hpp>
 #include <btx/merge/mixers.hpp>
@@ -271,8 +271,7 @@ int run(const MergeConfig& c, const fs::path& out_dir, bool force) {
 
   // ------------------------------------------------------- plan, then write
   const merge::Plan plan = make_plan(c, sources, averaging, router);
-  const auto dtype =
-      c.dtype.empty() ? plan.outputs().front().dtype : btx::dtype_from_name(c.dtype);
+  const auto dtype = c.dtype.empty() ? plan.outputs().front().dtype : btx::dtype_from_name(c.dtype);
   auto config_json =
       merge::hf_config_for(plan, base_spec, btx::dtype_name(dtype), c.router_aux_loss_coef);
   const auto raw_base = read_json(base / "config.json");

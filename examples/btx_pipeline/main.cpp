@@ -12,6 +12,7 @@
 #include <vector>
 
 #include <btx/models/auto.hpp>
+#include <btx/moe/router_registry.hpp>
 #include <btx/recipe/baselines.hpp>
 #include <btx/recipe/branch.hpp>
 #include <btx/recipe/finetune.hpp>
@@ -19,7 +20,6 @@
 #include <btx/recipe/train_stage.hpp>
 #include <btx/recipe/worker_dispatch.hpp>
 #include <btx/recipe/workers.hpp>
-#include <btx/moe/router_registry.hpp>
 
 #include "../common/yaml_json.hpp"
 #include "config.hpp"
@@ -142,11 +142,9 @@ CausalLM seed_stage(const bp::PipelineRun& p) {
   }
   if (p.run.skip_if_done("seed")) return recipe::load_stage_model(p.run, "seed");
   CausalLM seed = btx::load_causal_lm(p.config.seed_checkpoint);
-  recipe::finish_stage(p.run, "seed", seed,
-                       {{"source", p.config.seed_checkpoint},
-                        {"flops", 0.0},
-                        {"tokens", 0},
-                        {"seconds", 0.0}});
+  recipe::finish_stage(
+      p.run, "seed", seed,
+      {{"source", p.config.seed_checkpoint}, {"flops", 0.0}, {"tokens", 0}, {"seconds", 0.0}});
   return seed;
 }
 
@@ -242,8 +240,8 @@ int main(int argc, char** argv) {
     // (c) Train: one expert per domain, each in its own OS process.
     std::vector<recipe::WorkerJob> experts;
     for (size_t d = 0; d < p.corpus.domains.size(); ++d) {
-      experts.push_back(workers().job(run, recipe::expert_stage(p.corpus.domains[d].name),
-                                      "expert", {{"expert", std::to_string(d)}}));
+      experts.push_back(workers().job(run, recipe::expert_stage(p.corpus.domains[d].name), "expert",
+                                      {{"expert", std::to_string(d)}}));
     }
     if (!recipe::run_workers(run, experts).ok()) return 1;
     if (a.until == "experts") return 0;
@@ -257,7 +255,8 @@ int main(int argc, char** argv) {
     // (e) MoE-finetune with each router; the baselines at BTX's compute beside it.
     std::vector<recipe::WorkerJob> finetunes;
     for (const auto& r : p.routers()) {
-      finetunes.push_back(workers().job(run, recipe::finetune_stage(r), "finetune", {{"router", r}}));
+      finetunes.push_back(
+          workers().job(run, recipe::finetune_stage(r), "finetune", {{"router", r}}));
     }
     if (p.config.baselines) {
       finetunes.push_back(workers().job(run, recipe::kDenseStage, "dense"));

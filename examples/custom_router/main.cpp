@@ -13,9 +13,9 @@
 #include <iostream>
 #include <memory>
 
-#include <btx/models/llama.hpp>
+#include <btx/models/llama/model.hpp>
+#include <btx/models/llama/moe.hpp>
 #include <btx/moe/experts/packed_swiglu.hpp>
-#include <btx/moe/llama_moe.hpp>
 #include <btx/moe/moe_layer.hpp>
 #include <btx/moe/router_registry.hpp>
 #include <btx/moe/routing.hpp>

@@ -2,8 +2,8 @@
 // build/bin/btx-train-tiny-llama [steps]
 // Trains the reference Llama on this file's own bytes and greedily continues a prompt:
 // the smallest end-to-end use of btx's model, optimizer loop and generation.
-#include <btx/train/loss.hpp>
 #include <btx/btx.hpp>
+#include <btx/train/loss.hpp>
 
 #include <fstream>
 #include <iostream>

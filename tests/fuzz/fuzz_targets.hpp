@@ -20,10 +20,10 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <btx/models/llama/hf_config.hpp>
 #include <btx/io/checkpoint_reader.hpp>
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
+#include <btx/models/llama/hf_config.hpp>
 
 namespace btx::fuzz {
 

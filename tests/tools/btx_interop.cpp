@@ -17,10 +17,10 @@
 #include <map>
 #include <string>
 
-#include <btx/models/auto.hpp>
-#include <btx/models/llama/checkpoint.hpp>
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
+#include <btx/models/auto.hpp>
+#include <btx/models/llama/checkpoint.hpp>
 
 #include "../test_support.hpp"
 

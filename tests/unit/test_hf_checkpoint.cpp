@@ -7,9 +7,9 @@
 #include <filesystem>
 #include <string>
 
-#include <btx/models/llama/checkpoint.hpp>
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
+#include <btx/models/llama/checkpoint.hpp>
 
 #include "../scratch.hpp"
 #include "../test_support.hpp"

@@ -5,9 +5,9 @@
 
 #include <set>
 
-#include <btx/train/loss.hpp>
 #include <btx/models/common/generate.hpp>
 #include <btx/models/llama/model.hpp>
+#include <btx/train/loss.hpp>
 
 #include "../test_support.hpp"
 

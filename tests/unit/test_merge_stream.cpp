@@ -13,11 +13,11 @@
 
 #include <unistd.h>
 
-#include <btx/models/auto.hpp>
-#include <btx/models/llama/checkpoint.hpp>
 #include <btx/merge/checkpoint_source.hpp>
 #include <btx/merge/mixers.hpp>
 #include <btx/merge/write_plan.hpp>
+#include <btx/models/auto.hpp>
+#include <btx/models/llama/checkpoint.hpp>
 #include <btx/moe/moe_layer.hpp>
 
 #include "../scratch.hpp"
@@ -122,7 +122,8 @@ TEST_CASE("merge stream: hf_decls splits packed experts into Mixtral's per-exper
         2 * 13 + merge::validate_dense_sources(merge::checkpoint_sources({root / "a"}))
                      .shared_specs()
                      .size());
-  const auto config = merge::hf_config_for(plan, btx::LlamaFamily::spec(tiny_config()), "bfloat16", 0.01);
+  const auto config =
+      merge::hf_config_for(plan, btx::LlamaFamily::spec(tiny_config()), "bfloat16", 0.01);
   CHECK(config["num_local_experts"].get<int>() == 4);
   CHECK(config["num_experts_per_tok"].get<int>() == 4);  // C * k
   CHECK(config["intermediate_size"].get<int>() == 32);
@@ -148,8 +149,9 @@ TEST_CASE(
     CHECK(p.index == calls);
     CHECK(p.bytes_done <= p.bytes_total);
   };
-  const auto stats = merge::write_plan(plan, merge::hf_config_for(plan, btx::LlamaFamily::spec(tiny_config()), "float32"),
-                                       root / "moe", opts);
+  const auto stats = merge::write_plan(
+      plan, merge::hf_config_for(plan, btx::LlamaFamily::spec(tiny_config()), "float32"),
+      root / "moe", opts);
   CHECK(calls == plan.outputs().size());
   CHECK(stats.shards > 1);
   for (const char* f :
@@ -185,7 +187,9 @@ TEST_CASE("merge stream: write_plan leaves nothing at the target when a tensor f
       },
       good.manifest());
   CHECK_THROWS_WITH(
-      merge::write_plan(bad, merge::hf_config_for(good, btx::LlamaFamily::spec(tiny_config()), "float32"), root / "out"),
+      merge::write_plan(
+          bad, merge::hf_config_for(good, btx::LlamaFamily::spec(tiny_config()), "float32"),
+          root / "out"),
       doctest::Contains("disk on fire"));
   CHECK_FALSE(fs::exists(root / "out"));
   CHECK_FALSE(leftovers_beside(root / "out"));

@@ -156,8 +156,7 @@ TEST_CASE("family: upcycling, surgery, router init and BTM ensembling take the G
   // Surgery packs the GeGLU block into experts that keep its activation.
   auto cut = lm.clone();
   auto holder = cut.as<btx::LlamaForCausalLM>();
-  btx::upcycle(*holder, btx::ffn_slot(&btx::LlamaDecoderLayerImpl::mlp, "mlp"),
-               {.num_experts = 2});
+  btx::upcycle(*holder, btx::ffn_slot(&btx::LlamaDecoderLayerImpl::mlp, "mlp"), {.num_experts = 2});
   CHECK(max_abs_diff(holder->forward(ids), expected) < 1e-5);
 
   const auto mean_LD = merge::mean_mlp_inputs(lm, {ids});

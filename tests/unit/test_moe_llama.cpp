@@ -8,9 +8,9 @@
 
 #include <btx/merge/upcycle_model.hpp>
 #include <btx/models/llama/family.hpp>
-#include <btx/train/loss.hpp>
 #include <btx/models/llama/moe.hpp>
 #include <btx/moe/surgery.hpp>
+#include <btx/train/loss.hpp>
 
 #include "../test_support.hpp"
 

@@ -12,6 +12,8 @@
 #include <typeinfo>
 #include <vector>
 
+#include <btx/merge/upcycle_model.hpp>
+#include <btx/models/llama/family.hpp>
 #include <btx/models/llama/moe.hpp>
 #include <btx/moe/router_registry.hpp>
 #include <btx/moe/surgery.hpp>
@@ -219,10 +221,9 @@ TEST_CASE("router registry: a router registered here works by name in every buil
   // upcycled: identical experts, weights 1/2 + 1/2, so the MoE equals the dense model.
   btx::LlamaForCausalLM dense(tiny_config());
   auto expected = dense->forward(ids);
-  auto moe = btx::upcycled(*dense, o);
-  CHECK(max_abs_diff(moe->forward(ids), expected) < 1e-5);
-  auto copy = std::dynamic_pointer_cast<btx::LlamaForCausalLMImpl>(moe->clone());
-  REQUIRE(copy);
+  auto moe = btx::merge::upcycled(btx::LlamaFamily::wrap(dense), o);
+  CHECK(max_abs_diff(moe.forward(ids), expected) < 1e-5);
+  auto copy = moe.clone().as<btx::LlamaForCausalLM>();
   CHECK(dynamic_cast<Layer*>(copy->model->layer(0).mlp.ptr().get()) != nullptr);
 
   // upcycle (surgery) on a user's block: MoE<FirstN, ModuleExperts>, output unchanged.

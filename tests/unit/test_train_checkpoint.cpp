@@ -9,9 +9,9 @@
 #include <fstream>
 #include <string>
 
-#include <btx/models/llama/model.hpp>
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
+#include <btx/models/llama/model.hpp>
 #include <btx/moe/routers/sample_top1.hpp>
 #include <btx/train/checkpoint.hpp>
 #include <btx/train/trainer.hpp>

@@ -36,7 +36,8 @@ struct MoEConfig {
   int64_t num_local_experts = 8;       // E
   int64_t num_experts_per_tok = 2;     // K
   double router_aux_loss_coef = 0.02;  // load-balancing loss weight
-  int64_t expert_intermediate_size = 0;  // F of each expert; 0: the dense FFN's (split experts differ)
+  int64_t expert_intermediate_size =
+      0;  // F of each expert; 0: the dense FFN's (split experts differ)
 };
 
 struct ModelSpec {

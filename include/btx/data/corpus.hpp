@@ -17,10 +17,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include <btx/core/hash.hpp>
 #include <btx/data/arithmetic.hpp>
 #include <btx/data/byte_tokenizer.hpp>
 #include <btx/data/token_file.hpp>
-#include <btx/core/hash.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -85,7 +85,6 @@ struct Corpus {
     return {{"vocab_size", vocab_size}, {"domains", domains_json}, {"files", files}};
   }
 };
-
 
 namespace detail {
 

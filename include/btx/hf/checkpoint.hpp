@@ -73,7 +73,8 @@ inline std::vector<Placement> placements(const std::vector<io::TensorDecl>& tens
                              " HF names for the unpacked tensor " + t.name);
     }
     for (size_t j = 0; j < hf_names.size(); ++j) {
-      out.push_back({hf_names[j], t.name, packed ? std::optional<int64_t>(int64_t(j)) : std::nullopt,
+      out.push_back({hf_names[j], t.name,
+                     packed ? std::optional<int64_t>(int64_t(j)) : std::nullopt,
                      packed ? std::vector<int64_t>(t.shape.begin() + 1, t.shape.end()) : t.shape});
     }
   }
@@ -156,7 +157,7 @@ struct SaveOptions {
   std::optional<torch::Dtype> dtype;  // storage dtype; default: the first parameter's dtype
   std::optional<MoEConfig> moe;       // required iff the model has MoE-contract parameters
   uint64_t max_shard_bytes = io::kDefaultMaxShardBytes;
-  bool overwrite = false;  // replace a non-empty `dir`
+  bool overwrite = false;                         // replace a non-empty `dir`
   std::vector<std::filesystem::path> copy_files;  // copied in unchanged (tokenizer files, ...)
 };
 // Reported after each btx tensor is written.

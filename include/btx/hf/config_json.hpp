@@ -45,7 +45,8 @@ inline std::string declared_model_type(const nlohmann::json& j,
   if (!j.is_object()) return "";
   if (j.contains("model_type") && !j["model_type"].is_null()) {
     if (!j["model_type"].is_string()) {
-      throw detail::config_error(where, "field \"model_type\" has the wrong JSON type (not a string)");
+      throw detail::config_error(where,
+                                 "field \"model_type\" has the wrong JSON type (not a string)");
     }
     return j["model_type"].get<std::string>();
   }
@@ -109,8 +110,8 @@ class ConfigFields {
   // For a flag btx's model does not implement: true is refused naming `why`.
   void refuse_true(const char* key, const std::string& why) const {
     if (j_.contains(key) && j_[key].is_boolean() && j_[key].get<bool>()) {
-      throw detail::config_error(where_, std::string("\"") + key + "\": true is not supported (" +
-                                             why + ")");
+      throw detail::config_error(
+          where_, std::string("\"") + key + "\": true is not supported (" + why + ")");
     }
   }
   // The storage dtype name (transformers 5 writes "dtype", 4 "torch_dtype").

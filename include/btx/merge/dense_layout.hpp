@@ -32,7 +32,9 @@ inline const FfnNaming& default_ffn_naming() {
 inline const std::vector<std::string>& ffn_projections() {
   return default_ffn_naming().projections;
 }
-inline std::string layer_prefix(int64_t layer) { return default_ffn_naming().layer_prefix(layer); }
+inline std::string layer_prefix(int64_t layer) {
+  return default_ffn_naming().layer_prefix(layer);
+}
 // Dense: model.layers.{i}.mlp.{gate,up,down}_proj.weight
 inline std::string dense_ffn_name(int64_t layer, const std::string& proj) {
   return default_ffn_naming().dense_ffn_name(layer, proj);
@@ -42,7 +44,9 @@ inline std::string experts_name(int64_t layer, const std::string& proj) {
   return default_ffn_naming().experts_name(layer, proj);
 }
 // MoE router (contract): model.layers.{i}.mlp.gate.weight [E, D]
-inline std::string router_name(int64_t layer) { return default_ffn_naming().router_name(layer); }
+inline std::string router_name(int64_t layer) {
+  return default_ffn_naming().router_name(layer);
+}
 // Layer index of a name under model.layers.{i}., if any.
 inline std::optional<int64_t> layer_of(const std::string& name) {
   return default_ffn_naming().layer_of(name);

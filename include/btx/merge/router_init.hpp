@@ -18,8 +18,8 @@
 #include <string>
 #include <vector>
 
-#include <btx/merge/averaging.hpp>
 #include <btx/core/causal_lm.hpp>
+#include <btx/merge/averaging.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -153,7 +153,8 @@ torch::Tensor mean_mlp_inputs(Model& model, const std::vector<torch::Tensor>& sa
   torch::Tensor sum_LD;
   int64_t tokens = 0;
   for (const auto& ids : samples) {
-    const std::vector<torch::Tensor> ffn_inputs = model->ffn_inputs(ids.to(device));  // L x [B, S, D]
+    const std::vector<torch::Tensor> ffn_inputs =
+        model->ffn_inputs(ids.to(device));  // L x [B, S, D]
     std::vector<torch::Tensor> per_layer;
     for (const auto& x_BSD : ffn_inputs) {
       per_layer.push_back(x_BSD.to(torch::kFloat32).reshape({-1, x_BSD.size(-1)}).sum(0));
@@ -168,8 +169,7 @@ torch::Tensor mean_mlp_inputs(Model& model, const std::vector<torch::Tensor>& sa
 // RouterFromHidden over each expert's own hidden states on the same samples.
 template <lm_ffn_inputs Model>
 RouterFromHidden hidden_router_init(std::vector<Model>& experts,
-                                           const std::vector<torch::Tensor>& samples,
-                                           double scale = 1.0) {
+                                    const std::vector<torch::Tensor>& samples, double scale = 1.0) {
   RouterFromHidden r;
   r.scale = scale;
   for (auto& m : experts) r.per_source.push_back(mean_mlp_inputs(m, samples));

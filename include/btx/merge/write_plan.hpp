@@ -83,8 +83,8 @@ inline nlohmann::ordered_json hf_config_for(const Plan& plan, ModelSpec base,
                                 std::to_string(m.num_experts) +
                                 " experts; experts_per_token must be in [1, num_experts]");
   }
-  base.moe = MoEConfig{m.num_experts, m.experts_per_token, router_aux_loss_coef,
-                       m.moe_intermediate_size};
+  base.moe =
+      MoEConfig{m.num_experts, m.experts_per_token, router_aux_loss_coef, m.moe_intermediate_size};
   return family.config_json(base, dtype);
 }
 
@@ -114,8 +114,8 @@ inline WriteStats write_plan(const Plan& plan, const nlohmann::ordered_json& con
     w.text_files.push_back({options.manifest_file, manifest.dump(2) + "\n"});
   }
   return hf::write_hf_folder(
-      dir, config_json, plan_decls(plan), [&plan](const std::string& name) { return plan.compute(name); },
-      family.name_map(), w);
+      dir, config_json, plan_decls(plan),
+      [&plan](const std::string& name) { return plan.compute(name); }, family.name_map(), w);
 }
 
 }  // namespace merge

@@ -33,12 +33,14 @@ inline const FamilyEntry& family_for_config(const nlohmann::json& j, const std::
   const std::string type = hf::declared_model_type(j, where);
   const FamilyEntry* family = families().for_model_type(type);
   if (family == nullptr) {
-    throw std::runtime_error(where + ": model_type \"" + type +
-                             "\" is not supported (btx reads " + families().model_types() + ")");
+    throw std::runtime_error(where + ": model_type \"" + type + "\" is not supported (btx reads " +
+                             families().model_types() + ")");
   }
   return *family;
 }
-inline const FamilyEntry& family_of(const ModelSpec& spec) { return families().get(spec.family); }
+inline const FamilyEntry& family_of(const ModelSpec& spec) {
+  return families().get(spec.family);
+}
 
 inline ModelSpec spec_from_json(const nlohmann::json& j, const std::string& where) {
   return family_for_config(j, where).read_config(j, where);

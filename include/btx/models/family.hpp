@@ -75,9 +75,9 @@ concept family_knows_hf_routing = requires(const MoEConfig& moe) {
 };
 
 template <class F>
-concept ModelFamily = family_names_itself<F> && family_reads_config<F> &&
-    family_writes_config<F> && family_builds_models<F> && family_maps_names<F> &&
-    family_locates_ffn<F> && family_knows_hf_routing<F>;
+concept ModelFamily = family_names_itself<F> && family_reads_config<F> && family_writes_config<F> &&
+    family_builds_models<F> && family_maps_names<F> && family_locates_ffn<F> &&
+    family_knows_hf_routing<F>;
 
 // ------------------------------------------------------------ the runtime entry
 struct FamilyEntry {
@@ -132,8 +132,8 @@ class FamilyRegistry {
     for (const auto& key : {entry.dense_model_type, entry.moe_model_type}) {
       if (by_type_.count(key)) {
         throw std::invalid_argument("btx: model_type '" + key + "' of family '" + entry.name +
-                                    "' is already claimed by family '" +
-                                    by_type_.at(key)->name + "'");
+                                    "' is already claimed by family '" + by_type_.at(key)->name +
+                                    "'");
       }
     }
     if (by_name_.count(entry.name)) {
@@ -148,8 +148,8 @@ class FamilyRegistry {
     std::lock_guard<std::mutex> lock(mutex_);
     const auto it = by_name_.find(name);
     if (it == by_name_.end()) {
-      throw std::invalid_argument("btx: unknown model family '" + name + "'; registered: " +
-                                  names_locked());
+      throw std::invalid_argument("btx: unknown model family '" + name +
+                                  "'; registered: " + names_locked());
     }
     return *it->second;
   }

@@ -18,8 +18,8 @@
 #include <nlohmann/json.hpp>
 
 #include <btx/data/sampler.hpp>
-#include <btx/train/loss.hpp>
 #include <btx/train/checkpoint.hpp>
+#include <btx/train/loss.hpp>
 #include <btx/train/progress.hpp>
 #include <btx/train/schedule.hpp>
 #include <btx/version.hpp>

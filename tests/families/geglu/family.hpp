@@ -83,9 +83,7 @@ struct GegluFamily {
   static std::vector<std::string> hf_names(const std::string& param, int64_t experts) {
     return LlamaFamily::hf_names(param, experts);
   }
-  static hf::BtxSlot btx_slot(const std::string& hf_name) {
-    return LlamaFamily::btx_slot(hf_name);
-  }
+  static hf::BtxSlot btx_slot(const std::string& hf_name) { return LlamaFamily::btx_slot(hf_name); }
   static FfnNaming ffn_naming() { return LlamaFamily::ffn_naming(); }
   static MoEOptions hf_moe_options(const MoEConfig& moe) { return mixtral_moe_options(moe); }
 };

@@ -33,9 +33,10 @@ struct LlamaConfig {
 
   // The family-agnostic numbers (FLOP accounting, merge checks) take a LlamaConfig as is.
   operator ArchShape() const {  // NOLINT(google-explicit-constructor): a view, not a conversion
-    return ArchShape{vocab_size,          hidden_size,         intermediate_size,
-                     num_hidden_layers,   num_attention_heads, num_key_value_heads,
-                     resolved_head_dim(), max_position_embeddings, tie_word_embeddings};
+    return ArchShape{
+        vocab_size,          hidden_size,         intermediate_size,   num_hidden_layers,
+        num_attention_heads, num_key_value_heads, resolved_head_dim(), max_position_embeddings,
+        tie_word_embeddings};
   }
 
   [[nodiscard]] int64_t resolved_head_dim() const {

@@ -50,8 +50,7 @@ class PackedSwiGLU : public torch::nn::Cloneable<PackedSwiGLU> {
   }
 
   // E experts that all start as copies of `dense` (sparse upcycling).
-  static std::shared_ptr<PackedSwiGLU> copies_of(const GatedFfnSource& dense,
-                                                 int64_t num_experts) {
+  static std::shared_ptr<PackedSwiGLU> copies_of(const GatedFfnSource& dense, int64_t num_experts) {
     const auto gate_FD = dense.gate_weight_FD();
     auto packed = std::make_shared<PackedSwiGLU>(num_experts, gate_FD.size(1), gate_FD.size(0),
                                                  dense.activation());
