@@ -278,7 +278,8 @@ inline void validate(const PipelineConfig& c, const ArchShape& seed) {
 
 // What every training stage of the run shares.
 inline recipe::TrainSettings train_settings(const PipelineConfig& c) {
-  return {.batch_size = c.batch_size, .log_every = c.log_every, .checkpoint_every = c.checkpoint_every};
+  return {
+      .batch_size = c.batch_size, .log_every = c.log_every, .checkpoint_every = c.checkpoint_every};
 }
 
 inline nlohmann::json to_json(const PipelineConfig& c) {

@@ -117,16 +117,13 @@ inline ModelSpec seed_spec_of(const PipelineConfig& config) {
 inline PipelineRun open_run(const PipelineConfig& config) {
   const ModelSpec spec = seed_spec_of(config);
   validate(config, spec.shape);
-  PipelineRun p{config,
-                recipe::Run(config.run_dir, train_settings(config), "pipeline"),
-                build_corpus(config.domains),
-                spec};
+  PipelineRun p{config, recipe::Run(config.run_dir, train_settings(config), "pipeline"),
+                build_corpus(config.domains), spec};
   for (size_t d = 0; d < p.corpus.domains.size(); ++d) (void)p.domain_sampler(d, 0);
   if (p.corpus.vocab_size > spec.shape.vocab_size) {
-    throw std::invalid_argument("config: the data has token ids up to " +
-                                std::to_string(p.corpus.vocab_size - 1) +
-                                " but the seed's vocab_size is " +
-                                std::to_string(spec.shape.vocab_size));
+    throw std::invalid_argument(
+        "config: the data has token ids up to " + std::to_string(p.corpus.vocab_size - 1) +
+        " but the seed's vocab_size is " + std::to_string(spec.shape.vocab_size));
   }
   // An unknown router or an impossible k fails here, before training.
   for (const auto& r : p.routers()) with_router(p.moe_options(r), 1, 0, [](auto) { return 0; });

@@ -50,7 +50,8 @@ inline ModelResult score(const PipelineRun& run, const std::string& name, const 
   return r;
 }
 
-inline void add_compute(ModelResult& r, const PipelineRun& p, const std::vector<std::string>& stages) {
+inline void add_compute(ModelResult& r, const PipelineRun& p,
+                        const std::vector<std::string>& stages) {
   for (const auto& s : stages) {
     const auto info = p.run.record(s);
     r.train_flops += info.value("flops", 0.0);
@@ -90,7 +91,9 @@ inline RoutingShares routing_analysis(const PipelineRun& run, const CausalLM& mo
 inline std::vector<Evaluated> evaluate_all(const PipelineRun& run) {
   using recipe::expert_stage;
   std::vector<Evaluated> out;
-  const auto load = [&](const std::string& stage) { return recipe::load_stage_model(run.run, stage); };
+  const auto load = [&](const std::string& stage) {
+    return recipe::load_stage_model(run.run, stage);
+  };
   const auto load_moe = [&](const std::string& stage, const std::string& router) {
     return recipe::load_stage_model(run.run, stage, run.moe_options(router));
   };
@@ -101,9 +104,9 @@ inline std::vector<Evaluated> evaluate_all(const PipelineRun& run) {
   out.push_back({score(run, "seed", "the seed model alone", logits_of(load("seed"))), {}});
   std::vector<std::string> expert_stages;
   for (const auto& d : run.domain_names()) {
-    out.push_back({score(run, "expert " + d, "the " + d + " expert alone",
-                         logits_of(load(expert_stage(d)))),
-                   {}});
+    out.push_back(
+        {score(run, "expert " + d, "the " + d + " expert alone", logits_of(load(expert_stage(d)))),
+         {}});
     add_compute(out.back().result, run, {expert_stage(d)});
     expert_stages.push_back(expert_stage(d));
   }

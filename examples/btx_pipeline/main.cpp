@@ -139,11 +139,9 @@ CausalLM seed_stage(const bp::PipelineRun& p) {
   }
   if (p.run.skip_if_done("seed")) return recipe::load_stage_model(p.run, "seed");
   CausalLM seed = btx::load_causal_lm(p.config.seed_checkpoint);
-  recipe::finish_stage(p.run, "seed", seed,
-                       {{"source", p.config.seed_checkpoint},
-                        {"flops", 0.0},
-                        {"tokens", 0},
-                        {"seconds", 0.0}});
+  recipe::finish_stage(
+      p.run, "seed", seed,
+      {{"source", p.config.seed_checkpoint}, {"flops", 0.0}, {"tokens", 0}, {"seconds", 0.0}});
   return seed;
 }
 
@@ -239,8 +237,8 @@ int main(int argc, char** argv) {
     // (c) Train: one expert per domain, each in its own OS process.
     std::vector<recipe::WorkerJob> experts;
     for (size_t d = 0; d < p.corpus.domains.size(); ++d) {
-      experts.push_back(workers().job(run, recipe::expert_stage(p.corpus.domains[d].name),
-                                      "expert", {{"expert", std::to_string(d)}}));
+      experts.push_back(workers().job(run, recipe::expert_stage(p.corpus.domains[d].name), "expert",
+                                      {{"expert", std::to_string(d)}}));
     }
     if (!recipe::run_workers(run, experts).ok()) return 1;
     if (a.until == "experts") return 0;
@@ -254,7 +252,8 @@ int main(int argc, char** argv) {
     // (e) MoE-finetune with each router; the baselines at BTX's compute beside it.
     std::vector<recipe::WorkerJob> finetunes;
     for (const auto& r : p.routers()) {
-      finetunes.push_back(workers().job(run, recipe::finetune_stage(r), "finetune", {{"router", r}}));
+      finetunes.push_back(
+          workers().job(run, recipe::finetune_stage(r), "finetune", {{"router", r}}));
     }
     if (p.config.baselines) {
       finetunes.push_back(workers().job(run, recipe::kDenseStage, "dense"));

@@ -94,7 +94,8 @@ int write_report(const bp::PipelineRun& p) {
   for (const auto& e : results) rows.push_back(e.result);
   const auto domains = p.domain_names();
   std::ofstream md(run.dir() / "report.md");
-  md << "# btx pipeline report\n\nRun folder: `" << run.dir().string() << "`. Config: `config.json`; "
+  md << "# btx pipeline report\n\nRun folder: `" << run.dir().string()
+     << "`. Config: `config.json`; "
      << "data: `manifest.json` (every file read, with its size and FNV-1a hash).\n\n"
      << "## Held-out loss per domain (nats/token; perplexity in brackets)\n\n"
      << "Compute is the training after the seed, the budget every method shares: BTX = the "

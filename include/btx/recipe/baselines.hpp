@@ -38,9 +38,8 @@ inline constexpr const char* kBtmMergeStage = "btm-merge";
 inline StageBudget matched_budget(StageBudget budget, const CausalLM& model,
                                   const WindowSampler& sampler, const Run& run,
                                   double budget_flops) {
-  budget.steps =
-      steps_for_budget(budget_flops, flops_per_token(model.spec(), sampler.seq_len()),
-                       run.train().batch_size * sampler.seq_len());
+  budget.steps = steps_for_budget(budget_flops, flops_per_token(model.spec(), sampler.seq_len()),
+                                  run.train().batch_size * sampler.seq_len());
   return budget;
 }
 
@@ -60,7 +59,8 @@ inline StageResult dense_baseline(const Run& run, const CausalLM& seed,
 // The sparse-upcycled MoE of `seed`: every expert a copy of its FFN, routed by `moe`,
 // routers drawn from RouterNormal(router_seed).
 inline CausalLM upcycle(const CausalLM& seed, const MoEOptions& moe, uint64_t router_seed = 0) {
-  if (seed.is_moe()) throw std::invalid_argument("btx::recipe::upcycle: the seed is already an MoE");
+  if (seed.is_moe())
+    throw std::invalid_argument("btx::recipe::upcycle: the seed is already an MoE");
   merge::Upcycle<merge::RouterNormal> up;
   up.num_experts = moe.num_experts;
   up.router.seed = router_seed;
@@ -99,8 +99,7 @@ inline StageResult btm_merge(const Run& run, const std::vector<Expert>& experts)
   }
   CausalLM merged = make_stage_model(experts.front().model.spec());
   merge::load_state_dict(merged.module(), merge::materialize(merge::BtmMerge<>{}.plan(sources)));
-  nlohmann::json record = {
-      {"experts", names}, {"flops", 0.0}, {"tokens", 0}, {"seconds", 0.0}};
+  nlohmann::json record = {{"experts", names}, {"flops", 0.0}, {"tokens", 0}, {"seconds", 0.0}};
   finish_stage(run, kBtmMergeStage, merged, record);
   return {merged, run.record(kBtmMergeStage)};
 }

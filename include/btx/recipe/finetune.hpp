@@ -22,7 +22,9 @@ namespace btx {
 BTX_NAMESPACE_BEGIN
 namespace recipe {
 
-inline std::string finetune_stage(const std::string& router) { return "btx-" + router; }
+inline std::string finetune_stage(const std::string& router) {
+  return "btx-" + router;
+}
 
 // Finetunes the MoE model `moe` in place as stage `stage` (a Train stage that refuses a
 // dense model, so a forgotten Mix fails here rather than training the wrong thing).

@@ -23,7 +23,9 @@ namespace recipe {
 inline constexpr const char* kBranchStage = "branch";
 
 // The stage that trains expert `name`.
-inline std::string expert_stage(const std::string& name) { return "expert-" + name; }
+inline std::string expert_stage(const std::string& name) {
+  return "expert-" + name;
+}
 
 // What the Branch stage records.
 struct BranchRecord {
@@ -49,9 +51,8 @@ struct BranchRecord {
 };
 
 inline void to_json(nlohmann::json& j, const BranchRecord& r) {
-  j = nlohmann::json{{"parent", r.parent},
-                     {"parent_fingerprint", r.parent_fingerprint},
-                     {"experts", r.experts}};
+  j = nlohmann::json{
+      {"parent", r.parent}, {"parent_fingerprint", r.parent_fingerprint}, {"experts", r.experts}};
 }
 inline void from_json(const nlohmann::json& j, BranchRecord& r) {
   if (!j.is_object() || !j.contains("experts") || !j.at("experts").is_array()) {

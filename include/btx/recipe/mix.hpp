@@ -82,9 +82,8 @@ inline CausalLM mix(const std::vector<Expert>& experts, const CausalLM& seed,
   for (const auto& e : experts) {
     if (e.model.is_moe() || e.model.spec().family != dense.family ||
         e.model.spec().shape != dense.shape) {
-      throw std::invalid_argument("btx::recipe::mix: expert '" + e.info.name +
-                                  "' is not a dense " + dense.family +
-                                  " model of the first expert's shape");
+      throw std::invalid_argument("btx::recipe::mix: expert '" + e.info.name + "' is not a dense " +
+                                  dense.family + " model of the first expert's shape");
     }
     sources.push_back(merge::source_of(e.model.module(), e.info.name));
   }
@@ -95,10 +94,11 @@ inline CausalLM mix(const std::vector<Expert>& experts, const CausalLM& seed,
   merge::StateDict tensors;
   if (options.router_init == "hidden") {
     if (options.router_samples.size() != experts.size()) {
-      throw std::invalid_argument("btx::recipe::mix: router_init 'hidden' needs one sample of "
-                                  "token ids per expert (" +
-                                  std::to_string(experts.size()) + "), got " +
-                                  std::to_string(options.router_samples.size()));
+      throw std::invalid_argument(
+          "btx::recipe::mix: router_init 'hidden' needs one sample of "
+          "token ids per expert (" +
+          std::to_string(experts.size()) + "), got " +
+          std::to_string(options.router_samples.size()));
     }
     std::vector<torch::Tensor> samples;
     for (const auto& ids : options.router_samples) samples.push_back(ids.to(torch::kInt64));

@@ -30,9 +30,12 @@ enum class StageState { fresh, resumable, done };
 
 inline const char* to_string(StageState s) {
   switch (s) {
-    case StageState::fresh: return "fresh";
-    case StageState::resumable: return "resumable";
-    case StageState::done: return "done";
+    case StageState::fresh:
+      return "fresh";
+    case StageState::resumable:
+      return "resumable";
+    case StageState::done:
+      return "done";
   }
   return "?";
 }

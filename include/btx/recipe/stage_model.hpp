@@ -71,10 +71,10 @@ inline CausalLM load_stage_model(const Run& run, const std::string& stage,
                                 options->router + "') were given");
   }
   if (spec.moe->num_local_experts != options->num_experts) {
-    throw std::invalid_argument(
-        "btx::recipe: stage '" + stage + "' holds an MoE of " +
-        std::to_string(spec.moe->num_local_experts) + " experts, the options ask for " +
-        std::to_string(options->num_experts));
+    throw std::invalid_argument("btx::recipe: stage '" + stage + "' holds an MoE of " +
+                                std::to_string(spec.moe->num_local_experts) +
+                                " experts, the options ask for " +
+                                std::to_string(options->num_experts));
   }
   spec.moe->num_experts_per_tok = active_experts(*options);  // this router's, not the file's
   CausalLM lm = make_model(spec, *options);

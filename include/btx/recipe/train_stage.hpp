@@ -41,7 +41,7 @@ struct StageBudget {
 };
 
 struct StageOptions {
-  std::function<void(int64_t step)> on_step;          // before each step (fault injection)
+  std::function<void(int64_t step)> on_step;         // before each step (fault injection)
   nlohmann::json record = nlohmann::json::object();  // extra stage.json fields
 };
 
@@ -112,15 +112,15 @@ inline nlohmann::json train(const Run& run, const std::string& stage, const Caus
   }
   detail::TrainableLM trainable{model};
   const auto summary = train_causal_lm(trainable, sampler, t, aux, &metrics);
-  nlohmann::json record = {{"stage", stage},
-                           {"steps", summary.steps},
-                           {"tokens", summary.tokens},
-                           {"skipped_steps", summary.skipped_steps},
-                           {"resumed_from_step", summary.resumed_from_step},
-                           {"seconds", summary.seconds},
-                           {"final_loss", summary.final_loss},
-                           {"flops", double(summary.tokens) *
-                                         flops_per_token(model.spec(), sampler.seq_len())}};
+  nlohmann::json record = {
+      {"stage", stage},
+      {"steps", summary.steps},
+      {"tokens", summary.tokens},
+      {"skipped_steps", summary.skipped_steps},
+      {"resumed_from_step", summary.resumed_from_step},
+      {"seconds", summary.seconds},
+      {"final_loss", summary.final_loss},
+      {"flops", double(summary.tokens) * flops_per_token(model.spec(), sampler.seq_len())}};
   for (const auto& [key, value] : options.record.items()) record[key] = value;
   return record;
 }

@@ -97,7 +97,9 @@ class WorkerTable {
   // Registers worker `kind`, which accepts exactly the options named in `options`.
   WorkerTable& add(const std::string& kind, std::set<std::string> options, Fn fn) {
     if (kind.empty()) throw std::invalid_argument("btx::recipe::WorkerTable: empty worker kind");
-    if (!fn) throw std::invalid_argument("btx::recipe::WorkerTable: worker '" + kind + "' has no function");
+    if (!fn)
+      throw std::invalid_argument("btx::recipe::WorkerTable: worker '" + kind +
+                                  "' has no function");
     if (!kinds_.emplace(kind, Kind{std::move(options), std::move(fn)}).second) {
       throw std::invalid_argument("btx::recipe::WorkerTable: worker '" + kind +
                                   "' is registered twice");

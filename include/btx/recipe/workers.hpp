@@ -97,8 +97,8 @@ inline WorkersReport run_workers(const Run& run, const std::vector<WorkerJob>& j
       run.log(outcome.name + " finished");
       continue;
     }
-    const std::string what = outcome.ok() ? outcome.name + " exited 0 without finishing its stage"
-                                          : outcome.describe();
+    const std::string what =
+        outcome.ok() ? outcome.name + " exited 0 without finishing its stage" : outcome.describe();
     report.failed.push_back(what + "; see " + log.string());
     run.log("FAILED: " + report.failed.back() + ". Run again to resume.");
   }
