@@ -19,6 +19,7 @@
 #include <btx/moe/moe_layer.hpp>
 #include <btx/moe/router_registry.hpp>
 #include <btx/moe/routing.hpp>
+#include <btx/train/loss.hpp>
 
 // A router is a Cloneable LibTorch module with num_experts(), hidden_size() and
 // route(x_TD) -> btx::RoutingResult. Expert choice fits the [T, k] format with k = E:
