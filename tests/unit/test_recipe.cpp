@@ -62,7 +62,7 @@ nlohmann::json read_json(const fs::path& file) {
 
 }  // namespace
 
-TEST_CASE("recipe run: a stage goes fresh, resumable, done; mark_done renames stage.json in last") {
+TEST_CASE("recipe run: a stage goes fresh, resumable, done, mark_done renames stage.json in last") {
   const recipe::Run run(scratch_dir("recipe-run"));
   CHECK(run.state("seed") == recipe::StageState::fresh);
   fs::create_directories(run.checkpoint_dir("seed"));
@@ -84,7 +84,7 @@ TEST_CASE("recipe run: a stage goes fresh, resumable, done; mark_done renames st
   CHECK(has(error_of([&] { (void)run.stage_dir(""); }), "plain folder name"));
 }
 
-TEST_CASE("recipe train_stage: no stage.json while training; a killed stage resumes; done skips") {
+TEST_CASE("recipe train_stage: no stage.json while training, a killed stage resumes, done skips") {
   const recipe::Run run(scratch_dir("recipe-train"),
                         {.batch_size = 2, .log_every = 2, .checkpoint_every = 2});
   const auto sampler = tiny_sampler();
@@ -182,7 +182,7 @@ TEST_CASE(
   CHECK(has(error_of([&] { (void)recipe::branch_stage(run, seed, {"math"}); }), "other experts"));
 }
 
-TEST_CASE("recipe compute: active experts come from the router; budgets match by hand") {
+TEST_CASE("recipe compute: active experts come from the router, budgets match by hand") {
   btx::MoEOptions o;
   o.num_experts = 4;
   const auto k_of = [&](const std::string& router) {
