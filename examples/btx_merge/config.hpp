@@ -30,7 +30,9 @@ struct MergeConfig {
   std::string dtype;  // "" = the sources' dtype
   std::string averaging = "uniform";
   std::vector<double> weights;
-  int64_t split = 0;  // SplitMix chunks (method split)
+  double density = -1.0;  // ties / dare_*: fraction of each task vector kept (-1: default)
+  double lambda = 1.0;    // task_arithmetic / ties / dare_*: scale of the merged task vector
+  int64_t split = 0;      // SplitMix chunks (method split)
   std::string method = "btx";
   bool include_base_as_expert = false;
   uint64_t seed = 0;
@@ -57,13 +59,19 @@ inline constexpr const char* kConfigHelp = R"(CONFIG keys (YAML or JSON; unknown
   split: 2                  chunks per FFN for method split (implies method split);
                             down_proj is scaled by C and a source's C chunks share its
                             router row, so top-(C*k) equals the unsplit top-k
-  averaging: uniform        non-FFN tensors: uniform (mean), weighted (by `weights`) or
-                            keep_base (base_model's, which must be one of the sources)
-  weights: [1, 2]           one per source, in source order (implies averaging weighted)
+  averaging: uniform        non-FFN tensors: uniform (mean), weighted (by `weights`),
+                            keep_base (base_model's, which must be one of the sources),
+                            or merged as task vectors against base_model (the seed):
+                            task_arithmetic, ties, dare_linear, dare_ties
+  weights: [1, 2]           one per source, in source order (implies averaging weighted
+                            unless averaging is task_arithmetic or dare_linear)
+  density: 0.2              ties (default 0.2) / dare_* (default 0.5): fraction of each
+                            task vector kept (by magnitude / at random, seeded by `seed`)
+  lambda: 1.0               task vector methods: base + lambda * merged task vector
   include_base_as_expert: false
                             add base_model as expert 0 (the BTX paper's generalist); with
                             gate_mode hidden its prompts are all experts' prompts together
-  seed: 0                   seed of gate_mode random
+  seed: 0                   seed of gate_mode random and of dare_* drops
   max_shard_size: 5000000000
                             bytes per safetensors shard (also "500MB", "2GB", "1GiB")
   router_aux_loss_coef: 0.02
@@ -138,6 +146,8 @@ inline MergeConfig parse_merge_config(const nlohmann::json& j) {
                                               "dtype",
                                               "averaging",
                                               "weights",
+                                              "density",
+                                              "lambda",
                                               "split",
                                               "method",
                                               "include_base_as_expert",
@@ -179,13 +189,35 @@ inline MergeConfig parse_merge_config(const nlohmann::json& j) {
     c.averaging = "weighted";
   }
   if (j.contains("averaging")) {
-    c.averaging = one_of(j["averaging"], "averaging", {"uniform", "weighted", "keep_base"});
+    c.averaging = one_of(j["averaging"], "averaging",
+                         {"uniform", "weighted", "keep_base", "task_arithmetic", "ties",
+                          "dare_linear", "dare_ties"});
   }
+  const bool weighs =
+      c.averaging == "weighted" || c.averaging == "task_arithmetic" || c.averaging == "dare_linear";
+  const bool task_vectors = c.averaging == "task_arithmetic" || c.averaging == "ties" ||
+                            c.averaging.rfind("dare_", 0) == 0;
   if (c.averaging == "weighted" && c.weights.empty()) {
     throw key_error("averaging", "weighted needs 'weights' (one per source)");
   }
-  if (c.averaging != "weighted" && !c.weights.empty()) {
+  if (!weighs && !c.weights.empty()) {
     throw key_error("weights", "given but averaging is " + c.averaging);
+  }
+  if (j.contains("density")) {
+    if (c.averaging != "ties" && c.averaging.rfind("dare_", 0) != 0) {
+      throw key_error("density", "applies to averaging ties, dare_linear and dare_ties only");
+    }
+    c.density = get_number(j["density"], "density");
+    if (!(c.density > 0.0 && c.density <= 1.0)) throw key_error("density", "must be in (0, 1]");
+  }
+  if (c.density < 0.0) c.density = c.averaging == "ties" ? 0.2 : 0.5;
+  if (j.contains("lambda")) {
+    if (!task_vectors) {
+      throw key_error("lambda",
+                      "applies to the task-vector averagings (task_arithmetic, ties, "
+                      "dare_linear, dare_ties) only");
+    }
+    c.lambda = get_number(j["lambda"], "lambda");
   }
   if (j.contains("include_base_as_expert")) {
     if (!j["include_base_as_expert"].is_boolean()) {

@@ -22,9 +22,11 @@
 #include <btx/core/dtype.hpp>
 #include <btx/data/byte_tokenizer.hpp>
 #include <btx/io/atomic_dir.hpp>
+#include <btx/merge/any_averaging.hpp>
 #include <btx/merge/checkpoint_source.hpp>
 #include <btx/merge/mixers.hpp>
 #include <btx/merge/router_init.hpp>
+#include <btx/merge/trunk_merging.hpp>
 #include <btx/merge/write_plan.hpp>
 #include <btx/models/auto.hpp>
 
@@ -158,27 +160,28 @@ std::vector<torch::Tensor> tokenize(const std::vector<nlohmann::json>& prompts,
   return out;
 }
 
-using Averaging = std::variant<merge::UniformMean, merge::WeightedMean, merge::KeepOne>;
 using Router = std::variant<merge::RouterNormal, merge::RouterZero, merge::RouterFromHidden>;
 
+// `base`: base_model, for the task-vector averagings (null for the others).
 merge::Plan make_plan(const MergeConfig& c, const std::vector<merge::CheckpointSource>& sources,
-                      const Averaging& averaging, const Router& router) {
+                      const merge::CheckpointSource* base, const merge::AnyAveraging& a,
+                      const Router& router) {
   return std::visit(
-      [&](const auto& a, const auto& r) -> merge::Plan {
-        using A = std::decay_t<decltype(a)>;
+      [&](const auto& r) -> merge::Plan {
+        using A = merge::AnyAveraging;
         using R = std::decay_t<decltype(r)>;
         const int64_t k = c.experts_per_token;
         if (c.method == "split") {
           return merge::SplitMix<A, merge::RouterRowPerSource<R>>{a, {r}, c.split, k, true}.plan(
-              sources);
+              sources, base);
         }
-        if (c.method == "blend") return merge::BlendMix<A, R>{a, r, k}.plan(sources);
+        if (c.method == "blend") return merge::BlendMix<A, R>{a, r, k}.plan(sources, base);
         if (c.method == "upcycle") {
           return merge::Upcycle<R>{int64_t(c.experts.size()), r, 0.0, 0, k}.plan(sources);
         }
-        return merge::BtxMix<A, R>{a, r, k}.plan(sources);
+        return merge::BtxMix<A, R>{a, r, k}.plan(sources, base);
       },
-      averaging, router);
+      router);
 }
 
 bool same_path(const fs::path& a, const fs::path& b) {
@@ -232,7 +235,7 @@ int run(const MergeConfig& c, const fs::path& out_dir, bool force) {
   const ModelSpec base_spec = read_model_spec(base / "config.json");
 
   // ------------------------------------------------------------ the policies
-  Averaging averaging = merge::UniformMean{};
+  merge::AnyAveraging averaging = merge::UniformMean{};
   if (c.averaging == "weighted") {
     if (c.weights.size() != sources.size()) {
       throw InputError("config key 'weights': " + std::to_string(c.weights.size()) +
@@ -251,7 +254,16 @@ int run(const MergeConfig& c, const fs::path& out_dir, bool force) {
           "(set include_base_as_expert: true, or list it as an expert)");
     }
     averaging = merge::KeepOne{index};
+  } else if (c.averaging == "task_arithmetic") {
+    averaging = merge::TaskArithmetic{c.weights, c.lambda};
+  } else if (c.averaging == "ties") {
+    averaging = merge::Ties{c.density, c.lambda};
+  } else if (c.averaging.rfind("dare_", 0) == 0) {
+    averaging = merge::Dare{c.density, c.lambda, c.seed, c.averaging == "dare_ties", c.weights};
   }
+  const merge::CheckpointSource base_source(base);
+  const bool merges_task_vectors = c.averaging == "task_arithmetic" || c.averaging == "ties" ||
+                                   c.averaging.rfind("dare_", 0) == 0;
   Router router = merge::RouterNormal{0.02, c.seed};
   if (c.gate_mode == "zero") router = merge::RouterZero{};
   if (c.gate_mode == "hidden") {
@@ -270,7 +282,8 @@ int run(const MergeConfig& c, const fs::path& out_dir, bool force) {
   }
 
   // ------------------------------------------------------- plan, then write
-  const merge::Plan plan = make_plan(c, sources, averaging, router);
+  const merge::Plan plan =
+      make_plan(c, sources, merges_task_vectors ? &base_source : nullptr, averaging, router);
   const auto dtype = c.dtype.empty() ? plan.outputs().front().dtype : btx::dtype_from_name(c.dtype);
   auto config_json =
       merge::hf_config_for(plan, base_spec, btx::dtype_name(dtype), c.router_aux_loss_coef);

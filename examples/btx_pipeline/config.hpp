@@ -5,6 +5,7 @@
 // typo never silently falls back to a default.
 #pragma once
 
+#include <cmath>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -39,6 +40,10 @@ struct PipelineConfig {
   std::string load_balance_form = "btx";  // btx | switch
   bool seed_as_expert = true;             // the paper's generalist expert
   std::string router_init = "normal";     // normal | zero | hidden
+  std::string averaging = "uniform";      // shared tensors: uniform | task_arithmetic | ties |
+                                          // dare_linear | dare_ties (against the seed)
+  double averaging_density = 0.5;         // ties / dare_*: fraction of task vectors kept
+  double averaging_lambda = 1.0;          // task-vector merges: scale of the merged vector
   bool baselines = true;                  // dense, BTM merge/ensemble, sparse upcycling
   int64_t eval_windows = 48;
   int64_t math_problems = 100;
@@ -180,6 +185,9 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
                           "load_balance_form",
                           "seed_as_expert",
                           "router_init",
+                          "averaging",
+                          "averaging_density",
+                          "averaging_lambda",
                           "baselines",
                           "eval_windows",
                           "math_problems",
@@ -229,6 +237,9 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
   read(j, "load_balance_form", c.load_balance_form, top);
   read(j, "seed_as_expert", c.seed_as_expert, top);
   read(j, "router_init", c.router_init, top);
+  read(j, "averaging", c.averaging, top);
+  read(j, "averaging_density", c.averaging_density, top);
+  read(j, "averaging_lambda", c.averaging_lambda, top);
   read(j, "baselines", c.baselines, top);
   read(j, "eval_windows", c.eval_windows, top);
   read(j, "math_problems", c.math_problems, top);
@@ -269,6 +280,20 @@ inline void validate(const PipelineConfig& c, const ArchShape& seed) {
   if (c.router_init != "normal" && c.router_init != "zero" && c.router_init != "hidden") {
     throw std::invalid_argument("config: router_init '" + c.router_init +
                                 "' is not one of normal, zero, hidden");
+  }
+  static const std::set<std::string> averagings = {"uniform", "task_arithmetic", "ties",
+                                                   "dare_linear", "dare_ties"};
+  if (!averagings.count(c.averaging)) {
+    throw std::invalid_argument("config: averaging '" + c.averaging +
+                                "' is not one of uniform, task_arithmetic, ties, dare_linear, "
+                                "dare_ties");
+  }
+  if (!(c.averaging_density > 0.0 && c.averaging_density <= 1.0)) {
+    throw std::invalid_argument("config: averaging_density must be in (0, 1], got " +
+                                std::to_string(c.averaging_density));
+  }
+  if (!std::isfinite(c.averaging_lambda)) {
+    throw std::invalid_argument("config: averaging_lambda must be finite");
   }
   if (c.load_balance_form != "btx" && c.load_balance_form != "switch") {
     throw std::invalid_argument("config: load_balance_form '" + c.load_balance_form +
@@ -328,6 +353,9 @@ inline nlohmann::json to_json(const PipelineConfig& c) {
           {"load_balance_form", c.load_balance_form},
           {"seed_as_expert", c.seed_as_expert},
           {"router_init", c.router_init},
+          {"averaging", c.averaging},
+          {"averaging_density", c.averaging_density},
+          {"averaging_lambda", c.averaging_lambda},
           {"baselines", c.baselines},
           {"eval_windows", c.eval_windows},
           {"math_problems", c.math_problems},

@@ -66,6 +66,9 @@ struct PipelineRun {
     recipe::MixOptions m;
     m.router = config.router;
     m.router_init = config.router_init;
+    m.averaging = config.averaging;
+    m.density = config.averaging_density;
+    m.lambda = config.averaging_lambda;
     m.seed_as_expert = config.seed_as_expert;
     m.moe = moe_options(config.router);
     m.router_seed = config.seed;

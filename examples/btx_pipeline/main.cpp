@@ -66,7 +66,9 @@ CONFIG (YAML or JSON) overrides any of these keys (unknown keys are errors):
   seed_checkpoint: HF checkpoint folder  seed_stage/expert_stage/finetune_stage: {steps, lr, warmup}
   router: a router name (see Routers below)    extra_routers: [more routers to compare]
   load_balance_alpha (0.01), load_balance_form: btx|switch, seed_as_expert (true),
-  router_init: normal|zero|hidden, baselines (true), eval_windows, math_problems
+  router_init: normal|zero|hidden, averaging: uniform|task_arithmetic|ties|dare_linear|
+  dare_ties (shared tensors, against the seed; averaging_density, averaging_lambda),
+  baselines (true), eval_windows, math_problems
   checkpoint_every (50; quick: 10): every training stage checkpoints into
     <run>/<stage>/checkpoints/ and a rerun resumes from there (0: no checkpoints)
   fail_expert, fail_step: fault injection (expert I aborts at step N)

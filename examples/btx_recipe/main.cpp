@@ -92,7 +92,8 @@ int main(int argc, char** argv) {
     }
 
     // MiX: the experts' FFNs (and the seed's) as the experts of one MoE; then MoE-finetune.
-    const recipe::MixOptions mix{.router = "top2", .router_init = "normal", .seed_as_expert = true};
+    recipe::MixOptions mix;  // top-2 routing, normal router init, the seed as generalist
+    mix.router = "top2";
     const btx::CausalLM moe = recipe::mix_stage(run, experts, seed, mix);
     const auto finetuned =
         recipe::finetune(run, recipe::finetune_stage("top2"), moe, mixture, budget);

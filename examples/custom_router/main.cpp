@@ -17,8 +17,8 @@
 #include <btx/models/llama/moe.hpp>
 #include <btx/moe/experts/packed_swiglu.hpp>
 #include <btx/moe/moe_layer.hpp>
+#include <btx/moe/router_helpers.hpp>
 #include <btx/moe/router_registry.hpp>
-#include <btx/moe/routing.hpp>
 #include <btx/train/loss.hpp>
 
 // A router is a Cloneable LibTorch module with num_experts(), hidden_size() and

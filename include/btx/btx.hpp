@@ -4,12 +4,14 @@
 #pragma once
 
 #include <btx/core/causal_lm.hpp>
+#include <btx/core/concepts.hpp>
 #include <btx/core/dtype.hpp>
 #include <btx/core/ffn_naming.hpp>
 #include <btx/core/gated_ffn.hpp>
 #include <btx/core/hash.hpp>
 #include <btx/core/kv_cache.hpp>
 #include <btx/core/model_spec.hpp>
+#include <btx/core/routing.hpp>
 #include <btx/core/shapes.hpp>
 #include <btx/data/arithmetic.hpp>
 #include <btx/data/byte_tokenizer.hpp>
@@ -24,6 +26,7 @@
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
 #include <btx/io/sharded_writer.hpp>
+#include <btx/merge/any_averaging.hpp>
 #include <btx/merge/averaging.hpp>
 #include <btx/merge/branch.hpp>
 #include <btx/merge/btm_ensemble.hpp>
@@ -37,6 +40,7 @@
 #include <btx/merge/plan.hpp>
 #include <btx/merge/router_init.hpp>
 #include <btx/merge/state_dict.hpp>
+#include <btx/merge/trunk_merging.hpp>
 #include <btx/merge/upcycle_model.hpp>
 #include <btx/merge/write_plan.hpp>
 #include <btx/models/auto.hpp>
@@ -54,12 +58,12 @@
 #include <btx/models/llama/moe.hpp>
 #include <btx/models/registry.hpp>
 #include <btx/moe/aux_loss.hpp>
-#include <btx/moe/concepts.hpp>
 #include <btx/moe/dispatch.hpp>
 #include <btx/moe/experts/module_experts.hpp>
 #include <btx/moe/experts/packed_swiglu.hpp>
 #include <btx/moe/moe_layer.hpp>
 #include <btx/moe/options.hpp>
+#include <btx/moe/router_helpers.hpp>
 #include <btx/moe/router_registry.hpp>
 #include <btx/moe/router_spec.hpp>
 #include <btx/moe/routers/sample_top1.hpp>
@@ -67,7 +71,6 @@
 #include <btx/moe/routers/switch.hpp>
 #include <btx/moe/routers/temperature_schedule.hpp>
 #include <btx/moe/routers/top_k.hpp>
-#include <btx/moe/routing.hpp>
 #include <btx/moe/surgery.hpp>
 #include <btx/parallel/expert_processes.hpp>
 #include <btx/recipe/baselines.hpp>

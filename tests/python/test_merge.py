@@ -6,6 +6,7 @@
 # Run: BTX_MERGE=build/bin/btx-merge BTX_INTEROP=build/bin/btx-interop \
 #      python tests/python/test_merge.py [TestClass]
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -169,6 +170,72 @@ class IdenticalExpertsReproduceTheLlama(unittest.TestCase):
                    experts_per_token=2)
 
 
+def ties_reference(base, tensors, density, lam):
+    """TIES-merging (Yadav et al. 2023) written out independently of btx: trim each task
+    vector to its round(density * n) largest magnitudes (ties at the cut kept), elect each
+    element's sign by the trimmed sum, average the agreeing non-zero values."""
+    base64 = base.double()
+    trimmed = []
+    for t in tensors:
+        tau = t.double() - base64
+        n = tau.numel()
+        keep = int(math.floor(density * n + 0.5))
+        if keep >= n:
+            trimmed.append(tau)
+            continue
+        cut = tau.abs().flatten().sort(descending=True).values[keep - 1]
+        trimmed.append(torch.where(tau.abs() >= cut, tau, torch.zeros_like(tau)))
+    stacked = torch.stack(trimmed)
+    sign = stacked.sum(0).sign()
+    agree = (stacked.sign() == sign) & (stacked != 0)
+    merged = (stacked * agree).sum(0) / agree.sum(0).clamp(min=1)
+    return (base64 + lam * merged).to(base.dtype)
+
+
+class TiesTrunkMatchesAReference(unittest.TestCase):
+    """averaging: ties merges the shared tensors against base_model as a Python TIES does;
+    the experts stay each source's FFN; the result loads in transformers."""
+
+    def test_ties_trunk(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            seed = tiny_llama(60)
+            base = os.path.join(tmp, "seed")
+            seed.save_pretrained(base)
+            dirs = []
+            for j in range(3):  # experts branched from the seed: seed + a task vector
+                expert = tiny_llama(60)
+                torch.manual_seed(70 + j)
+                with torch.no_grad():
+                    for p in expert.parameters():
+                        p.add_(0.05 * torch.randn_like(p))
+                d = os.path.join(tmp, f"expert{j}")
+                expert.save_pretrained(d)
+                dirs.append(d)
+            result, out = merge(tmp, yaml_config(base, dirs, gate_mode="random", averaging="ties",
+                                                 density=0.3, **{"lambda": 0.8}))
+            self.assertEqual(result.returncode, 0, result.stderr)
+            load_mixtral(self, out)
+            got = {}
+            for f in os.listdir(out):
+                if f.endswith(".safetensors"):
+                    got.update(load_file(os.path.join(out, f)))
+            seed_t = load_file(os.path.join(base, "model.safetensors"))
+            experts_t = [load_file(os.path.join(d, "model.safetensors")) for d in dirs]
+            shared = [n for n in seed_t if ".mlp." not in n]
+            self.assertIn("model.embed_tokens.weight", shared)
+            for name in shared:
+                expected = ties_reference(seed_t[name], [e[name] for e in experts_t], 0.3, 0.8)
+                self.assertLessEqual((got[name] - expected).abs().max().item(), 1e-6, name)
+                mean = sum(e[name] for e in experts_t) / 3
+                self.assertGreater((got[name] - mean).abs().max().item(), 1e-3, name)
+            w1 = got["model.layers.1.block_sparse_moe.experts.2.w1.weight"]
+            self.assertTrue(torch.equal(w1, experts_t[2]["model.layers.1.mlp.gate_proj.weight"]))
+            with open(os.path.join(out, "btx_merge.json")) as f:
+                manifest = json.load(f)
+            self.assertEqual(manifest["averaging"], {"name": "ties", "density": 0.3, "lambda": 0.8})
+            self.assertEqual(manifest["base"], base)
+
+
 class BadInputLeavesNothing(unittest.TestCase):
     """Mismatches fail before writing: exit 1, a message naming what, no OUT_DIR."""
 
@@ -226,6 +293,9 @@ class BadInputLeavesNothing(unittest.TestCase):
         base = yaml_config(self.a, [self.a], gate_mode="random")
         self.refused(base + "mystery_key: 1\n", "mystery_key")
         self.refused(base + "dtype: float8\n", "dtype", "float8")
+        self.refused(base + "averaging: ties\ndensity: 1.5\n", "density", "(0, 1]")
+        self.refused(base + "lambda: 0.5\n", "lambda", "task-vector")
+        self.refused(base + "averaging: ties\nweights: [1]\n", "weights", "ties")
         self.refused("experts: [\n", "not valid YAML")
         self.refused(f"experts:\n  - source_model: {self.a}\n", "base_model")
         self.refused(yaml_config(self.a, [self.a]), "positive_prompts")  # hidden without prompts

@@ -151,6 +151,10 @@ TEST_CASE("family: upcycling, surgery, router init and BTM ensembling take the G
   const auto expected = lm.forward(ids);
   auto up = merge::upcycled(lm, {.num_experts = 3});
   CHECK(up.spec().family == "test_geglu");
+  CHECK(up.spec().moe->num_experts_per_tok == 2);  // top2, the default router
+  CHECK(
+      merge::upcycled(lm, {.num_experts = 3, .router = "switch"}).spec().moe->num_experts_per_tok ==
+      1);
   CHECK(max_abs_diff(up.forward(ids), expected) < 1e-5);
 
   // Surgery packs the GeGLU block into experts that keep its activation.

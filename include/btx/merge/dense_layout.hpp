@@ -172,6 +172,15 @@ DenseLayout validate_dense_sources(const std::vector<S>& sources) {
   return layout;
 }
 
+// The same, with the seed the sources branched from (when given) checked like a source.
+template <TensorSource S>
+DenseLayout validate_dense_sources(const std::vector<S>& sources, const S* base) {
+  if (!base || sources.empty()) return validate_dense_sources(sources);
+  std::vector<S> with_base = sources;
+  with_base.push_back(*base);
+  return validate_dense_sources(with_base);
+}
+
 }  // namespace merge
 BTX_NAMESPACE_END
 }  // namespace btx

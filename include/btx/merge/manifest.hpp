@@ -21,7 +21,8 @@ struct MixManifest {
   std::vector<std::string> sources;   // source labels, in expert order
   nlohmann::json averaging;           // the averaging policy's to_json() (null if none)
   nlohmann::json router_init;         // the router init policy's to_json() (null if dense)
-  std::vector<double> weights;        // normalised averaging weights, one per source
+  std::vector<double> weights;        // normalised averaging weights (empty: tensor-aware)
+  std::string base;                   // the seed task vectors are taken from ("" if none)
   int64_t num_experts = 0;            // 0 for a dense result
   int64_t split_factor = 1;           // chunks per source FFN (splitting), else 1
   int64_t experts_per_token = 0;      // suggested top-k for the MoE config (0: dense)
@@ -38,6 +39,7 @@ inline void to_json(nlohmann::json& j, const MixManifest& m) {
                      {"averaging", m.averaging},
                      {"router_init", m.router_init},
                      {"weights", m.weights},
+                     {"base", m.base},
                      {"num_experts", m.num_experts},
                      {"split_factor", m.split_factor},
                      {"experts_per_token", m.experts_per_token},
@@ -56,6 +58,7 @@ inline void from_json(const nlohmann::json& j, MixManifest& m) {
   out.averaging = j.value("averaging", nlohmann::json());
   out.router_init = j.value("router_init", nlohmann::json());
   out.weights = j.value("weights", std::vector<double>{});
+  out.base = j.value("base", std::string());
   out.num_experts = j.value("num_experts", int64_t{0});
   out.split_factor = j.value("split_factor", int64_t{1});
   out.experts_per_token = j.value("experts_per_token", int64_t{0});

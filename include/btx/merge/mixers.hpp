@@ -44,6 +44,9 @@ requires CheckpointMerger<M, S> StateDict merge(const M& merger, const std::vect
   return materialize(merger.plan(sources));
 }
 
+// Every mixer also plans with a base: the seed the sources branched from, which
+// task-vector averaging policies (trunk_merging.hpp) need: merger.plan(sources, &seed).
+
 namespace detail {
 template <TensorSource S>
 int64_t intermediate_of(const std::vector<S>& sources) {
@@ -70,11 +73,11 @@ struct BtxMix {
 
   [[nodiscard]] std::string name() const { return "btx_mix"; }
   template <TensorSource S>
-  [[nodiscard]] Plan plan(const std::vector<S>& sources) const {
+  [[nodiscard]] Plan plan(const std::vector<S>& sources, const S* base = nullptr) const {
     const int64_t I = detail::intermediate_of(sources);
     MoeRecipe r{name(), {}, 1, experts_per_token, 0.0, 0};
     for (size_t j = 0; j < sources.size(); ++j) r.experts.push_back({{{j, 0, I}}});
-    return moe_plan(sources, averaging, router, std::move(r));
+    return moe_plan(sources, averaging, router, std::move(r), base);
   }
 };
 
@@ -98,7 +101,7 @@ struct SplitMix {
 
   [[nodiscard]] std::string name() const { return "split"; }
   template <TensorSource S>
-  [[nodiscard]] Plan plan(const std::vector<S>& sources) const {
+  [[nodiscard]] Plan plan(const std::vector<S>& sources, const S* base = nullptr) const {
     const int64_t I = detail::intermediate_of(sources);
     detail::check_divides(name(), I, chunks, "chunks");
     const int64_t w = I / chunks;
@@ -107,7 +110,7 @@ struct SplitMix {
     for (size_t j = 0; j < sources.size(); ++j) {
       for (int64_t c = 0; c < chunks; ++c) r.experts.push_back({{{j, c * w, (c + 1) * w}}});
     }
-    return moe_plan(sources, averaging, router, std::move(r));
+    return moe_plan(sources, averaging, router, std::move(r), base);
   }
 };
 
@@ -123,7 +126,7 @@ struct BlendMix {
 
   [[nodiscard]] std::string name() const { return "blend"; }
   template <TensorSource S>
-  [[nodiscard]] Plan plan(const std::vector<S>& sources) const {
+  [[nodiscard]] Plan plan(const std::vector<S>& sources, const S* base = nullptr) const {
     const int64_t I = detail::intermediate_of(sources);
     const int64_t N = int64_t(sources.size());
     detail::check_divides(name(), I, N, "number of sources");
@@ -134,7 +137,7 @@ struct BlendMix {
       for (size_t j = 0; j < sources.size(); ++j) ex.pieces.push_back({j, n * w, (n + 1) * w});
       r.experts.push_back(std::move(ex));
     }
-    return moe_plan(sources, averaging, router, std::move(r));
+    return moe_plan(sources, averaging, router, std::move(r), base);
   }
 };
 
@@ -176,20 +179,23 @@ struct BtmMerge {
 
   [[nodiscard]] std::string name() const { return "btm_merge"; }
   template <TensorSource S>
-  [[nodiscard]] Plan plan(const std::vector<S>& sources) const {
-    const DenseLayout layout = validate_dense_sources(sources);
-    const std::vector<double> weights = averaging.weights(sources.size());
+  [[nodiscard]] Plan plan(const std::vector<S>& sources, const S* base = nullptr) const {
+    const DenseLayout layout = validate_dense_sources(sources, base);
+    const std::vector<double> weights = plan_averaging(averaging, sources.size(), base != nullptr);
     MixManifest m;
     m.method = name();
     m.sources = labels_of(sources);
     m.averaging = averaging.to_json();
     m.weights = weights;
+    if (base) m.base = base->label();
     auto state = std::make_shared<const std::vector<S>>(sources);
+    auto base_state = base ? std::make_shared<const S>(*base) : std::shared_ptr<const S>();
     auto labels = m.sources;
-    Plan::Compute compute = [state, labels, weights](const TensorSpec& spec) {
+    Plan::Compute compute = [state, base_state, labels, averaging = averaging,
+                             weights](const TensorSpec& spec) {
       torch::NoGradGuard no_grad;
-      return weighted_sum(
-          spec.name, weights, [&](size_t j) { return (*state)[j].load(spec.name); }, labels);
+      return merge_tensor(averaging, weights,
+                          shared_tensor_inputs(spec.name, *state, base_state.get(), labels));
     };
     return Plan(layout.specs, std::move(compute), std::move(m));
   }

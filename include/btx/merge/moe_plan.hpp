@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // The engine under every dense -> MoE merge: a recipe per output expert (which rows of
-// which source's FFN, along the intermediate dimension I) turned into a Plan whose
+// which source's FFN, along the intermediate dimension F) turned into a Plan whose
 // outputs follow the MoE naming contract. BTX mix, splitting, blending and sparse
 // upcycling differ only in their recipes (see mixers.hpp).
 #pragma once
@@ -32,12 +32,12 @@ namespace btx {
 BTX_NAMESPACE_BEGIN
 namespace merge {
 
-// Rows [begin, end) along I of source `source`'s FFN: gate/up rows, down columns.
+// Rows [begin, end) along F of source `source`'s FFN: gate/up rows, down columns.
 struct FfnPiece {
   size_t source = 0;
   int64_t begin = 0, end = 0;
 };
-// One output expert: its pieces concatenated along I, in order.
+// One output expert: its pieces concatenated along F, in order.
 struct ExpertRecipe {
   std::vector<FfnPiece> pieces;
 
@@ -68,7 +68,7 @@ struct MoeRecipe {
 };
 
 // Expert e's weight for projection `proj` of one layer, built from the loaded dense
-// source tensors (gate/up [I, H], down [H, I]).
+// source tensors (gate/up [F, D], down [D, F]).
 inline torch::Tensor build_expert(const ExpertRecipe& recipe, const std::string& proj,
                                   const std::vector<torch::Tensor>& dense) {
   const int64_t dim = proj == "down_proj" ? 1 : 0;
@@ -89,17 +89,19 @@ inline torch::Tensor add_relative_noise(const torch::Tensor& w, double relative_
   return (w32 + noise).to(w.scalar_type());
 }
 
+// `base`: the seed the sources branched from, for averaging policies that merge task
+// vectors (trunk_merging.hpp); null when there is none.
 template <TensorSource S, AveragingPolicy A, RouterInit R>
-Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router,
-              MoeRecipe recipe) {
+Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router, MoeRecipe recipe,
+              const S* base = nullptr) {
   // ------------------------------------------------ validate everything first
-  const DenseLayout layout = validate_dense_sources(sources);
-  const std::vector<double> weights = averaging.weights(sources.size());
+  const DenseLayout layout = validate_dense_sources(sources, base);
+  const std::vector<double> weights = plan_averaging(averaging, sources.size(), base != nullptr);
   router.validate(sources.size(), layout.num_layers, layout.hidden);
   if (recipe.experts.empty()) {
     throw std::invalid_argument("btx::merge::" + recipe.method + ": no experts to build");
   }
-  const int64_t I_e = recipe.experts.front().intermediate();
+  const int64_t F_e = recipe.experts.front().intermediate();
   for (size_t e = 0; e < recipe.experts.size(); ++e) {
     for (const auto& p : recipe.experts[e].pieces) {
       if (p.source >= sources.size() || p.begin < 0 || p.end <= p.begin ||
@@ -111,7 +113,7 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
             ", outside its FFN (I=" + std::to_string(layout.intermediate) + ")");
       }
     }
-    if (recipe.experts[e].intermediate() != I_e || I_e == 0) {
+    if (recipe.experts[e].intermediate() != F_e || F_e == 0) {
       throw std::invalid_argument("btx::merge::" + recipe.method +
                                   ": experts must share one intermediate size to be packed");
     }
@@ -127,7 +129,7 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
 
   // -------------------------------------------------------- the output list
   const int64_t E = int64_t(recipe.experts.size());
-  const int64_t H = layout.hidden;
+  const int64_t D = layout.hidden;
   struct Role {
     int kind = 0;  // 0 averaged, 1 router, 2 experts
     int64_t layer = 0;
@@ -140,12 +142,12 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
     roles[s.name] = Role{};
   }
   for (int64_t i = 0; i < layout.num_layers; ++i) {
-    outputs.push_back({router_name(i), {E, H}, layout.ffn_dtype});
+    outputs.push_back({router_name(i), {E, D}, layout.ffn_dtype});
     roles[router_name(i)] = Role{1, i, ""};
     for (const auto& proj : ffn_projections()) {
       const bool down = proj == "down_proj";
       outputs.push_back({experts_name(i, proj),
-                         down ? std::vector<int64_t>{E, H, I_e} : std::vector<int64_t>{E, I_e, H},
+                         down ? std::vector<int64_t>{E, D, F_e} : std::vector<int64_t>{E, F_e, D},
                          layout.ffn_dtype});
       roles[experts_name(i, proj)] = Role{2, i, proj};
     }
@@ -162,7 +164,7 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
   manifest.num_experts = E;
   manifest.split_factor = recipe.split_factor;
   manifest.experts_per_token = recipe.experts_per_token;
-  manifest.moe_intermediate_size = I_e;
+  manifest.moe_intermediate_size = F_e;
   for (const auto& ex : recipe.experts) {
     nlohmann::json pieces = nlohmann::json::array();
     for (const auto& p : ex.pieces) {
@@ -176,22 +178,25 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
     manifest.options["noise_seed"] = recipe.noise_seed;
   }
 
+  if (base) manifest.base = base->label();
+
   // --------------------------------------------- computing one output tensor
   auto state = std::make_shared<const std::vector<S>>(sources);
+  auto base_state = base ? std::make_shared<const S>(*base) : std::shared_ptr<const S>();
   auto labels = manifest.sources;
-  Plan::Compute compute = [state, labels, weights, router, recipe, roles,
-                           H](const TensorSpec& spec) -> torch::Tensor {
+  Plan::Compute compute = [state, base_state, labels, averaging, weights, router, recipe, roles,
+                           D](const TensorSpec& spec) -> torch::Tensor {
     torch::NoGradGuard no_grad;
     const Role& role = roles.at(spec.name);
     const auto& srcs = *state;
     if (role.kind == 0) {
-      return weighted_sum(
-          spec.name, weights, [&](size_t j) { return srcs[j].load(spec.name); }, labels);
+      return merge_tensor(averaging, weights,
+                          shared_tensor_inputs(spec.name, srcs, base_state.get(), labels));
     }
     if (role.kind == 1) {
       std::vector<int64_t> src_of;
       for (const auto& ex : recipe.experts) src_of.push_back(ex.single_source());
-      return router.init(role.layer, src_of, H, spec.dtype);
+      return router.init(role.layer, src_of, D, spec.dtype);
     }
     // Load each source's dense weight once, only if some expert reads it.
     std::vector<torch::Tensor> dense(srcs.size());

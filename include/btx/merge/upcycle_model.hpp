@@ -18,6 +18,7 @@
 #include <btx/merge/state_dict.hpp>
 #include <btx/models/auto.hpp>
 #include <btx/moe/options.hpp>
+#include <btx/moe/router_registry.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -30,13 +31,15 @@ inline CausalLM upcycled(const CausalLM& dense, const MoEOptions& options) {
   }
   const auto& family = family_of(dense.spec());
   ModelSpec spec = dense.spec();
-  spec.moe = MoEConfig{options.num_experts, 2, options.load_balance_alpha};
+  // The checkpoint records the experts each token really uses (from the router's registration).
+  spec.moe = MoEConfig{options.num_experts, active_experts(options), options.load_balance_alpha};
   CausalLM moe = family.make_moe(spec, options);
   const auto params = dense.parameters();
   if (!params.empty()) moe.to(params.front().device(), params.front().scalar_type());
 
   Upcycle<> up;
   up.num_experts = options.num_experts;
+  up.experts_per_token = spec.moe->num_experts_per_tok;
   std::vector<StateDictSource> source{source_of(dense.module(), "dense")};
   StateDict tensors = materialize(up.plan(source));
   // The routers keep the MoE model's own initialisation (its router type decides it).

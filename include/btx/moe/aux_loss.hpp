@@ -10,7 +10,7 @@
 #include <stdexcept>
 #include <string>
 
-#include <btx/moe/routing.hpp>
+#include <btx/core/routing.hpp>
 #include <btx/version.hpp>
 
 namespace btx {

@@ -12,15 +12,15 @@
 #include <string>
 #include <vector>
 
-#include <btx/moe/concepts.hpp>
-#include <btx/moe/routing.hpp>
+#include <btx/core/concepts.hpp>
+#include <btx/core/routing.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
 BTX_NAMESPACE_BEGIN
 
 struct DispatchOutput {
-  torch::Tensor y_TD;                      // [T, H] combined expert outputs
+  torch::Tensor y_TD;                      // [T, D] combined expert outputs
   std::vector<int64_t> tokens_per_expert;  // [E] assignments each expert computed
   int64_t dropped = 0;                     // assignments dropped by the router
 };
@@ -36,20 +36,20 @@ DispatchOutput dispatch_combine(const torch::Tensor& x_TD, const RoutingResult& 
                                 "; both must be [T=" + std::to_string(T) + ", k]");
   }
   const int64_t K = r.indices_TK.size(1);
-  auto expert_A = r.indices_TK.reshape(-1);  // A = T*K assignments, token-major
-  auto weight_A = r.weights_TK.reshape(-1);
-  torch::Tensor slot_A;  // assignment id (token * K + j) of every kept assignment
+  auto expert_N = r.indices_TK.reshape(-1);  // N = T*K assignment rows, token-major
+  auto weight_N = r.weights_TK.reshape(-1);
+  torch::Tensor slot_N;  // assignment id (token * K + j) of every kept assignment
   DispatchOutput out;
   if (r.dropped_TK.defined()) {
-    slot_A = (~r.dropped_TK.reshape(-1)).nonzero().squeeze(1);
-    out.dropped = T * K - slot_A.size(0);
-    expert_A = expert_A.index_select(0, slot_A);
-    weight_A = weight_A.index_select(0, slot_A);
+    slot_N = (~r.dropped_TK.reshape(-1)).nonzero().squeeze(1);
+    out.dropped = T * K - slot_N.size(0);
+    expert_N = expert_N.index_select(0, slot_N);
+    weight_N = weight_N.index_select(0, slot_N);
   }
-  if (expert_A.numel() > 0 && expert_A.min().item<int64_t>() < 0) {
+  if (expert_N.numel() > 0 && expert_N.min().item<int64_t>() < 0) {
     throw std::invalid_argument("btx::MoE: router returned a negative expert index");
   }
-  auto counts_E = torch::bincount(expert_A, {}, E).to(torch::kCPU);
+  auto counts_E = torch::bincount(expert_N, {}, E).to(torch::kCPU);
   if (counts_E.size(0) != E) {
     throw std::invalid_argument("btx::MoE: router returned an expert index >= num_experts=" +
                                 std::to_string(E));
@@ -57,26 +57,26 @@ DispatchOutput dispatch_combine(const torch::Tensor& x_TD, const RoutingResult& 
   out.tokens_per_expert.assign(counts_E.data_ptr<int64_t>(), counts_E.data_ptr<int64_t>() + E);
 
   // Stable sort keeps token order inside each expert's block.
-  auto order_A = std::get<1>(expert_A.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
-  auto source_A = slot_A.defined() ? slot_A.index_select(0, order_A) : order_A;
-  auto token_A = source_A.div(K, "floor");
-  auto x_AH = x_TD.index_select(0, token_A);
-  torch::Tensor y_AH;
+  auto order_N = std::get<1>(expert_N.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
+  auto source_N = slot_N.defined() ? slot_N.index_select(0, order_N) : order_N;
+  auto token_N = source_N.div(K, "floor");
+  auto x_ND = x_TD.index_select(0, token_N);
+  torch::Tensor y_ND;
   if constexpr (runs_sorted_blocks<X>) {
-    y_AH = experts.run_sorted(x_AH, out.tokens_per_expert);
+    y_ND = experts.run_sorted(x_ND, out.tokens_per_expert);
   } else {
     std::vector<torch::Tensor> blocks;
     int64_t offset = 0;
     for (int64_t e = 0; e < E; ++e) {
       const int64_t n = out.tokens_per_expert[static_cast<size_t>(e)];
       if (n == 0) continue;
-      blocks.push_back(experts.run_expert(e, x_AH.narrow(0, offset, n)));
+      blocks.push_back(experts.run_expert(e, x_ND.narrow(0, offset, n)));
       offset += n;
     }
-    y_AH = blocks.empty() ? torch::zeros_like(x_AH) : torch::cat(blocks, 0);
+    y_ND = blocks.empty() ? torch::zeros_like(x_ND) : torch::cat(blocks, 0);
   }
-  auto w_A1 = weight_A.index_select(0, order_A).unsqueeze(1).to(y_AH.scalar_type());
-  out.y_TD = torch::zeros_like(x_TD).index_add(0, token_A, y_AH * w_A1);
+  auto w_N1 = weight_N.index_select(0, order_N).unsqueeze(1).to(y_ND.scalar_type());
+  out.y_TD = torch::zeros_like(x_TD).index_add(0, token_N, y_ND * w_N1);
   return out;
 }
 

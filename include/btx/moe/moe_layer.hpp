@@ -15,10 +15,10 @@
 #include <utility>
 #include <vector>
 
+#include <btx/core/concepts.hpp>
+#include <btx/core/routing.hpp>
 #include <btx/moe/aux_loss.hpp>
-#include <btx/moe/concepts.hpp>
 #include <btx/moe/dispatch.hpp>
-#include <btx/moe/routing.hpp>
 #include <btx/version.hpp>
 
 namespace btx {

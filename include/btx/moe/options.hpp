@@ -25,7 +25,7 @@ struct MoEOptions {
   TemperatureSchedule temperature = {};  // Sample Top-1: init 1, floor 0.5, rate 1e-4
   uint64_t seed = 0;                     // Sample Top-1 noise; layer l uses seed + l
   bool soft_first_layer = false;         // Sample Top-1 only: layer 0 routes softly (BTX paper)
-  int64_t hidden_size = 0;               // H, needed only when upcycling modules of unknown width
+  int64_t hidden_size = 0;               // D, needed only when upcycling modules of unknown width
 
   [[nodiscard]] AuxLossOptions aux() const {
     return AuxLossOptions{load_balance_alpha, load_balance_form, z_loss_coef};

@@ -19,8 +19,8 @@
 #include <utility>
 #include <vector>
 
+#include <btx/core/concepts.hpp>
 #include <btx/moe/aux_loss.hpp>
-#include <btx/moe/concepts.hpp>
 #include <btx/moe/experts/module_experts.hpp>
 #include <btx/moe/experts/packed_swiglu.hpp>
 #include <btx/moe/moe_layer.hpp>

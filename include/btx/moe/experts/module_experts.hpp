@@ -18,7 +18,7 @@ BTX_NAMESPACE_BEGIN
 
 class ModuleExperts : public torch::nn::Cloneable<ModuleExperts> {
  public:
-  // `hidden_size` is the width every expert maps [N, H] -> [N, H] over; the layer checks
+  // `hidden_size` is the width every expert maps [N, D] -> [N, D] over; the layer checks
   // it against the router's.
   ModuleExperts(std::vector<torch::nn::AnyModule> experts, int64_t hidden_size)
       : experts_(std::move(experts)), hidden_(hidden_size) {
@@ -58,8 +58,8 @@ class ModuleExperts : public torch::nn::Cloneable<ModuleExperts> {
     }
   }
 
-  torch::Tensor run_expert(int64_t e, const torch::Tensor& x_NH) {
-    return experts_.at(static_cast<size_t>(e)).forward<torch::Tensor>(x_NH);
+  torch::Tensor run_expert(int64_t e, const torch::Tensor& x_ND) {
+    return experts_.at(static_cast<size_t>(e)).forward<torch::Tensor>(x_ND);
   }
 
   [[nodiscard]] int64_t num_experts() const { return static_cast<int64_t>(experts_.size()); }

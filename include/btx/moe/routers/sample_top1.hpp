@@ -17,10 +17,10 @@
 #include <string>
 
 #include <btx/moe/options.hpp>
+#include <btx/moe/router_helpers.hpp>
 #include <btx/moe/router_spec.hpp>
 #include <btx/moe/routers/soft.hpp>
 #include <btx/moe/routers/temperature_schedule.hpp>
-#include <btx/moe/routing.hpp>
 #include <btx/train/extra_state.hpp>
 #include <btx/version.hpp>
 

@@ -9,8 +9,8 @@
 #include <memory>
 
 #include <btx/moe/options.hpp>
+#include <btx/moe/router_helpers.hpp>
 #include <btx/moe/router_spec.hpp>
-#include <btx/moe/routing.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -23,7 +23,7 @@ class Soft : public torch::nn::Cloneable<Soft> {
   }
   void reset() override { weight = make_router_weight(*this, experts_, hidden_, "Soft"); }
 
-  // x_TD [T, H] -> E assignments per token, weights = softmax over all logits.
+  // x_TD [T, D] -> E assignments per token, weights = softmax over all logits.
   RoutingResult route(const torch::Tensor& x_TD) {
     RoutingResult r;
     r.logits_TE = router_logits(x_TD, weight, "btx::Soft::route");

@@ -13,8 +13,8 @@
 #include <string>
 
 #include <btx/moe/options.hpp>
+#include <btx/moe/router_helpers.hpp>
 #include <btx/moe/router_spec.hpp>
-#include <btx/moe/routing.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -38,7 +38,7 @@ class Switch : public torch::nn::Cloneable<Switch> {
         std::ceil(capacity_factor_ * static_cast<double>(tokens) / static_cast<double>(experts_)));
   }
 
-  // x_TD [T, H] -> one assignment per token. Its weight is 1 in value with the gradient of
+  // x_TD [T, D] -> one assignment per token. Its weight is 1 in value with the gradient of
   // the chosen softmax probability (straight-through), so the router learns from the task
   // loss while an MoE of identical experts still equals one expert.
   RoutingResult route(const torch::Tensor& x_TD) {

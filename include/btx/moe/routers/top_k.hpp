@@ -12,8 +12,8 @@
 #include <string>
 
 #include <btx/moe/options.hpp>
+#include <btx/moe/router_helpers.hpp>
 #include <btx/moe/router_spec.hpp>
-#include <btx/moe/routing.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -31,7 +31,7 @@ class TopK : public torch::nn::Cloneable<TopK> {
   }
   void reset() override { weight = make_router_weight(*this, experts_, hidden_, "TopK"); }
 
-  // x_TD [T, H] -> k assignments per token.
+  // x_TD [T, D] -> k assignments per token.
   RoutingResult route(const torch::Tensor& x_TD) {
     RoutingResult r;
     r.logits_TE = router_logits(x_TD, weight, "btx::TopK::route");

@@ -11,7 +11,7 @@
 #include <memory>
 #include <vector>
 
-#include <btx/moe/routing.hpp>
+#include <btx/core/routing.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -36,7 +36,7 @@ concept has_num_experts = requires(const M& m) {
   { m.num_experts() } -> std::convertible_to<int64_t>;
 };
 
-// `hidden_size()` -> H, checked against the other policy when the layer is built.
+// `hidden_size()` -> D, checked against the other policy when the layer is built.
 template <class M>
 concept has_hidden_size = requires(const M& m) {
   { m.hidden_size() } -> std::convertible_to<int64_t>;
@@ -54,17 +54,17 @@ concept routes_to_result = requires(R& r, const torch::Tensor& x_TD) {
   { r.route(x_TD) } -> std::same_as<RoutingResult>;
 };
 
-// Maps hidden states x[T, H] to expert indices [T, k], combine weights [T, k], the full
+// Maps hidden states x[T, D] to expert indices [T, K], combine weights [T, K], the full
 // logits/probabilities [T, E] and (capacity routers) the dropped assignments.
 // (is_cloneable_module comes last so a router lacking route() is reported as has_route.)
 template <class R>
 concept Router = is_torch_module<R> && has_num_experts<R> && has_hidden_size<R> && has_route<R> &&
     routes_to_result<R> && is_cloneable_module<R>;
 
-// `run_expert(e, x_NH)` runs expert e on a contiguous block of N tokens -> [N, H].
+// `run_expert(e, x_ND)` runs expert e on a contiguous block of N tokens -> [N, D].
 template <class X>
-concept runs_expert_block = requires(X& x, int64_t e, const torch::Tensor& x_NH) {
-  { x.run_expert(e, x_NH) } -> std::same_as<torch::Tensor>;
+concept runs_expert_block = requires(X& x, int64_t e, const torch::Tensor& x_ND) {
+  { x.run_expert(e, x_ND) } -> std::same_as<torch::Tensor>;
 };
 
 // `parameters()` -> the experts' tensors (every LibTorch module has it).
@@ -73,12 +73,12 @@ concept has_parameters = requires(const X& x) {
   { x.parameters() } -> std::convertible_to<std::vector<torch::Tensor>>;
 };
 
-// Optional fast path: `run_sorted(x_NH, counts)` runs every expert on its block of the
+// Optional fast path: `run_sorted(x_ND, counts)` runs every expert on its block of the
 // tokens sorted by expert (counts[e] rows each, in expert order) in one call.
 template <class X>
-concept runs_sorted_blocks = requires(X& x, const torch::Tensor& x_NH,
+concept runs_sorted_blocks = requires(X& x, const torch::Tensor& x_ND,
                                       const std::vector<int64_t>& counts) {
-  { x.run_sorted(x_NH, counts) } -> std::same_as<torch::Tensor>;
+  { x.run_sorted(x_ND, counts) } -> std::same_as<torch::Tensor>;
 };
 
 template <class X>

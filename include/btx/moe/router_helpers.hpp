@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
-// What a router hands to an MoE layer (RoutingResult), what the layer records about each
-// call (RoutingStats), and the public helpers routers are written with: the fp32 router
-// logits with their non-finite check, the router weight, and tensors on the input's device.
+// The public helpers routers are written with (the shipped ones use them; so can yours):
+// the fp32 router logits with their non-finite check, the router weight, and tensors on
+// the input's device. The types they produce are in btx/core/routing.hpp.
 #pragma once
 
 #include <torch/torch.h>
@@ -11,30 +11,11 @@
 #include <stdexcept>
 #include <string>
 
+#include <btx/core/routing.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
 BTX_NAMESPACE_BEGIN
-
-// One routing decision for T tokens over E experts, k assignments per token.
-struct RoutingResult {
-  torch::Tensor indices_TK;  // [T, k] int64, expert of each assignment
-  torch::Tensor weights_TK;  // [T, k] combine weight of each assignment (0 when dropped)
-  torch::Tensor logits_TE;   // [T, E] router logits (for the z-loss)
-  torch::Tensor probs_TE;    // [T, E] softmax of the logits (for load balancing)
-  // weights, logits and probs are fp32 (fp64 when the hidden states are fp64).
-  torch::Tensor dropped_TK;  // [T, k] bool, assignments over capacity; undefined: none dropped
-};
-
-// Per-call statistics of one MoE layer, for routing analysis.
-struct RoutingStats {
-  torch::Tensor tokens_per_expert;  // [E] int64 on CPU: assignments computed by each expert
-  int64_t dropped = 0;              // assignments dropped (over capacity)
-  int64_t tokens = 0;               // tokens routed in the call
-  double entropy = 0.0;             // mean over tokens of -sum_e p_e log p_e (nats)
-};
-
-// --- Helpers for writing a router (the shipped ones use them; so can yours) ---
 
 // Throws std::invalid_argument naming `where` unless x_TD is [T, hidden].
 inline void check_hidden(const torch::Tensor& x_TD, int64_t hidden, const char* where) {
