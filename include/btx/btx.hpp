@@ -86,10 +86,15 @@
 #include <btx/recipe/workers.hpp>
 #include <btx/report/gnuplot.hpp>
 #include <btx/train/checkpoint.hpp>
+#include <btx/train/checkpoint_files.hpp>
 #include <btx/train/evaluate.hpp>
 #include <btx/train/extra_state.hpp>
 #include <btx/train/flops.hpp>
+#include <btx/train/hooks.hpp>
 #include <btx/train/loss.hpp>
+#include <btx/train/optimizer.hpp>
+#include <btx/train/optimizer_state.hpp>
+#include <btx/train/options.hpp>
 #include <btx/train/progress.hpp>
 #include <btx/train/schedule.hpp>
 #include <btx/train/trainer.hpp>

@@ -1,19 +1,26 @@
 // SPDX-License-Identifier: MIT
 // Training checkpoints: folder layout and pruning, fallback over damaged checkpoints,
-// refusal of non-finite tensors, model mismatches, skipped steps and router generators.
+// refusal of non-finite tensors, model mismatches, skipped steps, router generators, and
+// the state of each optimizer (AdamW, Adam, SGD; others refused by name).
 // (Exact resume after SIGKILL: tests/python/test_resume.py.)
 #include <doctest/doctest.h>
 
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <memory>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
 #include <btx/models/llama/model.hpp>
 #include <btx/moe/routers/sample_top1.hpp>
 #include <btx/train/checkpoint.hpp>
+#include <btx/train/hooks.hpp>
+#include <btx/train/optimizer_state.hpp>
 #include <btx/train/trainer.hpp>
 
 #include "../test_support.hpp"
@@ -69,6 +76,29 @@ bool model_matches(btx::LlamaForCausalLM& model, const fs::path& file) {
 
 torch::optim::AdamW make_opt(btx::LlamaForCausalLM& model) {
   return torch::optim::AdamW(model->parameters(), torch::optim::AdamWOptions(1e-3));
+}
+
+btx::TrainHooks sgd_hooks() {
+  btx::TrainHooks h;
+  h.optimizer = btx::sgd_factory(/*momentum=*/0.9);
+  return h;
+}
+
+btx::TrainHooks adam_hooks() {
+  btx::TrainHooks h;
+  h.optimizer = [](std::vector<torch::Tensor> params, const btx::TrainOptions& o) {
+    return std::make_unique<torch::optim::Adam>(std::move(params),
+                                                torch::optim::AdamOptions(o.peak_lr).amsgrad(true));
+  };
+  return h;
+}
+
+// One optimizer step on a fixed batch, so `opt` has state for every parameter.
+void one_step(btx::LlamaForCausalLM& model, torch::optim::Optimizer& opt) {
+  auto ids = torch::arange(34).remainder(61).reshape({2, 17});
+  opt.zero_grad();
+  btx::next_token_loss(model->forward(ids.slice(1, 0, 16)), ids.slice(1, 1, 17)).backward();
+  opt.step();
 }
 
 }  // namespace
@@ -234,4 +264,130 @@ TEST_CASE("sample_top1: generator and step travel through extra_state") {
   b.weight.copy_(a.weight);
   CHECK(torch::equal(a.route(x).indices_TK, b.route(x).indices_TK));
   CHECK(torch::equal(a.extra_state().at("generator"), b.extra_state().at("generator")));
+}
+
+TEST_CASE("checkpoint: AdamW state keeps its tensor names and carries no optimizer tag") {
+  torch::manual_seed(0);
+  const auto dir = fresh_dir("adamw-format");
+  btx::LlamaForCausalLM model(btx::test::tiny_config());
+  btx::train_causal_lm(model, tiny_sampler(), tiny_options(dir, 2, 2));
+  const btx::io::SafetensorsFile file(dir / "step-000002" / "optimizer.safetensors");
+  CHECK(file.metadata() == std::map<std::string, std::string>{{"format", "btx-train-checkpoint"}});
+  size_t params = 0;
+  for (const auto& p : model->named_parameters()) {
+    ++params;
+    for (const auto* field : {".exp_avg", ".exp_avg_sq", ".step"})
+      CHECK(file.contains(p.key() + field));
+    CHECK_FALSE(file.contains(p.key() + ".max_exp_avg_sq"));
+  }
+  CHECK(file.names().size() == 3 * params);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("checkpoint: an SGD run killed and resumed ends bit-identical to an unbroken one") {
+  const auto unbroken_dir = fresh_dir("sgd-unbroken"), dir = fresh_dir("sgd-resumed");
+  auto o = tiny_options(unbroken_dir, 6, 2);
+  o.peak_lr = 0.05;
+  torch::manual_seed(0);
+  btx::LlamaForCausalLM unbroken(btx::test::tiny_config());
+  const auto full = btx::train_causal_lm(unbroken, tiny_sampler(), o, sgd_hooks());
+
+  o.checkpoint_dir = dir.string();
+  o.on_step = [](int64_t step) {
+    if (step == 3) throw std::runtime_error("killed at step 3");
+  };
+  torch::manual_seed(0);
+  btx::LlamaForCausalLM killed(btx::test::tiny_config());
+  CHECK_THROWS_WITH(btx::train_causal_lm(killed, tiny_sampler(), o, sgd_hooks()),
+                    "killed at step 3");
+  o.on_step = {};
+  torch::manual_seed(99);  // other weights and generator: the checkpoint must restore both
+  btx::LlamaForCausalLM resumed(btx::test::tiny_config());
+  const auto rest = btx::train_causal_lm(resumed, tiny_sampler(), o, sgd_hooks());
+  CHECK(rest.resumed_from_step == 2);
+  CHECK(rest.losses == full.losses);
+  CHECK(model_matches(resumed, unbroken_dir / "step-000006" / "model.safetensors"));
+
+  const auto last = dir / "step-000006" / "optimizer.safetensors";
+  CHECK(same_tensors(last, unbroken_dir / "step-000006" / "optimizer.safetensors"));
+  const btx::io::SafetensorsFile file(last);
+  CHECK(file.metadata().at("optimizer") == "sgd");
+  CHECK(file.contains("model.norm.weight.momentum_buffer"));
+  fs::remove_all(unbroken_dir);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("checkpoint: Adam state round-trips, and no checkpoint resumes under another optimizer") {
+  torch::manual_seed(0);
+  const auto dir = fresh_dir("adam");
+  btx::LlamaForCausalLM model(btx::test::tiny_config());
+  btx::train_causal_lm(model, tiny_sampler(), tiny_options(dir, 2, 2), adam_hooks());
+  const auto folder = dir / "step-000002";
+  const btx::io::SafetensorsFile file(folder / "optimizer.safetensors");
+  CHECK(file.metadata().at("optimizer") == "adam");
+  CHECK(file.contains("model.norm.weight.max_exp_avg_sq"));  // amsgrad
+
+  btx::LlamaForCausalLM other(btx::test::tiny_config());
+  torch::optim::Adam adam(other->parameters(), torch::optim::AdamOptions(1e-3).amsgrad(true));
+  CHECK(btx::load_training_checkpoint(folder, *other, adam).step == 2);
+  const auto loaded = btx::optimizer_state_tensors(*other, adam);
+  const auto saved = btx::io::load_safetensors(folder / "optimizer.safetensors");
+  REQUIRE(loaded.size() == saved.size());
+  for (const auto& [name, t] : saved) CHECK(torch::equal(loaded.at(name), t));
+
+  auto adamw = make_opt(other);
+  CHECK_THROWS_WITH_AS(btx::load_training_checkpoint(folder, *other, adamw),
+                       doctest::Contains("holds adam optimizer state, but this run's optimizer "
+                                         "is torch::optim::AdamW"),
+                       std::runtime_error);
+  CHECK_THROWS_WITH_AS(btx::resume_training_checkpoint(dir, *other, adamw),
+                       doctest::Contains("torch::optim::AdamW"), std::runtime_error);
+  torch::optim::SGD sgd(other->parameters(), torch::optim::SGDOptions(1e-3).momentum(0.9));
+  CHECK_THROWS_WITH_AS(btx::load_training_checkpoint(folder, *other, sgd),
+                       doctest::Contains("torch::optim::SGD"), std::runtime_error);
+
+  const auto adamw_dir = fresh_dir("adamw-under-adam");
+  btx::train_causal_lm(model, tiny_sampler(), tiny_options(adamw_dir, 2, 2));
+  CHECK_THROWS_WITH_AS(btx::load_training_checkpoint(adamw_dir / "step-000002", *other, adam),
+                       doctest::Contains("holds adamw optimizer state"), std::runtime_error);
+  fs::remove_all(dir);
+  fs::remove_all(adamw_dir);
+}
+
+TEST_CASE("checkpoint: an optimizer btx does not know is refused by name, at save and up front") {
+  torch::manual_seed(0);
+  const auto dir = fresh_dir("rmsprop");
+  btx::LlamaForCausalLM model(btx::test::tiny_config());
+  torch::optim::RMSprop rmsprop(model->parameters(), torch::optim::RMSpropOptions(1e-3));
+  one_step(model, rmsprop);
+  btx::TrainState state;
+  state.step = state.next_batch = 1;
+  state.losses = {1.0};
+  try {
+    btx::save_training_checkpoint(dir, *model, rmsprop, state);
+    FAIL("no error");
+  } catch (const std::invalid_argument& e) {
+    const std::string what = e.what();
+    INFO(what);
+    CHECK(what.find("optimizer torch::optim::RMSprop") != std::string::npos);
+    CHECK(what.find("torch::optim::RMSpropParamState") != std::string::npos);
+  }
+  CHECK_FALSE(fs::exists(dir / "step-000001"));
+
+  // The trainer refuses it before the first step rather than at the first checkpoint.
+  btx::TrainHooks hooks;
+  hooks.optimizer = [](std::vector<torch::Tensor> params, const btx::TrainOptions& o) {
+    return std::make_unique<torch::optim::RMSprop>(std::move(params),
+                                                   torch::optim::RMSpropOptions(o.peak_lr));
+  };
+  auto o = tiny_options(dir, 2, 1);
+  int64_t steps_run = 0;
+  o.on_step = [&](int64_t) { ++steps_run; };
+  CHECK_THROWS_WITH_AS(btx::train_causal_lm(model, tiny_sampler(), o, hooks),
+                       doctest::Contains("torch::optim::RMSprop"), std::invalid_argument);
+  CHECK(steps_run == 0);
+  o.checkpoint_dir.clear();  // without checkpoints any optimizer trains
+  CHECK(btx::train_causal_lm(model, tiny_sampler(), o, hooks).skipped_steps == 0);
+  CHECK(steps_run == 2);
+  fs::remove_all(dir);
 }

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
-// Training checkpoints for exact resume: parameters and buffers, AdamW state, random
-// generators (torch's default CPU one and every btx::ExtraState module's), the loop's step,
-// data position and loss history. <dir>/step-000123/ holds model/optimizer/rng.safetensors
-// and state.json; folders appear atomically (io::AtomicDir) and <dir>/latest names the newest.
+// Training checkpoints for exact resume: parameters and buffers, optimizer state (AdamW,
+// Adam or SGD: btx/train/optimizer_state.hpp), random generators (torch's default CPU one
+// and every btx::ExtraState module's), the loop's step, data position and loss history.
+// <dir>/step-000123/ holds model/optimizer/rng.safetensors and state.json; folders appear
+// atomically (io::AtomicDir) and <dir>/latest names the newest (btx/train/checkpoint_files.hpp).
 #pragma once
 
 #include <torch/torch.h>
@@ -10,7 +11,6 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -18,7 +18,6 @@
 #include <fstream>
 #include <limits>
 #include <map>
-#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -26,9 +25,10 @@
 #include <vector>
 
 #include <btx/io/atomic_dir.hpp>
-#include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
+#include <btx/train/checkpoint_files.hpp>
 #include <btx/train/extra_state.hpp>
+#include <btx/train/optimizer_state.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -44,153 +44,51 @@ struct TrainState {
   double seconds = 0.0;        // wall seconds of training so far, over every resume
 };
 
-// A checkpoint folder that is damaged (unreadable, truncated, non-finite): loading falls
-// back to the previous one. A checkpoint that does not fit the model is an error instead.
-class CorruptCheckpoint : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
 namespace detail {
-
-inline constexpr const char* kCheckpointFormat = "btx-train-checkpoint";
-
-inline std::string step_folder_name(int64_t step) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "step-%06lld", static_cast<long long>(step));
-  return buf;
-}
-
-// Step number of a complete checkpoint folder name ("step-000123"), or -1.
-inline int64_t step_of_folder(const std::string& name) {
-  if (name.rfind("step-", 0) != 0 || name.size() == 5) return -1;
-  const std::string digits = name.substr(5);
-  if (digits.size() > 18 || digits.find_first_not_of("0123456789") != std::string::npos) return -1;
-  return std::stoll(digits);
-}
-
-// Complete-looking checkpoint folders in `dir`, newest first.
-inline std::vector<std::pair<int64_t, std::filesystem::path>> checkpoint_folders(
-    const std::filesystem::path& dir) {
-  std::vector<std::pair<int64_t, std::filesystem::path>> out;
-  std::error_code ec;
-  if (!std::filesystem::is_directory(dir, ec)) return out;
-  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
-    const int64_t step = step_of_folder(entry.path().filename().string());
-    if (step >= 0 && entry.is_directory()) out.emplace_back(step, entry.path());
-  }
-  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-  return out;
-}
-
-inline bool is_finite_tensor(const torch::Tensor& t) {
-  if (!t.is_floating_point() && !t.is_complex()) return true;
-  return t.numel() == 0 || torch::isfinite(t).all().item<bool>();
-}
 
 // Tensor maps of one checkpoint, by file name.
 struct CheckpointTensors {
   std::map<std::string, torch::Tensor> model, optimizer, rng;
 };
 
-inline CheckpointTensors gather(torch::nn::Module& model, torch::optim::AdamW& opt) {
-  CheckpointTensors t;
-  for (const auto& p : model.named_parameters()) t.model[p.key()] = p.value().detach();
-  for (const auto& b : model.named_buffers()) t.model[b.key()] = b.value().detach();
-  auto& state = opt.state();
-  for (const auto& p : model.named_parameters()) {
-    auto it = state.find(p.value().unsafeGetTensorImpl());
-    if (it == state.end()) continue;
-    const auto& s = static_cast<const torch::optim::AdamWParamState&>(*it->second);
-    t.optimizer[p.key() + ".exp_avg"] = s.exp_avg();
-    t.optimizer[p.key() + ".exp_avg_sq"] = s.exp_avg_sq();
-    if (s.max_exp_avg_sq().defined()) t.optimizer[p.key() + ".max_exp_avg_sq"] = s.max_exp_avg_sq();
-    t.optimizer[p.key() + ".step"] = torch::tensor({s.step()}, torch::kInt64);
-  }
-  t.rng["torch.default_cpu_generator"] = generator_state(at::detail::getDefaultCPUGenerator());
-  for (const auto& m : model.named_modules("", /*include_self=*/true)) {
-    if (const auto* owner = dynamic_cast<const ExtraState*>(m.value().get())) {
-      for (const auto& [k, v] : owner->extra_state())
-        t.rng[(m.key().empty() ? "" : m.key() + ".") + k] = v.detach().cpu();
-    }
-  }
-  return t;
-}
-
-inline void write_text_durably(const std::filesystem::path& file, const std::string& text) {
-  const auto tmp = file.string() + ".tmp-" + io::detail::random_suffix();
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << text;
-    out.flush();
-    if (!out) throw std::runtime_error("cannot write " + tmp);
-  }
-  io::detail::fsync_path(tmp);
-  std::filesystem::rename(tmp, file);
-  io::detail::fsync_path(file.parent_path());
-}
-
-// The tensors of file `name` in `folder`: checks existence, size and finiteness.
-inline std::map<std::string, torch::Tensor> read_tensors(const std::filesystem::path& folder,
-                                                         const std::string& name,
-                                                         const nlohmann::json& state) {
-  const auto file = folder / name;
-  std::error_code ec;
-  const auto size = std::filesystem::file_size(file, ec);
-  if (ec) throw CorruptCheckpoint("checkpoint file " + file.string() + " is missing");
-  if (state.contains("files") && state["files"].contains(name) &&
-      state["files"][name].get<uint64_t>() != size) {
-    throw CorruptCheckpoint("checkpoint file " + file.string() + " has " + std::to_string(size) +
-                            " bytes, state.json recorded " + state["files"][name].dump());
-  }
+inline std::map<std::string, torch::Tensor> model_tensors(const torch::nn::Module& model) {
   std::map<std::string, torch::Tensor> out;
-  try {
-    for (auto& [k, v] : io::SafetensorsFile(file).load_all()) out[k] = v.clone();
-  } catch (const io::FormatError& e) {
-    throw CorruptCheckpoint(e.what());
-  }
-  for (const auto& [k, v] : out) {
-    if (!is_finite_tensor(v)) {
-      throw CorruptCheckpoint("tensor \"" + k + "\" in checkpoint file " + file.string() +
-                              " contains NaN or Inf; a checkpoint never does, so it is damaged");
-    }
-  }
+  for (const auto& p : model.named_parameters()) out[p.key()] = p.value().detach();
+  for (const auto& b : model.named_buffers()) out[b.key()] = b.value().detach();
   return out;
 }
 
-inline const torch::Tensor& expect(const std::map<std::string, torch::Tensor>& tensors,
-                                   const std::string& name, const torch::Tensor& like,
-                                   const std::filesystem::path& file) {
-  auto it = tensors.find(name);
-  if (it == tensors.end()) {
-    throw std::runtime_error("tensor \"" + name + "\" is missing from checkpoint file " +
-                             file.string() + "; was it written for a different model?");
+// torch's default CPU generator and every btx::ExtraState module's state.
+inline std::map<std::string, torch::Tensor> rng_tensors(const torch::nn::Module& model) {
+  std::map<std::string, torch::Tensor> out;
+  out["torch.default_cpu_generator"] = generator_state(at::detail::getDefaultCPUGenerator());
+  for (const auto& m : model.named_modules("", /*include_self=*/true)) {
+    if (const auto* owner = dynamic_cast<const ExtraState*>(m.value().get())) {
+      for (const auto& [k, v] : owner->extra_state())
+        out[(m.key().empty() ? "" : m.key() + ".") + k] = v.detach().cpu();
+    }
   }
-  if (like.defined() &&
-      (it->second.sizes() != like.sizes() || it->second.scalar_type() != like.scalar_type())) {
-    throw std::runtime_error("tensor \"" + name + "\" in checkpoint file " + file.string() +
-                             " is " + c10::str(it->second.sizes()) + " " +
-                             c10::toString(it->second.scalar_type()) + ", the model has " +
-                             c10::str(like.sizes()) + " " + c10::toString(like.scalar_type()) +
-                             "; was it written for a different model?");
-  }
-  return it->second;
+  return out;
 }
 
 }  // namespace detail
 
 // Writes `<dir>/step-NNNNNN/` for state.step, then `<dir>/latest`, then removes all but
 // the `keep` newest checkpoints. Refuses (std::runtime_error, nothing written) when any
-// tensor holds NaN/Inf. Returns the new folder.
+// tensor holds NaN/Inf, and (std::invalid_argument) an optimizer whose state btx does not
+// know. Returns the new folder.
 inline std::filesystem::path save_training_checkpoint(const std::filesystem::path& dir,
                                                       torch::nn::Module& model,
-                                                      torch::optim::AdamW& opt,
+                                                      torch::optim::Optimizer& opt,
                                                       const TrainState& state, int64_t keep = 2) {
   if (keep < 1) {
     throw std::invalid_argument("save_training_checkpoint: keep must be >= 1, got " +
                                 std::to_string(keep));
   }
-  const auto tensors = detail::gather(model, opt);
+  const auto kind = detail::checkpointable_kind(opt, "save_training_checkpoint");
+  const detail::CheckpointTensors tensors{detail::model_tensors(model),
+                                          optimizer_state_tensors(model, opt),
+                                          detail::rng_tensors(model)};
   const std::string folder_name = detail::step_folder_name(state.step);
   for (const auto* group : {&tensors.model, &tensors.optimizer}) {
     for (const auto& [name, t] : *group) {
@@ -218,7 +116,10 @@ inline std::filesystem::path save_training_checkpoint(const std::filesystem::pat
       {"optimizer.safetensors", &tensors.optimizer},
       {"rng.safetensors", &tensors.rng}};
   for (const auto& [file, group] : files) {
-    io::save_safetensors(out.path() / file, *group, {{"format", detail::kCheckpointFormat}});
+    io::save_safetensors(out.path() / file, *group,
+                         group == &tensors.optimizer ? optimizer_state_metadata(kind)
+                                                     : std::map<std::string, std::string>{
+                                                           {"format", detail::kCheckpointFormat}});
     info["files"][file] = std::filesystem::file_size(out.path() / file);
   }
   {
@@ -251,7 +152,7 @@ inline std::filesystem::path save_training_checkpoint(const std::filesystem::pat
 // anything is changed: CorruptCheckpoint when the folder is damaged, std::runtime_error
 // naming the tensor and file when it does not fit the model.
 inline TrainState load_training_checkpoint(const std::filesystem::path& folder,
-                                           torch::nn::Module& model, torch::optim::AdamW& opt) {
+                                           torch::nn::Module& model, torch::optim::Optimizer& opt) {
   nlohmann::json info;
   {
     std::ifstream in(folder / "state.json");
@@ -279,10 +180,12 @@ inline TrainState load_training_checkpoint(const std::filesystem::path& folder,
     throw CorruptCheckpoint("checkpoint " + folder.string() + ": state.json lacks a field (" +
                             e.what() + ")");
   }
+  std::map<std::string, std::string> opt_meta;
   const auto model_t = detail::read_tensors(folder, "model.safetensors", info);
-  const auto opt_t = detail::read_tensors(folder, "optimizer.safetensors", info);
+  const auto opt_t = detail::read_tensors(folder, "optimizer.safetensors", info, &opt_meta);
   const auto rng_t = detail::read_tensors(folder, "rng.safetensors", info);
-  const auto current = detail::gather(model, opt);
+  const detail::CheckpointTensors current{
+      detail::model_tensors(model), {}, detail::rng_tensors(model)};
 
   // Validate every name and shape first.
   const auto model_file = folder / "model.safetensors", opt_file = folder / "optimizer.safetensors",
@@ -294,11 +197,7 @@ inline TrainState load_training_checkpoint(const std::filesystem::path& folder,
                                "\" that the model lacks; was it written for a different model?");
     }
   }
-  for (const auto& p : model.named_parameters()) {
-    if (!opt_t.count(p.key() + ".step")) continue;  // no optimizer state yet
-    (void)detail::expect(opt_t, p.key() + ".exp_avg", p.value(), opt_file);
-    (void)detail::expect(opt_t, p.key() + ".exp_avg_sq", p.value(), opt_file);
-  }
+  check_optimizer_state_tensors(opt_t, opt_meta, model, opt, opt_file);
   for (const auto& [name, t] : current.rng)
     (void)detail::expect(rng_t, name, name == "torch.default_cpu_generator" ? torch::Tensor() : t,
                          rng_file);
@@ -309,20 +208,7 @@ inline TrainState load_training_checkpoint(const std::filesystem::path& folder,
     for (const auto& p : model.named_parameters()) p.value().copy_(model_t.at(p.key()));
     for (const auto& b : model.named_buffers()) b.value().copy_(model_t.at(b.key()));
   }
-  auto& opt_state = opt.state();
-  for (const auto& p : model.named_parameters()) {
-    void* key = p.value().unsafeGetTensorImpl();
-    opt_state.erase(key);
-    if (!opt_t.count(p.key() + ".step")) continue;
-    auto s = std::make_unique<torch::optim::AdamWParamState>();
-    const auto dev = p.value().device();
-    s->step(opt_t.at(p.key() + ".step").item<int64_t>());
-    s->exp_avg(opt_t.at(p.key() + ".exp_avg").to(dev));
-    s->exp_avg_sq(opt_t.at(p.key() + ".exp_avg_sq").to(dev));
-    if (opt_t.count(p.key() + ".max_exp_avg_sq"))
-      s->max_exp_avg_sq(opt_t.at(p.key() + ".max_exp_avg_sq").to(dev));
-    opt_state[key] = std::move(s);
-  }
+  load_optimizer_state_tensors(opt_t, model, opt);
   set_generator_state(at::detail::getDefaultCPUGenerator(),
                       rng_t.at("torch.default_cpu_generator"));
   for (const auto& m : model.named_modules("", /*include_self=*/true)) {
@@ -340,7 +226,7 @@ inline TrainState load_training_checkpoint(const std::filesystem::path& folder,
 // none. Damaged folders (and `*.tmp-*` leftovers, which are never candidates) are skipped
 // with a warning; if folders exist but none loads, throws naming each one's problem.
 inline std::optional<std::pair<std::filesystem::path, TrainState>> resume_training_checkpoint(
-    const std::filesystem::path& dir, torch::nn::Module& model, torch::optim::AdamW& opt) {
+    const std::filesystem::path& dir, torch::nn::Module& model, torch::optim::Optimizer& opt) {
   std::string problems;
   const auto folders = detail::checkpoint_folders(dir);
   for (const auto& [step, path] : folders) {

@@ -1,25 +1,35 @@
 // SPDX-License-Identifier: MIT
 // One causal-LM training loop for every stage (seed, experts, dense baseline, MoE
-// finetune): AdamW, warmup + cosine schedule, gradient clipping, an auxiliary loss hook
-// (MoE load balancing), a guard that skips non-finite steps, progress and metrics, and
-// checkpoints from which an interrupted run resumes bit for bit (same batches, same LR).
+// finetune): an optimizer and a loss from btx::TrainHooks (AdamW and next-token loss by
+// default), warmup + cosine schedule, gradient clipping, an auxiliary loss (MoE load
+// balancing), a guard that skips non-finite steps, progress and metrics, and checkpoints
+// from which an interrupted run resumes bit for bit (same batches, same LR). The hooks
+// also mark where device/dtype placement and gradient synchronisation go.
 #pragma once
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <functional>
 #include <limits>
+#include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include <btx/data/sampler.hpp>
 #include <btx/train/checkpoint.hpp>
+#include <btx/train/hooks.hpp>
 #include <btx/train/loss.hpp>
+#include <btx/train/optimizer.hpp>
+#include <btx/train/options.hpp>
 #include <btx/train/progress.hpp>
 #include <btx/train/schedule.hpp>
 #include <btx/version.hpp>
@@ -27,45 +37,9 @@
 namespace btx {
 BTX_NAMESPACE_BEGIN
 
-struct TrainOptions {
-  std::string stage = "train";  // name in logs and metrics
-  int64_t steps = 100;          // optimizer steps
-  int64_t batch_size = 8;       // sequences per step
-  double peak_lr = 3e-3;        // AdamW peak learning rate
-  int64_t warmup_steps = 10;    // linear warmup
-  double lr_floor_ratio = 0.1;  // cosine decays to this fraction of the peak
-  double weight_decay = 0.1;    // AdamW decoupled weight decay (paper: 0.1)
-  double grad_clip = 1.0;       // max global grad norm (<= 0: off)
-  int64_t log_every = 10;       // progress/metrics interval
-  int64_t max_bad_steps = 5;    // consecutive non-finite steps before giving up
-  int64_t first_batch = 0;      // sampler index of step 0 (distinct streams per stage)
-  // Checkpoints (btx/train/checkpoint.hpp): with a folder, training resumes from its
-  // newest complete checkpoint and writes one every `checkpoint_every` steps and at the end.
-  std::string checkpoint_dir;    // empty: no checkpoints
-  int64_t checkpoint_every = 0;  // <= 0: only at the end (when checkpoint_dir is set)
-  int64_t keep_checkpoints = 2;  // newest complete checkpoints kept
-  // Called before step `step` (0-based) runs, e.g. for fault injection.
-  std::function<void(int64_t step)> on_step;
-  // Called with each metrics record at a log step before it is written; may add fields.
-  std::function<void(int64_t step, nlohmann::json& record)> on_log;
-};
+namespace detail {
 
-struct TrainSummary {
-  int64_t steps = 0, tokens = 0, skipped_steps = 0;
-  double seconds = 0.0;  // wall time of training, time before a resume included
-  double final_loss = 0.0;
-  int64_t resumed_from_step = 0;  // 0: started fresh
-  std::vector<double> losses;     // LM loss of every step, resumed ones included (NaN: skipped)
-};
-
-// model: a holder with forward(ids_BT) -> logits_BTV and parameters().
-// aux_loss: added to the LM loss each step (e.g. btx::collect_aux_loss); may be empty.
-// A skipped (non-finite) step changes neither the weights nor the optimizer state.
-template <class Model>
-TrainSummary train_causal_lm(Model& model, const WindowSampler& sampler,
-                             const TrainOptions& options,
-                             const std::function<torch::Tensor()>& aux_loss = {},
-                             MetricsLog* metrics = nullptr) {
+inline void check_train_options(const TrainOptions& options) {
   if (options.steps <= 0) {
     throw std::invalid_argument("stage '" + options.stage + "': steps must be > 0, got " +
                                 std::to_string(options.steps));
@@ -74,131 +48,225 @@ TrainSummary train_causal_lm(Model& model, const WindowSampler& sampler,
     throw std::invalid_argument("stage '" + options.stage + "': log_every must be > 0, got " +
                                 std::to_string(options.log_every));
   }
-  model->train();
-  torch::optim::AdamW opt(model->parameters(), torch::optim::AdamWOptions(options.peak_lr)
-                                                   .weight_decay(options.weight_decay)
-                                                   .betas({0.9, 0.95}));
-  const CosineSchedule schedule{options.peak_lr, options.warmup_steps, options.steps,
-                                options.lr_floor_ratio};
-  const int64_t T = sampler.seq_len();
-  TrainState state;
-  state.next_batch = options.first_batch;
-  TrainSummary summary;
-  if (!options.checkpoint_dir.empty()) {
-    if (auto resumed = resume_training_checkpoint(options.checkpoint_dir, *model, opt)) {
-      state = resumed->second;
-      if (state.step > options.steps || state.next_batch != options.first_batch + state.step ||
-          int64_t(state.losses.size()) != state.step) {
-        throw std::runtime_error(
-            "stage '" + options.stage + "': checkpoint " + resumed->first.string() + " (step " +
-            std::to_string(state.step) + ", next batch " + std::to_string(state.next_batch) +
-            ") does not belong to this run of " + std::to_string(options.steps) +
-            " steps from batch " + std::to_string(options.first_batch) + "; remove " +
-            options.checkpoint_dir);
-      }
-      summary.resumed_from_step = state.step;
-      std::fprintf(stderr, "[%s] resumed from checkpoint %s at step %lld\n", options.stage.c_str(),
-                   resumed->first.c_str(), static_cast<long long>(state.step));
-      if (metrics) {
-        metrics->write(
-            {{"stage", options.stage}, {"step", state.step}, {"resumed_from_step", state.step}});
-      }
+}
+
+// The loop of train_causal_lm, in the order a step happens. Model: a holder with
+// forward(ids_BS) -> logits_BSV, parameters(), train() and *model -> torch::nn::Module&.
+template <class Model>
+class TrainLoop {
+ public:
+  // Puts the model in training mode, places it, then builds the optimizer over its
+  // parameters (so the optimizer's state lives where the parameters do).
+  TrainLoop(Model& model, const WindowSampler& sampler, const TrainOptions& options,
+            TrainHooks hooks, MetricsLog* metrics)
+      : model_(model),
+        sampler_(sampler),
+        options_(options),
+        hooks_(std::move(hooks)),
+        metrics_(metrics),
+        S_(sampler.seq_len()),
+        schedule_{options.peak_lr, options.warmup_steps, options.steps, options.lr_floor_ratio} {
+    check_train_options(options_);
+    if (!hooks_.optimizer) throw std::invalid_argument(where() + "TrainHooks::optimizer is empty");
+    if (!hooks_.loss) throw std::invalid_argument(where() + "TrainHooks::loss is empty");
+    model_->train();
+    if (hooks_.place_model) hooks_.place_model(*model_);
+    parameters_ = model_->parameters();
+    opt_ = hooks_.optimizer(parameters_, options_);
+    if (!opt_) throw std::invalid_argument(where() + "TrainHooks::optimizer returned null");
+    // An optimizer that checkpoints cannot hold fails now, not after the first stretch.
+    if (!options_.checkpoint_dir.empty()) {
+      (void)checkpointable_kind(*opt_, where() + "checkpoint_dir " + options_.checkpoint_dir);
+    }
+    state_.next_batch = options_.first_batch;
+  }
+
+  TrainSummary run() {
+    resume_or_start();
+    progress_.emplace(options_.stage, options_.steps);
+    window_start_ = std::chrono::steady_clock::now();
+    for (int64_t step = state_.step; step < options_.steps; ++step) {
+      train_step(step);
+      const int64_t done = step + 1;
+      if (done % options_.log_every == 0 || done == options_.steps) log_window(done);
+      if (checkpoint_due(done)) save_checkpoint();
+    }
+    return finish();
+  }
+
+ private:
+  [[nodiscard]] std::string where() const { return "stage '" + options_.stage + "': "; }
+  // Wall time accumulates over resumes, so a stage's seconds mean the same after a crash.
+  [[nodiscard]] double trained_seconds() const { return seconds_before_ + progress_->seconds(); }
+
+  // Continues from the newest checkpoint in checkpoint_dir, if there is one of this run.
+  void resume_or_start() {
+    if (options_.checkpoint_dir.empty()) return;
+    auto resumed = resume_training_checkpoint(options_.checkpoint_dir, *model_, *opt_);
+    if (!resumed) return;
+    state_ = resumed->second;
+    if (state_.step > options_.steps || state_.next_batch != options_.first_batch + state_.step ||
+        int64_t(state_.losses.size()) != state_.step) {
+      throw std::runtime_error(
+          where() + "checkpoint " + resumed->first.string() + " (step " +
+          std::to_string(state_.step) + ", next batch " + std::to_string(state_.next_batch) +
+          ") does not belong to this run of " + std::to_string(options_.steps) +
+          " steps from batch " + std::to_string(options_.first_batch) + "; remove " +
+          options_.checkpoint_dir);
+    }
+    resumed_from_step_ = state_.step;
+    seconds_before_ = state_.seconds;
+    std::fprintf(stderr, "[%s] resumed from checkpoint %s at step %lld\n", options_.stage.c_str(),
+                 resumed->first.c_str(), static_cast<long long>(state_.step));
+    if (metrics_) {
+      metrics_->write(
+          {{"stage", options_.stage}, {"step", state_.step}, {"resumed_from_step", state_.step}});
     }
   }
-  // Wall time accumulates over resumes, so a stage's seconds mean the same after a crash.
-  const double seconds_before = state.seconds;
-  ProgressLine progress(options.stage, options.steps);
-  const auto trained_seconds = [&] { return seconds_before + progress.seconds(); };
-  const auto save = [&] {
-    state.seconds = trained_seconds();
-    save_training_checkpoint(options.checkpoint_dir, *model, opt, state, options.keep_checkpoints);
-  };
-  auto window_start = std::chrono::steady_clock::now();
-  for (int64_t step = state.step; step < options.steps; ++step) {
-    if (options.on_step) options.on_step(step);
-    for (auto& group : opt.param_groups()) group.options().set_lr(schedule(step));
-    auto batch = sampler.batch(state.next_batch, options.batch_size);
-    opt.zero_grad();
-    torch::Tensor logits = model->forward(batch.slice(1, 0, T));
-    torch::Tensor loss = next_token_loss(logits, batch.slice(1, 1, T + 1));
+
+  // One step: forward, loss, backward, the gradient hook, clipping, then the optimizer
+  // step unless the loss or the gradient is non-finite (a skipped step changes neither
+  // the weights nor the optimizer state).
+  void train_step(int64_t step) {
+    if (options_.on_step) options_.on_step(step);
+    set_learning_rate(*opt_, schedule_(step));
+    torch::Tensor batch = sampler_.batch(state_.next_batch, options_.batch_size);
+    if (hooks_.place_batch) batch = hooks_.place_batch(batch);
+    opt_->zero_grad();
+    const torch::Tensor logits_BSV = model_->forward(batch.slice(1, 0, S_));
+    const torch::Tensor loss = hooks_.loss(logits_BSV, batch.slice(1, 1, S_ + 1));
     torch::Tensor total = loss;
-    if (aux_loss) {
-      auto aux = aux_loss();
+    if (hooks_.aux_loss) {
+      auto aux = hooks_.aux_loss();
       if (aux.defined()) total = total + aux;
     }
     const double loss_value = loss.item<double>();
     total.backward();
-    const double grad_norm = options.grad_clip > 0 ? torch::nn::utils::clip_grad_norm_(
-                                                         model->parameters(), options.grad_clip)
-                                                   : 0.0;
-    ++state.step;
-    ++state.next_batch;
-    if (!std::isfinite(total.item<double>()) || !std::isfinite(grad_norm)) {
-      ++state.skipped_steps;
-      state.losses.push_back(std::numeric_limits<double>::quiet_NaN());
-      std::fprintf(stderr, "[%s] step %lld: non-finite loss or gradient, step skipped\n",
-                   options.stage.c_str(), static_cast<long long>(step + 1));
-      if (metrics)
-        metrics->write({{"stage", options.stage}, {"step", step + 1}, {"skipped", true}});
-      if (++state.bad_in_a_row >= options.max_bad_steps) {
-        throw std::runtime_error("stage '" + options.stage +
-                                 "': " + std::to_string(state.bad_in_a_row) +
-                                 " consecutive non-finite steps; lower the learning rate");
-      }
+    if (hooks_.after_backward) hooks_.after_backward(parameters_);
+    const double grad_norm =
+        options_.grad_clip > 0 ? torch::nn::utils::clip_grad_norm_(parameters_, options_.grad_clip)
+                               : 0.0;
+    ++state_.step;
+    ++state_.next_batch;
+    if (std::isfinite(total.item<double>()) && std::isfinite(grad_norm)) {
+      state_.bad_in_a_row = 0;
+      opt_->step();
+      state_.losses.push_back(loss_value);
     } else {
-      state.bad_in_a_row = 0;
-      opt.step();
-      state.losses.push_back(loss_value);
-    }
-    const int64_t done = step + 1;
-    if (done % options.log_every == 0 || done == options.steps) {
-      // The window's mean comes from the loss history, so a resumed run logs the same.
-      double window_loss = 0.0;
-      int64_t window_steps = 0;
-      for (int64_t i = (done - 1) / options.log_every * options.log_every; i < done; ++i) {
-        if (std::isfinite(state.losses[size_t(i)])) {
-          window_loss += state.losses[size_t(i)];
-          ++window_steps;
-        }
-      }
-      const auto now = std::chrono::steady_clock::now();
-      const double dt = std::chrono::duration<double>(now - window_start).count();
-      const double tps = double(window_steps * options.batch_size * T) / std::max(dt, 1e-9);
-      if (window_steps > 0) {
-        const double mean_loss = window_loss / double(window_steps);
-        progress.update(done, mean_loss, tps);
-        if (metrics || options.on_log) {
-          nlohmann::json record = {
-              {"stage", options.stage},
-              {"step", done},
-              {"loss", mean_loss},
-              {"lr", schedule(step)},
-              {"tokens", (done - state.skipped_steps) * options.batch_size * T},
-              {"tokens_per_s", tps},
-              {"seconds", trained_seconds()}};
-          if (options.on_log) options.on_log(done, record);
-          if (metrics) metrics->write(record);
-        }
-      }
-      window_start = now;
-    }
-    if (!options.checkpoint_dir.empty() &&
-        ((options.checkpoint_every > 0 && done % options.checkpoint_every == 0) ||
-         done == options.steps)) {
-      save();
+      skip_step(step);
     }
   }
-  summary.steps = options.steps;
-  summary.skipped_steps = state.skipped_steps;
-  summary.tokens = (options.steps - state.skipped_steps) * options.batch_size * T;
-  for (double l : state.losses) {
-    if (std::isfinite(l)) summary.final_loss = l;
+
+  void skip_step(int64_t step) {
+    ++state_.skipped_steps;
+    state_.losses.push_back(std::numeric_limits<double>::quiet_NaN());
+    std::fprintf(stderr, "[%s] step %lld: non-finite loss or gradient, step skipped\n",
+                 options_.stage.c_str(), static_cast<long long>(step + 1));
+    if (metrics_)
+      metrics_->write({{"stage", options_.stage}, {"step", step + 1}, {"skipped", true}});
+    if (++state_.bad_in_a_row >= options_.max_bad_steps) {
+      throw std::runtime_error(where() + std::to_string(state_.bad_in_a_row) +
+                               " consecutive non-finite steps; lower the learning rate");
+    }
   }
-  summary.losses = std::move(state.losses);
-  summary.seconds = trained_seconds();
-  progress.finish("final loss " + std::to_string(summary.final_loss) + ", " +
-                  std::to_string(summary.tokens) + " tokens");
-  return summary;
+
+  // Progress and a metrics record for the log window that ends after step `done`.
+  void log_window(int64_t done) {
+    // The window's mean comes from the loss history, so a resumed run logs the same.
+    double window_loss = 0.0;
+    int64_t window_steps = 0;
+    for (int64_t i = (done - 1) / options_.log_every * options_.log_every; i < done; ++i) {
+      if (std::isfinite(state_.losses[size_t(i)])) {
+        window_loss += state_.losses[size_t(i)];
+        ++window_steps;
+      }
+    }
+    const auto now = std::chrono::steady_clock::now();
+    const double dt = std::chrono::duration<double>(now - window_start_).count();
+    const double tps = double(window_steps * options_.batch_size * S_) / std::max(dt, 1e-9);
+    window_start_ = now;
+    if (window_steps == 0) return;
+    const double mean_loss = window_loss / double(window_steps);
+    progress_->update(done, mean_loss, tps);
+    if (!metrics_ && !options_.on_log) return;
+    nlohmann::json record = {{"stage", options_.stage},
+                             {"step", done},
+                             {"loss", mean_loss},
+                             {"lr", schedule_(done - 1)},
+                             {"tokens", (done - state_.skipped_steps) * options_.batch_size * S_},
+                             {"tokens_per_s", tps},
+                             {"seconds", trained_seconds()}};
+    if (options_.on_log) options_.on_log(done, record);
+    if (metrics_) metrics_->write(record);
+  }
+
+  [[nodiscard]] bool checkpoint_due(int64_t done) const {
+    if (options_.checkpoint_dir.empty()) return false;
+    return (options_.checkpoint_every > 0 && done % options_.checkpoint_every == 0) ||
+           done == options_.steps;
+  }
+
+  void save_checkpoint() {
+    state_.seconds = trained_seconds();
+    save_training_checkpoint(options_.checkpoint_dir, *model_, *opt_, state_,
+                             options_.keep_checkpoints);
+  }
+
+  TrainSummary finish() {
+    TrainSummary summary;
+    summary.steps = options_.steps;
+    summary.skipped_steps = state_.skipped_steps;
+    summary.tokens = (options_.steps - state_.skipped_steps) * options_.batch_size * S_;
+    summary.resumed_from_step = resumed_from_step_;
+    for (double l : state_.losses) {
+      if (std::isfinite(l)) summary.final_loss = l;
+    }
+    summary.losses = std::move(state_.losses);
+    summary.seconds = trained_seconds();
+    progress_->finish("final loss " + std::to_string(summary.final_loss) + ", " +
+                      std::to_string(summary.tokens) + " tokens");
+    return summary;
+  }
+
+  Model& model_;
+  const WindowSampler& sampler_;
+  const TrainOptions& options_;
+  TrainHooks hooks_;
+  MetricsLog* metrics_;
+  int64_t S_;  // sequence length: each batch is [B, S + 1]
+  CosineSchedule schedule_;
+  std::vector<torch::Tensor> parameters_;  // the placed model's, as the optimizer sees them
+  std::unique_ptr<torch::optim::Optimizer> opt_;
+  TrainState state_;
+  int64_t resumed_from_step_ = 0;
+  double seconds_before_ = 0.0;  // trained before this process, from the checkpoint
+  std::optional<ProgressLine> progress_;
+  std::chrono::steady_clock::time_point window_start_;
+};
+
+}  // namespace detail
+
+// Trains `model` (a holder with forward(ids_BS) -> logits_BSV and parameters()) on
+// `sampler`'s batches from options.first_batch on. `hooks` choose the optimizer and the
+// loss and plug in placement and gradient synchronisation (btx/train/hooks.hpp). A skipped
+// (non-finite) step changes neither the weights nor the optimizer state.
+template <class Model>
+TrainSummary train_causal_lm(Model& model, const WindowSampler& sampler,
+                             const TrainOptions& options, TrainHooks hooks,
+                             MetricsLog* metrics = nullptr) {
+  return detail::TrainLoop<Model>(model, sampler, options, std::move(hooks), metrics).run();
+}
+
+// The default hooks (AdamW, next-token loss) with an auxiliary loss added to the LM loss
+// each step (e.g. btx::collect_aux_loss); `aux_loss` may be empty.
+template <class Model>
+TrainSummary train_causal_lm(Model& model, const WindowSampler& sampler,
+                             const TrainOptions& options,
+                             const std::function<torch::Tensor()>& aux_loss = {},
+                             MetricsLog* metrics = nullptr) {
+  TrainHooks hooks;
+  hooks.aux_loss = aux_loss;
+  return train_causal_lm(model, sampler, options, std::move(hooks), metrics);
 }
 
 BTX_NAMESPACE_END

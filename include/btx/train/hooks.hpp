@@ -1,0 +1,43 @@
+// SPDX-License-Identifier: MIT
+// The seams of the training loop (btx/train/trainer.hpp): what it optimizes with and what
+// it minimizes, and the points where placement (device, dtype) and gradient
+// synchronisation (a data-parallel all-reduce) plug in. Every field has a default that
+// trains on the model's own device with AdamW and the next-token loss, in one process.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <functional>
+#include <vector>
+
+#include <btx/train/loss.hpp>
+#include <btx/train/optimizer.hpp>
+#include <btx/version.hpp>
+
+namespace btx {
+BTX_NAMESPACE_BEGIN
+
+// The LM loss of one step: logits_BSV predicts targets_BS (already shifted).
+using LossFunction =
+    std::function<torch::Tensor(const torch::Tensor& logits_BSV, const torch::Tensor& targets_BS)>;
+// An extra loss added to the LM loss each step (MoE load balancing); may return undefined.
+using AuxLoss = std::function<torch::Tensor()>;
+// Moves or casts the model before the optimizer is built over its parameters.
+using ModelPlacement = std::function<void(torch::nn::Module& model)>;
+// Places one batch of token ids [B, S + 1] where the model runs (e.g. `.to(device)`).
+using BatchPlacement = std::function<torch::Tensor(const torch::Tensor& ids_BS)>;
+// Sees (and may change) every parameter's gradient after backward, before clipping and
+// the non-finite check: where a data-parallel all-reduce goes.
+using GradientHook = std::function<void(const std::vector<torch::Tensor>& parameters)>;
+
+struct TrainHooks {
+  OptimizerFactory optimizer = adamw_factory();  // built once, after place_model
+  LossFunction loss = next_token_loss;           // the LM loss (recorded, logged)
+  AuxLoss aux_loss;                              // empty: none
+  ModelPlacement place_model;                    // empty: the model stays where it is
+  BatchPlacement place_batch;                    // empty: batches stay on the CPU
+  GradientHook after_backward;                   // empty: gradients as backward left them
+};
+
+BTX_NAMESPACE_END
+}  // namespace btx
