@@ -42,11 +42,11 @@ btx::CausalLM tiny_seed(uint64_t seed = 0) {
   return btx::make_model(btx::LlamaFamily::spec(tiny_config()));
 }
 
-btx::WindowSampler tiny_sampler(uint64_t seed = 0) {
+btx::WindowSampler recipe_sampler(uint64_t seed = 0) {
   return btx::WindowSampler({torch::randint(0, 64, {512}, torch::kInt32)}, {}, 8, seed);
 }
 
-std::string error_of(const std::function<void()>& f) {
+std::string recipe_error_of(const std::function<void()>& f) {
   try {
     f();
   } catch (const std::exception& e) {
@@ -69,7 +69,7 @@ TEST_CASE("recipe run: a stage goes fresh, resumable, done, mark_done renames st
   std::ofstream(run.checkpoint_dir("seed") / "latest") << "step-000002\n";
   CHECK(run.state("seed") == recipe::StageState::resumable);
   CHECK_FALSE(run.skip_if_done("seed"));
-  CHECK(has(error_of([&] { (void)run.record("seed"); }), "is not finished"));
+  CHECK(has(recipe_error_of([&] { (void)run.record("seed"); }), "is not finished"));
 
   run.mark_done("seed", {{"flops", 12.5}});
   CHECK(run.state("seed") == recipe::StageState::done);
@@ -78,16 +78,17 @@ TEST_CASE("recipe run: a stage goes fresh, resumable, done, mark_done renames st
   CHECK_FALSE(fs::exists(run.stage_dir("seed") / "stage.json.tmp"));
   CHECK_FALSE(fs::exists(run.checkpoint_dir("seed")));  // a finished stage never resumes
 
-  CHECK(has(error_of([&] { run.mark_done("bad", nlohmann::json::array()); }), "JSON object"));
+  CHECK(
+      has(recipe_error_of([&] { run.mark_done("bad", nlohmann::json::array()); }), "JSON object"));
   CHECK_FALSE(fs::exists(run.record_path("bad")));
-  CHECK(has(error_of([&] { (void)run.stage_dir("../x"); }), "plain folder name"));
-  CHECK(has(error_of([&] { (void)run.stage_dir(""); }), "plain folder name"));
+  CHECK(has(recipe_error_of([&] { (void)run.stage_dir("../x"); }), "plain folder name"));
+  CHECK(has(recipe_error_of([&] { (void)run.stage_dir(""); }), "plain folder name"));
 }
 
 TEST_CASE("recipe train_stage: no stage.json while training, a killed stage resumes, done skips") {
   const recipe::Run run(scratch_dir("recipe-train"),
                         {.batch_size = 2, .log_every = 2, .checkpoint_every = 2});
-  const auto sampler = tiny_sampler();
+  const auto sampler = recipe_sampler();
   const recipe::StageBudget budget{.steps = 6, .lr = 1e-3, .warmup = 1};
   auto model = tiny_seed();
   recipe::StageOptions crash;
@@ -139,7 +140,7 @@ TEST_CASE("recipe lineage: Branch and expert records survive a JSON round trip")
   record.experts[1].name = "math";
   CHECK(nlohmann::json::parse(nlohmann::json(record).dump()).get<recipe::BranchRecord>() == record);
   CHECK(record.names() == std::vector<std::string>{"code", "math"});
-  CHECK(has(error_of([&] { (void)record.expert("wiki"); }), "made no expert 'wiki'"));
+  CHECK(has(recipe_error_of([&] { (void)record.expert("wiki"); }), "made no expert 'wiki'"));
 
   // An expert stage of an older run (no "expert" field) reads from its top-level fields.
   const recipe::Run run(scratch_dir("recipe-lineage"));
@@ -173,13 +174,14 @@ TEST_CASE(
   CHECK(rebuilt.model.ptr() != seed.ptr());
 
   const auto other = tiny_seed(7);
-  CHECK(has(error_of([&] {
+  CHECK(has(recipe_error_of([&] {
               (void)recipe::branch_stage(run, other, {"math", "code"});
             }),
             "changed since the Branch stage"));
-  CHECK(has(error_of([&] { (void)recipe::branched_expert(run, other, "code"); }),
+  CHECK(has(recipe_error_of([&] { (void)recipe::branched_expert(run, other, "code"); }),
             "changed since the Branch stage"));
-  CHECK(has(error_of([&] { (void)recipe::branch_stage(run, seed, {"math"}); }), "other experts"));
+  CHECK(has(recipe_error_of([&] { (void)recipe::branch_stage(run, seed, {"math"}); }),
+            "other experts"));
 }
 
 TEST_CASE("recipe compute: active experts come from the router, budgets match by hand") {
@@ -240,11 +242,11 @@ TEST_CASE("recipe mix: experts per token in the written config come from the rou
     auto ids = torch::randint(0, 64, {1, 6});
     CHECK(btx::test::max_abs_diff(again.forward(ids), mixed.forward(ids)) < 1e-6);
   }
-  CHECK(has(error_of([&] {
+  CHECK(has(recipe_error_of([&] {
               (void)recipe::mix(experts, seed, {.router = "top2", .router_init = "learned"});
             }),
             "router_init 'learned'"));
-  CHECK(has(error_of([&] {
+  CHECK(has(recipe_error_of([&] {
               (void)recipe::mix(experts, seed, {.router = "top2", .router_init = "hidden"});
             }),
             "one sample of token ids per expert"));
@@ -257,7 +259,7 @@ TEST_CASE("recipe workers: dispatch by kind, unknown kinds and options fail nami
     ran.push_back("expert " + std::to_string(a.index("expert", "SLURM_ARRAY_TASK_ID")));
   });
   table.add("dense", {}, [&](const recipe::WorkerArgs&) { ran.push_back("dense"); });
-  CHECK(has(error_of([&] { table.add("dense", {}, [](const recipe::WorkerArgs&) {}); }),
+  CHECK(has(recipe_error_of([&] { table.add("dense", {}, [](const recipe::WorkerArgs&) {}); }),
             "registered twice"));
 
   const char* argv[] = {"prog", "--worker", "expert", "--expert", "1", "--run-dir", "/tmp/r"};
@@ -271,17 +273,18 @@ TEST_CASE("recipe workers: dispatch by kind, unknown kinds and options fail nami
   const char* plain[] = {"prog", "config.yaml", "--quick"};
   CHECK_FALSE(recipe::parse_worker_args(3, plain).has_value());
   const char* no_dir[] = {"prog", "--worker", "dense"};
-  CHECK(has(error_of([&] { (void)recipe::parse_worker_args(3, no_dir); }), "needs --run-dir"));
+  CHECK(
+      has(recipe_error_of([&] { (void)recipe::parse_worker_args(3, no_dir); }), "needs --run-dir"));
 
-  CHECK(error_of([&] {
+  CHECK(recipe_error_of([&] {
           table.run({"finetune", "/tmp/r", {}});
         }) == "unknown worker 'finetune' (known: dense, expert)");
-  CHECK(has(error_of([&] {
+  CHECK(has(recipe_error_of([&] {
               table.run({"dense", "/tmp/r", {{"router", "top2"}}});
             }),
             "worker 'dense' takes no option --router (it takes none)"));
   const recipe::Run run(scratch_dir("recipe-dispatch"));
-  CHECK(has(error_of([&] { (void)table.job(run, "x", "nope"); }), "unknown worker 'nope'"));
+  CHECK(has(recipe_error_of([&] { (void)table.job(run, "x", "nope"); }), "unknown worker 'nope'"));
 
   // The job's command line is the one a Slurm array task or test_faults.py expects.
   const auto job = table.job(run, "expert-code", "expert", {{"expert", "1"}});
@@ -294,9 +297,9 @@ TEST_CASE("recipe workers: dispatch by kind, unknown kinds and options fail nami
   ::setenv("SLURM_ARRAY_TASK_ID", "2", 1);
   table.run({"expert", "/tmp/r", {}});
   ::setenv("SLURM_ARRAY_TASK_ID", "two", 1);
-  CHECK(has(error_of([&] { table.run({"expert", "/tmp/r", {}}); }), "non-negative integer"));
+  CHECK(has(recipe_error_of([&] { table.run({"expert", "/tmp/r", {}}); }), "non-negative integer"));
   ::unsetenv("SLURM_ARRAY_TASK_ID");
-  CHECK(has(error_of([&] {
+  CHECK(has(recipe_error_of([&] {
               table.run({"expert", "/tmp/r", {}});
             }),
             "needs --expert I or SLURM_ARRAY_TASK_ID"));
