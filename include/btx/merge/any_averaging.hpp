@@ -31,49 +31,43 @@ BTX_NAMESPACE_BEGIN
 namespace merge {
 
 class AnyAveraging {
-public:
+ public:
   AnyAveraging() : AnyAveraging(UniformMean{}) {}
   template <class P>
   requires(!std::same_as<std::decay_t<P>, AnyAveraging> && AveragingPolicy<P>)
-      AnyAveraging(P policy) // NOLINT: implicit, like std::function
+      AnyAveraging(P policy)  // NOLINT: implicit, like std::function
       : impl_(std::make_shared<Model<P>>(std::move(policy))) {}
 
   [[nodiscard]] std::string name() const { return impl_->name(); }
   [[nodiscard]] nlohmann::json to_json() const { return impl_->to_json(); }
-  void validate(size_t n, bool has_base) const {
-    (void)impl_->plan(n, has_base);
-  }
-  [[nodiscard]] std::vector<double> linear_weights(size_t n,
-                                                   bool has_base) const {
+  void validate(size_t n, bool has_base) const { (void)impl_->plan(n, has_base); }
+  [[nodiscard]] std::vector<double> linear_weights(size_t n, bool has_base) const {
     return impl_->plan(n, has_base);
   }
   // A linear policy underneath still streams: one source tensor at a time.
-  [[nodiscard]] torch::Tensor merge(const MergeInputs &in) const {
+  [[nodiscard]] torch::Tensor merge(const MergeInputs& in) const {
     return impl_->merge(impl_->plan(in.count, in.has_base()), in);
   }
 
-private:
+ private:
   struct Concept {
     virtual ~Concept() = default;
     [[nodiscard]] virtual std::string name() const = 0;
     [[nodiscard]] virtual nlohmann::json to_json() const = 0;
-    [[nodiscard]] virtual std::vector<double> plan(size_t n,
-                                                   bool has_base) const = 0;
-    [[nodiscard]] virtual torch::Tensor
-    merge(const std::vector<double> &weights, const MergeInputs &in) const = 0;
+    [[nodiscard]] virtual std::vector<double> plan(size_t n, bool has_base) const = 0;
+    [[nodiscard]] virtual torch::Tensor merge(const std::vector<double>& weights,
+                                              const MergeInputs& in) const = 0;
   };
-  template <class P> struct Model final : Concept {
+  template <class P>
+  struct Model final : Concept {
     explicit Model(P p) : policy(std::move(p)) {}
     [[nodiscard]] std::string name() const override { return policy.name(); }
-    [[nodiscard]] nlohmann::json to_json() const override {
-      return policy.to_json();
-    }
-    [[nodiscard]] std::vector<double> plan(size_t n,
-                                           bool has_base) const override {
+    [[nodiscard]] nlohmann::json to_json() const override { return policy.to_json(); }
+    [[nodiscard]] std::vector<double> plan(size_t n, bool has_base) const override {
       return plan_averaging(policy, n, has_base);
     }
-    [[nodiscard]] torch::Tensor merge(const std::vector<double> &weights,
-                                      const MergeInputs &in) const override {
+    [[nodiscard]] torch::Tensor merge(const std::vector<double>& weights,
+                                      const MergeInputs& in) const override {
       return merge_tensor(policy, weights, in);
     }
     P policy;
@@ -86,7 +80,7 @@ static_assert(AveragingPolicy<AnyAveraging>);
 // The shipped policy named by j["name"] with the parameters its to_json()
 // writes; throws std::invalid_argument naming an unknown name or a
 // missing/ill-typed parameter.
-inline AnyAveraging averaging_from_json(const nlohmann::json &j) {
+inline AnyAveraging averaging_from_json(const nlohmann::json& j) {
   if (!j.is_object() || !j.contains("name") || !j["name"].is_string()) {
     throw std::invalid_argument(
         "btx::merge::averaging_from_json: expected an object with a "
@@ -95,33 +89,26 @@ inline AnyAveraging averaging_from_json(const nlohmann::json &j) {
   }
   const std::string name = j["name"].get<std::string>();
   try {
-    if (name == "uniform_mean")
-      return UniformMean{};
-    if (name == "weighted_mean")
-      return WeightedMean{j.at("weights").get<std::vector<double>>()};
-    if (name == "keep_one")
-      return KeepOne{j.at("index").get<size_t>()};
+    if (name == "uniform_mean") return UniformMean{};
+    if (name == "weighted_mean") return WeightedMean{j.at("weights").get<std::vector<double>>()};
+    if (name == "keep_one") return KeepOne{j.at("index").get<size_t>()};
     if (name == "task_arithmetic") {
-      return TaskArithmetic{j.value("weights", std::vector<double>{}),
-                            j.value("lambda", 1.0)};
+      return TaskArithmetic{j.value("weights", std::vector<double>{}), j.value("lambda", 1.0)};
     }
-    if (name == "ties")
-      return Ties{j.value("density", 0.2), j.value("lambda", 1.0)};
+    if (name == "ties") return Ties{j.value("density", 0.2), j.value("lambda", 1.0)};
     if (name == "dare_linear" || name == "dare_ties") {
-      return Dare{j.value("density", 0.5), j.value("lambda", 1.0),
-                  j.value("seed", uint64_t{0}), name == "dare_ties",
-                  j.value("weights", std::vector<double>{})};
+      return Dare{j.value("density", 0.5), j.value("lambda", 1.0), j.value("seed", uint64_t{0}),
+                  name == "dare_ties", j.value("weights", std::vector<double>{})};
     }
-  } catch (const nlohmann::json::exception &e) {
-    throw std::invalid_argument("btx::merge::averaging_from_json: averaging '" +
-                                name + "': " + e.what());
+  } catch (const nlohmann::json::exception& e) {
+    throw std::invalid_argument("btx::merge::averaging_from_json: averaging '" + name +
+                                "': " + e.what());
   }
-  throw std::invalid_argument(
-      "btx::merge::averaging_from_json: unknown averaging '" + name +
-      "' (uniform_mean, weighted_mean, keep_one, task_arithmetic, ties, "
-      "dare_linear, dare_ties)");
+  throw std::invalid_argument("btx::merge::averaging_from_json: unknown averaging '" + name +
+                              "' (uniform_mean, weighted_mean, keep_one, task_arithmetic, ties, "
+                              "dare_linear, dare_ties)");
 }
 
-} // namespace merge
+}  // namespace merge
 BTX_NAMESPACE_END
-} // namespace btx
+}  // namespace btx

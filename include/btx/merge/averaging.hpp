@@ -32,17 +32,17 @@ namespace merge {
 
 // ---------------------------------------------------------------- the concept
 template <class P>
-concept names_itself = requires(const P &p) {
+concept names_itself = requires(const P& p) {
   { p.name() } -> std::convertible_to<std::string>;
 };
 template <class P>
-concept describes_itself_in_json = requires(const P &p) {
+concept describes_itself_in_json = requires(const P& p) {
   { p.to_json() } -> std::same_as<nlohmann::json>;
 };
 // weights(n): one weight per source, summing to 1; throws std::invalid_argument
 // when the policy cannot weigh n sources. Zero-weight sources are never read.
 template <class P>
-concept weighs_sources = requires(const P &p, size_t n) {
+concept weighs_sources = requires(const P& p, size_t n) {
   { p.weights(n) } -> std::same_as<std::vector<double>>;
 };
 
@@ -52,10 +52,9 @@ concept weighs_sources = requires(const P &p, size_t n) {
 struct MergeInputs {
   std::string name;
   size_t count = 0;
-  std::function<torch::Tensor(size_t)> load; // source j's tensor
-  std::function<torch::Tensor()>
-      base; // the seed's tensor; empty when no base is given
-  std::vector<std::string> labels; // source names for messages
+  std::function<torch::Tensor(size_t)> load;  // source j's tensor
+  std::function<torch::Tensor()> base;        // the seed's tensor; empty when no base is given
+  std::vector<std::string> labels;            // source names for messages
 
   [[nodiscard]] bool has_base() const { return bool(base); }
   // Every source's tensor, detached, checked to be floating point of one shape
@@ -63,32 +62,31 @@ struct MergeInputs {
   [[nodiscard]] std::vector<torch::Tensor> all_sources() const;
   // The seed's tensor, checked against `like` (a source's); throws when there
   // is no base.
-  [[nodiscard]] torch::Tensor base_tensor(const std::string &policy,
-                                          const torch::Tensor &like) const;
+  [[nodiscard]] torch::Tensor base_tensor(const std::string& policy,
+                                          const torch::Tensor& like) const;
 };
 
 // merge(inputs): the merged tensor, same shape and dtype as the sources'.
 template <class P>
-concept merges_tensors = requires(const P &p, const MergeInputs &in) {
+concept merges_tensors = requires(const P& p, const MergeInputs& in) {
   { p.merge(in) } -> std::same_as<torch::Tensor>;
 };
 // validate(n, has_base): throws std::invalid_argument when the policy cannot
 // merge n sources (with or without a base), before any tensor is read.
 template <class P>
-concept validates_merge_inputs = requires(const P &p, size_t n, bool has_base) {
+concept validates_merge_inputs = requires(const P& p, size_t n, bool has_base) {
   p.validate(n, has_base);
 };
 // Optional, for a tensor-aware policy that may be linear underneath
 // (AnyAveraging): linear_weights(n, has_base) -> the weights a manifest records
 // (empty: not linear).
 template <class P>
-concept reports_linear_weights = requires(const P &p, size_t n, bool has_base) {
+concept reports_linear_weights = requires(const P& p, size_t n, bool has_base) {
   { p.linear_weights(n, has_base) } -> std::same_as<std::vector<double>>;
 };
 template <class P>
 concept AveragingPolicy = names_itself<P> && describes_itself_in_json<P> &&
-                          (weighs_sources<P> ||
-                           (merges_tensors<P> && validates_merge_inputs<P>)) &&
+                          (weighs_sources<P> || (merges_tensors<P> && validates_merge_inputs<P>)) &&
                           std::copy_constructible<P>;
 
 // -------------------------------------------------------------- the policies
@@ -97,9 +95,7 @@ struct UniformMean {
   [[nodiscard]] std::string name() const { return "uniform_mean"; }
   [[nodiscard]] nlohmann::json to_json() const { return {{"name", name()}}; }
   [[nodiscard]] std::vector<double> weights(size_t n) const {
-    if (n == 0)
-      throw std::invalid_argument(
-          "btx::merge::UniformMean: no sources to average");
+    if (n == 0) throw std::invalid_argument("btx::merge::UniformMean: no sources to average");
     return std::vector<double>(n, 1.0 / double(n));
   }
 };
@@ -110,34 +106,28 @@ struct WeightedMean {
   std::vector<double> raw;
 
   [[nodiscard]] std::string name() const { return "weighted_mean"; }
-  [[nodiscard]] nlohmann::json to_json() const {
-    return {{"name", name()}, {"weights", raw}};
-  }
+  [[nodiscard]] nlohmann::json to_json() const { return {{"name", name()}, {"weights", raw}}; }
   [[nodiscard]] std::vector<double> weights(size_t n) const {
     if (raw.size() != n) {
-      throw std::invalid_argument(
-          "btx::merge::WeightedMean: " + std::to_string(raw.size()) +
-          " weights given for " + std::to_string(n) +
-          " sources; give one weight per source");
+      throw std::invalid_argument("btx::merge::WeightedMean: " + std::to_string(raw.size()) +
+                                  " weights given for " + std::to_string(n) +
+                                  " sources; give one weight per source");
     }
     double sum = 0.0;
     for (size_t i = 0; i < n; ++i) {
       if (!std::isfinite(raw[i]) || raw[i] < 0.0) {
-        throw std::invalid_argument(
-            "btx::merge::WeightedMean: weight " + std::to_string(i) + " is " +
-            std::to_string(raw[i]) +
-            "; weights must be finite and non-negative");
+        throw std::invalid_argument("btx::merge::WeightedMean: weight " + std::to_string(i) +
+                                    " is " + std::to_string(raw[i]) +
+                                    "; weights must be finite and non-negative");
       }
       sum += raw[i];
     }
     if (!(sum > 0.0) || !std::isfinite(sum)) {
       throw std::invalid_argument("btx::merge::WeightedMean: weights sum to " +
-                                  std::to_string(sum) +
-                                  "; at least one must be positive");
+                                  std::to_string(sum) + "; at least one must be positive");
     }
     std::vector<double> w(n);
-    for (size_t i = 0; i < n; ++i)
-      w[i] = raw[i] / sum;
+    for (size_t i = 0; i < n; ++i) w[i] = raw[i] / sum;
     return w;
   }
 };
@@ -147,14 +137,11 @@ struct KeepOne {
   size_t index = 0;
 
   [[nodiscard]] std::string name() const { return "keep_one"; }
-  [[nodiscard]] nlohmann::json to_json() const {
-    return {{"name", name()}, {"index", index}};
-  }
+  [[nodiscard]] nlohmann::json to_json() const { return {{"name", name()}, {"index", index}}; }
   [[nodiscard]] std::vector<double> weights(size_t n) const {
     if (index >= n) {
-      throw std::invalid_argument(
-          "btx::merge::KeepOne: index " + std::to_string(index) +
-          " is out of range for " + std::to_string(n) + " sources");
+      throw std::invalid_argument("btx::merge::KeepOne: index " + std::to_string(index) +
+                                  " is out of range for " + std::to_string(n) + " sources");
     }
     std::vector<double> w(n, 0.0);
     w[index] = 1.0;
@@ -178,49 +165,43 @@ inline torch::ScalarType accumulator_dtype(torch::ScalarType source) {
 // accumulator plus one tensor). Every loaded tensor must match source 0's spec;
 // the error names the tensor and both sources. `labels` names the sources for
 // messages.
-inline torch::Tensor
-weighted_sum(const std::string &name, const std::vector<double> &weights,
-             const std::function<torch::Tensor(size_t)> &load,
-             const std::vector<std::string> &labels) {
+inline torch::Tensor weighted_sum(const std::string& name, const std::vector<double>& weights,
+                                  const std::function<torch::Tensor(size_t)>& load,
+                                  const std::vector<std::string>& labels) {
   torch::Tensor acc;
   torch::ScalarType dtype = torch::kFloat32;
   std::vector<int64_t> shape;
   size_t first = 0;
-  const auto contributors = std::count_if(weights.begin(), weights.end(),
-                                          [](double w) { return w != 0.0; });
+  const auto contributors =
+      std::count_if(weights.begin(), weights.end(), [](double w) { return w != 0.0; });
   for (size_t j = 0; j < weights.size(); ++j) {
-    if (weights[j] == 0.0)
-      continue;
+    if (weights[j] == 0.0) continue;
     torch::Tensor t = load(j);
     if (!acc.defined()) {
       if (!torch::isFloatingType(t.scalar_type())) {
-        throw std::invalid_argument(
-            "btx::merge: cannot average tensor '" + name + "' of dtype " +
-            std::string(c10::toString(t.scalar_type())) + " from '" +
-            labels.at(j) + "'; only floating-point tensors average");
+        throw std::invalid_argument("btx::merge: cannot average tensor '" + name + "' of dtype " +
+                                    std::string(c10::toString(t.scalar_type())) + " from '" +
+                                    labels.at(j) + "'; only floating-point tensors average");
       }
       dtype = t.scalar_type();
       shape = t.sizes().vec();
       first = j;
       // Exactly one contributor with weight 1: copy, no arithmetic at all.
-      if (contributors == 1 && weights[j] == 1.0)
-        return t.detach().clone();
+      if (contributors == 1 && weights[j] == 1.0) return t.detach().clone();
       acc = t.detach().to(accumulator_dtype(dtype)) * weights[j];
       continue;
     }
     if (t.sizes().vec() != shape || t.scalar_type() != dtype) {
-      throw std::invalid_argument(
-          "btx::merge: tensor '" + name + "' is " + shape_string(shape) + " " +
-          c10::toString(dtype) + " in '" + labels.at(first) + "' but " +
-          shape_string(t.sizes().vec()) + " " + c10::toString(t.scalar_type()) +
-          " in '" + labels.at(j) +
-          "'; merged sources must share architecture and dtype");
+      throw std::invalid_argument("btx::merge: tensor '" + name + "' is " + shape_string(shape) +
+                                  " " + c10::toString(dtype) + " in '" + labels.at(first) +
+                                  "' but " + shape_string(t.sizes().vec()) + " " +
+                                  c10::toString(t.scalar_type()) + " in '" + labels.at(j) +
+                                  "'; merged sources must share architecture and dtype");
     }
     acc.add_(t.detach().to(acc.scalar_type()), weights[j]);
   }
   if (!acc.defined()) {
-    throw std::invalid_argument(
-        "btx::merge: no source has a positive weight for '" + name + "'");
+    throw std::invalid_argument("btx::merge: no source has a positive weight for '" + name + "'");
   }
   return acc.to(dtype);
 }
@@ -230,43 +211,36 @@ inline std::vector<torch::Tensor> MergeInputs::all_sources() const {
   for (size_t j = 0; j < count; ++j) {
     torch::Tensor t = load(j).detach();
     if (j == 0 && !torch::isFloatingType(t.scalar_type())) {
-      throw std::invalid_argument(
-          "btx::merge: cannot merge tensor '" + name + "' of dtype " +
-          std::string(c10::toString(t.scalar_type())) + " from '" +
-          labels.at(0) + "'; only floating-point tensors merge");
+      throw std::invalid_argument("btx::merge: cannot merge tensor '" + name + "' of dtype " +
+                                  std::string(c10::toString(t.scalar_type())) + " from '" +
+                                  labels.at(0) + "'; only floating-point tensors merge");
     }
-    if (j > 0 && (t.sizes() != out[0].sizes() ||
-                  t.scalar_type() != out[0].scalar_type())) {
+    if (j > 0 && (t.sizes() != out[0].sizes() || t.scalar_type() != out[0].scalar_type())) {
       throw std::invalid_argument(
-          "btx::merge: tensor '" + name + "' is " +
-          shape_string(out[0].sizes().vec()) + " " +
-          c10::toString(out[0].scalar_type()) + " in '" + labels.at(0) +
-          "' but " + shape_string(t.sizes().vec()) + " " +
-          c10::toString(t.scalar_type()) + " in '" + labels.at(j) +
-          "'; merged sources must share architecture and dtype");
+          "btx::merge: tensor '" + name + "' is " + shape_string(out[0].sizes().vec()) + " " +
+          c10::toString(out[0].scalar_type()) + " in '" + labels.at(0) + "' but " +
+          shape_string(t.sizes().vec()) + " " + c10::toString(t.scalar_type()) + " in '" +
+          labels.at(j) + "'; merged sources must share architecture and dtype");
     }
     out.push_back(std::move(t));
   }
-  if (out.empty())
-    throw std::invalid_argument("btx::merge: no sources for '" + name + "'");
+  if (out.empty()) throw std::invalid_argument("btx::merge: no sources for '" + name + "'");
   return out;
 }
 
-inline torch::Tensor MergeInputs::base_tensor(const std::string &policy,
-                                              const torch::Tensor &like) const {
+inline torch::Tensor MergeInputs::base_tensor(const std::string& policy,
+                                              const torch::Tensor& like) const {
   if (!base) {
-    throw std::invalid_argument(
-        "btx::merge::" + policy + ": merging tensor '" + name +
-        "' needs the seed (the experts' common parent) as base");
+    throw std::invalid_argument("btx::merge::" + policy + ": merging tensor '" + name +
+                                "' needs the seed (the experts' common parent) as base");
   }
   torch::Tensor t = base().detach();
   if (t.sizes() != like.sizes() || t.scalar_type() != like.scalar_type()) {
     throw std::invalid_argument(
-        "btx::merge::" + policy + ": tensor '" + name + "' is " +
-        shape_string(t.sizes().vec()) + " " + c10::toString(t.scalar_type()) +
-        " in the base but " + shape_string(like.sizes().vec()) + " " +
-        c10::toString(like.scalar_type()) + " in '" + labels.at(0) +
-        "'; the base must be the experts' common parent");
+        "btx::merge::" + policy + ": tensor '" + name + "' is " + shape_string(t.sizes().vec()) +
+        " " + c10::toString(t.scalar_type()) + " in the base but " +
+        shape_string(like.sizes().vec()) + " " + c10::toString(like.scalar_type()) + " in '" +
+        labels.at(0) + "'; the base must be the experts' common parent");
   }
   return t;
 }
@@ -276,14 +250,12 @@ inline torch::Tensor MergeInputs::base_tensor(const std::string &policy,
 // (with/without a base). Returns the linear weights of a weighing policy, empty
 // for a tensor-aware one.
 template <AveragingPolicy Policy>
-std::vector<double> plan_averaging(const Policy &policy, size_t n,
-                                   bool has_base) {
+std::vector<double> plan_averaging(const Policy& policy, size_t n, bool has_base) {
   if constexpr (weighs_sources<Policy>) {
     return policy.weights(n);
   } else {
     policy.validate(n, has_base);
-    if constexpr (reports_linear_weights<Policy>)
-      return policy.linear_weights(n, has_base);
+    if constexpr (reports_linear_weights<Policy>) return policy.linear_weights(n, has_base);
     return {};
   }
 }
@@ -291,38 +263,34 @@ std::vector<double> plan_averaging(const Policy &policy, size_t n,
 // One merged tensor. `weights` is plan_averaging's result (ignored by
 // tensor-aware policies).
 template <AveragingPolicy Policy>
-torch::Tensor merge_tensor(const Policy &policy,
-                           const std::vector<double> &weights,
-                           const MergeInputs &in) {
+torch::Tensor merge_tensor(const Policy& policy, const std::vector<double>& weights,
+                           const MergeInputs& in) {
   if constexpr (weighs_sources<Policy>) {
     return weighted_sum(in.name, weights, in.load, in.labels);
   } else {
-    return policy.merge(in); // Plan::compute checks it against the planned spec
+    return policy.merge(in);  // Plan::compute checks it against the planned spec
   }
 }
 
 // The inputs for shared tensor `name` of `sources` (and `base`, when not null).
 template <TensorSource S>
-MergeInputs shared_tensor_inputs(const std::string &name,
-                                 const std::vector<S> &sources, const S *base,
-                                 std::vector<std::string> labels) {
+MergeInputs shared_tensor_inputs(const std::string& name, const std::vector<S>& sources,
+                                 const S* base, std::vector<std::string> labels) {
   MergeInputs in;
   in.name = name;
   in.count = sources.size();
   in.labels = std::move(labels);
   in.load = [&sources, name](size_t j) { return sources.at(j).load(name); };
-  if (base)
-    in.base = [base, name] { return base->load(name); };
+  if (base) in.base = [base, name] { return base->load(name); };
   return in;
 }
 
 // Averages one tensor over in-memory copies with `policy` (and the seed's copy
 // `base`, which tensor-aware policies need).
 template <AveragingPolicy Policy>
-torch::Tensor average(const Policy &policy, const std::string &name,
-                      const std::vector<torch::Tensor> &tensors,
-                      const std::vector<std::string> &labels = {},
-                      const torch::Tensor &base = {}) {
+torch::Tensor average(const Policy& policy, const std::string& name,
+                      const std::vector<torch::Tensor>& tensors,
+                      const std::vector<std::string>& labels = {}, const torch::Tensor& base = {}) {
   MergeInputs in;
   in.name = name;
   in.count = tensors.size();
@@ -330,12 +298,11 @@ torch::Tensor average(const Policy &policy, const std::string &name,
   for (size_t j = in.labels.size(); j < tensors.size(); ++j)
     in.labels.push_back("source " + std::to_string(j));
   in.load = [&tensors](size_t j) { return tensors.at(j); };
-  if (base.defined())
-    in.base = [base] { return base; };
+  if (base.defined()) in.base = [base] { return base; };
   const auto weights = plan_averaging(policy, tensors.size(), base.defined());
   return merge_tensor(policy, weights, in);
 }
 
-} // namespace merge
+}  // namespace merge
 BTX_NAMESPACE_END
-} // namespace btx
+}  // namespace btx

@@ -34,18 +34,16 @@ namespace btx {
 BTX_NAMESPACE_BEGIN
 namespace recipe {
 
-inline constexpr const char *kMixStage = "mix";
+inline constexpr const char* kMixStage = "mix";
 
 struct MixOptions {
-  std::string router = "top2"; // any registered router (btx::router_names())
-  std::string router_init =
-      "normal"; // normal | zero | hidden (see merge/router_init.hpp)
-  bool seed_as_expert =
-      true; // the seed joins as the last expert (the generalist)
+  std::string router = "top2";         // any registered router (btx::router_names())
+  std::string router_init = "normal";  // normal | zero | hidden (see merge/router_init.hpp)
+  bool seed_as_expert = true;          // the seed joins as the last expert (the generalist)
   // Everything else about the MoE layers (load balancing, capacity, ...); mix
   // sets its num_experts and router.
   MoEOptions moe = {};
-  uint64_t router_seed = 0; // router_init "normal": RouterNormal's seed
+  uint64_t router_seed = 0;  // router_init "normal": RouterNormal's seed
   // How the shared (non-FFN) tensors combine: "uniform" (the paper's mean), or
   // a task-vector merge against the seed: "task_arithmetic" (lambda * mean task
   // vector), "ties", "dare_linear", "dare_ties" (merge/trunk_merging.hpp).
@@ -69,67 +67,57 @@ struct MixOptions {
 
 // The mixed model's experts in router order: the experts, then "seed" when it
 // joins.
-inline std::vector<std::string>
-mixed_expert_names(const std::vector<Expert> &experts, bool seed_as_expert) {
+inline std::vector<std::string> mixed_expert_names(const std::vector<Expert>& experts,
+                                                   bool seed_as_expert) {
   std::vector<std::string> names;
-  for (const auto &e : experts)
-    names.push_back(e.info.name);
-  if (seed_as_expert)
-    names.push_back("seed");
+  for (const auto& e : experts) names.push_back(e.info.name);
+  if (seed_as_expert) names.push_back("seed");
   return names;
 }
 
 namespace detail {
-inline merge::AnyAveraging averaging_of(const MixOptions &o, size_t sources) {
+inline merge::AnyAveraging averaging_of(const MixOptions& o, size_t sources) {
   const std::vector<double> mean(sources, 1.0 / double(sources));
-  if (o.averaging == "uniform")
-    return merge::UniformMean{};
-  if (o.averaging == "task_arithmetic")
-    return merge::TaskArithmetic{mean, o.lambda};
-  if (o.averaging == "ties")
-    return merge::Ties{o.density, o.lambda};
+  if (o.averaging == "uniform") return merge::UniformMean{};
+  if (o.averaging == "task_arithmetic") return merge::TaskArithmetic{mean, o.lambda};
+  if (o.averaging == "ties") return merge::Ties{o.density, o.lambda};
   if (o.averaging == "dare_linear")
     return merge::Dare{o.density, o.lambda, o.router_seed, false, mean};
-  if (o.averaging == "dare_ties")
-    return merge::Dare{o.density, o.lambda, o.router_seed, true};
-  throw std::invalid_argument(
-      "btx::recipe::mix: averaging '" + o.averaging +
-      "' is not one of uniform, task_arithmetic, ties, dare_linear, "
-      "dare_ties");
+  if (o.averaging == "dare_ties") return merge::Dare{o.density, o.lambda, o.router_seed, true};
+  throw std::invalid_argument("btx::recipe::mix: averaging '" + o.averaging +
+                              "' is not one of uniform, task_arithmetic, ties, dare_linear, "
+                              "dare_ties");
 }
 
 template <class RouterInitT>
-merge::StateDict mix_tensors(const std::vector<merge::StateDictSource> &sources,
-                             const merge::StateDictSource &base,
-                             const merge::AnyAveraging &averaging,
-                             RouterInitT init, int64_t experts_per_token) {
-  merge::BtxMix<merge::AnyAveraging, RouterInitT> mixer{
-      averaging, std::move(init), experts_per_token};
+merge::StateDict mix_tensors(const std::vector<merge::StateDictSource>& sources,
+                             const merge::StateDictSource& base,
+                             const merge::AnyAveraging& averaging, RouterInitT init,
+                             int64_t experts_per_token) {
+  merge::BtxMix<merge::AnyAveraging, RouterInitT> mixer{averaging, std::move(init),
+                                                        experts_per_token};
   return merge::materialize(mixer.plan(sources, &base));
 }
-} // namespace detail
+}  // namespace detail
 
 // The MoE model mixed from `experts` (and `seed`, unused unless
 // options.seed_as_expert).
-inline CausalLM mix(const std::vector<Expert> &experts, const CausalLM &seed,
-                    const MixOptions &options) {
-  if (experts.empty())
-    throw std::invalid_argument("btx::recipe::mix: no experts to mix");
+inline CausalLM mix(const std::vector<Expert>& experts, const CausalLM& seed,
+                    const MixOptions& options) {
+  if (experts.empty()) throw std::invalid_argument("btx::recipe::mix: no experts to mix");
   const auto names = mixed_expert_names(experts, options.seed_as_expert);
-  const ModelSpec &dense = experts.front().model.spec();
+  const ModelSpec& dense = experts.front().model.spec();
   std::vector<merge::StateDictSource> sources;
-  for (const auto &e : experts) {
+  for (const auto& e : experts) {
     if (e.model.is_moe() || e.model.spec().family != dense.family ||
         e.model.spec().shape != dense.shape) {
-      throw std::invalid_argument("btx::recipe::mix: expert '" + e.info.name +
-                                  "' is not a dense " + dense.family +
-                                  " model of the first expert's shape");
+      throw std::invalid_argument("btx::recipe::mix: expert '" + e.info.name + "' is not a dense " +
+                                  dense.family + " model of the first expert's shape");
     }
     sources.push_back(merge::source_of(e.model.module(), e.info.name));
   }
   const auto base = merge::source_of(seed.module(), "seed");
-  if (options.seed_as_expert)
-    sources.push_back(base);
+  if (options.seed_as_expert) sources.push_back(base);
   const MoEOptions moe = options.moe_options(int64_t(names.size()));
   const int64_t k = active_experts(moe);
   const auto averaging = detail::averaging_of(options, sources.size());
@@ -144,8 +132,7 @@ inline CausalLM mix(const std::vector<Expert> &experts, const CausalLM &seed,
           std::to_string(options.router_samples.size()));
     }
     std::vector<torch::Tensor> samples;
-    for (const auto &ids : options.router_samples)
-      samples.push_back(ids.to(torch::kInt64));
+    for (const auto& ids : options.router_samples) samples.push_back(ids.to(torch::kInt64));
     merge::RouterFromHidden init;
     for (size_t j = 0; j < experts.size(); ++j) {
       CausalLM expert = experts[j].model;
@@ -157,15 +144,13 @@ inline CausalLM mix(const std::vector<Expert> &experts, const CausalLM &seed,
     }
     tensors = detail::mix_tensors(sources, base, averaging, std::move(init), k);
   } else if (options.router_init == "zero") {
-    tensors =
-        detail::mix_tensors(sources, base, averaging, merge::RouterZero{}, k);
+    tensors = detail::mix_tensors(sources, base, averaging, merge::RouterZero{}, k);
   } else if (options.router_init == "normal") {
     merge::RouterNormal init;
     init.seed = options.router_seed;
     tensors = detail::mix_tensors(sources, base, averaging, init, k);
   } else {
-    throw std::invalid_argument("btx::recipe::mix: router_init '" +
-                                options.router_init +
+    throw std::invalid_argument("btx::recipe::mix: router_init '" + options.router_init +
                                 "' is not one of normal, zero, hidden");
   }
   CausalLM mixed = make_stage_model(dense, moe);
@@ -176,16 +161,14 @@ inline CausalLM mix(const std::vector<Expert> &experts, const CausalLM &seed,
 // The Mix stage: mixes, saves <run>/mix/model/ and records the experts and
 // their lineage; when finished, loads the mixed model routed by options.router
 // instead.
-inline CausalLM mix_stage(const Run &run, const std::vector<Expert> &experts,
-                          const CausalLM &seed, const MixOptions &options) {
+inline CausalLM mix_stage(const Run& run, const std::vector<Expert>& experts, const CausalLM& seed,
+                          const MixOptions& options) {
   const auto names = mixed_expert_names(experts, options.seed_as_expert);
   const MoEOptions moe = options.moe_options(int64_t(names.size()));
-  if (run.skip_if_done(kMixStage))
-    return load_stage_model(run, kMixStage, moe);
+  if (run.skip_if_done(kMixStage)) return load_stage_model(run, kMixStage, moe);
   CausalLM mixed = mix(experts, seed, options);
   auto lineage = nlohmann::json::array();
-  for (const auto &e : experts)
-    lineage.push_back(e.info);
+  for (const auto& e : experts) lineage.push_back(e.info);
   finish_stage(run, kMixStage, mixed,
                {{"experts", names},
                 {"router", options.router},
@@ -199,6 +182,6 @@ inline CausalLM mix_stage(const Run &run, const std::vector<Expert> &experts,
   return mixed;
 }
 
-} // namespace recipe
+}  // namespace recipe
 BTX_NAMESPACE_END
-} // namespace btx
+}  // namespace btx
