@@ -17,7 +17,7 @@ mode=${1:-}
 case "$mode" in demo|test|build) ;; *)
   echo "usage: cmake/quickstart.sh demo|test|build [args...]" >&2; exit 2 ;;
 esac
-say() { printf '[btx] %s\n' "$*" >&2; }
+say() { printf '[btx] %4ds %s\n' "$SECONDS" "$*" >&2; }  # seconds since the start
 # Paths under the checkout are hashed relative to it, so another clone of btx (a CI
 # checkout, a worktree) reuses the same ccache entries.
 export CCACHE_BASEDIR="$root" CCACHE_NOHASHDIR=1
@@ -25,6 +25,7 @@ export CCACHE_BASEDIR="$root" CCACHE_NOHASHDIR=1
 # ---- Debian packages (we are root on this kind of machine; sudo where we are not)
 debs=(cmake ninja-build g++ ccache doctest-dev nlohmann-json3-dev librange-v3-dev
       libbenchmark-dev libyaml-cpp-dev gnuplot-nox clang-format python3-venv
+      libgloo-dev  # Gloo's headers for c10d process groups (the torch wheel ships none)
       clang)  # clang: libFuzzer (its libclang-rt-*-dev) for tests/fuzz
 missing=()
 for p in "${debs[@]}"; do

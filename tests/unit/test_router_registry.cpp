@@ -25,7 +25,7 @@ using btx::test::tiny_config;
 
 namespace {
 
-constexpr int64_t H = 16, E = 4;
+constexpr int64_t kD = 16, kE = 4;
 
 // Test-only router family "first:N": every token goes to experts 0..N-1 with weight 1/N,
 // so a layer of identical experts equals one of them.
@@ -110,8 +110,8 @@ std::string error_of(const std::function<void()>& f) {
 struct TinyFFNImpl : torch::nn::Cloneable<TinyFFNImpl> {
   TinyFFNImpl() { reset(); }
   void reset() override {
-    up = register_module("up", torch::nn::Linear(H, 24));
-    down = register_module("down", torch::nn::Linear(24, H));
+    up = register_module("up", torch::nn::Linear(kD, 24));
+    down = register_module("down", torch::nn::Linear(24, kD));
   }
   torch::Tensor forward(const torch::Tensor& x) { return down(torch::tanh(up(x))); }
   torch::nn::Linear up{nullptr}, down{nullptr};
@@ -153,13 +153,13 @@ TEST_CASE("router registry: every shipped name builds the router and layer types
       {"sample_top1", typeid(btx::SampleTop1), typeid(MoEImpl<btx::SampleTop1, PackedSwiGLU>),
        typeid(MoEImpl<btx::SampleTop1, ModuleExperts>), 1},
       {"soft", typeid(btx::Soft), typeid(MoEImpl<btx::Soft, PackedSwiGLU>),
-       typeid(MoEImpl<btx::Soft, ModuleExperts>), E},
+       typeid(MoEImpl<btx::Soft, ModuleExperts>), kE},
   };
   for (const auto& c : cases) {
     CAPTURE(c.name);
     const btx::MoEOptions o{
-        .num_experts = E, .router = c.name, .k = 3, .capacity_factor = 2.5, .seed = 7};
-    auto gate = btx::find_router(c.name)->make_router(o, H, /*layer=*/2);
+        .num_experts = kE, .router = c.name, .k = 3, .capacity_factor = 2.5, .seed = 7};
+    auto gate = btx::find_router(c.name)->make_router(o, kD, /*layer=*/2);
     const torch::nn::Module& g = *gate;
     CHECK(typeid(g) == c.router);
     CHECK(btx::active_experts(o) == c.k);
@@ -167,9 +167,9 @@ TEST_CASE("router registry: every shipped name builds the router and layer types
     if (auto* sw = dynamic_cast<btx::Switch*>(gate.get())) CHECK(sw->capacity_factor() == 2.5);
     // Same init as constructing the router directly (the registry adds no RNG draws).
     torch::manual_seed(11);
-    auto by_name = btx::find_router(c.name)->make_router(o, H, 0);
+    auto by_name = btx::find_router(c.name)->make_router(o, kD, 0);
     torch::manual_seed(11);
-    auto direct = std::make_shared<btx::TopK>(H, E, 1);
+    auto direct = std::make_shared<btx::TopK>(kD, kE, 1);
     CHECK(max_abs_diff(by_name->named_parameters()["weight"], direct->weight) == 0.0);
     // The layers: MoE<R, PackedSwiGLU> from the Llama factory, MoE<R, ModuleExperts> from
     // surgery on a block btx does not know.
@@ -177,23 +177,23 @@ TEST_CASE("router registry: every shipped name builds the router and layer types
     const torch::nn::Module& packed_layer = *packed.ptr();
     CHECK(typeid(packed_layer) == c.packed_layer);
     btx::MoEOptions mo = o;
-    mo.hidden_size = H;
+    mo.hidden_size = kD;
     auto modules = btx::upcycle_block(torch::nn::AnyModule(TinyFFN()), mo, 1);
     const torch::nn::Module& module_layer = *modules.ptr();
     CHECK(typeid(module_layer) == c.module_layer);
   }
   // Sample Top-1: layer l draws its noise from seed + l; soft_first_layer makes layer 0 Soft.
-  btx::MoEOptions o{.num_experts = E, .router = "sample_top1", .seed = 7};
+  btx::MoEOptions o{.num_experts = kE, .router = "sample_top1", .seed = 7};
   auto sample = std::dynamic_pointer_cast<btx::SampleTop1>(
-      btx::find_router("sample_top1")->make_router(o, H, 3));
+      btx::find_router("sample_top1")->make_router(o, kD, 3));
   REQUIRE(sample);
-  btx::SampleTop1 reference(H, E, {}, 10);
+  btx::SampleTop1 reference(kD, kE, {}, 10);
   CHECK(torch::equal(sample->extra_state()["generator"], reference.extra_state()["generator"]));
   o.soft_first_layer = true;
-  auto first = btx::find_router("sample_top1")->make_router(o, H, 0);
+  auto first = btx::find_router("sample_top1")->make_router(o, kD, 0);
   CHECK(dynamic_cast<btx::Soft*>(first.get()) != nullptr);
   CHECK(
-      dynamic_cast<btx::SampleTop1*>(btx::find_router("sample_top1")->make_router(o, H, 1).get()));
+      dynamic_cast<btx::SampleTop1*>(btx::find_router("sample_top1")->make_router(o, kD, 1).get()));
 }
 
 TEST_CASE("router registry: a router registered here works by name in every builder") {
@@ -228,10 +228,10 @@ TEST_CASE("router registry: a router registered here works by name in every buil
 
   // upcycle (surgery) on a user's block: MoE<FirstN, ModuleExperts>, output unchanged.
   TinyBlock block;
-  auto x = torch::randn({5, H});
+  auto x = torch::randn({5, kD});
   auto y = block->forward(x);
   auto replaced = btx::upcycle(*block, btx::ffn_slot(&TinyBlockImpl::ffn, "ffn"),
-                               {.num_experts = 3, .router = "first:3", .hidden_size = H});
+                               {.num_experts = 3, .router = "first:3", .hidden_size = kD});
   CHECK(replaced == std::vector<std::string>{"ffn"});
   auto* upcycled = dynamic_cast<btx::MoEImpl<FirstN, btx::ModuleExperts>*>(block->ffn.ptr().get());
   REQUIRE(upcycled != nullptr);
@@ -319,26 +319,26 @@ TEST_CASE("router registry: a registration that misbehaves is caught when it bui
          return {};
        },
        .active_experts = [](const auto&) { return 0; }});
-  const btx::MoEOptions liar{.num_experts = E, .router = "liar"};
+  const btx::MoEOptions liar{.num_experts = kE, .router = "liar"};
   CHECK_THROWS_WITH_AS(
-      (void)registry.find("liar")->make_router(liar, H, 0),
+      (void)registry.find("liar")->make_router(liar, kD, 0),
       doctest::Contains("Soft but its registration lists (anonymous namespace)::FirstN"),
       std::logic_error);
-  CHECK_THROWS_WITH_AS((void)registry.find("null")->make_router({.router = "null"}, H, 0),
+  CHECK_THROWS_WITH_AS((void)registry.find("null")->make_router({.router = "null"}, kD, 0),
                        doctest::Contains("RouterSpec.make returned null"), std::logic_error);
   CHECK_THROWS_WITH_AS((void)registry.find("null")->active_experts({.router = "null"}),
                        doctest::Contains("declares active_experts=0 for num_experts=4"),
                        std::logic_error);
-  // A registration builds only the names it matches, and only with E >= 1.
-  CHECK_THROWS_WITH_AS((void)registry.find("liar")->make_router({.router = "soft"}, H, 0),
+  // A registration builds only the names it matches, and only with E >= 1 experts.
+  CHECK_THROWS_WITH_AS((void)registry.find("liar")->make_router({.router = "soft"}, kD, 0),
                        doctest::Contains("was asked to build MoEOptions.router 'soft'"),
                        std::invalid_argument);
   CHECK_THROWS_WITH_AS((void)btx::find_router("soft")->active_experts({.num_experts = 0}),
                        doctest::Contains("num_experts must be >= 1, got 0"), std::invalid_argument);
   // make_layer takes only a router of a registered type.
-  auto experts = std::make_shared<btx::PackedSwiGLU>(E, H, 8);
+  auto experts = std::make_shared<btx::PackedSwiGLU>(kE, kD, 8);
   CHECK_THROWS_WITH_AS(
-      (void)btx::find_router("top2")->make_layer(std::make_shared<btx::Soft>(H, E), experts, {}),
+      (void)btx::find_router("top2")->make_layer(std::make_shared<btx::Soft>(kD, kE), experts, {}),
       doctest::Contains("make_layer needs a router its make_router built"), std::invalid_argument);
 }
 
@@ -378,11 +378,11 @@ TEST_CASE("routers: every RoutingResult field has the expected dtype, device and
           const std::string dtype_name = c10::toString(dtype);
           CAPTURE(dtype_name);
           CAPTURE(training);
-          const btx::MoEOptions o{.num_experts = E, .router = name, .capacity_factor = 1.0};
-          auto gate = btx::find_router(name)->make_router(o, H, 1);
+          const btx::MoEOptions o{.num_experts = kE, .router = name, .capacity_factor = 1.0};
+          auto gate = btx::find_router(name)->make_router(o, kD, 1);
           gate->to(device, dtype);  // as upcycling a bf16 model does
           gate->train(training);
-          auto x_TD = torch::randn({T, H}, torch::TensorOptions().dtype(dtype).device(device));
+          auto x_TD = torch::randn({T, kD}, torch::TensorOptions().dtype(dtype).device(device));
           const btx::RoutingResult r = route_any(*gate, x_TD);
           const int64_t K = btx::active_experts(o);
           const auto math = dtype == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
@@ -390,14 +390,14 @@ TEST_CASE("routers: every RoutingResult field has the expected dtype, device and
           CHECK(r.indices_TK.device() == device);
           CHECK(r.indices_TK.sizes() == torch::IntArrayRef({T, K}));
           CHECK(r.indices_TK.min().item<int64_t>() >= 0);
-          CHECK(r.indices_TK.max().item<int64_t>() < E);
+          CHECK(r.indices_TK.max().item<int64_t>() < kE);
           for (const auto* t : {&r.weights_TK, &r.logits_TE, &r.probs_TE}) {
             CHECK(name_of(*t) == c10::toString(math));
             CHECK(t->device() == device);
           }
           CHECK(r.weights_TK.sizes() == torch::IntArrayRef({T, K}));
-          CHECK(r.logits_TE.sizes() == torch::IntArrayRef({T, E}));
-          CHECK(r.probs_TE.sizes() == torch::IntArrayRef({T, E}));
+          CHECK(r.logits_TE.sizes() == torch::IntArrayRef({T, kE}));
+          CHECK(r.probs_TE.sizes() == torch::IntArrayRef({T, kE}));
           if (r.dropped_TK.defined()) {
             CHECK(name_of(r.dropped_TK) == "Bool");
             CHECK(r.dropped_TK.device() == device);
@@ -411,12 +411,12 @@ TEST_CASE("routers: every RoutingResult field has the expected dtype, device and
 }
 
 TEST_CASE("router registry: make_moe_layer puts the router on the experts' device and dtype") {
-  auto experts = std::make_shared<btx::PackedSwiGLU>(E, H, 8);
+  auto experts = std::make_shared<btx::PackedSwiGLU>(kE, kD, 8);
   experts->to(torch::kFloat64);
-  auto layer = btx::make_moe_layer({.num_experts = E, .router = "top2"}, 0, experts);
+  auto layer = btx::make_moe_layer({.num_experts = kE, .router = "top2"}, 0, experts);
   auto params = layer.ptr()->named_parameters();
   CHECK(name_of(params["gate.weight"]) == "Double");
-  auto x = torch::randn({3, H}, torch::kFloat64);
+  auto x = torch::randn({3, kD}, torch::kFloat64);
   CHECK(name_of(layer.forward(x)) == "Double");
   // A layer whose experts and router disagree on E is refused by the MoE layer.
   CHECK_THROWS_WITH_AS(btx::make_moe_layer({.num_experts = 3, .router = "top2"}, 0, experts),

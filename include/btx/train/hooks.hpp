@@ -30,6 +30,10 @@ using BatchPlacement = std::function<torch::Tensor(const torch::Tensor& ids_BS)>
 // the non-finite check: where a data-parallel all-reduce goes.
 using GradientHook = std::function<void(const std::vector<torch::Tensor>& parameters)>;
 
+// The mean over data-parallel ranks of per-step values (the LM loss and the total loss),
+// so logs, the loss history and the non-finite check agree on every rank.
+using ValuesReduce = std::function<std::vector<double>(const std::vector<double>& values)>;
+
 struct TrainHooks {
   OptimizerFactory optimizer = adamw_factory();  // built once, after place_model
   LossFunction loss = next_token_loss;           // the LM loss (recorded, logged)
@@ -37,6 +41,8 @@ struct TrainHooks {
   ModelPlacement place_model;                    // empty: the model stays where it is
   BatchPlacement place_batch;                    // empty: batches stay on the CPU
   GradientHook after_backward;                   // empty: gradients as backward left them
+  ValuesReduce reduce_values;                    // empty: this process's values
+  bool writes_files = true;  // metrics, progress and checkpoints (false: other DP ranks)
 };
 
 BTX_NAMESPACE_END

@@ -118,7 +118,7 @@ class TrainLoop {
     seconds_before_ = state_.seconds;
     std::fprintf(stderr, "[%s] resumed from checkpoint %s at step %lld\n", options_.stage.c_str(),
                  resumed->first.c_str(), static_cast<long long>(state_.step));
-    if (metrics_) {
+    if (metrics_ && hooks_.writes_files) {
       metrics_->write(
           {{"stage", options_.stage}, {"step", state_.step}, {"resumed_from_step", state_.step}});
     }
@@ -140,7 +140,13 @@ class TrainLoop {
       auto aux = hooks_.aux_loss();
       if (aux.defined()) total = total + aux;
     }
-    const double loss_value = loss.item<double>();
+    double loss_value = loss.item<double>();
+    double total_value = total.item<double>();
+    if (hooks_.reduce_values) {
+      const auto reduced = hooks_.reduce_values({loss_value, total_value});
+      loss_value = reduced.at(0);
+      total_value = reduced.at(1);
+    }
     total.backward();
     if (hooks_.after_backward) hooks_.after_backward(parameters_);
     const double grad_norm =
@@ -148,7 +154,7 @@ class TrainLoop {
                                : 0.0;
     ++state_.step;
     ++state_.next_batch;
-    if (std::isfinite(total.item<double>()) && std::isfinite(grad_norm)) {
+    if (std::isfinite(total_value) && std::isfinite(grad_norm)) {
       state_.bad_in_a_row = 0;
       opt_->step();
       state_.losses.push_back(loss_value);
@@ -162,7 +168,7 @@ class TrainLoop {
     state_.losses.push_back(std::numeric_limits<double>::quiet_NaN());
     std::fprintf(stderr, "[%s] step %lld: non-finite loss or gradient, step skipped\n",
                  options_.stage.c_str(), static_cast<long long>(step + 1));
-    if (metrics_)
+    if (metrics_ && hooks_.writes_files)
       metrics_->write({{"stage", options_.stage}, {"step", step + 1}, {"skipped", true}});
     if (++state_.bad_in_a_row >= options_.max_bad_steps) {
       throw std::runtime_error(where() + std::to_string(state_.bad_in_a_row) +
@@ -187,6 +193,7 @@ class TrainLoop {
     window_start_ = now;
     if (window_steps == 0) return;
     const double mean_loss = window_loss / double(window_steps);
+    if (!hooks_.writes_files) return;
     progress_->update(done, mean_loss, tps);
     if (!metrics_ && !options_.on_log) return;
     nlohmann::json record = {{"stage", options_.stage},
@@ -201,7 +208,7 @@ class TrainLoop {
   }
 
   [[nodiscard]] bool checkpoint_due(int64_t done) const {
-    if (options_.checkpoint_dir.empty()) return false;
+    if (options_.checkpoint_dir.empty() || !hooks_.writes_files) return false;
     return (options_.checkpoint_every > 0 && done % options_.checkpoint_every == 0) ||
            done == options_.steps;
   }
@@ -223,8 +230,10 @@ class TrainLoop {
     }
     summary.losses = std::move(state_.losses);
     summary.seconds = trained_seconds();
-    progress_->finish("final loss " + std::to_string(summary.final_loss) + ", " +
-                      std::to_string(summary.tokens) + " tokens");
+    if (hooks_.writes_files) {
+      progress_->finish("final loss " + std::to_string(summary.final_loss) + ", " +
+                        std::to_string(summary.tokens) + " tokens");
+    }
     return summary;
   }
 

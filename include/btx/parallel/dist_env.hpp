@@ -1,0 +1,109 @@
+// SPDX-License-Identifier: MIT
+// Where this process stands in a distributed job, read from the launcher's environment:
+// torchrun / TorchElastic (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), Slurm
+// (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; MASTER_ADDR/MASTER_PORT from the batch
+// script), or neither: one process. No c10d here, so every build can read it.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include <btx/version.hpp>
+
+namespace btx {
+BTX_NAMESPACE_BEGIN
+namespace dist {
+
+struct DistEnv {
+  int64_t rank = 0;
+  int64_t world_size = 1;
+  int64_t local_rank = 0;
+  std::string master_addr = "127.0.0.1";
+  int64_t master_port = 29500;
+  std::string launcher = "none";  // "torchrun", "slurm" or "none"
+  // torchrun's agent already serves the TCPStore at MASTER_ADDR:MASTER_PORT; rank 0 then
+  // connects to it instead of serving its own.
+  bool agent_store = false;
+
+  [[nodiscard]] bool distributed() const { return world_size > 1; }
+  [[nodiscard]] std::string describe() const {
+    return "rank " + std::to_string(rank) + " of " + std::to_string(world_size) + " (" + launcher +
+           ", store " + master_addr + ":" + std::to_string(master_port) + ")";
+  }
+};
+
+namespace detail {
+
+inline std::optional<std::string> env(const char* name) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return std::nullopt;
+  return std::string(v);
+}
+
+inline int64_t env_int(const char* name, int64_t min, int64_t fallback) {
+  const auto v = env(name);
+  if (!v) return fallback;
+  size_t used = 0;
+  int64_t out = 0;
+  try {
+    out = std::stoll(*v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != v->size() || out < min) {
+    throw std::invalid_argument("btx::dist: environment variable " + std::string(name) + "='" + *v +
+                                "' is not an integer >= " + std::to_string(min));
+  }
+  return out;
+}
+
+}  // namespace detail
+
+// Reads the launcher's variables; throws std::invalid_argument naming the variable that is
+// malformed or inconsistent (RANK >= WORLD_SIZE, a port out of range).
+inline DistEnv dist_env_from_environment() {
+  using detail::env;
+  using detail::env_int;
+  DistEnv e;
+  if (env("RANK") || env("WORLD_SIZE")) {
+    e.launcher = "torchrun";
+    if (!env("RANK") || !env("WORLD_SIZE")) {
+      throw std::invalid_argument(
+          "btx::dist: RANK and WORLD_SIZE must be set together (torchrun sets both)");
+    }
+    e.rank = env_int("RANK", 0, 0);
+    e.world_size = env_int("WORLD_SIZE", 1, 1);
+    e.local_rank = env_int("LOCAL_RANK", 0, e.rank);
+    e.agent_store = env("TORCHELASTIC_USE_AGENT_STORE").value_or("") == "True";
+  } else if (env("SLURM_PROCID") && env("SLURM_NTASKS")) {
+    e.launcher = "slurm";
+    e.rank = env_int("SLURM_PROCID", 0, 0);
+    e.world_size = env_int("SLURM_NTASKS", 1, 1);
+    e.local_rank = env_int("SLURM_LOCALID", 0, 0);
+    if (!env("MASTER_ADDR") && e.world_size > 1) {
+      throw std::invalid_argument(
+          "btx::dist: under Slurm, export MASTER_ADDR (e.g. the first host of "
+          "`scontrol show hostnames $SLURM_JOB_NODELIST`) and MASTER_PORT");
+    }
+  } else {
+    return e;  // one process
+  }
+  if (e.rank >= e.world_size) {
+    throw std::invalid_argument("btx::dist: rank " + std::to_string(e.rank) +
+                                " is not below the world size " + std::to_string(e.world_size));
+  }
+  e.master_addr = env("MASTER_ADDR").value_or(e.master_addr);
+  e.master_port = env_int("MASTER_PORT", 1, e.master_port);
+  if (e.master_port > 65535) {
+    throw std::invalid_argument("btx::dist: MASTER_PORT=" + std::to_string(e.master_port) +
+                                " is not a TCP port");
+  }
+  return e;
+}
+
+}  // namespace dist
+BTX_NAMESPACE_END
+}  // namespace btx
