@@ -38,6 +38,12 @@ struct MergeConfig {
   uint64_t seed = 0;
   uint64_t max_shard_size = 5'000'000'000;
   double router_aux_loss_coef = 0.02;
+
+  // The averagings that merge task vectors against base_model (trunk_merging.hpp).
+  [[nodiscard]] bool merges_task_vectors() const {
+    return averaging == "task_arithmetic" || averaging == "ties" ||
+           averaging.rfind("dare_", 0) == 0;
+  }
 };
 
 inline constexpr const char* kConfigHelp = R"(CONFIG keys (YAML or JSON; unknown keys are errors):
@@ -195,8 +201,6 @@ inline MergeConfig parse_merge_config(const nlohmann::json& j) {
   }
   const bool weighs =
       c.averaging == "weighted" || c.averaging == "task_arithmetic" || c.averaging == "dare_linear";
-  const bool task_vectors = c.averaging == "task_arithmetic" || c.averaging == "ties" ||
-                            c.averaging.rfind("dare_", 0) == 0;
   if (c.averaging == "weighted" && c.weights.empty()) {
     throw key_error("averaging", "weighted needs 'weights' (one per source)");
   }
@@ -204,7 +208,7 @@ inline MergeConfig parse_merge_config(const nlohmann::json& j) {
     throw key_error("weights", "given but averaging is " + c.averaging);
   }
   if (j.contains("density")) {
-    if (c.averaging != "ties" && c.averaging.rfind("dare_", 0) != 0) {
+    if (!c.merges_task_vectors() || c.averaging == "task_arithmetic") {
       throw key_error("density", "applies to averaging ties, dare_linear and dare_ties only");
     }
     c.density = get_number(j["density"], "density");
@@ -212,7 +216,7 @@ inline MergeConfig parse_merge_config(const nlohmann::json& j) {
   }
   if (c.density < 0.0) c.density = c.averaging == "ties" ? 0.2 : 0.5;
   if (j.contains("lambda")) {
-    if (!task_vectors) {
+    if (!c.merges_task_vectors()) {
       throw key_error("lambda",
                       "applies to the task-vector averagings (task_arithmetic, ties, "
                       "dare_linear, dare_ties) only");

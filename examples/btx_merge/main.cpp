@@ -262,8 +262,6 @@ int run(const MergeConfig& c, const fs::path& out_dir, bool force) {
     averaging = merge::Dare{c.density, c.lambda, c.seed, c.averaging == "dare_ties", c.weights};
   }
   const merge::CheckpointSource base_source(base);
-  const bool merges_task_vectors = c.averaging == "task_arithmetic" || c.averaging == "ties" ||
-                                   c.averaging.rfind("dare_", 0) == 0;
   Router router = merge::RouterNormal{0.02, c.seed};
   if (c.gate_mode == "zero") router = merge::RouterZero{};
   if (c.gate_mode == "hidden") {
@@ -283,7 +281,7 @@ int run(const MergeConfig& c, const fs::path& out_dir, bool force) {
 
   // ------------------------------------------------------- plan, then write
   const merge::Plan plan =
-      make_plan(c, sources, merges_task_vectors ? &base_source : nullptr, averaging, router);
+      make_plan(c, sources, c.merges_task_vectors() ? &base_source : nullptr, averaging, router);
   const auto dtype = c.dtype.empty() ? plan.outputs().front().dtype : btx::dtype_from_name(c.dtype);
   auto config_json =
       merge::hf_config_for(plan, base_spec, btx::dtype_name(dtype), c.router_aux_loss_coef);

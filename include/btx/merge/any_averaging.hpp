@@ -1,8 +1,7 @@
 // SPDX-License-Identifier: MIT
-// An averaging policy chosen at run time: any AveragingPolicy behind one type,
-// so a tool that takes the policy from a config (btx-merge, the pipeline)
-// instantiates each mixer once instead of once per policy, and
-// averaging_from_json() rebuilds a policy from the to_json() a merge manifest
+// An averaging policy chosen at run time: any AveragingPolicy behind one type, so a tool that takes
+// the policy from a config (btx-merge, the pipeline) instantiates each mixer once instead of once
+// per policy, and averaging_from_json() rebuilds a policy from the to_json() a merge manifest
 // records.
 //
 //   merge::AnyAveraging a = merge::Ties{0.2, 1.0};
@@ -77,9 +76,8 @@ class AnyAveraging {
 
 static_assert(AveragingPolicy<AnyAveraging>);
 
-// The shipped policy named by j["name"] with the parameters its to_json()
-// writes; throws std::invalid_argument naming an unknown name or a
-// missing/ill-typed parameter.
+// The shipped policy named by j["name"] with the parameters its to_json() writes; throws
+// std::invalid_argument naming an unknown name or a missing/ill-typed parameter.
 inline AnyAveraging averaging_from_json(const nlohmann::json& j) {
   if (!j.is_object() || !j.contains("name") || !j["name"].is_string()) {
     throw std::invalid_argument(

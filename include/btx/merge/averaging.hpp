@@ -1,13 +1,11 @@
 // SPDX-License-Identifier: MIT
-// Averaging policies: how the Mix stage combines the tensors that the N experts
-// share (attention, embeddings, norms, LM head). The arithmetic runs in fp32
-// for 16-bit sources (fp64 for fp32/fp64 ones) and the result is cast back to
-// the sources' dtype.
+// Averaging policies: how the Mix stage combines the tensors that the N experts share
+// (attention, embeddings, norms, LM head). The arithmetic runs in fp32 for 16-bit sources
+// (fp64 for fp32/fp64 ones) and the result is cast back to the sources' dtype.
 //
-// A policy either weighs sources (weights(n): a linear average, streamed one
-// source at a time) or merges tensors (merge(inputs): sees every source's
-// tensor and the seed's, the common parent, so task arithmetic, TIES and DARE
-// fit; see trunk_merging.hpp).
+// A policy either weighs sources (weights(n): a linear average, streamed one source at a time) or
+// merges tensors (merge(inputs): sees every source's tensor and the seed's, the common parent, so
+// task arithmetic, TIES and DARE fit; see trunk_merging.hpp).
 #pragma once
 
 #include <torch/torch.h>
@@ -39,16 +37,15 @@ template <class P>
 concept describes_itself_in_json = requires(const P& p) {
   { p.to_json() } -> std::same_as<nlohmann::json>;
 };
-// weights(n): one weight per source, summing to 1; throws std::invalid_argument
-// when the policy cannot weigh n sources. Zero-weight sources are never read.
+// weights(n): one weight per source, summing to 1; throws std::invalid_argument when the
+// policy cannot weigh n sources. Zero-weight sources are never read.
 template <class P>
 concept weighs_sources = requires(const P& p, size_t n) {
   { p.weights(n) } -> std::same_as<std::vector<double>>;
 };
 
-// What a tensor-aware policy sees of one shared tensor: its name, the N
-// sources' copies (loaded on demand) and, when the merge has one, the seed's
-// copy (the common parent).
+// What a tensor-aware policy sees of one shared tensor: its name, the N sources' copies (loaded on
+// demand) and, when the merge has one, the seed's copy (the common parent).
 struct MergeInputs {
   std::string name;
   size_t count = 0;
@@ -57,11 +54,9 @@ struct MergeInputs {
   std::vector<std::string> labels;            // source names for messages
 
   [[nodiscard]] bool has_base() const { return bool(base); }
-  // Every source's tensor, detached, checked to be floating point of one shape
-  // and dtype.
+  // Every source's tensor, detached, checked to be floating point of one shape and dtype.
   [[nodiscard]] std::vector<torch::Tensor> all_sources() const;
-  // The seed's tensor, checked against `like` (a source's); throws when there
-  // is no base.
+  // The seed's tensor, checked against `like` (a source's); throws when there is no base.
   [[nodiscard]] torch::Tensor base_tensor(const std::string& policy,
                                           const torch::Tensor& like) const;
 };
@@ -71,15 +66,14 @@ template <class P>
 concept merges_tensors = requires(const P& p, const MergeInputs& in) {
   { p.merge(in) } -> std::same_as<torch::Tensor>;
 };
-// validate(n, has_base): throws std::invalid_argument when the policy cannot
-// merge n sources (with or without a base), before any tensor is read.
+// validate(n, has_base): throws std::invalid_argument when the policy cannot merge n sources (with
+// or without a base), before any tensor is read.
 template <class P>
 concept validates_merge_inputs = requires(const P& p, size_t n, bool has_base) {
   p.validate(n, has_base);
 };
-// Optional, for a tensor-aware policy that may be linear underneath
-// (AnyAveraging): linear_weights(n, has_base) -> the weights a manifest records
-// (empty: not linear).
+// Optional, for a tensor-aware policy that may be linear underneath (AnyAveraging):
+// linear_weights(n, has_base) -> the weights a manifest records (empty: not linear).
 template <class P>
 concept reports_linear_weights = requires(const P& p, size_t n, bool has_base) {
   { p.linear_weights(n, has_base) } -> std::same_as<std::vector<double>>;
@@ -100,8 +94,8 @@ struct UniformMean {
   }
 };
 
-// Weights proportional to `raw` (tokens trained per expert, say): non-negative,
-// finite, positive sum, one per source.
+// Weights proportional to `raw` (tokens trained per expert, say): non-negative, finite,
+// positive sum, one per source.
 struct WeightedMean {
   std::vector<double> raw;
 
@@ -154,17 +148,39 @@ static_assert(AveragingPolicy<WeightedMean>);
 static_assert(AveragingPolicy<KeepOne>);
 
 // ------------------------------------------------------------------ averaging
-// Accumulate in a type wider than the source: fp32 for bf16/fp16, fp64 for
-// fp32. So the average of N identical tensors rounds back to exactly that
-// tensor.
+// Accumulate in a type wider than the source: fp32 for bf16/fp16, fp64 for fp32. So the
+// average of N identical tensors rounds back to exactly that tensor.
 inline torch::ScalarType accumulator_dtype(torch::ScalarType source) {
   return c10::elementSize(source) < 4 ? torch::kFloat32 : torch::kFloat64;
 }
 
-// sum_j weights[j] * load(j), reading one source at a time (peak memory: the
-// accumulator plus one tensor). Every loaded tensor must match source 0's spec;
-// the error names the tensor and both sources. `labels` names the sources for
-// messages.
+namespace detail {
+// The checks every merge of one tensor makes: the first source's copy is floating point,
+// and every other copy has its shape and dtype. Errors name the tensor and the sources.
+inline void check_floating(const std::string& name, const torch::Tensor& t,
+                           const std::string& label, const char* verb) {
+  if (!torch::isFloatingType(t.scalar_type())) {
+    throw std::invalid_argument("btx::merge: cannot " + std::string(verb) + " tensor '" + name +
+                                "' of dtype " + std::string(c10::toString(t.scalar_type())) +
+                                " from '" + label + "'; only floating-point tensors " + verb);
+  }
+}
+inline void check_same_spec(const std::string& name, const std::vector<int64_t>& first_shape,
+                            torch::ScalarType first_dtype, const std::string& first_label,
+                            const torch::Tensor& t, const std::string& label) {
+  if (t.sizes().vec() != first_shape || t.scalar_type() != first_dtype) {
+    throw std::invalid_argument("btx::merge: tensor '" + name + "' is " +
+                                shape_string(first_shape) + " " + c10::toString(first_dtype) +
+                                " in '" + first_label + "' but " + shape_string(t.sizes().vec()) +
+                                " " + c10::toString(t.scalar_type()) + " in '" + label +
+                                "'; merged sources must share architecture and dtype");
+  }
+}
+}  // namespace detail
+
+// sum_j weights[j] * load(j), reading one source at a time (peak memory: the accumulator
+// plus one tensor). Every loaded tensor must match source 0's spec; the error names the
+// tensor and both sources. `labels` names the sources for messages.
 inline torch::Tensor weighted_sum(const std::string& name, const std::vector<double>& weights,
                                   const std::function<torch::Tensor(size_t)>& load,
                                   const std::vector<std::string>& labels) {
@@ -176,29 +192,19 @@ inline torch::Tensor weighted_sum(const std::string& name, const std::vector<dou
       std::count_if(weights.begin(), weights.end(), [](double w) { return w != 0.0; });
   for (size_t j = 0; j < weights.size(); ++j) {
     if (weights[j] == 0.0) continue;
-    torch::Tensor t = load(j);
+    torch::Tensor t = load(j).detach();
     if (!acc.defined()) {
-      if (!torch::isFloatingType(t.scalar_type())) {
-        throw std::invalid_argument("btx::merge: cannot average tensor '" + name + "' of dtype " +
-                                    std::string(c10::toString(t.scalar_type())) + " from '" +
-                                    labels.at(j) + "'; only floating-point tensors average");
-      }
+      detail::check_floating(name, t, labels.at(j), "average");
+      // Exactly one contributor with weight 1: copy, no arithmetic at all.
+      if (contributors == 1 && weights[j] == 1.0) return t.clone();
       dtype = t.scalar_type();
       shape = t.sizes().vec();
       first = j;
-      // Exactly one contributor with weight 1: copy, no arithmetic at all.
-      if (contributors == 1 && weights[j] == 1.0) return t.detach().clone();
-      acc = t.detach().to(accumulator_dtype(dtype)) * weights[j];
+      acc = t.to(accumulator_dtype(dtype)) * weights[j];
       continue;
     }
-    if (t.sizes().vec() != shape || t.scalar_type() != dtype) {
-      throw std::invalid_argument("btx::merge: tensor '" + name + "' is " + shape_string(shape) +
-                                  " " + c10::toString(dtype) + " in '" + labels.at(first) +
-                                  "' but " + shape_string(t.sizes().vec()) + " " +
-                                  c10::toString(t.scalar_type()) + " in '" + labels.at(j) +
-                                  "'; merged sources must share architecture and dtype");
-    }
-    acc.add_(t.detach().to(acc.scalar_type()), weights[j]);
+    detail::check_same_spec(name, shape, dtype, labels.at(first), t, labels.at(j));
+    acc.add_(t.to(acc.scalar_type()), weights[j]);
   }
   if (!acc.defined()) {
     throw std::invalid_argument("btx::merge: no source has a positive weight for '" + name + "'");
@@ -210,17 +216,10 @@ inline std::vector<torch::Tensor> MergeInputs::all_sources() const {
   std::vector<torch::Tensor> out;
   for (size_t j = 0; j < count; ++j) {
     torch::Tensor t = load(j).detach();
-    if (j == 0 && !torch::isFloatingType(t.scalar_type())) {
-      throw std::invalid_argument("btx::merge: cannot merge tensor '" + name + "' of dtype " +
-                                  std::string(c10::toString(t.scalar_type())) + " from '" +
-                                  labels.at(0) + "'; only floating-point tensors merge");
-    }
-    if (j > 0 && (t.sizes() != out[0].sizes() || t.scalar_type() != out[0].scalar_type())) {
-      throw std::invalid_argument(
-          "btx::merge: tensor '" + name + "' is " + shape_string(out[0].sizes().vec()) + " " +
-          c10::toString(out[0].scalar_type()) + " in '" + labels.at(0) + "' but " +
-          shape_string(t.sizes().vec()) + " " + c10::toString(t.scalar_type()) + " in '" +
-          labels.at(j) + "'; merged sources must share architecture and dtype");
+    if (j == 0) detail::check_floating(name, t, labels.at(0), "merge");
+    if (j > 0) {
+      detail::check_same_spec(name, out[0].sizes().vec(), out[0].scalar_type(), labels.at(0), t,
+                              labels.at(j));
     }
     out.push_back(std::move(t));
   }
@@ -245,10 +244,9 @@ inline torch::Tensor MergeInputs::base_tensor(const std::string& policy,
   return t;
 }
 
-// ------------------------------------------------ one entry for both kinds of
-// policy Checks, before anything is read, that `policy` can merge n sources
-// (with/without a base). Returns the linear weights of a weighing policy, empty
-// for a tensor-aware one.
+// ------------------------------------------------ one entry for both kinds of policy
+// Checks, before anything is read, that `policy` can merge n sources (with/without a base).
+// Returns the linear weights of a weighing policy, empty for a tensor-aware one.
 template <AveragingPolicy Policy>
 std::vector<double> plan_averaging(const Policy& policy, size_t n, bool has_base) {
   if constexpr (weighs_sources<Policy>) {
@@ -260,8 +258,7 @@ std::vector<double> plan_averaging(const Policy& policy, size_t n, bool has_base
   }
 }
 
-// One merged tensor. `weights` is plan_averaging's result (ignored by
-// tensor-aware policies).
+// One merged tensor. `weights` is plan_averaging's result (ignored by tensor-aware policies).
 template <AveragingPolicy Policy>
 torch::Tensor merge_tensor(const Policy& policy, const std::vector<double>& weights,
                            const MergeInputs& in) {
@@ -285,8 +282,8 @@ MergeInputs shared_tensor_inputs(const std::string& name, const std::vector<S>& 
   return in;
 }
 
-// Averages one tensor over in-memory copies with `policy` (and the seed's copy
-// `base`, which tensor-aware policies need).
+// Averages one tensor over in-memory copies with `policy` (and the seed's copy `base`, which
+// tensor-aware policies need).
 template <AveragingPolicy Policy>
 torch::Tensor average(const Policy& policy, const std::string& name,
                       const std::vector<torch::Tensor>& tensors,

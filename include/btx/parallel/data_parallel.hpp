@@ -94,14 +94,15 @@ class GradientAllReduce {
   void operator()(const std::vector<torch::Tensor>& parameters) const {
     if (comm_->size() == 1) return;
     torch::NoGradGuard no_grad;
-    std::vector<torch::Tensor> has = {torch::zeros({int64_t(parameters.size())}, torch::kInt64)};
-    for (size_t i = 0; i < parameters.size(); ++i) {
-      if (parameters[i].grad().defined()) has[0][int64_t(i)] = 1;
-    }
+    // One small all-reduce says which gradients some rank has; no per-element tensor ops.
+    std::vector<int64_t> defined(parameters.size());
+    for (size_t i = 0; i < parameters.size(); ++i) defined[i] = parameters[i].grad().defined();
+    std::vector<torch::Tensor> has = {torch::tensor(defined, torch::kInt64)};
     comm_->all_reduce(has, Reduce::sum, "which parameters have gradients");
+    const int64_t* any = has[0].data_ptr<int64_t>();
     std::vector<torch::Tensor> grads;
     for (size_t i = 0; i < parameters.size(); ++i) {
-      if (has[0][int64_t(i)].item<int64_t>() == 0) continue;
+      if (any[i] == 0) continue;
       auto& p = const_cast<torch::Tensor&>(parameters[i]);
       if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
       grads.push_back(p.grad());

@@ -1,9 +1,8 @@
 // SPDX-License-Identifier: MIT
-// MiX: the trained experts (plus, as the paper does, the seed as a generalist)
-// become one MoE model of their family: each layer's FFNs become its experts,
-// every other tensor is averaged, and new routers start from `router_init`. The
-// MoE routes tokens to active_experts(router) experts, which the checkpoint
-// records as num_experts_per_tok.
+// MiX: the trained experts (plus, as the paper does, the seed as a generalist) become one
+// MoE model of their family: each layer's FFNs become its experts, every other tensor is
+// averaged, and new routers start from `router_init`. The MoE routes tokens to
+// active_experts(router) experts, which the checkpoint records as num_experts_per_tok.
 #pragma once
 
 #include <torch/torch.h>
@@ -40,20 +39,18 @@ struct MixOptions {
   std::string router = "top2";         // any registered router (btx::router_names())
   std::string router_init = "normal";  // normal | zero | hidden (see merge/router_init.hpp)
   bool seed_as_expert = true;          // the seed joins as the last expert (the generalist)
-  // Everything else about the MoE layers (load balancing, capacity, ...); mix
-  // sets its num_experts and router.
+  // Everything else about the MoE layers (load balancing, capacity, ...); mix sets its
+  // num_experts and router.
   MoEOptions moe = {};
   uint64_t router_seed = 0;  // router_init "normal": RouterNormal's seed
-  // How the shared (non-FFN) tensors combine: "uniform" (the paper's mean), or
-  // a task-vector merge against the seed: "task_arithmetic" (lambda * mean task
-  // vector), "ties", "dare_linear", "dare_ties" (merge/trunk_merging.hpp).
-  // density: ties/dare only.
+  // How the shared (non-FFN) tensors combine: "uniform" (the paper's mean), or a task-vector merge
+  // against the seed: "task_arithmetic" (lambda * mean task vector), "ties", "dare_linear",
+  // "dare_ties" (merge/trunk_merging.hpp). density: ties/dare only.
   std::string averaging = "uniform";
   double density = 0.5;
   double lambda = 1.0;
-  // router_init "hidden": token ids [B, S] per domain expert, in expert order.
-  // Expert j's router row starts as its mean FFN input on router_samples[j];
-  // the seed's on all.
+  // router_init "hidden": token ids [B, S] per domain expert, in expert order. Expert j's
+  // router row starts as its mean FFN input on router_samples[j]; the seed's on all.
   std::vector<torch::Tensor> router_samples;
 
   // The MoE layers' options for `num_experts` experts.
@@ -65,8 +62,7 @@ struct MixOptions {
   }
 };
 
-// The mixed model's experts in router order: the experts, then "seed" when it
-// joins.
+// The mixed model's experts in router order: the experts, then "seed" when it joins.
 inline std::vector<std::string> mixed_expert_names(const std::vector<Expert>& experts,
                                                    bool seed_as_expert) {
   std::vector<std::string> names;
@@ -100,8 +96,7 @@ merge::StateDict mix_tensors(const std::vector<merge::StateDictSource>& sources,
 }
 }  // namespace detail
 
-// The MoE model mixed from `experts` (and `seed`, unused unless
-// options.seed_as_expert).
+// The MoE model mixed from `experts` (and `seed`, unused unless options.seed_as_expert).
 inline CausalLM mix(const std::vector<Expert>& experts, const CausalLM& seed,
                     const MixOptions& options) {
   if (experts.empty()) throw std::invalid_argument("btx::recipe::mix: no experts to mix");
@@ -158,9 +153,8 @@ inline CausalLM mix(const std::vector<Expert>& experts, const CausalLM& seed,
   return mixed;
 }
 
-// The Mix stage: mixes, saves <run>/mix/model/ and records the experts and
-// their lineage; when finished, loads the mixed model routed by options.router
-// instead.
+// The Mix stage: mixes, saves <run>/mix/model/ and records the experts and their lineage;
+// when finished, loads the mixed model routed by options.router instead.
 inline CausalLM mix_stage(const Run& run, const std::vector<Expert>& experts, const CausalLM& seed,
                           const MixOptions& options) {
   const auto names = mixed_expert_names(experts, options.seed_as_expert);
