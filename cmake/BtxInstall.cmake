@@ -2,7 +2,7 @@
 # install(EXPORT) + package config so that another project can find_package(btx).
 include(CMakePackageConfigHelpers)
 install(DIRECTORY include/btx DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
-install(TARGETS btx EXPORT btxTargets)
+install(TARGETS btx btx_dist EXPORT btxTargets)
 install(EXPORT btxTargets NAMESPACE btx:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/btx)
 configure_package_config_file(${CMAKE_CURRENT_LIST_DIR}/btxConfig.cmake.in
   ${PROJECT_BINARY_DIR}/btxConfig.cmake INSTALL_DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/btx)

@@ -30,9 +30,10 @@ if(BTX_USE_PCH)
     <functional> <stdexcept> <filesystem>)
 endif()
 
-# btx_target(<target>): applies btx's conventions to one of its own targets.
+# btx_target(<target>): applies btx's conventions to one of its own targets (which all
+# may use btx's distributed part, so they link btx::dist).
 function(btx_target target)
-  target_link_libraries(${target} PRIVATE btx::btx)
+  target_link_libraries(${target} PRIVATE btx::dist)
   target_compile_options(${target} PRIVATE ${BTX_WARNINGS})
   if(BTX_USE_PCH)
     target_precompile_headers(${target} REUSE_FROM btx_pch)

@@ -1,9 +1,11 @@
 # SPDX-License-Identifier: MIT
-# Data-parallel training over c10d/Gloo in real processes on 127.0.0.1, launched as users
-# launch btx: torchrun --no-python, and plain processes with torchrun's variables set.
-# N ranks on one global batch train as one process does (losses and weights within 1e-5);
-# a SIGKILLed rank makes the survivors exit non-zero with a btx::dist error naming them,
-# leaves no partial checkpoint, and a rerun resumes bit for bit.
+# Data- and expert-parallel training over c10d/Gloo in real processes on 127.0.0.1,
+# launched as users launch btx: torchrun --no-python, and plain processes with torchrun's
+# variables set. N ranks on one global batch train as one process does (losses and weights
+# within 1e-5; dense, MoE with its load-balancing loss, and MoE with experts sharded over
+# the ranks); the expert-parallel layer equals the local one; a SIGKILLed rank makes every
+# survivor exit non-zero with a btx::dist error naming the lost rank, leaves no partial
+# checkpoint, and a rerun resumes bit for bit.
 # Run: BTX_DIST_PROBE=build/bin/btx-dist-probe python tests/python/test_dist.py
 import os
 import shutil
@@ -58,52 +60,98 @@ class DataParallelEqualsOneProcess(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="btx-dist-")
-        one = os.path.join(cls.tmp, "one")
-        r = subprocess.run([PROBE, one, str(STEPS), "6"], capture_output=True, text=True,
-                           timeout=240)
-        assert r.returncode == 0, r.stderr
-        cls.one = result(one)
+        cls.one = {}
+        for kind, flags in (("dense", []), ("moe", ["--moe"])):
+            prefix = os.path.join(cls.tmp, "one-" + kind)
+            r = subprocess.run([PROBE, "train", prefix, "--steps", str(STEPS), "--batch", "6", *flags],
+                               capture_output=True, text=True, timeout=240)
+            assert r.returncode == 0, r.stderr
+            cls.one[kind] = result(prefix)
 
     @classmethod
     def tearDownClass(cls):
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
-    def check_ranks(self, ranks):
-        prefix = os.path.join(self.tmp, f"ranks{ranks}")
-        r = torchrun(ranks, prefix, str(STEPS), "6")
+    def check_ranks(self, ranks, kind, *flags):
+        prefix = os.path.join(self.tmp, f"{kind}-ranks{ranks}{''.join(flags)}")
+        r = torchrun(ranks, "train", prefix, "--steps", str(STEPS), "--batch", "6", *flags)
         self.assertEqual(r.returncode, 0, r.stderr[-3000:])
         losses, weights = result(prefix)
+        one_losses, one_weights = self.one[kind]
         self.assertEqual(len(losses), STEPS)
-        for step, (a, b) in enumerate(zip(losses, self.one[0])):
+        for step, (a, b) in enumerate(zip(losses, one_losses)):
             self.assertLessEqual(abs(a - b), TOLERANCE, f"step {step + 1}: {a} vs {b}")
         self.assertLess(losses[-1], losses[0])  # it trained
-        self.assertEqual(set(weights), set(self.one[1]))
+        self.assertEqual(set(weights), set(one_weights))
         for name, w in weights.items():
-            self.assertLessEqual((w - self.one[1][name]).abs().max().item(), TOLERANCE, name)
+            self.assertEqual(w.shape, one_weights[name].shape, name)
+            self.assertLessEqual((w - one_weights[name]).abs().max().item(), TOLERANCE, name)
 
-    def test_two_ranks(self):
-        self.check_ranks(2)
+    def test_dense_two_ranks(self):
+        self.check_ranks(2, "dense")
 
-    def test_three_ranks(self):
-        self.check_ranks(3)
+    def test_dense_three_ranks(self):
+        self.check_ranks(3, "dense")
+
+    def test_dense_two_ranks_without_overlap(self):
+        self.check_ranks(2, "dense", "--no-overlap")
+
+    def test_moe_two_ranks(self):
+        self.check_ranks(2, "moe", "--moe")
+
+    def test_moe_three_ranks(self):
+        self.check_ranks(3, "moe", "--moe")
+
+    def test_moe_experts_sharded_over_two_ranks(self):
+        self.check_ranks(2, "moe", "--expert-parallel")
 
     def test_uneven_batch_is_refused(self):
-        r = torchrun(2, os.path.join(self.tmp, "uneven"), "4", "5")
+        r = torchrun(2, "train", os.path.join(self.tmp, "uneven"), "--steps", "4", "--batch", "5")
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("does not split evenly over 2", r.stderr)
+
+    def test_experts_that_do_not_split_over_the_ranks_are_refused(self):
+        r = torchrun(3, "train", os.path.join(self.tmp, "ep3"), "--steps", "2", "--batch", "6",
+                     "--expert-parallel")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("4 experts to split evenly over the 3 ranks", r.stderr)
+
+
+class ExpertParallelLayerEqualsLocalLayer(unittest.TestCase):
+    def check(self, ranks):
+        r = torchrun(ranks, "layer")
+        self.assertEqual(r.returncode, 0, r.stdout[-3000:] + r.stderr[-3000:])
+        lines = [l for l in r.stdout.splitlines() if l.startswith("layer ")]
+        self.assertEqual(len(lines), 3 * ranks, r.stdout)
+        self.assertTrue(any("switch" in l and "dropped 0 " not in l for l in lines), lines)
+        # In the skewed case every token goes to rank 0's experts: the others get no rows.
+        self.assertTrue(all("holds experts" in l for l in lines))
+
+    def test_two_ranks(self):
+        self.check(2)
+
+    def test_three_ranks(self):
+        self.check(3)
 
 
 class KilledRankStopsEveryRank(unittest.TestCase):
     def test_sigkill_of_one_rank_then_resume(self):
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = os.path.join(tmp, "ckpt")
+            common = ["--steps", str(STEPS), "--batch", "6"]
             start = time.monotonic()
-            procs = plain_ranks(2, os.path.join(tmp, "killed"), str(STEPS), "6", ckpt, "1", "10")
+            procs = plain_ranks(3, "train", os.path.join(tmp, "killed"), *common, "--ckpt", ckpt,
+                                "--die-rank", "1", "--die-step", "10")
             outs = [p.communicate(timeout=120) for p in procs]
             elapsed = time.monotonic() - start
             self.assertEqual(procs[1].returncode, -9)  # the killed one
-            self.assertEqual(procs[0].returncode, 1, outs[0][1][-2000:])
-            self.assertIn("btx::dist: rank 0 of 2 in group 'world'", outs[0][1])
+            for r in (0, 2):  # every survivor stops, naming the lost rank and what it did
+                err = outs[r][1]
+                self.assertEqual(procs[r].returncode, 1, err[-2000:])
+                self.assertIn(f"btx::dist: rank {r} of 3 in group 'world'", err)
+                self.assertIn("lost rank 1", err)
+                self.assertIn("step 11 of stage 'dp-probe'", err)
+                self.assertNotIn("terminate called", err)  # an error, not an abort
             self.assertLess(elapsed, 60)  # the 20 s timeout, not Gloo's 30 minutes
             # Only complete checkpoints (written by rank 0 at steps 4 and 8), none partial.
             names = sorted(os.listdir(ckpt))
@@ -111,13 +159,13 @@ class KilledRankStopsEveryRank(unittest.TestCase):
             for d in names[1:]:
                 self.assertTrue(os.path.exists(os.path.join(ckpt, d, "state.json")))
 
-            # The rerun resumes from step 8 and ends where an unbroken 2-rank run ends.
-            procs = plain_ranks(2, os.path.join(tmp, "resumed"), str(STEPS), "6", ckpt)
+            # The rerun resumes from step 8 and ends where an unbroken 3-rank run ends.
+            procs = plain_ranks(3, "train", os.path.join(tmp, "resumed"), *common, "--ckpt", ckpt)
             outs = [p.communicate(timeout=240) for p in procs]
             for p, (_, err) in zip(procs, outs):
                 self.assertEqual(p.returncode, 0, err[-2000:])
             self.assertIn("resumed from checkpoint", outs[0][1])
-            fresh = plain_ranks(2, os.path.join(tmp, "fresh"), str(STEPS), "6",
+            fresh = plain_ranks(3, "train", os.path.join(tmp, "fresh"), *common, "--ckpt",
                                 os.path.join(tmp, "ckpt-fresh"))
             for p in fresh:
                 _, err = p.communicate(timeout=240)

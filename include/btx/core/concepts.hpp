@@ -81,6 +81,15 @@ concept runs_sorted_blocks = requires(X& x, const torch::Tensor& x_ND,
   { x.run_sorted(x_ND, counts) } -> std::same_as<torch::Tensor>;
 };
 
+// Optional, for expert parallelism: `keep_experts(first, count)` drops every expert but
+// [first, first + count) in place. Such a container stacks its experts along dim 0 of
+// every parameter (as PackedSwiGLU does), so gathering the ranks' shards of each
+// parameter along dim 0 makes the whole container again.
+template <class X>
+concept keeps_expert_range = requires(X& x, int64_t first, int64_t count) {
+  x.keep_experts(first, count);
+};
+
 template <class X>
 concept ExpertContainer = is_torch_module<X> && has_num_experts<X> && has_hidden_size<X> &&
     runs_expert_block<X> && has_parameters<X> && is_cloneable_module<X>;

@@ -37,12 +37,16 @@ struct AuxLossOptions {
   [[nodiscard]] bool enabled() const { return load_balance_alpha != 0.0 || z_loss_coef != 0.0; }
 };
 
-// E * sum_i u_i p_i (without alpha). With balanced routing it is 1 (btx form) or k
-// (switch form, u sums to k); all tokens on one confident expert gives E (or E*k).
-inline torch::Tensor load_balancing_loss(const RoutingResult& r, LoadBalanceForm form) {
+// This batch's u_E and p_E of L_LB (both [E]; zeros for an empty batch).
+struct BalanceTerms {
+  torch::Tensor u_E, p_E;
+};
+
+inline BalanceTerms balance_terms(const RoutingResult& r, LoadBalanceForm form) {
   const int64_t E = r.probs_TE.size(1);
   const int64_t T = r.probs_TE.size(0);
-  if (T == 0) return torch::zeros({}, r.probs_TE.options());
+  if (T == 0)
+    return {torch::zeros({E}, r.probs_TE.options()), torch::zeros({E}, r.probs_TE.options())};
   auto p_E = r.probs_TE.mean(0);
   torch::Tensor u_E;
   if (form == LoadBalanceForm::btx) {
@@ -56,7 +60,15 @@ inline torch::Tensor load_balancing_loss(const RoutingResult& r, LoadBalanceForm
                                     torch::ones({r.indices_TK.numel()}, r.probs_TE.options()));
     u_E = counts_E / static_cast<double>(T);
   }
-  return static_cast<double>(E) * (u_E * p_E).sum();
+  return {u_E, p_E};
+}
+
+// E * sum_i u_i p_i (without alpha). With balanced routing it is 1 (btx form) or k
+// (switch form, u sums to k); all tokens on one confident expert gives E (or E*k).
+inline torch::Tensor load_balancing_loss(const RoutingResult& r, LoadBalanceForm form) {
+  if (r.probs_TE.size(0) == 0) return torch::zeros({}, r.probs_TE.options());
+  const auto [u_E, p_E] = balance_terms(r, form);
+  return static_cast<double>(r.probs_TE.size(1)) * (u_E * p_E).sum();
 }
 
 // mean_t (logsumexp_e logits_te)^2 (ST-MoE's router z-loss, without its coefficient).

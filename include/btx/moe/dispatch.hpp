@@ -25,9 +25,31 @@ struct DispatchOutput {
   int64_t dropped = 0;                     // assignments dropped by the router
 };
 
+// Every expert of `experts` on its block of x_ND (rows sorted by expert, counts[e] rows
+// for expert e) -> [N, D]; the container's run_sorted fast path when it has one.
 template <ExpertContainer X>
-DispatchOutput dispatch_combine(const torch::Tensor& x_TD, const RoutingResult& r, X& experts) {
-  const int64_t T = x_TD.size(0), E = experts.num_experts();
+torch::Tensor run_expert_blocks(X& experts, const torch::Tensor& x_ND,
+                                const std::vector<int64_t>& counts) {
+  if constexpr (runs_sorted_blocks<X>) {
+    return experts.run_sorted(x_ND, counts);
+  } else {
+    std::vector<torch::Tensor> blocks;
+    int64_t offset = 0;
+    for (size_t e = 0; e < counts.size(); ++e) {
+      if (counts[e] == 0) continue;
+      blocks.push_back(experts.run_expert(int64_t(e), x_ND.narrow(0, offset, counts[e])));
+      offset += counts[e];
+    }
+    return blocks.empty() ? torch::zeros_like(x_ND) : torch::cat(blocks, 0);
+  }
+}
+
+// Routes x_TD's assignments to E experts: `run_blocks(x_ND, counts_E)` computes the rows
+// sorted by expert (the local experts, or an exchange with the ranks holding them).
+template <class RunBlocks>
+DispatchOutput dispatch_combine(const torch::Tensor& x_TD, const RoutingResult& r, int64_t E,
+                                RunBlocks&& run_blocks) {
+  const int64_t T = x_TD.size(0);
   if (r.indices_TK.dim() != 2 || r.indices_TK.size(0) != T ||
       r.weights_TK.sizes() != r.indices_TK.sizes()) {
     throw std::invalid_argument("btx::MoE: router returned indices_TK " +
@@ -61,23 +83,19 @@ DispatchOutput dispatch_combine(const torch::Tensor& x_TD, const RoutingResult& 
   auto source_N = slot_N.defined() ? slot_N.index_select(0, order_N) : order_N;
   auto token_N = source_N.div(K, "floor");
   auto x_ND = x_TD.index_select(0, token_N);
-  torch::Tensor y_ND;
-  if constexpr (runs_sorted_blocks<X>) {
-    y_ND = experts.run_sorted(x_ND, out.tokens_per_expert);
-  } else {
-    std::vector<torch::Tensor> blocks;
-    int64_t offset = 0;
-    for (int64_t e = 0; e < E; ++e) {
-      const int64_t n = out.tokens_per_expert[static_cast<size_t>(e)];
-      if (n == 0) continue;
-      blocks.push_back(experts.run_expert(e, x_ND.narrow(0, offset, n)));
-      offset += n;
-    }
-    y_ND = blocks.empty() ? torch::zeros_like(x_ND) : torch::cat(blocks, 0);
-  }
+  torch::Tensor y_ND = run_blocks(x_ND, out.tokens_per_expert);
   auto w_N1 = weight_N.index_select(0, order_N).unsqueeze(1).to(y_ND.scalar_type());
   out.y_TD = torch::zeros_like(x_TD).index_add(0, token_N, y_ND * w_N1);
   return out;
+}
+
+// Every expert local: the experts run in this process.
+template <ExpertContainer X>
+DispatchOutput dispatch_combine(const torch::Tensor& x_TD, const RoutingResult& r, X& experts) {
+  return dispatch_combine(x_TD, r, experts.num_experts(),
+                          [&](const torch::Tensor& x_ND, const std::vector<int64_t>& counts_E) {
+                            return run_expert_blocks(experts, x_ND, counts_E);
+                          });
 }
 
 BTX_NAMESPACE_END

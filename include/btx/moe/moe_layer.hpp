@@ -3,7 +3,10 @@
 // policy (child "gate") and an expert container (child "experts"). It maps [..., D] to
 // [..., D], so it drops into a decoder layer's FFN slot; it records its auxiliary loss
 // and routing statistics on every call. MoELayerBase lets code find MoE layers in any
-// model without knowing their template arguments (btx::collect_aux_loss, moe_layers).
+// model without knowing their template arguments (btx::collect_aux_loss, moe_layers), and
+// exposes what a parallelizer needs (btx/parallel/): the ranks whose shards of a batch
+// make the global batch its aux loss is computed over (data parallelism), and the sharding
+// of its experts over a group of ranks (expert parallelism).
 #pragma once
 
 #include <torch/torch.h>
@@ -15,10 +18,13 @@
 #include <utility>
 #include <vector>
 
+#include <btx/core/collectives.hpp>
 #include <btx/core/concepts.hpp>
 #include <btx/core/routing.hpp>
 #include <btx/moe/aux_loss.hpp>
 #include <btx/moe/dispatch.hpp>
+#include <btx/moe/expert_parallel.hpp>
+#include <btx/moe/global_batch.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -33,6 +39,20 @@ class MoELayerBase {
   [[nodiscard]] virtual int64_t num_experts() const = 0;
   [[nodiscard]] virtual const AuxLossOptions& aux_options() const = 0;
   virtual void set_aux_options(const AuxLossOptions& options) = 0;
+
+  // Data parallelism: `ranks` each forward a shard of one global batch, and this layer's
+  // aux loss and statistics become the global batch's (moe/global_batch.hpp: one small
+  // all-reduce per forward, so every rank must run every forward). nullptr: one process.
+  virtual void set_batch_ranks(std::shared_ptr<Collectives> ranks) = 0;
+  // Expert parallelism: keeps only this rank's E/G experts of `group` and, from then on,
+  // sends tokens to the ranks holding their experts (moe/expert_parallel.hpp).
+  virtual void shard_experts(std::shared_ptr<Collectives> group) = 0;
+  // The whole layer again, its experts gathered from the group (a collective), e.g. to save.
+  virtual void unshard_experts() = 0;
+  // This rank's shard, or nullptr when every expert is here.
+  [[nodiscard]] virtual const ExpertShard* expert_shard() const = 0;
+  // The experts' parameters (after shard_experts, this rank's shard of each).
+  [[nodiscard]] virtual std::vector<torch::Tensor> expert_parameters() const = 0;
 
  protected:
   MoELayerBase() = default;
@@ -79,19 +99,17 @@ class MoEImpl : public torch::nn::Cloneable<MoEImpl<R, X>>, public MoELayerBase 
     }
     auto x_TD = x.reshape({-1, H});
     RoutingResult r = gate_->route(x_TD);
-    DispatchOutput d = dispatch_combine(x_TD, r, *experts_);
-
-    stats_.tokens_per_expert = torch::tensor(d.tokens_per_expert, torch::kLong);
-    stats_.dropped = d.dropped;
-    stats_.tokens = x_TD.size(0);
-    {
-      torch::NoGradGuard no_grad;
-      stats_.entropy =
-          x_TD.size(0) == 0
-              ? 0.0
-              : -(r.probs_TE * torch::log_softmax(r.logits_TE, 1)).sum(1).mean().item<double>();
-    }
-    aux_loss_ = aux_.enabled() && x_TD.size(0) > 0 ? btx::aux_loss(r, aux_) : torch::Tensor();
+    DispatchOutput d =
+        shard_ ? dispatch_combine(x_TD, r, shard_->total,
+                                  [&](const torch::Tensor& x_ND, const std::vector<int64_t>& n_E) {
+                                    return run_sharded_experts(*experts_, *shard_, x_ND, n_E);
+                                  })
+               : dispatch_combine(x_TD, r, *experts_);
+    LayerRouting routing =
+        batch_ranks_ ? global_routing(r, d.tokens_per_expert, d.dropped, aux_, *batch_ranks_)
+                     : local_routing(r, d.tokens_per_expert, d.dropped, aux_);
+    stats_ = std::move(routing.stats);
+    aux_loss_ = std::move(routing.aux_loss);
     return d.y_TD.view(x.sizes());
   }
 
@@ -101,6 +119,34 @@ class MoEImpl : public torch::nn::Cloneable<MoEImpl<R, X>>, public MoELayerBase 
   [[nodiscard]] int64_t hidden_size() const { return gate_->hidden_size(); }
   [[nodiscard]] const AuxLossOptions& aux_options() const override { return aux_; }
   void set_aux_options(const AuxLossOptions& options) override { aux_ = options; }
+
+  void set_batch_ranks(std::shared_ptr<Collectives> ranks) override {
+    batch_ranks_ = std::move(ranks);
+  }
+  void shard_experts(std::shared_ptr<Collectives> group) override {
+    if constexpr (keeps_expert_range<X>) {
+      if (shard_)
+        throw std::logic_error("btx::MoE::shard_experts: the experts are already sharded");
+      ExpertShard shard = ExpertShard::of(std::move(group), gate_->num_experts());
+      experts_->keep_experts(shard.first, shard.count);
+      shard_ = std::make_shared<ExpertShard>(std::move(shard));
+    } else {
+      (void)group;
+      throw std::invalid_argument(
+          "btx::MoE::shard_experts: this layer's expert container cannot be sharded "
+          "(it needs keep_experts(first, count); PackedSwiGLU has it)");
+    }
+  }
+  void unshard_experts() override {
+    if (!shard_) return;
+    torch::NoGradGuard no_grad;
+    for (auto& p : experts_->parameters()) p.set_data(gather_expert_stack(*shard_, p));
+    shard_.reset();
+  }
+  [[nodiscard]] const ExpertShard* expert_shard() const override { return shard_.get(); }
+  [[nodiscard]] std::vector<torch::Tensor> expert_parameters() const override {
+    return experts_->parameters();
+  }
 
   [[nodiscard]] R& gate() { return *gate_; }
   [[nodiscard]] X& experts() { return *experts_; }
@@ -118,6 +164,8 @@ class MoEImpl : public torch::nn::Cloneable<MoEImpl<R, X>>, public MoELayerBase 
   AuxLossOptions aux_;
   RoutingStats stats_;
   torch::Tensor aux_loss_;
+  std::shared_ptr<Collectives> batch_ranks_;  // data parallelism (null: one process)
+  std::shared_ptr<ExpertShard> shard_;        // expert parallelism (null: all experts here)
 };
 
 // The module holder (TORCH_MODULE cannot take a template).

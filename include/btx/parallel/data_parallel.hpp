@@ -1,11 +1,17 @@
 // SPDX-License-Identifier: MIT
 // Data-parallel training over a Communicator, through the trainer's seams (train/hooks.hpp):
 // rank 0's weights on every rank before the optimizer is built, each rank trains on its
-// rows of the one global batch, gradients are averaged in buckets after backward, the
-// logged losses are the global batch's, and only rank 0 writes metrics and checkpoints.
-// Every rank resumes from the same checkpoint folder, so a rerun on the same world size
-// continues bit for bit. With equal shards, the mean of the ranks' shard gradients is the
-// global batch's gradient: N ranks train as one process on the same global batch.
+// rows of the one global batch, gradients are averaged in buckets (gradient_reducer.hpp,
+// overlapped with backward by default), MoE layers compute their aux loss and routing
+// statistics over the global batch (moe/global_batch.hpp), the logged losses are the
+// global batch's, and only rank 0 writes metrics and checkpoints. Every rank resumes from
+// the same checkpoint folder, so a rerun on the same world size continues bit for bit.
+// With equal shards, the mean of the ranks' shard gradients is the global batch's
+// gradient: N ranks train as one process on the same global batch.
+//
+// Expert-parallel layers (expert_parallel.hpp) keep their own experts: those are not
+// broadcast, and their gradients, which the token exchange's backward already summed over
+// every rank's tokens, are divided by the ranks instead of averaged with other experts'.
 //
 //   auto comm = btx::dist::Communicator::connect(btx::dist::dist_env_from_environment());
 //   btx::train_causal_lm(model, sampler, options, btx::dist::data_parallel(comm));
@@ -15,12 +21,16 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include <btx/moe/moe_layer.hpp>
 #include <btx/parallel/communicator.hpp>
+#include <btx/parallel/gradient_reducer.hpp>
 #include <btx/train/hooks.hpp>
 #include <btx/version.hpp>
 
@@ -28,27 +38,14 @@ namespace btx {
 BTX_NAMESPACE_BEGIN
 namespace dist {
 
-inline constexpr int64_t kDefaultBucketBytes = 25 << 20;  // torch DDP's default bucket
+struct DataParallelOptions {
+  int64_t bucket_bytes = kDefaultBucketBytes;  // gradients per all-reduce
+  // Start each bucket's all-reduce during backward (on a group of its own, so it never
+  // interleaves with an expert-parallel exchange); false: all after backward.
+  bool overlap = true;
+};
 
 namespace detail {
-
-// Consecutive runs of same-dtype tensors of at most `bucket_bytes` (a larger tensor alone).
-inline std::vector<std::vector<size_t>> buckets_of(const std::vector<torch::Tensor>& tensors,
-                                                   int64_t bucket_bytes) {
-  std::vector<std::vector<size_t>> out;
-  int64_t bytes = 0;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const int64_t b = tensors[i].numel() * int64_t(tensors[i].element_size());
-    if (out.empty() || bytes + b > bucket_bytes ||
-        tensors[out.back().front()].scalar_type() != tensors[i].scalar_type()) {
-      out.emplace_back();
-      bytes = 0;
-    }
-    out.back().push_back(i);
-    bytes += b;
-  }
-  return out;
-}
 
 // Runs `op` on one flat copy of each bucket and copies the result back.
 template <class Op>
@@ -68,54 +65,82 @@ void over_buckets(std::vector<torch::Tensor>& tensors, int64_t bucket_bytes, Op 
   }
 }
 
+// The parameters of every expert-parallel shard in `module`.
+inline std::set<const void*> sharded_expert_tensors(torch::nn::Module& module) {
+  std::set<const void*> out;
+  for (const auto& [name, layer] : moe_layers(module)) {
+    if (!layer->expert_shard()) continue;
+    for (const auto& p : layer->expert_parameters()) out.insert(p.unsafeGetTensorImpl());
+  }
+  return out;
+}
+
+// Gradients of expert-parallel shards: already summed over every rank's tokens by the
+// exchange's backward, so divided by the data-parallel ranks; ranks that hold the same
+// shard (expert groups smaller than the data-parallel world) add theirs up first.
+class ShardedExpertGradients {
+ public:
+  ShardedExpertGradients(Communicator& dp, torch::nn::Module& module) : ranks_(dp.size()) {
+    int64_t group_size = 0, group_rank = 0;
+    for (const auto& [name, layer] : moe_layers(module)) {
+      const ExpertShard* shard = layer->expert_shard();
+      if (!shard) continue;
+      if (group_size != 0 && shard->group->size() != group_size) {
+        throw std::invalid_argument("btx::dist::data_parallel: MoE layer " + name +
+                                    " shards its experts over a group of another size");
+      }
+      group_size = shard->group->size();
+      group_rank = shard->group->rank();
+      for (const auto& p : layer->expert_parameters()) params_.push_back(p);
+    }
+    if (group_size != 0 && dp.size() % group_size != 0) {
+      throw std::invalid_argument("btx::dist::data_parallel: expert groups of " +
+                                  std::to_string(group_size) + " ranks do not tile the " +
+                                  std::to_string(dp.size()) + " data-parallel ranks");
+    }
+    if (group_size != 0 && group_size != dp.size())
+      replicas_ = dp.split(group_rank, dp.name() + "/expert-replicas");
+  }
+
+  void operator()() {
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> grads;
+    for (auto& p : params_) {
+      if (p.grad().defined()) grads.push_back(p.grad());
+    }
+    if (replicas_) {
+      over_buckets(grads, kDefaultBucketBytes, [&](std::vector<torch::Tensor>& flat, size_t b) {
+        replicas_->all_reduce(flat, Reduce::sum,
+                              "expert gradients (bucket " + std::to_string(b) + ")");
+      });
+    }
+    for (auto& g : grads) g.div_(double(ranks_));
+  }
+
+ private:
+  std::vector<torch::Tensor> params_;
+  int64_t ranks_;
+  std::optional<Communicator> replicas_;
+};
+
 }  // namespace detail
 
-// Rank 0's parameters and buffers, copied into `module` on every rank.
+// Rank 0's parameters and buffers, copied into `module` on every rank (expert-parallel
+// shards excepted: each rank keeps its own experts).
 inline void broadcast_module(Communicator& comm, torch::nn::Module& module,
                              int64_t bucket_bytes = kDefaultBucketBytes) {
   if (comm.size() == 1) return;
   torch::NoGradGuard no_grad;
+  const auto sharded = detail::sharded_expert_tensors(module);
   std::vector<torch::Tensor> tensors;
-  for (const auto& p : module.parameters()) tensors.push_back(p.detach());
+  for (const auto& p : module.parameters()) {
+    if (!sharded.count(p.unsafeGetTensorImpl())) tensors.push_back(p.detach());
+  }
   for (const auto& b : module.buffers()) tensors.push_back(b.detach());
   detail::over_buckets(tensors, bucket_bytes, [&](std::vector<torch::Tensor>& flat, size_t b) {
     comm.broadcast(flat, 0, "the model's weights (bucket " + std::to_string(b) + ")");
   });
 }
-
-// The mean over ranks of every parameter's gradient, bucketed. A gradient that no rank
-// has (an expert no token reached anywhere) stays undefined, as in one process; one that
-// only some ranks have counts as zero on the others.
-class GradientAllReduce {
- public:
-  explicit GradientAllReduce(Communicator& comm, int64_t bucket_bytes = kDefaultBucketBytes)
-      : comm_(&comm), bucket_bytes_(bucket_bytes) {}
-
-  void operator()(const std::vector<torch::Tensor>& parameters) const {
-    if (comm_->size() == 1) return;
-    torch::NoGradGuard no_grad;
-    // One small all-reduce says which gradients some rank has; no per-element tensor ops.
-    std::vector<int64_t> defined(parameters.size());
-    for (size_t i = 0; i < parameters.size(); ++i) defined[i] = parameters[i].grad().defined();
-    std::vector<torch::Tensor> has = {torch::tensor(defined, torch::kInt64)};
-    comm_->all_reduce(has, Reduce::sum, "which parameters have gradients");
-    const int64_t* any = has[0].data_ptr<int64_t>();
-    std::vector<torch::Tensor> grads;
-    for (size_t i = 0; i < parameters.size(); ++i) {
-      if (any[i] == 0) continue;
-      auto& p = const_cast<torch::Tensor&>(parameters[i]);
-      if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
-      grads.push_back(p.grad());
-    }
-    detail::over_buckets(grads, bucket_bytes_, [&](std::vector<torch::Tensor>& flat, size_t b) {
-      comm_->all_reduce(flat, Reduce::mean, "gradients (bucket " + std::to_string(b) + ")");
-    });
-  }
-
- private:
-  Communicator* comm_;
-  int64_t bucket_bytes_;
-};
 
 // This rank's rows of a global batch [B, S + 1]: B must divide evenly among the ranks.
 inline torch::Tensor shard_rows(const torch::Tensor& ids_BS, int64_t rank, int64_t ranks) {
@@ -129,25 +154,50 @@ inline torch::Tensor shard_rows(const torch::Tensor& ids_BS, int64_t rank, int64
 }
 
 // `hooks` made data-parallel over `comm` (which must outlive training): the user's own
-// placement, gradient hook and values reduction still run (placement first, the gradient
-// hook after the all-reduce).
+// placement, gradient hook and step hook still run (placement first, the gradient hook
+// after the averaging).
 inline TrainHooks data_parallel(Communicator& comm, TrainHooks hooks = {},
-                                int64_t bucket_bytes = kDefaultBucketBytes) {
+                                DataParallelOptions options = {}) {
+  struct State {
+    std::shared_ptr<GradientReducer> reducer;
+    std::optional<detail::ShardedExpertGradients> experts;
+  };
+  auto state = std::make_shared<State>();
   Communicator* c = &comm;
-  hooks.place_model = [c, bucket_bytes, user = std::move(hooks.place_model)](torch::nn::Module& m) {
+  hooks.place_model = [c, state, options,
+                       user = std::move(hooks.place_model)](torch::nn::Module& m) {
     if (user) user(m);
-    broadcast_module(*c, m, bucket_bytes);
+    if (c->size() == 1) return;
+    const auto ranks = std::make_shared<Communicator>(*c);
+    for (const auto& [name, layer] : moe_layers(m)) layer->set_batch_ranks(ranks);
+    broadcast_module(*c, m, options.bucket_bytes);
+    const auto sharded = detail::sharded_expert_tensors(m);
+    std::vector<torch::Tensor> replicated;
+    for (const auto& p : m.parameters()) {
+      if (p.requires_grad() && !sharded.count(p.unsafeGetTensorImpl())) replicated.push_back(p);
+    }
+    state->reducer = std::make_shared<GradientReducer>(
+        options.overlap ? c->split(0, c->name() + "/gradients") : *c, std::move(replicated),
+        options.bucket_bytes, options.overlap);
+    state->reducer->attach();
+    state->experts.emplace(*c, m);
+  };
+  hooks.before_step = [c, state, user = std::move(hooks.before_step)](const std::string& stage,
+                                                                      int64_t step) {
+    c->set_activity("step " + std::to_string(step + 1) + " of stage '" + stage + "'");
+    if (state->reducer) state->reducer->arm();
+    if (user) user(stage, step);
   };
   hooks.place_batch = [c, user = std::move(hooks.place_batch)](const torch::Tensor& ids_BS) {
     const torch::Tensor mine = shard_rows(ids_BS, c->rank(), c->size());
     return user ? user(mine) : mine;
   };
-  hooks.after_backward =
-      [sync = GradientAllReduce(comm, bucket_bytes),
-       user = std::move(hooks.after_backward)](const std::vector<torch::Tensor>& parameters) {
-        sync(parameters);
-        if (user) user(parameters);
-      };
+  hooks.after_backward = [state, user = std::move(hooks.after_backward)](
+                             const std::vector<torch::Tensor>& parameters) {
+    if (state->reducer) state->reducer->finish();
+    if (state->experts) (*state->experts)();
+    if (user) user(parameters);
+  };
   hooks.reduce_values = [c](const std::vector<double>& values) {
     return c->mean(values, "the step's losses");
   };

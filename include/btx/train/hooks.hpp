@@ -7,7 +7,9 @@
 
 #include <torch/torch.h>
 
+#include <cstdint>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include <btx/train/loss.hpp>
@@ -30,6 +32,9 @@ using BatchPlacement = std::function<torch::Tensor(const torch::Tensor& ids_BS)>
 // the non-finite check: where a data-parallel all-reduce goes.
 using GradientHook = std::function<void(const std::vector<torch::Tensor>& parameters)>;
 
+// Called before each step of `stage` (0-based `step`), before its batch is drawn.
+using StepHook = std::function<void(const std::string& stage, int64_t step)>;
+
 // The mean over data-parallel ranks of per-step values (the LM loss and the total loss),
 // so logs, the loss history and the non-finite check agree on every rank.
 using ValuesReduce = std::function<std::vector<double>(const std::vector<double>& values)>;
@@ -40,6 +45,7 @@ struct TrainHooks {
   AuxLoss aux_loss;                              // empty: none
   ModelPlacement place_model;                    // empty: the model stays where it is
   BatchPlacement place_batch;                    // empty: batches stay on the CPU
+  StepHook before_step;                          // empty: nothing
   GradientHook after_backward;                   // empty: gradients as backward left them
   ValuesReduce reduce_values;                    // empty: this process's values
   bool writes_files = true;  // metrics, progress and checkpoints (false: other DP ranks)

@@ -129,6 +129,7 @@ class TrainLoop {
   // the weights nor the optimizer state).
   void train_step(int64_t step) {
     if (options_.on_step) options_.on_step(step);
+    if (hooks_.before_step) hooks_.before_step(options_.stage, step);
     set_learning_rate(*opt_, schedule_(step));
     torch::Tensor batch = sampler_.batch(state_.next_batch, options_.batch_size);
     if (hooks_.place_batch) batch = hooks_.place_batch(batch);

@@ -73,6 +73,19 @@ class PackedSwiGLU : public torch::nn::Cloneable<PackedSwiGLU> {
     down_proj[e].copy_(dense.down_weight_DF());
   }
 
+  // Keeps experts [first, first + count) only (expert parallelism: this rank's shard). The
+  // parameters stay the same registered tensors, so optimizers and hooks still see them.
+  void keep_experts(int64_t first, int64_t count) {
+    if (first < 0 || count < 1 || first + count > num_experts()) {
+      throw std::invalid_argument("btx::PackedSwiGLU::keep_experts: [" + std::to_string(first) +
+                                  ", " + std::to_string(first + count) + ") is not within its " +
+                                  std::to_string(num_experts()) + " experts");
+    }
+    torch::NoGradGuard no_grad;
+    for (auto* w : {&gate_proj, &up_proj, &down_proj})
+      w->set_data(w->narrow(0, first, count).clone());
+  }
+
   // Expert e on a contiguous block x_ND [N, D] -> [N, D].
   torch::Tensor run_expert(int64_t e, const torch::Tensor& x_ND) {
     return gated(x_ND, gate_proj[e], up_proj[e], down_proj[e]);
@@ -94,7 +107,8 @@ class PackedSwiGLU : public torch::nn::Cloneable<PackedSwiGLU> {
     return out.size() == 1 ? out[0] : torch::cat(out, 0);
   }
 
-  [[nodiscard]] int64_t num_experts() const { return experts_; }
+  // The experts held (after keep_experts, this rank's shard).
+  [[nodiscard]] int64_t num_experts() const { return gate_proj.size(0); }
   [[nodiscard]] int64_t hidden_size() const { return hidden_; }
   [[nodiscard]] int64_t intermediate_size() const { return inter_; }
   [[nodiscard]] GateActivation activation() const { return act_; }
@@ -109,7 +123,8 @@ class PackedSwiGLU : public torch::nn::Cloneable<PackedSwiGLU> {
     return torch::mm(h_NF, w2_DF.t());
   }
 
-  int64_t experts_, hidden_, inter_;
+  int64_t experts_;  // at construction (reset() builds this many)
+  int64_t hidden_, inter_;
   GateActivation act_;
 };
 
