@@ -17,6 +17,7 @@
 #include <btx/data/corpus.hpp>
 #include <btx/models/llama/config.hpp>
 #include <btx/recipe/run.hpp>
+#include <btx/recipe/topology.hpp>
 #include <btx/recipe/train_stage.hpp>
 
 namespace btx::pipeline {
@@ -48,9 +49,12 @@ struct PipelineConfig {
   int64_t eval_windows = 48;
   int64_t math_problems = 100;
   int64_t log_every = 20;
-  int64_t checkpoint_every = 50;  // training checkpoints per stage (0: none); reruns resume
-  int64_t fail_expert = -1;       // fault injection: this expert index ...
-  int64_t fail_step = -1;         // ... aborts at this step (tests of isolated failures)
+  int64_t checkpoint_every = 50;      // training checkpoints per stage (0: none); reruns resume
+  recipe::Topology topology;          // ranks per expert and per synchronous stage
+  int64_t fail_expert = -1;           // fault injection: this expert index ...
+  int64_t fail_step = -1;             // ... aborts at this step (tests of isolated failures)
+  int64_t fail_rank = 0;              // ... on this rank of its group ...
+  std::string fail_signal = "abort";  // ... by abort() or by SIGKILL ("kill")
 };
 
 // A stock Debian machine's real text: C headers (libc6-dev), English licence texts,
@@ -193,8 +197,14 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
                           "math_problems",
                           "log_every",
                           "checkpoint_every",
+                          "ranks_per_expert",
+                          "ranks_per_stage",
+                          "expert_worlds",
+                          "dist_timeout_s",
                           "fail_expert",
-                          "fail_step"});
+                          "fail_step",
+                          "fail_rank",
+                          "fail_signal"});
   const std::string top = "config";
   read(j, "run_dir", c.run_dir, top);
   read(j, "seed", c.seed, top);
@@ -245,8 +255,18 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
   read(j, "math_problems", c.math_problems, top);
   read(j, "log_every", c.log_every, top);
   read(j, "checkpoint_every", c.checkpoint_every, top);
+  read(j, "ranks_per_expert", c.topology.ranks_per_expert, top);
+  read(j, "ranks_per_stage", c.topology.ranks_per_stage, top);
+  if (j.contains("expert_worlds")) {
+    std::string worlds;
+    read(j, "expert_worlds", worlds, top);
+    c.topology.expert_worlds = recipe::parse_expert_worlds(worlds);
+  }
+  read(j, "dist_timeout_s", c.topology.timeout_s, top);
   read(j, "fail_expert", c.fail_expert, top);
   read(j, "fail_step", c.fail_step, top);
+  read(j, "fail_rank", c.fail_rank, top);
+  read(j, "fail_signal", c.fail_signal, top);
   return c;
 }
 
@@ -294,6 +314,10 @@ inline void validate(const PipelineConfig& c, const ArchShape& seed) {
   }
   if (!std::isfinite(c.averaging_lambda)) {
     throw std::invalid_argument("config: averaging_lambda must be finite");
+  }
+  c.topology.validate(c.batch_size);
+  if (c.fail_signal != "abort" && c.fail_signal != "kill") {
+    throw std::invalid_argument("config: fail_signal '" + c.fail_signal + "' is not abort or kill");
   }
   if (c.load_balance_form != "btx" && c.load_balance_form != "switch") {
     throw std::invalid_argument("config: load_balance_form '" + c.load_balance_form +
@@ -361,8 +385,14 @@ inline nlohmann::json to_json(const PipelineConfig& c) {
           {"math_problems", c.math_problems},
           {"log_every", c.log_every},
           {"checkpoint_every", c.checkpoint_every},
+          {"ranks_per_expert", c.topology.ranks_per_expert},
+          {"ranks_per_stage", c.topology.ranks_per_stage},
+          {"expert_worlds", recipe::to_string(c.topology.expert_worlds)},
+          {"dist_timeout_s", c.topology.timeout_s},
           {"fail_expert", c.fail_expert},
-          {"fail_step", c.fail_step}};
+          {"fail_step", c.fail_step},
+          {"fail_rank", c.fail_rank},
+          {"fail_signal", c.fail_signal}};
 }
 
 }  // namespace btx::pipeline

@@ -4,6 +4,7 @@
 // report. Run with --help for everything; README.md shows a measured default run.
 #include <torch/torch.h>
 
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -17,6 +18,7 @@
 #include <btx/recipe/branch.hpp>
 #include <btx/recipe/finetune.hpp>
 #include <btx/recipe/mix.hpp>
+#include <btx/recipe/topology.hpp>
 #include <btx/recipe/train_stage.hpp>
 #include <btx/recipe/worker_dispatch.hpp>
 #include <btx/recipe/workers.hpp>
@@ -37,8 +39,12 @@ constexpr const char* kHelp =
 
 usage: btx-pipeline [CONFIG] [--quick] [--run-dir DIR] [--until seed|experts|mix|finetune]
        btx-pipeline --worker expert [--expert I] --run-dir DIR   (I defaults to $SLURM_ARRAY_TASK_ID)
+       btx-pipeline --worker experts --run-dir DIR     (one world split into a group per expert)
        btx-pipeline --worker finetune [--router R] --run-dir DIR
        btx-pipeline --worker dense|upcycle --run-dir DIR
+A worker started by torchrun or srun joins that job's c10d world (Gloo) and trains its stage
+data-parallel over it, e.g. after `btx-pipeline --until mix`:
+  torchrun --no-python --nproc-per-node 2 build/bin/btx-pipeline --worker finetune --run-dir DIR
 
 With no CONFIG it runs the embedded default: a byte-level Llama (vocab 256, hidden 128,
 2 layers, GQA 4:2) and three domains read from this machine -- math (generated arithmetic
@@ -71,7 +77,12 @@ CONFIG (YAML or JSON) overrides any of these keys (unknown keys are errors):
   baselines (true), eval_windows, math_problems
   checkpoint_every (50; quick: 10): every training stage checkpoints into
     <run>/<stage>/checkpoints/ and a rerun resumes from there (0: no checkpoints)
-  fail_expert, fail_step: fault injection (expert I aborts at step N)
+  ranks_per_expert (1): each expert trains data-parallel on a group of this many ranks;
+    expert_worlds: per_expert (one job per expert) | shared (one world split into groups)
+  ranks_per_stage (1): ranks of each synchronous stage (btx-R finetune, dense, upcycle)
+  dist_timeout_s (60): rendezvous and collective timeout; a lost rank fails its job only
+  fail_expert, fail_step, fail_rank (0), fail_signal: abort|kill: fault injection (rank
+    fail_rank of expert fail_expert's job aborts or SIGKILLs itself before step fail_step)
 Token files follow nanoGPT: flat little-endian uint16 (or uint32) ids; the model's
 vocab_size must cover them. Text is tokenised one byte per token.
 )";
@@ -132,6 +143,7 @@ bp::PipelineRun reopen_run(const fs::path& run_dir) {
   }
   auto config = bp::apply_config(bp::default_config(), nlohmann::json::parse(in));
   config.run_dir = run_dir.string();
+  torch::manual_seed(config.seed);  // as the parent does (see main)
   return bp::open_run(config);
 }
 
@@ -151,60 +163,87 @@ CausalLM seed_stage(const bp::PipelineRun& p) {
 }
 
 // ------------------------------------------------ the worker kinds (one process each)
-// (c) expert I, trained from its branch of the seed; fault injection for the isolation tests.
-void expert_worker(const recipe::WorkerArgs& a) {
-  const auto p = reopen_run(a.run_dir);
-  const int64_t i = a.index("expert", "SLURM_ARRAY_TASK_ID");
+// The training hooks of a stage on this process's world (data-parallel when the launcher
+// started several ranks).
+recipe::StageOptions on_ranks(btx::dist::Communicator& ranks) {
+  recipe::StageOptions options;
+  options.hooks = recipe::stage_hooks(ranks);
+  options.record["ranks"] = ranks.size();  // stage.json says how it was trained
+  return options;
+}
+
+// (c) expert I, trained from its branch of the seed on `ranks` (its group); fault injection
+// for the isolation tests.
+void train_expert_on(const bp::PipelineRun& p, int64_t i, btx::dist::Communicator& ranks) {
   if (i >= int64_t(p.corpus.domains.size())) {
     throw std::invalid_argument("expert index " + std::to_string(i) + " out of range [0, " +
                                 std::to_string(p.corpus.domains.size()) + ")");
   }
   if (!p.run.done(recipe::kBranchStage)) {
-    throw std::runtime_error("the branch stage is not finished in " + a.run_dir.string() +
+    throw std::runtime_error("the branch stage is not finished in " + p.run.dir().string() +
                              ": run the pipeline with --until seed first");
   }
   const std::string name = p.corpus.domains[size_t(i)].name;
   auto expert = recipe::branched_expert(p.run, recipe::load_stage_model(p.run, "seed"), name);
-  recipe::StageOptions options;
-  if (p.config.fail_expert == i) {
-    options.on_step = [fail_step = p.config.fail_step, name](int64_t step) {
-      if (step == fail_step) {
-        std::fprintf(stderr, "[%s] fault injected at step %lld: aborting\n", name.c_str(),
-                     static_cast<long long>(step));
-        std::abort();
-      }
+  recipe::StageOptions options = on_ranks(ranks);
+  if (p.config.fail_expert == i && p.config.fail_rank == ranks.rank()) {
+    options.on_step = [&config = p.config, name](int64_t step) {
+      if (step != config.fail_step) return;
+      std::fprintf(stderr, "[%s] fault injected at step %lld: %s\n", name.c_str(),
+                   static_cast<long long>(step), config.fail_signal.c_str());
+      if (config.fail_signal == "kill") std::raise(SIGKILL);
+      std::abort();
     };
   }
   recipe::train_expert(p.run, expert, p.domain_sampler(size_t(i), 1 + uint64_t(i)),
                        p.config.expert_stage, options);
 }
 
+void expert_worker(const recipe::WorkerArgs& a) {
+  const auto p = reopen_run(a.run_dir);
+  auto world = recipe::join_world(p.config.topology);
+  train_expert_on(p, a.index("expert", "SLURM_ARRAY_TASK_ID"), world);
+}
+
+// Every expert in one world, split into a group per expert (ranks never talk across groups).
+void experts_worker(const recipe::WorkerArgs& a) {
+  const auto p = reopen_run(a.run_dir);
+  auto world = recipe::join_world(p.config.topology);
+  auto group = recipe::split_expert_groups(world, p.domain_names());
+  train_expert_on(p, group.expert, group.ranks);
+}
+
 // (e) MoE finetune of the mixed model with router R.
 void finetune_worker(const recipe::WorkerArgs& a) {
   const auto p = reopen_run(a.run_dir);
+  auto world = recipe::join_world(p.config.topology);
   recipe::finetune_mix(p.run, p.moe_options(a.value_or("router", p.config.router)),
-                       p.mixture_sampler(100), p.config.finetune_stage);
+                       p.mixture_sampler(100), p.config.finetune_stage, on_ranks(world));
 }
 
 // Baseline: dense continued training of the seed on the mixture at BTX's compute.
 void dense_worker(const recipe::WorkerArgs& a) {
   const auto p = reopen_run(a.run_dir);
+  auto world = recipe::join_world(p.config.topology);
   recipe::dense_baseline(p.run, recipe::load_stage_model(p.run, "seed"), p.mixture_sampler(200),
-                         p.config.expert_stage, p.btx_budget_flops());
+                         p.config.expert_stage, p.btx_budget_flops(), on_ranks(world));
 }
 
 // Baseline: sparse upcycling (an MoE of seed copies) finetuned with BTX's whole budget.
 void upcycle_worker(const recipe::WorkerArgs& a) {
   const auto p = reopen_run(a.run_dir);
+  auto world = recipe::join_world(p.config.topology);
   recipe::upcycle_baseline(p.run, recipe::load_stage_model(p.run, "seed"),
                            p.moe_options(p.config.router), p.mixture_sampler(300),
-                           p.config.finetune_stage, p.btx_budget_flops(), p.config.seed + 17);
+                           p.config.finetune_stage, p.btx_budget_flops(), p.config.seed + 17,
+                           on_ranks(world));
 }
 
 const recipe::WorkerTable& workers() {
   static const recipe::WorkerTable table = [] {
     recipe::WorkerTable t;
     t.add("expert", {"expert"}, expert_worker)
+        .add("experts", {}, experts_worker)
         .add("finetune", {"router"}, finetune_worker)
         .add("dense", {}, dense_worker)
         .add("upcycle", {}, upcycle_worker);
@@ -226,6 +265,9 @@ int main(int argc, char** argv) {
     }
     const Args a = parse_args(argc, argv);
     const auto p = bp::open_run(resolve_config(a));  // every data and config error surfaces here
+    // LibTorch seeds its default generator from the OS in C++ (Python seeds it): without a
+    // seed of our own, the seed model's init and so every result would differ run to run.
+    torch::manual_seed(p.config.seed);
     const auto& run = p.run;
     fs::create_directories(run.dir());
     std::ofstream(run.dir() / "config.json") << bp::to_json(p.config).dump(2) << "\n";
@@ -239,11 +281,21 @@ int main(int argc, char** argv) {
     recipe::branch_stage(run, seed, p.domain_names());
     if (a.until == "seed") return 0;
 
-    // (c) Train: one expert per domain, each in its own OS process.
+    // (c) Train: one expert per domain, each on its own ranks, no communication between them.
+    const auto& topology = p.config.topology;
     std::vector<recipe::WorkerJob> experts;
-    for (size_t d = 0; d < p.corpus.domains.size(); ++d) {
-      experts.push_back(workers().job(run, recipe::expert_stage(p.corpus.domains[d].name), "expert",
-                                      {{"expert", std::to_string(d)}}));
+    if (topology.expert_worlds == recipe::ExpertWorlds::shared) {
+      auto job = workers().job(run, "expert-groups", "experts");
+      job.ranks = topology.ranks_per_expert * int64_t(p.corpus.domains.size());
+      for (const auto& d : p.corpus.domains) job.finishes.push_back(recipe::expert_stage(d.name));
+      experts.push_back(std::move(job));
+    } else {
+      for (size_t d = 0; d < p.corpus.domains.size(); ++d) {
+        auto job = workers().job(run, recipe::expert_stage(p.corpus.domains[d].name), "expert",
+                                 {{"expert", std::to_string(d)}});
+        job.ranks = topology.ranks_per_expert;
+        experts.push_back(std::move(job));
+      }
     }
     if (!recipe::run_workers(run, experts).ok()) return 1;
     if (a.until == "experts") return 0;
@@ -264,6 +316,7 @@ int main(int argc, char** argv) {
       finetunes.push_back(workers().job(run, recipe::kDenseStage, "dense"));
       finetunes.push_back(workers().job(run, recipe::kUpcycleStage, "upcycle"));
     }
+    for (auto& job : finetunes) job.ranks = topology.ranks_per_stage;
     if (!recipe::run_workers(run, finetunes).ok()) return 1;
     if (a.until == "finetune") return 0;
 

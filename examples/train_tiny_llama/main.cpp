@@ -14,7 +14,9 @@ int main(int argc, char** argv) {
   const int steps = argc > 1 ? std::stoi(argv[1]) : 200;
   std::ifstream in(__FILE__, std::ios::binary);
   std::string text((std::istreambuf_iterator<char>(in)), {});
-  if (text.size() < 256) text = "btx mixes experts. btx mixes experts. btx mixes experts.\n";
+  // __FILE__ may be relative to the build folder (ccache's CCACHE_BASEDIR): then train on a
+  // refrain, repeated to more than a batch row's bytes.
+  while (text.size() < 256) text += "btx mixes experts. ";
   auto bytes =
       torch::from_blob(text.data(), {int64_t(text.size())}, torch::kUInt8).to(torch::kLong);
 

@@ -2,14 +2,23 @@
 // Where this process stands in a distributed job, read from the launcher's environment:
 // torchrun / TorchElastic (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), Slurm
 // (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; MASTER_ADDR/MASTER_PORT from the batch
-// script), or neither: one process. No c10d here, so every build can read it.
+// script), or neither: one process. And the same variables written for btx's own launcher
+// (one host: recipe/workers.hpp), so its workers read them exactly as torchrun's. No c10d
+// here, so every build can read it.
 #pragma once
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <btx/version.hpp>
 
@@ -102,6 +111,33 @@ inline DistEnv dist_env_from_environment() {
                                 " is not a TCP port");
   }
   return e;
+}
+
+// torchrun's variables for rank `rank` of a `world_size`-process job on this host whose
+// store is at 127.0.0.1:`port` ("NAME=value" entries for a child's environment).
+inline std::vector<std::string> launcher_env(int64_t rank, int64_t world_size, int64_t port) {
+  const auto s = [](int64_t v) { return std::to_string(v); };
+  return {"RANK=" + s(rank),        "WORLD_SIZE=" + s(world_size),
+          "LOCAL_RANK=" + s(rank),  "LOCAL_WORLD_SIZE=" + s(world_size),
+          "GROUP_RANK=0",           "MASTER_ADDR=127.0.0.1",
+          "MASTER_PORT=" + s(port), "TORCHELASTIC_USE_AGENT_STORE=False"};
+}
+
+// A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick), for a store.
+inline int64_t free_local_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) throw std::runtime_error(std::string("btx::dist: socket: ") + std::strerror(errno));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof addr;
+  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
+                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
+  const int err = errno;
+  ::close(fd);
+  if (!ok) throw std::runtime_error(std::string("btx::dist: no free port: ") + std::strerror(err));
+  return ntohs(addr.sin_port);
 }
 
 }  // namespace dist

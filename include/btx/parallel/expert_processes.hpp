@@ -53,7 +53,8 @@ class ExpertProcesses {
     }
   }
 
-  // Starts argv[0] with argv; stdout and stderr go to log_path (appended).
+  // Starts argv[0] with argv and the environment plus extra_env ("NAME=value", replacing
+  // the parent's NAME); stdout and stderr go to log_path (appended).
   pid_t spawn(const std::string& name, const std::vector<std::string>& argv,
               const std::string& log_path, const std::vector<std::string>& extra_env = {}) {
     if (argv.empty()) throw std::invalid_argument("ExpertProcesses::spawn: empty argv for " + name);
@@ -65,8 +66,15 @@ class ExpertProcesses {
     std::vector<char*> args;
     for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
+    // The parent's environment with extra_env's variables replaced (getenv takes the first).
+    const auto name_of = [](const std::string& entry) { return entry.substr(0, entry.find('=')); };
     std::vector<std::string> env_store;
-    for (char** e = environ; *e != nullptr; ++e) env_store.emplace_back(*e);
+    for (char** e = environ; *e != nullptr; ++e) {
+      const std::string entry = *e;
+      bool replaced = false;
+      for (const auto& x : extra_env) replaced = replaced || name_of(x) == name_of(entry);
+      if (!replaced) env_store.push_back(entry);
+    }
     env_store.insert(env_store.end(), extra_env.begin(), extra_env.end());
     std::vector<char*> env;
     for (auto& e : env_store) env.push_back(e.data());

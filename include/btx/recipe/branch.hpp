@@ -98,8 +98,7 @@ inline nlohmann::json train_expert(const Run& run, Expert& expert, const WindowS
   expert.info.tokens_trained = record.at("tokens").get<int64_t>();
   expert.info.flops = record.at("flops").get<double>();
   record["expert"] = expert.info;
-  finish_stage(run, stage, expert.model, record);
-  return run.record(stage);
+  return finish_if_writer(run, stage, expert.model, record, options);
 }
 
 // The trained experts of a run, in branch order, loaded from their stages.

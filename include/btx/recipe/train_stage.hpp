@@ -5,6 +5,8 @@
 // steps, tokens, seconds and FLOPs (FLOPs per token from the model's ArchShape). An MoE
 // model adds its load-balancing loss and logs each layer's expert load (router health).
 // A finished stage is not trained again: its weights are loaded into the model instead.
+// A stage can train data-parallel (StageOptions::hooks = btx::dist::data_parallel(comm)):
+// every rank trains, only the rank that writes files (rank 0) logs and finishes it.
 #pragma once
 
 #include <torch/torch.h>
@@ -13,6 +15,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -43,6 +46,9 @@ struct StageBudget {
 struct StageOptions {
   std::function<void(int64_t step)> on_step;         // before each step (fault injection)
   nlohmann::json record = nlohmann::json::object();  // extra stage.json fields
+  // What the stage trains with: optimizer, placement, data parallelism. The stage adds
+  // an MoE model's aux loss (unless set) and its expert-load log.
+  TrainHooks hooks = {};
 };
 
 // A model and the record (stage.json) of the stage that made it.
@@ -89,8 +95,10 @@ struct TrainableLM {
 inline nlohmann::json train(const Run& run, const std::string& stage, const CausalLM& model,
                             const WindowSampler& sampler, const StageBudget& budget,
                             const StageOptions& options = {}) {
+  TrainHooks hooks = options.hooks;
   std::filesystem::create_directories(run.stage_dir(stage));
-  MetricsLog metrics((run.stage_dir(stage) / "metrics.jsonl").string());
+  std::optional<MetricsLog> metrics;  // rank 0's alone under data parallelism
+  if (hooks.writes_files) metrics.emplace((run.stage_dir(stage) / "metrics.jsonl").string());
   TrainOptions t;
   t.stage = stage;
   t.steps = budget.steps;
@@ -103,15 +111,17 @@ inline nlohmann::json train(const Run& run, const std::string& stage, const Caus
     t.checkpoint_every = run.train().checkpoint_every;
   }
   t.on_step = options.on_step;
-  std::function<torch::Tensor()> aux;
   if (model.is_moe()) {
     t.on_log = [model, stage](int64_t step, nlohmann::json& record) {
       record["expert_load"] = expert_load(model.module(), stage, step);
     };
-    aux = [model]() -> torch::Tensor { return collect_aux_loss(model.module()); };
+    if (!hooks.aux_loss) {
+      hooks.aux_loss = [model]() -> torch::Tensor { return collect_aux_loss(model.module()); };
+    }
   }
   detail::TrainableLM trainable{model};
-  const auto summary = train_causal_lm(trainable, sampler, t, aux, &metrics);
+  const auto summary =
+      train_causal_lm(trainable, sampler, t, std::move(hooks), metrics ? &*metrics : nullptr);
   nlohmann::json record = {
       {"stage", stage},
       {"steps", summary.steps},
@@ -132,6 +142,17 @@ inline void finish_stage(const Run& run, const std::string& stage, const CausalL
   run.mark_done(stage, record);
 }
 
+// finish_stage where this process writes files (every process, or rank 0 of a data-parallel
+// stage); the stage's record either way.
+inline nlohmann::json finish_if_writer(const Run& run, const std::string& stage,
+                                       const CausalLM& model, nlohmann::json record,
+                                       const StageOptions& options) {
+  record["stage"] = stage;
+  if (!options.hooks.writes_files) return record;
+  finish_stage(run, stage, model, record);
+  return run.record(stage);
+}
+
 // The Train stage: trains, saves and finishes `stage`, or, when it is already finished,
 // loads its weights into `model`. Returns stage.json either way.
 inline nlohmann::json train_stage(const Run& run, const std::string& stage, const CausalLM& model,
@@ -141,9 +162,8 @@ inline nlohmann::json train_stage(const Run& run, const std::string& stage, cons
     load_stage_weights(run, stage, model);
     return run.record(stage);
   }
-  auto record = train(run, stage, model, sampler, budget, options);
-  finish_stage(run, stage, model, record);
-  return run.record(stage);
+  return finish_if_writer(run, stage, model, train(run, stage, model, sampler, budget, options),
+                          options);
 }
 
 }  // namespace recipe

@@ -1,21 +1,27 @@
 // SPDX-License-Identifier: MIT
-// Stages as isolated OS processes. Experts never communicate, so each trains in a process
-// of its own (ExpertProcesses): a crash, an abort or a SIGKILL costs only that stage,
-// the others run to completion, and a rerun resumes the failed one from its checkpoints.
-// run_workers starts one process per unfinished stage with its output in
-// <run>/<stage>/log.txt, relays each one's newest progress line, and reports every job's
-// outcome; a job succeeded only if it exited 0 *and* finished its stage (stage.json).
+// Stages as isolated OS processes. Experts never communicate, so each trains in a job of
+// its own (ExpertProcesses): a crash, an abort or a SIGKILL costs only that stage, the
+// others run to completion, and a rerun resumes the failed one from its checkpoints. A job
+// is one process, or a data-parallel group of `ranks` processes on this host that btx
+// starts as torchrun would (the same environment variables: parallel/dist_env.hpp), and
+// that fails as a whole when one of its ranks dies. run_workers starts every unfinished
+// job with each rank's output in <run>/<stage>/log.txt (rank 0) or log.rank-R.txt,
+// relays the newest progress lines, and reports every stage's outcome; a stage succeeded
+// only if every rank of its job exited 0 *and* the stage is finished (stage.json).
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <btx/parallel/dist_env.hpp>
 #include <btx/parallel/expert_processes.hpp>
 #include <btx/recipe/run.hpp>
 #include <btx/version.hpp>
@@ -24,11 +30,19 @@ namespace btx {
 BTX_NAMESPACE_BEGIN
 namespace recipe {
 
-// One stage run as a process: argv[0] is the executable (worker_dispatch.hpp builds the
-// argv of this program's own worker kinds).
+// One stage run as a job: argv[0] is the executable (worker_dispatch.hpp builds the argv
+// of this program's own worker kinds).
 struct WorkerJob {
-  std::string stage;
+  std::string stage;  // the stage it finishes; <run>/<stage>/ holds its logs
   std::vector<std::string> argv;
+  int64_t ranks = 1;  // processes of one data-parallel job (RANK 0 .. ranks-1)
+  // When the job finishes several stages (one world split into a group per expert): those
+  // stages; `stage` then only names the job's folder.
+  std::vector<std::string> finishes = {};
+
+  [[nodiscard]] std::vector<std::string> stages() const {
+    return finishes.empty() ? std::vector<std::string>{stage} : finishes;
+  }
 };
 
 struct WorkerOptions {
@@ -41,7 +55,7 @@ struct WorkerOptions {
 struct WorkersReport {
   std::vector<std::string> finished;  // stages finished by this call
   std::vector<std::string> skipped;   // stages already finished before it
-  std::vector<std::string> failed;    // one line per failed job: what happened, where its log is
+  std::vector<std::string> failed;    // one line per failed stage: what happened, where its log is
   [[nodiscard]] bool ok() const { return failed.empty(); }
 };
 
@@ -58,30 +72,75 @@ inline std::string last_progress_line(const std::filesystem::path& log) {
   return last;
 }
 
-// Runs every job whose stage is unfinished, all at once, and waits for all of them.
+// The last line of a worker's log that says "error", if any (why a rank gave up).
+inline std::string last_error_line(const std::filesystem::path& log) {
+  std::ifstream in(log);
+  std::string line, last;
+  while (std::getline(in, line)) {
+    if (line.find("error") != std::string::npos) last = line;
+  }
+  return last;
+}
+
+// Rank `rank`'s log of a job whose folder is `dir`.
+inline std::filesystem::path rank_log(const std::filesystem::path& dir, int64_t rank) {
+  return dir / (rank == 0 ? std::string("log.txt") : "log.rank-" + std::to_string(rank) + ".txt");
+}
+
+// Runs every job with an unfinished stage, all at once, and waits for all of them.
 inline WorkersReport run_workers(const Run& run, const std::vector<WorkerJob>& jobs,
                                  const WorkerOptions& options = {}) {
   WorkersReport report;
   ExpertProcesses group;
-  std::vector<std::string> started;
+  struct Started {
+    const WorkerJob* job;
+    std::vector<std::filesystem::path> logs;
+  };
+  std::vector<Started> started;
   for (const auto& job : jobs) {
-    if (run.skip_if_done(job.stage)) {
-      report.skipped.push_back(job.stage);
+    bool all_done = true;
+    for (const auto& stage : job.stages()) all_done = all_done && run.done(stage);
+    if (all_done) {
+      for (const auto& stage : job.stages()) {
+        (void)run.skip_if_done(stage);
+        report.skipped.push_back(stage);
+      }
       continue;
     }
-    std::filesystem::create_directories(run.stage_dir(job.stage));
-    const auto log = run.stage_dir(job.stage) / "log.txt";
-    group.spawn(job.stage, job.argv, log.string(), options.env);
-    started.push_back(job.stage);
-    run.log("started " + job.stage + " (log: " + log.string() + ")");
+    if (job.ranks < 1) {
+      throw std::invalid_argument("btx::recipe::run_workers: job " + job.stage + " has " +
+                                  std::to_string(job.ranks) + " ranks");
+    }
+    const auto dir = run.stage_dir(job.stage);
+    std::filesystem::create_directories(dir);
+    const int64_t port = job.ranks > 1 ? dist::free_local_port() : 0;
+    Started s{&job, {}};
+    for (int64_t r = 0; r < job.ranks; ++r) {
+      auto env = options.env;
+      if (job.ranks > 1) {
+        const auto dist_env = dist::launcher_env(r, job.ranks, port);
+        env.insert(env.end(), dist_env.begin(), dist_env.end());
+      }
+      s.logs.push_back(rank_log(dir, r));
+      const std::string name = job.ranks > 1 ? job.stage + " rank " + std::to_string(r) : job.stage;
+      group.spawn(name, job.argv, s.logs.back().string(), env);
+    }
+    run.log("started " + job.stage +
+            (job.ranks > 1 ? " (" + std::to_string(job.ranks) +
+                                 " ranks, 127.0.0.1:" + std::to_string(port) + ")"
+                           : "") +
+            " (log: " + s.logs.front().string() + ")");
+    started.push_back(std::move(s));
   }
   std::map<std::string, std::string> shown;
   const auto relay = [&] {
-    for (const auto& stage : started) {
-      const auto line = last_progress_line(run.stage_dir(stage) / "log.txt");
-      if (!line.empty() && shown[stage] != line) {
-        std::fprintf(stderr, "%s\n", line.c_str());
-        shown[stage] = line;
+    for (const auto& s : started) {
+      for (const auto& log : s.logs) {
+        const auto line = last_progress_line(log);
+        if (!line.empty() && shown[log.string()] != line) {
+          std::fprintf(stderr, "%s\n", line.c_str());
+          shown[log.string()] = line;
+        }
       }
     }
   };
@@ -90,17 +149,30 @@ inline WorkersReport run_workers(const Run& run, const std::vector<WorkerJob>& j
     relay();
   }
   relay();
-  for (const auto& outcome : group.wait_all()) {
-    const auto log = run.stage_dir(outcome.name) / "log.txt";
-    if (outcome.ok() && run.done(outcome.name)) {
-      report.finished.push_back(outcome.name);
-      run.log(outcome.name + " finished");
-      continue;
+  const auto outcomes = group.wait_all();  // in spawn order: job by job, rank by rank
+  size_t next = 0;
+  for (const auto& s : started) {
+    std::string failures;
+    for (size_t r = 0; r < s.logs.size(); ++r) {
+      const auto& outcome = outcomes[next++];
+      if (outcome.ok()) continue;
+      const auto why = last_error_line(s.logs[r]);
+      failures += (failures.empty() ? "" : "; ") + outcome.describe() +
+                  (why.empty() ? "" : " (" + why + ")");
     }
-    const std::string what =
-        outcome.ok() ? outcome.name + " exited 0 without finishing its stage" : outcome.describe();
-    report.failed.push_back(what + "; see " + log.string());
-    run.log("FAILED: " + report.failed.back() + ". Run again to resume.");
+    for (const auto& stage : s.job->stages()) {
+      if (run.done(stage)) {
+        report.finished.push_back(stage);
+        run.log(stage + " finished");
+        continue;
+      }
+      const bool alone = s.job->finishes.empty();  // the job is this stage's own
+      std::string what =
+          failures.empty() ? s.job->stage + " exited 0 without finishing its stage" : failures;
+      if (!alone) what = stage + " (in job " + s.job->stage + "): " + what;
+      report.failed.push_back(what + "; see " + s.logs.front().string());
+      run.log("FAILED: " + report.failed.back() + ". Run again to resume.");
+    }
   }
   return report;
 }
