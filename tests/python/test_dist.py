@@ -117,6 +117,15 @@ class DataParallelEqualsOneProcess(unittest.TestCase):
         self.assertIn("4 experts to split evenly over the 3 ranks", r.stderr)
 
 
+    def test_expert_parallel_checkpoints_are_refused_before_training(self):
+        ckpt = os.path.join(self.tmp, "ep-ckpt")
+        r = torchrun(2, "train", os.path.join(self.tmp, "ep-ckpt"), "--steps", "2", "--batch", "6",
+                     "--expert-parallel", "--ckpt", ckpt)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("with expert-parallel layers", r.stderr)
+        self.assertFalse(os.path.exists(ckpt))
+
+
 class ExpertParallelLayerEqualsLocalLayer(unittest.TestCase):
     def check(self, ranks):
         r = torchrun(ranks, "layer")

@@ -102,6 +102,8 @@ class ShardedExpertGradients {
       replicas_ = dp.split(group_rank, dp.name() + "/expert-replicas");
   }
 
+  [[nodiscard]] bool any() const { return !params_.empty(); }
+
   void operator()() {
     torch::NoGradGuard no_grad;
     std::vector<torch::Tensor> grads;
@@ -181,6 +183,16 @@ inline TrainHooks data_parallel(Communicator& comm, TrainHooks hooks = {},
         options.bucket_bytes, options.overlap);
     state->reducer->attach();
     state->experts.emplace(*c, m);
+  };
+  hooks.check_options = [state, user = std::move(hooks.check_options)](const TrainOptions& o) {
+    if (state->experts && state->experts->any() && !o.checkpoint_dir.empty()) {
+      throw std::invalid_argument(
+          "btx::dist: stage '" + o.stage + "': checkpoint_dir " + o.checkpoint_dir +
+          " with expert-parallel layers: rank 0 writes checkpoints alone and holds only its "
+          "own experts, so they could not resume the others; train expert-parallel without "
+          "checkpoints (or data-parallel only)");
+    }
+    if (user) user(o);
   };
   hooks.before_step = [c, state, user = std::move(hooks.before_step)](const std::string& stage,
                                                                       int64_t step) {

@@ -14,6 +14,7 @@
 
 #include <btx/train/loss.hpp>
 #include <btx/train/optimizer.hpp>
+#include <btx/train/options.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -32,6 +33,9 @@ using BatchPlacement = std::function<torch::Tensor(const torch::Tensor& ids_BS)>
 // the non-finite check: where a data-parallel all-reduce goes.
 using GradientHook = std::function<void(const std::vector<torch::Tensor>& parameters)>;
 
+// Checks a run's options against what the hooks can do, after place_model; throws
+// std::invalid_argument naming what does not fit.
+using OptionsCheck = std::function<void(const TrainOptions& options)>;
 // Called before each step of `stage` (0-based `step`), before its batch is drawn.
 using StepHook = std::function<void(const std::string& stage, int64_t step)>;
 
@@ -45,6 +49,7 @@ struct TrainHooks {
   AuxLoss aux_loss;                              // empty: none
   ModelPlacement place_model;                    // empty: the model stays where it is
   BatchPlacement place_batch;                    // empty: batches stay on the CPU
+  OptionsCheck check_options;                    // empty: everything fits
   StepHook before_step;                          // empty: nothing
   GradientHook after_backward;                   // empty: gradients as backward left them
   ValuesReduce reduce_values;                    // empty: this process's values

@@ -71,6 +71,7 @@ class TrainLoop {
     if (!hooks_.loss) throw std::invalid_argument(where() + "TrainHooks::loss is empty");
     model_->train();
     if (hooks_.place_model) hooks_.place_model(*model_);
+    if (hooks_.check_options) hooks_.check_options(options_);
     parameters_ = model_->parameters();
     opt_ = hooks_.optimizer(parameters_, options_);
     if (!opt_) throw std::invalid_argument(where() + "TrainHooks::optimizer returned null");
