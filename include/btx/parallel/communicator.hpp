@@ -194,7 +194,7 @@ class Communicator : public Collectives {
     o.timeout = timeout_;
     auto work = start("all_reduce of " + what,
                       [&] { return backend_for(tensors[0])->allreduce(tensors, o); });
-    return PendingCollective([this, self = *this, work, tensors, op, what]() mutable {
+    return PendingCollective([self = *this, work, tensors, op, what]() mutable {
       self.finish("all_reduce of " + what, work);
       if (op == Reduce::mean) {
         for (auto& t : tensors) t.div_(double(self.size_));

@@ -2,7 +2,8 @@
 // Embarrassingly parallel experts as real OS processes: spawn one child per expert with
 // its own log file, wait for all, and report each one's fate. A child that crashes or is
 // killed costs only its own work; the others run to completion. (Not a c10d process group:
-// these processes never communicate; btx/dist is where synchronised training lives.)
+// these processes never communicate; btx/parallel/communicator.hpp is where synchronised
+// training lives.)
 #pragma once
 
 #include <fcntl.h>
