@@ -83,7 +83,7 @@ void check_shards(const std::vector<int64_t>& sizes, btx::LoadBalanceForm form) 
     // Every shard records the whole batch's statistics.
     CHECK(torch::equal(shard.stats.tokens_per_expert, global.stats.tokens_per_expert));
     CHECK(shard.stats.tokens == T);
-    CHECK(shard.stats.entropy == doctest::Approx(global.stats.entropy).epsilon(1e-6));
+    CHECK(shard.stats.entropy() == doctest::Approx(global.stats.entropy()).epsilon(1e-6));
     mean_loss += shard.aux_loss.item<double>() / double(N);
     shard.aux_loss.backward();
     mean_grad += router.weight.grad() / double(N);  // what data parallelism applies

@@ -23,12 +23,20 @@ struct RoutingResult {
   torch::Tensor dropped_TK;  // [T, K] bool, assignments over capacity; undefined: none dropped
 };
 
-// Per-call statistics of one MoE layer, for routing analysis.
+// Per-call statistics of one MoE layer, for routing analysis. The counts come with the one
+// host read the dispatch needs anyway; the entropy stays on the routing's device until it
+// is asked for, so recording it costs the forward no synchronisation.
 struct RoutingStats {
   torch::Tensor tokens_per_expert;  // [E] int64 on CPU: assignments computed by each expert
   int64_t dropped = 0;              // assignments dropped (over capacity)
   int64_t tokens = 0;               // tokens routed in the call
-  double entropy = 0.0;             // mean over tokens of -sum_e p_e log p_e (nats)
+  torch::Tensor entropy_sum;        // [] sum over tokens of -sum_e p_e log p_e (lazy)
+
+  // Mean over tokens of -sum_e p_e log p_e (nats); reads entropy_sum back (a host sync).
+  [[nodiscard]] double entropy() const {
+    return tokens == 0 || !entropy_sum.defined() ? 0.0
+                                                 : entropy_sum.item<double>() / double(tokens);
+  }
 };
 
 BTX_NAMESPACE_END

@@ -58,33 +58,49 @@ DispatchOutput dispatch_combine(const torch::Tensor& x_TD, const RoutingResult& 
                                 "; both must be [T=" + std::to_string(T) + ", k]");
   }
   const int64_t K = r.indices_TK.size(1);
-  auto expert_N = r.indices_TK.reshape(-1);  // N = T*K assignment rows, token-major
-  auto weight_N = r.weights_TK.reshape(-1);
-  torch::Tensor slot_N;  // assignment id (token * K + j) of every kept assignment
-  DispatchOutput out;
-  if (r.dropped_TK.defined()) {
-    slot_N = (~r.dropped_TK.reshape(-1)).nonzero().squeeze(1);
-    out.dropped = T * K - slot_N.size(0);
-    expert_N = expert_N.index_select(0, slot_N);
-    weight_N = weight_N.index_select(0, slot_N);
+  const auto expert_N = r.indices_TK.reshape(-1);  // N = T*K assignment rows, token-major
+  // Dropped assignments sort after every expert's (key E), so the kept rows are a prefix.
+  const auto key_N =
+      r.dropped_TK.defined() ? expert_N.masked_fill(r.dropped_TK.reshape(-1), E) : expert_N;
+
+  // The forward's one host read: the block sizes the experts need and the number dropped,
+  // with the checks of the router's output (indices in range, finite logits) folded into
+  // the same transfer.
+  const auto long_options = expert_N.options().dtype(torch::kLong);
+  const auto zero = torch::zeros({1}, long_options);
+  const bool any = expert_N.numel() > 0;
+  const auto host =
+      torch::cat({torch::zeros({E + 1}, long_options)
+                      .index_add_(0, key_N.clamp(0, E), torch::ones_like(key_N)),
+                  any ? expert_N.min().reshape({1}) : zero,
+                  any ? expert_N.max().reshape({1}) : zero,
+                  r.logits_TE.defined()
+                      ? (~torch::isfinite(r.logits_TE)).any().reshape({1}).to(long_options)
+                      : zero})
+          .cpu();
+  const int64_t* h = host.data_ptr<int64_t>();
+  if (h[E + 3] != 0) {
+    throw std::runtime_error(
+        "btx::MoE: non-finite router logits (NaN or Inf); check the hidden states and the "
+        "router weight `gate.weight` for NaN/Inf");
   }
-  if (expert_N.numel() > 0 && expert_N.min().item<int64_t>() < 0) {
+  if (h[E + 1] < 0)
     throw std::invalid_argument("btx::MoE: router returned a negative expert index");
-  }
-  auto counts_E = torch::bincount(expert_N, {}, E).to(torch::kCPU);
-  if (counts_E.size(0) != E) {
+  if (h[E + 2] >= E) {
     throw std::invalid_argument("btx::MoE: router returned an expert index >= num_experts=" +
                                 std::to_string(E));
   }
-  out.tokens_per_expert.assign(counts_E.data_ptr<int64_t>(), counts_E.data_ptr<int64_t>() + E);
+  DispatchOutput out;
+  out.tokens_per_expert.assign(h, h + E);
+  out.dropped = h[E];
 
   // Stable sort keeps token order inside each expert's block.
-  auto order_N = std::get<1>(expert_N.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
-  auto source_N = slot_N.defined() ? slot_N.index_select(0, order_N) : order_N;
-  auto token_N = source_N.div(K, "floor");
-  auto x_ND = x_TD.index_select(0, token_N);
+  const auto order_N = std::get<1>(key_N.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false))
+                           .narrow(0, 0, T * K - out.dropped);
+  const auto token_N = order_N.div(K, "floor");
+  const auto x_ND = x_TD.index_select(0, token_N);
   torch::Tensor y_ND = run_blocks(x_ND, out.tokens_per_expert);
-  auto w_N1 = weight_N.index_select(0, order_N).unsqueeze(1).to(y_ND.scalar_type());
+  auto w_N1 = r.weights_TK.reshape(-1).index_select(0, order_N).unsqueeze(1).to(y_ND.scalar_type());
   out.y_TD = torch::zeros_like(x_TD).index_add(0, token_N, y_ND * w_N1);
   return out;
 }

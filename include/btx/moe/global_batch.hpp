@@ -31,7 +31,7 @@ struct LayerRouting {
   RoutingStats stats;
 };
 
-// Mean over tokens of the routing entropy -sum_e p_e log p_e, summed (not averaged).
+// The routing entropy -sum_e p_e log p_e of every token, summed (not averaged).
 inline torch::Tensor routing_entropy_sum(const RoutingResult& r) {
   torch::NoGradGuard no_grad;
   return -(r.probs_TE * torch::log_softmax(r.logits_TE, 1)).sum();
@@ -45,7 +45,7 @@ inline LayerRouting local_routing(const RoutingResult& r, const std::vector<int6
   out.stats.tokens_per_expert = torch::tensor(counts_E, torch::kLong);
   out.stats.dropped = dropped;
   out.stats.tokens = T;
-  out.stats.entropy = T == 0 ? 0.0 : routing_entropy_sum(r).item<double>() / double(T);
+  if (T > 0) out.stats.entropy_sum = routing_entropy_sum(r);
   if (aux.enabled() && T > 0) out.aux_loss = btx::aux_loss(r, aux);
   return out;
 }
@@ -57,26 +57,28 @@ inline LayerRouting global_routing(const RoutingResult& r, const std::vector<int
   const int64_t T = r.probs_TE.size(0);
   const auto [u_E, p_E] = balance_terms(r, aux.load_balance_form);
   // [sum u (E) | sum p (E) | tokens per expert (E) | T | dropped | entropy sum], in fp64.
-  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  // On the routing's device (a CUDA layer all-reduces over NCCL), read back once.
+  const auto f64 = r.probs_TE.options().dtype(torch::kFloat64);
   torch::Tensor sums;
   {
     torch::NoGradGuard no_grad;
     sums = torch::cat({u_E.detach().to(torch::kFloat64) * double(T),
                        p_E.detach().to(torch::kFloat64) * double(T),
-                       torch::tensor(counts_E, torch::kLong).to(torch::kFloat64),
+                       torch::tensor(counts_E, torch::kLong).to(f64),
                        torch::tensor({double(T), double(dropped)}, f64),
                        T == 0 ? torch::zeros({1}, f64)
                               : routing_entropy_sum(r).to(torch::kFloat64).reshape({1})});
   }
   ranks.all_reduce_sum(sums, "routing statistics of an MoE layer");
-  const double* s = sums.data_ptr<double>();
+  const torch::Tensor host = sums.cpu();
+  const double* s = host.data_ptr<double>();
   const double T_all = s[3 * E];
 
   LayerRouting out;
-  out.stats.tokens_per_expert = sums.narrow(0, 2 * E, E).round().to(torch::kLong);
+  out.stats.tokens_per_expert = host.narrow(0, 2 * E, E).round().to(torch::kLong);
   out.stats.tokens = int64_t(T_all);
   out.stats.dropped = int64_t(s[3 * E + 1]);
-  out.stats.entropy = T_all > 0 ? s[3 * E + 2] / T_all : 0.0;
+  out.stats.entropy_sum = host.narrow(0, 3 * E + 2, 1).reshape({});
   if (!aux.enabled() || T_all == 0) return out;
 
   const double c = double(ranks.size()) * double(T) / T_all;

@@ -33,19 +33,13 @@ inline torch::ScalarType routing_dtype(const torch::Tensor& x) {
 }
 
 // logits_TE = x_TD W^T in routing_dtype(x_TD), for a router weight w_ED [E, D]; throws
-// std::invalid_argument on a width mismatch and std::runtime_error on NaN/Inf logits, both
-// naming `where`.
+// std::invalid_argument naming `where` on a width mismatch. NaN/Inf logits are refused by
+// the MoE layer's dispatch, in the one host read of its forward (moe/dispatch.hpp).
 inline torch::Tensor router_logits(const torch::Tensor& x_TD, const torch::Tensor& w_ED,
                                    const char* where) {
   check_hidden(x_TD, w_ED.size(1), where);
   const auto dtype = routing_dtype(x_TD);
-  auto logits_TE = torch::mm(x_TD.to(dtype), w_ED.to(dtype).t());
-  if (logits_TE.numel() > 0 && !torch::isfinite(logits_TE).all().item<bool>()) {
-    throw std::runtime_error(std::string(where) +
-                             ": non-finite router logits (NaN or Inf); check the hidden states "
-                             "and the router weight `gate.weight` for NaN/Inf");
-  }
-  return logits_TE;
+  return torch::mm(x_TD.to(dtype), w_ED.to(dtype).t());
 }
 
 // Registers the router weight "weight" [E, D] of `m` with nn.Linear's default init
