@@ -8,6 +8,7 @@
 #include <string>
 
 #include <btx/moe/aux_loss.hpp>
+#include <btx/moe/experts/grouped_mm.hpp>
 #include <btx/moe/routers/temperature_schedule.hpp>
 #include <btx/version.hpp>
 
@@ -26,6 +27,7 @@ struct MoEOptions {
   uint64_t seed = 0;                     // Sample Top-1 noise; layer l uses seed + l
   bool soft_first_layer = false;         // Sample Top-1 only: layer 0 routes softly (BTX paper)
   int64_t hidden_size = 0;               // D, needed only when upcycling modules of unknown width
+  ExpertKernel expert_kernel = ExpertKernel::automatic;  // packed experts: grouped GEMMs or loop
 
   [[nodiscard]] AuxLossOptions aux() const {
     return AuxLossOptions{load_balance_alpha, load_balance_form, z_loss_coef};

@@ -52,8 +52,9 @@ inline torch::nn::AnyModule upcycle_block(const torch::nn::AnyModule& block,
                                           const MoEOptions& options, uint64_t layer_index) {
   const auto router = find_router(options.router);
   if (const auto* dense = dynamic_cast<const GatedFfnSource*>(block.ptr().get())) {
-    return router->make_layer(options, layer_index,
-                              PackedSwiGLU::copies_of(*dense, options.num_experts));
+    auto experts = PackedSwiGLU::copies_of(*dense, options.num_experts);
+    experts->set_kernel(options.expert_kernel);
+    return router->make_layer(options, layer_index, experts);
   }
   if (options.hidden_size <= 0) {
     throw std::invalid_argument(

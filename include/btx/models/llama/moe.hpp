@@ -36,6 +36,7 @@ inline FeedForwardFactory moe_feed_forward(MoEOptions options,
     auto gate = router->make_router(options, config.hidden_size, static_cast<uint64_t>(layer));
     auto experts = std::make_shared<PackedSwiGLU>(options.num_experts, config.hidden_size,
                                                   config.intermediate_size, activation);
+    experts->set_kernel(options.expert_kernel);
     return router->make_layer(gate, experts, options.aux());
   };
 }

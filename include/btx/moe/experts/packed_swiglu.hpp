@@ -3,6 +3,9 @@
 // (the fast path). SwiGLU by default; GeGLU (tanh GELU) for families that use it. Names and
 // layouts follow btx's MoE contract (= HF Mixtral's experts):
 //   gate_proj [E, F, D] (w1), up_proj [E, F, D] (w3), down_proj [E, D, F] (w2).
+// The sorted blocks run as three grouped GEMMs where this LibTorch supports them for the
+// device and dtype (experts/grouped_mm.hpp), else as one matmul chain per expert; the
+// kernel is selectable (set_kernel), and both give the same values and gradients.
 #pragma once
 
 #include <torch/torch.h>
@@ -15,6 +18,7 @@
 #include <vector>
 
 #include <btx/core/gated_ffn.hpp>
+#include <btx/moe/experts/grouped_mm.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -91,9 +95,46 @@ class PackedSwiGLU : public torch::nn::Cloneable<PackedSwiGLU> {
     return gated(x_ND, gate_proj[e], up_proj[e], down_proj[e]);
   }
 
-  // x_ND sorted by expert, counts[e] rows for expert e -> [N, D]. The weights are unbound
-  // once per call, so the backward stacks E gradients instead of adding E full-size ones.
+  // x_ND sorted by expert, counts[e] rows for expert e -> [N, D], by the kernel chosen.
   torch::Tensor run_sorted(const torch::Tensor& x_ND, const std::vector<int64_t>& counts) {
+    return uses_grouped_mm(x_ND) && x_ND.size(0) > 0 ? run_grouped(x_ND, counts)
+                                                     : run_loop(x_ND, counts);
+  }
+
+  // Grouped GEMMs where supported (automatic, the default), always, or never.
+  void set_kernel(ExpertKernel kernel) { kernel_ = kernel; }
+  [[nodiscard]] ExpertKernel kernel() const { return kernel_; }
+  // Whether run_sorted would use grouped GEMMs for x_ND's device and dtype; the grouped
+  // kernel where it cannot run is a std::invalid_argument naming why.
+  [[nodiscard]] bool uses_grouped_mm(const torch::Tensor& x_ND) const {
+    if (kernel_ == ExpertKernel::loop) return false;
+    const bool usable = grouped_mm_usable(x_ND, hidden_, inter_);
+    if (kernel_ == ExpertKernel::grouped && !usable) {
+      throw std::invalid_argument(
+          "btx::PackedSwiGLU: the grouped kernel cannot run here (at::_grouped_mm of " +
+          std::string(c10::toString(expert_compute_dtype(x_ND))) + " on " + x_ND.device().str() +
+          ", hidden " + std::to_string(hidden_) + ", intermediate " + std::to_string(inter_) +
+          "); use ExpertKernel::automatic or loop");
+    }
+    return usable;
+  }
+
+  // One grouped GEMM per projection over every expert's block.
+  torch::Tensor run_grouped(const torch::Tensor& x_ND, const std::vector<int64_t>& counts) {
+    const auto dtype = expert_compute_dtype(x_ND);
+    const auto offs = group_offsets(counts, x_ND.device());
+    const auto x = x_ND.to(dtype);
+    const auto w1_EDF = gate_proj.to(dtype).transpose(1, 2);
+    const auto w3_EDF = up_proj.to(dtype).transpose(1, 2);
+    const auto w2_EFD = down_proj.to(dtype).transpose(1, 2);
+    const auto h_NF = apply_gate_activation(at::_grouped_mm(x, w1_EDF, offs), act_) *
+                      at::_grouped_mm(x, w3_EDF, offs);
+    return at::_grouped_mm(h_NF, w2_EFD, offs);
+  }
+
+  // One matmul chain per expert. The weights are unbound once per call, so the backward
+  // stacks E gradients instead of adding E full-size ones.
+  torch::Tensor run_loop(const torch::Tensor& x_ND, const std::vector<int64_t>& counts) {
     auto g = gate_proj.unbind(0), u = up_proj.unbind(0), d = down_proj.unbind(0);
     std::vector<torch::Tensor> out;
     out.reserve(counts.size());
@@ -126,6 +167,7 @@ class PackedSwiGLU : public torch::nn::Cloneable<PackedSwiGLU> {
   int64_t experts_;  // at construction (reset() builds this many)
   int64_t hidden_, inter_;
   GateActivation act_;
+  ExpertKernel kernel_ = ExpertKernel::automatic;
 };
 
 BTX_NAMESPACE_END
