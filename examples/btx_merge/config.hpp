@@ -15,6 +15,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <btx/core/device.hpp>
+
 namespace btx::merge_tool {
 
 struct ExpertEntry {
@@ -38,6 +40,7 @@ struct MergeConfig {
   uint64_t seed = 0;
   uint64_t max_shard_size = 5'000'000'000;
   double router_aux_loss_coef = 0.02;
+  std::string device = "cpu";  // where averaging and stacking compute (cpu, cuda, cuda:N)
 
   // The averagings that merge task vectors against base_model (trunk_merging.hpp).
   [[nodiscard]] bool merges_task_vectors() const {
@@ -82,6 +85,8 @@ inline constexpr const char* kConfigHelp = R"(CONFIG keys (YAML or JSON; unknown
                             bytes per safetensors shard (also "500MB", "2GB", "1GiB")
   router_aux_loss_coef: 0.02
                             written to config.json (transformers' load-balancing weight)
+  device: cpu               where averaging and stacking compute: cpu, cuda or cuda:N
+                            (tensors are read from disk and written from the CPU)
 Relative paths are relative to the current directory (as in mergekit).
 )";
 
@@ -159,7 +164,8 @@ inline MergeConfig parse_merge_config(const nlohmann::json& j) {
                                               "include_base_as_expert",
                                               "seed",
                                               "max_shard_size",
-                                              "router_aux_loss_coef"};
+                                              "router_aux_loss_coef",
+                                              "device"};
   for (const auto& [key, value] : j.items()) {
     if (!known.count(key)) {
       throw key_error(key, "unknown key (btx-merge --help lists the keys it reads)");
@@ -187,6 +193,14 @@ inline MergeConfig parse_merge_config(const nlohmann::json& j) {
   }
   if (j.contains("dtype"))
     c.dtype = one_of(j["dtype"], "dtype", {"float32", "float16", "bfloat16"});
+  if (j.contains("device")) {
+    c.device = get_string(j["device"], "device");
+    try {
+      (void)parse_device(c.device);  // a device this machine lacks: an error before any work
+    } catch (const std::invalid_argument& e) {
+      throw key_error("device", e.what());
+    }
+  }
   if (j.contains("weights")) {
     if (!j["weights"].is_array() || j["weights"].empty()) {
       throw key_error("weights", "must be a non-empty list of numbers, one per source");

@@ -225,8 +225,8 @@ int run(const MergeConfig& c, const fs::path& out_dir, bool force) {
     if (!fs::exists(d / "config.json")) throw InputError(d.string() + " has no config.json");
   }
   check_same_model_family(all);
-  std::vector<merge::CheckpointSource> sources;
-  for (const auto& d : dirs) sources.emplace_back(d);
+  const torch::Device device = parse_device(c.device);
+  std::vector<merge::CheckpointSource> sources = merge::checkpoint_sources(dirs, device);
   {  // the base's tensors too, when it is not a source
     std::vector<merge::CheckpointSource> with_base = {merge::CheckpointSource(base)};
     with_base.insert(with_base.end(), sources.begin(), sources.end());
@@ -261,7 +261,7 @@ int run(const MergeConfig& c, const fs::path& out_dir, bool force) {
   } else if (c.averaging.rfind("dare_", 0) == 0) {
     averaging = merge::Dare{c.density, c.lambda, c.seed, c.averaging == "dare_ties", c.weights};
   }
-  const merge::CheckpointSource base_source(base);
+  const merge::CheckpointSource base_source = merge::CheckpointSource(base).on(device);
   Router router = merge::RouterNormal{0.02, c.seed};
   if (c.gate_mode == "zero") router = merge::RouterZero{};
   if (c.gate_mode == "hidden") {

@@ -19,6 +19,7 @@
 #include <btx/recipe/run.hpp>
 #include <btx/recipe/topology.hpp>
 #include <btx/recipe/train_stage.hpp>
+#include <btx/train/precision.hpp>
 
 namespace btx::pipeline {
 
@@ -51,6 +52,8 @@ struct PipelineConfig {
   int64_t log_every = 20;
   int64_t checkpoint_every = 50;      // training checkpoints per stage (0: none); reruns resume
   recipe::Topology topology;          // ranks per expert and per synchronous stage
+  std::string device = "cpu";         // where the stages train and evaluate: cpu, cuda, cuda:N
+  std::string precision = "fp32";     // fp32 | bf16-mixed | bf16
   int64_t fail_expert = -1;           // fault injection: this expert index ...
   int64_t fail_step = -1;             // ... aborts at this step (tests of isolated failures)
   int64_t fail_rank = 0;              // ... on this rank of its group ...
@@ -197,6 +200,8 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
                           "math_problems",
                           "log_every",
                           "checkpoint_every",
+                          "device",
+                          "precision",
                           "ranks_per_expert",
                           "ranks_per_stage",
                           "expert_worlds",
@@ -255,6 +260,8 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
   read(j, "math_problems", c.math_problems, top);
   read(j, "log_every", c.log_every, top);
   read(j, "checkpoint_every", c.checkpoint_every, top);
+  read(j, "device", c.device, top);
+  read(j, "precision", c.precision, top);
   read(j, "ranks_per_expert", c.topology.ranks_per_expert, top);
   read(j, "ranks_per_stage", c.topology.ranks_per_stage, top);
   if (j.contains("expert_worlds")) {
@@ -268,6 +275,15 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
   read(j, "fail_rank", c.fail_rank, top);
   read(j, "fail_signal", c.fail_signal, top);
   return c;
+}
+
+// Where and in what precision the stages train and evaluate (checked against this machine).
+inline Placement placement(const PipelineConfig& c) {
+  try {
+    return {parse_device(c.device), parse_precision(c.precision)};
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(std::string("config: ") + e.what());
+  }
 }
 
 // Everything that can be checked before training starts; `seed` is the seed's shape
@@ -316,6 +332,7 @@ inline void validate(const PipelineConfig& c, const ArchShape& seed) {
     throw std::invalid_argument("config: averaging_lambda must be finite");
   }
   c.topology.validate(c.batch_size);
+  (void)placement(c);  // a device this machine lacks fails here, before any work
   if (c.fail_signal != "abort" && c.fail_signal != "kill") {
     throw std::invalid_argument("config: fail_signal '" + c.fail_signal + "' is not abort or kill");
   }
@@ -385,6 +402,8 @@ inline nlohmann::json to_json(const PipelineConfig& c) {
           {"math_problems", c.math_problems},
           {"log_every", c.log_every},
           {"checkpoint_every", c.checkpoint_every},
+          {"device", c.device},
+          {"precision", c.precision},
           {"ranks_per_expert", c.topology.ranks_per_expert},
           {"ranks_per_stage", c.topology.ranks_per_stage},
           {"expert_worlds", recipe::to_string(c.topology.expert_worlds)},

@@ -71,7 +71,7 @@ inline RoutingShares routing_analysis(const PipelineRun& run, const CausalLM& mo
         std::min<int64_t>(run.config.eval_windows, (d.eval_tokens.numel() - 1) / T);
     for (int64_t w = 0; w < windows; ++w) {
       auto ids = d.eval_tokens.slice(0, w * T, w * T + T).to(torch::kInt64).unsqueeze(0);
-      (void)model.forward(ids);
+      (void)model.forward(ids.to(placement(run.config).device));
       auto layers = moe_layers(model.module());
       if (counts.empty())
         counts.assign(layers.size(), torch::zeros({run.num_experts()}, torch::kDouble));
@@ -97,9 +97,11 @@ inline std::vector<Evaluated> evaluate_all(const PipelineRun& run) {
   const auto load_moe = [&](const std::string& stage, const std::string& router) {
     return recipe::load_stage_model(run.run, stage, run.moe_options(router));
   };
-  const auto logits_of = [](const CausalLM& m) -> LogitsFn {
+  const auto device = placement(run.config).device;
+  const auto logits_of = [device](const CausalLM& m) -> LogitsFn {
     m.eval();
-    return [m](const torch::Tensor& ids) { return m.forward(ids); };
+    m.module().to(device);
+    return [m, device](const torch::Tensor& ids) { return m.forward(ids.to(device)); };
   };
   out.push_back({score(run, "seed", "the seed model alone", logits_of(load("seed"))), {}});
   std::vector<std::string> expert_stages;
@@ -122,10 +124,12 @@ inline std::vector<Evaluated> evaluate_all(const PipelineRun& run) {
     std::vector<CausalLM> members;
     for (const auto& d : run.domain_names()) members.push_back(load(expert_stage(d)));
     members.push_back(load("seed"));
+    for (auto& m : members) m.module().to(device);
     merge::BtmEnsemble<CausalLM> ensemble(members);
-    out.push_back({score(run, "BTM ensemble", "experts + seed, domain-posterior weighted",
-                         [&](const torch::Tensor& ids) { return ensemble.forward(ids); }),
-                   {}});
+    out.push_back(
+        {score(run, "BTM ensemble", "experts + seed, domain-posterior weighted",
+               [&](const torch::Tensor& ids) { return ensemble.forward(ids.to(device)); }),
+         {}});
     add_compute(out.back().result, run, expert_stages);
     const auto up = load_moe(recipe::kUpcycleStage, run.config.router);
     out.push_back({score(run, "sparse upcycling", "MoE of seed copies, finetuned at BTX's compute",

@@ -77,6 +77,10 @@ CONFIG (YAML or JSON) overrides any of these keys (unknown keys are errors):
   baselines (true), eval_windows, math_problems
   checkpoint_every (50; quick: 10): every training stage checkpoints into
     <run>/<stage>/checkpoints/ and a rerun resumes from there (0: no checkpoints)
+  device: cpu | cuda | cuda:N (cpu), precision: fp32 | bf16-mixed | bf16 (fp32): where and
+    how every stage trains and the report evaluates (bf16-mixed: fp32 weights and AdamW
+    state, bf16 matmuls; bf16: bf16 weights and state); a device this machine lacks is an
+    error before any work
   ranks_per_expert (1): each expert trains data-parallel on a group of this many ranks;
     expert_worlds: per_expert (one job per expert) | shared (one world split into groups)
   ranks_per_stage (1): ranks of each synchronous stage (btx-R finetune, dense, upcycle)
@@ -151,7 +155,10 @@ bp::PipelineRun reopen_run(const fs::path& run_dir) {
 CausalLM seed_stage(const bp::PipelineRun& p) {
   if (p.config.seed_checkpoint.empty()) {
     CausalLM seed = recipe::make_stage_model(p.seed_spec);
-    recipe::train_stage(p.run, "seed", seed, p.mixture_sampler(0), p.config.seed_stage);
+    recipe::StageOptions options;
+    options.hooks = btx::placed(bp::placement(p.config));
+    recipe::train_stage(p.run, "seed", seed, p.mixture_sampler(0), p.config.seed_stage, options);
+    seed.module().to(torch::kCPU);  // Branch and MiX work on the CPU, from the checkpoints
     return seed;
   }
   if (p.run.skip_if_done("seed")) return recipe::load_stage_model(p.run, "seed");
@@ -164,10 +171,10 @@ CausalLM seed_stage(const bp::PipelineRun& p) {
 
 // ------------------------------------------------ the worker kinds (one process each)
 // The training hooks of a stage on this process's world (data-parallel when the launcher
-// started several ranks).
-recipe::StageOptions on_ranks(btx::dist::Communicator& ranks) {
+// started several ranks), on the configured device and precision.
+recipe::StageOptions on_ranks(const bp::PipelineRun& p, btx::dist::Communicator& ranks) {
   recipe::StageOptions options;
-  options.hooks = recipe::stage_hooks(ranks);
+  options.hooks = recipe::stage_hooks(ranks, btx::placed(bp::placement(p.config)));
   options.record["ranks"] = ranks.size();  // stage.json says how it was trained
   return options;
 }
@@ -185,7 +192,7 @@ void train_expert_on(const bp::PipelineRun& p, int64_t i, btx::dist::Communicato
   }
   const std::string name = p.corpus.domains[size_t(i)].name;
   auto expert = recipe::branched_expert(p.run, recipe::load_stage_model(p.run, "seed"), name);
-  recipe::StageOptions options = on_ranks(ranks);
+  recipe::StageOptions options = on_ranks(p, ranks);
   if (p.config.fail_expert == i && p.config.fail_rank == ranks.rank()) {
     options.on_step = [&config = p.config, name](int64_t step) {
       if (step != config.fail_step) return;
@@ -218,7 +225,7 @@ void finetune_worker(const recipe::WorkerArgs& a) {
   const auto p = reopen_run(a.run_dir);
   auto world = recipe::join_world(p.config.topology);
   recipe::finetune_mix(p.run, p.moe_options(a.value_or("router", p.config.router)),
-                       p.mixture_sampler(100), p.config.finetune_stage, on_ranks(world));
+                       p.mixture_sampler(100), p.config.finetune_stage, on_ranks(p, world));
 }
 
 // Baseline: dense continued training of the seed on the mixture at BTX's compute.
@@ -226,7 +233,7 @@ void dense_worker(const recipe::WorkerArgs& a) {
   const auto p = reopen_run(a.run_dir);
   auto world = recipe::join_world(p.config.topology);
   recipe::dense_baseline(p.run, recipe::load_stage_model(p.run, "seed"), p.mixture_sampler(200),
-                         p.config.expert_stage, p.btx_budget_flops(), on_ranks(world));
+                         p.config.expert_stage, p.btx_budget_flops(), on_ranks(p, world));
 }
 
 // Baseline: sparse upcycling (an MoE of seed copies) finetuned with BTX's whole budget.
@@ -236,7 +243,7 @@ void upcycle_worker(const recipe::WorkerArgs& a) {
   recipe::upcycle_baseline(p.run, recipe::load_stage_model(p.run, "seed"),
                            p.moe_options(p.config.router), p.mixture_sampler(300),
                            p.config.finetune_stage, p.btx_budget_flops(), p.config.seed + 17,
-                           on_ranks(world));
+                           on_ranks(p, world));
 }
 
 const recipe::WorkerTable& workers() {

@@ -5,6 +5,9 @@
 //   btx-interop copy IN.safetensors OUT.safetensors               btx reader -> btx writer
 //   btx-interop save-moe OUT_DIR SEED EXPERTS TOP_K               MoE-contract model -> Mixtral
 //   btx-interop load-moe CKPT_DIR OUT.safetensors                 Mixtral -> btx params (dumped)
+//   btx-interop train-bf16 OUT_DIR MOE(0|1) IDS.safetensors OUT.safetensors
+//                                  a tiny Llama (or Mixtral) trained 20 steps in bf16 mixed
+//                                  precision, saved in bf16; its bf16 logits on IDS
 // `logits` builds the model config.json names (a Mixtral with btx's real MoE module); the
 // save-moe/load-moe commands use a stand-in block with the MoE naming contract's parameters
 // (btx's own MoE module is not needed to check names, shapes and expert packing).
@@ -21,6 +24,10 @@
 #include <btx/io/safetensors_writer.hpp>
 #include <btx/models/auto.hpp>
 #include <btx/models/llama/checkpoint.hpp>
+#include <btx/models/llama/moe.hpp>
+#include <btx/moe/moe_layer.hpp>
+#include <btx/train/precision.hpp>
+#include <btx/train/trainer.hpp>
 
 #include "../test_support.hpp"
 
@@ -31,7 +38,8 @@ int usage() {
                "       btx-interop save-llama OUT_DIR SEED TIED(0|1) MAX_SHARD_BYTES\n"
                "       btx-interop copy IN.safetensors OUT.safetensors\n"
                "       btx-interop save-moe OUT_DIR SEED EXPERTS TOP_K\n"
-               "       btx-interop load-moe CKPT_DIR OUT.safetensors\n";
+               "       btx-interop load-moe CKPT_DIR OUT.safetensors\n"
+               "       btx-interop train-bf16 OUT_DIR MOE(0|1) IDS.safetensors OUT.safetensors\n";
   return 2;
 }
 
@@ -111,6 +119,31 @@ int main(int argc, char** argv) {
       std::map<std::string, torch::Tensor> params;
       for (const auto& p : model->named_parameters()) params[p.key()] = p.value().detach();
       btx::io::save_safetensors(argv[3], params);
+      return 0;
+    }
+    if (cmd == "train-bf16" && argc == 6) {
+      torch::manual_seed(5);
+      const auto config = tiny_config(false);
+      const bool moe = std::string(argv[3]) == "1";
+      const btx::hf::MoEConfig mixtral{4, 2, 0.02};
+      btx::LlamaForCausalLM model =
+          moe ? btx::LlamaForCausalLM(config,
+                                      btx::moe_feed_forward(btx::mixtral_moe_options(mixtral)))
+              : btx::LlamaForCausalLM(config);
+      auto stream = torch::randint(0, config.vocab_size, {4096}, torch::kInt32);
+      btx::WindowSampler sampler({stream}, {}, 16, 1);
+      btx::TrainHooks hooks = btx::placed({torch::kCPU, btx::Precision::bf16_mixed});
+      if (moe) hooks.aux_loss = [&] { return btx::collect_aux_loss(*model); };
+      btx::train_causal_lm(model, sampler, {.stage = "bf16", .steps = 20, .batch_size = 4}, hooks);
+      btx::hf::SaveOptions opts;
+      opts.dtype = torch::kBFloat16;
+      if (moe) opts.moe = mixtral;
+      btx::hf::save_hf_checkpoint(*model, config, argv[2], opts);
+      model->to(torch::kBFloat16);
+      model->eval();
+      auto ids = btx::io::SafetensorsFile(argv[4]).tensor("ids").to(torch::kInt64);
+      torch::NoGradGuard no_grad;
+      btx::io::save_safetensors(argv[5], {{"logits", model->forward(ids).contiguous()}});
       return 0;
     }
     return usage();

@@ -60,7 +60,8 @@ inline void pread_exact(const std::filesystem::path& file, void* dst, uint64_t n
 // validated by io::CheckpointReader when constructed). load(name) reads that tensor's bytes
 // with pread into fresh memory rather than viewing the memory map: the pages of tensors
 // already merged are then page cache, not this process's resident memory, so a streaming
-// merge's peak RSS stays near the tensors it holds at once.
+// merge's peak RSS stays near the tensors it holds at once. on(device) makes a source
+// whose tensors arrive on that device, so a merge computes there (btx-merge's `device`).
 class CheckpointSource {
  public:
   // label: how errors name this source (default: the folder path).
@@ -82,12 +83,18 @@ class CheckpointSource {
     const auto& file = reader_->file_of(name);
     const auto& info = file.info(name);
     auto out = torch::empty(info.shape, torch::TensorOptions().dtype(info.dtype.type));
-    if (info.end == info.begin) return out;
+    if (info.end == info.begin) return out.to(device_);
     uint64_t header = 0;
     detail::pread_exact(file.path(), &header, 8, 0);
     detail::pread_exact(file.path(), out.data_ptr(), info.end - info.begin,
                         8 + header + info.begin);
-    return out;
+    return out.to(device_);
+  }
+  // This source with its tensors loaded onto `device`.
+  [[nodiscard]] CheckpointSource on(torch::Device device) const {
+    CheckpointSource copy = *this;
+    copy.device_ = device;
+    return copy;
   }
   [[nodiscard]] const io::CheckpointReader& reader() const { return *reader_; }
   [[nodiscard]] std::filesystem::path dir() const { return reader_->dir(); }
@@ -95,15 +102,16 @@ class CheckpointSource {
  private:
   std::shared_ptr<const io::CheckpointReader> reader_;
   std::string label_;
+  torch::Device device_ = torch::kCPU;
 };
 static_assert(TensorSource<CheckpointSource>);
 
-// One source per folder, each labelled by its path.
+// One source per folder, each labelled by its path, loading onto `device`.
 inline std::vector<CheckpointSource> checkpoint_sources(
-    const std::vector<std::filesystem::path>& dirs) {
+    const std::vector<std::filesystem::path>& dirs, torch::Device device = torch::kCPU) {
   std::vector<CheckpointSource> out;
   out.reserve(dirs.size());
-  for (const auto& d : dirs) out.emplace_back(d);
+  for (const auto& d : dirs) out.push_back(CheckpointSource(d).on(device));
   return out;
 }
 

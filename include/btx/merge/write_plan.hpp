@@ -115,7 +115,8 @@ inline WriteStats write_plan(const Plan& plan, const nlohmann::ordered_json& con
   }
   return hf::write_hf_folder(
       dir, config_json, plan_decls(plan),
-      [&plan](const std::string& name) { return plan.compute(name); }, family.name_map(), w);
+      // Computed wherever the sources are (a GPU with btx-merge's `device`), written from the CPU.
+      [&plan](const std::string& name) { return plan.compute(name).cpu(); }, family.name_map(), w);
 }
 
 }  // namespace merge

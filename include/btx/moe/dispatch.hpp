@@ -100,8 +100,11 @@ DispatchOutput dispatch_combine(const torch::Tensor& x_TD, const RoutingResult& 
   const auto token_N = order_N.div(K, "floor");
   const auto x_ND = x_TD.index_select(0, token_N);
   torch::Tensor y_ND = run_blocks(x_ND, out.tokens_per_expert);
-  auto w_N1 = r.weights_TK.reshape(-1).index_select(0, order_N).unsqueeze(1).to(y_ND.scalar_type());
-  out.y_TD = torch::zeros_like(x_TD).index_add(0, token_N, y_ND * w_N1);
+  // The experts may compute in another dtype than x_TD's (bf16 under autocast): the
+  // weighted sum is taken in x_TD's.
+  const auto dtype = x_TD.scalar_type();
+  const auto w_N1 = r.weights_TK.reshape(-1).index_select(0, order_N).unsqueeze(1).to(dtype);
+  out.y_TD = torch::zeros_like(x_TD).index_add(0, token_N, y_ND.to(dtype) * w_N1);
   return out;
 }
 

@@ -35,10 +35,13 @@ inline torch::ScalarType routing_dtype(const torch::Tensor& x) {
 // logits_TE = x_TD W^T in routing_dtype(x_TD), for a router weight w_ED [E, D]; throws
 // std::invalid_argument naming `where` on a width mismatch. NaN/Inf logits are refused by
 // the MoE layer's dispatch, in the one host read of its forward (moe/dispatch.hpp).
+// Autocast (bf16 mixed precision) is off inside: routing decisions and the softmax stay in
+// fp32 whatever the rest of the forward computes in.
 inline torch::Tensor router_logits(const torch::Tensor& x_TD, const torch::Tensor& w_ED,
                                    const char* where) {
   check_hidden(x_TD, w_ED.size(1), where);
   const auto dtype = routing_dtype(x_TD);
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   return torch::mm(x_TD.to(dtype), w_ED.to(dtype).t());
 }
 

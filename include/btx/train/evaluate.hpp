@@ -42,7 +42,7 @@ inline EvalResult evaluate_loss(const LogitsFn& logits_fn, const torch::Tensor& 
     auto ids = torch::stack(rows).to(torch::kInt64);
     auto logits = logits_fn(ids.slice(1, 0, seq_len)).to(torch::kFloat32);
     auto nll = torch::nn::functional::cross_entropy(
-        logits.reshape({-1, logits.size(-1)}), ids.slice(1, 1).reshape({-1}),
+        logits.reshape({-1, logits.size(-1)}), ids.slice(1, 1).reshape({-1}).to(logits.device()),
         torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
     total += nll.item<double>();
     count += nb * seq_len;

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // The seams of the training loop (btx/train/trainer.hpp): what it optimizes with and what
-// it minimizes, and the points where placement (device, dtype) and gradient
-// synchronisation (a data-parallel all-reduce) plug in. Every field has a default that
+// it minimizes, and the points where placement and precision (btx/train/precision.hpp) and
+// gradient synchronisation (btx/parallel/data_parallel.hpp) plug in. Every field has a default that
 // trains on the model's own device with AdamW and the next-token loss, in one process.
 #pragma once
 
@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,9 @@ using GradientHook = std::function<void(const std::vector<torch::Tensor>& parame
 // Checks a run's options against what the hooks can do, after place_model; throws
 // std::invalid_argument naming what does not fit.
 using OptionsCheck = std::function<void(const TrainOptions& options)>;
+// Entered before each forward and left (the returned object destroyed) after the loss,
+// before backward: e.g. an autocast region (btx/train/precision.hpp).
+using ForwardScope = std::function<std::shared_ptr<void>()>;
 // Called before each step of `stage` (0-based `step`), before its batch is drawn.
 using StepHook = std::function<void(const std::string& stage, int64_t step)>;
 
@@ -49,6 +53,7 @@ struct TrainHooks {
   AuxLoss aux_loss;                              // empty: none
   ModelPlacement place_model;                    // empty: the model stays where it is
   BatchPlacement place_batch;                    // empty: batches stay on the CPU
+  ForwardScope forward_scope;                    // empty: the forward as it is
   OptionsCheck check_options;                    // empty: everything fits
   StepHook before_step;                          // empty: nothing
   GradientHook after_backward;                   // empty: gradients as backward left them

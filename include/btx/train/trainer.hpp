@@ -135,12 +135,16 @@ class TrainLoop {
     torch::Tensor batch = sampler_.batch(state_.next_batch, options_.batch_size);
     if (hooks_.place_batch) batch = hooks_.place_batch(batch);
     opt_->zero_grad();
-    const torch::Tensor logits_BSV = model_->forward(batch.slice(1, 0, S_));
-    const torch::Tensor loss = hooks_.loss(logits_BSV, batch.slice(1, 1, S_ + 1));
-    torch::Tensor total = loss;
-    if (hooks_.aux_loss) {
-      auto aux = hooks_.aux_loss();
-      if (aux.defined()) total = total + aux;
+    torch::Tensor loss, total;
+    {
+      const auto scope = hooks_.forward_scope ? hooks_.forward_scope() : nullptr;
+      const torch::Tensor logits_BSV = model_->forward(batch.slice(1, 0, S_));
+      loss = hooks_.loss(logits_BSV, batch.slice(1, 1, S_ + 1));
+      total = loss;
+      if (hooks_.aux_loss) {
+        auto aux = hooks_.aux_loss();
+        if (aux.defined()) total = total + aux;
+      }
     }
     double loss_value = loss.item<double>();
     double total_value = total.item<double>();

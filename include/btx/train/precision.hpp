@@ -1,0 +1,111 @@
+// SPDX-License-Identifier: MIT
+// Where and in what precision training runs: a device (cpu, cuda, cuda:N) and a precision
+// (fp32; bf16 mixed precision: fp32 master weights and optimizer state, matmuls in bf16
+// under LibTorch's autocast; pure bf16: bf16 weights and optimizer state). placed() fills
+// the trainer's seams with it. A device this machine does not have is refused when it is
+// parsed (core/device.hpp), before any work starts. Routing math stays fp32 under autocast
+// (moe/router_helpers.hpp), as do the losses (autocast runs log_softmax in fp32).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <ATen/autocast_mode.h>
+
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include <btx/core/device.hpp>
+#include <btx/train/hooks.hpp>
+#include <btx/version.hpp>
+
+namespace btx {
+BTX_NAMESPACE_BEGIN
+
+enum class Precision {
+  fp32,        // everything fp32
+  bf16_mixed,  // fp32 weights and optimizer state, bf16 matmuls (autocast)
+  bf16         // bf16 weights, optimizer state and compute
+};
+
+inline Precision parse_precision(const std::string& name) {
+  if (name == "fp32") return Precision::fp32;
+  if (name == "bf16-mixed" || name == "bf16_mixed") return Precision::bf16_mixed;
+  if (name == "bf16") return Precision::bf16;
+  throw std::invalid_argument("precision '" + name + "' is not one of fp32, bf16-mixed, bf16");
+}
+
+inline std::string precision_name(Precision p) {
+  switch (p) {
+    case Precision::fp32:
+      return "fp32";
+    case Precision::bf16_mixed:
+      return "bf16-mixed";
+    case Precision::bf16:
+      return "bf16";
+  }
+  return "?";
+}
+
+struct Placement {
+  torch::Device device = torch::kCPU;
+  Precision precision = Precision::fp32;
+};
+
+namespace detail {
+
+// Autocast to bf16 on `device`'s type for one forward (and the loss), restored after.
+class AutocastRegion {
+ public:
+  explicit AutocastRegion(torch::DeviceType type)
+      : type_(type),
+        was_enabled_(at::autocast::is_autocast_enabled(type)),
+        was_dtype_(at::autocast::get_autocast_dtype(type)) {
+    at::autocast::set_autocast_dtype(type_, torch::kBFloat16);
+    at::autocast::set_autocast_enabled(type_, true);
+    at::autocast::increment_nesting();
+  }
+  AutocastRegion(const AutocastRegion&) = delete;
+  AutocastRegion& operator=(const AutocastRegion&) = delete;
+  ~AutocastRegion() {
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    at::autocast::set_autocast_enabled(type_, was_enabled_);
+    at::autocast::set_autocast_dtype(type_, was_dtype_);
+  }
+
+ private:
+  torch::DeviceType type_;
+  bool was_enabled_;
+  torch::ScalarType was_dtype_;
+};
+
+}  // namespace detail
+
+// `hooks` with the model and every batch moved to `placement.device` (the user's own
+// placement runs first) and the precision applied: bf16 casts the model's weights (its
+// optimizer then keeps bf16 state), bf16-mixed runs each forward under bf16 autocast.
+inline TrainHooks placed(const Placement& placement, TrainHooks hooks = {}) {
+  const auto device = placement.device;
+  const auto precision = placement.precision;
+  hooks.place_model = [device, precision,
+                       user = std::move(hooks.place_model)](torch::nn::Module& m) {
+    if (user) user(m);
+    m.to(device);
+    if (precision == Precision::bf16) m.to(torch::kBFloat16);
+  };
+  hooks.place_batch = [device, user = std::move(hooks.place_batch)](const torch::Tensor& ids_BS) {
+    const auto mine = user ? user(ids_BS) : ids_BS;
+    return mine.to(device);
+  };
+  if (precision == Precision::bf16_mixed) {
+    hooks.forward_scope = [type = device.type()] {
+      return std::shared_ptr<void>(std::make_shared<detail::AutocastRegion>(type));
+    };
+  }
+  return hooks;
+}
+
+BTX_NAMESPACE_END
+}  // namespace btx
