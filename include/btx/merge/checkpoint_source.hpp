@@ -82,7 +82,8 @@ class CheckpointSource {
   [[nodiscard]] torch::Tensor load(const std::string& name) const {
     const auto& file = reader_->file_of(name);
     const auto& info = file.info(name);
-    auto out = torch::empty(info.shape, torch::TensorOptions().dtype(info.dtype.type));
+    // Read into host memory (pread needs it), then moved to the compute device.
+    auto out = torch::empty(info.shape, torch::dtype(info.dtype.type).device(torch::kCPU));
     if (info.end == info.begin) return out.to(device_);
     uint64_t header = 0;
     detail::pread_exact(file.path(), &header, 8, 0);

@@ -84,9 +84,10 @@ inline torch::Tensor add_relative_noise(const torch::Tensor& w, double relative_
                                         uint64_t seed) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   auto w32 = w.to(torch::kFloat32);
-  auto noise =
-      torch::randn(w.sizes(), gen, torch::kFloat32) * (relative_std * w32.std().item<double>());
-  return (w32 + noise).to(w.scalar_type());
+  // Drawn on the CPU whatever w's device, so the same merge adds the same noise anywhere.
+  auto noise = torch::randn(w.sizes(), gen, torch::dtype(torch::kFloat32).device(torch::kCPU))
+                   .to(w.device());
+  return (w32 + noise * (relative_std * w32.std())).to(w.scalar_type());
 }
 
 // `base`: the seed the sources branched from, for averaging policies that merge task

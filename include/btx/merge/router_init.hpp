@@ -62,7 +62,10 @@ struct RouterNormal {
   [[nodiscard]] torch::Tensor init(int64_t layer, const std::vector<int64_t>& src, int64_t hidden,
                                    torch::ScalarType dtype) const {
     auto gen = at::make_generator<at::CPUGeneratorImpl>(seed * 1000003ULL + uint64_t(layer));
-    auto w = torch::randn({int64_t(src.size()), hidden}, gen, torch::kFloat32) * std;
+    // On the CPU: a router's initial weights depend on the seed, not on the compute device.
+    auto w = torch::randn({int64_t(src.size()), hidden}, gen,
+                          torch::dtype(torch::kFloat32).device(torch::kCPU)) *
+             std;
     return w.to(dtype);
   }
 };
@@ -74,7 +77,7 @@ struct RouterZero {
   void validate(size_t, int64_t, int64_t) const {}
   [[nodiscard]] torch::Tensor init(int64_t, const std::vector<int64_t>& src, int64_t hidden,
                                    torch::ScalarType dtype) const {
-    return torch::zeros({int64_t(src.size()), hidden}, dtype);
+    return torch::zeros({int64_t(src.size()), hidden}, torch::dtype(dtype).device(torch::kCPU));
   }
 };
 
@@ -213,8 +216,8 @@ struct RouterRowPerSource {
       row_of_expert.push_back(int64_t(it - unique.begin()));
       if (it == unique.end()) unique.push_back(s);
     }
-    return inner.init(layer, unique, hidden, dtype)
-        .index_select(0, torch::tensor(row_of_expert, torch::kInt64));
+    const auto rows = inner.init(layer, unique, hidden, dtype);
+    return rows.index_select(0, torch::tensor(row_of_expert, torch::kInt64).to(rows.device()));
   }
 };
 static_assert(RouterInit<RouterRowPerSource<RouterNormal>>);

@@ -121,7 +121,7 @@ inline torch::Tensor drop_and_rescale(const torch::Tensor& tau, double density, 
       at::make_generator<at::CPUGeneratorImpl>(fnv1a64(name) ^ (seed * 0x9E3779B97F4A7C15ULL) ^
                                                (uint64_t(source) + 1) * 0xBF58476D1CE4E5B9ULL);
   // Drawn on the CPU whatever tau's device: the same merge drops the same entries anywhere.
-  const auto keep = torch::rand(tau.sizes(), gen, torch::TensorOptions().dtype(torch::kFloat32))
+  const auto keep = torch::rand(tau.sizes(), gen, torch::dtype(torch::kFloat32).device(torch::kCPU))
                         .lt(density)
                         .to(tau.device(), tau.scalar_type());
   return tau * keep / density;

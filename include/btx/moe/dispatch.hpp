@@ -13,6 +13,7 @@
 #include <vector>
 
 #include <btx/core/concepts.hpp>
+#include <btx/core/host_read.hpp>
 #include <btx/core/routing.hpp>
 #include <btx/version.hpp>
 
@@ -69,15 +70,12 @@ DispatchOutput dispatch_combine(const torch::Tensor& x_TD, const RoutingResult& 
   const auto long_options = expert_N.options().dtype(torch::kLong);
   const auto zero = torch::zeros({1}, long_options);
   const bool any = expert_N.numel() > 0;
-  const auto host =
-      torch::cat({torch::zeros({E + 1}, long_options)
-                      .index_add_(0, key_N.clamp(0, E), torch::ones_like(key_N)),
-                  any ? expert_N.min().reshape({1}) : zero,
-                  any ? expert_N.max().reshape({1}) : zero,
-                  r.logits_TE.defined()
-                      ? (~torch::isfinite(r.logits_TE)).any().reshape({1}).to(long_options)
-                      : zero})
-          .cpu();
+  const auto host = read_to_host(torch::cat(
+      {torch::zeros({E + 1}, long_options)
+           .index_add_(0, key_N.clamp(0, E), torch::ones_like(key_N)),
+       any ? expert_N.min().reshape({1}) : zero, any ? expert_N.max().reshape({1}) : zero,
+       r.logits_TE.defined() ? (~torch::isfinite(r.logits_TE)).any().reshape({1}).to(torch::kLong)
+                             : zero}));
   const int64_t* h = host.data_ptr<int64_t>();
   if (h[E + 3] != 0) {
     throw std::runtime_error(

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include <btx/core/collectives.hpp>
+#include <btx/core/host_read.hpp>
 #include <btx/core/routing.hpp>
 #include <btx/moe/aux_loss.hpp>
 #include <btx/version.hpp>
@@ -70,7 +71,7 @@ inline LayerRouting global_routing(const RoutingResult& r, const std::vector<int
                               : routing_entropy_sum(r).to(torch::kFloat64).reshape({1})});
   }
   ranks.all_reduce_sum(sums, "routing statistics of an MoE layer");
-  const torch::Tensor host = sums.cpu();
+  const torch::Tensor host = read_to_host(sums);
   const double* s = host.data_ptr<double>();
   const double T_all = s[3 * E];
 

@@ -176,8 +176,8 @@ class MoE : public torch::nn::ModuleHolder<MoEImpl<R, X>> {
   using Impl = MoEImpl<R, X>;
 };
 
-// Sum of every MoE layer's last aux loss in `model` (itself included); a zero scalar when
-// there is none, so `loss + btx::collect_aux_loss(*model)` always works.
+// Sum of every MoE layer's last aux loss in `model` (itself included); a zero scalar on
+// the model's device when there is none, so `loss + btx::collect_aux_loss(*model)` always works.
 inline torch::Tensor collect_aux_loss(torch::nn::Module& model) {
   torch::Tensor total;
   auto add = [&](torch::nn::Module& m) {
@@ -188,7 +188,11 @@ inline torch::Tensor collect_aux_loss(torch::nn::Module& model) {
   };
   add(model);
   for (auto& m : model.modules(/*include_self=*/false)) add(*m);
-  return total.defined() ? total : torch::zeros({});
+  if (total.defined()) return total;
+  const auto parameters = model.parameters();
+  return torch::zeros({}, parameters.empty()
+                              ? torch::TensorOptions()
+                              : torch::TensorOptions().device(parameters.front().device()));
 }
 
 // Every MoE layer in `model` with its qualified name (e.g. "model.layers.0.mlp").

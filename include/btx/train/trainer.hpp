@@ -24,8 +24,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include <btx/core/host_read.hpp>
 #include <btx/data/sampler.hpp>
 #include <btx/train/checkpoint.hpp>
+#include <btx/train/grad_clip.hpp>
 #include <btx/train/hooks.hpp>
 #include <btx/train/loss.hpp>
 #include <btx/train/optimizer.hpp>
@@ -146,18 +148,24 @@ class TrainLoop {
         if (aux.defined()) total = total + aux;
       }
     }
-    double loss_value = loss.item<double>();
-    double total_value = total.item<double>();
+    total.backward();
+    if (hooks_.after_backward) hooks_.after_backward(parameters_);
+    const torch::Tensor norm =
+        options_.grad_clip > 0 ? clip_grad_norm(parameters_, options_.grad_clip) : torch::Tensor();
+    // The step's one host read: loss, total and gradient norm in one transfer.
+    const auto f64 = loss.options().dtype(torch::kFloat64);
+    const torch::Tensor host = read_to_host(
+        torch::stack({loss.detach().to(torch::kFloat64).reshape({}),
+                      total.detach().to(torch::kFloat64).reshape({}),
+                      norm.defined() ? norm.to(torch::kFloat64) : torch::zeros({}, f64)}));
+    double loss_value = host.data_ptr<double>()[0];
+    double total_value = host.data_ptr<double>()[1];
+    const double grad_norm = host.data_ptr<double>()[2];
     if (hooks_.reduce_values) {
       const auto reduced = hooks_.reduce_values({loss_value, total_value});
       loss_value = reduced.at(0);
       total_value = reduced.at(1);
     }
-    total.backward();
-    if (hooks_.after_backward) hooks_.after_backward(parameters_);
-    const double grad_norm =
-        options_.grad_clip > 0 ? torch::nn::utils::clip_grad_norm_(parameters_, options_.grad_clip)
-                               : 0.0;
     ++state_.step;
     ++state_.next_batch;
     if (std::isfinite(total_value) && std::isfinite(grad_norm)) {

@@ -1,18 +1,21 @@
 // SPDX-License-Identifier: MIT
 // Sample Top-1 router (BTX paper): in training, Gumbel-softmax sampling at an annealed
 // temperature with a straight-through top-1 forward; at inference, plain argmax. The
-// Gumbel noise comes from the router's own seeded generator, so runs reproduce; the
-// generator and the step counter travel in training checkpoints (btx::ExtraState).
+// Gumbel noise is drawn on the logits' device from the router's own generator for that
+// device, reseeded every step from (seed, step): runs reproduce, nothing crosses between
+// host and device, and a checkpoint needs only the step counter (btx::ExtraState).
 // Registered as "sample_top1" (with MoEOptions.soft_first_layer, layer 0 is a Soft router).
 #pragma once
 
 #include <torch/torch.h>
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Context.h>
 
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -46,6 +49,7 @@ class SampleTop1 : public torch::nn::Cloneable<SampleTop1>, public ExtraState {
   void reseed(uint64_t seed) {
     seed_ = seed;
     generator_ = at::make_generator<at::CPUGeneratorImpl>(seed);
+    device_generator_ = at::Generator();
   }
 
   RoutingResult route(const torch::Tensor& x_TD) {
@@ -59,10 +63,10 @@ class SampleTop1 : public torch::nn::Cloneable<SampleTop1>, public ExtraState {
     }
     const double tau = temperature();
     ++step_;
-    // Gumbel(0, 1) noise drawn on the CPU generator, so every device sees the same stream.
-    auto u_TE = torch::rand(r.logits_TE.sizes(), generator_, torch::kFloat32)
-                    .clamp(1e-10, 1.0 - 1e-7)
-                    .to(r.logits_TE.device());
+    // Gumbel(0, 1) noise, on the logits' device.
+    auto u_TE = torch::rand(r.logits_TE.sizes(), step_generator(r.logits_TE.device()),
+                            r.logits_TE.options().dtype(torch::kFloat32))
+                    .clamp(1e-10, 1.0 - 1e-7);
     auto gumbel_TE = -torch::log(-torch::log(u_TE));
     auto soft_TE = torch::softmax((r.logits_TE + gumbel_TE) / tau, 1);
     r.indices_TK = soft_TE.argmax(1, /*keepdim=*/true);
@@ -71,31 +75,59 @@ class SampleTop1 : public torch::nn::Cloneable<SampleTop1>, public ExtraState {
     return r;
   }
 
-  // Checkpoint hook: the noise generator's state and the step counter (temperature).
+  // Checkpoint hook: the seed and the step counter (the temperature and the noise stream
+  // both follow from them). Checkpoints from before the noise was reseeded per step carry
+  // a "generator" entry instead of "seed"; it is not needed and ignored.
   [[nodiscard]] std::map<std::string, torch::Tensor> extra_state() const override {
-    return {{"generator", generator_state(generator_)},
+    return {{"seed", torch::tensor({int64_t(seed_)}, torch::kInt64)},
             {"step", torch::tensor({step_}, torch::kInt64)}};
   }
   void load_extra_state(const std::map<std::string, torch::Tensor>& state) override {
     const auto& step = extra_state_entry(state, "step", "btx::SampleTop1");
     if (step.numel() != 1) throw std::invalid_argument("btx::SampleTop1: 'step' must be a scalar");
-    set_generator_state(generator_, extra_state_entry(state, "generator", "btx::SampleTop1"));
+    if (const auto seed = state.find("seed"); seed != state.end()) {
+      if (seed->second.numel() != 1)
+        throw std::invalid_argument("btx::SampleTop1: 'seed' must be a scalar");
+      reseed(uint64_t(seed->second.to(torch::kInt64).item<int64_t>()));
+    }
     step_ = step.to(torch::kInt64).item<int64_t>();
   }
 
   [[nodiscard]] double temperature() const { return schedule_.at(step_); }
   [[nodiscard]] int64_t step() const { return step_; }
+  [[nodiscard]] uint64_t seed() const { return seed_; }
   [[nodiscard]] int64_t num_experts() const { return experts_; }
   [[nodiscard]] int64_t hidden_size() const { return hidden_; }
 
   torch::Tensor weight;  // [E, H]
 
  private:
+  // This router's generator for `device`, seeded for the current step: a splitmix of
+  // (seed, step), so consecutive steps and neighbouring layers' seeds draw unrelated noise.
+  at::Generator& step_generator(torch::Device device) {
+    at::Generator* gen = &generator_;
+    if (!device.is_cpu()) {
+      if (!device_generator_.defined() || device_generator_.device() != device) {
+        device_generator_ = at::globalContext()
+                                .getAcceleratorHooksInterface(device.type())
+                                .getNewGenerator(device.index());
+      }
+      gen = &device_generator_;
+    }
+    uint64_t z = seed_ + 0x9E3779B97F4A7C15ull * uint64_t(step_ + 1);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    std::lock_guard<std::mutex> lock(gen->mutex());
+    gen->set_current_seed(z ^ (z >> 31));
+    return *gen;
+  }
+
   int64_t hidden_, experts_;
   TemperatureSchedule schedule_;
   uint64_t seed_;
   int64_t step_ = 0;
-  at::Generator generator_;
+  at::Generator generator_;         // CPU noise
+  at::Generator device_generator_;  // noise on an accelerator, made when first needed
 };
 
 // "sample_top1", for btx::router_registry(). Layer l draws its noise from seed + l.
