@@ -110,6 +110,32 @@ class QuickPipeline(unittest.TestCase):
             self.assertIn(f"{s} already finished, skipped", second.stderr)
 
 
+class Bf16MixedPipeline(unittest.TestCase):
+    """Every stage in bf16 mixed precision: fp32 master weights, bf16 autocast forwards."""
+
+    def test_every_stage_trains_in_bf16_mixed_and_saves_fp32_masters(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "bf16.yaml")
+            with open(path, "w") as f:
+                f.write("precision: bf16-mixed\n")
+            run_dir = os.path.join(tmp, "run")
+            r = run([path, "--quick", "--run-dir", run_dir], timeout=600)
+            self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+            with open(os.path.join(run_dir, "eval", "results.json")) as f:
+                results = {x["name"]: x for x in json.load(f)}
+            for name, row in results.items():
+                for d, loss in row["loss"].items():
+                    self.assertTrue(math.isfinite(loss) and 0 < loss < 10, (name, d, loss))
+            # Training lowered every domain's loss below the untrained seed's log(vocab).
+            self.assertLess(results["BTX top2"]["loss"]["prose"], math.log(256))
+            ckpt = os.path.join(run_dir, "btx-top2", "model")
+            dtypes = set()
+            for name in os.listdir(ckpt):
+                if name.endswith(".safetensors"):
+                    dtypes |= {t.dtype for t in load_file(os.path.join(ckpt, name)).values()}
+            self.assertEqual(dtypes, {torch.float32})
+
+
 class BadInputFailsBeforeTraining(unittest.TestCase):
     def check(self, config, needle):
         with tempfile.TemporaryDirectory() as tmp:
@@ -138,6 +164,13 @@ class BadInputFailsBeforeTraining(unittest.TestCase):
 
     def test_typo_in_a_key(self):
         self.check("finetune_stage: {stpes: 10}\n", "unknown key 'stpes'")
+
+    @unittest.skipIf(torch.cuda.is_available(), "this machine has a GPU")
+    def test_cuda_device_without_a_gpu(self):
+        self.check("device: cuda\n", "has no CUDA device")
+
+    def test_unknown_precision(self):
+        self.check("precision: fp8\n", "precision 'fp8' is not one of")
 
     def test_yaml_alias_bomb(self):
         # Ten lines whose aliases name 10^10 values: refused quickly, not expanded.

@@ -11,6 +11,8 @@
 #include <vector>
 
 #include <btx/io/safetensors_reader.hpp>
+#include <btx/models/auto.hpp>
+#include <btx/models/llama/family.hpp>
 #include <btx/models/llama/model.hpp>
 #include <btx/models/llama/moe.hpp>
 #include <btx/moe/experts/packed_swiglu.hpp>
@@ -137,6 +139,14 @@ TEST_CASE("precision: pure bf16 keeps bf16 weights and optimizer state, on disk 
                                             btx::placed({torch::kCPU, btx::Precision::bf16}));
   CHECK(resumed.resumed_from_step == 6);
   for (const auto& p : again->named_parameters())
+    CHECK(torch::equal(p.value(), model->named_parameters()[p.key()]));
+  // The HF checkpoint keeps bf16 on disk and loads in bf16 onto the device asked for.
+  // (LibTorch's Module::to cannot move parameters to the meta device, so the CPU it is.)
+  btx::save_hf_checkpoint(btx::LlamaFamily::wrap(model), dir / "hf");
+  for (const auto& [name, t] : btx::io::load_safetensors(dir / "hf" / "model.safetensors"))
+    CHECK((t.scalar_type() == torch::kBFloat16));
+  const auto loaded = btx::load_causal_lm(dir / "hf", torch::kBFloat16, {}, torch::kCPU);
+  for (const auto& p : loaded.named_parameters())
     CHECK(torch::equal(p.value(), model->named_parameters()[p.key()]));
 }
 

@@ -62,15 +62,17 @@ inline void load_hf_weights(torch::nn::Module& model, const std::filesystem::pat
 }
 }  // namespace hf
 
-// Builds the model config.json describes, converts it to `dtype` and loads the weights
-// (every tensor checked before any is copied).
+// Builds the model config.json describes, converts it to `dtype`, places it on `device`
+// and loads the weights there (every tensor checked before any is copied; each is copied
+// from the mapped file straight onto the device).
 inline CausalLM load_causal_lm(const std::filesystem::path& dir,
                                torch::Dtype dtype = torch::kFloat32,
-                               const std::optional<MoEOptions>& options = {}) {
+                               const std::optional<MoEOptions>& options = {},
+                               torch::Device device = torch::kCPU) {
   const auto spec = read_model_spec(dir / "config.json");
   const auto& family = family_of(spec);
   CausalLM lm = family.make(spec, options);
-  lm.to(dtype);
+  lm.to(device, dtype);
   hf::load_hf_weights(lm.module(), io::CheckpointReader(dir), family.name_map());
   return lm;
 }

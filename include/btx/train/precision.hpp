@@ -81,6 +81,15 @@ class AutocastRegion {
   torch::ScalarType was_dtype_;
 };
 
+// A user's forward scope with an autocast region inside it (members are destroyed in
+// reverse order: the region is left first).
+struct NestedAutocast {
+  NestedAutocast(std::shared_ptr<void> user_scope, torch::DeviceType type)
+      : outer(std::move(user_scope)), region(type) {}
+  std::shared_ptr<void> outer;
+  AutocastRegion region;
+};
+
 }  // namespace detail
 
 // `hooks` with the model and every batch moved to `placement.device` (the user's own
@@ -100,8 +109,10 @@ inline TrainHooks placed(const Placement& placement, TrainHooks hooks = {}) {
     return mine.to(device);
   };
   if (precision == Precision::bf16_mixed) {
-    hooks.forward_scope = [type = device.type()] {
-      return std::shared_ptr<void>(std::make_shared<detail::AutocastRegion>(type));
+    // The user's scope (if any) is entered first and left last, around the autocast region.
+    hooks.forward_scope = [type = device.type(), user = std::move(hooks.forward_scope)] {
+      return std::shared_ptr<void>(
+          std::make_shared<detail::NestedAutocast>(user ? user() : nullptr, type));
     };
   }
   return hooks;
