@@ -78,6 +78,29 @@ class HfLlamaLoadsInBtx(unittest.TestCase):
         self.check(tiny_llama(5, num_key_value_heads=4))  # MHA
         self.check(tiny_llama(6, rope_theta=500000.0, head_dim=16))
 
+    def test_attention_bias(self):
+        model = tiny_llama(7, attention_bias=True)
+        with torch.no_grad():  # transformers initialises biases to zero
+            for name, p in model.named_parameters():
+                if name.endswith(".bias"):
+                    p.uniform_(-0.5, 0.5)
+        self.check(model)
+
+    def test_mixtral_sliding_window(self):
+        from transformers import MixtralConfig, MixtralForCausalLM
+        kwargs = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, vocab_size=67,
+                      max_position_embeddings=128, num_local_experts=3, num_experts_per_tok=2)
+        torch.manual_seed(8)
+        windowed = MixtralForCausalLM(MixtralConfig(**kwargs, sliding_window=4)).eval()
+        full = MixtralForCausalLM(MixtralConfig(**kwargs, sliding_window=None)).eval()
+        full.load_state_dict(windowed.state_dict())
+        ids = torch.randint(0, 67, (2, 11))
+        with torch.no_grad():  # the window changes what positions >= 4 see
+            self.assertGreater((windowed(ids).logits - full(ids).logits).abs().max().item(), 1e-3)
+        self.check(windowed)
+        self.check(full)
+
 
 class BtxCheckpointLoadsInTransformers(unittest.TestCase):
     """(e): btx's save_hf_checkpoint -> LlamaForCausalLM.from_pretrained, no missing keys."""

@@ -76,9 +76,6 @@ TEST_CASE("hf config: refuses what btx cannot represent, naming the field") {
   j["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
   CHECK(has(config_error(j), "\"rope_scaling\""));
   j = llama_json();
-  j["attention_bias"] = true;
-  CHECK(has(config_error(j), "\"attention_bias\""));
-  j = llama_json();
   j["mlp_bias"] = true;
   CHECK(has(config_error(j), "\"mlp_bias\""));
   j = llama_json();
@@ -109,11 +106,52 @@ TEST_CASE("hf config: reads a Mixtral config with its MoE fields") {
   CHECK(c.moe->num_local_experts == 4);
   CHECK(c.moe->num_experts_per_tok == 2);
   CHECK(c.moe->router_aux_loss_coef == 0.01);
-  j["sliding_window"] = 16;
-  CHECK(has(config_error(j), "\"sliding_window\""));
+  CHECK(c.llama.sliding_window == 0);
+  j["sliding_window"] = 16;  // every layer's window, as transformers' Mixtral
+  CHECK(btx::hf::config_from_json(j).llama.window_of_layer(1) == 16);
+  CHECK(btx::hf::mixtral_config_json(btx::hf::config_from_json(j).llama,
+                                     *c.moe)["sliding_window"] == 16);
+  j["sliding_window"] = -1;
+  CHECK(has(config_error(j), "sliding_window"));
   j["sliding_window"] = nullptr;
   j.erase("num_local_experts");
   CHECK(has(config_error(j), "\"num_local_experts\""));
+}
+
+TEST_CASE("hf config: Llama's attention_bias puts a bias on q, k, v and o") {
+  auto j = llama_json();
+  j["attention_bias"] = true;
+  const auto c = btx::hf::config_from_json(j).llama;
+  CHECK(c.qkv_bias);
+  CHECK(c.o_bias);
+  CHECK(btx::hf::llama_config_json(c)["attention_bias"] == true);
+}
+
+TEST_CASE(
+    "hf config: a windowed Llama is written as a Mistral, and what a type cannot carry is "
+    "refused") {
+  auto c = btx::test::tiny_config();
+  c.sliding_window = 5;
+  const auto j = btx::hf::llama_config_json(c);
+  CHECK(j["model_type"] == "mistral");
+  CHECK(j["sliding_window"] == 5);
+  const auto back = btx::hf::config_from_json(j).llama;
+  CHECK(back.window_of_layer(0) == 5);
+  CHECK(back.window_of_layer(1) == 5);
+  auto mistral = nlohmann::json::parse(j.dump());
+  mistral.erase("sliding_window");  // transformers' Mistral default
+  CHECK(btx::hf::config_from_json(mistral).llama.sliding_window == 4096);
+  c.sliding_layers = {true, false};
+  CHECK_THROWS_WITH_AS(btx::hf::llama_config_json(c), doctest::Contains("every layer"),
+                       std::invalid_argument);
+  auto biased = btx::test::tiny_config();
+  biased.qkv_bias = biased.o_bias = true;
+  CHECK_THROWS_WITH_AS(btx::hf::mixtral_config_json(biased, btx::MoEConfig{}),
+                       doctest::Contains("no attention biases"), std::invalid_argument);
+  auto normed = btx::test::tiny_config();
+  normed.qk_norm = true;
+  CHECK_THROWS_WITH_AS(btx::hf::llama_config_json(normed), doctest::Contains("q/k norms"),
+                       std::invalid_argument);
 }
 
 TEST_CASE("hf config: Llama and Mixtral configs round-trip through JSON") {

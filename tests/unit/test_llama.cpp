@@ -94,7 +94,7 @@ TEST_CASE("rope: rotation keeps norms and makes scores depend on relative positi
 TEST_CASE("attention: grouped-query attention equals attention with repeated K/V") {
   torch::manual_seed(3);
   auto config = tiny_config();  // 4 query heads share 2 KV heads
-  btx::LlamaAttention attn(config);
+  btx::LlamaAttention attn(config, /*layer=*/0);
   const int64_t B = 2, T = 6, hd = 8;
   auto x = torch::randn({B, T, 32});
   auto rope = btx::rotary_tables(hd, config.rope_theta, 0, T, torch::kCPU, torch::kFloat);
@@ -171,6 +171,65 @@ TEST_CASE("generate: greedy decoding with a KV cache equals decoding without") {
   auto first = model->forward(ids.slice(1, 0, 5), &cache);
   auto second = model->forward(ids.slice(1, 5, 9), &cache);
   CHECK(max_abs_diff(torch::cat({first, second}, 1), model->forward(ids)) < 1e-5);
+}
+
+TEST_CASE("decoder: a sliding window hides keys W or more positions back, cached or not") {
+  auto config = tiny_config();
+  config.num_hidden_layers = 3;
+  config.sliding_window = 3;
+  config.sliding_layers = {true, false, true};  // the window on some layers only
+  CHECK(config.window_of_layer(0) == 3);
+  CHECK(config.window_of_layer(1) == 0);
+  torch::manual_seed(12);
+  btx::DecoderForCausalLM windowed(config);
+  auto full_config = config;
+  full_config.sliding_window = 0;
+  btx::DecoderForCausalLM full(full_config);
+  torch::NoGradGuard ng;
+  for (auto& p : full->named_parameters()) p.value().copy_(windowed->named_parameters()[p.key()]);
+  auto ids = torch::randint(0, 64, {2, 10});
+  const auto w = windowed->forward(ids), f = full->forward(ids);
+  // Positions 0..2 see at most 3 keys anyway; later ones lose the keys before the window.
+  CHECK(max_abs_diff(w.slice(1, 0, 3), f.slice(1, 0, 3)) < 1e-6);
+  CHECK(max_abs_diff(w.slice(1, 3), f.slice(1, 3)) > 1e-4);
+  // Changing a token 3 or more positions back changes nothing in a one-layer window model.
+  auto one = config;
+  one.num_hidden_layers = 1;
+  one.sliding_layers.clear();
+  btx::DecoderForCausalLM single(one);
+  auto changed = ids.clone();
+  changed.index_put_({torch::indexing::Slice(), 0}, (ids.select(1, 0) + 1) % 64);
+  CHECK(max_abs_diff(single->forward(ids).slice(1, 3), single->forward(changed).slice(1, 3)) ==
+        0.0);
+  // The cache path (chunked prefill, then one token at a time) applies the same window.
+  btx::KVCache cache;
+  std::vector<torch::Tensor> parts = {windowed->forward(ids.slice(1, 0, 4), &cache)};
+  for (int64_t t = 4; t < 10; ++t)
+    parts.push_back(windowed->forward(ids.slice(1, t, t + 1), &cache));
+  CHECK(max_abs_diff(torch::cat(parts, 1), w) < 1e-5);
+  // Validation names the field.
+  config.sliding_layers = {true};
+  CHECK_THROWS_WITH_AS(config.validate(), doctest::Contains("sliding_layers"),
+                       std::invalid_argument);
+}
+
+TEST_CASE("decoder: q/k/v and o biases and per-head q/k norms are parameters with HF's names") {
+  auto config = tiny_config();
+  config.qkv_bias = true;
+  config.qk_norm = true;
+  btx::DecoderForCausalLM model(config);
+  const auto params = model->named_parameters();
+  CHECK(params.contains("model.layers.0.self_attn.q_proj.bias"));
+  CHECK(params.contains("model.layers.1.self_attn.v_proj.bias"));
+  CHECK_FALSE(params.contains("model.layers.0.self_attn.o_proj.bias"));
+  CHECK(params["model.layers.0.self_attn.q_norm.weight"].sizes() ==
+        torch::IntArrayRef({config.resolved_head_dim()}));
+  CHECK(params["model.layers.0.self_attn.k_norm.weight"].sizes() ==
+        torch::IntArrayRef({config.resolved_head_dim()}));
+  CHECK(params["model.layers.0.self_attn.q_proj.bias"].abs().sum().item<double>() == 0.0);
+  int64_t count = 0;
+  for (const auto& p : model->parameters()) count += p.numel();
+  CHECK(count == config.num_parameters());
 }
 
 TEST_CASE("llama config: impossible values throw invalid_argument naming the field") {

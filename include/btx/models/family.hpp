@@ -82,6 +82,7 @@ concept ModelFamily = family_names_itself<F> && family_reads_config<F> && family
 // ------------------------------------------------------------ the runtime entry
 struct FamilyEntry {
   std::string name, dense_model_type, moe_model_type;
+  std::vector<std::string> other_model_types;  // further config.json types it reads
   std::function<ModelSpec(const nlohmann::json&, const std::string&)> read_config;
   std::function<nlohmann::ordered_json(const ModelSpec&, const std::string&)> config_json;
   std::function<CausalLM(const ModelSpec&)> make_dense;
@@ -107,6 +108,9 @@ FamilyEntry family_entry() {
   e.name = F::name();
   e.dense_model_type = F::dense_model_type();
   e.moe_model_type = F::moe_model_type();
+  // Optional: `F::other_model_types()`, more architectures the family reads and writes
+  // (Llama's: mistral, a Llama with a sliding window).
+  if constexpr (requires { F::other_model_types(); }) e.other_model_types = F::other_model_types();
   e.read_config = [](const nlohmann::json& j, const std::string& where) {
     return F::read_config(j, where);
   };
@@ -129,7 +133,9 @@ class FamilyRegistry {
  public:
   void add(FamilyEntry entry) {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (const auto& key : {entry.dense_model_type, entry.moe_model_type}) {
+    std::vector<std::string> types = {entry.dense_model_type, entry.moe_model_type};
+    types.insert(types.end(), entry.other_model_types.begin(), entry.other_model_types.end());
+    for (const auto& key : types) {
       if (by_type_.count(key)) {
         throw std::invalid_argument("btx: model_type '" + key + "' of family '" + entry.name +
                                     "' is already claimed by family '" + by_type_.at(key)->name +
@@ -141,8 +147,7 @@ class FamilyRegistry {
     }
     auto stored = std::make_shared<const FamilyEntry>(std::move(entry));
     by_name_[stored->name] = stored;
-    by_type_[stored->dense_model_type] = stored;
-    by_type_[stored->moe_model_type] = stored;
+    for (const auto& key : types) by_type_[key] = stored;
   }
   [[nodiscard]] const FamilyEntry& get(const std::string& name) const {
     std::lock_guard<std::mutex> lock(mutex_);

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-// The Llama family as a ModelFamily: dense LlamaForCausalLM, MoE MixtralForCausalLM
+// The Llama family as a ModelFamily: dense LlamaForCausalLM (MistralForCausalLM when it
+// has a sliding window), MoE MixtralForCausalLM
 // (btx's MoE layers in each FFN slot, routed as transformers' Mixtral), the Mixtral name
 // table, and transformers' decoder layout for the FFN. Registered in models/registry.hpp.
 #pragma once
@@ -27,6 +28,8 @@ struct LlamaFamily {
   static std::string name() { return "llama"; }
   static std::string dense_model_type() { return "llama"; }
   static std::string moe_model_type() { return "mixtral"; }
+  // Mistral is a Llama with a sliding window: read, and written for a windowed dense model.
+  static std::vector<std::string> other_model_types() { return {"mistral"}; }
 
   // The dense LlamaConfig a spec describes (the MoE model's experts have the same F).
   static LlamaConfig llama_config(const ModelSpec& spec) {

@@ -1,8 +1,7 @@
 // SPDX-License-Identifier: MIT
-// The reference Llama decoder (HF LlamaForCausalLM's architecture and parameter names).
-// Each layer's feed-forward block sits in a replaceable slot (`mlp`, a torch AnyModule),
-// so MoE layers can take its place: built in by a FeedForwardFactory, or swapped later
-// by btx's model surgery.
+// The reference Llama (HF LlamaForCausalLM): the shared decoder with a LlamaConfig. Each
+// layer's feed-forward block sits in a replaceable slot (`mlp`), so MoE layers can take
+// its place: built in by a FeedForwardFactory, or swapped later by btx's model surgery.
 //
 // Parameter names (equal to HF's state-dict keys):
 //   model.embed_tokens.weight, model.layers.{i}.{input_layernorm,post_attention_layernorm}.weight,
@@ -10,15 +9,7 @@
 //   model.norm.weight, lm_head.weight (absent when tie_word_embeddings).
 #pragma once
 
-#include <torch/torch.h>
-
-#include <functional>
-#include <string>
-#include <vector>
-
-#include <btx/core/kv_cache.hpp>
-#include <btx/models/common/layers.hpp>
-#include <btx/models/common/rotary.hpp>
+#include <btx/models/common/decoder.hpp>
 #include <btx/models/llama/config.hpp>
 #include <btx/models/llama/layers.hpp>
 #include <btx/version.hpp>
@@ -26,175 +17,12 @@
 namespace btx {
 BTX_NAMESPACE_BEGIN
 
-// Builds the feed-forward module of layer `layer`; it must map [..., H] -> [..., H].
-using FeedForwardFactory = std::function<torch::nn::AnyModule(const LlamaConfig&, int64_t layer)>;
-
-inline torch::nn::AnyModule dense_feed_forward(const LlamaConfig& config, int64_t /*layer*/) {
-  return torch::nn::AnyModule(LlamaMLP(config.hidden_size, config.intermediate_size));
-}
-
-// --------------------------------------------------------------- decoder layer
-class LlamaDecoderLayerImpl : public torch::nn::Cloneable<LlamaDecoderLayerImpl> {
- public:
-  LlamaDecoderLayerImpl(const LlamaConfig& config, int64_t layer, FeedForwardFactory ffn)
-      : config_(config), layer_(layer), ffn_factory_(std::move(ffn)) {
-    reset();
-  }
-  void reset() override {
-    // reset() runs in the constructor (no block yet) and inside clone(), where the copy
-    // arrives holding the original's block. Cloning that block keeps a block swapped in
-    // by set_mlp() or surgery, which the factory would rebuild as the original kind.
-    const bool in_clone = !mlp.is_empty();
-    input_layernorm =
-        register_module("input_layernorm", RMSNorm(config_.hidden_size, config_.rms_norm_eps));
-    self_attn = register_module("self_attn", LlamaAttention(config_));
-    post_attention_layernorm = register_module("post_attention_layernorm",
-                                               RMSNorm(config_.hidden_size, config_.rms_norm_eps));
-    if (in_clone) {
-      mlp = mlp.clone();
-    } else {
-      mlp = ffn_factory_ ? ffn_factory_(config_, layer_) : dense_feed_forward(config_, layer_);
-    }
-    register_module("mlp", mlp.ptr());
-  }
-
-  // Swaps the feed-forward block, keeping the parameter prefix `mlp.`.
-  void set_mlp(torch::nn::AnyModule module) {
-    replace_module("mlp", module.ptr());
-    mlp = std::move(module);
-  }
-
-  // x_BSD [B, S, D]. `mlp_input`, when given, receives the FFN's input (the normed
-  // hidden state), which router initialisation from hidden states needs.
-  torch::Tensor forward(const torch::Tensor& x_BSD, const RotaryTables& rope,
-                        torch::Tensor* cache_k = nullptr, torch::Tensor* cache_v = nullptr,
-                        torch::Tensor* mlp_input = nullptr) {
-    auto h = x_BSD + self_attn->forward(input_layernorm(x_BSD), rope, cache_k, cache_v);
-    auto normed = post_attention_layernorm(h);
-    if (mlp_input != nullptr) *mlp_input = normed.detach();
-    return h + mlp.forward<torch::Tensor>(normed);
-  }
-
-  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
-  LlamaAttention self_attn{nullptr};
-  torch::nn::AnyModule mlp;
-
- private:
-  LlamaConfig config_;
-  int64_t layer_;
-  FeedForwardFactory ffn_factory_;
-};
-TORCH_MODULE(LlamaDecoderLayer);
-
-// ------------------------------------------------------------------ the trunk
-class LlamaModelImpl : public torch::nn::Cloneable<LlamaModelImpl> {
- public:
-  LlamaModelImpl(const LlamaConfig& config, FeedForwardFactory ffn)
-      : config_(config), ffn_factory_(std::move(ffn)) {
-    config_.validate();
-    reset();
-  }
-  void reset() override {
-    embed_tokens = register_module("embed_tokens",
-                                   torch::nn::Embedding(config_.vocab_size, config_.hidden_size));
-    layers = register_module("layers", torch::nn::ModuleList());
-    for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
-      layers->push_back(LlamaDecoderLayer(config_, i, ffn_factory_));
-    }
-    norm = register_module("norm", RMSNorm(config_.hidden_size, config_.rms_norm_eps));
-  }
-
-  // ids_BS [B, S] int64 -> final normed hidden states [B, S, D].
-  torch::Tensor forward(const torch::Tensor& ids_BS, KVCache* cache = nullptr,
-                        std::vector<torch::Tensor>* mlp_inputs = nullptr) {
-    TORCH_CHECK(ids_BS.dim() == 2, "btx::Llama expects token ids [batch, time], got ",
-                ids_BS.sizes());
-    const int64_t offset = cache != nullptr ? cache->length() : 0;
-    const int64_t S = ids_BS.size(1);
-    TORCH_CHECK(offset + S <= config_.max_position_embeddings, "sequence of ", offset + S,
-                " tokens exceeds max_position_embeddings=", config_.max_position_embeddings);
-    if (cache != nullptr && cache->keys.size() != layers->size()) *cache = KVCache(layers->size());
-    auto h = embed_tokens(ids_BS);
-    auto rope = rotary_tables(config_.resolved_head_dim(), config_.rope_theta, offset, S,
-                              h.device(), h.scalar_type());
-    if (mlp_inputs != nullptr) mlp_inputs->assign(layers->size(), torch::Tensor());
-    for (size_t i = 0; i < layers->size(); ++i) {
-      h = layers->ptr<LlamaDecoderLayerImpl>(i)->forward(
-          h, rope, cache != nullptr ? &cache->keys[i] : nullptr,
-          cache != nullptr ? &cache->values[i] : nullptr,
-          mlp_inputs != nullptr ? &(*mlp_inputs)[i] : nullptr);
-    }
-    return norm(h);
-  }
-
-  [[nodiscard]] LlamaDecoderLayerImpl& layer(size_t i) {
-    return *layers->ptr<LlamaDecoderLayerImpl>(i);
-  }
-
-  torch::nn::Embedding embed_tokens{nullptr};
-  torch::nn::ModuleList layers{nullptr};
-  RMSNorm norm{nullptr};
-
- private:
-  LlamaConfig config_;
-  FeedForwardFactory ffn_factory_;
-};
-TORCH_MODULE(LlamaModel);
-
-// --------------------------------------------------------- the causal LM head
-class LlamaForCausalLMImpl : public torch::nn::Cloneable<LlamaForCausalLMImpl> {
- public:
-  explicit LlamaForCausalLMImpl(const LlamaConfig& config, FeedForwardFactory ffn = {})
-      : config_(config), ffn_factory_(std::move(ffn)) {
-    config_.validate();
-    reset();
-  }
-  void reset() override {
-    model = register_module("model", LlamaModel(config_, ffn_factory_));
-    if (!config_.tie_word_embeddings) {
-      lm_head = register_module("lm_head", make_linear(config_.hidden_size, config_.vocab_size));
-    } else {
-      lm_head = nullptr;
-    }
-    init_weights();
-  }
-
-  // HF's _init_weights: normal(0, initializer_range) for every matrix, ones for norms.
-  void init_weights() {
-    torch::NoGradGuard no_grad;
-    for (auto& p : named_parameters()) {
-      if (p.value().dim() >= 2) p.value().normal_(0.0, config_.initializer_range);
-    }
-  }
-
-  // ids_BS [B, S] -> logits [B, S, V].
-  torch::Tensor forward(const torch::Tensor& ids_BS, KVCache* cache = nullptr) {
-    return logits(model->forward(ids_BS, cache));
-  }
-  torch::Tensor logits(const torch::Tensor& hidden_BSD) {
-    return config_.tie_word_embeddings
-               ? torch::nn::functional::linear(hidden_BSD, model->embed_tokens->weight)
-               : lm_head(hidden_BSD);
-  }
-  // The input of every layer's FFN block, [B, S, D] per layer (router init from hidden
-  // states); no LM head is run.
-  std::vector<torch::Tensor> ffn_inputs(const torch::Tensor& ids_BS) {
-    std::vector<torch::Tensor> inputs;
-    model->forward(ids_BS, nullptr, &inputs);
-    return inputs;
-  }
-
-  [[nodiscard]] const LlamaConfig& config() const { return config_; }
-  [[nodiscard]] const FeedForwardFactory& feed_forward_factory() const { return ffn_factory_; }
-
-  LlamaModel model{nullptr};
-  torch::nn::Linear lm_head{nullptr};
-
- private:
-  LlamaConfig config_;
-  FeedForwardFactory ffn_factory_;
-};
-TORCH_MODULE(LlamaForCausalLM);
+using LlamaDecoderLayer = DecoderLayer;
+using LlamaDecoderLayerImpl = DecoderLayerImpl;
+using LlamaModel = DecoderModel;
+using LlamaModelImpl = DecoderModelImpl;
+using LlamaForCausalLM = DecoderForCausalLM;
+using LlamaForCausalLMImpl = DecoderForCausalLMImpl;
 
 BTX_NAMESPACE_END
 }  // namespace btx

@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: MIT
+// MoE feed-forward blocks for the shared decoder: moe_feed_forward() is a
+// FeedForwardFactory whose layers are MoE<router, PackedSwiGLU> (parameter names follow
+// btx's MoE contract: mlp.gate.weight, mlp.experts.{gate,up,down}_proj), which each family's
+// name table maps to its HF MoE architecture.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <memory>
+
+#include <btx/core/gated_ffn.hpp>
+#include <btx/core/model_spec.hpp>
+#include <btx/models/common/decoder.hpp>
+#include <btx/moe/experts/packed_swiglu.hpp>
+#include <btx/moe/moe_layer.hpp>
+#include <btx/moe/options.hpp>
+#include <btx/moe/router_registry.hpp>
+#include <btx/version.hpp>
+
+namespace btx {
+BTX_NAMESPACE_BEGIN
+
+// DecoderForCausalLM(config, moe_feed_forward({.num_experts = 4, .router = "top2"})).
+// The router name (any registered one, btx::router_names()) is checked here, before any
+// layer is built. `activation` is the experts' gate activation (SiLU in the shipped families).
+inline FeedForwardFactory moe_feed_forward(MoEOptions options,
+                                           GateActivation activation = GateActivation::silu) {
+  check_router(options);  // validates name, k, E and the router's options
+  auto router = find_router(options.router);
+  return [options, router, activation](const DecoderConfig& config,
+                                       int64_t layer) -> torch::nn::AnyModule {
+    auto gate = router->make_router(options, config.hidden_size, static_cast<uint64_t>(layer));
+    auto experts = std::make_shared<PackedSwiGLU>(options.num_experts, config.hidden_size,
+                                                  config.intermediate_size, activation);
+    experts->set_kernel(options.expert_kernel);
+    return router->make_layer(gate, experts, options.aux());
+  };
+}
+
+// MoEOptions of an HF MoE model that routes top-k over the softmax, renormalised (Mixtral;
+// Qwen3-MoE with norm_topk_prob), with Switch-form load balancing weighted by
+// router_aux_loss_coef.
+inline MoEOptions renormalised_top_k_options(const MoEConfig& moe) {
+  MoEOptions o;
+  o.num_experts = moe.num_local_experts;
+  o.router = "topk";
+  o.k = moe.num_experts_per_tok;
+  o.load_balance_alpha = moe.router_aux_loss_coef;
+  o.load_balance_form = LoadBalanceForm::switch_;
+  return o;
+}
+
+BTX_NAMESPACE_END
+}  // namespace btx
