@@ -58,16 +58,18 @@ TEST_CASE("family: the registry finds families by name and by config.json model_
   CHECK(reg.get("llama").moe_model_type == "mixtral");
   CHECK(reg.for_model_type("mixtral")->name == "llama");
   CHECK(reg.for_model_type("btx_geglu_moe")->name == "test_geglu");
-  CHECK(reg.for_model_type("qwen3") == nullptr);
-  CHECK_THROWS_WITH_AS((void)reg.get("qwen3"), doctest::Contains("registered: llama"),
+  CHECK(reg.for_model_type("mistral")->name == "llama");  // Llama's other_model_types()
+  CHECK(reg.for_model_type("qwen3_moe")->name == "qwen3");
+  CHECK(reg.for_model_type("gemma") == nullptr);
+  CHECK_THROWS_WITH_AS((void)reg.get("gemma"), doctest::Contains("registered: llama"),
                        std::invalid_argument);
   // A second family may not claim a model type that is taken.
   CHECK_THROWS_WITH_AS(btx::register_family<GegluFamily>(), doctest::Contains("already claimed"),
                        std::invalid_argument);
   // config.json with an unknown model_type: the error lists what btx reads.
-  nlohmann::json j = {{"model_type", "qwen3"}};
+  nlohmann::json j = {{"model_type", "gemma"}};
   CHECK_THROWS_WITH_AS(btx::spec_from_json(j, "x/config.json"),
-                       doctest::Contains("\"qwen3\" is not supported (btx reads btx_geglu"),
+                       doctest::Contains("\"gemma\" is not supported (btx reads btx_geglu"),
                        std::runtime_error);
 }
 

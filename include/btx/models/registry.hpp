@@ -6,6 +6,7 @@
 
 #include <btx/models/family.hpp>
 #include <btx/models/llama/family.hpp>
+#include <btx/models/qwen3/family.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -14,6 +15,7 @@ BTX_NAMESPACE_BEGIN
 inline FamilyRegistry& families() {
   static const bool builtins = [] {
     register_family<LlamaFamily>();
+    register_family<Qwen3Family>();
     return true;
   }();
   (void)builtins;

@@ -1,0 +1,225 @@
+# SPDX-License-Identifier: MIT
+# Model families against the real transformers (an independent reference), on tiny random
+# models with odd shapes (GQA 5:1, vocab 67, head_dim not hidden/heads, tied embeddings,
+# biases, a sliding window on some layers):
+#   - the family's dense HF checkpoint -> btx logits within 1e-4 (fp32);
+#   - btx-merge of N copies -> the family's HF MoE model, loading in transformers with no
+#     missing/unexpected keys, logits equal to the dense model's;
+#   - btx-merge of three distinct models -> attention and norms averaged, expert j equal
+#     to source j's FFN, and transformers' logits equal to btx's.
+# Run: BTX_MERGE=build/bin/btx-merge BTX_INTEROP=build/bin/btx-interop \
+#      python tests/python/test_families.py [TestClass]
+import os
+import sys
+import tempfile
+import unittest
+
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_merge import btx_logits, merge, yaml_config  # noqa: E402
+
+TOLERANCE = 1e-4
+
+
+def randomise(model, seed):
+    """Norm weights and biases away from transformers' ones and zeros, so a skipped or
+    swapped one shows in the logits."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
+            elif name.endswith(".bias"):
+                p.copy_(torch.rand(p.shape, generator=g) - 0.5)
+    return model
+
+
+def state_of(ckpt):
+    out = {}
+    for name in os.listdir(ckpt):
+        if name.endswith(".safetensors"):
+            out.update(load_file(os.path.join(ckpt, name)))
+    return out
+
+
+class FamilyChecks:
+    """What every family is held to; a subclass supplies dense(), moe_class and names."""
+
+    def load_moe(self, ckpt):
+        model, info = self.moe_class.from_pretrained(ckpt, output_loading_info=True)
+        for key in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+            self.assertFalse(info.get(key), f"{key}: {info.get(key)}")
+        return model.eval()
+
+    def check_dense(self, model, length=11):
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = os.path.join(tmp, "ckpt")
+            model.save_pretrained(ckpt)
+            ids = torch.randint(0, model.config.vocab_size, (2, length))
+            with torch.no_grad():
+                expected = model(ids).logits
+            got = btx_logits(tmp, ckpt, ids)
+            self.assertEqual(tuple(got.shape), tuple(expected.shape))
+            self.assertLessEqual((got - expected).abs().max().item(), TOLERANCE)
+
+    def test_dense_checkpoints_load_in_btx_with_transformers_logits(self):
+        for variant in self.dense_variants():
+            with self.subTest(variant=variant):
+                self.check_dense(self.dense(seed=len(variant), **self.dense_variants()[variant]))
+
+    def test_copies_merge_into_a_moe_equal_to_the_dense_model(self):
+        model = self.dense(seed=21)
+        with tempfile.TemporaryDirectory() as tmp:
+            base = os.path.join(tmp, "base")
+            model.save_pretrained(base)
+            ids = torch.randint(0, model.config.vocab_size, (2, 11))
+            with torch.no_grad():
+                expected = model(ids).logits
+            for n, k in ((3, 2), (5, 1)):
+                result, out = merge(tmp, yaml_config(base, [base] * n, gate_mode="random",
+                                                     experts_per_token=k, seed=n),
+                                    out=f"moe{n}")
+                self.assertEqual(result.returncode, 0, result.stderr)
+                moe = self.load_moe(out)
+                self.assertEqual(self.experts_of(moe.config), n)
+                with torch.no_grad():
+                    got = moe(ids).logits
+                self.assertLessEqual((got - expected).abs().max().item(), TOLERANCE)
+                self.assertLessEqual((btx_logits(tmp, out, ids) - expected).abs().max().item(),
+                                     TOLERANCE)
+
+    def test_three_distinct_models_mix_into_averaged_trunk_and_source_experts(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            dirs = []
+            for j in range(3):
+                dirs.append(os.path.join(tmp, f"expert{j}"))
+                self.dense(seed=30 + j).save_pretrained(dirs[-1])
+            result, out = merge(tmp, yaml_config(dirs[0], dirs, gate_mode="random",
+                                                 experts_per_token=2, seed=7))
+            self.assertEqual(result.returncode, 0, result.stderr)
+            sources = [state_of(d) for d in dirs]
+            merged = state_of(out)
+            for name, t in sources[0].items():
+                if ".mlp." in name:
+                    continue  # the FFNs become experts
+                mean = sum(s[name] for s in sources) / 3
+                self.assertLessEqual((merged[name] - mean).abs().max().item(), 1e-6, name)
+            layers = self.dense(seed=0).config.num_hidden_layers
+            for layer in range(layers):
+                for j in range(3):
+                    for proj in ("gate_proj", "up_proj", "down_proj"):
+                        src = sources[j][f"model.layers.{layer}.mlp.{proj}.weight"]
+                        got = merged[self.expert_name(layer, j, proj)]
+                        self.assertTrue(torch.equal(got, src), (layer, j, proj))
+            moe = self.load_moe(out)
+            ids = torch.randint(0, moe.config.vocab_size, (2, 13))
+            with torch.no_grad():
+                expected = moe(ids).logits
+            self.assertLessEqual((btx_logits(tmp, out, ids) - expected).abs().max().item(),
+                                 TOLERANCE)
+
+
+class Qwen3InTransformers(FamilyChecks, unittest.TestCase):
+    from transformers import Qwen3MoeForCausalLM as moe_class
+
+    @staticmethod
+    def dense(seed, **overrides):
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+        torch.manual_seed(seed)
+        kwargs = dict(vocab_size=67, hidden_size=40, intermediate_size=56, num_hidden_layers=2,
+                      num_attention_heads=5, num_key_value_heads=1, head_dim=12,
+                      max_position_embeddings=128, rope_theta=1e6)
+        kwargs.update(overrides)
+        return randomise(Qwen3ForCausalLM(Qwen3Config(**kwargs)).eval(), seed)
+
+    @staticmethod
+    def dense_variants():
+        return {"plain": {}, "tied": {"tie_word_embeddings": True},
+                "attention_bias": {"attention_bias": True},
+                "sliding_on_layer_1": {"use_sliding_window": True, "sliding_window": 4,
+                                       "max_window_layers": 1}}
+
+    @staticmethod
+    def experts_of(config):
+        return config.num_experts
+
+    @staticmethod
+    def expert_name(layer, j, proj):
+        return f"model.layers.{layer}.mlp.experts.{j}.{proj}.weight"
+
+
+class PipelineOnAQwen3Seed(unittest.TestCase):
+    """btx-pipeline --quick from a transformers Qwen3 seed: every stage runs on the
+    family, and the final model is a Qwen3-MoE that transformers loads with btx's logits."""
+
+    from transformers import Qwen3MoeForCausalLM as moe_class
+    load_moe = FamilyChecks.load_moe
+
+    def test_quick_pipeline_from_a_qwen3_seed(self):
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+        import subprocess
+        torch.manual_seed(0)
+        seed_model = Qwen3ForCausalLM(Qwen3Config(
+            vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            max_position_embeddings=512, rope_theta=1e6))
+        with tempfile.TemporaryDirectory() as tmp:
+            seed = os.path.join(tmp, "seed")
+            randomise(seed_model, 1).save_pretrained(seed)
+            config = os.path.join(tmp, "run.yaml")
+            with open(config, "w") as f:
+                f.write(f"seed_checkpoint: {seed}\n")
+            run_dir = os.path.join(tmp, "run")
+            r = subprocess.run([os.environ["BTX_PIPELINE"], config, "--quick", "--run-dir", run_dir],
+                               capture_output=True, text=True, timeout=600)
+            self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+            final = os.path.join(run_dir, "btx-top2", "model")
+            moe = self.load_moe(final)
+            self.assertEqual(moe.config.model_type, "qwen3_moe")
+            ids = torch.randint(0, 256, (2, 12))
+            with torch.no_grad():
+                expected = moe(ids).logits
+            self.assertLessEqual((btx_logits(tmp, final, ids) - expected).abs().max().item(),
+                                 TOLERANCE)
+
+
+class MistralInTransformers(FamilyChecks, unittest.TestCase):
+    from transformers import MixtralForCausalLM as moe_class
+
+    @staticmethod
+    def dense(seed, **overrides):
+        from transformers import MistralConfig, MistralForCausalLM
+        torch.manual_seed(seed)
+        kwargs = dict(vocab_size=67, hidden_size=40, intermediate_size=56, num_hidden_layers=2,
+                      num_attention_heads=5, num_key_value_heads=1, head_dim=12,
+                      max_position_embeddings=128, sliding_window=4)
+        kwargs.update(overrides)
+        return randomise(MistralForCausalLM(MistralConfig(**kwargs)).eval(), seed)
+
+    @staticmethod
+    def dense_variants():
+        return {"window_4": {}, "tied": {"tie_word_embeddings": True},
+                "no_window": {"sliding_window": None}}
+
+    @staticmethod
+    def experts_of(config):
+        return config.num_local_experts
+
+    @staticmethod
+    def expert_name(layer, j, proj):
+        w = {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}[proj]
+        return f"model.layers.{layer}.block_sparse_moe.experts.{j}.{w}.weight"
+
+    def test_the_mixtral_keeps_the_window(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            base = os.path.join(tmp, "base")
+            self.dense(seed=3).save_pretrained(base)
+            result, out = merge(tmp, yaml_config(base, [base, base], gate_mode="random"))
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertEqual(self.load_moe(out).config.sliding_window, 4)
+
+
+if __name__ == "__main__":
+    unittest.main()
