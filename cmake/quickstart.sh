@@ -65,14 +65,16 @@ if [ ! -f "$build/CMakeCache.txt" ]; then
     ${Torch_DIR:+"-DTorch_DIR=$Torch_DIR"} -DBTX_PYTHON="$py" >/dev/null
 fi
 jobs=$(nproc)
-say "building ($jobs jobs)"
-cmake --build "$build" -j "$jobs"
+# The demo builds the demo alone; the other modes build everything.
+targets=()
+if [ "$mode" = demo ]; then targets=(--target btx-pipeline); fi
+say "building ${targets[*]:-everything} ($jobs jobs)"
+cmake --build "$build" -j "$jobs" "${targets[@]}"
 
 case "$mode" in
   build) ;;
   demo)
     exe="$build/bin/btx-pipeline"
-    [ -x "$exe" ] || exe="$build/bin/btx-train-tiny-llama"
     say "running $exe $*"
     exec "$exe" "$@" ;;
   test)
