@@ -64,6 +64,7 @@ inline RoutingShares routing_analysis(const PipelineRun& run, const CausalLM& mo
   RoutingShares shares;
   torch::NoGradGuard no_grad;
   model->eval();
+  const auto device = placement(run.config).device;
   for (const auto& d : run.corpus.domains) {
     std::vector<torch::Tensor> counts;  // per layer [E]
     const int64_t T = run.config.seq_len;
@@ -71,7 +72,7 @@ inline RoutingShares routing_analysis(const PipelineRun& run, const CausalLM& mo
         std::min<int64_t>(run.config.eval_windows, (d.eval_tokens.numel() - 1) / T);
     for (int64_t w = 0; w < windows; ++w) {
       auto ids = d.eval_tokens.slice(0, w * T, w * T + T).to(torch::kInt64).unsqueeze(0);
-      (void)model.forward(ids.to(placement(run.config).device));
+      (void)model.forward(ids.to(device));
       auto layers = moe_layers(model.module());
       if (counts.empty())
         counts.assign(layers.size(), torch::zeros({run.num_experts()}, torch::kDouble));

@@ -36,6 +36,18 @@ def randomise(model, seed):
     return model
 
 
+# GQA 5:1, a vocabulary not a multiple of 8, head_dim 12 where hidden/heads is 8.
+ODD_SHAPES = dict(vocab_size=67, hidden_size=40, intermediate_size=56, num_hidden_layers=2,
+                  num_attention_heads=5, num_key_value_heads=1, head_dim=12,
+                  max_position_embeddings=128)
+
+
+def tiny(config_class, model_class, seed, **overrides):
+    """A randomised transformers model of ODD_SHAPES (as overridden)."""
+    torch.manual_seed(seed)
+    return randomise(model_class(config_class(**{**ODD_SHAPES, **overrides})).eval(), seed)
+
+
 def state_of(ckpt):
     out = {}
     for name in os.listdir(ckpt):
@@ -127,12 +139,7 @@ class Qwen3InTransformers(FamilyChecks, unittest.TestCase):
     @staticmethod
     def dense(seed, **overrides):
         from transformers import Qwen3Config, Qwen3ForCausalLM
-        torch.manual_seed(seed)
-        kwargs = dict(vocab_size=67, hidden_size=40, intermediate_size=56, num_hidden_layers=2,
-                      num_attention_heads=5, num_key_value_heads=1, head_dim=12,
-                      max_position_embeddings=128, rope_theta=1e6)
-        kwargs.update(overrides)
-        return randomise(Qwen3ForCausalLM(Qwen3Config(**kwargs)).eval(), seed)
+        return tiny(Qwen3Config, Qwen3ForCausalLM, seed, **{"rope_theta": 1e6, **overrides})
 
     @staticmethod
     def dense_variants():
@@ -158,16 +165,15 @@ class PipelineOnAQwen3Seed(unittest.TestCase):
     load_moe = FamilyChecks.load_moe
 
     def test_quick_pipeline_from_a_qwen3_seed(self):
-        from transformers import Qwen3Config, Qwen3ForCausalLM
         import subprocess
-        torch.manual_seed(0)
-        seed_model = Qwen3ForCausalLM(Qwen3Config(
-            vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-            max_position_embeddings=512, rope_theta=1e6))
+        # Byte-level, as the demo's corpus is; wide enough to train.
+        seed_model = Qwen3InTransformers.dense(1, vocab_size=256, hidden_size=64,
+                                               intermediate_size=128, num_attention_heads=4,
+                                               num_key_value_heads=2, head_dim=16,
+                                               max_position_embeddings=512)
         with tempfile.TemporaryDirectory() as tmp:
             seed = os.path.join(tmp, "seed")
-            randomise(seed_model, 1).save_pretrained(seed)
+            seed_model.save_pretrained(seed)
             config = os.path.join(tmp, "run.yaml")
             with open(config, "w") as f:
                 f.write(f"seed_checkpoint: {seed}\n")
@@ -191,12 +197,7 @@ class MistralInTransformers(FamilyChecks, unittest.TestCase):
     @staticmethod
     def dense(seed, **overrides):
         from transformers import MistralConfig, MistralForCausalLM
-        torch.manual_seed(seed)
-        kwargs = dict(vocab_size=67, hidden_size=40, intermediate_size=56, num_hidden_layers=2,
-                      num_attention_heads=5, num_key_value_heads=1, head_dim=12,
-                      max_position_embeddings=128, sliding_window=4)
-        kwargs.update(overrides)
-        return randomise(MistralForCausalLM(MistralConfig(**kwargs)).eval(), seed)
+        return tiny(MistralConfig, MistralForCausalLM, seed, **{"sliding_window": 4, **overrides})
 
     @staticmethod
     def dense_variants():

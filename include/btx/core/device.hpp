@@ -6,7 +6,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
-#include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -18,9 +18,9 @@ BTX_NAMESPACE_BEGIN
 // "cpu", "cuda" or "cuda:N", checked against this machine: a CUDA device on a machine
 // without CUDA (or without device N) is a std::invalid_argument naming it.
 inline torch::Device parse_device(const std::string& name) {
-  std::unique_ptr<torch::Device> device;
+  std::optional<torch::Device> device;
   try {
-    device = std::make_unique<torch::Device>(name);
+    device.emplace(name);
   } catch (const std::exception&) {
     throw std::invalid_argument("device '" + name + "' is not cpu, cuda or cuda:N");
   }
