@@ -20,7 +20,7 @@
 namespace btx::merge_tool {
 
 struct ExpertEntry {
-  std::string source_model;             // a HF Llama folder ("" only for method upcycle)
+  std::string source_model;             // a HF dense checkpoint folder ("" only for method upcycle)
   std::vector<nlohmann::json> prompts;  // positive_prompts: strings or token-id lists
 };
 
@@ -37,6 +37,7 @@ struct MergeConfig {
   int64_t split = 0;      // SplitMix chunks (method split)
   std::string method = "btx";
   bool include_base_as_expert = false;
+  std::string shared_expert;  // shared_experts[0].source_model ("" : none)
   uint64_t seed = 0;
   uint64_t max_shard_size = 5'000'000'000;
   double router_aux_loss_coef = 0.02;
@@ -50,10 +51,10 @@ struct MergeConfig {
 };
 
 inline constexpr const char* kConfigHelp = R"(CONFIG keys (YAML or JSON; unknown keys are errors):
-  base_model: PATH          HF Llama folder: the architecture, tokenizer files and
+  base_model: PATH          HF dense checkpoint folder: the architecture, tokenizer files and
                             config.json come from it; gate_mode hidden runs it. Required.
   experts:                  the dense experts, in expert order. Required, at least one.
-    - source_model: PATH    HF Llama folder (for method upcycle: omitted or base_model)
+    - source_model: PATH    HF dense checkpoint folder (for method upcycle: omitted or base_model)
       positive_prompts:     gate_mode hidden only: prompts of this expert's domain, each a
         - "text"            string (byte-tokenised; only when base_model has no
         - [1, 5, 9]         tokenizer.json/tokenizer.model) or a list of token ids
@@ -80,6 +81,12 @@ inline constexpr const char* kConfigHelp = R"(CONFIG keys (YAML or JSON; unknown
   include_base_as_expert: false
                             add base_model as expert 0 (the BTX paper's generalist); with
                             gate_mode hidden its prompts are all experts' prompts together
+  shared_experts:           Qwen2-MoE only: its always-on shared expert (mergekit's key;
+    - source_model: PATH    one entry), e.g. base_model: the BTX paper's generalist,
+                            always on instead of routed. Its gate starts at 0 (sigmoid:
+                            1/2) and the routed experts' down_proj is halved, so copies
+                            of one model merge into that model. Without it a Qwen2-MoE
+                            gets a zero-width shared expert (it adds 0)
   seed: 0                   seed of gate_mode random and of dare_* drops
   max_shard_size: 5000000000
                             bytes per safetensors shard (also "500MB", "2GB", "1GiB")
@@ -150,29 +157,20 @@ inline uint64_t parse_size(const nlohmann::json& j, const std::string& key) {
 inline MergeConfig parse_merge_config(const nlohmann::json& j) {
   using namespace detail;
   if (!j.is_object()) throw std::invalid_argument("the config must be a mapping of keys");
-  static const std::set<std::string> known = {"base_model",
-                                              "experts",
-                                              "gate_mode",
-                                              "experts_per_token",
-                                              "dtype",
-                                              "averaging",
-                                              "weights",
-                                              "density",
-                                              "lambda",
-                                              "split",
-                                              "method",
-                                              "include_base_as_expert",
-                                              "seed",
-                                              "max_shard_size",
-                                              "router_aux_loss_coef",
-                                              "device"};
+  static const std::set<std::string> known = {
+      "base_model",     "experts",   "gate_mode",      "experts_per_token",
+      "dtype",          "averaging", "weights",        "density",
+      "lambda",         "split",     "method",         "include_base_as_expert",
+      "shared_experts", "seed",      "max_shard_size", "router_aux_loss_coef",
+      "device"};
   for (const auto& [key, value] : j.items()) {
     if (!known.count(key)) {
       throw key_error(key, "unknown key (btx-merge --help lists the keys it reads)");
     }
   }
   MergeConfig c;
-  if (!j.contains("base_model")) throw key_error("base_model", "missing (a HF Llama folder)");
+  if (!j.contains("base_model"))
+    throw key_error("base_model", "missing (a HF dense checkpoint folder)");
   c.base_model = get_string(j["base_model"], "base_model");
   if (j.contains("split")) {
     c.split = get_int(j["split"], "split", 1);
@@ -243,6 +241,26 @@ inline MergeConfig parse_merge_config(const nlohmann::json& j) {
     }
     c.include_base_as_expert = j["include_base_as_expert"].get<bool>();
   }
+  if (j.contains("shared_experts")) {
+    const auto& list = j["shared_experts"];
+    if (!list.is_array() || list.size() != 1) {
+      throw key_error("shared_experts",
+                      "must list exactly one {source_model: PATH} (Qwen2-MoE has one shared "
+                      "expert)");
+    }
+    const auto& x = list[0];
+    if (!x.is_object() || !x.contains("source_model")) {
+      throw key_error("shared_experts[0]", "must be a mapping with source_model");
+    }
+    for (const auto& [key, value] : x.items()) {
+      if (key != "source_model") {
+        throw key_error("shared_experts[0]." + key,
+                        "not supported (btx starts the shared expert's gate at zero; "
+                        "shared_experts take source_model only)");
+      }
+    }
+    c.shared_expert = get_string(x["source_model"], "shared_experts[0].source_model");
+  }
   if (j.contains("seed")) c.seed = uint64_t(get_int(j["seed"], "seed", 0));
   if (j.contains("max_shard_size"))
     c.max_shard_size = parse_size(j["max_shard_size"], "max_shard_size");
@@ -270,7 +288,7 @@ inline MergeConfig parse_merge_config(const nlohmann::json& j) {
       }
     }
     if (entry.source_model.empty() && c.method != "upcycle") {
-      throw key_error(where + ".source_model", "missing (a HF Llama folder)");
+      throw key_error(where + ".source_model", "missing (a HF dense checkpoint folder)");
     }
     c.experts.push_back(std::move(entry));
   }

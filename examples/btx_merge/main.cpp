@@ -165,21 +165,21 @@ using Router = std::variant<merge::RouterNormal, merge::RouterZero, merge::Route
 // `base`: base_model, for the task-vector averagings (null for the others).
 merge::Plan make_plan(const MergeConfig& c, const std::vector<merge::CheckpointSource>& sources,
                       const merge::CheckpointSource* base, const merge::AnyAveraging& a,
-                      const Router& router) {
+                      const Router& router, const merge::SharedExpertChoice& shared) {
   return std::visit(
       [&](const auto& r) -> merge::Plan {
         using A = merge::AnyAveraging;
         using R = std::decay_t<decltype(r)>;
         const int64_t k = c.experts_per_token;
         if (c.method == "split") {
-          return merge::SplitMix<A, merge::RouterRowPerSource<R>>{a, {r}, c.split, k, true}.plan(
-              sources, base);
+          return merge::SplitMix<A, merge::RouterRowPerSource<R>>{a, {r}, c.split, k, true, shared}
+              .plan(sources, base);
         }
-        if (c.method == "blend") return merge::BlendMix<A, R>{a, r, k}.plan(sources, base);
+        if (c.method == "blend") return merge::BlendMix<A, R>{a, r, k, shared}.plan(sources, base);
         if (c.method == "upcycle") {
-          return merge::Upcycle<R>{int64_t(c.experts.size()), r, 0.0, 0, k}.plan(sources);
+          return merge::Upcycle<R>{int64_t(c.experts.size()), r, 0.0, 0, k, shared}.plan(sources);
         }
-        return merge::BtxMix<A, R>{a, r, k}.plan(sources, base);
+        return merge::BtxMix<A, R>{a, r, k, shared}.plan(sources, base);
       },
       router);
 }
@@ -279,9 +279,34 @@ int run(const MergeConfig& c, const fs::path& out_dir, bool force) {
     router = merge::hidden_router_init_from_prompts(model, ids);
   }
 
+  // ------------------------------------------------------- the shared expert
+  // A source's FFN when shared_experts names one (base_model itself when it is not a
+  // source); the family decides whether its MoE has the slot at all.
+  merge::SharedExpertChoice shared;
+  if (!c.shared_expert.empty()) {
+    shared = merge::SharedExpertChoice::of_base();
+    for (size_t j = 0; j < dirs.size(); ++j) {
+      if (same_path(dirs[j], c.shared_expert)) {
+        shared = merge::SharedExpertChoice::of_source(j);
+        break;
+      }
+    }
+    if (shared.from == merge::SharedExpertChoice::From::base && !same_path(base, c.shared_expert)) {
+      throw InputError("config key 'shared_experts[0].source_model': " + c.shared_expert +
+                       " is neither base_model nor one of the experts");
+    }
+  }
+  try {
+    shared = merge::shared_expert_for(family_of(base_spec), shared);
+  } catch (const std::invalid_argument& e) {
+    throw InputError(std::string("config key 'shared_experts': ") + e.what());
+  }
+  const bool needs_base =
+      c.merges_task_vectors() || shared.from == merge::SharedExpertChoice::From::base;
+
   // ------------------------------------------------------- plan, then write
   const merge::Plan plan =
-      make_plan(c, sources, c.merges_task_vectors() ? &base_source : nullptr, averaging, router);
+      make_plan(c, sources, needs_base ? &base_source : nullptr, averaging, router, shared);
   const auto dtype = c.dtype.empty() ? plan.outputs().front().dtype : btx::dtype_from_name(c.dtype);
   auto config_json =
       merge::hf_config_for(plan, base_spec, btx::dtype_name(dtype), c.router_aux_loss_coef);

@@ -41,6 +41,7 @@ struct PipelineConfig {
   double load_balance_alpha = 0.01;
   std::string load_balance_form = "btx";  // btx | switch
   bool seed_as_expert = true;             // the paper's generalist expert
+  bool seed_as_shared_expert = false;     // or, in a Qwen2 seed's MoE, its shared expert
   std::string router_init = "normal";     // normal | zero | hidden
   std::string averaging = "uniform";      // shared tensors: uniform | task_arithmetic | ties |
                                           // dare_linear | dare_ties (against the seed)
@@ -191,6 +192,7 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
                           "load_balance_alpha",
                           "load_balance_form",
                           "seed_as_expert",
+                          "seed_as_shared_expert",
                           "router_init",
                           "averaging",
                           "averaging_density",
@@ -251,6 +253,7 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
   read(j, "load_balance_alpha", c.load_balance_alpha, top);
   read(j, "load_balance_form", c.load_balance_form, top);
   read(j, "seed_as_expert", c.seed_as_expert, top);
+  read(j, "seed_as_shared_expert", c.seed_as_shared_expert, top);
   read(j, "router_init", c.router_init, top);
   read(j, "averaging", c.averaging, top);
   read(j, "averaging_density", c.averaging_density, top);
@@ -393,6 +396,7 @@ inline nlohmann::json to_json(const PipelineConfig& c) {
           {"load_balance_alpha", c.load_balance_alpha},
           {"load_balance_form", c.load_balance_form},
           {"seed_as_expert", c.seed_as_expert},
+          {"seed_as_shared_expert", c.seed_as_shared_expert},
           {"router_init", c.router_init},
           {"averaging", c.averaging},
           {"averaging_density", c.averaging_density},

@@ -70,6 +70,7 @@ struct PipelineRun {
     m.density = config.averaging_density;
     m.lambda = config.averaging_lambda;
     m.seed_as_expert = config.seed_as_expert;
+    m.seed_as_shared_expert = config.seed_as_shared_expert;
     m.moe = moe_options(config.router);
     m.router_seed = config.seed;
     if (config.router_init == "hidden") {

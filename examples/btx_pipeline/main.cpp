@@ -72,6 +72,7 @@ CONFIG (YAML or JSON) overrides any of these keys (unknown keys are errors):
   seed_checkpoint: HF checkpoint folder  seed_stage/expert_stage/finetune_stage: {steps, lr, warmup}
   router: a router name (see Routers below)    extra_routers: [more routers to compare]
   load_balance_alpha (0.01), load_balance_form: btx|switch, seed_as_expert (true),
+  seed_as_shared_expert (false; a Qwen2 seed: its FFN as the MoE's always-on shared expert),
   router_init: normal|zero|hidden, averaging: uniform|task_arithmetic|ties|dare_linear|
   dare_ties (shared tensors, against the seed; averaging_density, averaging_lambda),
   baselines (true), eval_windows, math_problems

@@ -46,10 +46,12 @@
 #include <btx/models/auto.hpp>
 #include <btx/models/common/decoder.hpp>
 #include <btx/models/common/decoder_config.hpp>
+#include <btx/models/common/decoder_family.hpp>
 #include <btx/models/common/decoder_layers.hpp>
 #include <btx/models/common/decoder_moe.hpp>
 #include <btx/models/common/generate.hpp>
 #include <btx/models/common/hf_decoder_config.hpp>
+#include <btx/models/common/hf_expert_names.hpp>
 #include <btx/models/common/layers.hpp>
 #include <btx/models/common/rotary.hpp>
 #include <btx/models/family.hpp>
@@ -61,9 +63,10 @@
 #include <btx/models/llama/layers.hpp>
 #include <btx/models/llama/model.hpp>
 #include <btx/models/llama/moe.hpp>
+#include <btx/models/qwen2/family.hpp>
+#include <btx/models/qwen2/hf_config.hpp>
 #include <btx/models/qwen3/family.hpp>
 #include <btx/models/qwen3/hf_config.hpp>
-#include <btx/models/qwen3/hf_names.hpp>
 #include <btx/models/registry.hpp>
 #include <btx/moe/aux_loss.hpp>
 #include <btx/moe/dispatch.hpp>

@@ -133,7 +133,19 @@ class FamilyChecks:
                                  TOLERANCE)
 
 
-class Qwen3InTransformers(FamilyChecks, unittest.TestCase):
+class PerExpertNames:
+    """transformers' per-expert MoE names (Qwen2-MoE, Qwen3-MoE)."""
+
+    @staticmethod
+    def experts_of(config):
+        return config.num_experts
+
+    @staticmethod
+    def expert_name(layer, j, proj):
+        return f"model.layers.{layer}.mlp.experts.{j}.{proj}.weight"
+
+
+class Qwen3InTransformers(PerExpertNames, FamilyChecks, unittest.TestCase):
     from transformers import Qwen3MoeForCausalLM as moe_class
 
     @staticmethod
@@ -148,47 +160,165 @@ class Qwen3InTransformers(FamilyChecks, unittest.TestCase):
                 "sliding_on_layer_1": {"use_sliding_window": True, "sliding_window": 4,
                                        "max_window_layers": 1}}
 
-    @staticmethod
-    def experts_of(config):
-        return config.num_experts
+
+class Qwen2InTransformers(PerExpertNames, FamilyChecks, unittest.TestCase):
+    """Qwen2 dense in (q/k/v biases, no o bias), Qwen2-MoE out: its shared expert
+    zero-width by default, or the base model's FFN with `shared_experts`."""
+    from transformers import Qwen2MoeForCausalLM as moe_class
 
     @staticmethod
-    def expert_name(layer, j, proj):
-        return f"model.layers.{layer}.mlp.experts.{j}.{proj}.weight"
+    def dense(seed, **overrides):
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+        return tiny(Qwen2Config, Qwen2ForCausalLM, seed, **{"rope_theta": 1e6, **overrides})
+
+    @staticmethod
+    def dense_variants():
+        return {"plain": {}, "tied": {"tie_word_embeddings": True},
+                "sliding_on_layer_1": {"use_sliding_window": True, "sliding_window": 4,
+                                       "max_window_layers": 1}}
+
+    @staticmethod
+    def with_shared(config_text, source):
+        return config_text + f"shared_experts:\n  - source_model: {source}\n"
+
+    def test_copies_with_the_base_as_shared_expert_equal_the_dense_model(self):
+        model = self.dense(seed=41)
+        with tempfile.TemporaryDirectory() as tmp:
+            base = os.path.join(tmp, "base")
+            model.save_pretrained(base)
+            ids = torch.randint(0, model.config.vocab_size, (2, 11))
+            with torch.no_grad():
+                expected = model(ids).logits
+            result, out = merge(tmp, self.with_shared(
+                yaml_config(base, [base] * 3, gate_mode="random", seed=3), base))
+            self.assertEqual(result.returncode, 0, result.stderr)
+            moe = self.load_moe(out)
+            self.assertEqual(moe.config.shared_expert_intermediate_size,
+                             model.config.intermediate_size)
+            with torch.no_grad():
+                got = moe(ids).logits
+            self.assertLessEqual((got - expected).abs().max().item(), TOLERANCE)
+            self.assertLessEqual((btx_logits(tmp, out, ids) - expected).abs().max().item(),
+                                 TOLERANCE)
+
+    def test_the_base_as_shared_expert_beside_three_routed_experts(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            base = os.path.join(tmp, "base")
+            self.dense(seed=50).save_pretrained(base)
+            dirs = []
+            for j in range(3):
+                dirs.append(os.path.join(tmp, f"expert{j}"))
+                self.dense(seed=51 + j).save_pretrained(dirs[-1])
+            result, out = merge(tmp, self.with_shared(
+                yaml_config(base, dirs, gate_mode="random", seed=5), base))
+            self.assertEqual(result.returncode, 0, result.stderr)
+            seed, sources, merged = state_of(base), [state_of(d) for d in dirs], state_of(out)
+            for layer in range(2):
+                mlp = f"model.layers.{layer}.mlp"
+                for proj in ("gate_proj", "up_proj", "down_proj"):
+                    self.assertTrue(torch.equal(merged[f"{mlp}.shared_expert.{proj}.weight"],
+                                                seed[f"{mlp}.{proj}.weight"]))
+                    for j in range(3):
+                        # Routed experts at half weight: their down_proj halved.
+                        scale = 0.5 if proj == "down_proj" else 1.0
+                        self.assertTrue(torch.equal(merged[self.expert_name(layer, j, proj)],
+                                                    sources[j][f"{mlp}.{proj}.weight"] * scale))
+                self.assertEqual(merged[f"{mlp}.shared_expert_gate.weight"].abs().max().item(), 0)
+            moe = self.load_moe(out)
+            ids = torch.randint(0, moe.config.vocab_size, (2, 13))
+            with torch.no_grad():
+                expected = moe(ids).logits
+            self.assertLessEqual((btx_logits(tmp, out, ids) - expected).abs().max().item(),
+                                 TOLERANCE)
+
+    def test_a_trained_qwen2_moe_loads_in_btx_with_transformers_logits(self):
+        """A Qwen2-MoE as transformers makes one: unnormalised top-k (its default), a
+        shared expert of its own width and a non-zero shared-expert gate."""
+        from transformers import Qwen2MoeConfig
+        for norm in (False, True):
+            with self.subTest(norm_topk_prob=norm):
+                model = tiny(Qwen2MoeConfig, self.moe_class, 60, num_experts=5,
+                             num_experts_per_tok=2, moe_intermediate_size=24,
+                             shared_expert_intermediate_size=20, norm_topk_prob=norm)
+                with torch.no_grad():
+                    for layer in model.model.layers:
+                        layer.mlp.gate.weight.normal_(0, 0.5)
+                        layer.mlp.shared_expert_gate.weight.normal_(0, 0.5)
+                self.check_dense(model)
+
+    def test_a_shared_expert_is_refused_where_the_family_has_none(self):
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+        with tempfile.TemporaryDirectory() as tmp:
+            base = os.path.join(tmp, "base")
+            tiny(Qwen3Config, Qwen3ForCausalLM, 3).save_pretrained(base)
+            result, out = merge(tmp, self.with_shared(
+                yaml_config(base, [base, base], gate_mode="random"), base))
+            self.assertNotEqual(result.returncode, 0)
+            self.assertIn("qwen3_moe", result.stderr)
+            self.assertIn("shared expert", result.stderr)
+            self.assertFalse(os.path.exists(out))
 
 
-class PipelineOnAQwen3Seed(unittest.TestCase):
-    """btx-pipeline --quick from a transformers Qwen3 seed: every stage runs on the
-    family, and the final model is a Qwen3-MoE that transformers loads with btx's logits."""
+class Qwen3MoeUnnormalised(unittest.TestCase):
+    """Qwen3-MoE with norm_topk_prob false (top-k probabilities as they are) in btx."""
 
-    from transformers import Qwen3MoeForCausalLM as moe_class
+    def test_unnormalised_qwen3_moe_loads_with_transformers_logits(self):
+        from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+        model = tiny(Qwen3MoeConfig, Qwen3MoeForCausalLM, 61, num_experts=3,
+                     num_experts_per_tok=2, moe_intermediate_size=24, norm_topk_prob=False)
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.mlp.gate.weight.normal_(0, 0.5)
+        FamilyChecks.check_dense(self, model)
+
+
+class PipelineOnQwenSeeds(unittest.TestCase):
+    """btx-pipeline --quick from a transformers seed of each Qwen family: every stage runs
+    on the family, and the final model is the family's MoE, which transformers loads with
+    btx's logits. The Qwen2 run puts the seed's FFN in Qwen2-MoE's shared expert."""
+
     load_moe = FamilyChecks.load_moe
 
-    def test_quick_pipeline_from_a_qwen3_seed(self):
+    def run_pipeline(self, seed_model, moe_class, model_type, extra_keys=""):
         import subprocess
-        # Byte-level, as the demo's corpus is; wide enough to train.
-        seed_model = Qwen3InTransformers.dense(1, vocab_size=256, hidden_size=64,
-                                               intermediate_size=128, num_attention_heads=4,
-                                               num_key_value_heads=2, head_dim=16,
-                                               max_position_embeddings=512)
+        self.moe_class = moe_class
         with tempfile.TemporaryDirectory() as tmp:
             seed = os.path.join(tmp, "seed")
             seed_model.save_pretrained(seed)
             config = os.path.join(tmp, "run.yaml")
             with open(config, "w") as f:
-                f.write(f"seed_checkpoint: {seed}\n")
+                f.write(f"seed_checkpoint: {seed}\n{extra_keys}")
             run_dir = os.path.join(tmp, "run")
             r = subprocess.run([os.environ["BTX_PIPELINE"], config, "--quick", "--run-dir", run_dir],
                                capture_output=True, text=True, timeout=600)
             self.assertEqual(r.returncode, 0, r.stderr[-3000:])
             final = os.path.join(run_dir, "btx-top2", "model")
             moe = self.load_moe(final)
-            self.assertEqual(moe.config.model_type, "qwen3_moe")
+            self.assertEqual(moe.config.model_type, model_type)
             ids = torch.randint(0, 256, (2, 12))
             with torch.no_grad():
                 expected = moe(ids).logits
             self.assertLessEqual((btx_logits(tmp, final, ids) - expected).abs().max().item(),
                                  TOLERANCE)
+            return moe
+
+    # Byte-level, as the demo's corpus is; wide enough to train.
+    SEED_SHAPE = dict(vocab_size=256, hidden_size=64, intermediate_size=128,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                      max_position_embeddings=512)
+
+    def test_quick_pipeline_from_a_qwen3_seed(self):
+        from transformers import Qwen3MoeForCausalLM
+        self.run_pipeline(Qwen3InTransformers.dense(1, **self.SEED_SHAPE), Qwen3MoeForCausalLM,
+                          "qwen3_moe")
+
+    def test_quick_pipeline_from_a_qwen2_seed_with_the_seed_as_shared_expert(self):
+        from transformers import Qwen2MoeForCausalLM
+        moe = self.run_pipeline(Qwen2InTransformers.dense(1, **self.SEED_SHAPE),
+                                Qwen2MoeForCausalLM, "qwen2_moe",
+                                "seed_as_expert: false\nseed_as_shared_expert: true\n")
+        self.assertEqual(moe.config.shared_expert_intermediate_size, 128)
+        self.assertEqual(moe.config.num_experts, 3)  # the domain experts, routed
 
 
 class MistralInTransformers(FamilyChecks, unittest.TestCase):

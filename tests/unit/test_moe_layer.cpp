@@ -99,44 +99,97 @@ TEST_CASE("moe: soft routing equals the explicit softmax-weighted sum of all exp
 
 TEST_CASE("moe: top-k matches a naive per-token reference in values and gradients (fp64)") {
   torch::manual_seed(3);
-  for (int64_t k : {1, 2, 3}) {
-    auto gate = std::make_shared<btx::TopK>(H, E, k);
-    auto experts = std::make_shared<btx::PackedSwiGLU>(E, H, I);
-    gate->to(torch::kDouble);
-    experts->to(torch::kDouble);
-    btx::MoE<btx::TopK, btx::PackedSwiGLU> moe(gate, experts);
-    auto x = torch::randn({13, H}, torch::kDouble).requires_grad_(true);
-    auto x_ref = x.detach().clone().requires_grad_(true);
-    auto y = moe->forward(x);
-    // Naive: Mixtral's routing (softmax, top-k, renormalise), one token at a time.
-    std::vector<torch::Tensor> rows;
-    for (int64_t t = 0; t < x.size(0); ++t) {
-      auto xt = x_ref.narrow(0, t, 1);
-      auto p = torch::softmax(xt.mm(gate->weight.t()), 1).squeeze(0);
-      auto [vals, idx] = p.topk(k);
-      auto w = vals / vals.sum();
-      auto row = torch::zeros({1, H}, torch::kDouble);
-      for (int64_t j = 0; j < k; ++j) {
-        row = row + w[j] * experts->run_expert(idx[j].item<int64_t>(), xt);
+  // Renormalised (Mixtral); then unnormalised with a shared expert (Qwen2-MoE's routing).
+  for (const bool qwen2_moe : {false, true}) {
+    for (int64_t k : {1, 2, 3}) {
+      CAPTURE(qwen2_moe);
+      CAPTURE(k);
+      auto gate = std::make_shared<btx::TopK>(H, E, k, /*renormalize=*/!qwen2_moe);
+      auto experts = std::make_shared<btx::PackedSwiGLU>(E, H, I);
+      gate->to(torch::kDouble);
+      experts->to(torch::kDouble);
+      btx::MoE<btx::TopK, btx::PackedSwiGLU> moe(gate, experts);
+      if (qwen2_moe) {
+        moe->add_shared_expert(btx::SharedExpertSlot::make(H, 6, btx::GateActivation::silu));
       }
-      rows.push_back(row);
+      const auto& shared = moe->shared_expert();
+      auto x = torch::randn({13, H}, torch::kDouble).requires_grad_(true);
+      auto x_ref = x.detach().clone().requires_grad_(true);
+      auto y = moe->forward(x);
+      // Naive: softmax, top-k, renormalised or not, one token at a time; plus
+      // sigmoid(shared_gate x) * shared_expert(x).
+      std::vector<torch::Tensor> rows;
+      for (int64_t t = 0; t < x.size(0); ++t) {
+        auto xt = x_ref.narrow(0, t, 1);
+        auto p = torch::softmax(xt.mm(gate->weight.t()), 1).squeeze(0);
+        auto [vals, idx] = p.topk(k);
+        auto w = qwen2_moe ? vals : vals / vals.sum();
+        auto row = torch::zeros({1, H}, torch::kDouble);
+        for (int64_t j = 0; j < k; ++j) {
+          row = row + w[j] * experts->run_expert(idx[j].item<int64_t>(), xt);
+        }
+        if (qwen2_moe) {
+          const auto& s_ = shared.expert;
+          auto h = torch::silu(xt.mm(s_->gate_proj->weight.t())) * xt.mm(s_->up_proj->weight.t());
+          row = row +
+                torch::sigmoid(xt.mm(shared.gate->weight.t())) * h.mm(s_->down_proj->weight.t());
+        }
+        rows.push_back(row);
+      }
+      auto y_ref = torch::cat(rows, 0);
+      CHECK(max_abs_diff(y, y_ref) < 1e-12);
+      auto up = torch::randn_like(y);
+      auto params = std::vector<torch::Tensor>{gate->weight, experts->gate_proj, experts->up_proj,
+                                               experts->down_proj};
+      if (qwen2_moe) {
+        params.push_back(shared.gate->weight);
+        params.push_back(shared.expert->down_proj->weight);
+      }
+      auto params_x = params;
+      params_x.push_back(x);
+      auto g = torch::autograd::grad({(y * up).sum()}, params_x);
+      params.push_back(x_ref);
+      auto g_ref = torch::autograd::grad({(y_ref * up).sum()}, params);
+      for (size_t i = 0; i < g.size(); ++i) {
+        CAPTURE(i);
+        CHECK(max_abs_diff(g[i], g_ref[i]) < 1e-12);
+      }
+      // The router learns from the loss (with k = 1 and no renormalisation too).
+      if (k > 1 || qwen2_moe) CHECK(g[0].abs().sum().item<double>() > 0);
     }
-    auto y_ref = torch::cat(rows, 0);
-    CHECK(max_abs_diff(y, y_ref) < 1e-12);
-    auto up = torch::randn_like(y);
-    auto params = std::vector<torch::Tensor>{gate->weight, experts->gate_proj, experts->up_proj,
-                                             experts->down_proj};
-    auto params_x = params;
-    params_x.push_back(x);
-    auto g = torch::autograd::grad({(y * up).sum()}, params_x);
-    params.push_back(x_ref);
-    auto g_ref = torch::autograd::grad({(y_ref * up).sum()}, params);
-    for (size_t i = 0; i < g.size(); ++i) {
-      CAPTURE(i);
-      CHECK(max_abs_diff(g[i], g_ref[i]) < 1e-12);
-    }
-    if (k > 1) CHECK(g[0].abs().sum().item<double>() > 0);  // the router learns from the loss
   }
+}
+
+TEST_CASE(
+    "moe: a shared expert is named as transformers names it, cloned deeply, zero-width adds 0") {
+  torch::manual_seed(8);
+  auto make = [](int64_t width) {
+    btx::MoE<btx::TopK, btx::PackedSwiGLU> moe(std::make_shared<btx::TopK>(H, E, 2),
+                                               std::make_shared<btx::PackedSwiGLU>(E, H, I));
+    moe->add_shared_expert(btx::SharedExpertSlot::make(H, width, btx::GateActivation::silu));
+    return moe;
+  };
+  auto moe = make(6);
+  const auto names = moe->named_parameters();
+  CHECK(names.contains("shared_expert.gate_proj.weight"));
+  CHECK(names.contains("shared_expert.down_proj.weight"));
+  CHECK(names["shared_expert_gate.weight"].sizes() == torch::IntArrayRef({1, H}));
+  CHECK_THROWS_WITH_AS(
+      moe->add_shared_expert(btx::SharedExpertSlot::make(H, 6, btx::GateActivation::silu)),
+      doctest::Contains("has one already"), std::logic_error);
+  auto copy = std::dynamic_pointer_cast<btx::MoEImpl<btx::TopK, btx::PackedSwiGLU>>(moe->clone());
+  REQUIRE(copy);
+  auto x = torch::randn({5, H});
+  CHECK(max_abs_diff(copy->forward(x), moe->forward(x)) == 0.0);
+  {
+    torch::NoGradGuard no_grad;
+    copy->shared_expert().expert->down_proj->weight.add_(1.0);
+  }
+  CHECK(max_abs_diff(copy->forward(x), moe->forward(x)) > 0.1);
+  // Zero width: exactly the routed output.
+  auto zero = make(0);
+  btx::MoE<btx::TopK, btx::PackedSwiGLU> routed(zero->gate_ptr(), zero->experts_ptr());
+  CHECK(max_abs_diff(zero->forward(x), routed->forward(x)) == 0.0);
 }
 
 TEST_CASE("moe: switch drops exactly the assignments over capacity, in token order") {

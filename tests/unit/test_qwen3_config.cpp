@@ -103,10 +103,15 @@ TEST_CASE("qwen3 config: what btx cannot represent is refused, naming the field 
   moe["num_experts"] = 4;
   moe["num_experts_per_tok"] = 2;
   moe["moe_intermediate_size"] = 24;
-  CHECK(error_of(moe).find("\"norm_topk_prob\": false") != std::string::npos);
-  CHECK(error_of(moe).find("q/config.json") != std::string::npos);
-  moe["norm_topk_prob"] = true;
+  // norm_topk_prob false (transformers' default): the top-k probabilities as they are.
   CHECK(error_of(moe).empty());
+  CHECK_FALSE(btx::hf::qwen3_config_from_json(moe).moe->norm_topk_prob);
+  CHECK_FALSE(btx::Qwen3Family::hf_moe_options(*btx::hf::qwen3_config_from_json(moe).moe)
+                  .renormalize_top_k);
+  moe["num_experts"] = 1;
+  CHECK(error_of(moe).find("num_experts_per_tok") != std::string::npos);
+  CHECK(error_of(moe).find("q/config.json") != std::string::npos);
+  moe["num_experts"] = 4;
   moe["decoder_sparse_step"] = 2;
   CHECK(error_of(moe).find("decoder_sparse_step") != std::string::npos);
   moe["decoder_sparse_step"] = 1;

@@ -4,6 +4,8 @@
 //   dense   {layers}{i}.{slot}.{gate,up,down}_proj.weight     [F, D] / [F, D] / [D, F]
 //   experts {layers}{i}.{slot}.experts.{gate,up,down}_proj    [E, F, D] / [E, F, D] / [E, D, F]
 //   router  {layers}{i}.{slot}.gate.weight                    [E, D]
+//   shared  {layers}{i}.{slot}.shared_expert.{gate,up,down}_proj.weight, and its gate
+//           {layers}{i}.{slot}.shared_expert_gate.weight      [1, D]   (when the layer has one)
 // The defaults are transformers' decoder layout ("model.layers.", slot "mlp"); a model
 // family with another layout gives its own FfnNaming.
 #pragma once
@@ -39,6 +41,12 @@ struct FfnNaming {
   }
   [[nodiscard]] std::string router_name(int64_t layer) const {
     return ffn_prefix(layer) + "gate.weight";
+  }
+  [[nodiscard]] std::string shared_expert_name(int64_t layer, const std::string& proj) const {
+    return ffn_prefix(layer) + "shared_expert." + proj + ".weight";
+  }
+  [[nodiscard]] std::string shared_expert_gate_name(int64_t layer) const {
+    return ffn_prefix(layer) + "shared_expert_gate.weight";
   }
   [[nodiscard]] bool is_down(const std::string& proj) const { return proj == projections.back(); }
 

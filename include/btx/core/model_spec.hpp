@@ -38,6 +38,10 @@ struct MoEConfig {
   double router_aux_loss_coef = 0.02;  // load-balancing loss weight
   int64_t expert_intermediate_size =
       0;  // F of each expert; 0: the dense FFN's (split experts differ)
+  // The always-on shared expert's F beside the routed ones (Qwen2-MoE); empty: none. A
+  // family whose MoE architecture always has one (Qwen2-MoE) may hold 0: a zero-width one.
+  std::optional<int64_t> shared_expert_intermediate_size;
+  bool norm_topk_prob = true;  // top-k weights renormalised to sum to 1 (Mixtral: always)
 };
 
 struct ModelSpec {

@@ -47,6 +47,14 @@ inline std::string experts_name(int64_t layer, const std::string& proj) {
 inline std::string router_name(int64_t layer) {
   return default_ffn_naming().router_name(layer);
 }
+// MoE shared expert (contract): model.layers.{i}.mlp.shared_expert.{proj}.weight and its
+// gate model.layers.{i}.mlp.shared_expert_gate.weight [1, D]
+inline std::string shared_expert_name(int64_t layer, const std::string& proj) {
+  return default_ffn_naming().shared_expert_name(layer, proj);
+}
+inline std::string shared_expert_gate_name(int64_t layer) {
+  return default_ffn_naming().shared_expert_gate_name(layer);
+}
 // Layer index of a name under model.layers.{i}., if any.
 inline std::optional<int64_t> layer_of(const std::string& name) {
   return default_ffn_naming().layer_of(name);

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -27,6 +28,8 @@ struct MixManifest {
   int64_t split_factor = 1;           // chunks per source FFN (splitting), else 1
   int64_t experts_per_token = 0;      // suggested top-k for the MoE config (0: dense)
   int64_t moe_intermediate_size = 0;  // each expert's I (0: dense)
+  // The shared expert's I (0: a zero-width one); empty: the MoE has none.
+  std::optional<int64_t> shared_expert_intermediate_size;
   // Provenance, one entry per expert: the pieces concatenated along I, each
   // {"source": label, "rows": [begin, end)}. Empty for a dense result.
   nlohmann::json experts = nlohmann::json::array();
@@ -46,6 +49,9 @@ inline void to_json(nlohmann::json& j, const MixManifest& m) {
                      {"moe_intermediate_size", m.moe_intermediate_size},
                      {"experts", m.experts},
                      {"options", m.options}};
+  j["shared_expert_intermediate_size"] = m.shared_expert_intermediate_size
+                                             ? nlohmann::json(*m.shared_expert_intermediate_size)
+                                             : nlohmann::json();
 }
 
 inline void from_json(const nlohmann::json& j, MixManifest& m) {
@@ -63,6 +69,10 @@ inline void from_json(const nlohmann::json& j, MixManifest& m) {
   out.split_factor = j.value("split_factor", int64_t{1});
   out.experts_per_token = j.value("experts_per_token", int64_t{0});
   out.moe_intermediate_size = j.value("moe_intermediate_size", int64_t{0});
+  if (j.contains("shared_expert_intermediate_size") &&
+      !j["shared_expert_intermediate_size"].is_null()) {
+    out.shared_expert_intermediate_size = j["shared_expert_intermediate_size"].get<int64_t>();
+  }
   out.experts = j.value("experts", nlohmann::json::array());
   out.options = j.value("options", nlohmann::json::object());
   m = std::move(out);

@@ -70,6 +70,7 @@ struct BtxMix {
   A averaging{};
   R router{};
   int64_t experts_per_token = 2;
+  SharedExpertChoice shared{};  // an always-on shared expert (Qwen2-MoE), see moe_plan.hpp
 
   [[nodiscard]] std::string name() const { return "btx_mix"; }
   template <TensorSource S>
@@ -77,6 +78,7 @@ struct BtxMix {
     const int64_t I = detail::intermediate_of(sources);
     MoeRecipe r{name(), {}, 1, experts_per_token, 0.0, 0};
     for (size_t j = 0; j < sources.size(); ++j) r.experts.push_back({{{j, 0, I}}});
+    r.shared = shared;
     return moe_plan(sources, averaging, router, std::move(r), base);
   }
 };
@@ -98,6 +100,7 @@ struct SplitMix {
   int64_t chunks = 2;
   int64_t experts_per_token = 2;
   bool rescale_down = false;  // multiply down_proj chunks by C (see above)
+  SharedExpertChoice shared{};
 
   [[nodiscard]] std::string name() const { return "split"; }
   template <TensorSource S>
@@ -110,6 +113,7 @@ struct SplitMix {
     for (size_t j = 0; j < sources.size(); ++j) {
       for (int64_t c = 0; c < chunks; ++c) r.experts.push_back({{{j, c * w, (c + 1) * w}}});
     }
+    r.shared = shared;
     return moe_plan(sources, averaging, router, std::move(r), base);
   }
 };
@@ -123,6 +127,7 @@ struct BlendMix {
   A averaging{};
   R router{};
   int64_t experts_per_token = 2;
+  SharedExpertChoice shared{};
 
   [[nodiscard]] std::string name() const { return "blend"; }
   template <TensorSource S>
@@ -137,6 +142,7 @@ struct BlendMix {
       for (size_t j = 0; j < sources.size(); ++j) ex.pieces.push_back({j, n * w, (n + 1) * w});
       r.experts.push_back(std::move(ex));
     }
+    r.shared = shared;
     return moe_plan(sources, averaging, router, std::move(r), base);
   }
 };
@@ -151,6 +157,7 @@ struct Upcycle {
   double noise_std = 0.0;
   uint64_t noise_seed = 0;
   int64_t experts_per_token = 2;
+  SharedExpertChoice shared{};  // of_source(0): the seed's FFN as the shared expert too
 
   [[nodiscard]] std::string name() const { return "upcycle"; }
   template <TensorSource S>
@@ -166,6 +173,7 @@ struct Upcycle {
     const int64_t I = detail::intermediate_of(sources);
     MoeRecipe r{name(), {}, 1, experts_per_token, noise_std, noise_seed};
     for (int64_t e = 0; e < num_experts; ++e) r.experts.push_back({{{0, 0, I}}});
+    r.shared = shared;
     return moe_plan(sources, KeepOne{0}, router, std::move(r));
   }
 };

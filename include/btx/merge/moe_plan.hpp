@@ -56,6 +56,23 @@ struct ExpertRecipe {
   }
 };
 
+// Where a merged MoE's always-on shared expert (moe/shared_expert.hpp; Qwen2-MoE has one)
+// comes from. Filled from a dense FFN, the shared expert and the routed mixture each start
+// at half weight: its gate is zero (sigmoid 0 = 1/2) and the routed experts' down_proj is
+// halved, so when every FFN is the same (copies of one model) the MoE equals the dense
+// model, and the finetune learns how much of each to use. Zero-width: the slot a family
+// always has, adding exactly 0 (the routed experts are left as they are).
+struct SharedExpertChoice {
+  enum class From { none, zero_width, base, source };
+  From from = From::none;
+  size_t source = 0;  // From::source: which source's FFN
+
+  [[nodiscard]] static SharedExpertChoice zero_width() { return {From::zero_width, 0}; }
+  [[nodiscard]] static SharedExpertChoice of_base() { return {From::base, 0}; }
+  [[nodiscard]] static SharedExpertChoice of_source(size_t j) { return {From::source, j}; }
+  [[nodiscard]] bool filled() const { return from == From::base || from == From::source; }
+};
+
 // Everything a dense -> MoE plan needs besides the sources and policies.
 struct MoeRecipe {
   std::string method;
@@ -65,6 +82,7 @@ struct MoeRecipe {
   double noise_std = 0.0;  // Gaussian noise on expert weights, relative to each tensor's std
   uint64_t noise_seed = 0;
   double down_scale = 1.0;  // factor on every expert's down_proj (splitting's rescale)
+  SharedExpertChoice shared{};
 };
 
 // Expert e's weight for projection `proj` of one layer, built from the loaded dense
@@ -127,12 +145,26 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
     throw std::invalid_argument("btx::merge::" + recipe.method +
                                 ": noise std must be finite and >= 0");
   }
+  using SharedFrom = SharedExpertChoice::From;
+  if (recipe.shared.from == SharedFrom::base && !base) {
+    throw std::invalid_argument("btx::merge::" + recipe.method +
+                                ": the shared expert is to be the base model's FFN, but no base "
+                                "(seed) was given");
+  }
+  if (recipe.shared.from == SharedFrom::source && recipe.shared.source >= sources.size()) {
+    throw std::invalid_argument("btx::merge::" + recipe.method + ": the shared expert's source " +
+                                std::to_string(recipe.shared.source) + " is not among the " +
+                                std::to_string(sources.size()) + " sources");
+  }
+  // Filled, the shared expert and the routed mixture start at half weight each (see above).
+  if (recipe.shared.filled()) recipe.down_scale *= 0.5;
+  const int64_t F_s = recipe.shared.filled() ? layout.intermediate : 0;
 
   // -------------------------------------------------------- the output list
   const int64_t E = int64_t(recipe.experts.size());
   const int64_t D = layout.hidden;
   struct Role {
-    int kind = 0;  // 0 averaged, 1 router, 2 experts
+    int kind = 0;  // 0 averaged, 1 router, 2 experts, 3 shared expert, 4 its gate
     int64_t layer = 0;
     std::string proj;
   };
@@ -151,6 +183,16 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
                          down ? std::vector<int64_t>{E, D, F_e} : std::vector<int64_t>{E, F_e, D},
                          layout.ffn_dtype});
       roles[experts_name(i, proj)] = Role{2, i, proj};
+      if (recipe.shared.from != SharedFrom::none) {
+        outputs.push_back({shared_expert_name(i, proj),
+                           down ? std::vector<int64_t>{D, F_s} : std::vector<int64_t>{F_s, D},
+                           layout.ffn_dtype});
+        roles[shared_expert_name(i, proj)] = Role{3, i, proj};
+      }
+    }
+    if (recipe.shared.from != SharedFrom::none) {
+      outputs.push_back({shared_expert_gate_name(i), {1, D}, layout.ffn_dtype});
+      roles[shared_expert_gate_name(i)] = Role{4, i, ""};
     }
   }
   std::sort(outputs.begin(), outputs.end(),
@@ -180,6 +222,14 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
   }
 
   if (base) manifest.base = base->label();
+  if (recipe.shared.from != SharedFrom::none) {
+    manifest.shared_expert_intermediate_size = F_s;
+    if (recipe.shared.filled()) {
+      manifest.options["shared_expert"] = recipe.shared.from == SharedFrom::base
+                                              ? manifest.base
+                                              : manifest.sources[recipe.shared.source];
+    }
+  }
 
   // --------------------------------------------- computing one output tensor
   auto state = std::make_shared<const std::vector<S>>(sources);
@@ -199,6 +249,14 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
       for (const auto& ex : recipe.experts) src_of.push_back(ex.single_source());
       return router.init(role.layer, src_of, D, spec.dtype);
     }
+    if (role.kind == 3) {
+      if (!recipe.shared.filled()) return torch::empty(spec.shape, torch::dtype(spec.dtype));
+      const S& from = recipe.shared.from == SharedExpertChoice::From::base
+                          ? *base_state
+                          : srcs[recipe.shared.source];
+      return from.load(dense_ffn_name(role.layer, role.proj)).to(spec.dtype);
+    }
+    if (role.kind == 4) return torch::zeros(spec.shape, torch::dtype(spec.dtype));
     // Load each source's dense weight once, only if some expert reads it.
     std::vector<torch::Tensor> dense(srcs.size());
     for (const auto& ex : recipe.experts) {

@@ -29,6 +29,7 @@
 #include <btx/hf/checkpoint.hpp>
 #include <btx/io/sharded_writer.hpp>
 #include <btx/merge/manifest.hpp>
+#include <btx/merge/moe_plan.hpp>
 #include <btx/merge/plan.hpp>
 #include <btx/models/auto.hpp>
 #include <btx/models/family.hpp>
@@ -85,7 +86,22 @@ inline nlohmann::ordered_json hf_config_for(const Plan& plan, ModelSpec base,
   }
   base.moe =
       MoEConfig{m.num_experts, m.experts_per_token, router_aux_loss_coef, m.moe_intermediate_size};
+  base.moe->shared_expert_intermediate_size = m.shared_expert_intermediate_size;
   return family.config_json(base, dtype);
+}
+
+// The shared expert a merge into `family`'s MoE architecture gets: `asked` when the
+// architecture has the slot (a zero-width one when nothing was asked), none when it has
+// not; asking for one where there is no slot throws, naming the architecture.
+inline SharedExpertChoice shared_expert_for(const FamilyEntry& family, SharedExpertChoice asked) {
+  using From = SharedExpertChoice::From;
+  if (family.moe_has_shared_expert)
+    return asked.from == From::none ? SharedExpertChoice::zero_width() : asked;
+  if (asked.filled()) {
+    throw std::invalid_argument("btx::merge: " + family.moe_model_type + " (family " + family.name +
+                                ") has no shared expert; merge without one");
+  }
+  return {};
 }
 
 // Writes config.json, the manifest, copy_files and every output of `plan` into `dir`

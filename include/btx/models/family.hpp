@@ -91,6 +91,9 @@ struct FamilyEntry {
   std::function<hf::BtxSlot(const std::string&)> btx_slot;
   FfnNaming ffn;
   std::function<MoEOptions(const MoEConfig&)> hf_moe_options;
+  // Its MoE architecture always has a shared expert (Qwen2-MoE): merges fill the slot or
+  // leave it zero-width; other families refuse one.
+  bool moe_has_shared_expert = false;
 
   // What hf:: checkpoint I/O needs of the family.
   [[nodiscard]] hf::NameMap name_map() const { return {hf_names, ffn}; }
@@ -111,6 +114,9 @@ FamilyEntry family_entry() {
   // Optional: `F::other_model_types()`, more architectures the family reads and writes
   // (Llama's: mistral, a Llama with a sliding window).
   if constexpr (requires { F::other_model_types(); }) e.other_model_types = F::other_model_types();
+  // Optional: `F::moe_has_shared_expert()`, true when the MoE architecture has the slot.
+  if constexpr (requires { F::moe_has_shared_expert(); })
+    e.moe_has_shared_expert = F::moe_has_shared_expert();
   e.read_config = [](const nlohmann::json& j, const std::string& where) {
     return F::read_config(j, where);
   };

@@ -6,6 +6,7 @@
 
 #include <btx/models/family.hpp>
 #include <btx/models/llama/family.hpp>
+#include <btx/models/qwen2/family.hpp>
 #include <btx/models/qwen3/family.hpp>
 #include <btx/version.hpp>
 
@@ -16,6 +17,7 @@ inline FamilyRegistry& families() {
   static const bool builtins = [] {
     register_family<LlamaFamily>();
     register_family<Qwen3Family>();
+    register_family<Qwen2Family>();
     return true;
   }();
   (void)builtins;

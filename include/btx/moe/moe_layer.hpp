@@ -25,6 +25,7 @@
 #include <btx/moe/dispatch.hpp>
 #include <btx/moe/expert_parallel.hpp>
 #include <btx/moe/global_batch.hpp>
+#include <btx/moe/shared_expert.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -53,6 +54,12 @@ class MoELayerBase {
   [[nodiscard]] virtual const ExpertShard* expert_shard() const = 0;
   // The experts' parameters (after shard_experts, this rank's shard of each).
   [[nodiscard]] virtual std::vector<torch::Tensor> expert_parameters() const = 0;
+  // Adds an always-on shared expert (moe/shared_expert.hpp) beside the routed ones, its
+  // children named shared_expert and shared_expert_gate; once per layer. Its parameters
+  // are replicated like the trunk's, not sharded with the experts.
+  virtual void add_shared_expert(SharedExpertSlot shared) = 0;
+  // The shared expert, or an empty slot.
+  [[nodiscard]] virtual const SharedExpertSlot& shared_expert() const = 0;
 
  protected:
   MoELayerBase() = default;
@@ -87,6 +94,7 @@ class MoEImpl : public torch::nn::Cloneable<MoEImpl<R, X>>, public MoELayerBase 
   void reset() override {
     gate_ = std::dynamic_pointer_cast<R>(gate_->clone());
     experts_ = std::dynamic_pointer_cast<X>(experts_->clone());
+    shared_ = shared_.clone();
     register_children();
   }
 
@@ -110,6 +118,7 @@ class MoEImpl : public torch::nn::Cloneable<MoEImpl<R, X>>, public MoELayerBase 
                      : local_routing(r, d.tokens_per_expert, d.dropped, aux_);
     stats_ = std::move(routing.stats);
     aux_loss_ = std::move(routing.aux_loss);
+    if (shared_) return (d.y_TD + shared_.forward(x_TD)).view(x.sizes());
     return d.y_TD.view(x.sizes());
   }
 
@@ -148,6 +157,24 @@ class MoEImpl : public torch::nn::Cloneable<MoEImpl<R, X>>, public MoELayerBase 
     return experts_->parameters();
   }
 
+  void add_shared_expert(SharedExpertSlot shared) override {
+    if (shared_) throw std::logic_error("btx::MoE::add_shared_expert: the layer has one already");
+    if (!shared || shared.expert->hidden_size() != gate_->hidden_size()) {
+      throw std::invalid_argument(
+          "btx::MoE::add_shared_expert: needs a shared expert of "
+          "hidden_size=" +
+          std::to_string(gate_->hidden_size()));
+    }
+    shared_ = std::move(shared);
+    const auto params = experts_->parameters();
+    if (!params.empty()) {
+      shared_.expert->to(params.front().device(), params.front().scalar_type());
+      shared_.gate->to(params.front().device(), params.front().scalar_type());
+    }
+    register_shared();
+  }
+  [[nodiscard]] const SharedExpertSlot& shared_expert() const override { return shared_; }
+
   [[nodiscard]] R& gate() { return *gate_; }
   [[nodiscard]] X& experts() { return *experts_; }
   [[nodiscard]] std::shared_ptr<R> gate_ptr() const { return gate_; }
@@ -157,10 +184,16 @@ class MoEImpl : public torch::nn::Cloneable<MoEImpl<R, X>>, public MoELayerBase 
   void register_children() {
     this->register_module("gate", gate_);
     this->register_module("experts", experts_);
+    if (shared_) register_shared();
+  }
+  void register_shared() {
+    this->register_module("shared_expert", shared_.expert);
+    this->register_module("shared_expert_gate", shared_.gate);
   }
 
   std::shared_ptr<R> gate_;
   std::shared_ptr<X> experts_;
+  SharedExpertSlot shared_;  // empty: routed experts only
   AuxLossOptions aux_;
   RoutingStats stats_;
   torch::Tensor aux_loss_;

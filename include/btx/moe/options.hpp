@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include <btx/moe/aux_loss.hpp>
@@ -16,9 +17,15 @@ namespace btx {
 BTX_NAMESPACE_BEGIN
 
 struct MoEOptions {
-  int64_t num_experts = 4;           // E (BTX: 3 domain experts + the seed as generalist)
-  std::string router = "top2";       // a registered router name (btx::router_names())
-  int64_t k = 2;                     // k for router "topk"
+  int64_t num_experts = 4;      // E (BTX: 3 domain experts + the seed as generalist)
+  std::string router = "top2";  // a registered router name (btx::router_names())
+  int64_t k = 2;                // k for router "topk"
+  // Top-k routers: the k weights renormalised to sum to 1 (Mixtral), or the full softmax's
+  // probabilities of the k experts as they are (Qwen2-MoE's default norm_topk_prob: false).
+  bool renormalize_top_k = true;
+  // An always-on shared expert of this F beside the routed ones, its output gated by
+  // sigmoid(shared_expert_gate x) (Qwen2-MoE; moe/shared_expert.hpp); empty: none.
+  std::optional<int64_t> shared_expert_size;
   double capacity_factor = 1.5;      // Switch only
   double load_balance_alpha = 0.01;  // alpha of L_LB (paper: 0.01); 0 disables it
   LoadBalanceForm load_balance_form = LoadBalanceForm::btx;

@@ -18,6 +18,7 @@
 #include <btx/merge/mixers.hpp>
 #include <btx/merge/router_init.hpp>
 #include <btx/merge/state_dict.hpp>
+#include <btx/merge/write_plan.hpp>
 #include <btx/moe/options.hpp>
 #include <btx/recipe/branch.hpp>
 #include <btx/recipe/compute.hpp>
@@ -65,6 +66,7 @@ inline CausalLM upcycle(const CausalLM& seed, const MoEOptions& moe, uint64_t ro
   up.num_experts = moe.num_experts;
   up.router.seed = router_seed;
   up.experts_per_token = active_experts(moe);
+  up.shared = merge::shared_expert_for(family_of(seed.spec()), {});  // Qwen2-MoE: zero-width
   const std::vector<merge::StateDictSource> source{merge::source_of(seed.module(), "seed")};
   CausalLM model = make_stage_model(seed.spec(), moe);
   merge::load_state_dict(model.module(), merge::materialize(up.plan(source)));

@@ -22,6 +22,7 @@
 #include <btx/merge/router_init.hpp>
 #include <btx/merge/state_dict.hpp>
 #include <btx/merge/trunk_merging.hpp>
+#include <btx/merge/write_plan.hpp>
 #include <btx/moe/options.hpp>
 #include <btx/recipe/branch.hpp>
 #include <btx/recipe/compute.hpp>
@@ -39,6 +40,9 @@ struct MixOptions {
   std::string router = "top2";         // any registered router (btx::router_names())
   std::string router_init = "normal";  // normal | zero | hidden (see merge/router_init.hpp)
   bool seed_as_expert = true;          // the seed joins as the last expert (the generalist)
+  // Or the seed's FFN becomes the always-on shared expert, for families whose MoE has one
+  // (Qwen2-MoE; merge/moe_plan.hpp: it and the routed mixture start at half weight each).
+  bool seed_as_shared_expert = false;
   // Everything else about the MoE layers (load balancing, capacity, ...); mix sets its
   // num_experts and router.
   MoEOptions moe = {};
@@ -89,9 +93,9 @@ template <class RouterInitT>
 merge::StateDict mix_tensors(const std::vector<merge::StateDictSource>& sources,
                              const merge::StateDictSource& base,
                              const merge::AnyAveraging& averaging, RouterInitT init,
-                             int64_t experts_per_token) {
+                             int64_t experts_per_token, merge::SharedExpertChoice shared) {
   merge::BtxMix<merge::AnyAveraging, RouterInitT> mixer{averaging, std::move(init),
-                                                        experts_per_token};
+                                                        experts_per_token, shared};
   return merge::materialize(mixer.plan(sources, &base));
 }
 }  // namespace detail
@@ -113,7 +117,18 @@ inline CausalLM mix(const std::vector<Expert>& experts, const CausalLM& seed,
   }
   const auto base = merge::source_of(seed.module(), "seed");
   if (options.seed_as_expert) sources.push_back(base);
-  const MoEOptions moe = options.moe_options(int64_t(names.size()));
+  if (options.seed_as_expert && options.seed_as_shared_expert) {
+    throw std::invalid_argument(
+        "btx::recipe::mix: the seed is either one more routed expert (seed_as_expert) or the "
+        "shared expert (seed_as_shared_expert), not both");
+  }
+  const merge::SharedExpertChoice shared = merge::shared_expert_for(
+      family_of(dense), options.seed_as_shared_expert ? merge::SharedExpertChoice::of_base()
+                                                      : merge::SharedExpertChoice{});
+  MoEOptions moe = options.moe_options(int64_t(names.size()));
+  if (shared.from != merge::SharedExpertChoice::From::none) {
+    moe.shared_expert_size = shared.filled() ? dense.shape.intermediate_size : 0;
+  }
   const int64_t k = active_experts(moe);
   const auto averaging = detail::averaging_of(options, sources.size());
 
@@ -137,13 +152,13 @@ inline CausalLM mix(const std::vector<Expert>& experts, const CausalLM& seed,
       CausalLM generalist = seed;
       init.per_source.push_back(merge::mean_mlp_inputs(generalist, samples));
     }
-    tensors = detail::mix_tensors(sources, base, averaging, std::move(init), k);
+    tensors = detail::mix_tensors(sources, base, averaging, std::move(init), k, shared);
   } else if (options.router_init == "zero") {
-    tensors = detail::mix_tensors(sources, base, averaging, merge::RouterZero{}, k);
+    tensors = detail::mix_tensors(sources, base, averaging, merge::RouterZero{}, k, shared);
   } else if (options.router_init == "normal") {
     merge::RouterNormal init;
     init.seed = options.router_seed;
-    tensors = detail::mix_tensors(sources, base, averaging, init, k);
+    tensors = detail::mix_tensors(sources, base, averaging, init, k, shared);
   } else {
     throw std::invalid_argument("btx::recipe::mix: router_init '" + options.router_init +
                                 "' is not one of normal, zero, hidden");

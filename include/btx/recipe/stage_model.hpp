@@ -31,6 +31,8 @@ inline ModelSpec moe_spec(const ModelSpec& dense, const MoEOptions& options) {
   const int64_t expert_width = dense.moe ? dense.moe->expert_intermediate_size : 0;
   spec.moe = MoEConfig{options.num_experts, active_experts(options), options.load_balance_alpha,
                        expert_width};
+  spec.moe->norm_topk_prob = options.renormalize_top_k;
+  spec.moe->shared_expert_intermediate_size = options.shared_expert_size;
   return spec;
 }
 

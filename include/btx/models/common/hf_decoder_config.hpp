@@ -11,7 +11,9 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
+#include <btx/core/model_spec.hpp>
 #include <btx/hf/config_json.hpp>
 #include <btx/models/common/decoder_config.hpp>
 #include <btx/version.hpp>
@@ -63,6 +65,78 @@ inline DecoderConfig read_decoder_fields(const ConfigFields& f, const DecoderDef
                                "\"hidden_act\": \"" + act + "\" is not supported (silu only)");
   }
   return c;
+}
+
+// `layer_types` (transformers 5: "sliding_attention" or "full_attention" per layer) as
+// which layers slide; empty when the config leaves it out.
+inline std::optional<std::vector<bool>> read_layer_types(const ConfigFields& f, int64_t layers) {
+  if (!f.has("layer_types")) return std::nullopt;
+  const auto& types = f.json()["layer_types"];
+  if (!types.is_array() || int64_t(types.size()) != layers) {
+    throw detail::config_error(
+        f.where(), "\"layer_types\" must list one type per layer (" + std::to_string(layers) + ")");
+  }
+  std::vector<bool> sliding(types.size());
+  for (size_t i = 0; i < types.size(); ++i) {
+    const std::string t = types[i].is_string() ? types[i].get<std::string>() : "?";
+    if (t != "sliding_attention" && t != "full_attention") {
+      throw detail::config_error(f.where(), "\"layer_types\"[" + std::to_string(i) + "] \"" + t +
+                                                "\" is not sliding_attention or full_attention");
+    }
+    sliding[i] = t == "sliding_attention";
+  }
+  return sliding;
+}
+
+// Every layer's type, as `layer_types` lists them.
+inline nlohmann::ordered_json layer_types_json(const DecoderConfig& c) {
+  nlohmann::ordered_json types = nlohmann::ordered_json::array();
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i)
+    types.push_back(c.window_of_layer(i) > 0 ? "sliding_attention" : "full_attention");
+  return types;
+}
+
+// config.json's model_type, which must be `dense` or `moe` (`family` names the family in
+// the error); true for the MoE one.
+inline bool read_family_model_type(const nlohmann::json& j, const std::string& where,
+                                   const std::string& family, const std::string& dense,
+                                   const std::string& moe) {
+  const std::string model_type = declared_model_type(j, where);
+  if (model_type != dense && model_type != moe) {
+    throw detail::config_error(where, "model_type \"" + model_type + "\" is not supported (the " +
+                                          family + " family reads " + dense + " and " + moe + ")");
+  }
+  return model_type == moe;
+}
+
+// The MoE keys transformers' Qwen-style MoE configs share (num_experts,
+// num_experts_per_tok, moe_intermediate_size, norm_topk_prob with its default false,
+// router_aux_loss_coef), refusing the per-layer sparsity btx does not build
+// (decoder_sparse_step other than 1, mlp_only_layers): btx makes every layer MoE.
+inline MoEConfig read_moe_fields(const ConfigFields& f) {
+  const std::string& where = f.where();
+  MoEConfig m;
+  m.num_local_experts =
+      f.has("num_experts") ? f.required_int("num_experts") : f.required_int("num_local_experts");
+  m.num_experts_per_tok = f.required_int("num_experts_per_tok");
+  m.expert_intermediate_size = f.required_int("moe_intermediate_size");
+  m.norm_topk_prob = f.optional_bool("norm_topk_prob", false);
+  m.router_aux_loss_coef = f.optional_num("router_aux_loss_coef", 0.001);
+  if (m.num_experts_per_tok < 1 || m.num_experts_per_tok > m.num_local_experts) {
+    throw detail::config_error(where, "\"num_experts_per_tok\" must be in [1, num_experts]");
+  }
+  if (m.expert_intermediate_size <= 0)
+    throw detail::config_error(where, "\"moe_intermediate_size\" must be > 0");
+  if (f.optional_int("decoder_sparse_step", 1) != 1) {
+    throw detail::config_error(where,
+                               "\"decoder_sparse_step\" other than 1 is not supported (btx makes "
+                               "every layer MoE)");
+  }
+  if (f.has("mlp_only_layers") && !f.json()["mlp_only_layers"].empty()) {
+    throw detail::config_error(where,
+                               "\"mlp_only_layers\" is not supported (btx makes every layer MoE)");
+  }
+  return m;
 }
 
 // parse(j, where), with a JSON type error turned into one naming `where`.

@@ -65,9 +65,7 @@ struct LlamaFamily {
     return CausalLM(LlamaForCausalLM(llama_config(dense)), dense);
   }
   static CausalLM make_moe(const ModelSpec& s, const MoEOptions& options) {
-    ModelSpec moe = s;
-    if (!moe.moe) moe.moe = MoEConfig{options.num_experts, 2, options.load_balance_alpha};
-    moe.moe->num_local_experts = options.num_experts;
+    const ModelSpec moe = with_moe_options(s, options);
     return CausalLM(LlamaForCausalLM(llama_config(moe), moe_feed_forward(options)), moe);
   }
   // A holder built by hand, as a CausalLM (`moe`: its MoE fields, when it has MoE layers).

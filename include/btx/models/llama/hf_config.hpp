@@ -125,6 +125,16 @@ inline nlohmann::ordered_json llama_config_json(const LlamaConfig& c,
 inline nlohmann::ordered_json mixtral_config_json(const LlamaConfig& c, const MoEConfig& moe,
                                                   const std::string& dtype = "float32") {
   detail::check_representable(c, "MixtralForCausalLM");
+  if (moe.shared_expert_intermediate_size) {
+    throw std::invalid_argument(
+        "btx: MixtralForCausalLM has no shared expert (Qwen2-MoE has one); merge without "
+        "shared_experts");
+  }
+  if (!moe.norm_topk_prob) {
+    throw std::invalid_argument(
+        "btx: MixtralForCausalLM always renormalises its top-k weights (norm_topk_prob: false "
+        "cannot be written)");
+  }
   auto j = llama_config_json(c, dtype);
   j.erase("attention_bias");
   j.erase("mlp_bias");

@@ -27,7 +27,7 @@ BTX_NAMESPACE_BEGIN
 // MoEOptions reproducing HF Mixtral: top-k over softmax, renormalised; Switch-form
 // load-balancing loss weighted by router_aux_loss_coef.
 inline MoEOptions mixtral_moe_options(const MoEConfig& moe) {
-  return renormalised_top_k_options(moe);
+  return hf_top_k_options(moe);
 }
 
 BTX_NAMESPACE_END

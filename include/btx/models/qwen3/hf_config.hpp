@@ -34,23 +34,9 @@ namespace detail {
 // Which layers slide: `layer_types` when given, else layers >= max_window_layers (Qwen3);
 // every layer (Qwen3-MoE).
 inline std::vector<bool> qwen3_sliding_layers(const ConfigFields& f, int64_t layers, bool moe) {
-  const nlohmann::json& j = f.json();
+  if (auto given = read_layer_types(f, layers)) return *given;
   std::vector<bool> sliding(size_t(layers), moe);
-  if (f.has("layer_types")) {
-    const auto& types = j["layer_types"];
-    if (!types.is_array() || int64_t(types.size()) != layers) {
-      throw config_error(f.where(), "\"layer_types\" must list one type per layer (" +
-                                        std::to_string(layers) + ")");
-    }
-    for (size_t i = 0; i < types.size(); ++i) {
-      const std::string t = types[i].is_string() ? types[i].get<std::string>() : "?";
-      if (t != "sliding_attention" && t != "full_attention") {
-        throw config_error(f.where(), "\"layer_types\"[" + std::to_string(i) + "] \"" + t +
-                                          "\" is not sliding_attention or full_attention");
-      }
-      sliding[i] = t == "sliding_attention";
-    }
-  } else if (!moe) {
+  if (!moe) {
     const int64_t first = f.optional_int("max_window_layers", 28);
     for (int64_t i = 0; i < layers; ++i) sliding[size_t(i)] = i >= first;
   }
@@ -59,13 +45,7 @@ inline std::vector<bool> qwen3_sliding_layers(const ConfigFields& f, int64_t lay
 
 inline Qwen3Config parse_qwen3_config(const nlohmann::json& j, const std::string& where) {
   const ConfigFields f(j, where);
-  const std::string model_type = declared_model_type(j, where);
-  if (model_type != "qwen3" && model_type != "qwen3_moe") {
-    throw config_error(where,
-                       "model_type \"" + model_type +
-                           "\" is not supported (the Qwen3 family reads qwen3 and qwen3_moe)");
-  }
-  const bool moe = model_type == "qwen3_moe";
+  const bool moe = read_family_model_type(j, where, "Qwen3", "qwen3", "qwen3_moe");
   Qwen3Config out;
   auto& c = out.decoder;
   c = read_decoder_fields(f, {.rms_norm_eps = 1e-6,
@@ -79,34 +59,7 @@ inline Qwen3Config parse_qwen3_config(const nlohmann::json& j, const std::string
     c.sliding_layers = qwen3_sliding_layers(f, c.num_hidden_layers, moe);
   }
   out.dtype = f.dtype();
-  if (moe) {
-    MoEConfig m;
-    m.num_local_experts =
-        f.has("num_experts") ? f.required_int("num_experts") : f.required_int("num_local_experts");
-    m.num_experts_per_tok = f.required_int("num_experts_per_tok");
-    m.expert_intermediate_size = f.required_int("moe_intermediate_size");
-    m.router_aux_loss_coef = f.optional_num("router_aux_loss_coef", 0.001);
-    if (m.num_experts_per_tok < 1 || m.num_experts_per_tok > m.num_local_experts) {
-      throw config_error(where, "\"num_experts_per_tok\" must be in [1, num_experts]");
-    }
-    if (m.expert_intermediate_size <= 0)
-      throw config_error(where, "\"moe_intermediate_size\" must be > 0");
-    // btx's top-k router renormalises the k weights, as Qwen3-MoE with norm_topk_prob.
-    if (!f.optional_bool("norm_topk_prob", false) && m.num_experts_per_tok < m.num_local_experts) {
-      throw config_error(where,
-                         "\"norm_topk_prob\": false is not supported (btx's top-k router "
-                         "renormalises the top-k weights; set it to true)");
-    }
-    if (f.optional_int("decoder_sparse_step", 1) != 1) {
-      throw config_error(where,
-                         "\"decoder_sparse_step\" other than 1 is not supported (btx "
-                         "makes every layer MoE)");
-    }
-    if (f.has("mlp_only_layers") && !j["mlp_only_layers"].empty()) {
-      throw config_error(where, "\"mlp_only_layers\" is not supported (btx makes every layer MoE)");
-    }
-    out.moe = m;
-  }
+  if (moe) out.moe = read_moe_fields(f);
   validate_decoder(c, where);
   return out;
 }
@@ -130,18 +83,20 @@ inline nlohmann::ordered_json qwen3_config_json(const DecoderConfig& c,
   j["use_sliding_window"] = c.sliding_window > 0;
   j["sliding_window"] = c.sliding_window > 0 ? nlohmann::ordered_json(c.sliding_window) : nullptr;
   j["max_window_layers"] = c.num_hidden_layers;
-  nlohmann::ordered_json types = nlohmann::ordered_json::array();
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i)
-    types.push_back(c.window_of_layer(i) > 0 ? "sliding_attention" : "full_attention");
-  j["layer_types"] = types;
+  j["layer_types"] = layer_types_json(c);
   return j;
 }
 
 // A Qwen3MoeForCausalLM config.json: `c` is the dense model's config, `moe` the experts'
 // (expert_intermediate_size: moe_intermediate_size; 0 means the dense F). Routing: top-k
-// over the softmax, renormalised (norm_topk_prob), as btx's top-k router.
+// over the softmax, renormalised when moe.norm_topk_prob, as btx's top-k router.
 inline nlohmann::ordered_json qwen3_moe_config_json(const DecoderConfig& c, const MoEConfig& moe,
                                                     const std::string& dtype = "float32") {
+  if (moe.shared_expert_intermediate_size) {
+    throw std::invalid_argument(
+        "btx: Qwen3MoeForCausalLM has no shared expert (Qwen2-MoE has one); merge without "
+        "shared_experts");
+  }
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     if (c.window_of_layer(i) != c.window_of_layer(0)) {
       throw std::invalid_argument(
@@ -158,7 +113,7 @@ inline nlohmann::ordered_json qwen3_moe_config_json(const DecoderConfig& c, cons
   j["num_experts_per_tok"] = moe.num_experts_per_tok;
   j["moe_intermediate_size"] =
       moe.expert_intermediate_size > 0 ? moe.expert_intermediate_size : c.intermediate_size;
-  j["norm_topk_prob"] = true;
+  j["norm_topk_prob"] = moe.norm_topk_prob;
   j["decoder_sparse_step"] = 1;
   j["mlp_only_layers"] = nlohmann::ordered_json::array();
   j["router_aux_loss_coef"] = moe.router_aux_loss_coef;

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 // TopK router (HF Mixtral's routing): weights = softmax over the k largest logits, which
-// equals renormalising the top-k of the full softmax. With k = 1 the weight is 1.
+// equals renormalising the top-k of the full softmax. With k = 1 the weight is 1. With
+// renormalize = false the weights are the full softmax's probabilities of the k experts,
+// summing to less than 1 (Qwen2-MoE and Qwen3-MoE with norm_topk_prob: false).
 // Registered as "top1", "top2", "topk" (k = MoEOptions.k) and the family "topk:K".
 #pragma once
 
@@ -21,8 +23,8 @@ BTX_NAMESPACE_BEGIN
 
 class TopK : public torch::nn::Cloneable<TopK> {
  public:
-  TopK(int64_t hidden_size, int64_t num_experts, int64_t k = 2)
-      : hidden_(hidden_size), experts_(num_experts), k_(k) {
+  TopK(int64_t hidden_size, int64_t num_experts, int64_t k = 2, bool renormalize = true)
+      : hidden_(hidden_size), experts_(num_experts), k_(k), renormalize_(renormalize) {
     if (k < 1 || k > num_experts) {
       throw std::invalid_argument("btx::TopK: k must be in [1, num_experts=" +
                                   std::to_string(num_experts) + "], got k=" + std::to_string(k));
@@ -38,18 +40,21 @@ class TopK : public torch::nn::Cloneable<TopK> {
     r.probs_TE = torch::softmax(r.logits_TE, 1);
     auto [top_logits_TK, indices_TK] = r.logits_TE.topk(k_, 1);
     r.indices_TK = indices_TK;
-    r.weights_TK = torch::softmax(top_logits_TK, 1);
+    r.weights_TK =
+        renormalize_ ? torch::softmax(top_logits_TK, 1) : r.probs_TE.gather(1, indices_TK);
     return r;
   }
 
   [[nodiscard]] int64_t num_experts() const { return experts_; }
   [[nodiscard]] int64_t hidden_size() const { return hidden_; }
   [[nodiscard]] int64_t k() const { return k_; }
+  [[nodiscard]] bool renormalizes() const { return renormalize_; }
 
   torch::Tensor weight;  // [E, H]
 
  private:
   int64_t hidden_, experts_, k_;
+  bool renormalize_;
 };
 
 // The k a top-k router name asks for: "top1" -> 1, "top2" -> 2, "topk" -> `k`,
@@ -91,7 +96,8 @@ inline int64_t checked_top_k(const MoEOptions& options) {
 // The top-k names, for btx::router_registry().
 inline void register_top_k_routers(RouterRegistry& registry) {
   const auto make = [](const MoEOptions& o, int64_t hidden, uint64_t /*layer*/) {
-    return std::make_shared<TopK>(hidden, o.num_experts, detail::checked_top_k(o));
+    return std::make_shared<TopK>(hidden, o.num_experts, detail::checked_top_k(o),
+                                  o.renormalize_top_k);
   };
   const auto k = [](const MoEOptions& o) { return detail::checked_top_k(o); };
   registry.add<TopK>({.name = "top1",
@@ -102,10 +108,11 @@ inline void register_top_k_routers(RouterRegistry& registry) {
                       .describe = "Mixtral's routing: the 2 most likely experts, renormalised",
                       .make = make,
                       .active_experts = k});
-  registry.add<TopK>({.name = "topk",
-                      .describe = "the MoEOptions.k most likely experts, renormalised",
-                      .make = make,
-                      .active_experts = k});
+  registry.add<TopK>(
+      {.name = "topk",
+       .describe = "the MoEOptions.k most likely experts, renormalised (renormalize_top_k)",
+       .make = make,
+       .active_experts = k});
   registry.add<TopK>(
       {.name = "topk:K",
        .describe = "the K most likely experts, renormalised (e.g. topk:3)",

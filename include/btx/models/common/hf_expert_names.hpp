@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: MIT
-// The Qwen3 family's two-way name table between btx parameter names and Hugging Face
-// tensor names. Dense Qwen3 names are identical (q_norm/k_norm included); btx's packed MoE
-// parameters map to Qwen3-MoE's per-expert tensors, the layout transformers writes:
+// The two-way name table of the families whose HF names are btx's own but for the
+// experts (Qwen2, Qwen3): btx's packed MoE parameters map to per-expert tensors, the
+// layout transformers' save_pretrained writes for Qwen2-MoE and Qwen3-MoE:
 //   model.layers.{i}.mlp.gate.weight          [E, D]    <-> model.layers.{i}.mlp.gate.weight
 //   model.layers.{i}.mlp.experts.gate_proj    [E, F, D] <-> mlp.experts.{j}.gate_proj.weight
 //   model.layers.{i}.mlp.experts.up_proj      [E, F, D] <-> mlp.experts.{j}.up_proj.weight
 //   model.layers.{i}.mlp.experts.down_proj    [E, D, F] <-> mlp.experts.{j}.down_proj.weight
+// Everything else (the trunk, q/k norms, biases, a shared expert and its gate) keeps its name.
 #pragma once
 
 #include <cstdint>
@@ -22,12 +23,12 @@ BTX_NAMESPACE_BEGIN
 namespace hf {
 
 namespace detail {
-inline const std::regex& qwen3_btx_experts_pattern() {
+inline const std::regex& per_expert_btx_pattern() {
   static const std::regex re(
       R"(^model\.layers\.(\d+)\.mlp\.experts\.(gate_proj|up_proj|down_proj)$)");
   return re;
 }
-inline const std::regex& qwen3_hf_expert_pattern() {
+inline const std::regex& per_expert_hf_pattern() {
   static const std::regex re(
       R"(^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$)");
   return re;
@@ -36,9 +37,9 @@ inline const std::regex& qwen3_hf_expert_pattern() {
 
 // The HF tensor names of a btx parameter: one name, or `num_experts` names (expert order)
 // for a packed expert parameter.
-inline std::vector<std::string> qwen3_hf_names(const std::string& param, int64_t num_experts) {
+inline std::vector<std::string> per_expert_hf_names(const std::string& param, int64_t num_experts) {
   std::smatch m;
-  if (!std::regex_match(param, m, detail::qwen3_btx_experts_pattern())) return {param};
+  if (!std::regex_match(param, m, detail::per_expert_btx_pattern())) return {param};
   std::vector<std::string> out;
   for (int64_t j = 0; j < num_experts; ++j) {
     out.push_back("model.layers." + m[1].str() + ".mlp.experts." + std::to_string(j) + "." +
@@ -48,9 +49,9 @@ inline std::vector<std::string> qwen3_hf_names(const std::string& param, int64_t
 }
 
 // The btx slot an HF tensor name loads into.
-inline BtxSlot qwen3_btx_slot(const std::string& hf_name) {
+inline BtxSlot per_expert_btx_slot(const std::string& hf_name) {
   std::smatch m;
-  if (!std::regex_match(hf_name, m, detail::qwen3_hf_expert_pattern()))
+  if (!std::regex_match(hf_name, m, detail::per_expert_hf_pattern()))
     return {hf_name, std::nullopt};
   return {"model.layers." + m[1].str() + ".mlp.experts." + m[3].str(), std::stoll(m[2].str())};
 }
