@@ -1,188 +1,231 @@
+#!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-"""btx-merge throughput and peak memory against a plain copy of the same bytes.
+"""btx-merge against a plain copy and mergekit-moe, side by side in one run.
 
-Generates N dense Llama checkpoints of about SIZE GB each (random fp32 weights, one
-model.safetensors each), then, in one run:
-  (i)  plain copy: reads every input byte once and writes output-sized bytes once (fsync'd),
-  (ii) btx-merge: the N checkpoints -> one Mixtral (BTX mix, random router), fsync'd by the
-       tool's atomic commit;
-and reports the throughput ratio copy_time / merge_time (goal >= 0.5) and btx-merge's peak
-RSS (goal <= 2 x the largest tensor it holds + 200 MB). Everything is deleted afterwards.
+For each size (about 1 GB and 3 GB per input) and dtype (float32, bfloat16) it writes three
+random HF Llama checkpoints, warms them into the page cache, and then, repeats times in
+turn, times
+  copy        read every input byte and write as many bytes as the merged output has, fsync
+  btx-merge   BTX mix into a 3-expert top-2 Mixtral (gate_mode random)
+  mergekit    mergekit-moe on the same config (installed into its own venv, torch first)
+reporting the median seconds, peak RSS (/usr/bin/time -v; goal for btx-merge: 2 x the
+largest output tensor + 200 MB) and the ratios copy/btx (goal >= 0.7) and mergekit/btx
+(goal >= 3). Inputs stay in --work for the next run; outputs are deleted.
 
-  /work/main/.venv/bin/python benchmarks/merge_throughput.py --merge build/bin/btx-merge
-Needs torch and safetensors (the interop tests' Python).
+  python3 benchmarks/merge_throughput.py [--sizes 1,3] [--dtypes float32,bfloat16]
+      [--repeats 3] [--work DIR] [--btx-merge build/bin/btx-merge] [--no-mergekit]
 """
 import argparse
 import json
 import os
-import resource
 import shutil
-import struct
+import statistics
 import subprocess
 import sys
 import time
 
-import torch
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Llama shapes whose fp32 checkpoint is about 1 GB / 3 GB (bf16: half).
+SHAPES = {
+    1: dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=16,
+            num_attention_heads=16, num_key_value_heads=16, vocab_size=32000),
+    3: dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=12,
+            num_attention_heads=16, num_key_value_heads=16, vocab_size=32000),
+}
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def mergekit_venv(work):
+    """A venv with torch==2.13.0 (first, so pip takes the CPU wheel) and mergekit."""
+    venv = os.path.join(work, "mergekit-venv")
+    py = os.path.join(venv, "bin", "python")
+    if not os.path.exists(os.path.join(venv, "bin", "mergekit-moe")):
+        log("installing mergekit into", venv)
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+        subprocess.run([py, "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
+        subprocess.run([py, "-m", "pip", "install", "-q", "mergekit"], check=True)
+    return os.path.join(venv, "bin", "mergekit-moe"), py
+
+
+def write_checkpoint(path, shape, dtype, seed, py):
+    """A random HF Llama folder (config.json, model.safetensors, a word-level tokenizer)."""
+    script = r"""
+import json, os, sys, torch
 from safetensors.torch import save_file
+path, shape, dtype, seed = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+os.makedirs(path, exist_ok=True)
+D, F, L, V = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"], shape["vocab_size"]
+g = torch.Generator().manual_seed(seed)
+dt = getattr(torch, dtype)
+def w(*s): return (torch.randn(*s, generator=g) * 0.02).to(dt)
+t = {"model.embed_tokens.weight": w(V, D), "lm_head.weight": w(V, D), "model.norm.weight": torch.ones(D, dtype=dt)}
+for i in range(L):
+    p = f"model.layers.{i}."
+    for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        t[p + f"self_attn.{n}.weight"] = w(D, D)
+    t[p + "mlp.gate_proj.weight"] = w(F, D)
+    t[p + "mlp.up_proj.weight"] = w(F, D)
+    t[p + "mlp.down_proj.weight"] = w(D, F)
+    t[p + "input_layernorm.weight"] = torch.ones(D, dtype=dt)
+    t[p + "post_attention_layernorm.weight"] = torch.ones(D, dtype=dt)
+save_file(t, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+config = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu",
+              max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
+              tie_word_embeddings=False, torch_dtype=dtype, bos_token_id=1, eos_token_id=2, **shape)
+json.dump(config, open(os.path.join(path, "config.json"), "w"), indent=2)
+from tokenizers import Tokenizer, models, pre_tokenizers
+vocab = {f"t{i}": i for i in range(V)}
+vocab["<unk>"] = 0
+tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+tok.pre_tokenizer = pre_tokenizers.Whitespace()
+tok.save(os.path.join(path, "tokenizer.json"))
+json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "<unk>",
+           "bos_token": "t1", "eos_token": "t2"},
+          open(os.path.join(path, "tokenizer_config.json"), "w"))
+"""
+    subprocess.run([py, "-c", script, path, json.dumps(shape), dtype, str(seed)], check=True)
 
 
-def llama_config(hidden, inter, layers, vocab):
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
-            "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": 16,
-            "num_key_value_heads": 4, "head_dim": hidden // 16, "vocab_size": vocab,
-            "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-            "tie_word_embeddings": False, "hidden_act": "silu", "dtype": "float32"}
+def largest_tensor_bytes(path):
+    """The largest tensor of a folder's safetensors files (from their headers)."""
+    import struct
+    largest = 0
+    for f in os.listdir(path):
+        if f.endswith(".safetensors"):
+            with open(os.path.join(path, f), "rb") as fh:
+                n = struct.unpack("<Q", fh.read(8))[0]
+                header = json.loads(fh.read(n))
+            for name, info in header.items():
+                if name != "__metadata__":
+                    largest = max(largest, info["data_offsets"][1] - info["data_offsets"][0])
+    return largest
 
 
-def generate(path, seed, hidden, inter, layers, vocab):
-    g = torch.Generator().manual_seed(seed)
-    kv = hidden // 4
-    t = {"model.embed_tokens.weight": (vocab, hidden), "lm_head.weight": (vocab, hidden),
-         "model.norm.weight": (hidden,)}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        t.update({p + "input_layernorm.weight": (hidden,),
-                  p + "post_attention_layernorm.weight": (hidden,),
-                  p + "self_attn.q_proj.weight": (hidden, hidden),
-                  p + "self_attn.k_proj.weight": (kv, hidden),
-                  p + "self_attn.v_proj.weight": (kv, hidden),
-                  p + "self_attn.o_proj.weight": (hidden, hidden),
-                  p + "mlp.gate_proj.weight": (inter, hidden),
-                  p + "mlp.up_proj.weight": (inter, hidden),
-                  p + "mlp.down_proj.weight": (hidden, inter)})
-    tensors = {n: torch.randn(s, generator=g) * 0.02 for n, s in t.items()}
-    os.makedirs(path)
-    save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(llama_config(hidden, inter, layers, vocab), f, indent=2)
+def folder_bytes(path):
+    return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)
+               if f.endswith(".safetensors"))
 
 
-def header(file):
-    with open(file, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        h = json.loads(f.read(n))
-    h.pop("__metadata__", None)
-    return h
+def warm(paths):
+    for p in paths:
+        for f in os.listdir(p):
+            with open(os.path.join(p, f), "rb") as fh:
+                while fh.read(64 << 20):
+                    pass
 
 
-def expected_output(file, experts):
-    """(bytes of the merged tensors, largest tensor btx holds: the packed [E, I, H] stack)."""
-    total, largest_ffn, hidden = 0, 0, 0
-    for name, t in header(file).items():
-        n = t["data_offsets"][1] - t["data_offsets"][0]
-        if ".mlp." in name:
-            total += experts * n
-            largest_ffn = max(largest_ffn, n)
-            if name.endswith("down_proj.weight"):
-                hidden = t["shape"][0]
-                total += experts * hidden * 4 // 3  # one router [E, H] per layer, /3 projections
-        else:
-            total += n
-    return total, experts * largest_ffn
+def timed(cmd, env=None):
+    """(seconds, peak RSS MB) of cmd under /usr/bin/time -v."""
+    start = time.perf_counter()
+    r = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - start
+    if r.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed:\n{r.stderr[-3000:]}")
+    rss = next(int(line.split()[-1]) for line in r.stderr.splitlines()
+               if "Maximum resident set size" in line)
+    return seconds, rss / 1024
 
 
-def plain_copy(inputs, out, out_bytes, chunk=16 << 20):
+def plain_copy(inputs, out_file, out_bytes):
+    """Read every input byte; write out_bytes of them to out_file; fsync."""
+    start = time.perf_counter()
     left = out_bytes
-    with open(out, "wb") as w:
-        for f in inputs:
-            with open(f, "rb", buffering=0) as r:
+    fd = os.open(out_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for p in inputs:
+            with open(os.path.join(p, "model.safetensors"), "rb") as fh:
                 while True:
-                    b = r.read(chunk)
-                    if not b:
+                    chunk = fh.read(16 << 20)
+                    if not chunk:
                         break
                     if left > 0:
-                        w.write(b[:left])
-                        left -= min(left, len(b))
-        while left > 0:  # output larger than all inputs: write the rest
-            n = min(left, chunk)
-            w.write(b"\0" * n)
-            left -= n
-        w.flush()
-        os.fsync(w.fileno())
+                        n = min(left, len(chunk))
+                        os.write(fd, chunk[:n])
+                        left -= n
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - start
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--merge", default="build/bin/btx-merge")
-    ap.add_argument("--dir", default="/tmp/btx-bench-merge")
-    ap.add_argument("--experts", type=int, default=3)
-    ap.add_argument("--hidden", type=int, default=2048)
-    ap.add_argument("--intermediate", type=int, default=5632)
-    ap.add_argument("--layers", type=int, default=5)
-    ap.add_argument("--vocab", type=int, default=8000)
-    ap.add_argument("--keep", action="store_true", help="do not delete the files")
-    a = ap.parse_args()
-
-    if os.path.exists(a.dir):
-        sys.exit(f"{a.dir} exists; remove it first")
-    per_model = 4 * (2 * a.vocab * a.hidden + a.layers * (
-        2 * a.hidden * a.hidden + 2 * (a.hidden // 4) * a.hidden + 3 * a.hidden * a.intermediate))
-    need = 2 * per_model * a.experts  # inputs + the larger output (copy or merge, in turn)
-    free = shutil.disk_usage(os.path.dirname(a.dir.rstrip("/")) or ".").free
-    print(f"inputs: {a.experts} x {per_model / 1e9:.2f} GB; disk needed ~{need / 1e9:.1f} GB, "
-          f"free {free / 1e9:.1f} GB", flush=True)
-    if need + (1 << 30) > free:
-        sys.exit("not enough free disk")
-    try:
-        inputs = []
-        t0 = time.time()
-        for j in range(a.experts):
-            d = os.path.join(a.dir, f"expert{j}")
-            generate(d, j, a.hidden, a.intermediate, a.layers, a.vocab)
-            inputs.append(os.path.join(d, "model.safetensors"))
-        in_bytes = sum(os.path.getsize(f) for f in inputs)
-        out_bytes, largest = expected_output(inputs[0], a.experts)
-        print(f"generated {in_bytes / 1e9:.2f} GB in {time.time() - t0:.0f} s; "
-              f"output ~{out_bytes / 1e9:.2f} GB", flush=True)
-
-        # (i) plain copy
-        copy_out = os.path.join(a.dir, "copy.bin")
-        t0 = time.time()
-        plain_copy(inputs, copy_out, out_bytes)
-        copy_s = time.time() - t0
-        os.remove(copy_out)
-
-        # (ii) btx-merge
-        cfg = os.path.join(a.dir, "merge.yaml")
-        with open(cfg, "w") as f:
-            f.write(f"base_model: {os.path.dirname(inputs[0])}\nexperts:\n")
-            for i in inputs:
-                f.write(f"  - source_model: {os.path.dirname(i)}\n")
-            f.write("gate_mode: random\nexperts_per_token: 2\n")
-        out = os.path.join(a.dir, "moe")
-        t0 = time.time()
-        # Peak RSS through /usr/bin/time: getrusage(RUSAGE_CHILDREN) would also count the
-        # forked Python's pages before exec (Linux keeps maxrss across execve).
-        rss_file = os.path.join(a.dir, "rss.txt")
-        timer = ["/usr/bin/time", "-f", "%M", "-o", rss_file] if os.path.exists("/usr/bin/time") else []
-        r = subprocess.run([*timer, a.merge, cfg, out], capture_output=True, text=True,
-                           env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
-        merge_s = time.time() - t0
-        if r.returncode != 0:
-            sys.exit(f"btx-merge failed:\n{r.stderr}")
-        if timer:
-            with open(rss_file) as f:
-                rss = int(f.read().split()[-1]) * 1024
-        else:
-            rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-        merged = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
-
-        goal_rss = 2 * largest + 200e6
-        ratio = copy_s / merge_s
-        print(r.stderr.strip().splitlines()[-1])
-        print(f"\n| run | seconds | MB/s (output bytes) |\n|---|---|---|")
-        print(f"| plain copy (read {in_bytes / 1e9:.2f} GB, write {out_bytes / 1e9:.2f} GB) | "
-              f"{copy_s:.1f} | {out_bytes / 1e6 / copy_s:.0f} |")
-        print(f"| btx-merge (wrote {merged / 1e9:.2f} GB) | {merge_s:.1f} | "
-              f"{merged / 1e6 / merge_s:.0f} |")
-        print(f"\nthroughput ratio copy/merge = {ratio:.2f} (goal >= 0.5: "
-              f"{'met' if ratio >= 0.5 else 'MISSED'})")
-        print(f"peak RSS of btx-merge = {rss / 1e6:.0f} MB; largest tensor held = packed experts "
-              f"{largest / 1e6:.0f} MB; goal <= {goal_rss / 1e6:.0f} MB: "
-              f"{'met' if rss <= goal_rss else 'MISSED'}")
-    finally:
-        if not a.keep:
-            shutil.rmtree(a.dir, ignore_errors=True)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--sizes", default="1,3")
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--work", default=os.path.join(ROOT, "build", "merge-throughput"))
+    ap.add_argument("--btx-merge", default=os.path.join(ROOT, "build", "bin", "btx-merge"))
+    ap.add_argument("--no-mergekit", action="store_true")
+    args = ap.parse_args()
+    os.makedirs(args.work, exist_ok=True)
+    mergekit, py = (None, sys.executable) if args.no_mergekit else mergekit_venv(args.work)
+    env = dict(os.environ, OMP_NUM_THREADS=str(os.cpu_count()))
+    rows = []
+    for size in [int(s) for s in args.sizes.split(",")]:
+        for dtype in args.dtypes.split(","):
+            case = os.path.join(args.work, f"{size}gb-{dtype}")
+            inputs = [os.path.join(case, f"expert{j}") for j in range(3)]
+            for j, p in enumerate(inputs):
+                if not os.path.exists(os.path.join(p, "model.safetensors")):
+                    log("writing", p)
+                    write_checkpoint(p, SHAPES[size], dtype, j, py)
+                for f in ("tokenizer.json", "tokenizer_config.json"):  # one tokenizer for all
+                    shutil.copyfile(os.path.join(inputs[0], f), os.path.join(p, f)) if j else None
+            config = os.path.join(case, "merge.yaml")
+            with open(config, "w") as f:
+                f.write(f"base_model: {inputs[0]}\ngate_mode: random\nexperts_per_token: 2\n"
+                        f"dtype: {dtype}\nexperts:\n")
+                for p in inputs:
+                    f.write(f"  - source_model: {p}\n")
+            out = os.path.join(case, "out")
+            times = {"copy": [], "btx-merge": [], "mergekit": []}
+            rss = {"btx-merge": [], "mergekit": []}
+            out_bytes = None
+            for rep in range(args.repeats):
+                warm(inputs)
+                shutil.rmtree(out, ignore_errors=True)
+                s, m = timed([args.btx_merge, config, out], env)
+                times["btx-merge"].append(s)
+                rss["btx-merge"].append(m)
+                out_bytes = folder_bytes(out)
+                largest = largest_tensor_bytes(out)
+                shutil.rmtree(out)
+                warm(inputs)
+                times["copy"].append(plain_copy(inputs, os.path.join(case, "copy.bin"), out_bytes))
+                os.remove(os.path.join(case, "copy.bin"))
+                if mergekit:
+                    warm(inputs)
+                    s, m = timed([mergekit, config, out, "--device", "cpu", "--lazy-unpickle"],
+                                 env)
+                    times["mergekit"].append(s)
+                    rss["mergekit"].append(m)
+                    shutil.rmtree(out, ignore_errors=True)
+                log(f"{size} GB {dtype} run {rep + 1}: " +
+                    ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items() if v))
+            med = {k: statistics.median(v) for k, v in times.items() if v}
+            row = dict(size_gb=size, dtype=dtype, input_mb=folder_bytes(inputs[0]) / 1e6,
+                       output_mb=out_bytes / 1e6, repeats=args.repeats,
+                       seconds=med, peak_rss_mb={k: max(v) for k, v in rss.items() if v},
+                       copy_over_btx=med["copy"] / med["btx-merge"],
+                       rss_goal_mb=(2 * largest + 200e6) / 1e6)
+            if "mergekit" in med:
+                row["mergekit_over_btx"] = med["mergekit"] / med["btx-merge"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print("\n| input | dtype | output MB | copy s | btx-merge s | mergekit-moe s | copy/btx "
+          "(goal >= 0.7) | mergekit/btx (goal >= 3) | btx peak RSS MB (goal) | mergekit peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        s = r["seconds"]
+        print(f"| {r['input_mb']:.0f} MB | {r['dtype']} | {r['output_mb']:.0f} | {s['copy']:.2f} | "
+              f"{s['btx-merge']:.2f} | {s.get('mergekit', float('nan')):.2f} | "
+              f"{r['copy_over_btx']:.2f} | {r.get('mergekit_over_btx', float('nan')):.2f} | "
+              f"{r['peak_rss_mb'].get('btx-merge', 0):.0f} (<= {r['rss_goal_mb']:.0f}) | "
+              f"{r['peak_rss_mb'].get('mergekit', 0):.0f} |")
 
 
 if __name__ == "__main__":

@@ -83,6 +83,37 @@ TEST_CASE("merge stream: a BTX mix over checkpoint folders equals the mix over m
   for (const auto& [name, t] : b) CHECK(torch::equal(a.at(name), t));
 }
 
+TEST_CASE("merge stream: weighted sums read in row chunks equal whole-tensor sums bit for bit") {
+  const auto root = scratch_dir("stream-chunks");
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    std::vector<fs::path> dirs;
+    for (int j = 0; j < 3; ++j) {
+      dirs.push_back(root / (c10::toString(dtype) + std::to_string(j)));
+      torch::manual_seed(uint64_t(40 + j));
+      btx::LlamaForCausalLM model(tiny_config());
+      btx::hf::SaveOptions opts;
+      opts.dtype = dtype;
+      btx::hf::save_hf_checkpoint(*model, tiny_config(), dirs.back(), opts);
+    }
+    const auto sources = merge::checkpoint_sources(dirs);
+    const std::vector<double> weights = {0.2, 0.5, 0.3};
+    for (const char* name : {"model.embed_tokens.weight", "model.layers.1.self_attn.q_proj.weight",
+                             "model.norm.weight"}) {
+      const auto in = merge::shared_tensor_inputs<merge::CheckpointSource>(name, sources, nullptr,
+                                                                           {"a", "b", "c"});
+      const auto whole = merge::weighted_sum(name, weights, in.load, in.labels);
+      for (uint64_t chunk_bytes : {1ull, 100ull, 1000ull, 8ull << 20}) {
+        CAPTURE(name);
+        CAPTURE(chunk_bytes);
+        const auto chunked = merge::detail::weighted_sum_in_chunks(in, weights, chunk_bytes);
+        REQUIRE(chunked.has_value());
+        CHECK((chunked->scalar_type() == dtype));
+        CHECK(torch::equal(*chunked, whole));
+      }
+    }
+  }
+}
+
 TEST_CASE("merge stream: mismatched checkpoints are refused naming the tensor and both folders") {
   const auto root = scratch_dir("stream-mismatch");
   saved_llama(root / "a", 1);
@@ -170,6 +201,51 @@ TEST_CASE(
   torch::NoGradGuard no_grad;
   auto ids = torch::randint(0, 64, {2, 9});
   CHECK(max_abs_diff(moe->forward(ids), dense->forward(ids)) < 1e-5);
+}
+
+TEST_CASE(
+    "merge stream: unchanged expert rows are copied file to file and equal the computed plan") {
+  const auto root = scratch_dir("stream-copy");
+  std::vector<fs::path> dirs;
+  for (int j = 0; j < 3; ++j) {
+    dirs.push_back(root / ("expert" + std::to_string(j)));
+    (void)saved_llama(dirs.back(), 20 + uint64_t(j), /*max_shard_bytes=*/20000);  // sharded
+  }
+  const auto sources = merge::checkpoint_sources(dirs);
+  merge::BtxMix<> mix;
+  merge::SplitMix<> split;  // chunks 2, no rescale: gate/up rows copy, down columns do not
+  for (const auto& plan : {mix.plan(sources), split.plan(sources)}) {
+    CAPTURE(plan.manifest().method);
+    const bool is_split = plan.manifest().method == "split";
+    for (const auto& s : plan.outputs()) {
+      const auto ranges = plan.file_ranges(s.name);
+      const bool expert = s.name.find(".mlp.experts.") != std::string::npos;
+      const bool down = s.name.find("down_proj") != std::string::npos;
+      CAPTURE(s.name);
+      CHECK(ranges.has_value() == (expert && !(is_split && down)));
+      if (ranges) CHECK(int64_t(ranges->size()) == s.shape[0]);
+    }
+    const auto out = root / ("out-" + plan.manifest().method);
+    merge::WritePlanOptions opts;
+    opts.max_shard_bytes = 30000;
+    (void)merge::write_plan(
+        plan, merge::hf_config_for(plan, btx::LlamaFamily::spec(tiny_config()), "float32"), out,
+        opts);
+    const auto expected = merge::materialize(plan);
+    const auto got = merge::state_dict_of(btx::hf::load_causal_lm(out));
+    for (const auto& [name, t] : expected) CHECK_MESSAGE(torch::equal(got.at(name), t), name);
+  }
+  // Stored in another dtype, nothing can be copied: every tensor is computed and cast.
+  const auto plan = mix.plan(sources);
+  merge::WritePlanOptions bf16;
+  bf16.dtype = torch::kBFloat16;
+  (void)merge::write_plan(
+      plan, merge::hf_config_for(plan, btx::LlamaFamily::spec(tiny_config()), "bfloat16"),
+      root / "out-bf16", bf16);
+  const auto got = merge::state_dict_of(btx::hf::load_causal_lm(root / "out-bf16"));
+  for (const auto& [name, t] : merge::materialize(plan)) {
+    CHECK_MESSAGE(torch::equal(got.at(name).to(torch::kBFloat16), t.to(torch::kBFloat16)), name);
+  }
 }
 
 TEST_CASE("merge stream: write_plan leaves nothing at the target when a tensor fails midway") {

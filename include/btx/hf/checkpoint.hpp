@@ -176,6 +176,10 @@ struct WriteOptions {
   std::vector<std::filesystem::path> copy_files;  // copied in unchanged (tokenizer files, ...)
   std::vector<std::pair<std::string, std::string>> text_files;  // {file name, contents}
   std::function<void(const WriteProgress&)> progress;
+  // Optional: the file ranges a btx tensor is an exact copy of, in its own dtype (one per
+  // expert for packed experts, else one; std::nullopt: produce it). Those tensors are
+  // copied file to file (copy_file_range) when they are stored in that dtype.
+  std::function<std::optional<std::vector<io::FileRange>>(const std::string&)> locate;
 };
 
 struct WriteStats {
@@ -241,8 +245,26 @@ inline WriteStats write_hf_folder(const std::filesystem::path& dir,
   p.count = tensors.size();
   p.bytes_total = total;
   for (const auto& s : tensors) {
+    const bool packed = names.ffn.is_packed_experts(s.name);
+    const int64_t slices = packed && !s.shape.empty() ? s.shape[0] : 1;
+    const auto ranges = options.locate && options.dtype.value_or(s.dtype) == s.dtype
+                            ? options.locate(s.name)
+                            : std::nullopt;
+    if (ranges && int64_t(ranges->size()) == slices) {
+      const auto hf_names = names.to_hf(s.name, slices);
+      for (size_t e = 0; e < hf_names.size(); ++e) {
+        writer.copy(hf_names[e], (*ranges)[e]);
+        p.bytes_done += (*ranges)[e].bytes;
+      }
+      stats.tensors += hf_names.size();
+      ++p.index;
+      p.name = s.name;
+      p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      if (options.progress) options.progress(p);
+      continue;
+    }
     torch::Tensor t = produce(s.name);
-    if (names.ffn.is_packed_experts(s.name)) {
+    if (packed) {
       const auto hf_names = names.to_hf(s.name, t.size(0));
       for (size_t e = 0; e < hf_names.size(); ++e) writer.write(hf_names[e], t[int64_t(e)]);
       stats.tensors += hf_names.size();

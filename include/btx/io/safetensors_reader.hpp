@@ -22,6 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <btx/io/file_range.hpp>
 #include <btx/io/safetensors_header.hpp>
 #include <btx/version.hpp>
 
@@ -103,6 +104,11 @@ class SafetensorsFile {
   }
 
   [[nodiscard]] const std::filesystem::path& path() const { return path_; }
+  // Where tensor `name`'s bytes lie in the file (absolute offsets).
+  [[nodiscard]] FileRange range(const std::string& name) const {
+    const auto& t = info(name);
+    return {path_, header_.data_start + t.begin, t.end - t.begin};
+  }
   [[nodiscard]] const std::map<std::string, std::string>& metadata() const {
     return header_.metadata;
   }

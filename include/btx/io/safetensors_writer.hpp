@@ -23,6 +23,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <btx/io/file_range.hpp>
 #include <btx/io/safetensors_header.hpp>
 #include <btx/version.hpp>
 
@@ -125,23 +126,32 @@ class SafetensorsStreamWriter {
 
   // Writes one declared tensor, converted to its declared dtype; the shape must match.
   void write(const std::string& name, const torch::Tensor& tensor) {
-    auto it = index_.find(name);
-    if (it == index_.end()) {
-      throw std::invalid_argument("tensor \"" + name + "\" was not declared for " + file_.string());
-    }
-    const auto& d = decls_[it->second];
-    if (written_[it->second]) {
-      throw std::invalid_argument("tensor \"" + name + "\" written twice to " + file_.string());
-    }
+    const size_t i = slot_of(name);
+    const auto& d = decls_[i];
     if (tensor.sizes() != torch::IntArrayRef(d.shape)) {
       throw std::invalid_argument("tensor \"" + name + "\" for " + file_.string() + " has shape " +
                                   c10::str(tensor.sizes()) + ", declared " +
                                   c10::str(torch::IntArrayRef(d.shape)));
     }
     auto data = tensor.detach().to(torch::kCPU, d.dtype).contiguous();
-    detail::write_all(fd_, data.data_ptr(), tensor_bytes(d), data_start_ + offsets_[it->second],
+    detail::write_all(fd_, data.data_ptr(), tensor_bytes(d), data_start_ + offsets_[i],
                       tmp_.string());
-    written_[it->second] = true;
+    written_[i] = true;
+  }
+
+  // Writes one declared tensor as the bytes of `range` (a source file's tensor already in
+  // the declared dtype and layout), copied file to file without passing through memory.
+  void copy(const std::string& name, const FileRange& range) {
+    const size_t i = slot_of(name);
+    const auto& d = decls_[i];
+    if (range.bytes != tensor_bytes(d)) {
+      throw std::invalid_argument("tensor \"" + name + "\" for " + file_.string() + " needs " +
+                                  std::to_string(tensor_bytes(d)) + " bytes, the copied range of " +
+                                  range.file.string() + " has " + std::to_string(range.bytes));
+    }
+    copy_range_into(range, fd_, data_start_ + offsets_[i],
+                    "tensor \"" + name + "\" into " + tmp_.string());
+    written_[i] = true;
   }
 
   // Checks every tensor was written, fsyncs, and renames the file into place.
@@ -165,6 +175,18 @@ class SafetensorsStreamWriter {
   [[nodiscard]] uint64_t file_size() const { return total_; }
 
  private:
+  // The declared slot of `name`, not yet written.
+  size_t slot_of(const std::string& name) const {
+    auto it = index_.find(name);
+    if (it == index_.end()) {
+      throw std::invalid_argument("tensor \"" + name + "\" was not declared for " + file_.string());
+    }
+    if (written_[it->second]) {
+      throw std::invalid_argument("tensor \"" + name + "\" written twice to " + file_.string());
+    }
+    return it->second;
+  }
+
   std::filesystem::path file_, tmp_;
   std::vector<TensorDecl> decls_;
   std::map<std::string, size_t> index_;

@@ -69,13 +69,10 @@ class ShardedStreamWriter {
   }
 
   void write(const std::string& name, const torch::Tensor& tensor) {
-    auto it = shard_of_.find(name);
-    if (it == shard_of_.end()) {
-      throw std::invalid_argument("tensor \"" + name + "\" was not declared for checkpoint " +
-                                  dir_.string());
-    }
-    writers_[it->second]->write(name, tensor);
+    writer_of(name).write(name, tensor);
   }
+  // The tensor as the bytes of `range`, copied file to file (SafetensorsStreamWriter::copy).
+  void copy(const std::string& name, const FileRange& range) { writer_of(name).copy(name, range); }
 
   // Finishes every shard, then writes the index (only when there are several shards).
   void finish() {
@@ -94,6 +91,15 @@ class ShardedStreamWriter {
   [[nodiscard]] const std::map<std::string, std::string>& weight_map() const { return weight_map_; }
 
  private:
+  SafetensorsStreamWriter& writer_of(const std::string& name) {
+    auto it = shard_of_.find(name);
+    if (it == shard_of_.end()) {
+      throw std::invalid_argument("tensor \"" + name + "\" was not declared for checkpoint " +
+                                  dir_.string());
+    }
+    return *writers_[it->second];
+  }
+
   std::filesystem::path dir_;
   std::vector<std::unique_ptr<SafetensorsStreamWriter>> writers_;
   std::map<std::string, size_t> shard_of_;

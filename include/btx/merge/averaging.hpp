@@ -17,8 +17,10 @@
 #include <concepts>
 #include <cstddef>
 #include <functional>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <btx/merge/state_dict.hpp>
@@ -46,12 +48,22 @@ concept weighs_sources = requires(const P& p, size_t n) {
 
 // What a tensor-aware policy sees of one shared tensor: its name, the N sources' copies (loaded on
 // demand) and, when the merge has one, the seed's copy (the common parent).
+// Where one source's copy of a tensor lies in a file, with its shape and dtype.
+struct SourceBytes {
+  io::FileRange range;
+  std::vector<int64_t> shape;
+  torch::ScalarType dtype = torch::kFloat32;
+};
+
 struct MergeInputs {
   std::string name;
   size_t count = 0;
   std::function<torch::Tensor(size_t)> load;  // source j's tensor
-  std::function<torch::Tensor()> base;        // the seed's tensor; empty when no base is given
-  std::vector<std::string> labels;            // source names for messages
+  // Optional: where source j's copy lies in a file (std::nullopt: it does not), so a
+  // weighted sum can read it in row chunks instead of whole (merge peak memory).
+  std::function<std::optional<SourceBytes>(size_t)> bytes;
+  std::function<torch::Tensor()> base;  // the seed's tensor; empty when no base is given
+  std::vector<std::string> labels;      // source names for messages
 
   [[nodiscard]] bool has_base() const { return bool(base); }
   // Every source's tensor, detached, checked to be floating point of one shape and dtype.
@@ -181,6 +193,66 @@ inline void check_same_spec(const std::string& name, const std::vector<int64_t>&
 // sum_j weights[j] * load(j), reading one source at a time (peak memory: the accumulator
 // plus one tensor). Every loaded tensor must match source 0's spec; the error names the
 // tensor and both sources. `labels` names the sources for messages.
+namespace detail {
+
+// weighted_sum computed in row chunks read straight from the sources' files, holding the
+// result and a few chunk buffers instead of whole fp64 copies; the same operations in the
+// same order per element, so bit for bit the same result. std::nullopt where a contributor
+// has no file bytes or the copies disagree (weighted_sum then loads them and says why).
+inline std::optional<torch::Tensor> weighted_sum_in_chunks(const MergeInputs& in,
+                                                           const std::vector<double>& weights,
+                                                           uint64_t chunk_bytes = 8ull << 20) {
+  if (!in.bytes) return std::nullopt;
+  std::vector<std::pair<SourceBytes, double>> parts;
+  for (size_t j = 0; j < weights.size(); ++j) {
+    if (weights[j] == 0.0) continue;
+    auto b = in.bytes(j);
+    if (!b) return std::nullopt;
+    parts.emplace_back(std::move(*b), weights[j]);
+  }
+  if (parts.empty() || (parts.size() == 1 && parts.front().second == 1.0)) return std::nullopt;
+  const SourceBytes& first = parts.front().first;
+  if (!c10::isFloatingType(first.dtype) || first.shape.empty()) return std::nullopt;
+  for (const auto& [b, w] : parts) {
+    if (b.shape != first.shape || b.dtype != first.dtype ||
+        b.range.bytes != parts[0].first.range.bytes)
+      return std::nullopt;
+  }
+  auto out = torch::empty(first.shape, torch::dtype(first.dtype).device(torch::kCPU));
+  const int64_t rows = first.shape[0];
+  if (out.numel() == 0) return out;
+  const int64_t row_elems = out.numel() / rows;
+  const uint64_t row_bytes = uint64_t(row_elems) * c10::elementSize(first.dtype);
+  if (row_bytes * uint64_t(rows) != first.range.bytes) return std::nullopt;
+  const int64_t chunk = std::max<int64_t>(1, int64_t(chunk_bytes / row_bytes));
+  const auto acc_dtype = accumulator_dtype(first.dtype);
+  auto buffer = torch::empty({std::min(chunk, rows), row_elems},
+                             torch::dtype(first.dtype).device(torch::kCPU));
+  auto acc = torch::empty(buffer.sizes(), torch::dtype(acc_dtype).device(torch::kCPU));
+  auto widened = torch::empty(buffer.sizes(), torch::dtype(acc_dtype).device(torch::kCPU));
+  auto out_RC = out.view({rows, row_elems});
+  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    const int64_t n = std::min(chunk, rows - r0);
+    auto buf = buffer.narrow(0, 0, n), acc_n = acc.narrow(0, 0, n), wide = widened.narrow(0, 0, n);
+    for (size_t k = 0; k < parts.size(); ++k) {
+      const auto& [b, w] = parts[k];
+      io::read_exact(b.range.file, buf.data_ptr(), uint64_t(n) * row_bytes,
+                     b.range.offset + uint64_t(r0) * row_bytes);
+      if (k == 0) {
+        acc_n.copy_(buf);
+        acc_n.mul_(w);
+      } else {
+        wide.copy_(buf);
+        acc_n.add_(wide, w);
+      }
+    }
+    out_RC.narrow(0, r0, n).copy_(acc_n);
+  }
+  return out;
+}
+
+}  // namespace detail
+
 inline torch::Tensor weighted_sum(const std::string& name, const std::vector<double>& weights,
                                   const std::function<torch::Tensor(size_t)>& load,
                                   const std::vector<std::string>& labels) {
@@ -263,6 +335,7 @@ template <AveragingPolicy Policy>
 torch::Tensor merge_tensor(const Policy& policy, const std::vector<double>& weights,
                            const MergeInputs& in) {
   if constexpr (weighs_sources<Policy>) {
+    if (auto chunked = detail::weighted_sum_in_chunks(in, weights)) return *chunked;
     return weighted_sum(in.name, weights, in.load, in.labels);
   } else {
     return policy.merge(in);  // Plan::compute checks it against the planned spec
@@ -279,6 +352,17 @@ MergeInputs shared_tensor_inputs(const std::string& name, const std::vector<S>& 
   in.labels = std::move(labels);
   in.load = [&sources, name](size_t j) { return sources.at(j).load(name); };
   if (base) in.base = [base, name] { return base->load(name); };
+  // Sources on the CPU whose bytes lie in files are read in chunks (weighted sums).
+  if constexpr (locates_tensor_bytes<S> && requires(const S& s) { s.device(); }) {
+    in.bytes = [&sources, name](size_t j) -> std::optional<SourceBytes> {
+      const S& s = sources.at(j);
+      if (!s.device().is_cpu()) return std::nullopt;
+      auto range = s.file_range(name);
+      if (!range) return std::nullopt;
+      const auto spec = s.spec(name);
+      return SourceBytes{*range, spec.shape, spec.dtype};
+    };
+  }
   return in;
 }
 

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -29,32 +30,6 @@
 namespace btx {
 BTX_NAMESPACE_BEGIN
 namespace merge {
-
-namespace detail {
-// Reads exactly n bytes at `offset` of `file` into `dst`; throws naming the file.
-inline void pread_exact(const std::filesystem::path& file, void* dst, uint64_t n, uint64_t offset) {
-  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    throw io::FormatError("cannot open " + file.string() + ": " + std::strerror(errno));
-  }
-  auto* p = static_cast<uint8_t*>(dst);
-  while (n > 0) {
-    const ssize_t r = ::pread(fd, p, std::min<uint64_t>(n, 1ull << 30), off_t(offset));
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) {
-      const int err = errno;
-      ::close(fd);
-      throw io::FormatError("reading " + file.string() + " failed" +
-                            (r == 0 ? std::string(": unexpected end of file (truncated?)")
-                                    : ": " + std::string(std::strerror(err))));
-    }
-    p += r;
-    n -= uint64_t(r);
-    offset += uint64_t(r);
-  }
-  ::close(fd);
-}
-}  // namespace detail
 
 // Every tensor of one checkpoint folder (model.safetensors or an index and its shards,
 // validated by io::CheckpointReader when constructed). load(name) reads that tensor's bytes
@@ -85,11 +60,14 @@ class CheckpointSource {
     // Read into host memory (pread needs it), then moved to the compute device.
     auto out = torch::empty(info.shape, torch::dtype(info.dtype.type).device(torch::kCPU));
     if (info.end == info.begin) return out.to(device_);
-    uint64_t header = 0;
-    detail::pread_exact(file.path(), &header, 8, 0);
-    detail::pread_exact(file.path(), out.data_ptr(), info.end - info.begin,
-                        8 + header + info.begin);
+    const auto range = file.range(name);
+    io::read_exact(range.file, out.data_ptr(), range.bytes, range.offset);
     return out.to(device_);
+  }
+  // Where tensor `name`'s bytes lie in its file, for copies that skip memory (a merge
+  // writing it unchanged).
+  [[nodiscard]] std::optional<io::FileRange> file_range(const std::string& name) const {
+    return reader_->file_of(name).range(name);
   }
   // This source with its tensors loaded onto `device`.
   [[nodiscard]] CheckpointSource on(torch::Device device) const {
@@ -97,6 +75,7 @@ class CheckpointSource {
     copy.device_ = device;
     return copy;
   }
+  [[nodiscard]] torch::Device device() const { return device_; }
   [[nodiscard]] const io::CheckpointReader& reader() const { return *reader_; }
   [[nodiscard]] std::filesystem::path dir() const { return reader_->dir(); }
 

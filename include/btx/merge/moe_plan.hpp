@@ -250,13 +250,17 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
       return router.init(role.layer, src_of, D, spec.dtype);
     }
     if (role.kind == 3) {
-      if (!recipe.shared.filled()) return torch::empty(spec.shape, torch::dtype(spec.dtype));
+      if (!recipe.shared.filled()) {  // zero-width: no data, on the CPU by name
+        return torch::empty(spec.shape, torch::dtype(spec.dtype).device(torch::kCPU));
+      }
       const S& from = recipe.shared.from == SharedExpertChoice::From::base
                           ? *base_state
                           : srcs[recipe.shared.source];
       return from.load(dense_ffn_name(role.layer, role.proj)).to(spec.dtype);
     }
-    if (role.kind == 4) return torch::zeros(spec.shape, torch::dtype(spec.dtype));
+    if (role.kind == 4) {  // the shared expert's gate starts at 0: sigmoid 1/2
+      return torch::zeros(spec.shape, torch::dtype(spec.dtype).device(torch::kCPU));
+    }
     // Load each source's dense weight once, only if some expert reads it.
     std::vector<torch::Tensor> dense(srcs.size());
     for (const auto& ex : recipe.experts) {
@@ -282,7 +286,51 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
     }
     return torch::stack(experts);
   };
-  return Plan(std::move(outputs), std::move(compute), std::move(manifest));
+  // Experts (and a filled shared expert) that are a source's FFN rows unchanged, in the
+  // output dtype, are copied file to file by writers that can (a BTX mix's experts).
+  Plan::Locate locate;
+  if constexpr (locates_tensor_bytes<S>) {
+    locate = [state, base_state, recipe, roles,
+              layout](const TensorSpec& spec) -> Plan::FileRanges {
+      const Role& role = roles.at(spec.name);
+      const bool down = role.proj == "down_proj";
+      const int64_t row_bytes =
+          (down ? layout.intermediate : layout.hidden) * int64_t(c10::elementSize(spec.dtype));
+      const auto rows_of = [&](const S& source, int64_t begin,
+                               int64_t end) -> std::optional<io::FileRange> {
+        const std::string name = dense_ffn_name(role.layer, role.proj);
+        if (source.spec(name).dtype != spec.dtype) return std::nullopt;
+        // down_proj [D, F] holds a column range, contiguous only when it is every column.
+        if (down && (begin != 0 || end != layout.intermediate)) return std::nullopt;
+        auto range = source.file_range(name);
+        if (!range || down) return range;
+        range->offset += uint64_t(begin * row_bytes);
+        range->bytes = uint64_t((end - begin) * row_bytes);
+        return range;
+      };
+      std::vector<io::FileRange> ranges;
+      if (role.kind == 2 && recipe.noise_std == 0.0 && recipe.down_scale == 1.0) {
+        for (const auto& ex : recipe.experts) {
+          if (ex.pieces.size() != 1) return std::nullopt;
+          const auto& p = ex.pieces.front();
+          auto range = rows_of((*state)[p.source], p.begin, p.end);
+          if (!range) return std::nullopt;
+          ranges.push_back(*range);
+        }
+        return ranges;
+      }
+      if (role.kind == 3 && recipe.shared.filled()) {
+        const S& from = recipe.shared.from == SharedExpertChoice::From::base
+                            ? *base_state
+                            : (*state)[recipe.shared.source];
+        auto range = rows_of(from, 0, layout.intermediate);
+        if (!range) return std::nullopt;
+        return std::vector<io::FileRange>{*range};
+      }
+      return std::nullopt;
+    };
+  }
+  return Plan(std::move(outputs), std::move(compute), std::move(manifest), std::move(locate));
 }
 
 }  // namespace merge

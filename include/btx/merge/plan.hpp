@@ -2,13 +2,16 @@
 // A merge Plan: the list of output tensors (name, shape, dtype), known after validation
 // and before any data is read, plus a function computing one output tensor. A streaming
 // writer walks the specs and computes each tensor in turn, so peak memory stays near the
-// largest output tensor plus the source tensors it needs; materialize() runs it all.
+// largest output tensor plus the source tensors it needs; materialize() runs it all. A
+// plan may also say which outputs are exact copies of source bytes (file_ranges), so a
+// writer copies those file to file instead of computing them.
 #pragma once
 
 #include <torch/torch.h>
 
 #include <functional>
 #include <map>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -25,9 +28,16 @@ namespace merge {
 class Plan {
  public:
   using Compute = std::function<torch::Tensor(const TensorSpec&)>;
+  // The file ranges whose bytes, concatenated, are the output in its planned dtype: one
+  // per expert for packed experts [E, ...], else one; std::nullopt where it is computed.
+  using FileRanges = std::optional<std::vector<io::FileRange>>;
+  using Locate = std::function<FileRanges(const TensorSpec&)>;
 
-  Plan(std::vector<TensorSpec> outputs, Compute compute, MixManifest manifest)
-      : outputs_(std::move(outputs)), compute_(std::move(compute)), manifest_(std::move(manifest)) {
+  Plan(std::vector<TensorSpec> outputs, Compute compute, MixManifest manifest, Locate locate = {})
+      : outputs_(std::move(outputs)),
+        compute_(std::move(compute)),
+        manifest_(std::move(manifest)),
+        locate_(std::move(locate)) {
     for (size_t i = 0; i < outputs_.size(); ++i) {
       if (!index_.emplace(outputs_[i].name, i).second) {
         throw std::logic_error("btx::merge::Plan: output '" + outputs_[i].name + "' planned twice");
@@ -59,10 +69,17 @@ class Plan {
     return t;
   }
 
+  // Where output `name` lies, byte for byte, in the sources (see Locate); std::nullopt
+  // when it must be computed.
+  [[nodiscard]] FileRanges file_ranges(const std::string& name) const {
+    return locate_ ? locate_(spec(name)) : std::nullopt;
+  }
+
  private:
   std::vector<TensorSpec> outputs_;
   Compute compute_;
   MixManifest manifest_;
+  Locate locate_;
   std::map<std::string, size_t> index_;
 };
 

@@ -8,12 +8,14 @@
 
 #include <concepts>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include <btx/io/file_range.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -72,6 +74,13 @@ concept loads_tensors = requires(const S& s, const std::string& name) {
 template <class S>
 concept TensorSource = labels_itself<S> && lists_tensor_names<S> && describes_tensors<S> &&
     loads_tensors<S> && std::copy_constructible<S>;
+
+// Optional: `s.file_range(name)`, where a tensor's bytes lie in a file (std::nullopt when
+// they do not), so a merge can copy a tensor it leaves unchanged file to file.
+template <class S>
+concept locates_tensor_bytes = requires(const S& s, const std::string& name) {
+  { s.file_range(name) } -> std::same_as<std::optional<io::FileRange>>;
+};
 
 // A TensorSource over tensors already in memory (copies share storage: cheap).
 class StateDictSource {

@@ -129,6 +129,8 @@ inline WriteStats write_plan(const Plan& plan, const nlohmann::ordered_json& con
     nlohmann::json manifest = plan.manifest();
     w.text_files.push_back({options.manifest_file, manifest.dump(2) + "\n"});
   }
+  // Outputs that are source bytes unchanged (a BTX mix's experts) go file to file.
+  w.locate = [&plan](const std::string& name) { return plan.file_ranges(name); };
   return hf::write_hf_folder(
       dir, config_json, plan_decls(plan),
       // Computed wherever the sources are (a GPU with btx-merge's `device`), written from the CPU.
