@@ -247,33 +247,25 @@ inline WriteStats write_hf_folder(const std::filesystem::path& dir,
   for (const auto& s : tensors) {
     const bool packed = names.ffn.is_packed_experts(s.name);
     const int64_t slices = packed && !s.shape.empty() ? s.shape[0] : 1;
+    const auto hf_names = names.to_hf(s.name, slices);
     const auto ranges = options.locate && options.dtype.value_or(s.dtype) == s.dtype
                             ? options.locate(s.name)
                             : std::nullopt;
-    if (ranges && int64_t(ranges->size()) == slices) {
-      const auto hf_names = names.to_hf(s.name, slices);
+    if (ranges && ranges->size() == hf_names.size()) {
       for (size_t e = 0; e < hf_names.size(); ++e) {
         writer.copy(hf_names[e], (*ranges)[e]);
         p.bytes_done += (*ranges)[e].bytes;
       }
-      stats.tensors += hf_names.size();
-      ++p.index;
-      p.name = s.name;
-      p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      if (options.progress) options.progress(p);
-      continue;
-    }
-    torch::Tensor t = produce(s.name);
-    if (packed) {
-      const auto hf_names = names.to_hf(s.name, t.size(0));
-      for (size_t e = 0; e < hf_names.size(); ++e) writer.write(hf_names[e], t[int64_t(e)]);
-      stats.tensors += hf_names.size();
     } else {
-      writer.write(names.to_hf(s.name, 0).front(), t);
-      stats.tensors += 1;
+      torch::Tensor t = produce(s.name);  // released before the next tensor is produced
+      if (packed) {
+        for (size_t e = 0; e < hf_names.size(); ++e) writer.write(hf_names[e], t[int64_t(e)]);
+      } else {
+        writer.write(hf_names.front(), t);
+      }
+      p.bytes_done += uint64_t(t.numel()) * c10::elementSize(options.dtype.value_or(s.dtype));
     }
-    p.bytes_done += uint64_t(t.numel()) * c10::elementSize(options.dtype.value_or(s.dtype));
-    t = torch::Tensor();  // release before the next tensor is produced
+    stats.tensors += hf_names.size();
     ++p.index;
     p.name = s.name;
     p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -214,9 +214,7 @@ inline std::optional<torch::Tensor> weighted_sum_in_chunks(const MergeInputs& in
   const SourceBytes& first = parts.front().first;
   if (!c10::isFloatingType(first.dtype) || first.shape.empty()) return std::nullopt;
   for (const auto& [b, w] : parts) {
-    if (b.shape != first.shape || b.dtype != first.dtype ||
-        b.range.bytes != parts[0].first.range.bytes)
-      return std::nullopt;
+    if (b.shape != first.shape || b.dtype != first.dtype) return std::nullopt;
   }
   auto out = torch::empty(first.shape, torch::dtype(first.dtype).device(torch::kCPU));
   const int64_t rows = first.shape[0];

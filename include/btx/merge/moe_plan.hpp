@@ -234,9 +234,15 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
   // --------------------------------------------- computing one output tensor
   auto state = std::make_shared<const std::vector<S>>(sources);
   auto base_state = base ? std::make_shared<const S>(*base) : std::shared_ptr<const S>();
+  // The source whose FFN fills the shared expert (null: none, or zero-width).
+  std::shared_ptr<const S> shared_state;
+  if (recipe.shared.from == SharedFrom::base) shared_state = base_state;
+  if (recipe.shared.from == SharedFrom::source) {
+    shared_state = std::make_shared<const S>(sources[recipe.shared.source]);
+  }
   auto labels = manifest.sources;
-  Plan::Compute compute = [state, base_state, labels, averaging, weights, router, recipe, roles,
-                           D](const TensorSpec& spec) -> torch::Tensor {
+  Plan::Compute compute = [state, base_state, shared_state, labels, averaging, weights, router,
+                           recipe, roles, D](const TensorSpec& spec) -> torch::Tensor {
     torch::NoGradGuard no_grad;
     const Role& role = roles.at(spec.name);
     const auto& srcs = *state;
@@ -250,13 +256,10 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
       return router.init(role.layer, src_of, D, spec.dtype);
     }
     if (role.kind == 3) {
-      if (!recipe.shared.filled()) {  // zero-width: no data, on the CPU by name
+      if (!shared_state) {  // zero-width: no data, on the CPU by name
         return torch::empty(spec.shape, torch::dtype(spec.dtype).device(torch::kCPU));
       }
-      const S& from = recipe.shared.from == SharedExpertChoice::From::base
-                          ? *base_state
-                          : srcs[recipe.shared.source];
-      return from.load(dense_ffn_name(role.layer, role.proj)).to(spec.dtype);
+      return shared_state->load(dense_ffn_name(role.layer, role.proj)).to(spec.dtype);
     }
     if (role.kind == 4) {  // the shared expert's gate starts at 0: sigmoid 1/2
       return torch::zeros(spec.shape, torch::dtype(spec.dtype).device(torch::kCPU));
@@ -290,7 +293,7 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
   // output dtype, are copied file to file by writers that can (a BTX mix's experts).
   Plan::Locate locate;
   if constexpr (locates_tensor_bytes<S>) {
-    locate = [state, base_state, recipe, roles,
+    locate = [state, shared_state, recipe, roles,
               layout](const TensorSpec& spec) -> Plan::FileRanges {
       const Role& role = roles.at(spec.name);
       const bool down = role.proj == "down_proj";
@@ -319,11 +322,8 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
         }
         return ranges;
       }
-      if (role.kind == 3 && recipe.shared.filled()) {
-        const S& from = recipe.shared.from == SharedExpertChoice::From::base
-                            ? *base_state
-                            : (*state)[recipe.shared.source];
-        auto range = rows_of(from, 0, layout.intermediate);
+      if (role.kind == 3 && shared_state) {
+        auto range = rows_of(*shared_state, 0, layout.intermediate);
         if (!range) return std::nullopt;
         return std::vector<io::FileRange>{*range};
       }

@@ -139,6 +139,21 @@ inline MoEConfig read_moe_fields(const ConfigFields& f) {
   return m;
 }
 
+// The same keys written for `moe` over the dense config `c` (expert_intermediate_size 0:
+// the dense F); every layer MoE.
+inline void write_moe_fields(nlohmann::ordered_json& j, const DecoderConfig& c,
+                             const MoEConfig& moe) {
+  j["num_experts"] = moe.num_local_experts;
+  j["num_experts_per_tok"] = moe.num_experts_per_tok;
+  j["moe_intermediate_size"] =
+      moe.expert_intermediate_size > 0 ? moe.expert_intermediate_size : c.intermediate_size;
+  j["norm_topk_prob"] = moe.norm_topk_prob;
+  j["decoder_sparse_step"] = 1;
+  j["mlp_only_layers"] = nlohmann::ordered_json::array();
+  j["router_aux_loss_coef"] = moe.router_aux_loss_coef;
+  j["output_router_logits"] = false;
+}
+
 // parse(j, where), with a JSON type error turned into one naming `where`.
 template <class Parse>
 auto parse_config_json(Parse&& parse, const nlohmann::json& j, const std::string& where) {

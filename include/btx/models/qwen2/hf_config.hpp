@@ -125,16 +125,8 @@ inline nlohmann::ordered_json qwen2_moe_config_json(const DecoderConfig& c, cons
   auto j = decoder_config_json(c, "Qwen2MoeForCausalLM", "qwen2_moe", dtype);
   j["qkv_bias"] = true;
   detail::write_qwen2_windows(c, j, /*moe=*/true);
-  j["num_experts"] = moe.num_local_experts;
-  j["num_experts_per_tok"] = moe.num_experts_per_tok;
-  j["moe_intermediate_size"] =
-      moe.expert_intermediate_size > 0 ? moe.expert_intermediate_size : c.intermediate_size;
+  write_moe_fields(j, c, moe);
   j["shared_expert_intermediate_size"] = moe.shared_expert_intermediate_size.value_or(0);
-  j["norm_topk_prob"] = moe.norm_topk_prob;
-  j["decoder_sparse_step"] = 1;
-  j["mlp_only_layers"] = nlohmann::ordered_json::array();
-  j["router_aux_loss_coef"] = moe.router_aux_loss_coef;
-  j["output_router_logits"] = false;
   return j;
 }
 

@@ -109,15 +109,7 @@ inline nlohmann::ordered_json qwen3_moe_config_json(const DecoderConfig& c, cons
   j.erase("max_window_layers");
   j["architectures"] = {"Qwen3MoeForCausalLM"};
   j["model_type"] = "qwen3_moe";
-  j["num_experts"] = moe.num_local_experts;
-  j["num_experts_per_tok"] = moe.num_experts_per_tok;
-  j["moe_intermediate_size"] =
-      moe.expert_intermediate_size > 0 ? moe.expert_intermediate_size : c.intermediate_size;
-  j["norm_topk_prob"] = moe.norm_topk_prob;
-  j["decoder_sparse_step"] = 1;
-  j["mlp_only_layers"] = nlohmann::ordered_json::array();
-  j["router_aux_loss_coef"] = moe.router_aux_loss_coef;
-  j["output_router_logits"] = false;
+  write_moe_fields(j, c, moe);
   return j;
 }
 
