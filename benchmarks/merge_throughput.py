@@ -14,6 +14,9 @@ largest output tensor + 200 MB) and the ratios copy/btx (goal >= 0.7) and mergek
 
   python3 benchmarks/merge_throughput.py [--sizes 1,3] [--dtypes float32,bfloat16]
       [--repeats 3] [--work DIR] [--btx-merge build/bin/btx-merge] [--no-mergekit]
+      [--write-threads 1,0,2] [--max-shard-size 5GB]
+--write-threads times btx-merge once per value in each repeat; the first is the headline
+(compared with copy and mergekit), the others are reported as seconds and as ratios to it.
 """
 import argparse
 import json
@@ -160,10 +163,16 @@ def main():
     ap.add_argument("--work", default=os.path.join(ROOT, "build", "merge-throughput"))
     ap.add_argument("--btx-merge", default=os.path.join(ROOT, "build", "bin", "btx-merge"))
     ap.add_argument("--no-mergekit", action="store_true")
+    ap.add_argument("--write-threads", default="1",
+                    help="btx-merge --write-threads values, headline first")
+    ap.add_argument("--max-shard-size", default="",
+                    help="btx-merge and mergekit max_shard_size (default: theirs)")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
     mergekit, py = (None, sys.executable) if args.no_mergekit else mergekit_venv(args.work)
     env = dict(os.environ, OMP_NUM_THREADS=str(os.cpu_count()))
+    variants = [int(v) for v in args.write_threads.split(",")]
+    label = {v: "btx-merge" if k == 0 else f"btx-merge wt={v}" for k, v in enumerate(variants)}
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
         for dtype in args.dtypes.split(","):
@@ -179,21 +188,24 @@ def main():
             with open(config, "w") as f:
                 f.write(f"base_model: {inputs[0]}\ngate_mode: random\nexperts_per_token: 2\n"
                         f"dtype: {dtype}\nexperts:\n")
+                if args.max_shard_size:
+                    f.write(f"max_shard_size: {args.max_shard_size}\n")
                 for p in inputs:
                     f.write(f"  - source_model: {p}\n")
             out = os.path.join(case, "out")
-            times = {"copy": [], "btx-merge": [], "mergekit": []}
-            rss = {"btx-merge": [], "mergekit": []}
+            times = {"copy": [], **{label[v]: [] for v in variants}, "mergekit": []}
+            rss = {**{label[v]: [] for v in variants}, "mergekit": []}
             out_bytes = None
             for rep in range(args.repeats):
-                warm(inputs)
-                shutil.rmtree(out, ignore_errors=True)
-                s, m = timed([args.btx_merge, config, out], env)
-                times["btx-merge"].append(s)
-                rss["btx-merge"].append(m)
-                out_bytes = folder_bytes(out)
-                largest = largest_tensor_bytes(out)
-                shutil.rmtree(out)
+                for v in variants:
+                    warm(inputs)
+                    shutil.rmtree(out, ignore_errors=True)
+                    s, m = timed([args.btx_merge, "--write-threads", str(v), config, out], env)
+                    times[label[v]].append(s)
+                    rss[label[v]].append(m)
+                    out_bytes = folder_bytes(out)
+                    largest = largest_tensor_bytes(out)
+                    shutil.rmtree(out)
                 warm(inputs)
                 times["copy"].append(plain_copy(inputs, os.path.join(case, "copy.bin"), out_bytes))
                 os.remove(os.path.join(case, "copy.bin"))
@@ -211,7 +223,10 @@ def main():
                        output_mb=out_bytes / 1e6, repeats=args.repeats,
                        seconds=med, peak_rss_mb={k: max(v) for k, v in rss.items() if v},
                        copy_over_btx=med["copy"] / med["btx-merge"],
-                       rss_goal_mb=(2 * largest + 200e6) / 1e6)
+                       rss_goal_mb=(2 * largest + 200e6) / 1e6, write_threads=variants,
+                       max_shard_size=args.max_shard_size or None,
+                       variant_over_headline={label[v]: med[label[v]] / med["btx-merge"]
+                                              for v in variants[1:]})
             if "mergekit" in med:
                 row["mergekit_over_btx"] = med["mergekit"] / med["btx-merge"]
             rows.append(row)

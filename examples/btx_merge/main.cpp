@@ -5,9 +5,12 @@
 // Every input is validated before anything is written; OUT_DIR appears only when complete.
 #include <torch/torch.h>
 
+#include <malloc.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <filesystem>
 #include <fstream>
@@ -188,7 +191,7 @@ bool same_path(const fs::path& a, const fs::path& b) {
   return fs::weakly_canonical(a) == fs::weakly_canonical(b);
 }
 
-int run(const MergeConfig& c, const fs::path& out_dir, bool force) {
+int run(const MergeConfig& c, const fs::path& out_dir, bool force, size_t write_threads) {
   if (!force && io::detail::exists_non_empty(out_dir)) {
     throw InputError("OUT_DIR " + out_dir.string() +
                      " exists and is not empty (--force replaces it)");
@@ -319,6 +322,7 @@ int run(const MergeConfig& c, const fs::path& out_dir, bool force) {
   options.dtype = dtype;
   options.max_shard_bytes = c.max_shard_size;
   options.overwrite = force;
+  options.write_threads = write_threads;
   for (const auto& list : {kTokenizerFiles, kCopiedFiles}) {
     for (const auto& f : list) {
       if (fs::exists(base / f)) options.copy_files.push_back(base / f);
@@ -345,14 +349,16 @@ int run(const MergeConfig& c, const fs::path& out_dir, bool force) {
 
 int usage(std::FILE* to) {
   std::fprintf(to,
-               "usage: btx-merge [--force] CONFIG.yaml OUT_DIR\n"
+               "usage: btx-merge [--force] [--write-threads N] CONFIG.yaml OUT_DIR\n"
                "Mixes N Hugging Face dense checkpoints of one model family into one MoE\n"
                "checkpoint of that family (Llama -> Mixtral; config.json's model_type names\n"
                "the family): config.json, safetensors, the base model's tokenizer files and\n"
                "btx_merge.json.\n"
                "Every input is checked first (architecture, tokenizer files, tensor names,\n"
                "shapes, dtypes); OUT_DIR must not exist or be empty (--force replaces it)\n"
-               "and appears only when complete. Exit 1 on bad input, 2 on bad usage.\n\n%s",
+               "and appears only when complete. Exit 1 on bad input, 2 on bad usage.\n"
+               "--write-threads N: threads writing and copying tensors while the next one\n"
+               "is computed (default 2; 0 writes each in turn).\n\n%s",
                merge_tool::kConfigHelp);
   return to == stdout ? 0 : 2;
 }
@@ -360,13 +366,28 @@ int usage(std::FILE* to) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Tensors of a few MB come and go while writer threads still hold the previous ones;
+  // glibc's growing mmap threshold would serve them from the heap, which then fragments
+  // (peak RSS doubled with one writer thread). A fixed threshold maps each one on its own
+  // and returns it to the system when freed.
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
   std::vector<std::string> args;
   bool force = false;
+  size_t write_threads = 2;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--help" || a == "-h") return usage(stdout);
     if (a == "--force") {
       force = true;
+    } else if (a == "--write-threads") {
+      const char* v = i + 1 < argc ? argv[++i] : "";
+      char* end = nullptr;
+      const unsigned long n = std::strtoul(v, &end, 10);
+      if (*v == '\0' || *end != '\0' || n > 64) {
+        std::fprintf(stderr, "btx-merge: error: --write-threads takes 0..64, got '%s'\n", v);
+        return usage(stderr);
+      }
+      write_threads = size_t(n);
     } else if (a.rfind("--", 0) == 0) {
       std::fprintf(stderr, "btx-merge: error: unknown option %s\n", a.c_str());
       return usage(stderr);
@@ -377,7 +398,7 @@ int main(int argc, char** argv) {
   if (args.size() != 2) return usage(stderr);
   try {
     const auto config = merge_tool::parse_merge_config(tools::load_config_file(args[0]));
-    return run(config, args[1], force);
+    return run(config, args[1], force, write_threads);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "btx-merge: error: %s\n", e.what());
     return 1;

@@ -27,6 +27,7 @@
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
 #include <btx/io/sharded_writer.hpp>
+#include <btx/io/write_queue.hpp>
 #include <btx/merge/any_averaging.hpp>
 #include <btx/merge/averaging.hpp>
 #include <btx/merge/branch.hpp>

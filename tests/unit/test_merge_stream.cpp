@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -225,15 +226,30 @@ TEST_CASE(
       CHECK(ranges.has_value() == (expert && !(is_split && down)));
       if (ranges) CHECK(int64_t(ranges->size()) == s.shape[0]);
     }
-    const auto out = root / ("out-" + plan.manifest().method);
-    merge::WritePlanOptions opts;
-    opts.max_shard_bytes = 30000;
-    (void)merge::write_plan(
-        plan, merge::hf_config_for(plan, btx::LlamaFamily::spec(tiny_config()), "float32"), out,
-        opts);
-    const auto expected = merge::materialize(plan);
-    const auto got = merge::state_dict_of(btx::hf::load_causal_lm(out));
-    for (const auto& [name, t] : expected) CHECK_MESSAGE(torch::equal(got.at(name), t), name);
+    // Written in turn, by one writer beside the producer, and by three at once (shards
+    // in parallel): the same bytes in every file.
+    std::map<std::string, std::string> first_files;
+    for (size_t threads : {0, 1, 3}) {
+      CAPTURE(threads);
+      const auto out = root / ("out-" + plan.manifest().method + std::to_string(threads));
+      merge::WritePlanOptions opts;
+      opts.max_shard_bytes = 30000;
+      opts.write_threads = threads;
+      (void)merge::write_plan(
+          plan, merge::hf_config_for(plan, btx::LlamaFamily::spec(tiny_config()), "float32"), out,
+          opts);
+      const auto expected = merge::materialize(plan);
+      const auto got = merge::state_dict_of(btx::hf::load_causal_lm(out));
+      for (const auto& [name, t] : expected) CHECK_MESSAGE(torch::equal(got.at(name), t), name);
+      std::map<std::string, std::string> files;
+      for (const auto& f : fs::directory_iterator(out)) {
+        std::ifstream in(f.path(), std::ios::binary);
+        files[f.path().filename().string()].assign(std::istreambuf_iterator<char>(in), {});
+      }
+      CHECK(files.size() > 3);  // shards, index, config, manifest
+      if (first_files.empty()) first_files = files;
+      CHECK(files == first_files);
+    }
   }
   // Stored in another dtype, nothing can be copied: every tensor is computed and cast.
   const auto plan = mix.plan(sources);
@@ -269,4 +285,24 @@ TEST_CASE("merge stream: write_plan leaves nothing at the target when a tensor f
       doctest::Contains("disk on fire"));
   CHECK_FALSE(fs::exists(root / "out"));
   CHECK_FALSE(leftovers_beside(root / "out"));
+
+  // A source truncated after planning fails a copy on a writer thread (or a read on this
+  // one): the merge stops with that error, and nothing is left either.
+  saved_llama(root / "b", 2);
+  const auto mixed = mix.plan(merge::checkpoint_sources({root / "a", root / "b"}));
+  const auto ranges = mixed.file_ranges("model.layers.1.mlp.experts.down_proj");
+  REQUIRE(ranges.has_value());
+  fs::resize_file(ranges->back().file, ranges->back().offset + 16);
+  for (size_t threads : {0, 1, 2}) {
+    CAPTURE(threads);
+    merge::WritePlanOptions opts;
+    opts.write_threads = threads;
+    CHECK_THROWS_WITH(
+        merge::write_plan(
+            mixed, merge::hf_config_for(mixed, btx::LlamaFamily::spec(tiny_config()), "float32"),
+            root / "out", opts),
+        doctest::Contains("truncated"));
+    CHECK_FALSE(fs::exists(root / "out"));
+    CHECK_FALSE(leftovers_beside(root / "out"));
+  }
 }

@@ -3,13 +3,19 @@
 // malformed file per validation rule, each error naming the file and the tensor.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <stdexcept>
 #include <string>
 
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
+#include <btx/io/write_queue.hpp>
 
 #include "../scratch.hpp"
 #include "../test_support.hpp"
@@ -254,4 +260,48 @@ TEST_CASE("safetensors: reading one tensor by name and asking for a missing one"
   CHECK(f.contains("b"));
   CHECK(torch::equal(f.tensor("b"), torch::zeros({3})));
   CHECK_THROWS_WITH_AS((void)f.tensor("c"), doctest::Contains("\"c\" not found"), FormatError);
+}
+
+TEST_CASE("write queue: held bytes stay within the bound, errors reach the caller") {
+  // Jobs holding 40 bytes each against a bound of 100: at most two wait or run at once.
+  std::mutex m;
+  std::condition_variable cv;
+  uint64_t held = 0, peak = 0;
+  {
+    btx::io::WriteQueue queue(3, 100);
+    for (int i = 0; i < 12; ++i) {
+      {
+        std::lock_guard lock(m);
+        held += 40;  // counted before submit: the queue may block until earlier jobs end
+      }
+      queue.submit(40, [&] {
+        std::unique_lock lock(m);
+        peak = std::max(peak, held);
+        cv.wait_for(lock, std::chrono::milliseconds(2));
+        held -= 40;
+      });
+    }
+    queue.drain();
+  }
+  CHECK(held == 0);
+  CHECK(peak <= 120);  // two admitted plus the one being counted in before its submit
+
+  // A job larger than the bound still runs, alone.
+  int ran = 0;
+  btx::io::WriteQueue big(2, 10);
+  big.submit(1000, [&] { ++ran; });
+  big.drain();
+  CHECK(ran == 1);
+
+  // The first error is rethrown by drain() (and by any later submit); jobs after it are dropped.
+  btx::io::WriteQueue failing(1, 100);
+  failing.submit(0, [] { throw std::runtime_error("disk full on shard 2"); });
+  CHECK_THROWS_WITH(failing.drain(), doctest::Contains("disk full on shard 2"));
+  CHECK_THROWS_WITH(failing.submit(0, [&] { ++ran; }), doctest::Contains("disk full"));
+  CHECK(ran == 1);
+
+  // No threads: each job runs inside submit().
+  btx::io::WriteQueue inline_queue(0, 0);
+  inline_queue.submit(5, [&] { ++ran; });
+  CHECK(ran == 2);
 }

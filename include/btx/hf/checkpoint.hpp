@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -28,6 +29,7 @@
 #include <btx/io/atomic_dir.hpp>
 #include <btx/io/checkpoint_reader.hpp>
 #include <btx/io/sharded_writer.hpp>
+#include <btx/io/write_queue.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -180,6 +182,9 @@ struct WriteOptions {
   // expert for packed experts, else one; std::nullopt: produce it). Those tensors are
   // copied file to file (copy_file_range) when they are stored in that dtype.
   std::function<std::optional<std::vector<io::FileRange>>(const std::string&)> locate;
+  // Threads writing and copying tensors while the next one is produced (0: write each in
+  // turn on the calling thread). Progress then counts tensors handed to them.
+  size_t write_threads = 1;
 };
 
 struct WriteStats {
@@ -240,6 +245,15 @@ inline WriteStats write_hf_folder(const std::filesystem::path& dir,
   }
 
   io::ShardedStreamWriter writer(out.path(), decls, options.max_shard_bytes);
+  // Writers run beside the producer: while tensor k+1 is computed, tensor k is written and
+  // source ranges are copied. At most one computed tensor (the largest, at most) waits for
+  // them, so peak memory is two tensors, not one per queued write.
+  uint64_t largest = 0;
+  for (const auto& s : tensors) {
+    largest =
+        std::max(largest, io::tensor_bytes({s.name, options.dtype.value_or(s.dtype), s.shape}));
+  }
+  io::WriteQueue queue(options.write_threads, largest);  // after `writer`: joined before it dies
   WriteStats stats;
   WriteProgress p;
   p.count = tensors.size();
@@ -248,22 +262,23 @@ inline WriteStats write_hf_folder(const std::filesystem::path& dir,
     const bool packed = names.ffn.is_packed_experts(s.name);
     const int64_t slices = packed && !s.shape.empty() ? s.shape[0] : 1;
     const auto hf_names = names.to_hf(s.name, slices);
-    const auto ranges = options.locate && options.dtype.value_or(s.dtype) == s.dtype
-                            ? options.locate(s.name)
-                            : std::nullopt;
+    const auto dtype = options.dtype.value_or(s.dtype);
+    const auto ranges = options.locate && dtype == s.dtype ? options.locate(s.name) : std::nullopt;
     if (ranges && ranges->size() == hf_names.size()) {
       for (size_t e = 0; e < hf_names.size(); ++e) {
-        writer.copy(hf_names[e], (*ranges)[e]);
+        queue.submit(
+            0, [&writer, name = hf_names[e], range = (*ranges)[e]] { writer.copy(name, range); });
         p.bytes_done += (*ranges)[e].bytes;
       }
     } else {
-      torch::Tensor t = produce(s.name);  // released before the next tensor is produced
-      if (packed) {
+      // Converted here, so the queue holds the bytes it writes and nothing else.
+      torch::Tensor t = produce(s.name).detach().to(torch::kCPU, dtype).contiguous();
+      const uint64_t bytes = uint64_t(t.numel()) * c10::elementSize(dtype);
+      queue.submit(bytes, [&writer, hf_names, packed, t = std::move(t)] {
+        if (!packed) return writer.write(hf_names.front(), t);
         for (size_t e = 0; e < hf_names.size(); ++e) writer.write(hf_names[e], t[int64_t(e)]);
-      } else {
-        writer.write(hf_names.front(), t);
-      }
-      p.bytes_done += uint64_t(t.numel()) * c10::elementSize(options.dtype.value_or(s.dtype));
+      });
+      p.bytes_done += bytes;
     }
     stats.tensors += hf_names.size();
     ++p.index;
@@ -271,6 +286,7 @@ inline WriteStats write_hf_folder(const std::filesystem::path& dir,
     p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (options.progress) options.progress(p);
   }
+  queue.drain();
   writer.finish();
   out.commit();
   stats.shards = writer.num_shards();

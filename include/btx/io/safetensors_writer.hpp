@@ -15,6 +15,7 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -125,6 +126,7 @@ class SafetensorsStreamWriter {
   }
 
   // Writes one declared tensor, converted to its declared dtype; the shape must match.
+  // write() and copy() of different tensors may run on different threads at once.
   void write(const std::string& name, const torch::Tensor& tensor) {
     const size_t i = slot_of(name);
     const auto& d = decls_[i];
@@ -134,9 +136,9 @@ class SafetensorsStreamWriter {
                                   c10::str(torch::IntArrayRef(d.shape)));
     }
     auto data = tensor.detach().to(torch::kCPU, d.dtype).contiguous();
+    claim(i);
     detail::write_all(fd_, data.data_ptr(), tensor_bytes(d), data_start_ + offsets_[i],
                       tmp_.string());
-    written_[i] = true;
   }
 
   // Writes one declared tensor as the bytes of `range` (a source file's tensor already in
@@ -149,12 +151,13 @@ class SafetensorsStreamWriter {
                                   std::to_string(tensor_bytes(d)) + " bytes, the copied range of " +
                                   range.file.string() + " has " + std::to_string(range.bytes));
     }
+    claim(i);
     copy_range_into(range, fd_, data_start_ + offsets_[i],
                     "tensor \"" + name + "\" into " + tmp_.string());
-    written_[i] = true;
   }
 
-  // Checks every tensor was written, fsyncs, and renames the file into place.
+  // Checks every tensor was written, fsyncs, and renames the file into place. Call it
+  // after every write() and copy() has returned.
   void finish() {
     for (size_t i = 0; i < decls_.size(); ++i) {
       if (!written_[i]) {
@@ -175,23 +178,30 @@ class SafetensorsStreamWriter {
   [[nodiscard]] uint64_t file_size() const { return total_; }
 
  private:
-  // The declared slot of `name`, not yet written.
+  // The declared slot of `name`.
   size_t slot_of(const std::string& name) const {
     auto it = index_.find(name);
     if (it == index_.end()) {
       throw std::invalid_argument("tensor \"" + name + "\" was not declared for " + file_.string());
     }
-    if (written_[it->second]) {
-      throw std::invalid_argument("tensor \"" + name + "\" written twice to " + file_.string());
-    }
     return it->second;
+  }
+  // Marks slot i written; a second claim of one slot is an error.
+  void claim(size_t i) {
+    std::lock_guard lock(claim_mutex_);
+    if (written_[i]) {
+      throw std::invalid_argument("tensor \"" + decls_[i].name + "\" written twice to " +
+                                  file_.string());
+    }
+    written_[i] = true;
   }
 
   std::filesystem::path file_, tmp_;
   std::vector<TensorDecl> decls_;
   std::map<std::string, size_t> index_;
   std::vector<uint64_t> offsets_;
-  std::vector<bool> written_;
+  std::vector<bool> written_;  // guarded by claim_mutex_ (packed bits share bytes)
+  std::mutex claim_mutex_;
   uint64_t data_start_ = 0, total_ = 0;
   int fd_ = -1;
   bool finished_ = false;

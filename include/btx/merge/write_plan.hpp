@@ -49,6 +49,7 @@ struct WritePlanOptions {
   std::vector<std::filesystem::path> copy_files;  // copied in unchanged (tokenizer files, ...)
   std::string manifest_file = "btx_merge.json";   // plan.manifest(); empty: not written
   std::function<void(const WriteProgress&)> progress;
+  size_t write_threads = 1;  // hf::WriteOptions::write_threads
 };
 
 inline std::vector<io::TensorDecl> plan_decls(const Plan& plan) {
@@ -117,6 +118,7 @@ inline WriteStats write_plan(const Plan& plan, const nlohmann::ordered_json& con
   w.max_shard_bytes = options.max_shard_bytes;
   w.overwrite = options.overwrite;
   w.progress = options.progress;
+  w.write_threads = options.write_threads;
   for (const auto& f : options.copy_files) {
     const auto name = f.filename();
     if (name == "config.json" || name == options.manifest_file) {
