@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-# Finds what btx::btx carries: LibTorch, nlohmann_json, and (optionally) range-v3.
+# Finds what btx::btx carries: LibTorch, nlohmann_json, range-v3 and xxHash's header.
 # A user's own LibTorch given by CMAKE_PREFIX_PATH or Torch_DIR is found first; the
 # quickstart script appends the venv wheel's prefix after it.
 if(TARGET torch)
@@ -27,6 +27,12 @@ if(NOT TARGET nlohmann_json::nlohmann_json)
 endif()
 if(NOT TARGET range-v3::range-v3)
   find_package(range-v3 REQUIRED)
+endif()
+# xxHash (Debian libxxhash-dev), used header-only (XXH_INLINE_ALL) for content hashes.
+find_path(BTX_XXHASH_INCLUDE_DIR xxhash.h)
+if(NOT BTX_XXHASH_INCLUDE_DIR)
+  message(FATAL_ERROR "btx needs xxhash.h (Debian/Ubuntu: apt-get install libxxhash-dev; "
+                      "or -DBTX_XXHASH_INCLUDE_DIR=/path/to/xxHash)")
 endif()
 
 # TORCH_CXX_FLAGS is one string ("-D_GLIBCXX_USE_CXX11_ABI=1"); targets need a list.

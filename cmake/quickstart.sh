@@ -25,6 +25,7 @@ export CCACHE_BASEDIR="$root" CCACHE_NOHASHDIR=1
 # ---- Debian packages (we are root on this kind of machine; sudo where we are not)
 debs=(cmake ninja-build g++ ccache doctest-dev nlohmann-json3-dev librange-v3-dev
       libbenchmark-dev libyaml-cpp-dev gnuplot-nox clang-format python3-venv
+      libxxhash-dev  # xxHash, header-only: content hashes of checkpoints
       libgloo-dev  # Gloo's headers for c10d process groups (the torch wheel ships none)
       clang)  # clang: libFuzzer (its libclang-rt-*-dev) for tests/fuzz
 missing=()

@@ -41,7 +41,8 @@ struct MergeConfig {
   uint64_t seed = 0;
   uint64_t max_shard_size = 5'000'000'000;
   double router_aux_loss_coef = 0.02;
-  std::string device = "cpu";  // where averaging and stacking compute (cpu, cuda, cuda:N)
+  std::string device = "cpu";    // where averaging and stacking compute (cpu, cuda, cuda:N)
+  std::string tokenizer_source;  // "" or "base": base_model's (sources must agree); else a folder
 
   // The averagings that merge task vectors against base_model (trunk_merging.hpp).
   [[nodiscard]] bool merges_task_vectors() const {
@@ -94,6 +95,13 @@ inline constexpr const char* kConfigHelp = R"(CONFIG keys (YAML or JSON; unknown
                             written to config.json (transformers' load-balancing weight)
   device: cpu               where averaging and stacking compute: cpu, cuda or cuda:N
                             (tensors are read from disk and written from the CPU)
+  tokenizer_source: base    whose tokenizer, chat template and generation files the output
+                            keeps, byte for byte: base (base_model's; every source's
+                            tokenizer must then give the same ids and special tokens) or a
+                            folder (sources not compared). mergekit's union is refused: btx
+                            does not resize embeddings
+The output also gets a model card (README.md: method, sources with XXH3-128 hashes of
+their files, router, averaging, top-k, the checks btx ran, this config) and btx_merge.json.
 Relative paths are relative to the current directory (as in mergekit).
 )";
 
@@ -157,12 +165,15 @@ inline uint64_t parse_size(const nlohmann::json& j, const std::string& key) {
 inline MergeConfig parse_merge_config(const nlohmann::json& j) {
   using namespace detail;
   if (!j.is_object()) throw std::invalid_argument("the config must be a mapping of keys");
-  static const std::set<std::string> known = {
-      "base_model",     "experts",   "gate_mode",      "experts_per_token",
-      "dtype",          "averaging", "weights",        "density",
-      "lambda",         "split",     "method",         "include_base_as_expert",
-      "shared_experts", "seed",      "max_shard_size", "router_aux_loss_coef",
-      "device"};
+  static const std::set<std::string> known = {"base_model",     "experts",
+                                              "gate_mode",      "experts_per_token",
+                                              "dtype",          "averaging",
+                                              "weights",        "density",
+                                              "lambda",         "split",
+                                              "method",         "include_base_as_expert",
+                                              "shared_experts", "seed",
+                                              "max_shard_size", "router_aux_loss_coef",
+                                              "device",         "tokenizer_source"};
   for (const auto& [key, value] : j.items()) {
     if (!known.count(key)) {
       throw key_error(key, "unknown key (btx-merge --help lists the keys it reads)");
@@ -262,6 +273,15 @@ inline MergeConfig parse_merge_config(const nlohmann::json& j) {
     c.shared_expert = get_string(x["source_model"], "shared_experts[0].source_model");
   }
   if (j.contains("seed")) c.seed = uint64_t(get_int(j["seed"], "seed", 0));
+  if (j.contains("tokenizer_source")) {
+    c.tokenizer_source = get_string(j["tokenizer_source"], "tokenizer_source");
+    if (c.tokenizer_source == "union") {
+      throw key_error("tokenizer_source",
+                      "union is not supported (btx does not resize embeddings); use base or "
+                      "the folder whose tokenizer to keep");
+    }
+    if (c.tokenizer_source.empty()) throw key_error("tokenizer_source", "must not be empty");
+  }
   if (j.contains("max_shard_size"))
     c.max_shard_size = parse_size(j["max_shard_size"], "max_shard_size");
   if (j.contains("router_aux_loss_coef")) {

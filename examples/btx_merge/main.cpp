@@ -14,8 +14,10 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <iostream>
 #include <iterator>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -24,10 +26,13 @@
 
 #include <btx/core/dtype.hpp>
 #include <btx/data/byte_tokenizer.hpp>
+#include <btx/hf/model_card.hpp>
+#include <btx/hf/side_files.hpp>
 #include <btx/io/atomic_dir.hpp>
 #include <btx/merge/any_averaging.hpp>
 #include <btx/merge/checkpoint_source.hpp>
 #include <btx/merge/mixers.hpp>
+#include <btx/merge/model_card.hpp>
 #include <btx/merge/router_init.hpp>
 #include <btx/merge/trunk_merging.hpp>
 #include <btx/merge/write_plan.hpp>
@@ -46,16 +51,6 @@ struct InputError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// Compared byte for byte across every source; copied from base_model.
-const std::vector<std::string> kTokenizerFiles = {"tokenizer.json",
-                                                  "tokenizer_config.json",
-                                                  "special_tokens_map.json",
-                                                  "tokenizer.model",
-                                                  "vocab.json",
-                                                  "merges.txt",
-                                                  "added_tokens.json"};
-// Copied from base_model when present, not compared.
-const std::vector<std::string> kCopiedFiles = {"generation_config.json"};
 // config.json fields that may differ between sources.
 const std::set<std::string> kIgnoredConfigKeys = {"dtype", "torch_dtype", "transformers_version",
                                                   "_name_or_path"};
@@ -98,26 +93,16 @@ void check_same_model_family(const std::vector<fs::path>& dirs) {
       }
     }
   }
-  for (const auto& name : kTokenizerFiles) {
-    const fs::path* first = nullptr;
-    std::string bytes;
-    for (const auto& d : dirs) {
-      if (fs::exists(d / name)) {
-        first = &d;
-        bytes = read_file(d / name);
-        break;
-      }
-    }
-    if (!first) continue;
-    for (const auto& d : dirs) {
-      if (!fs::exists(d / name)) {
-        throw InputError("tokenizer file " + name + " is in " + first->string() + " but not in " +
-                         d.string() + "; merged models must share one tokenizer");
-      }
-      if (read_file(d / name) != bytes) {
-        throw InputError("tokenizer file " + name + " differs between " + first->string() +
-                         " and " + d.string() + "; merged models must share one tokenizer");
-      }
+}
+
+// Every source's tokenizer must mean what the first one's means (same ids, same special
+// tokens) unless the config names the tokenizer to keep.
+void check_same_tokenizer(const std::vector<fs::path>& dirs) {
+  for (const auto& d : dirs) {
+    if (const auto why = hf::tokenizer_difference(dirs.front(), d)) {
+      throw InputError("tokenizers differ: " + *why +
+                       "; merged models must share one tokenizer (or set tokenizer_source to "
+                       "the folder whose tokenizer the merge keeps)");
     }
   }
 }
@@ -191,7 +176,8 @@ bool same_path(const fs::path& a, const fs::path& b) {
   return fs::weakly_canonical(a) == fs::weakly_canonical(b);
 }
 
-int run(const MergeConfig& c, const fs::path& out_dir, bool force, size_t write_threads) {
+int run(const MergeConfig& c, const std::string& config_text, const fs::path& out_dir, bool force,
+        size_t write_threads) {
   if (!force && io::detail::exists_non_empty(out_dir)) {
     throw InputError("OUT_DIR " + out_dir.string() +
                      " exists and is not empty (--force replaces it)");
@@ -228,6 +214,28 @@ int run(const MergeConfig& c, const fs::path& out_dir, bool force, size_t write_
     if (!fs::exists(d / "config.json")) throw InputError(d.string() + " has no config.json");
   }
   check_same_model_family(all);
+  // The tokenizer, chat template and generation files the output carries, byte for byte.
+  fs::path tokenizer_dir = base;
+  if (c.tokenizer_source.empty() || c.tokenizer_source == "base") {
+    check_same_tokenizer(all);
+  } else {
+    tokenizer_dir = c.tokenizer_source;
+    if (!fs::is_directory(tokenizer_dir)) {
+      throw InputError("config key 'tokenizer_source': " + tokenizer_dir.string() +
+                       " is not a folder");
+    }
+  }
+  // Content hashes of every source for the model card, computed while the merge runs.
+  auto hashes = std::async(std::launch::async, [all] {
+    std::map<fs::path, std::map<std::string, std::string>> by_folder;  // each folder once
+    std::vector<std::map<std::string, std::string>> out;
+    for (const auto& d : all) {
+      const auto key = fs::weakly_canonical(d);
+      if (!by_folder.count(key)) by_folder[key] = merge::source_file_hashes(d);
+      out.push_back(by_folder[key]);
+    }
+    return out;
+  });
   const torch::Device device = parse_device(c.device);
   std::vector<merge::CheckpointSource> sources = merge::checkpoint_sources(dirs, device);
   {  // the base's tensors too, when it is not a source
@@ -323,11 +331,56 @@ int run(const MergeConfig& c, const fs::path& out_dir, bool force, size_t write_
   options.max_shard_bytes = c.max_shard_size;
   options.overwrite = force;
   options.write_threads = write_threads;
-  for (const auto& list : {kTokenizerFiles, kCopiedFiles}) {
-    for (const auto& f : list) {
-      if (fs::exists(base / f)) options.copy_files.push_back(base / f);
+  options.copy_files = hf::side_files_in(tokenizer_dir);
+  options.closing_text_files = [&] {
+    merge::CardInfo info;
+    info.title = fs::absolute(out_dir).lexically_normal().filename().string();
+    info.tool = "btx-merge";
+    info.model_type = config_json.value("model_type", std::string());
+    info.dtype = btx::dtype_name(dtype);
+    info.license = hf::card_license(base);
+    info.base_models = {c.base_model};
+    info.config_text = config_text;
+    info.side_files_from = tokenizer_dir.string();
+    info.checks = {
+        "Sources: every config.json describes the same dense architecture (all keys but "
+        "dtype and bookkeeping equal), and every tensor has the same name, shape and dtype "
+        "in every source.",
+        c.tokenizer_source.empty() || c.tokenizer_source == "base"
+            ? std::string("Tokenizers: every source's tokenizer files give the same ids and "
+                          "the same special tokens.")
+            : "Tokenizers: not compared; tokenizer_source names " + c.tokenizer_source + ".",
+        "Output: every safetensors file's header was read back after writing and declares "
+        "exactly the tensors, dtypes and shapes planned; the folder appeared only when "
+        "complete."};
+    const auto all_hashes = hashes.get();
+    std::vector<merge::CardSource> cards;
+    for (size_t k = 0; k < all.size(); ++k) {
+      if (k == 0 && !c.include_base_as_expert) {
+        cards.push_back({base.string(), base.string(), "base", all_hashes[k]});
+        continue;
+      }
+      if (k == 0) continue;  // the base is expert 0 below
+      if (c.include_base_as_expert && k == 1) {
+        cards.push_back({base.string(), base.string(), "base, expert 0", all_hashes[k]});
+        continue;
+      }
+      const size_t e = k - 1;
+      cards.push_back(
+          {dirs[e].string(), dirs[e].string(),
+           c.method == "upcycle" ? "copied by every expert" : "expert " + std::to_string(e),
+           all_hashes[k]});
     }
-  }
+    for (size_t k = 0; k < all.size(); ++k) {
+      if (k > 0 && k <= dirs.size() && !same_path(all[k], base)) {
+        if (std::find(info.base_models.begin(), info.base_models.end(), all[k].string()) ==
+            info.base_models.end())
+          info.base_models.push_back(all[k].string());
+      }
+    }
+    const auto card = merge::merge_model_card(plan.manifest(), cards, info);
+    return std::vector<std::pair<std::string, std::string>>{{"README.md", card.render()}};
+  };
   auto last = std::chrono::steady_clock::now() - std::chrono::seconds(10);
   options.progress = [&](const merge::WriteProgress& p) {
     const auto now = std::chrono::steady_clock::now();
@@ -398,7 +451,7 @@ int main(int argc, char** argv) {
   if (args.size() != 2) return usage(stderr);
   try {
     const auto config = merge_tool::parse_merge_config(tools::load_config_file(args[0]));
-    return run(config, args[1], force, write_threads);
+    return run(config, read_file(args[0]), args[1], force, write_threads);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "btx-merge: error: %s\n", e.what());
     return 1;

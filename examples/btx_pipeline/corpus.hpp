@@ -16,6 +16,7 @@
 #include <btx/core/model_spec.hpp>
 #include <btx/data/corpus.hpp>
 #include <btx/data/sampler.hpp>
+#include <btx/hf/side_files.hpp>
 #include <btx/models/auto.hpp>
 #include <btx/models/llama/family.hpp>
 #include <btx/moe/options.hpp>
@@ -124,6 +125,9 @@ inline PipelineRun open_run(const PipelineConfig& config) {
   PipelineRun p{config, recipe::Run(config.run_dir, train_settings(config), "pipeline"),
                 build_corpus(config.domains), spec};
   for (size_t d = 0; d < p.corpus.domains.size(); ++d) (void)p.domain_sampler(d, 0);
+  // A pretrained seed's tokenizer, chat template and generation files go into every stage.
+  if (!config.seed_checkpoint.empty())
+    p.run.with_model_files(hf::side_files_in(config.seed_checkpoint));
   if (p.corpus.vocab_size > spec.shape.vocab_size) {
     throw std::invalid_argument(
         "config: the data has token ids up to " + std::to_string(p.corpus.vocab_size - 1) +

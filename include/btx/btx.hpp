@@ -20,8 +20,11 @@
 #include <btx/data/token_file.hpp>
 #include <btx/hf/checkpoint.hpp>
 #include <btx/hf/config_json.hpp>
+#include <btx/hf/model_card.hpp>
+#include <btx/hf/side_files.hpp>
 #include <btx/io/atomic_dir.hpp>
 #include <btx/io/checkpoint_reader.hpp>
+#include <btx/io/file_hash.hpp>
 #include <btx/io/file_range.hpp>
 #include <btx/io/safetensors_header.hpp>
 #include <btx/io/safetensors_reader.hpp>
@@ -38,6 +41,7 @@
 #include <btx/merge/expert_surgery.hpp>
 #include <btx/merge/manifest.hpp>
 #include <btx/merge/mixers.hpp>
+#include <btx/merge/model_card.hpp>
 #include <btx/merge/moe_plan.hpp>
 #include <btx/merge/plan.hpp>
 #include <btx/merge/router_init.hpp>

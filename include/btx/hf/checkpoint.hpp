@@ -177,6 +177,9 @@ struct WriteOptions {
   bool overwrite = false;                         // replace a non-empty target folder
   std::vector<std::filesystem::path> copy_files;  // copied in unchanged (tokenizer files, ...)
   std::vector<std::pair<std::string, std::string>> text_files;  // {file name, contents}
+  // Text files known only once every tensor is written (a model card that reports what was
+  // checked, hashes computed beside the merge); called after the last shard is finished.
+  std::function<std::vector<std::pair<std::string, std::string>>()> closing_text_files;
   std::function<void(const WriteProgress&)> progress;
   // Optional: the file ranges a btx tensor is an exact copy of, in its own dtype (one per
   // expert for packed experts, else one; std::nullopt: produce it). Those tensors are
@@ -241,7 +244,8 @@ inline WriteStats write_hf_folder(const std::filesystem::path& dir,
     if (!written.insert(name).second) {
       throw std::invalid_argument("btx::hf::write_hf_folder: copy_files would overwrite " + name);
     }
-    std::filesystem::copy_file(f, out.path() / name);
+    // Folders too (transformers' additional_chat_templates/).
+    std::filesystem::copy(f, out.path() / name, std::filesystem::copy_options::recursive);
   }
 
   io::ShardedStreamWriter writer(out.path(), decls, options.max_shard_bytes);
@@ -288,6 +292,14 @@ inline WriteStats write_hf_folder(const std::filesystem::path& dir,
   }
   queue.drain();
   writer.finish();
+  if (options.closing_text_files) {
+    for (const auto& [name, text] : options.closing_text_files()) {
+      if (!written.insert(name).second) {
+        throw std::invalid_argument("btx::hf::write_hf_folder: two files named " + name);
+      }
+      detail::write_text(out.path() / name, text);
+    }
+  }
   out.commit();
   stats.shards = writer.num_shards();
   stats.bytes = total;

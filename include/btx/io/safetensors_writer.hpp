@@ -26,6 +26,7 @@
 
 #include <btx/io/file_range.hpp>
 #include <btx/io/safetensors_header.hpp>
+#include <btx/io/safetensors_reader.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -170,6 +171,7 @@ class SafetensorsStreamWriter {
       throw std::runtime_error("cannot finish " + tmp_.string() + ": " + std::strerror(errno));
     }
     fd_ = -1;
+    check_as_read();
     std::filesystem::rename(tmp_, file_);
     finished_ = true;
   }
@@ -185,6 +187,27 @@ class SafetensorsStreamWriter {
       throw std::invalid_argument("tensor \"" + name + "\" was not declared for " + file_.string());
     }
     return it->second;
+  }
+  // Re-reads the finished file's header as every reader will (SafetensorsFile validates
+  // it and the file size) and checks it declares exactly what was declared here.
+  void check_as_read() const {
+    const SafetensorsFile f(tmp_);
+    const auto& got = f.tensors();
+    bool same = got.size() == decls_.size();
+    for (size_t i = 0; same && i < decls_.size(); ++i) {
+      const auto& t = f.info(decls_[i].name);  // throws naming a missing tensor
+      same = std::string(t.dtype.name) == dtype_from_torch(decls_[i].dtype).name &&
+             t.shape == decls_[i].shape && t.begin == offsets_[i];
+      if (!same) {
+        throw std::runtime_error("btx::io: " + tmp_.string() + " declares tensor \"" +
+                                 decls_[i].name + "\" otherwise than it was written");
+      }
+    }
+    if (!same) {
+      throw std::runtime_error("btx::io: " + tmp_.string() + " declares " +
+                               std::to_string(got.size()) + " tensors, " +
+                               std::to_string(decls_.size()) + " were written");
+    }
   }
   // Marks slot i written; a second claim of one slot is an error.
   void claim(size_t i) {

@@ -67,6 +67,17 @@ class Run {
   [[nodiscard]] const TrainSettings& train() const { return train_; }
   [[nodiscard]] const std::string& tag() const { return tag_; }
 
+  // Files every stage model carries byte for byte (a pretrained seed's tokenizer, chat
+  // template and generation config: hf::side_files_in(seed)), so each stage loads in
+  // transformers with its tokenizer and keeps its chat format.
+  Run& with_model_files(std::vector<std::filesystem::path> files) {
+    model_files_ = std::move(files);
+    return *this;
+  }
+  [[nodiscard]] const std::vector<std::filesystem::path>& model_files() const {
+    return model_files_;
+  }
+
   // <run>/<stage>; a stage name is one plain folder name.
   [[nodiscard]] std::filesystem::path stage_dir(const std::string& stage) const {
     if (stage.empty() || stage == "." || stage == ".." ||
@@ -149,6 +160,7 @@ class Run {
   std::filesystem::path dir_;
   TrainSettings train_;
   std::string tag_;
+  std::vector<std::filesystem::path> model_files_;
 };
 
 }  // namespace recipe

@@ -47,6 +47,7 @@ inline CausalLM make_stage_model(const ModelSpec& dense,
 inline void save_stage_model(const Run& run, const std::string& stage, const CausalLM& lm) {
   hf::SaveOptions options;
   options.overwrite = true;
+  options.copy_files = run.model_files();
   (void)save_hf_checkpoint(lm, run.model_dir(stage), options);
 }
 

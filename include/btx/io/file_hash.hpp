@@ -1,0 +1,62 @@
+// SPDX-License-Identifier: MIT
+// Content hashes of whole files: XXH3-128 (xxHash, Debian libxxhash-dev, used header-only),
+// which hashes at memory speed, so recording every source's hash costs a merge a fraction
+// of reading it once. It identifies contents (two checkpoints that differ anywhere get
+// different hashes), it is not cryptographic.
+//
+//   const std::string h = btx::io::xxh3_128_file("expert0/model.safetensors");  // 32 hex digits
+#pragma once
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <btx/io/file_range.hpp>
+#include <btx/version.hpp>
+
+namespace btx {
+BTX_NAMESPACE_BEGIN
+namespace io {
+
+inline constexpr const char* kFileHashName = "xxh3-128";
+
+// XXH3-128 of `file`'s bytes as 32 lower-case hex digits (high half first, as xxhsum
+// --tag -H2 prints it). Throws FormatError naming the file when it cannot be read.
+inline std::string xxh3_128_file(const std::filesystem::path& file) {
+  detail::OwnedFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.fd < 0) throw FormatError("cannot open " + file.string() + ": " + std::strerror(errno));
+  std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> state(XXH3_createState(),
+                                                                 &XXH3_freeState);
+  if (!state || XXH3_128bits_reset(state.get()) != XXH_OK) {
+    throw std::runtime_error("btx::io: cannot start an XXH3 hash of " + file.string());
+  }
+  constexpr size_t kChunk = 8u << 20;
+  thread_local std::unique_ptr<uint8_t[]> buffer(new uint8_t[kChunk]);
+  for (;;) {
+    const ssize_t r = ::read(fd.fd, buffer.get(), kChunk);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) throw FormatError("reading " + file.string() + " failed: " + std::strerror(errno));
+    if (r == 0) break;
+    (void)XXH3_128bits_update(state.get(), buffer.get(), size_t(r));
+  }
+  const XXH128_hash_t h = XXH3_128bits_digest(state.get());
+  char hex[33];
+  std::snprintf(hex, sizeof hex, "%016llx%016llx", static_cast<unsigned long long>(h.high64),
+                static_cast<unsigned long long>(h.low64));
+  return hex;
+}
+
+}  // namespace io
+BTX_NAMESPACE_END
+}  // namespace btx
