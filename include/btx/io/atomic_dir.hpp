@@ -80,13 +80,17 @@ class AtomicDir {
   [[nodiscard]] const std::filesystem::path& target() const { return target_; }
   [[nodiscard]] bool committed() const { return committed_; }
 
-  void commit() {
+  // durable = false skips the fsyncs: faster, and a crash (not a kill) may then leave
+  // files at the target whose data never reached the disk.
+  void commit(bool durable = true) {
     if (committed_)
       throw std::logic_error("AtomicDir for " + target_.string() + " committed twice");
-    for (const auto& entry : std::filesystem::recursive_directory_iterator(tmp_)) {
-      if (entry.is_regular_file() || entry.is_directory()) detail::fsync_path(entry.path());
+    if (durable) {
+      for (const auto& entry : std::filesystem::recursive_directory_iterator(tmp_)) {
+        if (entry.is_regular_file() || entry.is_directory()) detail::fsync_path(entry.path());
+      }
+      detail::fsync_path(tmp_);
     }
-    detail::fsync_path(tmp_);
     check_target();
     std::filesystem::path old;
     std::error_code ec;
@@ -104,7 +108,7 @@ class AtomicDir {
       throw;
     }
     committed_ = true;
-    detail::fsync_path(target_.parent_path());
+    if (durable) detail::fsync_path(target_.parent_path());
     if (!old.empty()) std::filesystem::remove_all(old, ec);
   }
 

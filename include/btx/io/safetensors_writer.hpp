@@ -157,16 +157,17 @@ class SafetensorsStreamWriter {
                     "tensor \"" + name + "\" into " + tmp_.string());
   }
 
-  // Checks every tensor was written, fsyncs, and renames the file into place. Call it
-  // after every write() and copy() has returned.
-  void finish() {
+  // Checks every tensor was written, fsyncs (unless !durable), and renames the file into
+  // place. Call it after every write() and copy() has returned.
+  void finish(bool durable = true) {
     for (size_t i = 0; i < decls_.size(); ++i) {
       if (!written_[i]) {
         throw std::runtime_error("tensor \"" + decls_[i].name + "\" was declared but never " +
                                  "written to " + file_.string());
       }
     }
-    if (::ftruncate(fd_, off_t(total_)) != 0 || ::fsync(fd_) != 0 || ::close(fd_) != 0) {
+    if (::ftruncate(fd_, off_t(total_)) != 0 || (durable && ::fsync(fd_) != 0) ||
+        ::close(fd_) != 0) {
       fd_ = -1;
       throw std::runtime_error("cannot finish " + tmp_.string() + ": " + std::strerror(errno));
     }

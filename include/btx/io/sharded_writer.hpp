@@ -75,8 +75,8 @@ class ShardedStreamWriter {
   void copy(const std::string& name, const FileRange& range) { writer_of(name).copy(name, range); }
 
   // Finishes every shard, then writes the index (only when there are several shards).
-  void finish() {
-    for (auto& w : writers_) w->finish();
+  void finish(bool durable = true) {
+    for (auto& w : writers_) w->finish(durable);
     if (writers_.size() > 1) {
       nlohmann::ordered_json index;
       index["metadata"] = {{"total_size", total_bytes_}};

@@ -195,13 +195,33 @@ inline void check_same_spec(const std::string& name, const std::vector<int64_t>&
 // tensor and both sources. `labels` names the sources for messages.
 namespace detail {
 
+// acc = widen(src) * w (first source) or acc += widen(src) * w, over n elements: one pass
+// the compiler vectorises, instead of a widening copy, a multiply and an add per source.
+template <typename T, typename Acc>
+void accumulate_rows(const void* src, Acc* acc, size_t n, double weight, bool first) {
+  const auto* s = static_cast<const T*>(src);
+  const Acc w = static_cast<Acc>(weight);  // as torch casts the scalar to the accumulator
+  if (first) {
+    for (size_t i = 0; i < n; ++i) acc[i] = static_cast<Acc>(s[i]) * w;
+  } else {
+    for (size_t i = 0; i < n; ++i) acc[i] += static_cast<Acc>(s[i]) * w;
+  }
+}
+template <typename T, typename Acc>
+void narrow_rows(const Acc* acc, void* dst, size_t n) {
+  auto* d = static_cast<T*>(dst);
+  for (size_t i = 0; i < n; ++i) d[i] = static_cast<T>(acc[i]);
+}
+
 // weighted_sum computed in row chunks read straight from the sources' files, holding the
-// result and a few chunk buffers instead of whole fp64 copies; the same operations in the
-// same order per element, so bit for bit the same result. std::nullopt where a contributor
-// has no file bytes or the copies disagree (weighted_sum then loads them and says why).
+// result and a chunk buffer instead of whole widened copies: the same sum in the same
+// order per element, in the same accumulator dtype, so the same result to within one unit
+// in the last place of the output dtype (torch's add_ may fuse the multiply-add; these
+// loops may not). std::nullopt where a contributor has no file bytes, the copies disagree
+// or the dtype is not fp32/bf16/fp16 (weighted_sum then loads them and says why).
 inline std::optional<torch::Tensor> weighted_sum_in_chunks(const MergeInputs& in,
                                                            const std::vector<double>& weights,
-                                                           uint64_t chunk_bytes = 8ull << 20) {
+                                                           uint64_t chunk_bytes = 1ull << 20) {
   if (!in.bytes) return std::nullopt;
   std::vector<std::pair<SourceBytes, double>> parts;
   for (size_t j = 0; j < weights.size(); ++j) {
@@ -212,39 +232,44 @@ inline std::optional<torch::Tensor> weighted_sum_in_chunks(const MergeInputs& in
   }
   if (parts.empty() || (parts.size() == 1 && parts.front().second == 1.0)) return std::nullopt;
   const SourceBytes& first = parts.front().first;
-  if (!c10::isFloatingType(first.dtype) || first.shape.empty()) return std::nullopt;
-  for (const auto& [b, w] : parts) {
-    if (b.shape != first.shape || b.dtype != first.dtype) return std::nullopt;
+  const auto dtype = first.dtype;
+  if ((dtype != torch::kFloat32 && dtype != torch::kBFloat16 && dtype != torch::kHalf) ||
+      first.shape.empty()) {
+    return std::nullopt;
   }
-  auto out = torch::empty(first.shape, torch::dtype(first.dtype).device(torch::kCPU));
+  for (const auto& [b, w] : parts) {
+    if (b.shape != first.shape || b.dtype != dtype) return std::nullopt;
+  }
+  auto out = torch::empty(first.shape, torch::dtype(dtype).device(torch::kCPU));
   const int64_t rows = first.shape[0];
   if (out.numel() == 0) return out;
   const int64_t row_elems = out.numel() / rows;
-  const uint64_t row_bytes = uint64_t(row_elems) * c10::elementSize(first.dtype);
+  const uint64_t row_bytes = uint64_t(row_elems) * c10::elementSize(dtype);
   if (row_bytes * uint64_t(rows) != first.range.bytes) return std::nullopt;
   const int64_t chunk = std::max<int64_t>(1, int64_t(chunk_bytes / row_bytes));
-  const auto acc_dtype = accumulator_dtype(first.dtype);
-  auto buffer = torch::empty({std::min(chunk, rows), row_elems},
-                             torch::dtype(first.dtype).device(torch::kCPU));
-  auto acc = torch::empty(buffer.sizes(), torch::dtype(acc_dtype).device(torch::kCPU));
-  auto widened = torch::empty(buffer.sizes(), torch::dtype(acc_dtype).device(torch::kCPU));
-  auto out_RC = out.view({rows, row_elems});
-  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-    const int64_t n = std::min(chunk, rows - r0);
-    auto buf = buffer.narrow(0, 0, n), acc_n = acc.narrow(0, 0, n), wide = widened.narrow(0, 0, n);
-    for (size_t k = 0; k < parts.size(); ++k) {
-      const auto& [b, w] = parts[k];
-      io::read_exact(b.range.file, buf.data_ptr(), uint64_t(n) * row_bytes,
-                     b.range.offset + uint64_t(r0) * row_bytes);
-      if (k == 0) {
-        acc_n.copy_(buf);
-        acc_n.mul_(w);
-      } else {
-        wide.copy_(buf);
-        acc_n.add_(wide, w);
+  const size_t max_elems = size_t(std::min(chunk, rows) * row_elems);
+  std::vector<uint8_t> buffer(max_elems * c10::elementSize(dtype));
+  auto* out_bytes = static_cast<uint8_t*>(out.data_ptr());
+  const auto run = [&]<typename T, typename Acc>() {
+    std::vector<Acc> acc(max_elems);
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+      const int64_t n = std::min(chunk, rows - r0);
+      const size_t elems = size_t(n * row_elems);
+      for (size_t k = 0; k < parts.size(); ++k) {
+        const auto& [b, w] = parts[k];
+        io::read_exact(b.range.file, buffer.data(), uint64_t(n) * row_bytes,
+                       b.range.offset + uint64_t(r0) * row_bytes);
+        accumulate_rows<T, Acc>(buffer.data(), acc.data(), elems, w, k == 0);
       }
+      narrow_rows<T, Acc>(acc.data(), out_bytes + uint64_t(r0) * row_bytes, elems);
     }
-    out_RC.narrow(0, r0, n).copy_(acc_n);
+  };
+  if (dtype == torch::kFloat32) {
+    run.template operator()<float, double>();
+  } else if (dtype == torch::kBFloat16) {
+    run.template operator()<c10::BFloat16, float>();
+  } else {
+    run.template operator()<c10::Half, float>();
   }
   return out;
 }

@@ -50,6 +50,7 @@ struct WritePlanOptions {
   std::string manifest_file = "btx_merge.json";   // plan.manifest(); empty: not written
   std::function<void(const WriteProgress&)> progress;
   size_t write_threads = 1;  // hf::WriteOptions::write_threads
+  bool durable = true;       // hf::WriteOptions::durable
   // hf::WriteOptions::closing_text_files: e.g. a model card reporting the checks and the
   // sources' hashes, which are computed beside the merge.
   std::function<std::vector<std::pair<std::string, std::string>>()> closing_text_files;
@@ -122,6 +123,7 @@ inline WriteStats write_plan(const Plan& plan, const nlohmann::ordered_json& con
   w.overwrite = options.overwrite;
   w.progress = options.progress;
   w.write_threads = options.write_threads;
+  w.durable = options.durable;
   w.closing_text_files = options.closing_text_files;
   for (const auto& f : options.copy_files) {
     const auto name = f.filename();
