@@ -226,15 +226,14 @@ int run(const MergeConfig& c, const std::string& config_text, const fs::path& ou
     }
   }
   // Content hashes of every source for the model card, computed while the merge runs.
+  // Keyed by canonical folder, so a folder listed twice is hashed once.
   auto hashes = std::async(std::launch::async, [all] {
-    std::map<fs::path, std::map<std::string, std::string>> by_folder;  // each folder once
-    std::vector<std::map<std::string, std::string>> out;
+    std::map<fs::path, std::map<std::string, std::string>> by_folder;
     for (const auto& d : all) {
       const auto key = fs::weakly_canonical(d);
       if (!by_folder.count(key)) by_folder[key] = merge::source_file_hashes(d);
-      out.push_back(by_folder[key]);
     }
-    return out;
+    return by_folder;
   });
   const torch::Device device = parse_device(c.device);
   std::vector<merge::CheckpointSource> sources = merge::checkpoint_sources(dirs, device);
@@ -354,30 +353,20 @@ int run(const MergeConfig& c, const std::string& config_text, const fs::path& ou
         "Output: every safetensors file's header was read back after writing and declares "
         "exactly the tensors, dtypes and shapes planned; the folder appeared only when "
         "complete."};
-    const auto all_hashes = hashes.get();
+    const auto by_folder = hashes.get();
+    const auto hashes_of = [&](const fs::path& d) { return by_folder.at(fs::weakly_canonical(d)); };
+    // One row per source in expert order, after the base's unless the base is expert 0.
     std::vector<merge::CardSource> cards;
-    for (size_t k = 0; k < all.size(); ++k) {
-      if (k == 0 && !c.include_base_as_expert) {
-        cards.push_back({base.string(), base.string(), "base", all_hashes[k]});
-        continue;
-      }
-      if (k == 0) continue;  // the base is expert 0 below
-      if (c.include_base_as_expert && k == 1) {
-        cards.push_back({base.string(), base.string(), "base, expert 0", all_hashes[k]});
-        continue;
-      }
-      const size_t e = k - 1;
-      cards.push_back(
-          {dirs[e].string(), dirs[e].string(),
-           c.method == "upcycle" ? "copied by every expert" : "expert " + std::to_string(e),
-           all_hashes[k]});
-    }
-    for (size_t k = 0; k < all.size(); ++k) {
-      if (k > 0 && k <= dirs.size() && !same_path(all[k], base)) {
-        if (std::find(info.base_models.begin(), info.base_models.end(), all[k].string()) ==
-            info.base_models.end())
-          info.base_models.push_back(all[k].string());
-      }
+    if (!c.include_base_as_expert)
+      cards.push_back({base.string(), base.string(), "base", hashes_of(base)});
+    for (size_t e = 0; e < dirs.size(); ++e) {
+      const std::string role = c.include_base_as_expert && e == 0 ? "base, expert 0"
+                               : c.method == "upcycle"            ? "copied by every expert"
+                                                                  : "expert " + std::to_string(e);
+      cards.push_back({dirs[e].string(), dirs[e].string(), role, hashes_of(dirs[e])});
+      const bool listed = std::find(info.base_models.begin(), info.base_models.end(),
+                                    dirs[e].string()) != info.base_models.end();
+      if (!listed && !same_path(dirs[e], base)) info.base_models.push_back(dirs[e].string());
     }
     const auto card = merge::merge_model_card(plan.manifest(), cards, info);
     return std::vector<std::pair<std::string, std::string>>{{"README.md", card.render()}};
