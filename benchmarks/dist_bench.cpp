@@ -26,6 +26,8 @@
 #include <btx/train/flops.hpp>
 #include <btx/train/trainer.hpp>
 
+#include "../examples/common/cli.hpp"
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -45,36 +47,6 @@ struct Args {
   double max_mb = 64;
   bool overlap = true;
 };
-
-Args parse(int argc, char** argv) {
-  Args a;
-  if (argc < 2) throw std::invalid_argument("usage: btx-dist-bench allreduce|train [options]");
-  a.mode = argv[1];
-  for (int i = 2; i < argc; ++i) {
-    const std::string s = argv[i];
-    const auto value = [&] {
-      if (i + 1 >= argc) throw std::invalid_argument("missing value after " + s);
-      return std::string(argv[++i]);
-    };
-    if (s == "--steps")
-      a.steps = std::stoll(value());
-    else if (s == "--per-rank-batch")
-      a.per_rank_batch = std::stoll(value());
-    else if (s == "--die-rank")
-      a.die_rank = std::stoll(value());
-    else if (s == "--die-step")
-      a.die_step = std::stoll(value());
-    else if (s == "--timeout-ms")
-      a.timeout_ms = std::stoll(value());
-    else if (s == "--max-mb")
-      a.max_mb = std::stod(value());
-    else if (s == "--no-overlap")
-      a.overlap = false;
-    else
-      throw std::invalid_argument("unknown option " + s);
-  }
-  return a;
-}
 
 // All-reduce (sum) of fp32 messages from 4 KB to max_mb, median of several, beside the
 // time of one memcpy of the same bytes (the physical limit of moving them on one host).
@@ -195,9 +167,34 @@ void train(const Args& a, btx::dist::Communicator& comm) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  Args a;
+  CLI::App app{
+      "btx-dist-bench: the measurements behind benchmarks/dist_bench.py; run under "
+      "torchrun (or alone, one independent worker).",
+      "btx-dist-bench"};
+  app.require_subcommand(1);
+  app.fallthrough();  // --timeout-ms may follow the subcommand
+  auto* allreduce_cmd = app.add_subcommand(
+      "allreduce", "all-reduce time per message size on this world and the memcpy rate");
+  allreduce_cmd->add_option("--max-mb", a.max_mb, "largest message (MB)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  auto* train_cmd = app.add_subcommand("train", "a Llama trained data-parallel over the world");
+  train_cmd->add_option("--steps", a.steps)->capture_default_str()->check(CLI::PositiveNumber);
+  train_cmd->add_option("--per-rank-batch", a.per_rank_batch)
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  bool no_overlap = false;
+  train_cmd->add_flag("--no-overlap", no_overlap,
+                      "all-reduce after the backward pass instead of during it");
+  train_cmd->add_option("--die-rank", a.die_rank, "this rank exits at --die-step");
+  train_cmd->add_option("--die-step", a.die_step);
+  app.add_option("--timeout-ms", a.timeout_ms, "collective timeout")->capture_default_str();
+  if (const auto status = btx::tools::parse_command_line(app, argc, argv)) return *status;
+  a.mode = allreduce_cmd->parsed() ? "allreduce" : "train";
+  a.overlap = !no_overlap;
   try {
     torch::set_num_threads(1);
-    const Args a = parse(argc, argv);
     auto comm = btx::dist::Communicator::connect(btx::dist::dist_env_from_environment(),
                                                  std::chrono::milliseconds(a.timeout_ms));
     if (a.mode == "allreduce") {

@@ -41,10 +41,14 @@ if(BTX_USE_PCH)
     <functional> <stdexcept> <filesystem>)
 endif()
 
+# Every btx program parses its command line with CLI11 (examples/common/cli.hpp),
+# header-only (Debian libcli11-dev).
+find_package(CLI11 CONFIG REQUIRED)
+
 # btx_target(<target>): applies btx's conventions to one of its own targets (which all
-# may use btx's distributed part, so they link btx::dist).
+# may use btx's distributed part, so they link btx::dist, and CLI11).
 function(btx_target target)
-  target_link_libraries(${target} PRIVATE btx::dist)
+  target_link_libraries(${target} PRIVATE btx::dist CLI11::CLI11)
   target_compile_options(${target} PRIVATE ${BTX_OWN_FLAGS})
   if(BTX_USE_PCH)
     target_precompile_headers(${target} REUSE_FROM btx_pch)

@@ -26,6 +26,8 @@ export CCACHE_BASEDIR="$root" CCACHE_NOHASHDIR=1
 debs=(cmake ninja-build g++ ccache doctest-dev nlohmann-json3-dev librange-v3-dev
       libbenchmark-dev libyaml-cpp-dev gnuplot-nox clang-format python3-venv
       libxxhash-dev  # xxHash, header-only: content hashes of checkpoints
+      libcli11-dev  # CLI11, header-only: every program's command line
+      libsentencepiece-dev  # SentencePiece: tokenizer.model files (btx-merge's text prompts)
       libgloo-dev  # Gloo's headers for c10d process groups (the torch wheel ships none)
       clang)  # clang: libFuzzer (its libclang-rt-*-dev) for tests/fuzz
 missing=()
@@ -50,9 +52,10 @@ if ! "$py" -c 'import torch' 2>/dev/null; then
   say "installing torch==2.13.0 into the venv"
   "$py" -m pip install -q torch==2.13.0
 fi
-if [ "$mode" = test ] && ! "$py" -c 'import transformers, safetensors' 2>/dev/null; then
-  say "installing transformers + safetensors (independent reference for interop tests)"
-  "$py" -m pip install -q transformers safetensors
+if [ "$mode" = test ] && ! "$py" -c 'import transformers, safetensors, sentencepiece, google.protobuf' 2>/dev/null; then
+  # sentencepiece + protobuf: transformers' reader of tokenizer.model files
+  say "installing transformers, safetensors, sentencepiece (independent reference for interop tests)"
+  "$py" -m pip install -q transformers safetensors sentencepiece protobuf
 fi
 
 # ---- Configure once, build incrementally. A user's LibTorch (CMAKE_PREFIX_PATH or

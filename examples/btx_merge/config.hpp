@@ -22,6 +22,7 @@ namespace btx::merge_tool {
 struct ExpertEntry {
   std::string source_model;             // a HF dense checkpoint folder ("" only for method upcycle)
   std::vector<nlohmann::json> prompts;  // positive_prompts: strings or token-id lists
+  std::vector<nlohmann::json> negative_prompts;  // subtracted (mergekit's negative_prompts)
 };
 
 struct MergeConfig {
@@ -57,8 +58,13 @@ inline constexpr const char* kConfigHelp = R"(CONFIG keys (YAML or JSON; unknown
   experts:                  the dense experts, in expert order. Required, at least one.
     - source_model: PATH    HF dense checkpoint folder (for method upcycle: omitted or base_model)
       positive_prompts:     gate_mode hidden only: prompts of this expert's domain, each a
-        - "text"            string (byte-tokenised; only when base_model has no
-        - [1, 5, 9]         tokenizer.json/tokenizer.model) or a list of token ids
+        - "text"            string, tokenised with base_model's own tokenizer as
+        - [1, 5, 9]         transformers does (tokenizer.json through Python's `tokenizers`
+                            package, $BTX_PYTHON or python3; tokenizer.model through
+                            SentencePiece; byte-level when base_model has neither), or a
+                            list of token ids
+      negative_prompts:     optional, the same form: prompts this expert should not take;
+                            their mean hidden state is subtracted from the positive one's
   gate_mode: hidden         router init: hidden (mergekit's default: row j = the base
                             model's mean FFN input on expert j's prompts, unit norm),
                             random (N(0, 0.02^2), seeded) or zero (uniform routing)
@@ -299,12 +305,14 @@ inline MergeConfig parse_merge_config(const nlohmann::json& j) {
     for (const auto& [key, value] : x.items()) {
       if (key == "source_model") {
         entry.source_model = get_string(value, where + ".source_model");
-      } else if (key == "positive_prompts") {
-        if (!value.is_array()) throw key_error(where + ".positive_prompts", "must be a list");
-        for (const auto& p : value) entry.prompts.push_back(p);
+      } else if (key == "positive_prompts" || key == "negative_prompts") {
+        if (!value.is_array()) throw key_error(where + "." + key, "must be a list");
+        auto& into = key == "positive_prompts" ? entry.prompts : entry.negative_prompts;
+        for (const auto& p : value) into.push_back(p);
       } else {
         throw key_error(where + "." + key,
-                        "unknown key (experts take source_model and positive_prompts)");
+                        "unknown key (experts take source_model, positive_prompts and "
+                        "negative_prompts)");
       }
     }
     if (entry.source_model.empty() && c.method != "upcycle") {
@@ -343,8 +351,10 @@ inline MergeConfig parse_merge_config(const nlohmann::json& j) {
     }
   } else {
     for (size_t e = 0; e < c.experts.size(); ++e) {
-      if (!c.experts[e].prompts.empty()) {
-        throw key_error("experts[" + std::to_string(e) + "].positive_prompts",
+      const bool positive = !c.experts[e].prompts.empty();
+      if (positive || !c.experts[e].negative_prompts.empty()) {
+        throw key_error("experts[" + std::to_string(e) +
+                            (positive ? "].positive_prompts" : "].negative_prompts"),
                         "used by gate_mode hidden only (gate_mode is " + c.gate_mode + ")");
       }
     }

@@ -19,6 +19,7 @@
 #include <iterator>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <variant>
@@ -38,6 +39,8 @@
 #include <btx/merge/write_plan.hpp>
 #include <btx/models/auto.hpp>
 
+#include "../common/checkpoint_tokenizer.hpp"
+#include "../common/cli.hpp"
 #include "../common/yaml_json.hpp"
 #include "config.hpp"
 
@@ -107,46 +110,81 @@ void check_same_tokenizer(const std::vector<fs::path>& dirs) {
   }
 }
 
-// The base model's token ids for each prompt: [1, T] tensors.
-std::vector<torch::Tensor> tokenize(const std::vector<nlohmann::json>& prompts,
-                                    const fs::path& base, int64_t vocab, const std::string& where) {
-  const bool has_tokenizer =
-      fs::exists(base / "tokenizer.json") || fs::exists(base / "tokenizer.model");
-  std::vector<torch::Tensor> out;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    const auto& p = prompts[i];
-    const std::string at = where + ".positive_prompts[" + std::to_string(i) + "]";
-    std::vector<int64_t> ids;
-    if (p.is_string()) {
-      if (has_tokenizer) {
-        throw InputError(at + ": text prompts are byte-tokenised, which is wrong for " +
-                         base.string() +
-                         " (it has its own tokenizer); give token ids instead, "
-                         "e.g. tokenizer(prompt).input_ids");
-      }
-      if (vocab < ByteTokenizer::vocab_size) {
-        throw InputError(at +
-                         ": text prompts are byte-tokenised (ids 0..255) but the model's "
-                         "vocab_size is " +
-                         std::to_string(vocab) + "; give token ids");
-      }
-      ids = ByteTokenizer::encode(p.get<std::string>());
-    } else if (p.is_array()) {
-      for (const auto& id : p) {
-        if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= vocab) {
-          throw InputError(at + ": token id " + id.dump() +
-                           " is not in [0, vocab_size=" + std::to_string(vocab) + ")");
+// Prompts as the base model reads them: text through its own tokenizer (opened on first
+// use), token-id lists as given, bytes when the base has no tokenizer files at all.
+class PromptIds {
+ public:
+  PromptIds(fs::path base, int64_t vocab) : base_(std::move(base)), vocab_(vocab) {}
+
+  // Each prompt of `prompts` (config key `where`) as [1, T] token ids.
+  std::vector<torch::Tensor> operator()(const std::vector<nlohmann::json>& prompts,
+                                        const std::string& where) {
+    std::vector<std::string> texts;
+    for (const auto& p : prompts)
+      if (p.is_string()) texts.push_back(p.get<std::string>());
+    const auto text_ids = encode(texts, where);
+    std::vector<torch::Tensor> out;
+    size_t next_text = 0;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      const auto& p = prompts[i];
+      const std::string at = where + "[" + std::to_string(i) + "]";
+      std::vector<int64_t> ids;
+      if (p.is_string()) {
+        ids = text_ids[next_text++];
+      } else if (p.is_array()) {
+        for (const auto& id : p) {
+          if (!id.is_number_integer())
+            throw InputError(at + ": token id " + id.dump() + " is not an integer");
+          ids.push_back(id.get<int64_t>());
         }
-        ids.push_back(id.get<int64_t>());
+      } else {
+        throw InputError(at + ": must be a string or a list of token ids");
       }
-    } else {
-      throw InputError(at + ": must be a string or a list of token ids");
+      if (ids.empty()) throw InputError(at + " is empty");
+      for (const int64_t id : ids) {
+        if (id < 0 || id >= vocab_) {
+          throw InputError(at + ": token id " + std::to_string(id) +
+                           " is not in [0, vocab_size=" + std::to_string(vocab_) + ")");
+        }
+      }
+      out.push_back(torch::tensor(ids, torch::kInt64).unsqueeze(0));
     }
-    if (ids.empty()) throw InputError(at + " is empty");
-    out.push_back(torch::tensor(ids, torch::kInt64).unsqueeze(0));
+    return out;
   }
-  return out;
-}
+
+ private:
+  std::vector<std::vector<int64_t>> encode(const std::vector<std::string>& texts,
+                                           const std::string& where) {
+    if (texts.empty()) return {};
+    if (!fs::exists(base_ / "tokenizer.json") && !fs::exists(base_ / "tokenizer.model")) {
+      if (vocab_ < ByteTokenizer::vocab_size) {
+        throw InputError(where + ": " + base_.string() +
+                         " has no tokenizer, so text prompts are byte-tokenised (ids 0..255), "
+                         "but its vocab_size is " +
+                         std::to_string(vocab_) + "; give token ids");
+      }
+      std::vector<std::vector<int64_t>> out;
+      for (const auto& t : texts) out.push_back(ByteTokenizer::encode(t));
+      return out;
+    }
+    if (!tokenizer_) {
+      try {
+        tokenizer_.emplace(base_);
+      } catch (const std::exception& e) {
+        throw InputError(where + ": text prompts need base_model's tokenizer: " + e.what());
+      }
+      std::cerr << "btx-merge: prompts tokenised with " << base_.string() << "'s "
+                << tokenizer_->description() << "\n";
+      if (!tokenizer_->note().empty())
+        std::cerr << "btx-merge: note: " << tokenizer_->note() << "\n";
+    }
+    return tokenizer_->encode(texts);
+  }
+
+  fs::path base_;
+  int64_t vocab_;
+  std::optional<tools::CheckpointTokenizer> tokenizer_;
+};
 
 using Router = std::variant<merge::RouterNormal, merge::RouterZero, merge::RouterFromHidden>;
 
@@ -184,8 +222,8 @@ int run(const MergeConfig& c, const std::string& config_text, const fs::path& ou
   }
   const fs::path base = c.base_model;
   // ------------------------------------------------------------ the sources
-  std::vector<fs::path> dirs;  // in expert order
-  std::vector<std::vector<nlohmann::json>> prompts;
+  std::vector<fs::path> dirs;                                          // in expert order
+  std::vector<std::vector<nlohmann::json>> prompts, negative_prompts;  // per source
   if (c.method == "upcycle") {
     for (const auto& e : c.experts) {
       if (!e.source_model.empty() && !same_path(e.source_model, base)) {
@@ -197,13 +235,16 @@ int run(const MergeConfig& c, const std::string& config_text, const fs::path& ou
   } else {
     if (c.include_base_as_expert) {
       dirs.push_back(base);
+      // The base as an expert: every expert's prompts, no negatives.
       prompts.emplace_back();
+      negative_prompts.emplace_back();
       for (const auto& e : c.experts)
         prompts.back().insert(prompts.back().end(), e.prompts.begin(), e.prompts.end());
     }
     for (const auto& e : c.experts) {
       dirs.push_back(e.source_model);
       prompts.push_back(e.prompts);
+      negative_prompts.push_back(e.negative_prompts);
     }
   }
   std::vector<fs::path> all = {base};
@@ -278,15 +319,17 @@ int run(const MergeConfig& c, const std::string& config_text, const fs::path& ou
     std::cerr << "btx-merge: gate_mode hidden: running " << base.string() << " on the prompts\n";
     auto model = load_causal_lm(base, torch::kFloat32);
     model.eval();
-    std::vector<std::vector<torch::Tensor>> ids;
+    PromptIds prompt_ids(base, base_spec.shape.vocab_size);
+    std::vector<std::vector<torch::Tensor>> positive, negative;
     for (size_t j = 0; j < prompts.size(); ++j) {
-      ids.push_back(tokenize(
-          prompts[j], base, base_spec.shape.vocab_size,
-          c.include_base_as_expert && j == 0
-              ? std::string("experts[*] (for the base expert)")
-              : "experts[" + std::to_string(j - (c.include_base_as_expert ? 1 : 0)) + "]"));
+      const bool base_expert = c.include_base_as_expert && j == 0;
+      const std::string where =
+          base_expert ? std::string("experts[*]")
+                      : "experts[" + std::to_string(j - (c.include_base_as_expert ? 1 : 0)) + "]";
+      positive.push_back(prompt_ids(prompts[j], where + ".positive_prompts"));
+      negative.push_back(prompt_ids(negative_prompts[j], where + ".negative_prompts"));
     }
-    router = merge::hidden_router_init_from_prompts(model, ids);
+    router = merge::hidden_router_init_from_prompts(model, positive, negative);
   }
 
   // ------------------------------------------------------- the shared expert
@@ -390,24 +433,6 @@ int run(const MergeConfig& c, const std::string& config_text, const fs::path& ou
   return 0;
 }
 
-int usage(std::FILE* to) {
-  std::fprintf(to,
-               "usage: btx-merge [--force] [--write-threads N] [--no-fsync] CONFIG.yaml OUT_DIR\n"
-               "Mixes N Hugging Face dense checkpoints of one model family into one MoE\n"
-               "checkpoint of that family (Llama -> Mixtral; config.json's model_type names\n"
-               "the family): config.json, safetensors, the base model's tokenizer files and\n"
-               "btx_merge.json.\n"
-               "Every input is checked first (architecture, tokenizer files, tensor names,\n"
-               "shapes, dtypes); OUT_DIR must not exist or be empty (--force replaces it)\n"
-               "and appears only when complete. Exit 1 on bad input, 2 on bad usage.\n"
-               "--write-threads N: threads writing and copying tensors while the next one\n"
-               "is computed (default 1; 0 writes each in turn).\n"
-               "--no-fsync: do not wait for the disk before OUT_DIR appears (faster where\n"
-               "the disk is slow; a machine crash may then lose the output's data).\n\n%s",
-               merge_tool::kConfigHelp);
-  return to == stdout ? 0 : 2;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -416,37 +441,36 @@ int main(int argc, char** argv) {
   // (peak RSS doubled with one writer thread). A fixed threshold maps each one on its own
   // and returns it to the system when freed.
   mallopt(M_MMAP_THRESHOLD, 1 << 20);
-  std::vector<std::string> args;
+  std::string config_file, out_dir;
   bool force = false;
   size_t write_threads = 1;
-  bool durable = true;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--help" || a == "-h") return usage(stdout);
-    if (a == "--force") {
-      force = true;
-    } else if (a == "--no-fsync") {
-      durable = false;
-    } else if (a == "--write-threads") {
-      const char* v = i + 1 < argc ? argv[++i] : "";
-      char* end = nullptr;
-      const unsigned long n = std::strtoul(v, &end, 10);
-      if (*v == '\0' || *end != '\0' || n > 64) {
-        std::fprintf(stderr, "btx-merge: error: --write-threads takes 0..64, got '%s'\n", v);
-        return usage(stderr);
-      }
-      write_threads = size_t(n);
-    } else if (a.rfind("--", 0) == 0) {
-      std::fprintf(stderr, "btx-merge: error: unknown option %s\n", a.c_str());
-      return usage(stderr);
-    } else {
-      args.push_back(a);
-    }
-  }
-  if (args.size() != 2) return usage(stderr);
+  bool no_fsync = false;
+  CLI::App app{
+      "btx-merge: mixes N Hugging Face dense checkpoints of one model family into one MoE\n"
+      "checkpoint of that family (Llama -> Mixtral; config.json's model_type names the\n"
+      "family): config.json, safetensors, the base model's tokenizer files, a model card\n"
+      "(README.md) and btx_merge.json. Every input is checked first (architecture, tokenizer\n"
+      "files, tensor names, shapes, dtypes); OUT_DIR appears only when complete.\n"
+      "Exit 1 on bad input, 2 on bad usage.",
+      "btx-merge"};
+  app.footer(merge_tool::kConfigHelp);
+  app.add_option("CONFIG", config_file, "the merge config (YAML or JSON; keys below)")
+      ->required()
+      ->check(CLI::ExistingFile);
+  app.add_option("OUT_DIR", out_dir, "the output folder: must not exist or be empty")->required();
+  app.add_flag("--force", force, "replace OUT_DIR when it exists and is not empty");
+  app.add_option("--write-threads", write_threads,
+                 "threads writing and copying tensors while the next one is computed "
+                 "(0 writes each in turn)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 64));
+  app.add_flag("--no-fsync", no_fsync,
+               "do not wait for the disk before OUT_DIR appears (faster where the disk is "
+               "slow; a machine crash may then lose the output's data)");
+  if (const auto status = btx::tools::parse_command_line(app, argc, argv)) return *status;
   try {
-    const auto config = merge_tool::parse_merge_config(tools::load_config_file(args[0]));
-    return run(config, read_file(args[0]), args[1], force, write_threads, durable);
+    const auto config = merge_tool::parse_merge_config(tools::load_config_file(config_file));
+    return run(config, read_file(config_file), out_dir, force, write_threads, !no_fsync);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "btx-merge: error: %s\n", e.what());
     return 1;

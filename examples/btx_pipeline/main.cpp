@@ -23,6 +23,7 @@
 #include <btx/recipe/worker_dispatch.hpp>
 #include <btx/recipe/workers.hpp>
 
+#include "../common/cli.hpp"
 #include "../common/yaml_json.hpp"
 #include "config.hpp"
 #include "corpus.hpp"
@@ -34,14 +35,15 @@ using btx::CausalLM;
 
 namespace {
 
-constexpr const char* kHelp =
-    R"(btx-pipeline: Branch-Train-MiX end to end, with baselines at equal compute.
+constexpr const char* kAbout =
+    "btx-pipeline: Branch-Train-MiX end to end, with baselines at equal compute.";
 
-usage: btx-pipeline [CONFIG] [--quick] [--run-dir DIR] [--until seed|experts|mix|finetune]
-       btx-pipeline --worker expert [--expert I] --run-dir DIR   (I defaults to $SLURM_ARRAY_TASK_ID)
-       btx-pipeline --worker experts --run-dir DIR     (one world split into a group per expert)
-       btx-pipeline --worker finetune [--router R] --run-dir DIR
-       btx-pipeline --worker dense|upcycle --run-dir DIR
+constexpr const char* kHelp =
+    R"(Worker command lines (one stage of a run; see the Workers options):
+  btx-pipeline --worker expert [--expert I] --run-dir DIR   (I defaults to $SLURM_ARRAY_TASK_ID)
+  btx-pipeline --worker experts --run-dir DIR     (one world split into a group per expert)
+  btx-pipeline --worker finetune [--router R] --run-dir DIR
+  btx-pipeline --worker dense|upcycle --run-dir DIR
 A worker started by torchrun or srun joins that job's c10d world (Gloo) and trains its stage
 data-parallel over it, e.g. after `btx-pipeline --until mix`:
   torchrun --no-python --nproc-per-node 2 build/bin/btx-pipeline --worker finetune --run-dir DIR
@@ -97,38 +99,14 @@ struct Args {
   bool quick = false;
 };
 
-Args parse_args(int argc, char** argv) {
-  Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string s = argv[i];
-    const auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::invalid_argument("missing value after " + s);
-      return argv[++i];
-    };
-    if (s == "--help" || s == "-h") {
-      std::cout << kHelp << "Routers (router, extra_routers, --router):\n";
-      for (const auto& r : btx::router_registry().all())
-        std::printf("  %-12s %s\n", r->name().c_str(), r->spec().describe.c_str());
-      std::exit(0);
-    } else if (s == "--quick") {
-      a.quick = true;
-    } else if (s == "--run-dir") {
-      a.run_dir = value();
-    } else if (s == "--until") {
-      a.until = value();
-    } else if (!s.empty() && s[0] == '-') {
-      throw std::invalid_argument("unknown option " + s + " (see --help)");
-    } else if (a.config_file.empty()) {
-      a.config_file = s;
-    } else {
-      throw std::invalid_argument("more than one CONFIG given: " + a.config_file + ", " + s);
-    }
+std::string routers_help() {
+  std::string out = "Routers (router, extra_routers, --router):\n";
+  for (const auto& r : btx::router_registry().all()) {
+    char line[256];
+    std::snprintf(line, sizeof line, "  %-12s %s\n", r->name().c_str(), r->spec().describe.c_str());
+    out += line;
   }
-  if (!a.until.empty() && a.until != "seed" && a.until != "experts" && a.until != "mix" &&
-      a.until != "finetune") {
-    throw std::invalid_argument("--until " + a.until + ": not one of seed, experts, mix, finetune");
-  }
-  return a;
+  return out;
 }
 
 bp::PipelineConfig resolve_config(const Args& a) {
@@ -265,13 +243,23 @@ const recipe::WorkerTable& workers() {
 int write_report(const bp::PipelineRun& p);  // report_main.cpp
 
 int main(int argc, char** argv) {
+  Args a;
+  CLI::App app{kAbout, "btx-pipeline"};
+  app.footer(std::string(kHelp) + routers_help());
+  app.add_option("CONFIG", a.config_file, "YAML or JSON file overriding the default's keys")
+      ->check(CLI::ExistingFile);
+  app.add_flag("--quick", a.quick, "the smaller preset (about a minute)");
+  auto* run_dir = app.add_option("--run-dir", a.run_dir, "the run's folder (config key run_dir)");
+  app.add_option("--until", a.until, "stop after this stage")
+      ->check(CLI::IsMember({"seed", "experts", "mix", "finetune"}));
+  const btx::tools::WorkerOptions worker_options(app, workers(), run_dir);
+  if (const auto status = btx::tools::parse_command_line(app, argc, argv)) return *status;
   try {
-    if (const auto worker = recipe::parse_worker_args(argc, argv)) {
+    if (const auto worker = worker_options.args(app)) {
       torch::set_num_threads(1);
       workers().run(*worker);
       return 0;
     }
-    const Args a = parse_args(argc, argv);
     const auto p = bp::open_run(resolve_config(a));  // every data and config error surfaces here
     // LibTorch seeds its default generator from the OS in C++ (Python seeds it): without a
     // seed of our own, the seed model's init and so every result would differ run to run.
@@ -332,6 +320,6 @@ int main(int argc, char** argv) {
     return write_report(p);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "btx-pipeline: error: %s\n", e.what());
-    return 2;
+    return 1;
   }
 }

@@ -21,6 +21,8 @@
 #include <btx/recipe/train_stage.hpp>
 #include <btx/train/evaluate.hpp>
 
+#include "../common/cli.hpp"
+
 namespace {
 
 // Domain "count": runs 0, 1, 2, ... up to a random stop. Domain "echo": a random word of
@@ -60,15 +62,18 @@ void report(const btx::recipe::Run& run, const std::vector<std::string>& stages,
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: btx-recipe RUN_DIR\n");
-    return 2;
-  }
+  std::string run_dir;
+  CLI::App app{
+      "btx-recipe: the BTX recipe from the library's stage functions on a tiny model "
+      "and two synthetic domains; a rerun skips finished stages.",
+      "btx-recipe"};
+  app.add_option("RUN_DIR", run_dir, "the run's folder")->required();
+  if (const auto status = btx::tools::parse_command_line(app, argc, argv)) return *status;
   try {
     namespace recipe = btx::recipe;
     torch::set_num_threads(1);
     torch::manual_seed(0);
-    const recipe::Run run(argv[1], {.batch_size = 8, .log_every = 10, .checkpoint_every = 10});
+    const recipe::Run run(run_dir, {.batch_size = 8, .log_every = 10, .checkpoint_every = 10});
     const std::vector<std::string> domains{"count", "echo"};
     const std::vector<torch::Tensor> streams{synthetic_stream("count", 1 << 14, 1),
                                              synthetic_stream("echo", 1 << 14, 2)};

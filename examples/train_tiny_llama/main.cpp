@@ -10,8 +10,18 @@
 #include <iterator>
 #include <sstream>
 
+#include "../common/cli.hpp"
+
 int main(int argc, char** argv) {
-  const int steps = argc > 1 ? std::stoi(argv[1]) : 200;
+  int steps = 200;
+  CLI::App app{
+      "btx-train-tiny-llama: trains a byte-level Llama on its own source and continues "
+      "a prompt.",
+      "btx-train-tiny-llama"};
+  app.add_option("STEPS", steps, "training steps")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000000));
+  if (const auto status = btx::tools::parse_command_line(app, argc, argv)) return *status;
   std::ifstream in(__FILE__, std::ios::binary);
   std::string text((std::istreambuf_iterator<char>(in)), {});
   // __FILE__ may be relative to the build folder (ccache's CCACHE_BASEDIR): then train on a

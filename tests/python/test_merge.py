@@ -299,10 +299,10 @@ class BadInputLeavesNothing(unittest.TestCase):
         self.refused("experts: [\n", "not valid YAML")
         self.refused(f"experts:\n  - source_model: {self.a}\n", "base_model")
         self.refused(yaml_config(self.a, [self.a]), "positive_prompts")  # hidden without prompts
-        # Text prompts are byte-tokenised, which needs vocab_size >= 256.
+        # Without a tokenizer, text prompts are byte-tokenised, which needs vocab_size >= 256.
         self.refused(f"base_model: {self.a}\nexperts:\n  - source_model: {self.a}\n"
                      "    positive_prompts: [\"2+2=4\"]\nexperts_per_token: 1\n",
-                     "positive_prompts[0]", "token ids")
+                     "experts[0].positive_prompts", "no tokenizer", "token ids")
 
     def test_non_empty_out_dir_needs_force(self):
         out = os.path.join(self.tmp, "out")

@@ -105,7 +105,7 @@ class ExpertGroupsAndSynchronousStages(unittest.TestCase):
                  "fail_signal": "kill", "dist_timeout_s": 20}
         r = pipeline(run, "--until", "experts", config=fault)
         self.assertEqual(r.returncode, 1, r.stderr[-3000:])
-        self.assertIn("FAILED: expert-code rank 0 exited with code 2", r.stderr)
+        self.assertIn("FAILED: expert-code rank 0 exited with code 1", r.stderr)
         self.assertIn("expert-code rank 1 was killed by signal 9", r.stderr)
         self.assertIn("lost rank 1", r.stderr)  # the survivor names the lost rank ...
         self.assertIn("step 26 of stage 'expert-code'", r.stderr)  # ... and what it was doing

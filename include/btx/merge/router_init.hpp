@@ -89,8 +89,8 @@ struct RouterZero {
 // stream entering the layer, and averages over all tokens (mergekit's "hidden_avg"; its
 // default "hidden" takes the last token). Two ways to fill it:
 //   hidden_router_init(experts, samples): each expert on the same sample text;
-//   hidden_router_init_from_prompts(base, prompts): mergekit's way, the base model on each
-//   expert's own domain prompts.
+//   hidden_router_init_from_prompts(base, prompts[, negative]): mergekit's way, the base
+//   model on each expert's own domain prompts (minus its negative prompts).
 struct RouterFromHidden {
   std::vector<torch::Tensor> per_source;  // N tensors [L, H]
   double scale = 1.0;
@@ -179,17 +179,37 @@ RouterFromHidden hidden_router_init(std::vector<Model>& experts,
   return r;
 }
 
+// With mergekit's negative prompts: row j is the mean on expert j's prompts minus the mean
+// on its negative ones (an expert without negatives, or `negative` empty: nothing taken).
+template <lm_ffn_inputs Model>
+RouterFromHidden hidden_router_init_from_prompts(
+    Model& base, const std::vector<std::vector<torch::Tensor>>& prompts_per_expert,
+    const std::vector<std::vector<torch::Tensor>>& negative_per_expert, double scale = 1.0) {
+  if (!negative_per_expert.empty() && negative_per_expert.size() != prompts_per_expert.size()) {
+    throw std::invalid_argument("btx::merge::hidden_router_init_from_prompts: " +
+                                std::to_string(negative_per_expert.size()) +
+                                " negative prompt lists for " +
+                                std::to_string(prompts_per_expert.size()) + " experts");
+  }
+  RouterFromHidden r;
+  r.scale = scale;
+  for (size_t j = 0; j < prompts_per_expert.size(); ++j) {
+    torch::Tensor h_LD = mean_mlp_inputs(base, prompts_per_expert[j]);
+    if (!negative_per_expert.empty() && !negative_per_expert[j].empty()) {
+      h_LD = h_LD - mean_mlp_inputs(base, negative_per_expert[j]);
+    }
+    r.per_source.push_back(h_LD);
+  }
+  return r;
+}
+
 // mergekit's recipe: one model (the base) run on each expert's own prompts; row j of
 // every router comes from prompts_per_expert[j] (each a list of [B, T] token ids).
 template <lm_ffn_inputs Model>
 RouterFromHidden hidden_router_init_from_prompts(
     Model& base, const std::vector<std::vector<torch::Tensor>>& prompts_per_expert,
     double scale = 1.0) {
-  RouterFromHidden r;
-  r.scale = scale;
-  for (const auto& prompts : prompts_per_expert)
-    r.per_source.push_back(mean_mlp_inputs(base, prompts));
-  return r;
+  return hidden_router_init_from_prompts(base, prompts_per_expert, {}, scale);
 }
 
 // Adapter for splitting: the C experts cut from one source share that source's router row,

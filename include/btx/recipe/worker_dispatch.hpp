@@ -113,6 +113,13 @@ class WorkerTable {
     return out;
   }
 
+  // Every option any kind takes, once each (for a command-line parser to declare).
+  [[nodiscard]] std::set<std::string> option_names() const {
+    std::set<std::string> out;
+    for (const auto& [_, k] : kinds_) out.insert(k.options.begin(), k.options.end());
+    return out;
+  }
+
   // Runs the worker `args` names; an unknown kind or option fails naming what is known.
   void run(const WorkerArgs& args) const {
     const Kind& k = find(args.kind);
