@@ -27,7 +27,8 @@ debs=(cmake ninja-build g++ ccache doctest-dev nlohmann-json3-dev librange-v3-de
       libbenchmark-dev libyaml-cpp-dev gnuplot-nox clang-format python3-venv
       libxxhash-dev  # xxHash, header-only: content hashes of checkpoints
       libcli11-dev  # CLI11, header-only: every program's command line
-      libsentencepiece-dev  # SentencePiece: tokenizer.model files (btx-merge's text prompts)
+      libsentencepiece-dev  # SentencePiece: the demo's tokenizer, btx-merge's text prompts
+      fortunes  # quotations: part of the demo's prose domain
       libgloo-dev  # Gloo's headers for c10d process groups (the torch wheel ships none)
       clang)  # clang: libFuzzer (its libclang-rt-*-dev) for tests/fuzz
 missing=()

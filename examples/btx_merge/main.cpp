@@ -186,6 +186,22 @@ class PromptIds {
   std::optional<tools::CheckpointTokenizer> tokenizer_;
 };
 
+// Shapes transformers loads but a popular client does not: said before the merge runs, so a
+// user targeting it can change the config. llama.cpp's limits (src/llama-hparams.h,
+// checked in tests/python/test_llama_cpp.py's notes at llama.cpp 0c1e57098):
+// LLAMA_MAX_EXPERTS 1024 and LLAMA_MAX_LAYERS 512; beyond them it aborts on load.
+void warn_about_client_limits(int64_t experts, int64_t layers) {
+  constexpr int64_t kLlamaCppMaxExperts = 1024, kLlamaCppMaxLayers = 512;
+  if (experts > kLlamaCppMaxExperts) {
+    std::cerr << "btx-merge: warning: " << experts << " experts: llama.cpp loads at most "
+              << kLlamaCppMaxExperts << " (LLAMA_MAX_EXPERTS) and will refuse this model\n";
+  }
+  if (layers > kLlamaCppMaxLayers) {
+    std::cerr << "btx-merge: warning: " << layers << " layers: llama.cpp loads at most "
+              << kLlamaCppMaxLayers << " (LLAMA_MAX_LAYERS) and will refuse this model\n";
+  }
+}
+
 using Router = std::variant<merge::RouterNormal, merge::RouterZero, merge::RouterFromHidden>;
 
 // `base`: base_model, for the task-vector averagings (null for the others).
@@ -426,6 +442,7 @@ int run(const MergeConfig& c, const std::string& config_text, const fs::path& ou
   std::cerr << "btx-merge: " << plan.manifest().method << ", " << sources.size() << " sources -> "
             << plan.manifest().num_experts << " experts, top-" << plan.manifest().experts_per_token
             << ", " << btx::dtype_name(dtype) << "\n";
+  warn_about_client_limits(plan.manifest().num_experts, base_spec.shape.num_hidden_layers);
   const auto stats = merge::write_plan(plan, config_json, out_dir, options);
   std::fprintf(stderr, "btx-merge: wrote %s: %zu tensors in %zu shard(s), %.1f MB in %.1f s\n",
                out_dir.string().c_str(), stats.tensors, stats.shards, double(stats.bytes) / 1e6,

@@ -32,6 +32,11 @@ struct PipelineConfig {
   int64_t seq_len = 128;
   int64_t batch_size = 16;
   std::vector<DomainSpec> domains;
+  // How text becomes ids: sentencepiece (a tokenizer trained on the training text, written
+  // into every checkpoint), bytes (one id per byte), or auto: sentencepiece unless a
+  // seed_checkpoint or a token_file domain brings its own vocabulary.
+  std::string tokenizer = "auto";
+  int64_t tokenizer_vocab_size = 2048;  // sentencepiece: pieces (the model's vocab_size)
   std::string seed_checkpoint;  // HF checkpoint of any registered family; empty: pretrain a seed
   StageBudget seed_stage{400, 3e-3, 20};
   StageBudget expert_stage{300, 2e-3, 10};
@@ -61,8 +66,9 @@ struct PipelineConfig {
   std::string fail_signal = "abort";  // ... by abort() or by SIGKILL ("kill")
 };
 
-// A stock Debian machine's real text: C headers (libc6-dev), English licence texts,
-// Python's standard library (python3.11-minimal); plus generated arithmetic.
+// A stock Debian machine's real text: C headers (libc6-dev) as code; English licence texts
+// (base-files) and quotations from literature, science and daily life (the `fortunes`
+// package, which quickstart installs) as prose; plus generated arithmetic.
 inline std::vector<DomainSpec> default_domains(int64_t train_tokens, int64_t eval_tokens) {
   return {
       {.name = "math",
@@ -75,7 +81,11 @@ inline std::vector<DomainSpec> default_domains(int64_t train_tokens, int64_t eva
        .max_train_tokens = train_tokens,
        .max_eval_tokens = eval_tokens},
       {.name = "prose",
-       .paths = {"/usr/share/common-licenses"},
+       .paths = {"/usr/share/common-licenses", "/usr/share/games/fortunes/literature",
+                 "/usr/share/games/fortunes/wisdom", "/usr/share/games/fortunes/people",
+                 "/usr/share/games/fortunes/science", "/usr/share/games/fortunes/education",
+                 "/usr/share/games/fortunes/humorists", "/usr/share/games/fortunes/work",
+                 "/usr/share/games/fortunes/love", "/usr/share/games/fortunes/platitudes"},
        .max_train_tokens = train_tokens,
        .max_eval_tokens = eval_tokens,
        .eval_every = 5},
@@ -104,6 +114,7 @@ inline PipelineConfig quick_config() {
   c.seq_len = 64;
   c.batch_size = 8;
   c.domains = default_domains(1 << 17, 1 << 13);
+  c.tokenizer_vocab_size = 512;
   c.seed_stage = {60, 3e-3, 5};
   c.expert_stage = {40, 2e-3, 5};
   c.finetune_stage = {20, 1e-3, 5};
@@ -173,6 +184,17 @@ inline DomainSpec read_domain(const nlohmann::json& d, const DomainSpec& default
 
 }  // namespace detail
 
+// Whether text is tokenised by a SentencePiece model trained for the run (config key
+// tokenizer; auto: unless a seed checkpoint or token files bring their own ids).
+inline bool uses_sentencepiece(const PipelineConfig& c) {
+  if (c.tokenizer == "sentencepiece") return true;
+  if (c.tokenizer == "bytes") return false;
+  if (!c.seed_checkpoint.empty()) return false;
+  for (const auto& d : c.domains)
+    if (!d.token_file.empty()) return false;
+  return true;
+}
+
 // Overlays a parsed YAML/JSON document on `base` (default or quick).
 inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
   using detail::read;
@@ -183,6 +205,8 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
                           "seq_len",
                           "batch_size",
                           "domains",
+                          "tokenizer",
+                          "tokenizer_vocab_size",
                           "seed_checkpoint",
                           "seed_stage",
                           "expert_stage",
@@ -277,6 +301,16 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
   read(j, "fail_step", c.fail_step, top);
   read(j, "fail_rank", c.fail_rank, top);
   read(j, "fail_signal", c.fail_signal, top);
+  read(j, "tokenizer", c.tokenizer, top);
+  read(j, "tokenizer_vocab_size", c.tokenizer_vocab_size, top);
+  if (uses_sentencepiece(c) && j.contains("model") && j.at("model").contains("vocab_size") &&
+      c.model.vocab_size != c.tokenizer_vocab_size) {
+    throw std::invalid_argument(
+        "config: model.vocab_size " + std::to_string(c.model.vocab_size) +
+        " differs from tokenizer_vocab_size " + std::to_string(c.tokenizer_vocab_size) +
+        ": with a sentencepiece tokenizer the model's vocabulary is the tokenizer's (set "
+        "tokenizer_vocab_size, or tokenizer: bytes for vocab_size 256)");
+  }
   return c;
 }
 
@@ -316,6 +350,29 @@ inline void validate(const PipelineConfig& c, const ArchShape& seed) {
                                 std::to_string(seed.max_position_embeddings));
   }
   if (c.domains.empty()) throw std::invalid_argument("config: no domains");
+  if (c.tokenizer != "auto" && c.tokenizer != "sentencepiece" && c.tokenizer != "bytes") {
+    throw std::invalid_argument("config: tokenizer '" + c.tokenizer +
+                                "' is not one of auto, sentencepiece, bytes");
+  }
+  if (c.tokenizer == "sentencepiece") {
+    if (!c.seed_checkpoint.empty()) {
+      throw std::invalid_argument(
+          "config: tokenizer sentencepiece trains a new vocabulary, but seed_checkpoint " +
+          c.seed_checkpoint + " has its own (use tokenizer: bytes or auto)");
+    }
+    for (const auto& d : c.domains) {
+      if (!d.token_file.empty()) {
+        throw std::invalid_argument("config: tokenizer sentencepiece, but domain '" + d.name +
+                                    "' reads ids from a token_file (use tokenizer: bytes)");
+      }
+    }
+  }
+  if (uses_sentencepiece(c) && (c.tokenizer_vocab_size < 260 || c.tokenizer_vocab_size > 65536)) {
+    throw std::invalid_argument(
+        "config: tokenizer_vocab_size must be in [260, 65536] (256 byte pieces + <unk>, <s>, "
+        "</s> and more), got " +
+        std::to_string(c.tokenizer_vocab_size));
+  }
   if (c.router_init != "normal" && c.router_init != "zero" && c.router_init != "hidden") {
     throw std::invalid_argument("config: router_init '" + c.router_init +
                                 "' is not one of normal, zero, hidden");
@@ -387,6 +444,8 @@ inline nlohmann::json to_json(const PipelineConfig& c) {
           {"seq_len", c.seq_len},
           {"batch_size", c.batch_size},
           {"domains", domains},
+          {"tokenizer", c.tokenizer},
+          {"tokenizer_vocab_size", c.tokenizer_vocab_size},
           {"seed_checkpoint", c.seed_checkpoint},
           {"seed_stage", stage(c.seed_stage)},
           {"expert_stage", stage(c.expert_stage)},

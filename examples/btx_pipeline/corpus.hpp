@@ -25,6 +25,7 @@
 #include <btx/recipe/mix.hpp>
 #include <btx/recipe/run.hpp>
 
+#include "../common/sentencepiece_codec.hpp"
 #include "config.hpp"
 
 namespace btx::pipeline {
@@ -34,6 +35,8 @@ struct PipelineRun {
   recipe::Run run;
   Corpus corpus;
   ModelSpec seed_spec;
+  TextCodec codec;                    // how the corpus's text became ids
+  nlohmann::json tokenizer_manifest;  // what the run's tokenizer is and was trained on
 
   [[nodiscard]] std::vector<std::string> domain_names() const {
     std::vector<std::string> names;
@@ -109,7 +112,11 @@ struct PipelineRun {
 
 // The seed's spec: seed_checkpoint's (any registered family, dense), else the demo Llama.
 inline ModelSpec seed_spec_of(const PipelineConfig& config) {
-  if (config.seed_checkpoint.empty()) return LlamaFamily::spec(config.model);
+  if (config.seed_checkpoint.empty()) {
+    LlamaConfig model = config.model;
+    if (uses_sentencepiece(config)) model.vocab_size = config.tokenizer_vocab_size;
+    return LlamaFamily::spec(model);
+  }
   auto spec = read_model_spec(std::filesystem::path(config.seed_checkpoint) / "config.json");
   if (spec.moe) {
     throw std::invalid_argument("config: seed_checkpoint " + config.seed_checkpoint +
@@ -118,12 +125,73 @@ inline ModelSpec seed_spec_of(const PipelineConfig& config) {
   return spec;
 }
 
+// The run's SentencePiece tokenizer in <run>/tokenizer/: trained on every text domain's
+// training split on the run's first start, loaded by every later start and by its workers.
+// A tokenizer trained on other text (the data changed under the run folder) is an error,
+// not a silent retrain: the run's stages were trained with the old ids.
+inline tools::SentencePieceCodec run_tokenizer(const PipelineConfig& config, const CorpusText& text,
+                                               nlohmann::json& manifest) {
+  const auto dir = std::filesystem::path(config.run_dir) / "tokenizer";
+  std::vector<std::string_view> train;
+  std::string all;
+  for (const auto& d : text.domains) {
+    train.emplace_back(d.train_text);
+    all += d.train_text;
+  }
+  char hash[17];
+  std::snprintf(hash, sizeof hash, "%016llx", static_cast<unsigned long long>(fnv1a64(all)));
+  manifest = {{"kind", "sentencepiece"},
+              {"model_type", "bpe"},
+              {"vocab_size", config.tokenizer_vocab_size},
+              {"trained_on", "the train split of every domain"},
+              {"trained_on_bytes", all.size()},
+              {"trained_on_fnv1a64", hash}};
+  const auto record = dir / "btx_tokenizer.json";
+  if (std::filesystem::exists(record)) {
+    std::ifstream in(record);
+    const auto previous = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (previous != manifest) {
+      throw std::invalid_argument(
+          "the run folder's tokenizer (" + record.string() +
+          ") was trained on other text or "
+          "with other settings than this config gives; start a new run_dir");
+    }
+    return tools::SentencePieceCodec::load(dir / "tokenizer.model");
+  }
+  std::fprintf(stderr, "[tokenizer] training SentencePiece (%lld pieces) on %.1f MB of text\n",
+               static_cast<long long>(config.tokenizer_vocab_size), double(all.size()) / 1e6);
+  auto sp = tools::SentencePieceCodec::train(train, {.vocab_size = config.tokenizer_vocab_size});
+  sp.write_hf_files(dir, {{"btx_tokenizer.json", manifest.dump(2) + "\n"}});
+  return sp;
+}
+
 // Every data and config error surfaces here, before a stage folder exists.
-inline PipelineRun open_run(const PipelineConfig& config) {
+inline PipelineRun open_run(const PipelineConfig& given) {
+  PipelineConfig config = given;
   const ModelSpec spec = seed_spec_of(config);
   validate(config, spec.shape);
-  PipelineRun p{config, recipe::Run(config.run_dir, train_settings(config), "pipeline"),
-                build_corpus(config.domains), spec};
+  const CorpusText text = read_corpus_text(config.domains);
+  TextCodec codec = TextCodec::bytes();
+  nlohmann::json tokenizer = {{"kind", "bytes"}, {"vocab_size", ByteTokenizer::vocab_size}};
+  std::vector<std::filesystem::path> tokenizer_files;
+  if (uses_sentencepiece(config)) {
+    config.tokenizer = "sentencepiece";  // what workers re-read from config.json
+    config.model.vocab_size = config.tokenizer_vocab_size;
+    codec = run_tokenizer(config, text, tokenizer).codec();
+    for (const auto& name : tools::SentencePieceCodec::hf_file_names())
+      tokenizer_files.push_back(std::filesystem::path(config.run_dir) / "tokenizer" / name);
+  } else if (config.tokenizer == "auto") {
+    config.tokenizer = "bytes";
+  }
+  PipelineRun p{config,
+                recipe::Run(config.run_dir, train_settings(config), "pipeline"),
+                encode_corpus(text, codec),
+                spec,
+                codec,
+                tokenizer};
+  // The run's own tokenizer goes into every stage's checkpoint, so AutoTokenizer and the
+  // model generate text from any of them.
+  if (!tokenizer_files.empty()) p.run.with_model_files(tokenizer_files);
   for (size_t d = 0; d < p.corpus.domains.size(); ++d) (void)p.domain_sampler(d, 0);
   // A pretrained seed's tokenizer, chat template and generation files go into every stage.
   if (!config.seed_checkpoint.empty())

@@ -44,7 +44,8 @@ inline ModelResult score(const PipelineRun& run, const std::string& name, const 
         auto logits = logits_fn(torch::tensor(ids, torch::kLong).unsqueeze(0));
         return logits.select(1, logits.size(1) - 1).argmax(-1).item<int64_t>();
       };
-      r.math_exact_match = exact_match(next, d.eval_problems, size_t(run.config.math_problems));
+      r.math_exact_match =
+          exact_match(next, d.eval_problems, size_t(run.config.math_problems), 8, run.codec);
     }
   }
   return r;

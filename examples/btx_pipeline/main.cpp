@@ -48,10 +48,12 @@ A worker started by torchrun or srun joins that job's c10d world (Gloo) and trai
 data-parallel over it, e.g. after `btx-pipeline --until mix`:
   torchrun --no-python --nproc-per-node 2 build/bin/btx-pipeline --worker finetune --run-dir DIR
 
-With no CONFIG it runs the embedded default: a byte-level Llama (vocab 256, hidden 128,
-2 layers, GQA 4:2) and three domains read from this machine -- math (generated arithmetic
-with answers), code (/usr/include/*.h), prose (/usr/share/common-licenses) -- each split
-into train and held-out documents (see <run>/manifest.json). --quick is a smaller preset
+With no CONFIG it runs the embedded default: a Llama (hidden 128, 2 layers, GQA 4:2) with
+a SentencePiece tokenizer of 2048 pieces trained on the run's text, and three domains read
+from this machine -- math (generated arithmetic with answers), code (/usr/include/*.h),
+prose (/usr/share/common-licenses and quotations from the `fortunes` package in
+/usr/share/games/fortunes) -- each split into train and held-out documents (see
+<run>/manifest.json). --quick is a smaller preset
 (about a minute). Stages, each in <run>/<stage>/ and skipped when already finished:
   seed        pretrain on the mixture of all domains (or load seed_checkpoint: an HF
               checkpoint of any family btx knows, e.g. Llama)
@@ -91,7 +93,14 @@ CONFIG (YAML or JSON) overrides any of these keys (unknown keys are errors):
   fail_expert, fail_step, fail_rank (0), fail_signal: abort|kill: fault injection (rank
     fail_rank of expert fail_expert's job aborts or SIGKILLs itself before step fail_step)
 Token files follow nanoGPT: flat little-endian uint16 (or uint32) ids; the model's
-vocab_size must cover them. Text is tokenised one byte per token.
+vocab_size must cover them.
+tokenizer: auto | sentencepiece | bytes (auto): how text becomes ids. sentencepiece trains
+  a BPE SentencePiece model of tokenizer_vocab_size pieces (2048; quick: 512; byte
+  fallback, whitespace kept) on the train split of every domain into <run>/tokenizer/ and
+  writes it (tokenizer.model + tokenizer_config.json, a LlamaTokenizer) into every stage's
+  checkpoint, so transformers' AutoTokenizer reads any of them; the model's vocab_size is
+  the tokenizer's. bytes: one id per byte (vocab 256). auto: sentencepiece unless a
+  seed_checkpoint or a token_file domain brings its own ids (then bytes).
 )";
 
 struct Args {
@@ -267,7 +276,9 @@ int main(int argc, char** argv) {
     const auto& run = p.run;
     fs::create_directories(run.dir());
     std::ofstream(run.dir() / "config.json") << bp::to_json(p.config).dump(2) << "\n";
-    std::ofstream(run.dir() / "manifest.json") << p.corpus.manifest_json().dump(2) << "\n";
+    auto manifest = p.corpus.manifest_json();
+    manifest["tokenizer"] = p.tokenizer_manifest;
+    std::ofstream(run.dir() / "manifest.json") << manifest.dump(2) << "\n";
     // One thread per process: the stages that run concurrently already fill the cores,
     // and OpenMP's spinning barriers slow to a crawl on a loaded machine.
     torch::set_num_threads(1);

@@ -17,6 +17,7 @@
 #include <btx/data/byte_tokenizer.hpp>
 #include <btx/data/corpus.hpp>
 #include <btx/data/sampler.hpp>
+#include <btx/data/text_codec.hpp>
 #include <btx/data/token_file.hpp>
 #include <btx/hf/checkpoint.hpp>
 #include <btx/hf/config_json.hpp>

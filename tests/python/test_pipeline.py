@@ -91,7 +91,9 @@ class QuickPipeline(unittest.TestCase):
         self.assertFalse(info["missing_keys"])
         self.assertFalse(info["unexpected_keys"])
         model.eval()
-        ids = torch.tensor([list(b"int main(void) { return 1+2; }\n")])
+        from transformers import AutoTokenizer
+        ids = AutoTokenizer.from_pretrained(ckpt)("int main(void) { return 1+2; }\n",
+                                                  return_tensors="pt").input_ids
         ids_file = os.path.join(self.tmp, "ids.safetensors")
         out_file = os.path.join(self.tmp, "logits.safetensors")
         save_file({"ids": ids.to(torch.int64)}, ids_file)
@@ -101,6 +103,32 @@ class QuickPipeline(unittest.TestCase):
             ref = model(ids).logits
         ours = load_file(out_file)["logits"]
         self.assertLess((ours - ref).abs().max().item(), 1e-4)
+
+    def test_every_stage_generates_text_through_its_own_tokenizer(self):
+        """The run's SentencePiece tokenizer is in every checkpoint; AutoTokenizer reads it
+        with the ids SentencePiece itself gives, and each model generates from text."""
+        import sentencepiece as spm
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        manifest = json.load(open(os.path.join(self.run_dir, "manifest.json")))
+        self.assertEqual(manifest["tokenizer"]["kind"], "sentencepiece")
+        self.assertEqual(manifest["tokenizer"]["vocab_size"], 512)
+        sp = spm.SentencePieceProcessor(
+            model_file=os.path.join(self.run_dir, "tokenizer", "tokenizer.model"))
+        self.assertEqual(sp.get_piece_size(), 512)
+        texts = ["12 + 30 = 42\n7 * 6 = 42", "int main(void) {\n    return 0;\n}",
+                 "Everyone is permitted to copy and distribute verbatim copies."]
+        for stage in ["seed", "expert-math", "btx-top2", "dense", "upcycle", "btm-merge"]:
+            ckpt = os.path.join(self.run_dir, stage, "model")
+            with open(os.path.join(ckpt, "config.json")) as f:
+                self.assertEqual(json.load(f)["vocab_size"], 512, stage)
+            tok = AutoTokenizer.from_pretrained(ckpt)
+            for t in texts:
+                self.assertEqual(tok(t).input_ids, [1] + sp.encode(t), (stage, t))
+            model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
+            prompt = tok("12 + 30 =", return_tensors="pt")
+            out = model.generate(**prompt, max_new_tokens=8, do_sample=False)
+            self.assertEqual(out.shape[1], prompt.input_ids.shape[1] + 8, stage)
+            self.assertTrue(tok.decode(out[0], skip_special_tokens=True).startswith("12 + 30 ="))
 
     def test_second_run_skips_finished_stages(self):
         second = run(["--quick", "--run-dir", self.run_dir])
@@ -127,7 +155,9 @@ class Bf16MixedPipeline(unittest.TestCase):
                 for d, loss in row["loss"].items():
                     self.assertTrue(math.isfinite(loss) and 0 < loss < 10, (name, d, loss))
             # Training lowered every domain's loss below the untrained seed's log(vocab).
-            self.assertLess(results["BTX top2"]["loss"]["prose"], math.log(256))
+            with open(os.path.join(run_dir, "config.json")) as f:
+                vocab = json.load(f)["model"]["vocab_size"]
+            self.assertLess(results["BTX top2"]["loss"]["prose"], math.log(vocab))
             ckpt = os.path.join(run_dir, "btx-top2", "model")
             dtypes = set()
             for name in os.listdir(ckpt):
@@ -168,6 +198,17 @@ class BadInputFailsBeforeTraining(unittest.TestCase):
     @unittest.skipIf(torch.cuda.is_available(), "this machine has a GPU")
     def test_cuda_device_without_a_gpu(self):
         self.check("device: cuda\n", "has no CUDA device")
+
+    def test_tokenizer_settings(self):
+        self.check("tokenizer: wordpiece\n", "tokenizer 'wordpiece' is not one of")
+        self.check("tokenizer_vocab_size: 100\n", "tokenizer_vocab_size must be in")
+        self.check("model: {vocab_size: 256}\n", "differs from tokenizer_vocab_size 512")
+        with tempfile.TemporaryDirectory() as tmp:
+            ids = os.path.join(tmp, "train.bin")
+            with open(ids, "wb") as f:
+                f.write(bytes(4000))
+            self.check(f"tokenizer: sentencepiece\ndomains:\n  - {{name: t, token_file: {ids}}}\n",
+                       "reads ids from a token_file")
 
     def test_unknown_precision(self):
         self.check("precision: fp8\n", "precision 'fp8' is not one of")

@@ -156,3 +156,44 @@ TEST_CASE("evaluate: uniform logits cost ln(V), an oracle answers every problem"
   };
   CHECK(btx::exact_match(oracle, problems) == doctest::Approx(1.0));
 }
+
+// A codec whose pieces are several characters: exact_match decodes the answer as a whole
+// and stops at a piece that carries the newline; encode_corpus caps ids, not bytes.
+TEST_CASE("exact_match and encode_corpus with a multi-character codec") {
+  // ids: 0 = "\n", 1..10 = digits, 11 = "\n" preceded by the digit pair "42", others bytes+100.
+  btx::TextCodec codec;
+  codec.name = "toy";
+  codec.vocab_size = 356;
+  codec.encode = [](std::string_view text) {
+    std::vector<int64_t> ids;
+    for (char c : text) ids.push_back(c == '\n' ? 0 : int64_t(static_cast<unsigned char>(c)) + 100);
+    return ids;
+  };
+  codec.decode = [](const std::vector<int64_t>& ids) {
+    std::string out;
+    for (auto id : ids)
+      out += id == 0    ? std::string("\n")
+             : id == 11 ? std::string("42\n")
+                        : std::string(1, char(id - 100));
+    return out;
+  };
+  const std::vector<btx::ArithmeticProblem> problems = {{"40+2=", "42"}, {"1+1=", "2"}};
+  // Answers "42\n" as one piece for the first problem, "3" then newline for the second.
+  auto next = [&](const std::vector<int64_t>& ids) -> int64_t {
+    const std::string s = codec.decode(ids);
+    if (s.find("40+2=") != std::string::npos) return 11;
+    return s.back() == '=' ? int64_t('3') + 100 : 0;
+  };
+  CHECK(btx::exact_match(next, problems, 10, 8, codec) == doctest::Approx(0.5));
+
+  btx::CorpusText text;
+  text.domains.push_back({.name = "d",
+                          .train_text = "abcdef",
+                          .eval_text = "xyz",
+                          .max_train_tokens = 4,
+                          .max_eval_tokens = 100});
+  const auto corpus = btx::encode_corpus(text, codec);
+  CHECK(corpus.vocab_size == 356);
+  CHECK(corpus.domains[0].train_tokens.numel() == 4);
+  CHECK(corpus.domains[0].eval_tokens[0].item<int>() == int('x') + 100);
+}

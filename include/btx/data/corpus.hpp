@@ -3,6 +3,9 @@
 // pre-tokenised nanoGPT token file, or generated arithmetic; documents are split into
 // train and held-out eval deterministically, and every file read goes into a manifest
 // with its size and FNV-1a hash so a run records exactly what it trained on.
+// Two steps, so a tokenizer can be trained on the text in between: read_corpus_text()
+// reads every domain, encode_corpus() turns its text into ids with a TextCodec (bytes by
+// default); build_corpus() does both.
 #pragma once
 
 #include <torch/torch.h>
@@ -19,7 +22,7 @@
 
 #include <btx/core/hash.hpp>
 #include <btx/data/arithmetic.hpp>
-#include <btx/data/byte_tokenizer.hpp>
+#include <btx/data/text_codec.hpp>
 #include <btx/data/token_file.hpp>
 #include <btx/version.hpp>
 
@@ -86,6 +89,24 @@ struct Corpus {
   }
 };
 
+// A domain before tokenisation: its train and held-out text (text and generated domains)
+// or its ids (token-file domains), with the caps of its spec.
+struct DomainText {
+  std::string name;
+  std::string train_text, eval_text;
+  torch::Tensor train_tokens, eval_tokens;  // token-file domains only
+  std::vector<ArithmeticProblem> eval_problems;
+  int64_t max_train_tokens = 0, max_eval_tokens = 0;
+
+  [[nodiscard]] bool is_text() const { return !train_tokens.defined(); }
+};
+
+struct CorpusText {
+  std::vector<DomainText> domains;
+  std::vector<ManifestEntry> manifest;
+  int64_t token_file_vocab = 0;  // 1 + the largest id in any token file (0: none)
+};
+
 namespace detail {
 
 inline std::vector<std::filesystem::path> domain_files(const DomainSpec& spec) {
@@ -119,13 +140,7 @@ inline std::vector<std::filesystem::path> domain_files(const DomainSpec& spec) {
   return files;
 }
 
-inline torch::Tensor bytes_tensor(const std::string& text, int64_t cap) {
-  const auto n = std::min<int64_t>(int64_t(text.size()), cap);
-  return ByteTokenizer::encode_tensor(std::string_view(text).substr(0, size_t(n)))
-      .to(torch::kInt32);
-}
-
-inline Domain text_domain(const DomainSpec& spec, std::vector<ManifestEntry>& manifest) {
+inline DomainText text_domain(const DomainSpec& spec, std::vector<ManifestEntry>& manifest) {
   const auto files = domain_files(spec);
   std::string train, eval;
   int64_t doc = 0;
@@ -153,13 +168,14 @@ inline Domain text_domain(const DomainSpec& spec, std::vector<ManifestEntry>& ma
     eval = train.substr(cut);
     train.resize(cut);
   }
-  return {spec.name,
-          bytes_tensor(train, spec.max_train_tokens),
-          bytes_tensor(eval, spec.max_eval_tokens),
-          {}};
+  DomainText d;
+  d.name = spec.name;
+  d.train_text = std::move(train);
+  d.eval_text = std::move(eval);
+  return d;
 }
 
-inline Domain arithmetic_domain(const DomainSpec& spec, std::vector<ManifestEntry>& manifest) {
+inline DomainText arithmetic_domain(const DomainSpec& spec, std::vector<ManifestEntry>& manifest) {
   const auto train_text =
       arithmetic_text(arithmetic_problems(size_t(spec.max_train_tokens / 7), spec.seed));
   // Held-out problems come from another seed; overlap with training is possible but rare.
@@ -169,12 +185,16 @@ inline Domain arithmetic_domain(const DomainSpec& spec, std::vector<ManifestEntr
                       train_text.size(), fnv1a64(train_text)});
   manifest.push_back({spec.name, "generated:arithmetic seed=" + std::to_string(spec.seed + 7919),
                       "eval", eval_text.size(), fnv1a64(eval_text)});
-  return {spec.name, bytes_tensor(train_text, spec.max_train_tokens),
-          bytes_tensor(eval_text, spec.max_eval_tokens), std::move(eval_problems)};
+  DomainText d;
+  d.name = spec.name;
+  d.train_text = train_text;
+  d.eval_text = eval_text;
+  d.eval_problems = std::move(eval_problems);
+  return d;
 }
 
-inline Domain token_domain(const DomainSpec& spec, std::vector<ManifestEntry>& manifest,
-                           int64_t& vocab_size) {
+inline DomainText token_domain(const DomainSpec& spec, std::vector<ManifestEntry>& manifest,
+                               int64_t& vocab_size) {
   auto train = read_token_file(spec.token_file, spec.token_dtype);
   torch::Tensor eval;
   if (!spec.eval_token_file.empty()) {
@@ -193,19 +213,20 @@ inline Domain token_domain(const DomainSpec& spec, std::vector<ManifestEntry>& m
   }
   if (train.numel() > 0) vocab_size = std::max<int64_t>(vocab_size, train.max().item<int>() + 1);
   if (eval.numel() > 0) vocab_size = std::max<int64_t>(vocab_size, eval.max().item<int>() + 1);
-  return {spec.name,
-          train.slice(0, 0, spec.max_train_tokens),
-          eval.slice(0, 0, spec.max_eval_tokens),
-          {}};
+  DomainText d;
+  d.name = spec.name;
+  d.train_tokens = train;
+  d.eval_tokens = eval;
+  return d;
 }
 
 }  // namespace detail
 
-// Reads every domain; throws std::invalid_argument for a missing path, an empty domain or
-// a duplicate name, before any training can start.
-inline Corpus build_corpus(const std::vector<DomainSpec>& specs) {
+// Reads every domain; throws std::invalid_argument for a missing path, an empty text
+// domain or a duplicate name, before any training can start.
+inline CorpusText read_corpus_text(const std::vector<DomainSpec>& specs) {
   if (specs.empty()) throw std::invalid_argument("corpus: no domains configured");
-  Corpus corpus;
+  CorpusText corpus;
   for (const auto& spec : specs) {
     if (spec.name.empty()) throw std::invalid_argument("corpus: a domain has no name");
     for (const auto& d : corpus.domains) {
@@ -213,9 +234,9 @@ inline Corpus build_corpus(const std::vector<DomainSpec>& specs) {
         throw std::invalid_argument("corpus: domain '" + spec.name + "' is configured twice");
       }
     }
-    Domain domain;
+    DomainText domain;
     if (!spec.token_file.empty()) {
-      domain = detail::token_domain(spec, corpus.manifest, corpus.vocab_size);
+      domain = detail::token_domain(spec, corpus.manifest, corpus.token_file_vocab);
     } else if (spec.generator == "arithmetic") {
       domain = detail::arithmetic_domain(spec, corpus.manifest);
     } else if (!spec.generator.empty()) {
@@ -227,8 +248,35 @@ inline Corpus build_corpus(const std::vector<DomainSpec>& specs) {
     } else {
       domain = detail::text_domain(spec, corpus.manifest);
     }
-    if (domain.train_tokens.numel() == 0 || domain.eval_tokens.numel() == 0) {
+    domain.max_train_tokens = spec.max_train_tokens;
+    domain.max_eval_tokens = spec.max_eval_tokens;
+    if (domain.is_text() && (domain.train_text.empty() || domain.eval_text.empty())) {
       throw std::invalid_argument("domain '" + spec.name + "' is empty (" +
+                                  std::to_string(domain.train_text.size()) + " train and " +
+                                  std::to_string(domain.eval_text.size()) +
+                                  " eval bytes of text): check its paths and extensions");
+    }
+    corpus.domains.push_back(std::move(domain));
+  }
+  return corpus;
+}
+
+// Every text domain's ids under `codec` (token-file domains as read), each cut to its
+// spec's caps; throws std::invalid_argument for a domain left empty.
+inline Corpus encode_corpus(const CorpusText& text, const TextCodec& codec = TextCodec::bytes()) {
+  Corpus corpus;
+  corpus.manifest = text.manifest;
+  corpus.vocab_size = std::max(codec.vocab_size, text.token_file_vocab);
+  for (const auto& d : text.domains) {
+    Domain domain{d.name, d.train_tokens, d.eval_tokens, d.eval_problems};
+    if (d.is_text()) {
+      domain.train_tokens = codec.encode_tensor(d.train_text);
+      domain.eval_tokens = codec.encode_tensor(d.eval_text);
+    }
+    domain.train_tokens = domain.train_tokens.slice(0, 0, d.max_train_tokens);
+    domain.eval_tokens = domain.eval_tokens.slice(0, 0, d.max_eval_tokens);
+    if (domain.train_tokens.numel() == 0 || domain.eval_tokens.numel() == 0) {
+      throw std::invalid_argument("domain '" + d.name + "' is empty (" +
                                   std::to_string(domain.train_tokens.numel()) + " train and " +
                                   std::to_string(domain.eval_tokens.numel()) +
                                   " eval tokens): check its paths and extensions");
@@ -236,6 +284,11 @@ inline Corpus build_corpus(const std::vector<DomainSpec>& specs) {
     corpus.domains.push_back(std::move(domain));
   }
   return corpus;
+}
+
+inline Corpus build_corpus(const std::vector<DomainSpec>& specs,
+                           const TextCodec& codec = TextCodec::bytes()) {
+  return encode_corpus(read_corpus_text(specs), codec);
 }
 
 BTX_NAMESPACE_END

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include <btx/data/arithmetic.hpp>
-#include <btx/data/byte_tokenizer.hpp>
+#include <btx/data/text_codec.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -51,23 +51,26 @@ inline EvalResult evaluate_loss(const LogitsFn& logits_fn, const torch::Tensor& 
   return {loss, std::exp(loss), count};
 }
 
-// Greedy answers until '\n' (or max_answer_tokens); returns the fraction exactly right.
-// `next_token` maps a prefix to its greedy next token.
+// Greedy answers until a newline (or max_answer_tokens); returns the fraction exactly
+// right. `next_token` maps a prefix to its greedy next token; `codec` is the corpus's.
 inline double exact_match(const std::function<int64_t(const std::vector<int64_t>&)>& next_token,
                           const std::vector<ArithmeticProblem>& problems, size_t max_problems = 200,
-                          int64_t max_answer_tokens = 8) {
+                          int64_t max_answer_tokens = 8,
+                          const TextCodec& codec = TextCodec::bytes()) {
   const size_t n = std::min(max_problems, problems.size());
   if (n == 0) return 0.0;
   size_t right = 0;
   for (size_t i = 0; i < n; ++i) {
-    auto ids = ByteTokenizer::encode("\n" + problems[i].prompt);
+    auto ids = codec.encode("\n" + problems[i].prompt);
+    const size_t prompt_length = ids.size();
     std::string answer;
     for (int64_t t = 0; t < max_answer_tokens; ++t) {
-      const int64_t next = next_token(ids);
-      if (next == '\n') break;
-      answer.push_back(char(next));
-      ids.push_back(next);
+      ids.push_back(next_token(ids));
+      // Decoded as a whole: a subword piece may carry the newline and more.
+      answer = codec.decode({ids.begin() + ptrdiff_t(prompt_length), ids.end()});
+      if (answer.find('\n') != std::string::npos) break;
     }
+    answer = answer.substr(0, answer.find('\n'));
     right += answer == problems[i].answer ? 1 : 0;
   }
   return double(right) / double(n);
