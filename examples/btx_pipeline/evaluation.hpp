@@ -75,8 +75,10 @@ inline RoutingShares routing_analysis(const PipelineRun& run, const CausalLM& mo
       auto ids = d.eval_tokens.slice(0, w * T, w * T + T).to(torch::kInt64).unsqueeze(0);
       (void)model.forward(ids.to(device));
       auto layers = moe_layers(model.module());
-      if (counts.empty())
-        counts.assign(layers.size(), torch::zeros({run.num_experts()}, torch::kDouble));
+      // One tensor per layer: assign(n, t) would copy one handle n times, and the in-place
+      // sums below would then add every layer into the same storage.
+      for (size_t l = counts.size(); l < layers.size(); ++l)
+        counts.push_back(torch::zeros({run.num_experts()}, torch::kDouble));
       for (size_t l = 0; l < layers.size(); ++l) {
         counts[l] += layers[l].second->last_stats().tokens_per_expert.to(torch::kDouble);
       }

@@ -80,6 +80,9 @@ class QuickPipeline(unittest.TestCase):
             for shares in layers:
                 self.assertEqual(len(shares), 4)  # 3 domain experts + the seed
                 self.assertAlmostEqual(sum(shares), 1.0, places=6)
+        # Each layer its own router: the shares differ between layers (a shared accumulator
+        # once made them equal).
+        self.assertNotEqual(routing["code"][0], routing["code"][1])
         for layer in range(2):
             self.assertTrue(os.path.exists(
                 os.path.join(self.run_dir, f"routing_BTX_top2_layer{layer}.png")))
