@@ -95,21 +95,7 @@ class SentencePieceCodec {
     return from_model(model, file.string());
   }
 
-  [[nodiscard]] const std::string& model_bytes() const { return model_; }
   [[nodiscard]] int64_t vocab_size() const { return sp_->GetPieceSize(); }
-
-  [[nodiscard]] std::vector<int64_t> encode(std::string_view text) const {
-    std::vector<int> ids;
-    const auto status = sp_->Encode(text, &ids);
-    if (!status.ok()) throw std::runtime_error("SentencePiece: " + status.ToString());
-    return {ids.begin(), ids.end()};
-  }
-  [[nodiscard]] std::string decode(const std::vector<int64_t>& ids) const {
-    std::string text;
-    const auto status = sp_->Decode(std::vector<int>(ids.begin(), ids.end()), &text);
-    if (!status.ok()) throw std::runtime_error("SentencePiece: " + status.ToString());
-    return text;
-  }
 
   // As a TextCodec (shares the model; the codec may outlive this object).
   [[nodiscard]] TextCodec codec() const {
@@ -119,12 +105,12 @@ class SentencePieceCodec {
     c.vocab_size = vocab_size();
     c.encode = [sp](std::string_view text) {
       std::vector<int> ids;
-      (void)sp->Encode(text, &ids);
+      check(sp->Encode(text, &ids));
       return std::vector<int64_t>(ids.begin(), ids.end());
     };
     c.decode = [sp](const std::vector<int64_t>& ids) {
       std::string text;
-      (void)sp->Decode(std::vector<int>(ids.begin(), ids.end()), &text);
+      check(sp->Decode(std::vector<int>(ids.begin(), ids.end()), &text));
       return text;
     };
     return c;
@@ -161,6 +147,10 @@ class SentencePieceCodec {
   }
 
  private:
+  static void check(const sentencepiece::util::Status& status) {
+    if (!status.ok()) throw std::runtime_error("SentencePiece: " + status.ToString());
+  }
+
   static SentencePieceCodec from_model(const std::string& model, const std::string& where) {
     SentencePieceCodec c;
     c.model_ = model;
