@@ -45,6 +45,8 @@
 #define BTX_HAS_NCCL 0
 #endif
 
+#include <signal.h>  // sigaction: POSIX, not in <csignal>
+
 #include <btx/core/collectives.hpp>
 #include <btx/parallel/dist_env.hpp>
 #include <btx/parallel/job_monitor.hpp>
@@ -78,6 +80,16 @@ class PendingCollective {
   std::function<void()> wait_;
 };
 
+// A send to a peer that has died raises SIGPIPE, whose default action kills this rank
+// before Gloo or the store can report EPIPE as an error naming the lost peer. Python
+// ignores SIGPIPE at start-up, so torch's Python users never meet this; a C++ program
+// must. A handler the program installed itself is left alone.
+inline void ignore_broken_pipes() {
+  struct sigaction current {};
+  if (sigaction(SIGPIPE, nullptr, &current) == 0 && current.sa_handler == SIG_DFL)
+    signal(SIGPIPE, SIG_IGN);
+}
+
 class Communicator : public Collectives {
  public:
   // One process, no peers: every collective is the identity.
@@ -101,6 +113,7 @@ class Communicator : public Collectives {
     c.device_host_ = loopback ? "127.0.0.1" : "";
     if (env.world_size == 1) return c;
 #if BTX_HAS_GLOO
+    ignore_broken_pipes();
     try {
       c10d::TCPStoreOptions o;
       o.port = static_cast<std::uint16_t>(env.master_port);
