@@ -150,7 +150,8 @@ CausalLM seed_stage(const bp::PipelineRun& p) {
     return seed;
   }
   if (p.run.skip_if_done("seed")) return recipe::load_stage_model(p.run, "seed");
-  CausalLM seed = btx::load_causal_lm(p.config.seed_checkpoint);
+  CausalLM seed = btx::load_causal_lm(p.config.seed_checkpoint, torch::kFloat32, {}, torch::kCPU,
+                                      p.run.non_finite());
   recipe::finish_stage(
       p.run, "seed", seed,
       {{"source", p.config.seed_checkpoint}, {"flops", 0.0}, {"tokens", 0}, {"seconds", 0.0}});
@@ -269,7 +270,11 @@ int main(int argc, char** argv) {
       workers().run(*worker);
       return 0;
     }
-    const auto p = bp::open_run(resolve_config(a));  // every data and config error surfaces here
+    const auto config = resolve_config(a);
+    // One driver per run folder (a second is refused naming the first's PID and host); the
+    // workers it starts claim their stages instead (recipe::Run::claim).
+    const auto run_lock = recipe::Run(config.run_dir).lock();
+    const auto p = bp::open_run(config);  // every data and config error surfaces here
     // LibTorch seeds its default generator from the OS in C++ (Python seeds it): without a
     // seed of our own, the seed model's init and so every result would differ run to run.
     torch::manual_seed(p.config.seed);

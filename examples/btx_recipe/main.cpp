@@ -74,6 +74,7 @@ int main(int argc, char** argv) {
     torch::set_num_threads(1);
     torch::manual_seed(0);
     const recipe::Run run(run_dir, {.batch_size = 8, .log_every = 10, .checkpoint_every = 10});
+    const auto lock = run.lock();  // one program per run folder
     const std::vector<std::string> domains{"count", "echo"};
     const std::vector<torch::Tensor> streams{synthetic_stream("count", 1 << 14, 1),
                                              synthetic_stream("echo", 1 << 14, 2)};

@@ -26,11 +26,14 @@
 #include <btx/io/atomic_dir.hpp>
 #include <btx/io/checkpoint_reader.hpp>
 #include <btx/io/file_hash.hpp>
+#include <btx/io/finite_check.hpp>
+#include <btx/io/folder_lock.hpp>
 #include <btx/io/file_range.hpp>
 #include <btx/io/safetensors_header.hpp>
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
 #include <btx/io/sharded_writer.hpp>
+#include <btx/io/stale_temporaries.hpp>
 #include <btx/io/write_queue.hpp>
 #include <btx/merge/any_averaging.hpp>
 #include <btx/merge/averaging.hpp>

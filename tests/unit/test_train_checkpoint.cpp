@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include <btx/io/file_hash.hpp>
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
 #include <btx/models/llama/model.hpp>
@@ -171,6 +172,12 @@ TEST_CASE("checkpoint: temp folders, a missing state.json or a truncated file fa
     t.at("model.norm.weight")[0] = NAN;
     fs::remove(file);
     btx::io::save_safetensors(file, t, {{"format", "btx-train-checkpoint"}});
+    // The record updated too, as a writer that wrote the NaN itself would have.
+    const auto state_file = dir / "step-000004" / "state.json";
+    auto state = nlohmann::json::parse(std::ifstream(state_file));
+    state["files"]["model.safetensors"] = fs::file_size(file);
+    state["hashes"]["model.safetensors"] = btx::io::xxh3_128_file(file);
+    std::ofstream(state_file) << state.dump();
     btx::LlamaForCausalLM other(btx::test::tiny_config());
     auto opt2 = make_opt(other);
     try {
@@ -179,6 +186,27 @@ TEST_CASE("checkpoint: temp folders, a missing state.json or a truncated file fa
     } catch (const btx::CorruptCheckpoint& e) {
       CHECK(std::string(e.what()).find("model.norm.weight") != std::string::npos);
     }
+    CHECK(btx::resume_training_checkpoint(dir, *other, opt2)->second.step == 2);
+  }
+  SUBCASE("one flipped byte, same size: the recorded hash refuses it, the previous loads") {
+    const auto file = dir / "step-000004" / "model.safetensors";
+    {
+      std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+      f.seekg(-5, std::ios::end);
+      const char c = char(f.get());
+      f.seekp(-5, std::ios::end);
+      f.put(char(c ^ 0x10));
+    }
+    btx::LlamaForCausalLM other(btx::test::tiny_config());
+    auto opt2 = make_opt(other);
+    CHECK_THROWS_WITH_AS(btx::load_training_checkpoint(dir / "step-000004", *other, opt2),
+                         doctest::Contains("XXH3-128"), btx::CorruptCheckpoint);
+    CHECK(btx::resume_training_checkpoint(dir, *other, opt2)->second.step == 2);
+  }
+  SUBCASE("a deleted file: the previous checkpoint loads") {
+    fs::remove(dir / "step-000004" / "rng.safetensors");
+    btx::LlamaForCausalLM other(btx::test::tiny_config());
+    auto opt2 = make_opt(other);
     CHECK(btx::resume_training_checkpoint(dir, *other, opt2)->second.step == 2);
   }
   SUBCASE("nothing loadable at all is an error, not a silent fresh start") {

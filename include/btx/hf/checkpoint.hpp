@@ -28,6 +28,7 @@
 #include <btx/core/model_spec.hpp>
 #include <btx/io/atomic_dir.hpp>
 #include <btx/io/checkpoint_reader.hpp>
+#include <btx/io/finite_check.hpp>
 #include <btx/io/sharded_writer.hpp>
 #include <btx/io/write_queue.hpp>
 #include <btx/version.hpp>
@@ -109,9 +110,11 @@ inline void write_text(const std::filesystem::path& file, const std::string& tex
 
 // Copies a checkpoint's tensors into `model`'s parameters by mapped names, converting to
 // each parameter's dtype and device. Missing tensors, wrong shapes and unexpected tensors
-// throw io::FormatError naming the tensor and file; nothing is copied unless all match.
+// throw io::FormatError naming the tensor and file, a NaN or Inf io::NonFiniteError (unless
+// `non_finite` allows it); nothing is copied unless all pass.
 inline void load_hf_weights(torch::nn::Module& model, const io::CheckpointReader& ckpt,
-                            const NameMap& names) {
+                            const NameMap& names,
+                            io::NonFinite non_finite = io::NonFinite::refuse) {
   const auto plan = detail::placements(detail::parameter_decls(model), names);
   std::set<std::string> used;
   for (const auto& pl : plan) {
@@ -125,6 +128,10 @@ inline void load_hf_weights(torch::nn::Module& model, const io::CheckpointReader
                             ckpt.file_of(pl.hf_name).path().string() + " has shape " +
                             c10::str(torch::IntArrayRef(info.shape)) + " but the model expects " +
                             c10::str(torch::IntArrayRef(pl.shape)) + " (config mismatch?)");
+    }
+    if (!used.count(pl.hf_name)) {  // read once here, from the mapping the copy reuses
+      io::check_finite(ckpt.tensor(pl.hf_name), pl.hf_name,
+                       ckpt.file_of(pl.hf_name).path().string(), non_finite);
     }
     used.insert(pl.hf_name);
   }

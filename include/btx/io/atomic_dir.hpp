@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: MIT
 // AtomicDir: write an output folder under "<target>.tmp-<pid>-<random>" beside the target,
 // then commit() fsyncs it and renames it into place. Without commit() the temp folder is
-// removed, so nothing half-written ever appears at the target path.
+// removed, so nothing half-written ever appears at the target path. The writer holds a
+// flock on its temp folder while it works, and a new AtomicDir first collects the temp
+// folders of earlier writers to the same target that were killed (stale_temporaries.hpp).
 #pragma once
 
 #include <cerrno>
@@ -15,8 +17,10 @@
 #include <system_error>
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
+#include <btx/io/stale_temporaries.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -60,11 +64,15 @@ class AtomicDir {
       : target_(std::filesystem::absolute(std::move(target)).lexically_normal()),
         overwrite_(overwrite) {
     if (target_.filename().empty()) target_ = target_.parent_path();
-    check_target();
     std::filesystem::create_directories(target_.parent_path());
+    (void)collect_stale_temporaries(target_);  // first: it may restore the target
+    check_target();
     tmp_ = target_;
-    tmp_ += ".tmp-" + detail::random_suffix();
+    tmp_ += kTempMarker + detail::random_suffix();
     std::filesystem::create_directory(tmp_);
+    // Blocking: a collector's probe holds the lock for an instant at most.
+    lock_fd_ = ::open(tmp_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (lock_fd_ >= 0) (void)::flock(lock_fd_, LOCK_EX);
   }
   AtomicDir(const AtomicDir&) = delete;
   AtomicDir& operator=(const AtomicDir&) = delete;
@@ -73,6 +81,7 @@ class AtomicDir {
       std::error_code ec;
       std::filesystem::remove_all(tmp_, ec);
     }
+    if (lock_fd_ >= 0) ::close(lock_fd_);
   }
 
   // Where callers write; becomes target() on commit().
@@ -96,7 +105,7 @@ class AtomicDir {
     std::error_code ec;
     if (detail::exists_non_empty(target_)) {
       old = target_;
-      old += ".old-" + detail::random_suffix();
+      old += kAsideMarker + detail::random_suffix();
       std::filesystem::rename(target_, old);
     } else if (std::filesystem::is_directory(target_, ec)) {
       std::filesystem::remove(target_, ec);  // an empty folder: replace it
@@ -124,6 +133,7 @@ class AtomicDir {
   std::filesystem::path target_, tmp_;
   bool overwrite_ = false;
   bool committed_ = false;
+  int lock_fd_ = -1;  // flock on the temp folder: this writer is alive
 };
 
 }  // namespace io

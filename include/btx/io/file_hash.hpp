@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -82,6 +83,31 @@ inline std::string xxh3_128_file(const std::filesystem::path& file) {
   std::snprintf(hex, sizeof hex, "%016llx%016llx", static_cast<unsigned long long>(h.high64),
                 static_cast<unsigned long long>(h.low64));
   return hex;
+}
+
+// XXH3-128 of every regular file under `dir`, keyed by its path relative to `dir` (with
+// '/' separators), so a record of a folder's contents can be checked later.
+inline std::map<std::string, std::string> xxh3_128_folder(const std::filesystem::path& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir)) {
+    if (e.is_regular_file())
+      out[e.path().lexically_relative(dir).generic_string()] = xxh3_128_file(e.path());
+  }
+  return out;
+}
+
+// The first difference between a folder's contents now and `recorded` (from
+// xxh3_128_folder), as "FILE is missing" or "FILE has changed ...", or "" when every
+// recorded file is as it was (files added since are not the record's concern).
+inline std::string folder_mismatch(const std::filesystem::path& dir,
+                                   const std::map<std::string, std::string>& recorded) {
+  std::error_code ec;
+  for (const auto& [name, hash] : recorded) {
+    const auto file = dir / name;
+    if (!std::filesystem::is_regular_file(file, ec)) return file.string() + " is missing";
+    if (xxh3_128_file(file) != hash) return file.string() + " has changed since it was written";
+  }
+  return "";
 }
 
 }  // namespace io

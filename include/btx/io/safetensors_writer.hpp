@@ -22,11 +22,13 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <btx/io/file_range.hpp>
 #include <btx/io/safetensors_header.hpp>
 #include <btx/io/safetensors_reader.hpp>
+#include <btx/io/stale_temporaries.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -101,10 +103,12 @@ class SafetensorsStreamWriter {
     data_start_ = 8 + text.size();
     total_ = data_start_ + offset;
     written_.assign(decls_.size(), false);
+    (void)collect_stale_temporaries(file_);  // what killed writers of this file left
     fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd_ < 0) {
       throw std::runtime_error("cannot create " + tmp_.string() + ": " + std::strerror(errno));
     }
+    (void)::flock(fd_, LOCK_EX);  // alive while it writes (stale_temporaries.hpp)
     try {
       const uint64_t n = text.size();
       detail::write_all(fd_, &n, 8, 0, tmp_.string());

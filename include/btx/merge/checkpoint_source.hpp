@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include <btx/io/checkpoint_reader.hpp>
+#include <btx/io/finite_check.hpp>
 #include <btx/merge/state_dict.hpp>
 #include <btx/version.hpp>
 
@@ -37,6 +38,9 @@ namespace merge {
 // already merged are then page cache, not this process's resident memory, so a streaming
 // merge's peak RSS stays near the tensors it holds at once. on(device) makes a source
 // whose tensors arrive on that device, so a merge computes there (btx-merge's `device`).
+// Every tensor read, and every tensor whose bytes a merge copies unread, is checked for
+// NaN and Inf first (io::NonFiniteError names tensor, file and index) unless the source
+// is made with_non_finite(io::NonFinite::allow).
 class CheckpointSource {
  public:
   // label: how errors name this source (default: the folder path).
@@ -62,12 +66,23 @@ class CheckpointSource {
     if (info.end == info.begin) return out.to(device_);
     const auto range = file.range(name);
     io::read_exact(range.file, out.data_ptr(), range.bytes, range.offset);
+    io::check_finite(out, name, file.path().string(), non_finite_);
     return out.to(device_);
   }
   // Where tensor `name`'s bytes lie in its file, for copies that skip memory (a merge
-  // writing it unchanged).
+  // writing it unchanged). The bytes are read once for the finiteness check, in chunks
+  // (the copy then finds them in the page cache), since the copy itself never sees them.
   [[nodiscard]] std::optional<io::FileRange> file_range(const std::string& name) const {
-    return reader_->file_of(name).range(name);
+    const auto range = reader_->file_of(name).range(name);
+    const auto& info = reader_->info(name);
+    io::check_finite(range, info.dtype.type, info.shape, name, non_finite_);
+    return range;
+  }
+  // This source, refusing (the default) or allowing NaN and Inf in what it reads.
+  [[nodiscard]] CheckpointSource with_non_finite(io::NonFinite policy) const {
+    CheckpointSource copy = *this;
+    copy.non_finite_ = policy;
+    return copy;
   }
   // This source with its tensors loaded onto `device`.
   [[nodiscard]] CheckpointSource on(torch::Device device) const {
@@ -83,6 +98,7 @@ class CheckpointSource {
   std::shared_ptr<const io::CheckpointReader> reader_;
   std::string label_;
   torch::Device device_ = torch::kCPU;
+  io::NonFinite non_finite_ = io::NonFinite::refuse;
 };
 static_assert(TensorSource<CheckpointSource>);
 

@@ -56,24 +56,27 @@ inline CausalLM make_model(const ModelSpec& spec, const std::optional<MoEOptions
 
 namespace hf {
 // Loads a checkpoint folder into a built module, naming tensors as the folder's family.
-inline void load_hf_weights(torch::nn::Module& model, const std::filesystem::path& dir) {
+inline void load_hf_weights(torch::nn::Module& model, const std::filesystem::path& dir,
+                            io::NonFinite non_finite = io::NonFinite::refuse) {
   const auto& family = family_of(read_model_spec(dir / "config.json"));
-  load_hf_weights(model, io::CheckpointReader(dir), family.name_map());
+  load_hf_weights(model, io::CheckpointReader(dir), family.name_map(), non_finite);
 }
 }  // namespace hf
 
 // Builds the model config.json describes, converts it to `dtype`, places it on `device`
 // and loads the weights there (every tensor checked before any is copied; each is copied
-// from the mapped file straight onto the device).
+// from the mapped file straight onto the device). A NaN or Inf in the checkpoint is an
+// io::NonFiniteError naming tensor, file and index unless `non_finite` allows it.
 inline CausalLM load_causal_lm(const std::filesystem::path& dir,
                                torch::Dtype dtype = torch::kFloat32,
                                const std::optional<MoEOptions>& options = {},
-                               torch::Device device = torch::kCPU) {
+                               torch::Device device = torch::kCPU,
+                               io::NonFinite non_finite = io::NonFinite::refuse) {
   const auto spec = read_model_spec(dir / "config.json");
   const auto& family = family_of(spec);
   CausalLM lm = family.make(spec, options);
   lm.to(device, dtype);
-  hf::load_hf_weights(lm.module(), io::CheckpointReader(dir), family.name_map());
+  hf::load_hf_weights(lm.module(), io::CheckpointReader(dir), family.name_map(), non_finite);
   return lm;
 }
 

@@ -86,6 +86,7 @@ inline Expert branched_expert(const Run& run, const CausalLM& seed, const std::s
 inline nlohmann::json train_expert(const Run& run, Expert& expert, const WindowSampler& sampler,
                                    const StageBudget& budget, StageOptions options = {}) {
   const std::string stage = expert_stage(expert.info.name);
+  const auto claim = run.claim(stage, options.hooks.writes_files);  // before the check
   if (run.skip_if_done(stage)) {
     load_stage_weights(run, stage, expert.model);
     expert.info = expert_info(run, expert.info.name);

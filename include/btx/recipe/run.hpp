@@ -11,6 +11,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -18,6 +20,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <btx/io/file_hash.hpp>
+#include <btx/io/finite_check.hpp>
+#include <btx/io/folder_lock.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -78,6 +83,14 @@ class Run {
     return model_files_;
   }
 
+  // Whether stage models read back from disk may hold NaN or Inf (refused by default:
+  // a stage that loads a poisoned checkpoint fails naming tensor, file and index).
+  Run& with_non_finite(io::NonFinite policy) {
+    non_finite_ = policy;
+    return *this;
+  }
+  [[nodiscard]] io::NonFinite non_finite() const { return non_finite_; }
+
   // <run>/<stage>; a stage name is one plain folder name.
   [[nodiscard]] std::filesystem::path stage_dir(const std::string& stage) const {
     if (stage.empty() || stage == "." || stage == ".." ||
@@ -97,8 +110,10 @@ class Run {
     return stage_dir(stage) / "stage.json";
   }
 
+  // A stage whose model no longer matches the hashes its stage.json recorded (truncated,
+  // edited, a shard deleted) is not done: it is redone, and says why.
   [[nodiscard]] StageState state(const std::string& stage) const {
-    if (std::filesystem::exists(record_path(stage))) return StageState::done;
+    if (std::filesystem::exists(record_path(stage)) && intact(stage)) return StageState::done;
     if (std::filesystem::exists(checkpoint_dir(stage) / "latest")) return StageState::resumable;
     return StageState::fresh;
   }
@@ -132,6 +147,9 @@ class Run {
     }
     record["stage"] = stage;
     std::filesystem::create_directories(stage_dir(stage));
+    if (std::filesystem::is_directory(model_dir(stage))) {
+      record["model_files"] = io::xxh3_128_folder(model_dir(stage));  // checked by state()
+    }
     const auto final_path = record_path(stage);
     const auto tmp = stage_dir(stage) / "stage.json.tmp";
     {
@@ -141,8 +159,24 @@ class Run {
       if (!out) throw std::runtime_error("btx::recipe: cannot write " + tmp.string());
     }
     std::filesystem::rename(tmp, final_path);
+    (*intact_)[stage] = true;
     std::error_code ec;
     std::filesystem::remove_all(checkpoint_dir(stage), ec);
+  }
+
+  // The run folder for this process alone (a pipeline's driver): a second driver on the
+  // same folder is refused at once with io::FolderBusy naming the holder. Held until the
+  // returned lock is destroyed or the process dies.
+  [[nodiscard]] io::FolderLock lock() const {
+    return io::FolderLock::acquire(dir_, ".lock", "run folder " + dir_.string());
+  }
+  // Stage `stage` for this process while it trains and writes it (`writer`: the process
+  // that writes the stage's files; other ranks of a data-parallel stage get an empty
+  // lock). Two workers started for one stage: the second is refused with io::FolderBusy.
+  [[nodiscard]] io::FolderLock claim(const std::string& stage, bool writer = true) const {
+    if (!writer) return {};
+    return io::FolderLock::acquire(stage_dir(stage), ".lock",
+                                   "stage '" + stage + "' of run folder " + dir_.string());
   }
 
   // True (and says so) when `stage` is finished, so the caller skips it.
@@ -157,10 +191,31 @@ class Run {
   }
 
  private:
+  // Whether finished `stage`'s model matches its record; checked once per process.
+  [[nodiscard]] bool intact(const std::string& stage) const {
+    if (const auto it = intact_->find(stage); it != intact_->end()) return it->second;
+    std::string problem;
+    try {
+      const auto rec = record(stage);
+      if (rec.contains("model_files")) {
+        problem = io::folder_mismatch(
+            model_dir(stage), rec.at("model_files").get<std::map<std::string, std::string>>());
+      }
+    } catch (const std::exception& e) {
+      problem = e.what();
+    }
+    if (!problem.empty())
+      log("stage '" + stage + "' is recorded as finished, but " + problem + ": redoing it");
+    return (*intact_)[stage] = problem.empty();
+  }
+
   std::filesystem::path dir_;
   TrainSettings train_;
   std::string tag_;
   std::vector<std::filesystem::path> model_files_;
+  io::NonFinite non_finite_ = io::NonFinite::refuse;
+  std::shared_ptr<std::map<std::string, bool>> intact_ =
+      std::make_shared<std::map<std::string, bool>>();  // shared by copies of this Run
 };
 
 }  // namespace recipe

@@ -53,7 +53,7 @@ inline void save_stage_model(const Run& run, const std::string& stage, const Cau
 
 // Loads the weights of <run>/<stage>/model/ into `lm` (every tensor checked first).
 inline void load_stage_weights(const Run& run, const std::string& stage, const CausalLM& lm) {
-  hf::load_hf_weights(lm.module(), run.model_dir(stage));
+  hf::load_hf_weights(lm.module(), run.model_dir(stage), run.non_finite());
 }
 
 // The model of stage `stage`. An MoE checkpoint is routed by `options` when given (its
@@ -66,7 +66,7 @@ inline CausalLM load_stage_model(const Run& run, const std::string& stage,
     throw std::runtime_error("btx::recipe: stage '" + stage + "' has no model (no " +
                              config.string() + ")");
   }
-  if (!options) return load_causal_lm(dir);
+  if (!options) return load_causal_lm(dir, torch::kFloat32, {}, torch::kCPU, run.non_finite());
   ModelSpec spec = read_model_spec(config);
   if (!spec.moe) {
     throw std::invalid_argument("btx::recipe: stage '" + stage +
@@ -81,7 +81,7 @@ inline CausalLM load_stage_model(const Run& run, const std::string& stage,
   }
   spec.moe->num_experts_per_tok = active_experts(*options);  // this router's, not the file's
   CausalLM lm = make_model(spec, *options);
-  hf::load_hf_weights(lm.module(), dir);
+  hf::load_hf_weights(lm.module(), dir, run.non_finite());
   return lm;
 }
 

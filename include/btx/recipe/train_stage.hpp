@@ -158,6 +158,8 @@ inline nlohmann::json finish_if_writer(const Run& run, const std::string& stage,
 inline nlohmann::json train_stage(const Run& run, const std::string& stage, const CausalLM& model,
                                   const WindowSampler& sampler, const StageBudget& budget,
                                   const StageOptions& options = {}) {
+  // Claimed before the check, so a stage finished by another worker meanwhile is seen.
+  const auto claim = run.claim(stage, options.hooks.writes_files);
   if (run.skip_if_done(stage)) {
     load_stage_weights(run, stage, model);
     return run.record(stage);

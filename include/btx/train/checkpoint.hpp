@@ -25,7 +25,9 @@
 #include <vector>
 
 #include <btx/io/atomic_dir.hpp>
+#include <btx/io/file_hash.hpp>
 #include <btx/io/safetensors_writer.hpp>
+#include <btx/io/stale_temporaries.hpp>
 #include <btx/train/checkpoint_files.hpp>
 #include <btx/train/extra_state.hpp>
 #include <btx/train/optimizer_state.hpp>
@@ -121,6 +123,7 @@ inline std::filesystem::path save_training_checkpoint(const std::filesystem::pat
                                                      : std::map<std::string, std::string>{
                                                            {"format", detail::kCheckpointFormat}});
     info["files"][file] = std::filesystem::file_size(out.path() / file);
+    info["hashes"][file] = io::xxh3_128_file(out.path() / file);  // from the page cache
   }
   {
     std::ofstream json(out.path() / "state.json");
@@ -137,13 +140,7 @@ inline std::filesystem::path save_training_checkpoint(const std::filesystem::pat
     if (step > state.step || (step <= state.step && ++kept > keep))
       std::filesystem::remove_all(path, ec);
   }
-  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
-    const auto name = entry.path().filename().string();
-    if (name.rfind("step-", 0) == 0 &&
-        (name.find(".tmp-") != std::string::npos || name.find(".old-") != std::string::npos)) {
-      std::filesystem::remove_all(entry.path(), ec);  // left by a killed writer
-    }
-  }
+  (void)io::collect_stale_temporaries_in(dir, "step-");  // left by killed writers
   return out.target();
 }
 

@@ -21,7 +21,9 @@
 #include <vector>
 
 #include <btx/io/atomic_dir.hpp>
+#include <btx/io/file_hash.hpp>
 #include <btx/io/safetensors_reader.hpp>
+#include <btx/io/stale_temporaries.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -72,6 +74,7 @@ inline bool is_finite_tensor(const torch::Tensor& t) {
 }
 
 inline void write_text_durably(const std::filesystem::path& file, const std::string& text) {
+  (void)io::collect_stale_temporaries(file);
   const auto tmp = file.string() + ".tmp-" + io::detail::random_suffix();
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
@@ -97,6 +100,21 @@ inline std::map<std::string, torch::Tensor> read_tensors(
       state["files"][name].get<uint64_t>() != size) {
     throw CorruptCheckpoint("checkpoint file " + file.string() + " has " + std::to_string(size) +
                             " bytes, state.json recorded " + state["files"][name].dump());
+  }
+  // A bit flip or an edit keeps the size: the recorded hash catches it (older checkpoints
+  // recorded none).
+  if (state.contains("hashes") && state["hashes"].contains(name)) {
+    const std::string recorded = state["hashes"][name].get<std::string>();
+    std::string now;
+    try {
+      now = io::xxh3_128_file(file);
+    } catch (const io::FormatError& e) {
+      throw CorruptCheckpoint(e.what());
+    }
+    if (now != recorded) {
+      throw CorruptCheckpoint("checkpoint file " + file.string() + " has XXH3-128 " + now +
+                              ", state.json recorded " + recorded + " (damaged after writing)");
+    }
   }
   std::map<std::string, torch::Tensor> out;
   try {
