@@ -14,11 +14,13 @@ largest output tensor + 200 MB) and the ratios copy/btx (goal >= 0.7) and mergek
 
   python3 benchmarks/merge_throughput.py [--sizes 1,3] [--dtypes float32,bfloat16]
       [--repeats 3] [--work DIR] [--btx-merge build/bin/btx-merge] [--no-mergekit]
-      [--write-threads 1,0,2] [--no-fsync-variant] [--max-shard-size 5GB]
+      [--write-threads 1,0,2] [--no-fsync-variant] [--unchecked-variant] [--max-shard-size 5GB]
 --write-threads times btx-merge once per value in each repeat; the first is the headline
 (compared with copy and mergekit), the others are reported as seconds and as ratios to it.
 --no-fsync-variant also times btx-merge --no-fsync (headline threads): like mergekit-moe,
 it then returns before the disk has the data, which is where a slow disk dominates.
+--unchecked-variant also times btx-merge --allow-non-finite: the cost of the NaN/Inf scan
+is the headline's time over this one's (goal: under 5%).
 """
 import argparse
 import json
@@ -168,6 +170,8 @@ def main():
     ap.add_argument("--write-threads", default="1",
                     help="btx-merge --write-threads values, headline first")
     ap.add_argument("--no-fsync-variant", action="store_true")
+    ap.add_argument("--unchecked-variant", action="store_true",
+                    help="also time btx-merge --allow-non-finite (no NaN/Inf scan)")
     ap.add_argument("--max-shard-size", default="",
                     help="btx-merge and mergekit max_shard_size (default: theirs)")
     args = ap.parse_args()
@@ -181,7 +185,11 @@ def main():
         variants.append("no-fsync")
         label["no-fsync"] = "btx-merge no-fsync"
         flags["no-fsync"] = ["--no-fsync"]
-    threads = {v: (variants[0] if v == "no-fsync" else v) for v in variants}
+    if args.unchecked_variant:
+        variants.append("unchecked")
+        label["unchecked"] = "btx-merge unchecked"
+        flags["unchecked"] = ["--allow-non-finite"]
+    threads = {v: (variants[0] if isinstance(v, str) else v) for v in variants}
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
         for dtype in args.dtypes.split(","):

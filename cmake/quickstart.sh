@@ -4,7 +4,7 @@
 #   cmake/quickstart.sh demo [ARGS...]   set up, build, run the BTX pipeline demo
 #   cmake/quickstart.sh test             set up, build, run the whole test suite, then the
 #                                        unit tests under ASan+UBSan (build-asan/) and the
-#                                        libFuzzer targets for 20 s each (build-fuzz/)
+#                                        libFuzzer targets for 8 s each (build-fuzz/)
 # Set-up is idempotent and quick when nothing is missing: Debian -dev packages via
 # apt-get, a venv in .venv with torch==2.13.0 (LibTorch comes from that wheel unless
 # CMAKE_PREFIX_PATH or Torch_DIR already names one), transformers for the interop tests.
@@ -102,7 +102,7 @@ case "$mode" in
       fi
     fi
     if [ "${BTX_FUZZ:-1}" != 0 ]; then
-      say "fuzzing (tests/fuzz/run_fuzzers.sh, ${BTX_FUZZ_SECONDS:-20}s per target)"
+      say "fuzzing (tests/fuzz/run_fuzzers.sh, ${BTX_FUZZ_SECONDS:-8}s per target)"
       CMAKE_PREFIX_PATH="${CMAKE_PREFIX_PATH:+$CMAKE_PREFIX_PATH;}$torch_prefix" BTX_FUZZ_JOBS="$jobs" \
         "$root/tests/fuzz/run_fuzzers.sh" || failed+=("fuzzers")
     fi

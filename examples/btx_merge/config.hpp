@@ -38,7 +38,8 @@ struct MergeConfig {
   int64_t split = 0;      // SplitMix chunks (method split)
   std::string method = "btx";
   bool include_base_as_expert = false;
-  std::string shared_expert;  // shared_experts[0].source_model ("" : none)
+  bool allow_non_finite = false;  // take NaN/Inf in the sources instead of refusing them
+  std::string shared_expert;      // shared_experts[0].source_model ("" : none)
   uint64_t seed = 0;
   uint64_t max_shard_size = 5'000'000'000;
   double router_aux_loss_coef = 0.02;
@@ -106,6 +107,9 @@ inline constexpr const char* kConfigHelp = R"(CONFIG keys (YAML or JSON; unknown
                             tokenizer must then give the same ids and special tokens) or a
                             folder (sources not compared). mergekit's union is refused: btx
                             does not resize embeddings
+  allow_non_finite: false   every tensor read (or copied) is checked for NaN and Inf; the
+                            first is an error naming tensor, file and index, and nothing is
+                            written. true takes them as they are
 The output also gets a model card (README.md: method, sources with XXH3-128 hashes of
 their files, router, averaging, top-k, the checks btx ran, this config) and btx_merge.json.
 Relative paths are relative to the current directory (as in mergekit).
@@ -163,7 +167,11 @@ inline uint64_t parse_size(const nlohmann::json& j, const std::string& key) {
   if (unit == units.end() || !(v > 0)) {
     throw key_error(key, "'" + text + "' is not a size (bytes, or e.g. 500MB, 2GB, 1GiB)");
   }
-  return uint64_t(v * double(unit->second));
+  const double bytes = v * double(unit->second);
+  if (!(bytes >= 1.0 && bytes < 18446744073709551616.0)) {  // [1, 2^64): a uint64_t
+    throw key_error(key, "'" + text + "' is not between 1 byte and 2^64 bytes");
+  }
+  return uint64_t(bytes);
 }
 
 }  // namespace detail
@@ -171,15 +179,16 @@ inline uint64_t parse_size(const nlohmann::json& j, const std::string& key) {
 inline MergeConfig parse_merge_config(const nlohmann::json& j) {
   using namespace detail;
   if (!j.is_object()) throw std::invalid_argument("the config must be a mapping of keys");
-  static const std::set<std::string> known = {"base_model",     "experts",
-                                              "gate_mode",      "experts_per_token",
-                                              "dtype",          "averaging",
-                                              "weights",        "density",
-                                              "lambda",         "split",
-                                              "method",         "include_base_as_expert",
-                                              "shared_experts", "seed",
-                                              "max_shard_size", "router_aux_loss_coef",
-                                              "device",         "tokenizer_source"};
+  static const std::set<std::string> known = {"base_model",      "experts",
+                                              "gate_mode",       "experts_per_token",
+                                              "dtype",           "averaging",
+                                              "weights",         "density",
+                                              "lambda",          "split",
+                                              "method",          "include_base_as_expert",
+                                              "shared_experts",  "seed",
+                                              "max_shard_size",  "router_aux_loss_coef",
+                                              "device",          "tokenizer_source",
+                                              "allow_non_finite"};
   for (const auto& [key, value] : j.items()) {
     if (!known.count(key)) {
       throw key_error(key, "unknown key (btx-merge --help lists the keys it reads)");
@@ -251,6 +260,11 @@ inline MergeConfig parse_merge_config(const nlohmann::json& j) {
                       "dare_linear, dare_ties) only");
     }
     c.lambda = get_number(j["lambda"], "lambda");
+  }
+  if (j.contains("allow_non_finite")) {
+    if (!j["allow_non_finite"].is_boolean())
+      throw key_error("allow_non_finite", "must be true or false");
+    c.allow_non_finite = j["allow_non_finite"].get<bool>();
   }
   if (j.contains("include_base_as_expert")) {
     if (!j["include_base_as_expert"].is_boolean()) {

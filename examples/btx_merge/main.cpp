@@ -284,16 +284,21 @@ int run(const MergeConfig& c, const std::string& config_text, const fs::path& ou
   }
   // Content hashes of every source for the model card, computed while the merge runs.
   // Keyed by canonical folder, so a folder listed twice is hashed once.
-  auto hashes = std::async(std::launch::async, [all] {
+  // The same read checks every source tensor for NaN and Inf (unless allowed), so the
+  // merge's own reads and copies need not: a bad value fails the merge before its output
+  // is committed (hashes.get() below), naming tensor, file and index.
+  const auto non_finite = c.allow_non_finite ? io::NonFinite::allow : io::NonFinite::refuse;
+  auto hashes = std::async(std::launch::async, [all, non_finite] {
     std::map<fs::path, std::map<std::string, std::string>> by_folder;
     for (const auto& d : all) {
       const auto key = fs::weakly_canonical(d);
-      if (!by_folder.count(key)) by_folder[key] = merge::source_file_hashes(d);
+      if (!by_folder.count(key)) by_folder[key] = merge::source_file_hashes(d, non_finite);
     }
     return by_folder;
   });
   const torch::Device device = parse_device(c.device);
   std::vector<merge::CheckpointSource> sources = merge::checkpoint_sources(dirs, device);
+  for (auto& s : sources) s = s.with_non_finite(io::NonFinite::allow);  // checked above
   {  // the base's tensors too, when it is not a source
     std::vector<merge::CheckpointSource> with_base = {merge::CheckpointSource(base)};
     with_base.insert(with_base.end(), sources.begin(), sources.end());
@@ -328,12 +333,13 @@ int run(const MergeConfig& c, const std::string& config_text, const fs::path& ou
   } else if (c.averaging.rfind("dare_", 0) == 0) {
     averaging = merge::Dare{c.density, c.lambda, c.seed, c.averaging == "dare_ties", c.weights};
   }
-  const merge::CheckpointSource base_source = merge::CheckpointSource(base).on(device);
+  const merge::CheckpointSource base_source =
+      merge::CheckpointSource(base).on(device).with_non_finite(io::NonFinite::allow);
   Router router = merge::RouterNormal{0.02, c.seed};
   if (c.gate_mode == "zero") router = merge::RouterZero{};
   if (c.gate_mode == "hidden") {
     std::cerr << "btx-merge: gate_mode hidden: running " << base.string() << " on the prompts\n";
-    auto model = load_causal_lm(base, torch::kFloat32);
+    auto model = load_causal_lm(base, torch::kFloat32, {}, torch::kCPU, io::NonFinite::allow);
     model.eval();
     PromptIds prompt_ids(base, base_spec.shape.vocab_size);
     std::vector<std::vector<torch::Tensor>> positive, negative;
@@ -461,7 +467,7 @@ int main(int argc, char** argv) {
   std::string config_file, out_dir;
   bool force = false;
   size_t write_threads = 1;
-  bool no_fsync = false;
+  bool no_fsync = false, allow_non_finite = false;
   CLI::App app{
       "btx-merge: mixes N Hugging Face dense checkpoints of one model family into one MoE\n"
       "checkpoint of that family (Llama -> Mixtral; config.json's model_type names the\n"
@@ -484,9 +490,13 @@ int main(int argc, char** argv) {
   app.add_flag("--no-fsync", no_fsync,
                "do not wait for the disk before OUT_DIR appears (faster where the disk is "
                "slow; a machine crash may then lose the output's data)");
+  app.add_flag("--allow-non-finite", allow_non_finite,
+               "take NaN and Inf in the sources (config key allow_non_finite) instead of "
+               "refusing them");
   if (const auto status = btx::tools::parse_command_line(app, argc, argv)) return *status;
   try {
-    const auto config = merge_tool::parse_merge_config(tools::load_config_file(config_file));
+    auto config = merge_tool::parse_merge_config(tools::load_config_file(config_file));
+    config.allow_non_finite = config.allow_non_finite || allow_non_finite;
     return run(config, read_file(config_file), out_dir, force, write_threads, !no_fsync);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "btx-merge: error: %s\n", e.what());

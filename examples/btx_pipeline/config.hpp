@@ -6,9 +6,13 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -64,6 +68,7 @@ struct PipelineConfig {
   int64_t fail_step = -1;             // ... aborts at this step (tests of isolated failures)
   int64_t fail_rank = 0;              // ... on this rank of its group ...
   std::string fail_signal = "abort";  // ... by abort() or by SIGKILL ("kill")
+  bool allow_non_finite = false;      // load seed/stage checkpoints holding NaN or Inf
 };
 
 // A stock Debian machine's real text: C headers (libc6-dev) as code; English licence texts
@@ -140,14 +145,36 @@ inline void reject_unknown(const nlohmann::json& j, const std::string& where,
   }
 }
 
+// An integer key takes a whole number within its type's range (1e3 is 1000; 2.5, 1e300, and
+// -1 for an unsigned key are errors): nlohmann::json's get<T> would truncate, or convert out
+// of range (undefined behaviour for a floating-point value).
+template <class T>
+bool integer_in_range(const nlohmann::json& v) {
+  if (v.is_number_unsigned()) return std::in_range<T>(v.get<uint64_t>());
+  if (v.is_number_integer()) return std::in_range<T>(v.get<int64_t>());
+  const double d = v.get<double>();
+  // double(max) + 1 is 2^63 or 2^64 exactly: the first value past T's range.
+  return std::trunc(d) == d && d >= double(std::numeric_limits<T>::min()) &&
+         d < double(std::numeric_limits<T>::max()) + 1.0;
+}
+
 template <class T>
 void read(const nlohmann::json& j, const char* key, T& out, const std::string& where) {
   if (!j.contains(key)) return;
+  const auto& v = j.at(key);
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    if (v.is_number() && !integer_in_range<T>(v)) {
+      throw std::invalid_argument("config: " + where + "." + key + " must be a whole number in [" +
+                                  std::to_string(std::numeric_limits<T>::min()) + ", " +
+                                  std::to_string(std::numeric_limits<T>::max()) + "], got " +
+                                  v.dump());
+    }
+  }
   try {
-    out = j.at(key).get<T>();
+    out = v.get<T>();
   } catch (const nlohmann::json::exception&) {
     throw std::invalid_argument("config: " + where + "." + key + " has the wrong type (" +
-                                j.at(key).dump() + ")");
+                                v.dump() + ")");
   }
 }
 
@@ -235,7 +262,8 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
                           "fail_expert",
                           "fail_step",
                           "fail_rank",
-                          "fail_signal"});
+                          "fail_signal",
+                          "allow_non_finite"});
   const std::string top = "config";
   read(j, "run_dir", c.run_dir, top);
   read(j, "seed", c.seed, top);
@@ -251,7 +279,11 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
     read(m, "num_hidden_layers", c.model.num_hidden_layers, "model");
     read(m, "num_attention_heads", c.model.num_attention_heads, "model");
     read(m, "num_key_value_heads", c.model.num_key_value_heads, "model");
-    if (m.contains("head_dim")) c.model.head_dim = m.at("head_dim").get<int64_t>();
+    if (m.contains("head_dim")) {
+      int64_t head_dim = 0;
+      read(m, "head_dim", head_dim, "model");
+      c.model.head_dim = head_dim;
+    }
     read(m, "rope_theta", c.model.rope_theta, "model");
     read(m, "rms_norm_eps", c.model.rms_norm_eps, "model");
     read(m, "max_position_embeddings", c.model.max_position_embeddings, "model");
@@ -301,6 +333,7 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
   read(j, "fail_step", c.fail_step, top);
   read(j, "fail_rank", c.fail_rank, top);
   read(j, "fail_signal", c.fail_signal, top);
+  read(j, "allow_non_finite", c.allow_non_finite, top);
   read(j, "tokenizer", c.tokenizer, top);
   read(j, "tokenizer_vocab_size", c.tokenizer_vocab_size, top);
   if (uses_sentencepiece(c) && j.contains("model") && j.at("model").contains("vocab_size") &&
@@ -344,7 +377,7 @@ inline void validate(const PipelineConfig& c, const ArchShape& seed) {
     throw std::invalid_argument("config: checkpoint_every must be >= 0 (0: no checkpoints), got " +
                                 std::to_string(c.checkpoint_every));
   }
-  if (c.seq_len + 1 > seed.max_position_embeddings) {
+  if (c.seq_len >= seed.max_position_embeddings) {  // seq_len + 1 positions (no overflow)
     throw std::invalid_argument("config: seq_len=" + std::to_string(c.seq_len) +
                                 " exceeds the seed's max_position_embeddings=" +
                                 std::to_string(seed.max_position_embeddings));
@@ -474,7 +507,8 @@ inline nlohmann::json to_json(const PipelineConfig& c) {
           {"fail_expert", c.fail_expert},
           {"fail_step", c.fail_step},
           {"fail_rank", c.fail_rank},
-          {"fail_signal", c.fail_signal}};
+          {"fail_signal", c.fail_signal},
+          {"allow_non_finite", c.allow_non_finite}};
 }
 
 }  // namespace btx::pipeline

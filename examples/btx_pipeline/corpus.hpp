@@ -192,6 +192,7 @@ inline PipelineRun open_run(const PipelineConfig& given) {
   // The run's own tokenizer goes into every stage's checkpoint, so AutoTokenizer and the
   // model generate text from any of them.
   if (!tokenizer_files.empty()) p.run.with_model_files(tokenizer_files);
+  if (config.allow_non_finite) p.run.with_non_finite(io::NonFinite::allow);
   for (size_t d = 0; d < p.corpus.domains.size(); ++d) (void)p.domain_sampler(d, 0);
   // A pretrained seed's tokenizer, chat template and generation files go into every stage.
   if (!config.seed_checkpoint.empty())

@@ -92,6 +92,10 @@ CONFIG (YAML or JSON) overrides any of these keys (unknown keys are errors):
   dist_timeout_s (60): rendezvous and collective timeout; a lost rank fails its job only
   fail_expert, fail_step, fail_rank (0), fail_signal: abort|kill: fault injection (rank
     fail_rank of expert fail_expert's job aborts or SIGKILLs itself before step fail_step)
+  allow_non_finite (false): load a seed_checkpoint or stage model holding NaN or Inf
+    (refused by default, naming tensor, file and index)
+  A run folder has one driver and each stage one writer at a time (a second is refused
+    naming the holder); a finished stage whose model files changed is redone
 Token files follow nanoGPT: flat little-endian uint16 (or uint32) ids; the model's
 vocab_size must cover them.
 tokenizer: auto | sentencepiece | bytes (auto): how text becomes ids. sentencepiece trains

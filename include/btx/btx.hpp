@@ -26,9 +26,9 @@
 #include <btx/io/atomic_dir.hpp>
 #include <btx/io/checkpoint_reader.hpp>
 #include <btx/io/file_hash.hpp>
+#include <btx/io/file_range.hpp>
 #include <btx/io/finite_check.hpp>
 #include <btx/io/folder_lock.hpp>
-#include <btx/io/file_range.hpp>
 #include <btx/io/safetensors_header.hpp>
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>

@@ -25,13 +25,9 @@
 #include <btx/io/safetensors_writer.hpp>
 #include <btx/models/llama/hf_config.hpp>
 
-namespace btx::fuzz {
+#include "fuzz_common.hpp"
 
-// A broken promise (not a refused input): report and abort so libFuzzer saves the input.
-[[noreturn]] inline void broken(const std::string& what) {
-  std::fprintf(stderr, "btx fuzz: broken promise: %s\n", what.c_str());
-  std::abort();
-}
+namespace btx::fuzz {
 
 // Reads every byte of `t` (CPU, any dtype) so the sanitizers see out-of-bounds data.
 inline uint64_t touch(const torch::Tensor& t) {

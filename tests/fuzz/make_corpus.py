@@ -93,6 +93,190 @@ corpora = {
     },
 }
 
+
+def text(s):
+    return s.encode()
+
+
+def alias_bomb():
+    """Ten lines whose aliases name 10^10 values (tests/python/test_pipeline.py's)."""
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for prev, cur in zip("abcdefghi", "bcdefghij"):
+        lines.append(f"{cur}: &{cur} [" + ", ".join([f"*{prev}"] * 10) + "]")
+    return text("\n".join(lines) + "\n")
+
+
+def merge_yaml(base, experts, **keys):
+    """tests/python/test_merge.py's yaml_config."""
+    lines = [f"base_model: {base}", "experts:"] + [f"  - source_model: {e}" for e in experts]
+    lines += [f"{k}: {v}" for k, v in keys.items()]
+    return text("\n".join(lines) + "\n")
+
+
+MERGE_EXPERTS = ["/models/llama", "/models/copy0", "/models/copy1"]
+
+# The tools' configs: YAML (or JSON) as users and the Python tests write them.
+corpora["yaml"] = {
+    "mergekit_moe": text("""# mergekit-moe style
+base_model: mistralai/Mistral-7B-v0.1
+gate_mode: hidden
+dtype: bfloat16
+experts:
+  - source_model: ./experts/math
+    positive_prompts:
+      - "Solve for x: 3x + 5 = 20"
+      - 'What is 12 * 7?'
+    negative_prompts: ["Write a poem"]
+  - source_model: ./experts/code
+    positive_prompts:
+      - |
+        def fib(n):
+            return n if n < 2 else fib(n - 1) + fib(n - 2)
+      - >
+        folded text
+        on two lines
+"""),
+    "anchors": text("""defaults: &stage {steps: 40, lr: 2.0e-3, warmup: 5}
+seed_stage: *stage
+expert_stage:
+  <<: *stage
+  steps: 80
+domains: &d [{name: math, generator: arithmetic}, {name: code, paths: [/usr/include]}]
+again: *d
+"""),
+    "scalars": text("""int: 42
+negative: -7
+leading_zero: 012
+hex: 0x1F
+float: 3.0
+exp: 1e-5
+big: 123456789012345678901234567890
+quoted_number: "42"
+single_quoted: '3.5'
+bools: [true, false, yes, no, on, off, True, FALSE]
+nulls: [null, ~, ]
+empty_string: ""
+unicode: "h\\u00e9llo \\U0001F600 café"
+tagged: !!str 12
+dates: 2024-01-02
+"""),
+    "json": text(json.dumps({"base_model": "/m", "experts": [{"source_model": "/m"}],
+                             "gate_mode": "random", "weights": [1, 2.5], "seed": 3,
+                             "nested": {"a": [None, True, "x", -1e-3]}}, indent=1)),
+    "multi_document": text("a: 1\n---\nb: 2\n"),
+    "alias_bomb": alias_bomb(),
+    "deep": text("[" * 40 + "]" * 40 + "\n"),
+    "bad_indent": text("experts:\n  - source_model: a\n - source_model: b\n"),
+    "unclosed": text("experts: [\n"),
+    "complex_key": text("? [a, b]\n: value\n"),
+}
+
+corpora["pipeline_config"] = {
+    "bf16_mixed": text("precision: bf16-mixed\n"),  # test_pipeline.py
+    "faults": text(json.dumps({"baselines": False, "eval_windows": 4, "math_problems": 5,
+                               "fail_expert": 1, "fail_step": 25})),  # test_faults.py
+    "topology": text("ranks_per_expert: 2\nexpert_worlds: shared\nranks_per_stage: 2\n"
+                     "dist_timeout_s: 30\nbatch_size: 8\n"),  # test_pipeline_dist.py
+    "full": text("""run_dir: runs/mine
+seed: 7
+model:
+  hidden_size: 64
+  intermediate_size: 128
+  num_hidden_layers: 2
+  num_attention_heads: 4
+  num_key_value_heads: 2
+  head_dim: 16
+  rope_theta: 10000.0
+  rms_norm_eps: 1.0e-5
+  max_position_embeddings: 256
+  tie_word_embeddings: false
+seq_len: 64
+batch_size: 8
+domains:
+  - {name: math, generator: arithmetic, max_train_tokens: 131072, max_eval_tokens: 8192, seed: 5}
+  - name: code
+    paths: [/usr/include]
+    extensions: [.h]
+    recursive: true
+    eval_every: 5
+  - {name: prose, paths: [/usr/share/common-licenses]}
+tokenizer: sentencepiece
+tokenizer_vocab_size: 512
+seed_stage: {steps: 60, lr: 3.0e-3, warmup: 5}
+expert_stage: {steps: 40, lr: 2.0e-3, warmup: 5}
+finetune_stage: {steps: 20, lr: 1.0e-3, warmup: 5}
+router: top2
+extra_routers: [switch, soft]
+load_balance_alpha: 0.01
+load_balance_form: switch
+seed_as_expert: true
+router_init: hidden
+averaging: ties
+averaging_density: 0.3
+averaging_lambda: 0.8
+baselines: false
+eval_windows: 8
+math_problems: 20
+log_every: 10
+checkpoint_every: 10
+device: cpu
+"""),
+    "seed_checkpoint": text("seed_checkpoint: /checkpoints/qwen2-0.5b\ntokenizer: bytes\n"
+                            "seed_as_expert: false\nseed_as_shared_expert: true\n"),  # test_families.py
+    "token_files": text("tokenizer: bytes\nmodel: {vocab_size: 50304}\ndomains:\n"
+                        "  - {name: web, token_file: data/train.bin, eval_token_file: data/val.bin,"
+                        " token_dtype: uint32}\n"),
+    "budget_too_small": text("expert_stage: {steps: 0}\n"),  # test_pipeline.py's refusals
+    "typo": text("finetune_stage: {stpes: 10}\n"),
+    "tokenizer_unknown": text("tokenizer: wordpiece\n"),
+    "vocab_mismatch": text("model: {vocab_size: 256}\n"),
+    "cuda": text("device: cuda:1\n"),
+    "precision_unknown": text("precision: fp8\n"),
+    "alias_bomb": alias_bomb(),
+}
+
+corpora["merge_config"] = {
+    "random_top2": merge_yaml(MERGE_EXPERTS[0], MERGE_EXPERTS, gate_mode="random",
+                              experts_per_token=2, seed=3, max_shard_size="30KB"),
+    "include_base": merge_yaml(MERGE_EXPERTS[0], MERGE_EXPERTS, gate_mode="random",
+                               include_base_as_expert="true", experts_per_token=2),
+    "split": merge_yaml(MERGE_EXPERTS[0], MERGE_EXPERTS, gate_mode="random", split=2,
+                        experts_per_token=1),
+    "ties": merge_yaml(MERGE_EXPERTS[0], MERGE_EXPERTS, gate_mode="random", averaging="ties",
+                       density=0.3, **{"lambda": 0.8}),
+    "weighted": merge_yaml(MERGE_EXPERTS[0], MERGE_EXPERTS[:2], gate_mode="zero",
+                           weights="[1, 2]", dtype="float16", device="cpu",
+                           router_aux_loss_coef=0.001, max_shard_size=2000000),
+    "dare": merge_yaml(MERGE_EXPERTS[0], MERGE_EXPERTS, gate_mode="random",
+                       averaging="dare_ties", density=0.5, seed=11, method="btx"),
+    "upcycle": text("base_model: /models/llama\nmethod: upcycle\ngate_mode: zero\n"
+                    "experts: [{}, {}, {}, {}]\nexperts_per_token: 2\n"),
+    "blend": merge_yaml(MERGE_EXPERTS[0], MERGE_EXPERTS, method="blend", gate_mode="random"),
+    "shared_expert": merge_yaml("/models/qwen2", ["/models/qwen2"] * 3, gate_mode="random",
+                                tokenizer_source="base")
+    + text("shared_experts:\n  - source_model: /models/qwen2\n"),  # test_families.py
+    "hidden_token_ids": text("base_model: /models/llama\nexperts:\n"
+                             + "".join(f"  - source_model: {e}\n    positive_prompts: [[1, 2, 3],"
+                                       " [4, 5]]\n" for e in MERGE_EXPERTS)
+                             + "averaging: keep_base\n"),  # test_merge.py
+    "hidden_text_json": text(json.dumps({  # test_prompts.py's hidden_config
+        "base_model": "/models/llama0", "gate_mode": "hidden", "dtype": "float32",
+        "experts_per_token": 2,
+        "experts": [{"source_model": f"/models/llama{j}",
+                     "positive_prompts": ["2+2=4", "12*3=36"],
+                     **({"negative_prompts": ["Once upon a time"]} if j else {})}
+                    for j in range(3)]})),
+    "tokenizer_folder": merge_yaml(MERGE_EXPERTS[0], MERGE_EXPERTS[:2], gate_mode="random",
+                                   tokenizer_source="/models/copy1", max_shard_size="1GiB"),
+    "unknown_key": merge_yaml(MERGE_EXPERTS[0], MERGE_EXPERTS[:1], gate_mode="random",
+                              mystery_key=1),  # test_merge.py's refusals
+    "bad_density": merge_yaml(MERGE_EXPERTS[0], MERGE_EXPERTS[:1], gate_mode="random",
+                              averaging="ties", density=1.5),
+    "union": merge_yaml(MERGE_EXPERTS[0], MERGE_EXPERTS[:1], gate_mode="random",
+                        tokenizer_source="union"),
+    "no_base": text("experts:\n  - source_model: /models/llama\n"),
+}
+
 for target, files in corpora.items():
     shutil.rmtree(ROOT / target, ignore_errors=True)
     (ROOT / target).mkdir(parents=True)

@@ -3,16 +3,17 @@
 # Builds the libFuzzer targets (the `fuzz` preset, build-fuzz/) and runs each for a bounded
 # time on its seed corpus. Exits non-zero when a target crashes; the input is saved under
 # build-fuzz/crashes/ and belongs in tests/fuzz/regressions/<target>/ once fixed.
-#   tests/fuzz/run_fuzzers.sh [TARGET...]     targets: safetensors index config (default: all)
-# Environment: BTX_FUZZ_SECONDS (per target, default 20), CMAKE_PREFIX_PATH (LibTorch; else
+#   tests/fuzz/run_fuzzers.sh [TARGET...]     targets: safetensors index config yaml
+#                                             pipeline_config merge_config (default: all)
+# Environment: BTX_FUZZ_SECONDS (per target, default 8), CMAKE_PREFIX_PATH (LibTorch; else
 # the .venv's torch wheel), BTX_FUZZ_JOBS (build jobs, default nproc).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
 say() { printf '[btx-fuzz] %s\n' "$*" >&2; }
-seconds=${BTX_FUZZ_SECONDS:-20}
+seconds=${BTX_FUZZ_SECONDS:-8}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(safetensors index config)
+[ ${#targets[@]} -gt 0 ] || targets=(safetensors index config yaml pipeline_config merge_config)
 build="$root/build-fuzz"
 
 if [ ! -f "$build/CMakeCache.txt" ]; then
@@ -38,9 +39,13 @@ for t in "${targets[@]}"; do
   work="$build/corpus/$t"  # grows across runs; the committed seeds stay read-only
   mkdir -p "$work"
   log="$build/logs/$t.log"
+  dict=()  # the config targets' keys and edge values: text mutations rarely guess them
+  case $t in
+    yaml | pipeline_config | merge_config) dict=(-dict="$root/tests/fuzz/tool_configs.dict") ;;
+  esac
   say "fuzz_$t: ${seconds}s on $(ls "$root/tests/fuzz/corpus/$t" | wc -l) seeds (+ $(ls "$work" | wc -l) found earlier)"
   if "$build/bin/fuzz_$t" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 \
-      -print_final_stats=1 -artifact_prefix="$build/crashes/$t-" \
+      -print_final_stats=1 -artifact_prefix="$build/crashes/$t-" ${dict[@]+"${dict[@]}"} \
       "$work" "$root/tests/fuzz/corpus/$t" >"$log" 2>&1; then
     say "fuzz_$t: ok ($(grep -Eo 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -Eo '[0-9]+$' || echo '?') runs)"
   else

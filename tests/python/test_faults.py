@@ -7,6 +7,8 @@
     finished MoE finetune's metrics carry per-layer expert load, and with load balancing on
     no expert's share falls below 1/(4N) (router health).
 (b) A real SIGKILL to one running expert process: the others finish, a rerun completes.
+    While it runs, a second driver and a second worker for the same expert are refused
+    naming the holder; after it, a finished expert whose model was damaged is redone.
 """
 import json
 import os
@@ -111,6 +113,17 @@ class Faults(unittest.TestCase):
                     cmd[cmd.index("--expert") + 1] == "1":
                 victim = int(pid)
         self.assertIsNotNone(victim, "no running expert-code process")
+        # While they run: a second driver on the run folder, and a second worker for the
+        # same expert (as a hand-started Slurm task would be), are refused at once.
+        second = pipeline(self.run_dir, config, "--until", "experts")
+        self.assertEqual(second.returncode, 1)
+        self.assertIn(f"run folder {self.run_dir} is in use by process {p.pid} on host",
+                      second.stderr)
+        twin = subprocess.run([PIPELINE, "--worker", "expert", "--expert", "1", "--run-dir",
+                               self.run_dir], capture_output=True, text=True, timeout=120)
+        self.assertEqual(twin.returncode, 1, twin.stderr)
+        self.assertIn(f"stage 'expert-code' of run folder {self.run_dir} is in use by process "
+                      f"{victim} on host", twin.stderr)
         os.kill(victim, signal.SIGKILL)
         out, err = p.communicate(timeout=300)
         sys.stderr.write(err[-1500:])
@@ -120,11 +133,27 @@ class Faults(unittest.TestCase):
             self.assertTrue(os.path.exists(self.stage(ok, "stage.json")), ok)
         self.assertFalse(os.path.exists(self.stage("expert-code", "stage.json")))
 
+        # The killed worker's stage lock died with it: the rerun takes it and resumes.
         r = pipeline(self.run_dir, config, "--until", "experts")
         self.assertEqual(r.returncode, 0, r.stderr[-3000:])
         self.assertIn("resumed from checkpoint", read(self.stage("expert-code", "log.txt")))
         info = json.loads(read(self.stage("expert-code", "stage.json")))
         self.assertGreater(info["resumed_from_step"], 0)
+
+        # A finished expert whose model was damaged afterwards (one byte) is redone, not
+        # trusted; the intact ones are skipped.
+        model = self.stage("expert-math", "model", "model.safetensors")
+        with open(model, "r+b") as f:
+            f.seek(-3, os.SEEK_END)
+            b = f.read(1)
+            f.seek(-3, os.SEEK_END)
+            f.write(bytes([b[0] ^ 1]))
+        r = pipeline(self.run_dir, config, "--until", "experts")
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        self.assertIn(f"stage 'expert-math' is recorded as finished, but {model} has changed",
+                      r.stderr + read(self.stage("expert-math", "log.txt")))
+        self.assertIn("expert-prose already finished, skipped", r.stderr)
+        self.assertEqual(json.loads(read(self.stage("expert-math", "stage.json")))["steps"], 150)
 
 
 if __name__ == "__main__":

@@ -289,6 +289,23 @@ class BadInputLeavesNothing(unittest.TestCase):
             fh.truncate(os.path.getsize(f) - 100)
         self.refused(yaml_config(self.a, [self.a, b], gate_mode="random"), f)
 
+    def test_nan_in_one_expert_is_refused_unless_allowed(self):
+        b = self.other("b")
+        f = os.path.join(b, "model.safetensors")
+        for name, where in (("model.layers.1.mlp.up_proj.weight", "[3, 4]"),  # copied unread
+                            ("model.layers.0.self_attn.q_proj.weight", "[3, 4]")):  # averaged
+            tensors = load_file(f)
+            clean = tensors[name].clone()
+            tensors[name][3, 4] = float("nan")
+            save_file(tensors, f, metadata={"format": "pt"})
+            config = yaml_config(self.a, [self.a, b], gate_mode="random")
+            self.refused(config, f'tensor "{name}" in {f} holds NaN at {where}', "allow_non_finite")
+            result, out = merge(self.tmp, config + "allow_non_finite: true\n")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            shutil.rmtree(out)
+            tensors[name] = clean
+            save_file(tensors, f, metadata={"format": "pt"})
+
     def test_config_errors_name_the_key(self):
         base = yaml_config(self.a, [self.a], gate_mode="random")
         self.refused(base + "mystery_key: 1\n", "mystery_key")
@@ -361,11 +378,23 @@ class KilledMergeLeavesNothing(unittest.TestCase):
                     shutil.rmtree(out_dir)
                 else:
                     self.assertNotEqual(p.returncode, 0)
-                # Temp folders of killed runs may remain beside OUT_DIR, never at it; a new
-                # run is not confused by them.
+                # Temp folders of killed runs may remain beside OUT_DIR, never at it, until
+                # the next run in the same place collects them.
             self.assertGreater(killed, 3)
+            # One leftover for certain: a temp folder whose owner has exited.
+            gone = subprocess.Popen(["true"])
+            gone.wait()
+            os.makedirs(os.path.join(tmp, f"out.tmp-{gone.pid}-dead"))
+            leftovers = [f for f in os.listdir(tmp) if f.startswith("out.")]
+            # A live writer's temp folder is never collected: this one's owner is this test.
+            live = os.path.join(tmp, f"out.tmp-{os.getpid()}-live")
+            os.makedirs(live)
             done = subprocess.run([MERGE, cfg, out_dir], capture_output=True, text=True)
             self.assertEqual(done.returncode, 0, done.stderr)
+            for f in leftovers:
+                self.assertIn(f"removed stale temporary {os.path.join(tmp, f)}", done.stderr)
+            self.assertEqual(sorted(f for f in os.listdir(tmp) if f.startswith("out")),
+                             ["out", os.path.basename(live)])
 
 
 if __name__ == "__main__":

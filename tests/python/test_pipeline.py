@@ -233,6 +233,22 @@ class BadInputFailsBeforeTraining(unittest.TestCase):
                            "max_position_embeddings": 512}, f)
             self.check(f"seed_checkpoint: {seed}\n", "hidden_act")
 
+    def test_nan_in_the_seed_checkpoint(self):
+        import torch
+        from safetensors.torch import load_file, save_file
+        from transformers import LlamaConfig, LlamaForCausalLM
+        with tempfile.TemporaryDirectory() as seed:
+            torch.manual_seed(0)
+            LlamaForCausalLM(LlamaConfig(
+                hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=256)).save_pretrained(seed)
+            f = os.path.join(seed, "model.safetensors")
+            tensors = load_file(f)
+            tensors["model.norm.weight"][7] = float("inf")
+            save_file(tensors, f, metadata={"format": "pt"})
+            self.check(f"seed_checkpoint: {seed}\n",
+                       f'tensor "model.norm.weight" in {f} holds +Inf at [7]')
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

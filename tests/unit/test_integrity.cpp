@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <btx/io/atomic_dir.hpp>
+#include <btx/io/file_hash.hpp>
 #include <btx/io/finite_check.hpp>
 #include <btx/io/folder_lock.hpp>
 #include <btx/io/safetensors_reader.hpp>
@@ -24,6 +25,7 @@
 #include <btx/io/stale_temporaries.hpp>
 #include <btx/merge/checkpoint_source.hpp>
 #include <btx/merge/mixers.hpp>
+#include <btx/merge/model_card.hpp>
 #include <btx/models/auto.hpp>
 #include <btx/models/llama/family.hpp>
 #include <btx/recipe/run.hpp>
@@ -230,5 +232,43 @@ TEST_CASE("stage integrity: a finished stage whose model changed is redone, not 
   SUBCASE("deleted") {
     damage([&] { fs::remove(model); });
   }
+  fs::remove_all(root);
+}
+
+TEST_CASE("finite check riding the hash pass: every element, one split between pieces too") {
+  const auto root = scratch_dir("integrity-scan");
+  fs::create_directories(root);
+  // A header whose length leaves the data section at an odd offset, so fp32 elements
+  // straddle the hash pass's 256 KiB pieces; element k straddles the first boundary.
+  const int64_t n = 200000;
+  std::string header = "{\"w\":{\"dtype\":\"F32\",\"shape\":[" + std::to_string(n) +
+                       "],\"data_offsets\":[0," + std::to_string(4 * n) + "]}}";
+  while ((8 + header.size()) % 4 != 1) header += ' ';
+  const uint64_t data_start = 8 + header.size();
+  const int64_t k = int64_t((262144 - data_start) / 4);
+  REQUIRE(data_start + 4 * uint64_t(k) < 262144);
+  REQUIRE(data_start + 4 * uint64_t(k) + 4 > 262144);
+  const auto write = [&](int64_t bad) {
+    auto values = torch::ones({n});
+    if (bad >= 0) values[bad] = INFINITY;
+    std::ofstream out(root / "model.safetensors", std::ios::binary | std::ios::trunc);
+    const uint64_t len = header.size();
+    out.write(reinterpret_cast<const char*>(&len), 8);
+    out << header;
+    out.write(static_cast<const char*>(values.data_ptr()), 4 * n);
+  };
+  write_file(root / "config.json", "{}");
+  for (const int64_t bad : {k, int64_t(0), n - 1, int64_t(131072)}) {
+    CAPTURE(bad);
+    write(bad);
+    const auto e = error_of([&] { (void)btx::merge::source_file_hashes(root); });
+    CHECK(has(e, "tensor \"w\" in " + (root / "model.safetensors").string() + " holds +Inf at [" +
+                     std::to_string(bad) + "]"));
+    const auto allowed = btx::merge::source_file_hashes(root, btx::io::NonFinite::allow);
+    CHECK(allowed.at("model.safetensors") == btx::io::xxh3_128_file(root / "model.safetensors"));
+  }
+  write(-1);
+  CHECK(btx::merge::source_file_hashes(root).at("model.safetensors") ==
+        btx::io::xxh3_128_file(root / "model.safetensors"));
   fs::remove_all(root);
 }

@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -35,9 +36,14 @@ namespace io {
 
 inline constexpr const char* kFileHashName = "xxh3-128";
 
+// Sees the bytes of a file being hashed, in order, a cache-sized piece at a time (just
+// hashed, so still in cache): another check rides the same read (io/finite_check.hpp).
+using ByteVisitor = std::function<void(uint64_t offset, const uint8_t* data, size_t n)>;
+
 // XXH3-128 of `file`'s bytes as 32 lower-case hex digits (high half first, as xxhsum
-// --tag -H2 prints it). Throws FormatError naming the file when it cannot be read.
-inline std::string xxh3_128_file(const std::filesystem::path& file) {
+// --tag -H2 prints it). Throws FormatError naming the file when it cannot be read; what
+// `visit` throws passes through.
+inline std::string xxh3_128_file(const std::filesystem::path& file, const ByteVisitor& visit = {}) {
   detail::OwnedFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.fd < 0) throw FormatError("cannot open " + file.string() + ": " + std::strerror(errno));
   std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> state(XXH3_createState(),
@@ -53,6 +59,15 @@ inline std::string xxh3_128_file(const std::filesystem::path& file) {
     throw FormatError("cannot stat " + file.string() + ": " + std::strerror(errno));
   }
   const auto size = uint64_t(st.st_size);
+  // Hash, then visit, one piece at a time: the visitor reads it from cache.
+  const auto update = [&](const uint8_t* data, size_t n, uint64_t offset) {
+    constexpr size_t kPiece = 256u << 10;
+    for (size_t k = 0; k < n; k += kPiece) {
+      const size_t m = std::min(kPiece, n - k);
+      (void)XXH3_128bits_update(state.get(), data + k, m);
+      if (visit) visit(offset + k, data + k, m);
+    }
+  };
   constexpr uint64_t kWindow = 64ull << 20;
   bool mapped = size > 0;
   for (uint64_t at = 0; mapped && at < size; at += kWindow) {
@@ -64,18 +79,27 @@ inline std::string xxh3_128_file(const std::filesystem::path& file) {
       break;
     }
     (void)::madvise(map, n, MADV_SEQUENTIAL);
-    (void)XXH3_128bits_update(state.get(), map, n);
-    ::munmap(map, n);
+    const auto unmap = [&] { ::munmap(map, n); };
+    try {
+      update(static_cast<const uint8_t*>(map), n, at);
+    } catch (...) {
+      unmap();
+      throw;
+    }
+    unmap();
   }
   if (!mapped) {
     constexpr size_t kChunk = 8u << 20;
     thread_local std::unique_ptr<uint8_t[]> buffer(new uint8_t[kChunk]);
-    for (;;) {
-      const ssize_t r = ::read(fd.fd, buffer.get(), kChunk);
+    // Restart from the top: a mapping may have failed after the hash had begun.
+    (void)XXH3_128bits_reset(state.get());
+    for (uint64_t offset = 0;;) {
+      const ssize_t r = ::pread(fd.fd, buffer.get(), kChunk, off_t(offset));
       if (r < 0 && errno == EINTR) continue;
       if (r < 0) throw FormatError("reading " + file.string() + " failed: " + std::strerror(errno));
       if (r == 0) break;
-      (void)XXH3_128bits_update(state.get(), buffer.get(), size_t(r));
+      update(buffer.get(), size_t(r), offset);
+      offset += uint64_t(r);
     }
   }
   const XXH128_hash_t h = XXH3_128bits_digest(state.get());

@@ -15,11 +15,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <btx/io/file_range.hpp>
+#include <btx/io/safetensors_header.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -39,19 +42,37 @@ class NonFiniteError : public std::runtime_error {
 namespace detail {
 
 // Index of the first element of `n` whose exponent bits are all ones (Inf or NaN in every
-// IEEE-style float format: `mask` selects the exponent), or -1. Blocks of OR-ed tests
-// vectorise, so this runs at memory speed with no tensor ops (and no device syncs).
+// IEEE-style float format: `mask` selects the exponent), or -1. Written with GCC/Clang
+// vector extensions, so it runs at memory speed (19 GB/s from cache on this machine's
+// SSE2) even where btx's own programs build at -O1, which does not vectorise plain loops
+// (a scalar loop: 5 GB/s). Unaligned data is fine (memcpy loads).
 template <typename Bits>
 int64_t first_non_finite(const void* data, int64_t n, Bits mask) {
-  const auto* x = static_cast<const Bits*>(data);
-  constexpr int64_t kBlock = 4096;
+  typedef Bits Vec __attribute__((vector_size(16)));  // a typedef: GCC drops it on a using
+  constexpr int64_t kLanes = 16 / int64_t(sizeof(Bits)), kBlock = 4096;
+  const auto* bytes = static_cast<const uint8_t*>(data);
+  const auto at = [bytes](int64_t i) {
+    Bits x;
+    std::memcpy(&x, bytes + i * int64_t(sizeof(Bits)), sizeof x);
+    return x;
+  };
+  Vec m;
+  for (int64_t k = 0; k < kLanes; ++k) m[k] = mask;
   for (int64_t b = 0; b < n; b += kBlock) {
     const int64_t e = std::min(n, b + kBlock);
-    bool any = false;
-    for (int64_t i = b; i < e; ++i) any |= (x[i] & mask) == mask;
-    if (!any) continue;
-    for (int64_t i = b; i < e; ++i)
-      if ((x[i] & mask) == mask) return i;
+    Vec any = {};
+    int64_t i = b;
+    for (; i + 4 * kLanes <= e; i += 4 * kLanes) {
+      Vec w[4];
+      std::memcpy(w, bytes + i * int64_t(sizeof(Bits)), sizeof w);
+      any |= ((w[0] & m) == m) | ((w[1] & m) == m) | ((w[2] & m) == m) | ((w[3] & m) == m);
+    }
+    bool bad = false;
+    for (int64_t k = 0; k < kLanes; ++k) bad = bad || any[k] != 0;
+    for (; i < e; ++i) bad = bad || (at(i) & mask) == mask;
+    if (!bad) continue;
+    for (i = b; i < e; ++i)
+      if ((at(i) & mask) == mask) return i;
   }
   return -1;
 }
@@ -134,6 +155,61 @@ inline void check_finite(const FileRange& range, torch::ScalarType dtype,
     return;
   }
 }
+
+// The check riding another pass over a safetensors file's bytes (the XXH3 hash btx-merge
+// computes of every source for its model card: io::xxh3_128_file's visitor), so a merge
+// scans each source byte while it is in cache anyway. Pieces must arrive in file order.
+// `tensors` are the file's (SafetensorsFile::tensors()), `data_start` where its data
+// section begins.
+class FiniteScan {
+ public:
+  FiniteScan(std::filesystem::path file, std::vector<TensorInfo> tensors, uint64_t data_start)
+      : file_(std::move(file)), data_start_(data_start) {
+    for (auto& t : tensors)
+      if (c10::isFloatingType(t.dtype.type) && t.end > t.begin) tensors_.push_back(std::move(t));
+    std::sort(tensors_.begin(), tensors_.end(),
+              [](const TensorInfo& a, const TensorInfo& b) { return a.begin < b.begin; });
+  }
+
+  void operator()(uint64_t offset, const uint8_t* data, size_t n) {
+    const uint64_t end = offset + n;
+    while (next_ < tensors_.size() && data_start_ + tensors_[next_].end <= offset) ++next_;
+    for (size_t i = next_; i < tensors_.size(); ++i) {
+      const TensorInfo& t = tensors_[i];
+      const uint64_t tb = data_start_ + t.begin, te = data_start_ + t.end;
+      if (tb >= end) break;
+      const uint64_t s = c10::elementSize(t.dtype.type);
+      const uint64_t lo = std::max(offset, tb), hi = std::min(end, te);
+      const uint64_t first = (lo - tb + s - 1) / s, last = (hi - tb) / s;  // whole elements
+      if (first < last && detail::first_non_finite(data + (tb + first * s - offset),
+                                                   int64_t(last - first), t.dtype.type) >= 0) {
+        refuse(t);
+      }
+      // An element split by this piece's start: read on its own.
+      if ((lo - tb) % s != 0 && lo == offset) {
+        uint8_t element[16] = {};
+        const uint64_t at = tb + (lo - tb) / s * s;
+        read_exact(file_, element, s, at);
+        if (detail::first_non_finite(element, 1, t.dtype.type) >= 0) refuse(t);
+      }
+    }
+  }
+
+ private:
+  // Rereads the whole tensor to name the element and count them.
+  [[noreturn]] void refuse(const TensorInfo& t) const {
+    auto whole = torch::empty(t.shape, t.dtype.type);
+    read_exact(file_, whole.data_ptr(), t.end - t.begin, data_start_ + t.begin);
+    check_finite(whole, t.name, file_.string());
+    throw NonFiniteError("tensor \"" + t.name + "\" in " + file_.string() +
+                         " changed while it was read");
+  }
+
+  std::filesystem::path file_;
+  uint64_t data_start_ = 0;
+  std::vector<TensorInfo> tensors_;
+  size_t next_ = 0;
+};
 
 }  // namespace io
 BTX_NAMESPACE_END

@@ -113,6 +113,8 @@ class SafetensorsFile {
     return header_.metadata;
   }
   [[nodiscard]] const std::vector<TensorInfo>& tensors() const { return header_.tensors; }
+  // Where the data section starts (tensor offsets are relative to it).
+  [[nodiscard]] uint64_t data_start() const { return header_.data_start; }
   [[nodiscard]] bool contains(const std::string& name) const { return index_.count(name) != 0; }
   [[nodiscard]] std::vector<std::string> names() const {
     std::vector<std::string> out;

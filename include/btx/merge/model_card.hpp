@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -22,6 +23,8 @@
 
 #include <btx/hf/model_card.hpp>
 #include <btx/io/file_hash.hpp>
+#include <btx/io/finite_check.hpp>
+#include <btx/io/safetensors_reader.hpp>
 #include <btx/merge/manifest.hpp>
 #include <btx/version.hpp>
 
@@ -51,14 +54,24 @@ struct CardInfo {
   std::string side_files_from = "the base model";  // whose tokenizer/template files were kept
 };
 
-// XXH3-128 of every weight file and config.json in `dir` (file name -> hex).
-inline std::map<std::string, std::string> source_file_hashes(const std::filesystem::path& dir) {
+// XXH3-128 of every weight file and config.json in `dir` (file name -> hex). Each weight
+// file's float tensors are checked for NaN and Inf in the same read (io::FiniteScan)
+// unless `non_finite` allows them: io::NonFiniteError names tensor, file and index.
+inline std::map<std::string, std::string> source_file_hashes(
+    const std::filesystem::path& dir, io::NonFinite non_finite = io::NonFinite::refuse) {
   std::map<std::string, std::string> out;
   for (const auto& e : std::filesystem::directory_iterator(dir)) {
     const auto name = e.path().filename().string();
     const bool weights = e.path().extension() == ".safetensors";
-    if (e.is_regular_file() &&
-        (weights || name == "config.json" || name == "model.safetensors.index.json")) {
+    if (!e.is_regular_file() ||
+        !(weights || name == "config.json" || name == "model.safetensors.index.json")) {
+      continue;
+    }
+    if (weights && non_finite == io::NonFinite::refuse) {
+      const io::SafetensorsFile file(e.path());
+      io::FiniteScan scan(e.path(), file.tensors(), file.data_start());
+      out[name] = io::xxh3_128_file(e.path(), std::ref(scan));
+    } else {
       out[name] = io::xxh3_128_file(e.path());
     }
   }

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -159,7 +160,7 @@ class Run {
       if (!out) throw std::runtime_error("btx::recipe: cannot write " + tmp.string());
     }
     std::filesystem::rename(tmp, final_path);
-    (*intact_)[stage] = true;
+    checks_->intact.insert(stage);
     std::error_code ec;
     std::filesystem::remove_all(checkpoint_dir(stage), ec);
   }
@@ -191,9 +192,10 @@ class Run {
   }
 
  private:
-  // Whether finished `stage`'s model matches its record; checked once per process.
+  // Whether finished `stage`'s model matches its record. An intact verdict is kept for
+  // this process; a failed one is checked again (another process may redo the stage).
   [[nodiscard]] bool intact(const std::string& stage) const {
-    if (const auto it = intact_->find(stage); it != intact_->end()) return it->second;
+    if (checks_->intact.count(stage)) return true;
     std::string problem;
     try {
       const auto rec = record(stage);
@@ -204,9 +206,12 @@ class Run {
     } catch (const std::exception& e) {
       problem = e.what();
     }
-    if (!problem.empty())
+    if (problem.empty()) {
+      checks_->intact.insert(stage);
+    } else if (checks_->reported.insert(stage).second) {
       log("stage '" + stage + "' is recorded as finished, but " + problem + ": redoing it");
-    return (*intact_)[stage] = problem.empty();
+    }
+    return problem.empty();
   }
 
   std::filesystem::path dir_;
@@ -214,8 +219,10 @@ class Run {
   std::string tag_;
   std::vector<std::filesystem::path> model_files_;
   io::NonFinite non_finite_ = io::NonFinite::refuse;
-  std::shared_ptr<std::map<std::string, bool>> intact_ =
-      std::make_shared<std::map<std::string, bool>>();  // shared by copies of this Run
+  struct StageChecks {
+    std::set<std::string> intact, reported;
+  };
+  std::shared_ptr<StageChecks> checks_ = std::make_shared<StageChecks>();  // shared by copies
 };
 
 }  // namespace recipe
