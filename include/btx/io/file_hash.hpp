@@ -91,8 +91,6 @@ inline std::string xxh3_128_file(const std::filesystem::path& file, const ByteVi
   if (!mapped) {
     constexpr size_t kChunk = 8u << 20;
     thread_local std::unique_ptr<uint8_t[]> buffer(new uint8_t[kChunk]);
-    // Restart from the top: a mapping may have failed after the hash had begun.
-    (void)XXH3_128bits_reset(state.get());
     for (uint64_t offset = 0;;) {
       const ssize_t r = ::pread(fd.fd, buffer.get(), kChunk, off_t(offset));
       if (r < 0 && errno == EINTR) continue;

@@ -196,11 +196,10 @@ class FiniteScan {
   }
 
  private:
-  // Rereads the whole tensor to name the element and count them.
+  // The chunked check of the whole tensor names the element and counts them.
   [[noreturn]] void refuse(const TensorInfo& t) const {
-    auto whole = torch::empty(t.shape, t.dtype.type);
-    read_exact(file_, whole.data_ptr(), t.end - t.begin, data_start_ + t.begin);
-    check_finite(whole, t.name, file_.string());
+    check_finite(FileRange{file_, data_start_ + t.begin, t.end - t.begin}, t.dtype.type, t.shape,
+                 t.name);
     throw NonFiniteError("tensor \"" + t.name + "\" in " + file_.string() +
                          " changed while it was read");
   }

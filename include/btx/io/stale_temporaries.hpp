@@ -91,9 +91,9 @@ inline std::vector<CollectedTemporary> collect_stale_temporaries(
   }
   for (const auto& path : entries) {
     const std::string name = path.filename().string();
-    const bool aside = detail::owner_pid_of(name, base, kAsideMarker) >= 0;
-    const int64_t pid = aside ? detail::owner_pid_of(name, base, kAsideMarker)
-                              : detail::owner_pid_of(name, base, kTempMarker);
+    const int64_t aside_pid = detail::owner_pid_of(name, base, kAsideMarker);
+    const bool aside = aside_pid >= 0;
+    const int64_t pid = aside ? aside_pid : detail::owner_pid_of(name, base, kTempMarker);
     if (pid < 0 || detail::process_alive(pid) || detail::locked_by_another(path)) continue;
     CollectedTemporary c{path, pid, false};
     if (aside && !std::filesystem::exists(std::filesystem::symlink_status(target, ec))) {
