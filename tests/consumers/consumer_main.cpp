@@ -1,6 +1,13 @@
 // SPDX-License-Identifier: MIT
-// A user's program: includes btx, builds a tiny Llama and runs it.
+// A user's program: includes btx, builds a tiny Llama and runs it. The installed tree
+// (find_package) is built against the umbrella header, every public header at once; the
+// other two ways include only what they use: the umbrella costs a minute of compile per
+// way, and the header checks already compile every header alone.
+#ifdef BTX_CONSUMER_UMBRELLA
 #include <btx/btx.hpp>
+#else
+#include <btx/models/llama/model.hpp>
+#endif
 
 #include <iostream>
 

@@ -34,6 +34,17 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 export OMP_NUM_THREADS=1
 mkdir -p "$build/crashes" "$build/logs"
+# One line per target for the record (benchmarks/RESULTS.md keeps the long campaigns):
+# executions and their rate; edges (cov), features (ft) and the in-memory corpus (corp:
+# inputs/bytes) at start-up (INITED) and at the end. The corpus folder keeps more files than
+# libFuzzer's corpus: inputs it later replaced by smaller ones stay on disk.
+final_stat() { grep -Eo "stat::$2: *[0-9]+" "$1" | grep -Eo '[0-9]+$' || echo '?'; }
+status_of() { grep -Eo "$2 +cov: [0-9]+ ft: [0-9]+ corp: [0-9]+/[0-9]+[a-zA-Z]*" "$1" | tail -n 1 |
+  sed -E "s/^$2 +//"; }
+summary() {
+  printf '%s runs, %s/s; start %s; end %s' "$(final_stat "$1" number_of_executed_units)" \
+    "$(final_stat "$1" average_exec_per_sec)" "$(status_of "$1" INITED)" "$(status_of "$1" DONE)"
+}
 failed=()
 for t in "${targets[@]}"; do
   work="$build/corpus/$t"  # grows across runs; the committed seeds stay read-only
@@ -47,7 +58,7 @@ for t in "${targets[@]}"; do
   if "$build/bin/fuzz_$t" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 \
       -print_final_stats=1 -artifact_prefix="$build/crashes/$t-" ${dict[@]+"${dict[@]}"} \
       "$work" "$root/tests/fuzz/corpus/$t" >"$log" 2>&1; then
-    say "fuzz_$t: ok ($(grep -Eo 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -Eo '[0-9]+$' || echo '?') runs)"
+    say "fuzz_$t: ok ($(summary "$log"))"
   else
     say "fuzz_$t: FAILED; last lines of $log:"
     tail -n 40 "$log" >&2
