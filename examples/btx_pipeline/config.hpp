@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <limits>
 #include <set>
 #include <stdexcept>
@@ -32,6 +33,13 @@ using recipe::StageBudget;
 struct PipelineConfig {
   std::string run_dir = "runs/default";
   uint64_t seed = 0;
+  // The whole pipeline this many times, with seeds seed, seed+1, ... (each in
+  // <run>/seed-<s>/), and a report of every arm's mean and spread over them.
+  int64_t repeats = 1;
+  // Variants of this config, each run (with its repeats) in <run>/<name>/, and one report
+  // across them: {axis: label, variants: [{name, x, <any keys of this config>}]}
+  // (examples/btx_pipeline/sweep.hpp). Null: no sweep.
+  nlohmann::json sweep;
   LlamaConfig model;  // the demo seed's architecture (ignored with seed_checkpoint)
   int64_t seq_len = 128;
   int64_t batch_size = 16;
@@ -45,6 +53,9 @@ struct PipelineConfig {
   StageBudget seed_stage{400, 3e-3, 20};
   StageBudget expert_stage{300, 2e-3, 10};
   StageBudget finetune_stage{100, 1e-3, 10};
+  // The MoE stage's share of BTX's compute after the seed (the paper: 23%): when in (0, 1),
+  // finetune_stage.steps is derived from the experts' planned compute. 0: steps as given.
+  double moe_share = 0.0;
   std::string router = "top2";             // BTX's router
   std::vector<std::string> extra_routers;  // also finetune these (switch, sample_top1, soft)
   double load_balance_alpha = 0.01;
@@ -60,6 +71,10 @@ struct PipelineConfig {
   int64_t eval_windows = 48;
   int64_t math_problems = 100;
   int64_t log_every = 20;
+  // Learning curves: held-out loss every curve_every steps of every training stage (a
+  // multiple of log_every; 0: none) on the first curve_windows held-out windows per domain.
+  int64_t curve_every = 20;
+  int64_t curve_windows = 16;
   int64_t checkpoint_every = 50;      // training checkpoints per stage (0: none); reruns resume
   recipe::Topology topology;          // ranks per expert and per synchronous stage
   std::string device = "cpu";         // where the stages train and evaluate: cpu, cuda, cuda:N
@@ -126,6 +141,8 @@ inline PipelineConfig quick_config() {
   c.eval_windows = 8;
   c.math_problems = 20;
   c.log_every = 10;
+  c.curve_every = 10;
+  c.curve_windows = 4;
   c.checkpoint_every = 10;
   return c;
 }
@@ -228,6 +245,9 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
   detail::reject_unknown(j, "the top level",
                          {"run_dir",
                           "seed",
+                          "repeats",
+                          "sweep",
+                          "moe_share",
                           "model",
                           "seq_len",
                           "batch_size",
@@ -252,6 +272,8 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
                           "eval_windows",
                           "math_problems",
                           "log_every",
+                          "curve_every",
+                          "curve_windows",
                           "checkpoint_every",
                           "device",
                           "precision",
@@ -267,6 +289,17 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
   const std::string top = "config";
   read(j, "run_dir", c.run_dir, top);
   read(j, "seed", c.seed, top);
+  read(j, "repeats", c.repeats, top);
+  if (j.contains("sweep")) c.sweep = j.at("sweep");
+  read(j, "moe_share", c.moe_share, top);
+  // Checked here, not in validate(): the driver splits the run into repeats before any
+  // repeat's own validation sees its config.
+  if (c.repeats < 1) {
+    throw std::invalid_argument("config: repeats must be > 0, got " + std::to_string(c.repeats));
+  }
+  if (c.seed > std::numeric_limits<uint64_t>::max() - uint64_t(c.repeats)) {
+    throw std::invalid_argument("config: seed + repeats overflows the seed's range");
+  }
   if (j.contains("model")) {
     const auto& m = j.at("model");
     detail::reject_unknown(
@@ -318,6 +351,8 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
   read(j, "eval_windows", c.eval_windows, top);
   read(j, "math_problems", c.math_problems, top);
   read(j, "log_every", c.log_every, top);
+  read(j, "curve_every", c.curve_every, top);
+  read(j, "curve_windows", c.curve_windows, top);
   read(j, "checkpoint_every", c.checkpoint_every, top);
   read(j, "device", c.device, top);
   read(j, "precision", c.precision, top);
@@ -373,6 +408,18 @@ inline void validate(const PipelineConfig& c, const ArchShape& seed) {
   positive("finetune_stage.steps", c.finetune_stage.steps);
   positive("eval_windows", c.eval_windows);
   positive("log_every", c.log_every);
+  if (!(c.moe_share >= 0.0 && c.moe_share < 1.0)) {
+    throw std::invalid_argument(
+        "config: moe_share must be in [0, 1) (0: finetune_stage.steps as "
+        "given), got " +
+        std::to_string(c.moe_share));
+  }
+  positive("curve_windows", c.curve_windows);
+  if (c.curve_every < 0 || c.curve_every % c.log_every != 0) {
+    throw std::invalid_argument("config: curve_every (" + std::to_string(c.curve_every) +
+                                ") must be 0 (no learning curves) or a multiple of log_every (" +
+                                std::to_string(c.log_every) + ")");
+  }
   if (c.checkpoint_every < 0) {
     throw std::invalid_argument("config: checkpoint_every must be >= 0 (0: no checkpoints), got " +
                                 std::to_string(c.checkpoint_every));
@@ -435,6 +482,15 @@ inline void validate(const PipelineConfig& c, const ArchShape& seed) {
   }
 }
 
+// Repeat k of a run of `repeats`: seed + k, in <run>/seed-<seed + k>/, a run of its own.
+inline PipelineConfig repeat_config(const PipelineConfig& c, int64_t k) {
+  PipelineConfig one = c;
+  one.repeats = 1;
+  one.seed = c.seed + uint64_t(k);
+  one.run_dir = (std::filesystem::path(c.run_dir) / ("seed-" + std::to_string(one.seed))).string();
+  return one;
+}
+
 // What every training stage of the run shares.
 inline recipe::TrainSettings train_settings(const PipelineConfig& c) {
   return {
@@ -473,6 +529,9 @@ inline nlohmann::json to_json(const PipelineConfig& c) {
   if (c.model.head_dim) model["head_dim"] = *c.model.head_dim;
   return {{"run_dir", c.run_dir},
           {"seed", c.seed},
+          {"repeats", c.repeats},
+          {"sweep", c.sweep},
+          {"moe_share", c.moe_share},
           {"model", model},
           {"seq_len", c.seq_len},
           {"batch_size", c.batch_size},
@@ -497,6 +556,8 @@ inline nlohmann::json to_json(const PipelineConfig& c) {
           {"eval_windows", c.eval_windows},
           {"math_problems", c.math_problems},
           {"log_every", c.log_every},
+          {"curve_every", c.curve_every},
+          {"curve_windows", c.curve_windows},
           {"checkpoint_every", c.checkpoint_every},
           {"device", c.device},
           {"precision", c.precision},

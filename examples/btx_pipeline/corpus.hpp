@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <btx/core/model_spec.hpp>
@@ -24,6 +25,8 @@
 #include <btx/recipe/lineage.hpp>
 #include <btx/recipe/mix.hpp>
 #include <btx/recipe/run.hpp>
+#include <btx/recipe/train_stage.hpp>
+#include <btx/train/evaluate.hpp>
 
 #include "../common/sentencepiece_codec.hpp"
 #include "config.hpp"
@@ -99,6 +102,32 @@ struct PipelineRun {
                          config.seed * 1000 + stream, {corpus.domains.at(domain).name});
   }
   [[nodiscard]] int64_t tokens_per_step() const { return config.batch_size * config.seq_len; }
+
+  // The learning curves' held-out loss: the first curve_windows held-out windows of every
+  // domain (a subset of the report's eval_windows), evaluated where the model trains.
+  [[nodiscard]] recipe::StageOptions with_curves(recipe::StageOptions options) const {
+    if (config.curve_every <= 0) return options;
+    options.held_out_every = config.curve_every;
+    std::vector<std::pair<std::string, torch::Tensor>> held_out;  // shares the tokens' storage
+    for (const auto& d : corpus.domains) held_out.emplace_back(d.name, d.eval_tokens);
+    options.held_out = [held_out, seq_len = config.seq_len,
+                        windows = config.curve_windows](const CausalLM& model) {
+      const auto device = model.module().parameters().front().device();
+      const LogitsFn logits = [&](const torch::Tensor& ids) {
+        return model.forward(ids.to(device));
+      };
+      nlohmann::json out = {{"loss", nlohmann::json::object()}};
+      double sum = 0;
+      for (const auto& [name, tokens] : held_out) {
+        const double l = evaluate_loss(logits, tokens, seq_len, windows).loss;
+        out["loss"][name] = l;
+        sum += l;
+      }
+      out["avg"] = sum / double(held_out.size());
+      return out;
+    };
+    return options;
+  }
 
   // BTX's compute after the seed: the experts' recorded FLOPs plus the planned finetune
   // with BTX's router (the baselines run beside the finetune, so it is not done yet).
@@ -204,6 +233,17 @@ inline PipelineRun open_run(const PipelineConfig& given) {
   }
   // An unknown router or an impossible k fails here, before training.
   for (const auto& r : p.routers()) check_router(p.moe_options(r));
+  if (config.moe_share > 0.0) {
+    // The MoE stage gets moe_share of BTX's compute: finetune = share / (1 - share) x the
+    // experts' planned compute (every domain's expert_stage.steps).
+    const double experts = double(p.corpus.domains.size()) *
+                           recipe::planned_flops(config.expert_stage.steps, p.tokens_per_step(),
+                                                 recipe::flops_per_token(spec, config.seq_len));
+    p.config.finetune_stage.steps = recipe::steps_for_budget(
+        config.moe_share / (1.0 - config.moe_share) * experts,
+        recipe::flops_per_token(spec, config.seq_len, p.moe_options(config.router)),
+        p.tokens_per_step());
+  }
   return p;
 }
 

@@ -27,6 +27,7 @@
 #include "../common/yaml_json.hpp"
 #include "config.hpp"
 #include "corpus.hpp"
+#include "sweep.hpp"
 
 namespace bp = btx::pipeline;
 namespace fs = std::filesystem;
@@ -67,6 +68,17 @@ prose (/usr/share/common-licenses and quotations from the `fortunes` package in
 
 CONFIG (YAML or JSON) overrides any of these keys (unknown keys are errors):
   run_dir, seed, seq_len, batch_size, log_every
+  curve_every (20; quick: 10), curve_windows (16; quick: 4): learning curves, the held-out
+    loss of every training stage every curve_every steps (a multiple of log_every; 0: off)
+    on the first curve_windows held-out windows per domain, plotted against training FLOPs
+  sweep: {axis: LABEL, variants: [{name, x, KEY: VALUE...}]}: run every variant (this file
+    with the variant's keys applied; with its repeats) in <run>/<name>/ and report them side
+    by side in <run>/report.md with a plot against x (examples/btx_pipeline/sweep.hpp)
+  moe_share (0): the MoE stage's share of BTX's compute (the paper: 0.23); in (0, 1) it sets
+    finetune_stage.steps from the experts' planned compute
+  repeats (1): run the whole pipeline with seeds seed .. seed+repeats-1, each in
+    <run>/seed-<s>/, and report every model's mean and spread over them in <run>/report.md
+    (an ordering is stated only where the per-seed gaps' 95% interval excludes zero)
   model: {hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
           num_key_value_heads, head_dim, rope_theta, rms_norm_eps,
           max_position_embeddings, tie_word_embeddings, vocab_size}
@@ -149,7 +161,8 @@ CausalLM seed_stage(const bp::PipelineRun& p) {
     CausalLM seed = recipe::make_stage_model(p.seed_spec);
     recipe::StageOptions options;
     options.hooks = btx::placed(bp::placement(p.config));
-    recipe::train_stage(p.run, "seed", seed, p.mixture_sampler(0), p.config.seed_stage, options);
+    recipe::train_stage(p.run, "seed", seed, p.mixture_sampler(0), p.config.seed_stage,
+                        p.with_curves(options));
     seed.module().to(torch::kCPU);  // Branch and MiX work on the CPU, from the checkpoints
     return seed;
   }
@@ -169,7 +182,7 @@ recipe::StageOptions on_ranks(const bp::PipelineRun& p, btx::dist::Communicator&
   recipe::StageOptions options;
   options.hooks = recipe::stage_hooks(ranks, btx::placed(bp::placement(p.config)));
   options.record["ranks"] = ranks.size();  // stage.json says how it was trained
-  return options;
+  return p.with_curves(options);
 }
 
 // (c) expert I, trained from its branch of the seed on `ranks` (its group); fault injection
@@ -255,6 +268,115 @@ const recipe::WorkerTable& workers() {
 }  // namespace
 
 int write_report(const bp::PipelineRun& p);  // report_main.cpp
+int write_repeats_report(const bp::PipelineConfig& config,
+                         const std::vector<fs::path>& repeat_dirs);  // repeats_report.cpp
+int write_sweep_report(const bp::PipelineConfig& config,
+                       const bp::Sweep& sweep);  // sweep_report.cpp
+
+namespace {
+
+// One run of the whole pipeline in config.run_dir, up to `until` (empty: to the report).
+int run_pipeline(const bp::PipelineConfig& config, const std::string& until) {
+  // One driver per run folder (a second is refused naming the first's PID and host); the
+  // workers it starts claim their stages instead (recipe::Run::claim).
+  const auto run_lock = recipe::Run(config.run_dir).lock();
+  const auto p = bp::open_run(config);  // every data and config error surfaces here
+  // LibTorch seeds its default generator from the OS in C++ (Python seeds it): without a
+  // seed of our own, the seed model's init and so every result would differ run to run.
+  torch::manual_seed(p.config.seed);
+  const auto& run = p.run;
+  fs::create_directories(run.dir());
+  std::ofstream(run.dir() / "config.json") << bp::to_json(p.config).dump(2) << "\n";
+  auto manifest = p.corpus.manifest_json();
+  manifest["tokenizer"] = p.tokenizer_manifest;
+  std::ofstream(run.dir() / "manifest.json") << manifest.dump(2) << "\n";
+  // One thread per process: the stages that run concurrently already fill the cores,
+  // and OpenMP's spinning barriers slow to a crawl on a loaded machine.
+  torch::set_num_threads(1);
+
+  // (a, b) Branch: the seed, copied once per domain.
+  const CausalLM seed = seed_stage(p);
+  recipe::branch_stage(run, seed, p.domain_names());
+  if (until == "seed") return 0;
+
+  // (c) Train: one expert per domain, each on its own ranks, no communication between them.
+  const auto& topology = p.config.topology;
+  std::vector<recipe::WorkerJob> experts;
+  if (topology.expert_worlds == recipe::ExpertWorlds::shared) {
+    auto job = workers().job(run, "expert-groups", "experts");
+    job.ranks = topology.ranks_per_expert * int64_t(p.corpus.domains.size());
+    for (const auto& d : p.corpus.domains) job.finishes.push_back(recipe::expert_stage(d.name));
+    experts.push_back(std::move(job));
+  } else {
+    for (size_t d = 0; d < p.corpus.domains.size(); ++d) {
+      auto job = workers().job(run, recipe::expert_stage(p.corpus.domains[d].name), "expert",
+                               {{"expert", std::to_string(d)}});
+      job.ranks = topology.ranks_per_expert;
+      experts.push_back(std::move(job));
+    }
+  }
+  if (!recipe::run_workers(run, experts).ok()) return 1;
+  if (until == "experts") return 0;
+
+  // (d) MiX: the experts' FFNs (and the seed's) become one MoE; BTM averages them instead.
+  const auto trained = recipe::load_experts(run);
+  recipe::mix_stage(run, trained, seed, p.mix_options());
+  if (p.config.baselines) recipe::btm_merge(run, trained);
+  if (until == "mix") return 0;
+
+  // (e) MoE-finetune with each router; the baselines at BTX's compute beside it.
+  std::vector<recipe::WorkerJob> finetunes;
+  for (const auto& r : p.routers()) {
+    finetunes.push_back(workers().job(run, recipe::finetune_stage(r), "finetune", {{"router", r}}));
+  }
+  if (p.config.baselines) {
+    finetunes.push_back(workers().job(run, recipe::kDenseStage, "dense"));
+    finetunes.push_back(workers().job(run, recipe::kUpcycleStage, "upcycle"));
+  }
+  for (auto& job : finetunes) job.ranks = topology.ranks_per_stage;
+  if (!recipe::run_workers(run, finetunes).ok()) return 1;
+  if (until == "finetune") return 0;
+
+  // (f) Evaluation and the report.
+  return write_report(p);
+}
+
+// `repeats` runs of the pipeline, seeds seed, seed+1, ..., each a complete run of its own in
+// <run>/seed-<s>/ (resumable like any run), then the report of means and spreads.
+int run_repeats(const bp::PipelineConfig& config, const std::string& until) {
+  const auto run_lock = recipe::Run(config.run_dir).lock();
+  std::vector<fs::path> dirs;
+  for (int64_t k = 0; k < config.repeats; ++k) {
+    const auto one = bp::repeat_config(config, k);
+    std::fprintf(stderr, "[pipeline] repeat %lld of %lld: seed %llu in %s\n",
+                 static_cast<long long>(k + 1), static_cast<long long>(config.repeats),
+                 static_cast<unsigned long long>(one.seed), one.run_dir.c_str());
+    if (const int rc = run_pipeline(one, until)) return rc;
+    dirs.emplace_back(one.run_dir);
+  }
+  if (!until.empty()) return 0;
+  std::ofstream(fs::path(config.run_dir) / "config.json") << bp::to_json(config).dump(2) << "\n";
+  return write_repeats_report(config, dirs);
+}
+
+// Every variant of the config's sweep (each with its repeats) in <run>/<name>/, then the
+// report across them. Every variant is validated before the first trains.
+int run_sweep(const bp::PipelineConfig& config, const std::string& until) {
+  const auto run_lock = recipe::Run(config.run_dir).lock();
+  const auto sweep = bp::sweep_of(config);
+  for (const auto& v : sweep.variants) {
+    std::fprintf(stderr, "[pipeline] sweep variant %s (%s = %g) in %s\n", v.name.c_str(),
+                 sweep.axis.c_str(), v.x, v.config.run_dir.c_str());
+    const int rc =
+        v.config.repeats > 1 ? run_repeats(v.config, until) : run_pipeline(v.config, until);
+    if (rc != 0) return rc;
+  }
+  if (!until.empty()) return 0;
+  std::ofstream(fs::path(config.run_dir) / "config.json") << bp::to_json(config).dump(2) << "\n";
+  return write_sweep_report(config, sweep);
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   Args a;
@@ -275,69 +397,8 @@ int main(int argc, char** argv) {
       return 0;
     }
     const auto config = resolve_config(a);
-    // One driver per run folder (a second is refused naming the first's PID and host); the
-    // workers it starts claim their stages instead (recipe::Run::claim).
-    const auto run_lock = recipe::Run(config.run_dir).lock();
-    const auto p = bp::open_run(config);  // every data and config error surfaces here
-    // LibTorch seeds its default generator from the OS in C++ (Python seeds it): without a
-    // seed of our own, the seed model's init and so every result would differ run to run.
-    torch::manual_seed(p.config.seed);
-    const auto& run = p.run;
-    fs::create_directories(run.dir());
-    std::ofstream(run.dir() / "config.json") << bp::to_json(p.config).dump(2) << "\n";
-    auto manifest = p.corpus.manifest_json();
-    manifest["tokenizer"] = p.tokenizer_manifest;
-    std::ofstream(run.dir() / "manifest.json") << manifest.dump(2) << "\n";
-    // One thread per process: the stages that run concurrently already fill the cores,
-    // and OpenMP's spinning barriers slow to a crawl on a loaded machine.
-    torch::set_num_threads(1);
-
-    // (a, b) Branch: the seed, copied once per domain.
-    const CausalLM seed = seed_stage(p);
-    recipe::branch_stage(run, seed, p.domain_names());
-    if (a.until == "seed") return 0;
-
-    // (c) Train: one expert per domain, each on its own ranks, no communication between them.
-    const auto& topology = p.config.topology;
-    std::vector<recipe::WorkerJob> experts;
-    if (topology.expert_worlds == recipe::ExpertWorlds::shared) {
-      auto job = workers().job(run, "expert-groups", "experts");
-      job.ranks = topology.ranks_per_expert * int64_t(p.corpus.domains.size());
-      for (const auto& d : p.corpus.domains) job.finishes.push_back(recipe::expert_stage(d.name));
-      experts.push_back(std::move(job));
-    } else {
-      for (size_t d = 0; d < p.corpus.domains.size(); ++d) {
-        auto job = workers().job(run, recipe::expert_stage(p.corpus.domains[d].name), "expert",
-                                 {{"expert", std::to_string(d)}});
-        job.ranks = topology.ranks_per_expert;
-        experts.push_back(std::move(job));
-      }
-    }
-    if (!recipe::run_workers(run, experts).ok()) return 1;
-    if (a.until == "experts") return 0;
-
-    // (d) MiX: the experts' FFNs (and the seed's) become one MoE; BTM averages them instead.
-    const auto trained = recipe::load_experts(run);
-    recipe::mix_stage(run, trained, seed, p.mix_options());
-    if (p.config.baselines) recipe::btm_merge(run, trained);
-    if (a.until == "mix") return 0;
-
-    // (e) MoE-finetune with each router; the baselines at BTX's compute beside it.
-    std::vector<recipe::WorkerJob> finetunes;
-    for (const auto& r : p.routers()) {
-      finetunes.push_back(
-          workers().job(run, recipe::finetune_stage(r), "finetune", {{"router", r}}));
-    }
-    if (p.config.baselines) {
-      finetunes.push_back(workers().job(run, recipe::kDenseStage, "dense"));
-      finetunes.push_back(workers().job(run, recipe::kUpcycleStage, "upcycle"));
-    }
-    for (auto& job : finetunes) job.ranks = topology.ranks_per_stage;
-    if (!recipe::run_workers(run, finetunes).ok()) return 1;
-    if (a.until == "finetune") return 0;
-
-    // (f) Evaluation and the report.
-    return write_report(p);
+    if (!config.sweep.is_null()) return run_sweep(config, a.until);
+    return config.repeats > 1 ? run_repeats(config, a.until) : run_pipeline(config, a.until);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "btx-pipeline: error: %s\n", e.what());
     return 1;

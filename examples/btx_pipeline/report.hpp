@@ -119,4 +119,39 @@ inline bool plot_loss_curves(const std::filesystem::path& png,
          plot_lines(png, "training loss per stage", "step", "nats/token", series);
 }
 
+// Learning curves against compute, as the paper's efficiency figure draws them: held-out
+// average loss (metrics records with "held_out" and "flops") over training TFLOPs after the
+// seed. `offset` shifts a stage's curve (BTX's MoE stage starts where its experts' compute
+// ends); stages in `experts` train in parallel and are drawn as one curve: their summed
+// compute against the mean of each expert's loss on its own domain (`expert_domain`).
+inline bool plot_compute_curves(const std::filesystem::path& png,
+                                const std::vector<nlohmann::json>& records,
+                                const std::map<std::string, double>& offset,
+                                const std::map<std::string, std::string>& expert_domain) {
+  Series series;
+  std::map<int64_t, std::pair<double, std::vector<double>>> experts;  // step -> flops, losses
+  for (const auto& r : records) {
+    if (!r.contains("held_out") || !r.contains("flops")) continue;
+    const std::string stage = r["stage"];
+    const double tflop = r["flops"].get<double>() / 1e12;
+    if (const auto e = expert_domain.find(stage); e != expert_domain.end()) {
+      auto& [flops, losses] = experts[r["step"].get<int64_t>()];
+      flops += tflop;
+      losses.push_back(r["held_out"]["loss"][e->second].get<double>());
+    } else if (const auto o = offset.find(stage); o != offset.end()) {
+      series[stage].emplace_back(o->second + tflop, r["held_out"]["avg"].get<double>());
+    }
+  }
+  for (const auto& [step, point] : experts) {
+    if (point.second.size() != expert_domain.size()) continue;  // a step some expert lacks
+    double sum = 0;
+    for (double l : point.second) sum += l;
+    series["experts, each on its own domain"].emplace_back(point.first,
+                                                           sum / double(point.second.size()));
+  }
+  return !series.empty() &&
+         plot_lines(png, "held-out loss against training compute after the seed",
+                    "training TFLOP after the seed", "held-out nats/token", series);
+}
+
 }  // namespace btx::pipeline

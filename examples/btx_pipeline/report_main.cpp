@@ -5,8 +5,13 @@
 
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <string>
 #include <vector>
+
+#include <btx/recipe/baselines.hpp>
+#include <btx/recipe/finetune.hpp>
+#include <btx/recipe/lineage.hpp>
 
 #include "corpus.hpp"
 #include "evaluation.hpp"
@@ -89,6 +94,19 @@ int write_report(const bp::PipelineRun& p) {
            std::pair(b["stage"].template get<std::string>(), b["step"].template get<int64_t>());
   });
   const bool curves = bp::plot_loss_curves(run.dir() / "loss_curves.png", records);
+  // Held-out curves against compute: BTX's MoE stage starts where its experts' compute ends.
+  std::map<std::string, double> offset = {{btx::recipe::kDenseStage, 0.0},
+                                          {btx::recipe::kUpcycleStage, 0.0}};
+  std::map<std::string, std::string> expert_domain;
+  double experts_tflop = 0;
+  for (const auto& d : p.domain_names()) {
+    expert_domain[btx::recipe::expert_stage(d)] = d;
+    experts_tflop += run.record(btx::recipe::expert_stage(d)).value("flops", 0.0) / 1e12;
+  }
+  for (const auto& r : p.routers()) offset[btx::recipe::finetune_stage(r)] = experts_tflop;
+  const bool compute_curves =
+      p.config.curve_every > 0 &&
+      bp::plot_compute_curves(run.dir() / "compute_curves.png", records, offset, expert_domain);
 
   std::vector<bp::ModelResult> rows;
   for (const auto& e : results) rows.push_back(e.result);
@@ -121,6 +139,19 @@ int write_report(const bp::PipelineRun& p) {
       std::fprintf(stderr, "[pipeline] warning (%s): %s\n", e.result.name.c_str(), w.c_str());
     }
     md << "\n";
+  }
+  md << "## Held-out loss against training compute\n\n";
+  if (compute_curves) {
+    md << "Average held-out loss during training (the first " << p.config.curve_windows
+       << " held-out windows of each domain, every " << p.config.curve_every
+       << " steps; the table above uses " << p.config.eval_windows
+       << ") over the compute after the seed. The experts train in parallel: their curve is "
+          "their summed compute against the mean of each expert's loss on its own domain; "
+          "BTX's MoE stage starts where that compute ends. Data: `compute_curves.dat`.\n\n"
+          "![held-out loss against compute](compute_curves.png)\n\n";
+  } else {
+    md << (p.config.curve_every > 0 ? "(gnuplot unavailable)\n\n"
+                                    : "(curve_every: 0, no learning curves)\n\n");
   }
   md << "## Loss curves\n\n"
      << (curves ? "![loss curves](loss_curves.png)\n" : "(gnuplot unavailable)\n")

@@ -106,6 +106,7 @@
 #include <btx/recipe/worker_dispatch.hpp>
 #include <btx/recipe/workers.hpp>
 #include <btx/report/gnuplot.hpp>
+#include <btx/report/repeats.hpp>
 #include <btx/train/checkpoint.hpp>
 #include <btx/train/checkpoint_files.hpp>
 #include <btx/train/evaluate.hpp>

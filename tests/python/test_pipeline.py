@@ -169,6 +169,123 @@ class Bf16MixedPipeline(unittest.TestCase):
             self.assertEqual(dtypes, {torch.float32})
 
 
+class RepeatsReport(unittest.TestCase):
+    """repeats: 2 runs the pipeline with two seeds; report.md gives mean ± sd per model and
+    states an ordering only where the per-seed gaps' 95% interval excludes zero."""
+
+    T_95_ONE_DF = 12.706  # Student's t, two-sided 95%, one degree of freedom
+
+    def test_two_seeds_mean_spread_and_orderings_match_the_repeats(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "repeats.yaml")
+            with open(path, "w") as f:
+                f.write("repeats: 2\nseed: 5\nseed_stage: {steps: 10}\nexpert_stage: {steps: 6}\n"
+                        "finetune_stage: {steps: 4}\neval_windows: 2\nmath_problems: 4\n"
+                        "checkpoint_every: 0\n")
+            run_dir = os.path.join(tmp, "run")
+            r = run([path, "--quick", "--run-dir", run_dir], timeout=600)
+            self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+            per_seed = {}
+            for seed in (5, 6):
+                sub = os.path.join(run_dir, f"seed-{seed}")
+                with open(os.path.join(sub, "config.json")) as f:
+                    config = json.load(f)
+                self.assertEqual((config["seed"], config["repeats"]), (seed, 1))
+                with open(os.path.join(sub, "eval", "results.json")) as f:
+                    per_seed[seed] = {x["name"]: sum(x["loss"].values()) / len(x["loss"])
+                                      for x in json.load(f)}
+            # Different seeds, different models: the repeats are not copies of one run.
+            self.assertNotEqual(per_seed[5]["BTX top2"], per_seed[6]["BTX top2"])
+            with open(os.path.join(run_dir, "repeats.json")) as f:
+                summary = json.load(f)
+            self.assertEqual(summary["seeds"], [5, 6])
+            with open(os.path.join(run_dir, "report.md")) as f:
+                report = f.read()
+            means_table = report.split("## Held-out loss per domain")[1].split("## Ordering")[0]
+            rows = {line.split("|")[1].strip(): line.split("|")
+                    for line in means_table.splitlines() if line.startswith("| ")}
+            btx = [per_seed[s]["BTX top2"] for s in (5, 6)]
+            for name in per_seed[5]:
+                values = [per_seed[s][name] for s in (5, 6)]
+                self.assertAlmostEqual(summary["models"][name]["avg_loss"][0], values[0], places=9)
+                mean, sd = sum(values) / 2, abs(values[0] - values[1]) / math.sqrt(2)
+                self.assertIn(f"{mean:.3f} ± {sd:.3f}", rows[name][-4], name)  # the avg column
+                if name == "BTX top2":
+                    continue
+                d = [values[k] - btx[k] for k in range(2)]
+                d_mean, d_sd = sum(d) / 2, abs(d[0] - d[1]) / math.sqrt(2)
+                separated = abs(d_mean) > self.T_95_ONE_DF * d_sd / math.sqrt(2)
+                gaps_table = report.split("against every other model")[1]
+                gap_row = [line for line in gaps_table.splitlines()
+                           if line.startswith(f"| {name} | ")]
+                self.assertEqual(len(gap_row), 1, name)
+                self.assertIn(f"{d_mean:.3f} ± {d_sd:.3f}", gap_row[0])
+                self.assertIn("| yes" if separated else "| no", gap_row[0], name)
+            self.assertIn("## Ordering by average held-out loss", report)
+            self.assertIn("[seed-6](seed-6/report.md)", report)
+
+
+class SweepReport(unittest.TestCase):
+    """sweep: two variants of the MoE stage's share of BTX's compute, two seeds each."""
+
+    TINY = ("seed_stage: {steps: 10}\nexpert_stage: {steps: 6}\neval_windows: 2\n"
+            "math_problems: 4\ncheckpoint_every: 0\n")
+
+    def test_variants_get_their_share_and_one_report_compares_them(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "sweep.yaml")
+            with open(path, "w") as f:
+                f.write(self.TINY + "repeats: 2\nsweep:\n  axis: MoE-stage share\n  variants:\n"
+                        "    - {name: share10, x: 0.1, moe_share: 0.1}\n"
+                        "    - {name: share40, x: 0.4, moe_share: 0.4}\n")
+            run_dir = os.path.join(tmp, "run")
+            r = run([path, "--quick", "--run-dir", run_dir], timeout=900)
+            self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+            for name, share in (("share10", 0.1), ("share40", 0.4)):
+                for seed in (0, 1):
+                    sub = os.path.join(run_dir, name, f"seed-{seed}")
+                    flops = {}
+                    for stage in os.listdir(sub):
+                        record = os.path.join(sub, stage, "stage.json")
+                        if os.path.exists(record):
+                            with open(record) as f:
+                                flops[stage] = json.load(f).get("flops", 0.0)
+                    experts = sum(v for k, v in flops.items() if k.startswith("expert-"))
+                    moe = flops["btx-top2"]
+                    with open(os.path.join(sub, "config.json")) as f:
+                        steps = json.load(f)["finetune_stage"]["steps"]
+                    # Whole steps: the share is met to within one step's compute.
+                    per_step = moe / steps
+                    self.assertLessEqual(abs(moe - share / (1 - share) * experts), per_step / 2 + 1,
+                                         (name, seed, steps))
+            with open(os.path.join(run_dir, "sweep.json")) as f:
+                sweep = json.load(f)
+            self.assertEqual([v["name"] for v in sweep["variants"]], ["share10", "share40"])
+            self.assertLess(sweep["variants"][0]["finetune_steps"],
+                            sweep["variants"][1]["finetune_steps"])
+            with open(os.path.join(run_dir, "share40", "seed-1", "eval", "results.json")) as f:
+                btx = [x for x in json.load(f) if x["name"] == "BTX top2"][0]
+            self.assertAlmostEqual(sweep["variants"][1]["models"]["BTX top2"]["avg_loss"][1],
+                                   sum(btx["loss"].values()) / len(btx["loss"]), places=9)
+            with open(os.path.join(run_dir, "report.md")) as f:
+                report = f.read()
+            self.assertIn("| model | share10 (0.100) | share40 (0.400) |", report)
+            self.assertIn("trunk penalty", report)
+            self.assertTrue(os.path.exists(os.path.join(run_dir, "share40", "report.md")))
+
+    def test_a_bad_variant_fails_before_any_training(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "sweep.yaml")
+            with open(path, "w") as f:
+                f.write(self.TINY + "sweep:\n  variants:\n    - {name: good, moe_share: 0.2}\n"
+                        "    - {name: bad, moe_share: 1.5}\n")
+            r = run([path, "--quick", "--run-dir", os.path.join(tmp, "run")], timeout=300)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("sweep variant 'bad': config: moe_share must be in [0, 1)", r.stderr)
+            self.assertNotIn("step ", r.stderr)
+            self.assertFalse(os.path.exists(os.path.join(tmp, "run", "good", "seed")))
+
+
 class BadInputFailsBeforeTraining(unittest.TestCase):
     def check(self, config, needle):
         with tempfile.TemporaryDirectory() as tmp:
@@ -194,6 +311,9 @@ class BadInputFailsBeforeTraining(unittest.TestCase):
 
     def test_budget_too_small(self):
         self.check("expert_stage: {steps: 0}\n", "expert_stage.steps must be > 0")
+
+    def test_no_repeats(self):
+        self.check("repeats: 0\n", "repeats must be > 0")
 
     def test_typo_in_a_key(self):
         self.check("finetune_stage: {stpes: 10}\n", "unknown key 'stpes'")

@@ -2,12 +2,14 @@
 // Real OS processes for experts (exit codes, signals, logs) and gnuplot pictures.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 
 #include <btx/parallel/expert_processes.hpp>
 #include <btx/report/gnuplot.hpp>
+#include <btx/report/repeats.hpp>
 
 namespace fs = std::filesystem;
 
@@ -48,4 +50,39 @@ TEST_CASE("gnuplot: loss curves and heatmaps become PNG files") {
     CHECK(std::string(magic + 1, 3) == "PNG");
   }
   fs::remove_all(dir);
+}
+
+TEST_CASE("repeats: mean and sample sd, and no spread from one value") {
+  const auto s = btx::spread_of({1.0, 2.0, 3.0, 4.0});
+  CHECK(s.n == 4);
+  CHECK(s.mean == doctest::Approx(2.5));
+  CHECK(s.sd == doctest::Approx(std::sqrt(5.0 / 3.0)));
+  CHECK(btx::format_spread(s) == "2.500 ± 1.291");
+  const auto one = btx::spread_of({1.5});
+  CHECK(std::isnan(one.sd));
+  CHECK(btx::format_spread(one) == "1.500");
+  CHECK(btx::format_spread(btx::spread_of({})) == "-");
+}
+
+TEST_CASE("repeats: a gap counts only when the per-seed differences carry it") {
+  // The arms move together from seed to seed (shared seed model): each arm's own sd is
+  // large, the paired difference is steady, so the gap is separated.
+  const std::vector<double> dense = {1.60, 1.70, 1.80}, btx_arm = {1.62, 1.72, 1.83};
+  const auto steady = btx::paired_gap(dense, btx_arm);
+  CHECK(steady.difference.mean == doctest::Approx(0.0233).epsilon(0.01));
+  CHECK(steady.separated);
+  // Differences that change sign are noise, however large their mean.
+  const auto noisy = btx::paired_gap({1.0, 1.0, 1.0}, {1.3, 0.8, 1.2});
+  CHECK_FALSE(noisy.separated);
+  // Two repeats: Student's t with one degree of freedom (12.7) separates only steady gaps.
+  CHECK(btx::paired_gap({0.0, 0.0}, {1.0, 1.1}).separated);
+  const auto two = btx::paired_gap({0.0, 0.0}, {1.0, 2.0});
+  CHECK(two.half_width == doctest::Approx(12.706 * 0.5));
+  CHECK_FALSE(two.separated);
+  // One repeat: never separated.
+  CHECK_FALSE(btx::paired_gap({1.0}, {2.0}).separated);
+  CHECK_THROWS_WITH_AS(btx::paired_gap({1.0, 2.0}, {1.0}),
+                       doctest::Contains("pairs need equal counts"), std::invalid_argument);
+  CHECK(btx::ordering_statement({{"dense", dense}, {"BTX", btx_arm}, {"noise", {1.3, 1.8, 1.6}}}) ==
+        "noise ≈ dense < BTX");
 }

@@ -5,14 +5,17 @@
 
 #include <cmath>
 #include <cstdint>
+#include <fstream>
 #include <map>
 #include <string>
 #include <vector>
 
 #include <btx/models/llama/model.hpp>
 #include <btx/train/hooks.hpp>
+#include <btx/train/progress.hpp>
 #include <btx/train/trainer.hpp>
 
+#include "../scratch.hpp"
 #include "../test_support.hpp"
 
 namespace {
@@ -185,4 +188,45 @@ TEST_CASE("hooks: an empty optimizer factory or loss is refused before training"
   hooks.loss = nullptr;
   CHECK_THROWS_WITH_AS(btx::train_causal_lm(model, repetitive_sampler(), short_run(1), hooks),
                        doctest::Contains("TrainHooks::loss"), std::invalid_argument);
+}
+
+TEST_CASE("held-out curves: evaluated when due, in eval mode without gradients, logged") {
+  torch::manual_seed(0);
+  btx::LlamaForCausalLM model(btx::test::tiny_config());
+  auto opts = short_run(7);
+  opts.log_every = 2;
+  opts.held_out_every = 4;  // steps 4 and 7 (the last)
+  std::vector<int64_t> evaluated_after;
+  int64_t steps_seen = 0;
+  opts.on_step = [&](int64_t) { ++steps_seen; };
+  opts.held_out = [&]() -> nlohmann::json {
+    CHECK_FALSE(model->is_training());
+    CHECK_FALSE(torch::GradMode::is_enabled());
+    evaluated_after.push_back(steps_seen);
+    return {{"avg", double(steps_seen)}};
+  };
+  const auto dir = btx::test::scratch_dir("held_out_curves");
+  {
+    btx::MetricsLog log((dir / "metrics.jsonl").string());
+    btx::train_causal_lm(model, repetitive_sampler(), opts, btx::TrainHooks{}, &log);
+  }
+  CHECK(evaluated_after == std::vector<int64_t>{4, 7});
+  CHECK(model->is_training());  // back in training mode after each evaluation
+  std::ifstream in(dir / "metrics.jsonl");
+  std::map<int64_t, nlohmann::json> records;
+  for (std::string line; std::getline(in, line);) {
+    const auto r = nlohmann::json::parse(line);
+    records[r["step"].get<int64_t>()] = r;
+  }
+  REQUIRE(records.size() == 4);  // log steps 2, 4, 6, 7
+  CHECK_FALSE(records[2].contains("held_out"));
+  CHECK(records[4]["held_out"]["avg"] == 4.0);
+  CHECK_FALSE(records[6].contains("held_out"));
+  CHECK(records[7]["held_out"]["avg"] == 7.0);
+
+  opts.held_out_every = 3;  // not a multiple of log_every: its log record would not exist
+  CHECK_THROWS_WITH_AS(btx::train_causal_lm(model, repetitive_sampler(), opts, btx::TrainHooks{}),
+                       doctest::Contains("held_out_every (3) must be 0 or a positive multiple "
+                                         "of log_every (2)"),
+                       std::invalid_argument);
 }

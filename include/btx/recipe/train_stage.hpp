@@ -49,6 +49,11 @@ struct StageOptions {
   // What the stage trains with: optimizer, placement, data parallelism. The stage adds
   // an MoE model's aux loss (unless set) and its expert-load log.
   TrainHooks hooks = {};
+  // Learning curves: evaluated every `held_out_every` steps (a multiple of the run's
+  // log_every; 0: never) and logged as metrics.jsonl's "held_out" beside the step's
+  // cumulative "flops" (see TrainOptions::held_out).
+  std::function<nlohmann::json(const CausalLM&)> held_out;
+  int64_t held_out_every = 0;
 };
 
 // A model and the record (stage.json) of the stage that made it.
@@ -111,10 +116,17 @@ inline nlohmann::json train(const Run& run, const std::string& stage, const Caus
     t.checkpoint_every = run.train().checkpoint_every;
   }
   t.on_step = options.on_step;
+  if (options.held_out && options.held_out_every > 0) {
+    t.held_out = [model, held_out = options.held_out] { return held_out(model); };
+    t.held_out_every = options.held_out_every;
+  }
+  // Each record's compute so far, for curves against training FLOPs; an MoE's router health.
+  const double flops_per_tok = flops_per_token(model.spec(), sampler.seq_len());
+  t.on_log = [model, stage, flops_per_tok](int64_t step, nlohmann::json& record) {
+    record["flops"] = record["tokens"].get<double>() * flops_per_tok;
+    if (model.is_moe()) record["expert_load"] = expert_load(model.module(), stage, step);
+  };
   if (model.is_moe()) {
-    t.on_log = [model, stage](int64_t step, nlohmann::json& record) {
-      record["expert_load"] = expert_load(model.module(), stage, step);
-    };
     if (!hooks.aux_loss) {
       hooks.aux_loss = [model]() -> torch::Tensor { return collect_aux_loss(model.module()); };
     }
@@ -122,15 +134,14 @@ inline nlohmann::json train(const Run& run, const std::string& stage, const Caus
   detail::TrainableLM trainable{model};
   const auto summary =
       train_causal_lm(trainable, sampler, t, std::move(hooks), metrics ? &*metrics : nullptr);
-  nlohmann::json record = {
-      {"stage", stage},
-      {"steps", summary.steps},
-      {"tokens", summary.tokens},
-      {"skipped_steps", summary.skipped_steps},
-      {"resumed_from_step", summary.resumed_from_step},
-      {"seconds", summary.seconds},
-      {"final_loss", summary.final_loss},
-      {"flops", double(summary.tokens) * flops_per_token(model.spec(), sampler.seq_len())}};
+  nlohmann::json record = {{"stage", stage},
+                           {"steps", summary.steps},
+                           {"tokens", summary.tokens},
+                           {"skipped_steps", summary.skipped_steps},
+                           {"resumed_from_step", summary.resumed_from_step},
+                           {"seconds", summary.seconds},
+                           {"final_loss", summary.final_loss},
+                           {"flops", double(summary.tokens) * flops_per_tok}};
   for (const auto& [key, value] : options.record.items()) record[key] = value;
   return record;
 }

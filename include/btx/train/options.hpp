@@ -37,6 +37,12 @@ struct TrainOptions {
   std::function<void(int64_t step)> on_step;
   // Called with each metrics record at a log step before it is written; may add fields.
   std::function<void(int64_t step, nlohmann::json& record)> on_log;
+  // Held-out evaluation during training, for learning curves: every `held_out_every` steps
+  // (a multiple of log_every) and after the last, on every rank (so an evaluation whose
+  // forward runs collectives stays in step), with the model in eval mode and no gradients;
+  // its result is that step's metrics record's "held_out". Its time counts in the stage's.
+  std::function<nlohmann::json()> held_out;
+  int64_t held_out_every = 0;  // 0: never
 };
 
 struct TrainSummary {

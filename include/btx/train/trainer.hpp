@@ -50,6 +50,16 @@ inline void check_train_options(const TrainOptions& options) {
     throw std::invalid_argument("stage '" + options.stage + "': log_every must be > 0, got " +
                                 std::to_string(options.log_every));
   }
+  if (options.held_out_every < 0 || options.held_out_every % options.log_every != 0) {
+    throw std::invalid_argument("stage '" + options.stage + "': held_out_every (" +
+                                std::to_string(options.held_out_every) +
+                                ") must be 0 or a positive multiple of log_every (" +
+                                std::to_string(options.log_every) + ")");
+  }
+  if (options.held_out_every > 0 && !options.held_out) {
+    throw std::invalid_argument("stage '" + options.stage +
+                                "': held_out_every is set but held_out is empty");
+  }
 }
 
 // The loop of train_causal_lm, in the order a step happens. Model: a holder with
@@ -91,7 +101,14 @@ class TrainLoop {
     for (int64_t step = state_.step; step < options_.steps; ++step) {
       train_step(step);
       const int64_t done = step + 1;
-      if (done % options_.log_every == 0 || done == options_.steps) log_window(done);
+      auto record = done % options_.log_every == 0 || done == options_.steps ? log_window(done)
+                                                                             : std::nullopt;
+      // After the record took the training batch's router statistics (on_log), which the
+      // evaluation's forwards overwrite.
+      if (auto held_out = evaluate_held_out(done); held_out && record) {
+        (*record)["held_out"] = std::move(*held_out);
+      }
+      if (record && metrics_) metrics_->write(*record);
       if (checkpoint_due(done)) save_checkpoint();
     }
     return finish();
@@ -190,8 +207,24 @@ class TrainLoop {
     }
   }
 
-  // Progress and a metrics record for the log window that ends after step `done`.
-  void log_window(int64_t done) {
+  // TrainOptions::held_out after step `done` when due (always a log step: held_out_every is
+  // a multiple of log_every, and the last step is both).
+  std::optional<nlohmann::json> evaluate_held_out(int64_t done) {
+    if (options_.held_out_every <= 0) return std::nullopt;
+    if (done % options_.held_out_every != 0 && done != options_.steps) return std::nullopt;
+    model_->eval();
+    nlohmann::json result;
+    {
+      torch::NoGradGuard no_grad;
+      result = options_.held_out();
+    }
+    model_->train();
+    return result;
+  }
+
+  // Progress, and the metrics record (for the writer) of the log window that ends after
+  // step `done`.
+  std::optional<nlohmann::json> log_window(int64_t done) {
     // The window's mean comes from the loss history, so a resumed run logs the same.
     double window_loss = 0.0;
     int64_t window_steps = 0;
@@ -205,11 +238,11 @@ class TrainLoop {
     const double dt = std::chrono::duration<double>(now - window_start_).count();
     const double tps = double(window_steps * options_.batch_size * S_) / std::max(dt, 1e-9);
     window_start_ = now;
-    if (window_steps == 0) return;
+    if (window_steps == 0) return std::nullopt;
     const double mean_loss = window_loss / double(window_steps);
-    if (!hooks_.writes_files) return;
+    if (!hooks_.writes_files) return std::nullopt;
     progress_->update(done, mean_loss, tps);
-    if (!metrics_ && !options_.on_log) return;
+    if (!metrics_ && !options_.on_log) return std::nullopt;
     nlohmann::json record = {{"stage", options_.stage},
                              {"step", done},
                              {"loss", mean_loss},
@@ -218,7 +251,7 @@ class TrainLoop {
                              {"tokens_per_s", tps},
                              {"seconds", trained_seconds()}};
     if (options_.on_log) options_.on_log(done, record);
-    if (metrics_) metrics_->write(record);
+    return record;
   }
 
   [[nodiscard]] bool checkpoint_due(int64_t done) const {
