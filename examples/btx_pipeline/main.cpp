@@ -4,6 +4,7 @@
 // report. Run with --help for everything; README.md shows a measured default run.
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -364,9 +365,18 @@ int run_repeats(const bp::PipelineConfig& config, const std::string& until) {
 int run_sweep(const bp::PipelineConfig& config, const std::string& until) {
   const auto run_lock = recipe::Run(config.run_dir).lock();
   const auto sweep = bp::sweep_of(config);
-  for (const auto& v : sweep.variants) {
+  for (size_t k = 0; k < sweep.variants.size(); ++k) {
+    const auto& v = sweep.variants[k];
     std::fprintf(stderr, "[pipeline] sweep variant %s (%s = %g) in %s\n", v.name.c_str(),
                  sweep.axis.c_str(), v.x, v.config.run_dir.c_str());
+    // Stages an earlier variant already trained with the same upstream config are shared.
+    const auto now = bp::runs_of(v.config);
+    for (size_t j = 0; j < k; ++j) {
+      const auto before = bp::runs_of(sweep.variants[j].config);
+      for (size_t r = 0; r < std::min(now.size(), before.size()); ++r) {
+        bp::adopt_upstream(before[r], now[r]);
+      }
+    }
     const int rc =
         v.config.repeats > 1 ? run_repeats(v.config, until) : run_pipeline(v.config, until);
     if (rc != 0) return rc;

@@ -71,6 +71,20 @@ inline std::vector<std::filesystem::path> result_dirs(const PipelineConfig& conf
   return dirs;
 }
 
+// Stages each run took over from an earlier sweep variant (sweep.hpp's adopt_upstream):
+// "stage: source" lines, or empty.
+inline std::vector<std::string> adopted_stages(const std::filesystem::path& run_dir) {
+  std::ifstream in(run_dir / "adopted.json");
+  if (!in) return {};
+  const auto j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  std::vector<std::string> out;
+  if (!j.is_object()) return out;
+  for (const auto& [stage, source] : j.items()) {
+    out.push_back(stage + " from " + (source.is_string() ? source.get<std::string>() : "?"));
+  }
+  return out;
+}
+
 inline std::vector<std::string> domain_names_of(const PipelineConfig& config) {
   std::vector<std::string> names;
   for (const auto& d : config.domains) names.push_back(d.name);

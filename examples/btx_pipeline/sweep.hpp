@@ -14,12 +14,17 @@
 #include <cctype>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
+
+#include <btx/recipe/adopt.hpp>
+#include <btx/recipe/branch.hpp>
+#include <btx/recipe/lineage.hpp>
 
 #include "config.hpp"
 #include "corpus.hpp"
@@ -90,6 +95,79 @@ inline Sweep sweep_of(const PipelineConfig& config) {
     sweep.variants.push_back(std::move(variant));
   }
   return sweep;
+}
+
+// The runs a config makes: itself, or one per repeat (seed + k, in <run>/seed-<s>/).
+inline std::vector<PipelineConfig> runs_of(const PipelineConfig& c) {
+  if (c.repeats <= 1) return {c};
+  std::vector<PipelineConfig> runs;
+  for (int64_t k = 0; k < c.repeats; ++k) runs.push_back(repeat_config(c, k));
+  return runs;
+}
+
+// What a stage's result depends on: the config without the keys that only act after it.
+// Leaving a key in is safe (a stage is retrained); leaving one out that matters is not, so
+// these lists name only keys known to act downstream.
+inline nlohmann::json upstream_of(const PipelineConfig& c, bool through_experts) {
+  auto j = to_json(c);
+  for (const char* key : {"run_dir",
+                          "repeats",
+                          "sweep",
+                          "moe_share",
+                          "finetune_stage",
+                          "router",
+                          "extra_routers",
+                          "load_balance_alpha",
+                          "load_balance_form",
+                          "seed_as_expert",
+                          "seed_as_shared_expert",
+                          "router_init",
+                          "averaging",
+                          "averaging_density",
+                          "averaging_lambda",
+                          "baselines",
+                          "eval_windows",
+                          "math_problems",
+                          "curve_every",
+                          "curve_windows",
+                          "log_every",
+                          "checkpoint_every",
+                          "ranks_per_stage",
+                          "dist_timeout_s"}) {
+    j.erase(key);
+  }
+  if (!through_experts) {
+    for (const char* key : {"expert_stage", "ranks_per_expert", "expert_worlds", "fail_expert",
+                            "fail_step", "fail_rank", "fail_signal"}) {
+      j.erase(key);
+    }
+  }
+  return j;
+}
+
+// Before `now` runs: the tokenizer, seed and branch of `earlier` when their upstream configs
+// match, and its experts when those match too; recorded in <now>/adopted.json for the report.
+inline void adopt_upstream(const PipelineConfig& earlier, const PipelineConfig& now) {
+  if (upstream_of(earlier, false) != upstream_of(now, false)) return;
+  const recipe::Run from(earlier.run_dir, {}, "pipeline"), to(now.run_dir, {}, "pipeline");
+  std::vector<std::string> stages = {"seed", recipe::kBranchStage};
+  if (upstream_of(earlier, true) == upstream_of(now, true)) {
+    for (const auto& d : now.domains) stages.push_back(recipe::expert_stage(d.name));
+  }
+  std::filesystem::create_directories(to.dir());
+  recipe::adopt_folder(from, to, "tokenizer");
+  const auto record = to.dir() / "adopted.json";
+  nlohmann::json adopted = nlohmann::json::object();
+  if (std::ifstream in(record); in) adopted = nlohmann::json::parse(in, nullptr, false);
+  if (!adopted.is_object()) adopted = nlohmann::json::object();
+  bool any = false;
+  for (const auto& stage : stages) {
+    if (recipe::adopt_stage(from, to, stage)) {
+      adopted[stage] = from.stage_dir(stage).string();
+      any = true;
+    }
+  }
+  if (any) std::ofstream(record) << adopted.dump(2) << "\n";
 }
 
 }  // namespace btx::pipeline

@@ -110,8 +110,19 @@ int write_sweep_report(const bp::PipelineConfig& config, const bp::Sweep& sweep)
   md << "\n"
      << (plotted ? "![sweep](sweep.png)\n" : "(gnuplot unavailable)\n") << "\n## Variants\n\n";
   for (const auto& v : sweep.variants) {
-    const auto& name = v.name;
-    md << "- [" << name << "](" << name << "/report.md)\n";
+    md << "- [" << v.name << "](" << v.name << "/report.md)";
+    size_t shared = 0;
+    std::string example;
+    for (const auto& dir : bp::result_dirs(v.config)) {
+      const auto adopted = bp::adopted_stages(dir);
+      shared += adopted.size();
+      if (example.empty() && !adopted.empty()) example = adopted.front();
+    }
+    if (shared > 0) {
+      md << ": " << shared << " finished stages taken over from earlier variants with the same "
+         << "config up to them (e.g. " << example << "; `adopted.json` in each run)";
+    }
+    md << "\n";
   }
   std::ofstream(dir / "report.md") << md.str();
 

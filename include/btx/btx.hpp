@@ -94,6 +94,7 @@
 #include <btx/moe/routers/top_k.hpp>
 #include <btx/moe/surgery.hpp>
 #include <btx/parallel/expert_processes.hpp>
+#include <btx/recipe/adopt.hpp>
 #include <btx/recipe/baselines.hpp>
 #include <btx/recipe/branch.hpp>
 #include <btx/recipe/compute.hpp>

@@ -237,11 +237,12 @@ class SweepReport(unittest.TestCase):
             with open(path, "w") as f:
                 f.write(self.TINY + "repeats: 2\nsweep:\n  axis: MoE-stage share\n  variants:\n"
                         "    - {name: share10, x: 0.1, moe_share: 0.1}\n"
-                        "    - {name: share40, x: 0.4, moe_share: 0.4}\n")
+                        "    - {name: share40, x: 0.4, moe_share: 0.4}\n"
+                        "    - {name: longer, x: 0.5, moe_share: 0.4, expert_stage: {steps: 8}}\n")
             run_dir = os.path.join(tmp, "run")
             r = run([path, "--quick", "--run-dir", run_dir], timeout=900)
             self.assertEqual(r.returncode, 0, r.stderr[-3000:])
-            for name, share in (("share10", 0.1), ("share40", 0.4)):
+            for name, share in (("share10", 0.1), ("share40", 0.4), ("longer", 0.4)):
                 for seed in (0, 1):
                     sub = os.path.join(run_dir, name, f"seed-{seed}")
                     flops = {}
@@ -258,9 +259,30 @@ class SweepReport(unittest.TestCase):
                     per_step = moe / steps
                     self.assertLessEqual(abs(moe - share / (1 - share) * experts), per_step / 2 + 1,
                                          (name, seed, steps))
+            # Stages with the same config up to them are shared, not retrained: share40 takes
+            # share10's seed and experts (hard links); longer, with other experts, the seed.
+            def adopted(name, seed):
+                with open(os.path.join(run_dir, name, f"seed-{seed}", "adopted.json")) as f:
+                    return json.load(f)
+            self.assertEqual(set(adopted("share40", 1)),
+                             {"seed", "branch", "expert-math", "expert-code", "expert-prose"})
+            self.assertEqual(set(adopted("longer", 0)), {"seed", "branch"})
+            self.assertFalse(os.path.exists(os.path.join(run_dir, "share10", "seed-0", "adopted.json")))
+            def inode(*parts):
+                model = os.path.join(run_dir, *parts, "model")
+                shard = sorted(f for f in os.listdir(model) if f.endswith(".safetensors"))[0]
+                return os.stat(os.path.join(model, shard)).st_ino
+            self.assertEqual(inode("share10", "seed-1", "expert-code"),
+                             inode("share40", "seed-1", "expert-code"))
+            self.assertNotEqual(inode("share10", "seed-1", "expert-code"),
+                                inode("longer", "seed-1", "expert-code"))
             with open(os.path.join(run_dir, "sweep.json")) as f:
                 sweep = json.load(f)
-            self.assertEqual([v["name"] for v in sweep["variants"]], ["share10", "share40"])
+            self.assertEqual([v["name"] for v in sweep["variants"]], ["share10", "share40", "longer"])
+            self.assertEqual(sweep["variants"][0]["models"]["expert code"]["avg_loss"],
+                             sweep["variants"][1]["models"]["expert code"]["avg_loss"])
+            self.assertNotEqual(sweep["variants"][1]["models"]["expert code"]["avg_loss"],
+                                sweep["variants"][2]["models"]["expert code"]["avg_loss"])
             self.assertLess(sweep["variants"][0]["finetune_steps"],
                             sweep["variants"][1]["finetune_steps"])
             with open(os.path.join(run_dir, "share40", "seed-1", "eval", "results.json")) as f:
@@ -269,7 +291,8 @@ class SweepReport(unittest.TestCase):
                                    sum(btx["loss"].values()) / len(btx["loss"]), places=9)
             with open(os.path.join(run_dir, "report.md")) as f:
                 report = f.read()
-            self.assertIn("| model | share10 (0.100) | share40 (0.400) |", report)
+            self.assertIn("| model | share10 (0.100) | share40 (0.400) | longer (0.500) |", report)
+            self.assertIn("10 finished stages taken over from earlier variants", report)
             self.assertIn("trunk penalty", report)
             self.assertTrue(os.path.exists(os.path.join(run_dir, "share40", "report.md")))
 

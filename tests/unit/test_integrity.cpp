@@ -28,6 +28,7 @@
 #include <btx/merge/model_card.hpp>
 #include <btx/models/auto.hpp>
 #include <btx/models/llama/family.hpp>
+#include <btx/recipe/adopt.hpp>
 #include <btx/recipe/run.hpp>
 #include <btx/recipe/stage_model.hpp>
 
@@ -270,5 +271,29 @@ TEST_CASE("finite check riding the hash pass: every element, one split between p
   write(-1);
   CHECK(btx::merge::source_file_hashes(root).at("model.safetensors") ==
         btx::io::xxh3_128_file(root / "model.safetensors"));
+  fs::remove_all(root);
+}
+
+TEST_CASE("adopt stage: another run's intact stage is shared by hard links, a damaged one not") {
+  const auto root = scratch_dir("adopt-stage");
+  torch::manual_seed(0);
+  const auto lm = btx::make_model(btx::LlamaFamily::spec(btx::test::tiny_config()));
+  const btx::recipe::Run from(root / "a"), to(root / "b"), other(root / "c");
+  btx::recipe::save_stage_model(from, "seed", lm);
+  from.mark_done("seed", {{"flops", 1.5}});
+  fs::create_directories(from.checkpoint_dir("seed") / "step-1");  // left out: finished
+  CHECK(btx::recipe::adopt_stage(from, to, "seed"));
+  CHECK(to.done("seed"));
+  CHECK(to.record("seed")["flops"] == 1.5);
+  CHECK_FALSE(fs::exists(to.checkpoint_dir("seed")));
+  const auto shard = [](const btx::recipe::Run& r) {
+    return r.model_dir("seed") / "model.safetensors";
+  };
+  CHECK(fs::equivalent(shard(from), shard(to)));                  // one file, two names
+  CHECK_FALSE(btx::recipe::adopt_stage(from, to, "seed"));        // already there: left alone
+  CHECK_FALSE(btx::recipe::adopt_stage(from, other, "experts"));  // not finished at the source
+  fs::resize_file(shard(from), fs::file_size(shard(from)) / 2);   // damaged (and so is b's)
+  CHECK_FALSE(btx::recipe::adopt_stage(btx::recipe::Run(root / "a"), other, "seed"));
+  CHECK_FALSE(fs::exists(other.stage_dir("seed")));
   fs::remove_all(root);
 }
