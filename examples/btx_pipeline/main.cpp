@@ -79,7 +79,8 @@ CONFIG (YAML or JSON) overrides any of these keys (unknown keys are errors):
     finetune_stage.steps from the experts' planned compute
   repeats (1): run the whole pipeline with seeds seed .. seed+repeats-1, each in
     <run>/seed-<s>/, and report every model's mean and spread over them in <run>/report.md
-    (an ordering is stated only where the per-seed gaps' 95% interval excludes zero)
+    (an ordering is stated only where the per-seed gaps' 95% interval excludes zero);
+    each repeat (and each sweep variant) is a run folder of its own: point workers there
   model: {hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
           num_key_value_heads, head_dim, rope_theta, rms_norm_eps,
           max_position_embeddings, tie_word_embeddings, vocab_size}
