@@ -59,6 +59,7 @@ struct PipelineConfig {
   std::string router = "top2";             // BTX's router
   std::vector<std::string> extra_routers;  // also finetune these (switch, sample_top1, soft)
   double load_balance_alpha = 0.01;
+  bool freeze_experts = false;            // BTX's MoE stage trains routers and trunk only (Table 5)
   std::string load_balance_form = "btx";  // btx | switch
   bool seed_as_expert = true;             // the paper's generalist expert
   bool seed_as_shared_expert = false;     // or, in a Qwen2 seed's MoE, its shared expert
@@ -261,6 +262,7 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
                           "router",
                           "extra_routers",
                           "load_balance_alpha",
+                          "freeze_experts",
                           "load_balance_form",
                           "seed_as_expert",
                           "seed_as_shared_expert",
@@ -340,6 +342,7 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
   read(j, "router", c.router, top);
   read(j, "extra_routers", c.extra_routers, top);
   read(j, "load_balance_alpha", c.load_balance_alpha, top);
+  read(j, "freeze_experts", c.freeze_experts, top);
   read(j, "load_balance_form", c.load_balance_form, top);
   read(j, "seed_as_expert", c.seed_as_expert, top);
   read(j, "seed_as_shared_expert", c.seed_as_shared_expert, top);
@@ -545,6 +548,7 @@ inline nlohmann::json to_json(const PipelineConfig& c) {
           {"router", c.router},
           {"extra_routers", c.extra_routers},
           {"load_balance_alpha", c.load_balance_alpha},
+          {"freeze_experts", c.freeze_experts},
           {"load_balance_form", c.load_balance_form},
           {"seed_as_expert", c.seed_as_expert},
           {"seed_as_shared_expert", c.seed_as_shared_expert},

@@ -90,6 +90,8 @@ CONFIG (YAML or JSON) overrides any of these keys (unknown keys are errors):
   seed_checkpoint: HF checkpoint folder  seed_stage/expert_stage/finetune_stage: {steps, lr, warmup}
   router: a router name (see Routers below)    extra_routers: [more routers to compare]
   load_balance_alpha (0.01), load_balance_form: btx|switch, seed_as_expert (true),
+  freeze_experts (false): BTX's MoE stage trains the routers and the trunk, not the experts
+    (FLOPs still counted as for a full backward),
   seed_as_shared_expert (false; a Qwen2 seed: its FFN as the MoE's always-on shared expert),
   router_init: normal|zero|hidden, averaging: uniform|task_arithmetic|ties|dare_linear|
   dare_ties (shared tensors, against the seed; averaging_density, averaging_lambda),
@@ -232,8 +234,10 @@ void experts_worker(const recipe::WorkerArgs& a) {
 void finetune_worker(const recipe::WorkerArgs& a) {
   const auto p = reopen_run(a.run_dir);
   auto world = recipe::join_world(p.config.topology);
+  auto options = on_ranks(p, world);
+  options.freeze_experts = p.config.freeze_experts;
   recipe::finetune_mix(p.run, p.moe_options(a.value_or("router", p.config.router)),
-                       p.mixture_sampler(100), p.config.finetune_stage, on_ranks(p, world));
+                       p.mixture_sampler(100), p.config.finetune_stage, options);
 }
 
 // Baseline: dense continued training of the seed on the mixture at BTX's compute.

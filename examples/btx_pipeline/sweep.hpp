@@ -118,6 +118,7 @@ inline nlohmann::json upstream_of(const PipelineConfig& c, bool through_experts)
                           "router",
                           "extra_routers",
                           "load_balance_alpha",
+                          "freeze_experts",
                           "load_balance_form",
                           "seed_as_expert",
                           "seed_as_shared_expert",

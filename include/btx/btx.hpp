@@ -82,6 +82,7 @@
 #include <btx/moe/dispatch.hpp>
 #include <btx/moe/experts/module_experts.hpp>
 #include <btx/moe/experts/packed_swiglu.hpp>
+#include <btx/moe/freeze_experts.hpp>
 #include <btx/moe/moe_layer.hpp>
 #include <btx/moe/options.hpp>
 #include <btx/moe/router_helpers.hpp>

@@ -14,8 +14,10 @@
 #include <nlohmann/json.hpp>
 
 #include <btx/merge/branch.hpp>
+#include <btx/merge/upcycle_model.hpp>
 #include <btx/models/auto.hpp>
 #include <btx/models/llama/family.hpp>
+#include <btx/moe/moe_layer.hpp>
 #include <btx/recipe/baselines.hpp>
 #include <btx/recipe/branch.hpp>
 #include <btx/recipe/compute.hpp>
@@ -326,4 +328,40 @@ TEST_CASE("recipe run_workers: a failed job is reported on its own and the other
   CHECK(has(report.failed[0], (run.stage_dir("crash") / "log.txt").string()));
   CHECK(has(report.failed[1], "lazy exited 0 without finishing its stage"));
   CHECK(recipe::last_progress_line(run.stage_dir("good") / "log.txt") == "[good] step 1/1");
+}
+
+TEST_CASE("recipe train_stage: freeze_experts trains routers and trunk, leaves the experts") {
+  const recipe::Run run(scratch_dir("recipe-freeze"), {.batch_size = 2, .log_every = 2});
+  const auto moe = btx::merge::upcycled(tiny_seed(), {.num_experts = 3, .router = "top2"});
+  std::vector<torch::Tensor> experts_before, routers_before;
+  for (const auto& [name, layer] : btx::moe_layers(moe.module())) {
+    for (const auto& p : layer->expert_parameters()) experts_before.push_back(p.detach().clone());
+  }
+  for (const auto& p : moe.module().named_parameters()) {
+    if (p.key().find("gate.") != std::string::npos)
+      routers_before.push_back(p.value().detach().clone());
+  }
+  REQUIRE_FALSE(routers_before.empty());
+  recipe::StageOptions frozen;
+  frozen.freeze_experts = true;
+  const auto record = recipe::train_stage(run, "btx-top2", moe, recipe_sampler(),
+                                          {.steps = 3, .lr = 1e-2, .warmup = 1}, frozen);
+  CHECK(record.at("frozen_experts") == true);
+  size_t i = 0;
+  for (const auto& [name, layer] : btx::moe_layers(moe.module())) {
+    for (const auto& p : layer->expert_parameters()) CHECK(torch::equal(p, experts_before[i++]));
+  }
+  i = 0;
+  bool router_moved = false;
+  for (const auto& p : moe.module().named_parameters()) {
+    if (p.key().find("gate.") != std::string::npos)
+      router_moved |= !torch::equal(p.value(), routers_before[i++]);
+  }
+  CHECK(router_moved);
+  // A dense model has no experts to freeze: refused, naming the stage.
+  CHECK(has(recipe_error_of([&] {
+              recipe::train_stage(run, "dense", tiny_seed(), recipe_sampler(), {.steps = 1},
+                                  frozen);
+            }),
+            "stage 'dense' freezes experts, but its model is dense"));
 }

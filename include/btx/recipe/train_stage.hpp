@@ -24,6 +24,7 @@
 
 #include <btx/core/causal_lm.hpp>
 #include <btx/data/sampler.hpp>
+#include <btx/moe/freeze_experts.hpp>
 #include <btx/moe/moe_layer.hpp>
 #include <btx/recipe/compute.hpp>
 #include <btx/recipe/run.hpp>
@@ -54,6 +55,10 @@ struct StageOptions {
   // cumulative "flops" (see TrainOptions::held_out).
   std::function<nlohmann::json(const CausalLM&)> held_out;
   int64_t held_out_every = 0;
+  // An MoE model's routed experts stay as they are (btx::freeze_experts); recorded in
+  // stage.json. FLOPs are still counted as for a full backward: the experts' weight
+  // gradients, a third of their training FLOPs, are not actually spent.
+  bool freeze_experts = false;
 };
 
 // A model and the record (stage.json) of the stage that made it.
@@ -101,6 +106,13 @@ inline nlohmann::json train(const Run& run, const std::string& stage, const Caus
                             const WindowSampler& sampler, const StageBudget& budget,
                             const StageOptions& options = {}) {
   TrainHooks hooks = options.hooks;
+  if (options.freeze_experts) {
+    if (!model.is_moe()) {
+      throw std::invalid_argument("btx::recipe: stage '" + stage +
+                                  "' freezes experts, but its model is dense");
+    }
+    (void)freeze_experts(model.module());
+  }
   std::filesystem::create_directories(run.stage_dir(stage));
   std::optional<MetricsLog> metrics;  // rank 0's alone under data parallelism
   if (hooks.writes_files) metrics.emplace((run.stage_dir(stage) / "metrics.jsonl").string());
@@ -142,6 +154,7 @@ inline nlohmann::json train(const Run& run, const std::string& stage, const Caus
                            {"seconds", summary.seconds},
                            {"final_loss", summary.final_loss},
                            {"flops", double(summary.tokens) * flops_per_tok}};
+  if (options.freeze_experts) record["frozen_experts"] = true;
   for (const auto& [key, value] : options.record.items()) record[key] = value;
   return record;
 }
