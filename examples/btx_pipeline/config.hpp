@@ -494,6 +494,14 @@ inline PipelineConfig repeat_config(const PipelineConfig& c, int64_t k) {
   return one;
 }
 
+// The runs a config makes: itself, or one per repeat (seed + k, in <run>/seed-<s>/).
+inline std::vector<PipelineConfig> runs_of(const PipelineConfig& c) {
+  if (c.repeats <= 1) return {c};
+  std::vector<PipelineConfig> runs;
+  for (int64_t k = 0; k < c.repeats; ++k) runs.push_back(repeat_config(c, k));
+  return runs;
+}
+
 // What every training stage of the run shares.
 inline recipe::TrainSettings train_settings(const PipelineConfig& c) {
   return {

@@ -273,9 +273,8 @@ const recipe::WorkerTable& workers() {
 
 }  // namespace
 
-int write_report(const bp::PipelineRun& p);  // report_main.cpp
-int write_repeats_report(const bp::PipelineConfig& config,
-                         const std::vector<fs::path>& repeat_dirs);  // repeats_report.cpp
+int write_report(const bp::PipelineRun& p);                  // report_main.cpp
+int write_repeats_report(const bp::PipelineConfig& config);  // repeats_report.cpp
 int write_sweep_report(const bp::PipelineConfig& config,
                        const bp::Sweep& sweep);  // sweep_report.cpp
 
@@ -351,18 +350,15 @@ int run_pipeline(const bp::PipelineConfig& config, const std::string& until) {
 // <run>/seed-<s>/ (resumable like any run), then the report of means and spreads.
 int run_repeats(const bp::PipelineConfig& config, const std::string& until) {
   const auto run_lock = recipe::Run(config.run_dir).lock();
-  std::vector<fs::path> dirs;
-  for (int64_t k = 0; k < config.repeats; ++k) {
-    const auto one = bp::repeat_config(config, k);
-    std::fprintf(stderr, "[pipeline] repeat %lld of %lld: seed %llu in %s\n",
-                 static_cast<long long>(k + 1), static_cast<long long>(config.repeats),
-                 static_cast<unsigned long long>(one.seed), one.run_dir.c_str());
-    if (const int rc = run_pipeline(one, until)) return rc;
-    dirs.emplace_back(one.run_dir);
+  const auto runs = bp::runs_of(config);
+  for (size_t k = 0; k < runs.size(); ++k) {
+    std::fprintf(stderr, "[pipeline] repeat %zu of %zu: seed %llu in %s\n", k + 1, runs.size(),
+                 static_cast<unsigned long long>(runs[k].seed), runs[k].run_dir.c_str());
+    if (const int rc = run_pipeline(runs[k], until)) return rc;
   }
   if (!until.empty()) return 0;
   std::ofstream(fs::path(config.run_dir) / "config.json") << bp::to_json(config).dump(2) << "\n";
-  return write_repeats_report(config, dirs);
+  return write_repeats_report(config);
 }
 
 // Every variant of the config's sweep (each with its repeats) in <run>/<name>/, then the

@@ -50,7 +50,8 @@ std::string table(const std::map<std::string, bp::PerRepeat>& models,
 
 }  // namespace
 
-int write_repeats_report(const bp::PipelineConfig& config, const std::vector<fs::path>& dirs) {
+int write_repeats_report(const bp::PipelineConfig& config) {
+  const auto dirs = bp::result_dirs(config);
   const auto domains = bp::domain_names_of(config);
   std::vector<std::string> order;
   const auto models = bp::collect_results(dirs, domains, order);

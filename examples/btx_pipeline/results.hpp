@@ -65,9 +65,8 @@ inline std::map<std::string, PerRepeat> collect_results(
 
 // The run folders a config's results live in: its own, or one per repeat.
 inline std::vector<std::filesystem::path> result_dirs(const PipelineConfig& config) {
-  if (config.repeats <= 1) return {config.run_dir};
   std::vector<std::filesystem::path> dirs;
-  for (int64_t k = 0; k < config.repeats; ++k) dirs.emplace_back(repeat_config(config, k).run_dir);
+  for (const auto& run : runs_of(config)) dirs.emplace_back(run.run_dir);
   return dirs;
 }
 

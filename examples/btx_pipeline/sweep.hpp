@@ -97,14 +97,6 @@ inline Sweep sweep_of(const PipelineConfig& config) {
   return sweep;
 }
 
-// The runs a config makes: itself, or one per repeat (seed + k, in <run>/seed-<s>/).
-inline std::vector<PipelineConfig> runs_of(const PipelineConfig& c) {
-  if (c.repeats <= 1) return {c};
-  std::vector<PipelineConfig> runs;
-  for (int64_t k = 0; k < c.repeats; ++k) runs.push_back(repeat_config(c, k));
-  return runs;
-}
-
 // What a stage's result depends on: the config without the keys that only act after it.
 // Leaving a key in is safe (a stage is retrained); leaving one out that matters is not, so
 // these lists name only keys known to act downstream.

@@ -128,10 +128,10 @@ inline nlohmann::json train(const Run& run, const std::string& stage, const Caus
     t.checkpoint_every = run.train().checkpoint_every;
   }
   t.on_step = options.on_step;
-  if (options.held_out && options.held_out_every > 0) {
+  if (options.held_out) {
     t.held_out = [model, held_out = options.held_out] { return held_out(model); };
-    t.held_out_every = options.held_out_every;
   }
+  t.held_out_every = options.held_out_every;  // the trainer checks the pair
   // Each record's compute so far, for curves against training FLOPs; an MoE's router health.
   const double flops_per_tok = flops_per_token(model.spec(), sampler.seq_len());
   t.on_log = [model, stage, flops_per_tok](int64_t step, nlohmann::json& record) {
