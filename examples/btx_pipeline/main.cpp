@@ -74,7 +74,10 @@ CONFIG (YAML or JSON) overrides any of these keys (unknown keys are errors):
     on the first curve_windows held-out windows per domain, plotted against training FLOPs
   sweep: {axis: LABEL, variants: [{name, x, KEY: VALUE...}]}: run every variant (this file
     with the variant's keys applied; with its repeats) in <run>/<name>/ and report them side
-    by side in <run>/report.md with a plot against x (examples/btx_pipeline/sweep.hpp)
+    by side in <run>/report.md with a plot against x (examples/btx_pipeline/sweep.hpp); or a
+    list of such sweeps, each with a name (its folder <run>/<name>/), run one after the other
+    with one report of all (examples/btx_pipeline/sweeps.yaml: the faithful-miniature preset);
+    a stage that a variant would train exactly as an earlier one did is taken over from it
   moe_share (0): the MoE stage's share of BTX's compute (the paper: 0.23); in (0, 1) it sets
     finetune_stage.steps from the experts' planned compute
   repeats (1): run the whole pipeline with seeds seed .. seed+repeats-1, each in
@@ -275,8 +278,9 @@ const recipe::WorkerTable& workers() {
 
 int write_report(const bp::PipelineRun& p);                  // report_main.cpp
 int write_repeats_report(const bp::PipelineConfig& config);  // repeats_report.cpp
-int write_sweep_report(const bp::PipelineConfig& config,
-                       const bp::Sweep& sweep);  // sweep_report.cpp
+std::string write_sweep_report(const bp::PipelineConfig& config,
+                               const bp::Sweep& sweep);  // sweep_report.cpp
+int write_sweeps_report(const bp::PipelineConfig& config, const std::vector<bp::Sweep>& sweeps);
 
 namespace {
 
@@ -361,30 +365,35 @@ int run_repeats(const bp::PipelineConfig& config, const std::string& until) {
   return write_repeats_report(config);
 }
 
-// Every variant of the config's sweep (each with its repeats) in <run>/<name>/, then the
+// Every variant of the config's sweeps (each with its repeats) in its folder, then the
 // report across them. Every variant is validated before the first trains.
 int run_sweep(const bp::PipelineConfig& config, const std::string& until) {
   const auto run_lock = recipe::Run(config.run_dir).lock();
-  const auto sweep = bp::sweep_of(config);
-  for (size_t k = 0; k < sweep.variants.size(); ++k) {
-    const auto& v = sweep.variants[k];
-    std::fprintf(stderr, "[pipeline] sweep variant %s (%s = %g) in %s\n", v.name.c_str(),
-                 sweep.axis.c_str(), v.x, v.config.run_dir.c_str());
-    // Stages an earlier variant already trained with the same upstream config are shared.
-    const auto now = bp::runs_of(v.config);
-    for (size_t j = 0; j < k; ++j) {
-      const auto before = bp::runs_of(sweep.variants[j].config);
-      for (size_t r = 0; r < std::min(now.size(), before.size()); ++r) {
-        bp::adopt_upstream(before[r], now[r]);
+  const auto sweeps = bp::sweeps_of(config);
+  std::vector<bp::PipelineConfig> earlier;  // every variant run so far, of every sweep
+  for (const auto& sweep : sweeps) {
+    for (const auto& v : sweep.variants) {
+      std::fprintf(stderr, "[pipeline] sweep %s variant %s (%s = %g) in %s\n", sweep.name.c_str(),
+                   v.name.c_str(), sweep.axis.c_str(), v.x, v.config.run_dir.c_str());
+      // Stages an earlier variant already trained with the same upstream config are shared.
+      const auto now = bp::runs_of(v.config);
+      for (const auto& e : earlier) {
+        const auto before = bp::runs_of(e);
+        for (size_t r = 0; r < std::min(now.size(), before.size()); ++r) {
+          bp::adopt_upstream(before[r], now[r]);
+        }
       }
+      const int rc =
+          v.config.repeats > 1 ? run_repeats(v.config, until) : run_pipeline(v.config, until);
+      if (rc != 0) return rc;
+      earlier.push_back(v.config);
     }
-    const int rc =
-        v.config.repeats > 1 ? run_repeats(v.config, until) : run_pipeline(v.config, until);
-    if (rc != 0) return rc;
   }
   if (!until.empty()) return 0;
   std::ofstream(fs::path(config.run_dir) / "config.json") << bp::to_json(config).dump(2) << "\n";
-  return write_sweep_report(config, sweep);
+  if (config.sweep.is_array()) return write_sweeps_report(config, sweeps);
+  write_sweep_report(config, sweeps.front());
+  return 0;
 }
 
 }  // namespace

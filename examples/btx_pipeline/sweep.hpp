@@ -7,10 +7,14 @@
 //       - {name: share10, x: 0.10, moe_share: 0.10}
 //       - {name: share23, x: 0.23, moe_share: 0.23}
 // A variant is a name (a folder), an optional x (its position on the plot; default: its
-// index) and any keys of the pipeline's config, applied over the rest of the file.
-// Every variant is validated before the first one trains.
+// index) and any keys of the pipeline's config, applied over the rest of the file. A list
+// of such sweeps, each with a name (its folder), runs them one after the other (a preset of
+// several axes, one command). Every variant is validated before the first one trains, and
+// a stage a variant would train the same way as an earlier variant (of any sweep of the
+// run, same repeat) is taken over from it instead (adopt_upstream).
 #pragma once
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <filesystem>
@@ -23,8 +27,11 @@
 #include <nlohmann/json.hpp>
 
 #include <btx/recipe/adopt.hpp>
+#include <btx/recipe/baselines.hpp>
 #include <btx/recipe/branch.hpp>
+#include <btx/recipe/finetune.hpp>
 #include <btx/recipe/lineage.hpp>
+#include <btx/recipe/mix.hpp>
 
 #include "config.hpp"
 #include "corpus.hpp"
@@ -34,11 +41,13 @@ namespace btx::pipeline {
 struct SweepVariant {
   std::string name;
   double x = 0.0;
-  PipelineConfig config;  // the base with the variant's keys applied, run_dir <run>/<name>
+  PipelineConfig config;  // the base with the variant's keys applied, run_dir <dir>/<name>
 };
 
 struct Sweep {
+  std::string name;  // its folder in the run (a list of sweeps); empty: the run folder itself
   std::string axis = "variant";
+  std::filesystem::path dir;  // where its variants and its report go
   std::vector<SweepVariant> variants;
 };
 
@@ -50,102 +59,160 @@ inline bool folder_safe(const std::string& name) {
   return true;
 }
 
-inline Sweep sweep_of(const PipelineConfig& config) {
-  const auto& j = config.sweep;
-  detail::reject_unknown(j, "sweep", {"axis", "variants"});
+namespace detail {
+
+// One sweep ({[name,] axis, variants}) over `base`, its variants in `dir`/<variant>/.
+inline Sweep read_sweep(const nlohmann::json& j, const PipelineConfig& base,
+                        const std::filesystem::path& dir, const std::string& where) {
+  reject_unknown(j, where, {"name", "axis", "variants"});
   Sweep sweep;
-  detail::read(j, "axis", sweep.axis, "sweep");
+  sweep.dir = dir;
+  read(j, "axis", sweep.axis, where);
   if (!j.contains("variants") || !j.at("variants").is_array() || j.at("variants").empty()) {
-    throw std::invalid_argument("config: sweep.variants must be a non-empty list");
+    throw std::invalid_argument("config: " + where + ".variants must be a non-empty list");
   }
-  PipelineConfig base = config;
-  base.sweep = nullptr;
   std::set<std::string> names;
   for (const auto& v : j.at("variants")) {
     if (!v.is_object() || !v.contains("name") || !v.at("name").is_string()) {
-      throw std::invalid_argument("config: every sweep variant needs a name, got " + v.dump());
+      throw std::invalid_argument("config: every variant of " + where + " needs a name, got " +
+                                  v.dump());
     }
     SweepVariant variant;
     variant.name = v.at("name").get<std::string>();
-    const std::string where = "sweep variant '" + variant.name + "'";
+    const std::string at = where + " variant '" + variant.name + "'";
     if (!folder_safe(variant.name)) {
-      throw std::invalid_argument("config: " + where +
+      throw std::invalid_argument("config: " + at +
                                   ": a name is a folder: letters, digits, '-', '_', '.'");
     }
     if (!names.insert(variant.name).second) {
-      throw std::invalid_argument("config: " + where + " appears twice");
+      throw std::invalid_argument("config: " + at + " appears twice");
     }
     variant.x = double(sweep.variants.size());
-    detail::read(v, "x", variant.x, where);
+    read(v, "x", variant.x, at);
     nlohmann::json overrides = v;
     overrides.erase("name");
     overrides.erase("x");
     for (const char* key : {"sweep", "run_dir"}) {
       if (overrides.contains(key)) {
-        throw std::invalid_argument("config: " + where + " cannot set '" + key + "'");
+        throw std::invalid_argument("config: " + at + " cannot set '" + key + "'");
       }
     }
     try {
       variant.config = apply_config(base, overrides);
       validate(variant.config, seed_spec_of(variant.config).shape);
     } catch (const std::invalid_argument& e) {
-      throw std::invalid_argument(where + ": " + e.what());
+      throw std::invalid_argument(at + ": " + e.what());
     }
-    variant.config.run_dir = (std::filesystem::path(config.run_dir) / variant.name).string();
+    variant.config.run_dir = (dir / variant.name).string();
     sweep.variants.push_back(std::move(variant));
   }
   return sweep;
 }
 
-// What a stage's result depends on: the config without the keys that only act after it.
+}  // namespace detail
+
+// The config's sweeps: one (sweep: {axis, variants}), its variants in <run>/<variant>/, or
+// several (sweep: [{name, axis, variants}, ...]), each in <run>/<name>/<variant>/. Every
+// variant of every sweep is validated here, before anything trains.
+inline std::vector<Sweep> sweeps_of(const PipelineConfig& config) {
+  PipelineConfig base = config;
+  base.sweep = nullptr;
+  const std::filesystem::path run = config.run_dir;
+  if (!config.sweep.is_array()) return {detail::read_sweep(config.sweep, base, run, "sweep")};
+  if (config.sweep.empty()) throw std::invalid_argument("config: sweep is an empty list");
+  std::vector<Sweep> sweeps;
+  std::set<std::string> names;
+  for (const auto& j : config.sweep) {
+    if (!j.is_object() || !j.contains("name") || !j.at("name").is_string()) {
+      throw std::invalid_argument("config: every sweep of a list needs a name (its folder), got " +
+                                  j.dump().substr(0, 200));
+    }
+    const std::string name = j.at("name").get<std::string>();
+    const std::string where = "sweep '" + name + "'";
+    if (!folder_safe(name)) {
+      throw std::invalid_argument("config: " + where +
+                                  ": a name is a folder: letters, digits, '-', '_', '.'");
+    }
+    if (!names.insert(name).second) {
+      throw std::invalid_argument("config: " + where + " appears twice");
+    }
+    sweeps.push_back(detail::read_sweep(j, base, run / name, where));
+    sweeps.back().name = name;
+  }
+  return sweeps;
+}
+
+// What a stage's result depends on: the config without the keys that act only after it.
 // Leaving a key in is safe (a stage is retrained); leaving one out that matters is not, so
-// these lists name only keys known to act downstream.
-inline nlohmann::json upstream_of(const PipelineConfig& c, bool through_experts) {
-  auto j = to_json(c);
-  for (const char* key : {"run_dir",
-                          "repeats",
-                          "sweep",
-                          "moe_share",
-                          "finetune_stage",
-                          "router",
-                          "extra_routers",
-                          "load_balance_alpha",
-                          "freeze_experts",
-                          "load_balance_form",
-                          "seed_as_expert",
-                          "seed_as_shared_expert",
-                          "router_init",
-                          "averaging",
-                          "averaging_density",
-                          "averaging_lambda",
-                          "baselines",
-                          "eval_windows",
-                          "math_problems",
-                          "curve_every",
-                          "curve_windows",
-                          "log_every",
-                          "checkpoint_every",
-                          "ranks_per_stage",
-                          "dist_timeout_s"}) {
+// these lists name only keys known to act downstream. Levels: the seed (and tokenizer,
+// branch), the experts (and BTM merge), the dense and upcycling baselines (the experts plus
+// what sets BTX's budget), the mix and the MoE stages, the evaluation (everything).
+enum class Through { seed, experts, dense, upcycle, mix, finetune, eval };
+
+inline nlohmann::json upstream_of(const PipelineConfig& c, Through through) {
+  const auto all = to_json(c);
+  auto j = all;
+  for (const char* key : {"run_dir", "repeats", "sweep"}) j.erase(key);
+  if (through == Through::eval) return j;
+  for (const char* key : {"baselines", "eval_windows", "math_problems", "extra_routers"}) {
     j.erase(key);
   }
-  if (!through_experts) {
+  if (through == Through::finetune) return j;
+  if (through == Through::mix) {
+    for (const char* key : {"finetune_stage", "moe_share", "freeze_experts"}) j.erase(key);
+    return j;
+  }
+  for (const char* key :
+       {"moe_share", "finetune_stage", "router", "load_balance_alpha", "freeze_experts",
+        "load_balance_form", "seed_as_expert", "seed_as_shared_expert", "router_init", "averaging",
+        "averaging_density", "averaging_lambda", "curve_every", "curve_windows", "log_every",
+        "checkpoint_every", "ranks_per_stage", "dist_timeout_s"}) {
+    j.erase(key);
+  }
+  if (through == Through::seed) {
     for (const char* key : {"expert_stage", "ranks_per_expert", "expert_worlds", "fail_expert",
                             "fail_step", "fail_rank", "fail_signal"}) {
       j.erase(key);
     }
+    return j;
+  }
+  // The baselines spend BTX's compute: the experts' plus the MoE stage's (its steps, and
+  // its FLOPs per token: the router's top-k, the number of experts).
+  const auto budget = {"moe_share",      "finetune_stage",        "router",
+                       "seed_as_expert", "seed_as_shared_expert", "ranks_per_stage"};
+  if (through == Through::dense || through == Through::upcycle) {
+    for (const char* key : budget) j[key] = all.at(key);
+  }
+  if (through == Through::upcycle) {
+    for (const char* key : {"load_balance_alpha", "load_balance_form"}) j[key] = all.at(key);
   }
   return j;
 }
 
-// Before `now` runs: the tokenizer, seed and branch of `earlier` when their upstream configs
-// match, and its experts when those match too; recorded in <now>/adopted.json for the report.
+// Before `now` runs: every stage `earlier` finished whose upstream config matches now's
+// (seed, tokenizer and branch; experts and BTM merge; baselines; mix and MoE stages; the
+// evaluation), recorded in <now>/adopted.json for the report.
 inline void adopt_upstream(const PipelineConfig& earlier, const PipelineConfig& now) {
-  if (upstream_of(earlier, false) != upstream_of(now, false)) return;
+  const auto same = [&](Through t) { return upstream_of(earlier, t) == upstream_of(now, t); };
+  if (!same(Through::seed)) return;
   const recipe::Run from(earlier.run_dir, {}, "pipeline"), to(now.run_dir, {}, "pipeline");
   std::vector<std::string> stages = {"seed", recipe::kBranchStage};
-  if (upstream_of(earlier, true) == upstream_of(now, true)) {
+  if (same(Through::experts)) {
     for (const auto& d : now.domains) stages.push_back(recipe::expert_stage(d.name));
+    stages.push_back(recipe::kBtmMergeStage);
+    if (same(Through::dense)) stages.push_back(recipe::kDenseStage);
+    if (same(Through::upcycle)) stages.push_back(recipe::kUpcycleStage);
+    if (same(Through::mix)) stages.push_back(recipe::kMixStage);
+    if (same(Through::finetune)) {
+      stages.push_back(recipe::finetune_stage(now.router));
+      for (const auto& r : now.extra_routers) {
+        if (std::count(earlier.extra_routers.begin(), earlier.extra_routers.end(), r) ||
+            r == earlier.router) {
+          stages.push_back(recipe::finetune_stage(r));
+        }
+      }
+    }
+    if (same(Through::eval)) stages.push_back("eval");
   }
   std::filesystem::create_directories(to.dir());
   recipe::adopt_folder(from, to, "tokenizer");

@@ -260,12 +260,14 @@ class SweepReport(unittest.TestCase):
                     self.assertLessEqual(abs(moe - share / (1 - share) * experts), per_step / 2 + 1,
                                          (name, seed, steps))
             # Stages with the same config up to them are shared, not retrained: share40 takes
-            # share10's seed and experts (hard links); longer, with other experts, the seed.
+            # share10's seed, experts, BTM merge and mix (hard links); longer, with other
+            # experts, the seed.
             def adopted(name, seed):
                 with open(os.path.join(run_dir, name, f"seed-{seed}", "adopted.json")) as f:
                     return json.load(f)
             self.assertEqual(set(adopted("share40", 1)),
-                             {"seed", "branch", "expert-math", "expert-code", "expert-prose"})
+                             {"seed", "branch", "expert-math", "expert-code", "expert-prose",
+                              "btm-merge", "mix"})
             self.assertEqual(set(adopted("longer", 0)), {"seed", "branch"})
             self.assertFalse(os.path.exists(os.path.join(run_dir, "share10", "seed-0", "adopted.json")))
             def inode(*parts):
@@ -292,9 +294,60 @@ class SweepReport(unittest.TestCase):
             with open(os.path.join(run_dir, "report.md")) as f:
                 report = f.read()
             self.assertIn("| model | share10 (0.100) | share40 (0.400) | longer (0.500) |", report)
-            self.assertIn("10 finished stages taken over from earlier variants", report)
+            self.assertIn("14 finished stages taken over from earlier variants", report)
             self.assertIn("trunk penalty", report)
             self.assertTrue(os.path.exists(os.path.join(run_dir, "share40", "report.md")))
+
+    def test_a_list_of_sweeps_shares_every_stage_it_can_and_reports_all(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "sweeps.yaml")
+            with open(path, "w") as f:
+                f.write(self.TINY + "sweep:\n"
+                        "  - name: share\n    axis: MoE-stage share\n    variants:\n"
+                        "      - {name: base, x: 0.2, moe_share: 0.2}\n"
+                        "      - {name: more, x: 0.4, moe_share: 0.4}\n"
+                        "  - name: mix\n    axis: router init\n    variants:\n"
+                        "      - {name: base, moe_share: 0.2}\n"
+                        "      - {name: zero, moe_share: 0.2, router_init: zero}\n")
+            run_dir = os.path.join(tmp, "run")
+            r = run([path, "--quick", "--run-dir", run_dir], timeout=900)
+            self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+            def adopted(*parts):
+                with open(os.path.join(run_dir, *parts, "adopted.json")) as f:
+                    return set(json.load(f))
+            experts = {"expert-math", "expert-code", "expert-prose"}
+            # Another share: the MoE stage and both baselines (BTX's budget) are trained anew.
+            self.assertEqual(adopted("share", "more"),
+                             {"seed", "branch", "btm-merge", "mix"} | experts)
+            # The same config in another sweep: every stage, its evaluation included.
+            self.assertEqual(adopted("mix", "base"),
+                             {"seed", "branch", "btm-merge", "dense", "upcycle", "mix", "btx-top2",
+                              "eval"} | experts)
+            # Another router init: the mix and the MoE stage anew, the baselines taken over.
+            self.assertEqual(adopted("mix", "zero"),
+                             {"seed", "branch", "btm-merge", "dense", "upcycle"} | experts)
+            with open(os.path.join(run_dir, "mix", "sweep.json")) as f:
+                variants = json.load(f)["variants"]
+            self.assertEqual(variants[0]["models"]["dense"], variants[1]["models"]["dense"])
+            self.assertNotEqual(variants[0]["models"]["BTX top2"],
+                                variants[1]["models"]["BTX top2"])
+            with open(os.path.join(run_dir, "report.md")) as f:
+                report = f.read()
+            self.assertIn("## share: MoE-stage share", report)
+            self.assertIn("## mix: router init", report)
+            self.assertIn("![router init](mix/sweep.png)", report)
+            self.assertIn("[zero](mix/zero/report.md)", report)
+            self.assertIn("| BTX − base BTX |", report)
+            self.assertTrue(os.path.exists(os.path.join(run_dir, "share", "report.md")))
+
+    def test_a_sweep_of_a_list_needs_names(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "sweep.yaml")
+            with open(path, "w") as f:
+                f.write(self.TINY + "sweep:\n  - axis: share\n    variants: [{name: a}]\n")
+            r = run([path, "--quick", "--run-dir", os.path.join(tmp, "run")], timeout=300)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("every sweep of a list needs a name (its folder)", r.stderr)
 
     def test_a_bad_variant_fails_before_any_training(self):
         with tempfile.TemporaryDirectory() as tmp:
