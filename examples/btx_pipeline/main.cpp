@@ -129,6 +129,7 @@ tokenizer: auto | sentencepiece | bytes (auto): how text becomes ids. sentencepi
 struct Args {
   std::string config_file, run_dir, until;
   bool quick = false;
+  bool check = false;
 };
 
 std::string routers_help() {
@@ -396,6 +397,31 @@ int run_sweep(const bp::PipelineConfig& config, const std::string& until) {
   return 0;
 }
 
+// --check: the config's keys validated (every variant of a sweep's) and the runs it would
+// make listed, without reading any data or training.
+int check_config(const bp::PipelineConfig& config) {
+  std::vector<std::pair<std::string, bp::PipelineConfig>> runs;
+  if (config.sweep.is_null()) {
+    bp::validate(config, bp::seed_spec_of(config).shape);
+    runs.emplace_back("", config);
+  } else {
+    for (const auto& sweep : bp::sweeps_of(config)) {
+      for (const auto& v : sweep.variants) {
+        runs.emplace_back((sweep.name.empty() ? "" : sweep.name + "/") + v.name, v.config);
+      }
+    }
+  }
+  size_t total = 0;
+  for (const auto& [name, c] : runs) {
+    const auto each = bp::runs_of(c);
+    total += each.size();
+    std::printf("%s%s: %zu run%s in %s\n", name.c_str(), name.empty() ? "config" : "", each.size(),
+                each.size() == 1 ? "" : "s", c.run_dir.c_str());
+  }
+  std::printf("config OK: %zu run%s\n", total, total == 1 ? "" : "s");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -405,6 +431,9 @@ int main(int argc, char** argv) {
   app.add_option("CONFIG", a.config_file, "YAML or JSON file overriding the default's keys")
       ->check(CLI::ExistingFile);
   app.add_flag("--quick", a.quick, "the smaller preset (about a minute)");
+  app.add_flag("--check", a.check,
+               "validate the config's keys (every variant of a sweep's) and list the runs it "
+               "makes; reads no data, trains nothing");
   auto* run_dir = app.add_option("--run-dir", a.run_dir, "the run's folder (config key run_dir)");
   app.add_option("--until", a.until, "stop after this stage")
       ->check(CLI::IsMember({"seed", "experts", "mix", "finetune"}));
@@ -417,6 +446,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     const auto config = resolve_config(a);
+    if (a.check) return check_config(config);
     if (!config.sweep.is_null()) return run_sweep(config, a.until);
     return config.repeats > 1 ? run_repeats(config, a.until) : run_pipeline(config, a.until);
   } catch (const std::exception& e) {

@@ -340,6 +340,16 @@ class SweepReport(unittest.TestCase):
             self.assertIn("| BTX − base BTX |", report)
             self.assertTrue(os.path.exists(os.path.join(run_dir, "share", "report.md")))
 
+    def test_the_faithful_miniature_preset_is_valid(self):
+        preset = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "btx_pipeline",
+                              "sweeps.yaml")
+        r = run([preset, "--check", "--run-dir", "/nonexistent/btx-check"], timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        self.assertIn("share/share23: 3 runs in /nonexistent/btx-check/share/share23", r.stdout)
+        self.assertIn("ablations/frozen-nolb: 3 runs", r.stdout)
+        self.assertRegex(r.stdout, r"config OK: \d+ runs")
+        self.assertFalse(os.path.exists("/nonexistent/btx-check"))
+
     def test_a_sweep_of_a_list_needs_names(self):
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "sweep.yaml")
