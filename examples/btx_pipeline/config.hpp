@@ -64,6 +64,7 @@ struct PipelineConfig {
   bool seed_as_expert = true;             // the paper's generalist expert
   bool seed_as_shared_expert = false;     // or, in a Qwen2 seed's MoE, its shared expert
   std::string router_init = "normal";     // normal | zero | hidden
+  std::string experts_from = "btx";       // btx (expert j: domain j's FFN) | blend (Table 5)
   std::string averaging = "uniform";      // shared tensors: uniform | task_arithmetic | ties |
                                           // dare_linear | dare_ties (against the seed)
   double averaging_density = 0.5;         // ties / dare_*: fraction of task vectors kept
@@ -267,6 +268,7 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
                           "seed_as_expert",
                           "seed_as_shared_expert",
                           "router_init",
+                          "experts_from",
                           "averaging",
                           "averaging_density",
                           "averaging_lambda",
@@ -347,6 +349,7 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
   read(j, "seed_as_expert", c.seed_as_expert, top);
   read(j, "seed_as_shared_expert", c.seed_as_shared_expert, top);
   read(j, "router_init", c.router_init, top);
+  read(j, "experts_from", c.experts_from, top);
   read(j, "averaging", c.averaging, top);
   read(j, "averaging_density", c.averaging_density, top);
   read(j, "averaging_lambda", c.averaging_lambda, top);
@@ -460,6 +463,24 @@ inline void validate(const PipelineConfig& c, const ArchShape& seed) {
     throw std::invalid_argument("config: router_init '" + c.router_init +
                                 "' is not one of normal, zero, hidden");
   }
+  if (c.experts_from != "btx" && c.experts_from != "blend") {
+    throw std::invalid_argument("config: experts_from '" + c.experts_from +
+                                "' is not one of btx, blend");
+  }
+  if (c.experts_from == "blend" && c.router_init == "hidden") {
+    throw std::invalid_argument(
+        "config: router_init hidden starts each expert's router row from its domain's text, "
+        "but experts_from blend makes every expert a slice of every domain");
+  }
+  if (c.experts_from == "blend") {
+    const auto sources = int64_t(c.domains.size()) + (c.seed_as_expert ? 1 : 0);
+    if (sources > 0 && seed.intermediate_size % sources != 0) {
+      throw std::invalid_argument(
+          "config: experts_from blend cuts every FFN into one chunk per expert (" +
+          std::to_string(sources) + "), which must divide intermediate_size " +
+          std::to_string(seed.intermediate_size));
+    }
+  }
   static const std::set<std::string> averagings = {"uniform", "task_arithmetic", "ties",
                                                    "dare_linear", "dare_ties"};
   if (!averagings.count(c.averaging)) {
@@ -561,6 +582,7 @@ inline nlohmann::json to_json(const PipelineConfig& c) {
           {"seed_as_expert", c.seed_as_expert},
           {"seed_as_shared_expert", c.seed_as_shared_expert},
           {"router_init", c.router_init},
+          {"experts_from", c.experts_from},
           {"averaging", c.averaging},
           {"averaging_density", c.averaging_density},
           {"averaging_lambda", c.averaging_lambda},

@@ -46,10 +46,14 @@ struct PipelineRun {
     for (const auto& d : corpus.domains) names.push_back(d.name);
     return names;
   }
-  // Experts of the mixed model in router order: one per domain, then the seed.
+  // Experts of the mixed model in router order: one per domain, then the seed (blended:
+  // blend-n, each a slice of every one of them).
   [[nodiscard]] std::vector<std::string> expert_names() const {
     auto names = domain_names();
     if (config.seed_as_expert) names.push_back("seed");
+    if (config.experts_from == "blend") {
+      for (size_t n = 0; n < names.size(); ++n) names[n] = "blend-" + std::to_string(n);
+    }
     return names;
   }
   [[nodiscard]] int64_t num_experts() const { return int64_t(expert_names().size()); }
@@ -73,6 +77,7 @@ struct PipelineRun {
     recipe::MixOptions m;
     m.router = config.router;
     m.router_init = config.router_init;
+    m.experts_from = config.experts_from;
     m.averaging = config.averaging;
     m.density = config.averaging_density;
     m.lambda = config.averaging_lambda;

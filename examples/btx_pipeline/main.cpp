@@ -96,7 +96,8 @@ CONFIG (YAML or JSON) overrides any of these keys (unknown keys are errors):
   freeze_experts (false): BTX's MoE stage trains the routers and the trunk, not the experts
     (FLOPs still counted as for a full backward),
   seed_as_shared_expert (false; a Qwen2 seed: its FFN as the MoE's always-on shared expert),
-  router_init: normal|zero|hidden, averaging: uniform|task_arithmetic|ties|dare_linear|
+  router_init: normal|zero|hidden, experts_from: btx|blend (blend: expert n holds chunk n of
+  every domain's FFN, the paper's Blending ablation), averaging: uniform|task_arithmetic|ties|dare_linear|
   dare_ties (shared tensors, against the seed; averaging_density, averaging_lambda),
   baselines (true), eval_windows, math_problems
   checkpoint_every (50; quick: 10): every training stage checkpoints into

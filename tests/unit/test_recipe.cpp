@@ -7,12 +7,14 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include <btx/io/safetensors_reader.hpp>
 #include <btx/merge/branch.hpp>
 #include <btx/merge/upcycle_model.hpp>
 #include <btx/models/auto.hpp>
@@ -364,4 +366,44 @@ TEST_CASE("recipe train_stage: freeze_experts trains routers and trunk, leaves t
                                   frozen);
             }),
             "stage 'dense' freezes experts, but its model is dense"));
+}
+
+TEST_CASE("recipe mix: blending makes expert n of chunk n of every source's FFN") {
+  const auto seed = tiny_seed();
+  auto experts = recipe::branch(seed, {"a", "b", "c"});
+  const std::string up = "model.layers.0.mlp.up_proj.weight";
+  {
+    torch::NoGradGuard no_grad;
+    for (size_t j = 0; j < experts.size(); ++j) {
+      experts[j].model.module().named_parameters()[up].fill_(double(j + 1));
+    }
+  }
+  const recipe::Run run(scratch_dir("recipe-mix-blend"));
+  (void)recipe::mix_stage(run, experts, seed, {.router = "top2", .experts_from = "blend"});
+  CHECK(run.record("mix").at("experts") ==
+        std::vector<std::string>{"blend-0", "blend-1", "blend-2", "blend-3"});
+  CHECK(run.record("mix").at("experts_from") == "blend");
+  std::map<std::string, torch::Tensor> tensors;
+  for (const auto& f : fs::directory_iterator(run.model_dir("mix"))) {
+    if (f.path().extension() == ".safetensors") tensors.merge(btx::io::load_safetensors(f.path()));
+  }
+  const auto seed_up = seed.module().named_parameters()[up];
+  const int64_t I = seed_up.size(0), w = I / 4;
+  for (int64_t n = 0; n < 4; ++n) {
+    CAPTURE(n);
+    const auto w3_FD =
+        tensors.at("model.layers.0.block_sparse_moe.experts." + std::to_string(n) + ".w3.weight");
+    REQUIRE(w3_FD.size(0) == I);
+    // Rows [j*w, (j+1)*w): chunk n of source j (experts a, b, c filled with 1, 2, 3; the seed).
+    for (int64_t j = 0; j < 3; ++j) {
+      CHECK(torch::all(w3_FD.slice(0, j * w, (j + 1) * w) == double(j + 1)).item<bool>());
+    }
+    CHECK(torch::equal(w3_FD.slice(0, 3 * w, 4 * w), seed_up.slice(0, n * w, (n + 1) * w)));
+  }
+  CHECK(has(recipe_error_of([&] {
+              (void)recipe::mix(
+                  experts, seed,
+                  {.router = "top2", .router_init = "hidden", .experts_from = "blend"});
+            }),
+            "a blended expert holds a slice of every source"));
 }

@@ -39,7 +39,11 @@ inline constexpr const char* kMixStage = "mix";
 struct MixOptions {
   std::string router = "top2";         // any registered router (btx::router_names())
   std::string router_init = "normal";  // normal | zero | hidden (see merge/router_init.hpp)
-  bool seed_as_expert = true;          // the seed joins as the last expert (the generalist)
+  // How FFNs become experts: "btx" (expert j is source j's FFN, the paper's MiX) or "blend"
+  // (the paper's Blending ablation: expert n concatenates chunk n of every source's FFN, so
+  // every expert holds a slice of every domain; merge/mixers.hpp BlendMix).
+  std::string experts_from = "btx";
+  bool seed_as_expert = true;  // the seed joins as the last expert (the generalist)
   // Or the seed's FFN becomes the always-on shared expert, for families whose MoE has one
   // (Qwen2-MoE; merge/moe_plan.hpp: it and the routed mixture start at half weight each).
   bool seed_as_shared_expert = false;
@@ -66,12 +70,16 @@ struct MixOptions {
   }
 };
 
-// The mixed model's experts in router order: the experts, then "seed" when it joins.
+// The mixed model's experts in router order: the experts, then "seed" when it joins; with
+// blending, "blend-n" (each a slice of every source).
 inline std::vector<std::string> mixed_expert_names(const std::vector<Expert>& experts,
-                                                   bool seed_as_expert) {
+                                                   const MixOptions& options) {
   std::vector<std::string> names;
   for (const auto& e : experts) names.push_back(e.info.name);
-  if (seed_as_expert) names.push_back("seed");
+  if (options.seed_as_expert) names.push_back("seed");
+  if (options.experts_from == "blend") {
+    for (size_t n = 0; n < names.size(); ++n) names[n] = "blend-" + std::to_string(n);
+  }
   return names;
 }
 
@@ -93,7 +101,17 @@ template <class RouterInitT>
 merge::StateDict mix_tensors(const std::vector<merge::StateDictSource>& sources,
                              const merge::StateDictSource& base,
                              const merge::AnyAveraging& averaging, RouterInitT init,
-                             int64_t experts_per_token, merge::SharedExpertChoice shared) {
+                             int64_t experts_per_token, merge::SharedExpertChoice shared,
+                             const std::string& experts_from) {
+  if (experts_from == "blend") {
+    merge::BlendMix<merge::AnyAveraging, RouterInitT> mixer{averaging, std::move(init),
+                                                            experts_per_token, shared};
+    return merge::materialize(mixer.plan(sources, &base));
+  }
+  if (experts_from != "btx") {
+    throw std::invalid_argument("btx::recipe::mix: experts_from '" + experts_from +
+                                "' is not one of btx, blend");
+  }
   merge::BtxMix<merge::AnyAveraging, RouterInitT> mixer{averaging, std::move(init),
                                                         experts_per_token, shared};
   return merge::materialize(mixer.plan(sources, &base));
@@ -104,7 +122,7 @@ merge::StateDict mix_tensors(const std::vector<merge::StateDictSource>& sources,
 inline CausalLM mix(const std::vector<Expert>& experts, const CausalLM& seed,
                     const MixOptions& options) {
   if (experts.empty()) throw std::invalid_argument("btx::recipe::mix: no experts to mix");
-  const auto names = mixed_expert_names(experts, options.seed_as_expert);
+  const auto names = mixed_expert_names(experts, options);
   const ModelSpec& dense = experts.front().model.spec();
   std::vector<merge::StateDictSource> sources;
   for (const auto& e : experts) {
@@ -134,6 +152,11 @@ inline CausalLM mix(const std::vector<Expert>& experts, const CausalLM& seed,
 
   merge::StateDict tensors;
   if (options.router_init == "hidden") {
+    if (options.experts_from == "blend") {
+      throw std::invalid_argument(
+          "btx::recipe::mix: router_init 'hidden' starts expert j's router row from source "
+          "j's hidden states, but a blended expert holds a slice of every source");
+    }
     if (options.router_samples.size() != experts.size()) {
       throw std::invalid_argument(
           "btx::recipe::mix: router_init 'hidden' needs one sample of "
@@ -152,13 +175,15 @@ inline CausalLM mix(const std::vector<Expert>& experts, const CausalLM& seed,
       CausalLM generalist = seed;
       init.per_source.push_back(merge::mean_mlp_inputs(generalist, samples));
     }
-    tensors = detail::mix_tensors(sources, base, averaging, std::move(init), k, shared);
+    tensors = detail::mix_tensors(sources, base, averaging, std::move(init), k, shared,
+                                  options.experts_from);
   } else if (options.router_init == "zero") {
-    tensors = detail::mix_tensors(sources, base, averaging, merge::RouterZero{}, k, shared);
+    tensors = detail::mix_tensors(sources, base, averaging, merge::RouterZero{}, k, shared,
+                                  options.experts_from);
   } else if (options.router_init == "normal") {
     merge::RouterNormal init;
     init.seed = options.router_seed;
-    tensors = detail::mix_tensors(sources, base, averaging, init, k, shared);
+    tensors = detail::mix_tensors(sources, base, averaging, init, k, shared, options.experts_from);
   } else {
     throw std::invalid_argument("btx::recipe::mix: router_init '" + options.router_init +
                                 "' is not one of normal, zero, hidden");
@@ -172,7 +197,7 @@ inline CausalLM mix(const std::vector<Expert>& experts, const CausalLM& seed,
 // when finished, loads the mixed model routed by options.router instead.
 inline CausalLM mix_stage(const Run& run, const std::vector<Expert>& experts, const CausalLM& seed,
                           const MixOptions& options) {
-  const auto names = mixed_expert_names(experts, options.seed_as_expert);
+  const auto names = mixed_expert_names(experts, options);
   const MoEOptions moe = options.moe_options(int64_t(names.size()));
   if (run.skip_if_done(kMixStage)) return load_stage_model(run, kMixStage, moe);
   CausalLM mixed = mix(experts, seed, options);
@@ -182,6 +207,7 @@ inline CausalLM mix_stage(const Run& run, const std::vector<Expert>& experts, co
                {{"experts", names},
                 {"router", options.router},
                 {"router_init", options.router_init},
+                {"experts_from", options.experts_from},
                 {"averaging", options.averaging},
                 {"experts_per_token", active_experts(moe)},
                 {"lineage", lineage},
