@@ -64,12 +64,13 @@ struct PipelineConfig {
   bool seed_as_expert = true;             // the paper's generalist expert
   bool seed_as_shared_expert = false;     // or, in a Qwen2 seed's MoE, its shared expert
   std::string router_init = "normal";     // normal | zero | hidden
-  std::string experts_from = "btx";       // btx (expert j: domain j's FFN) | blend (Table 5)
-  std::string averaging = "uniform";      // shared tensors: uniform | task_arithmetic | ties |
-                                          // dare_linear | dare_ties (against the seed)
-  double averaging_density = 0.5;         // ties / dare_*: fraction of task vectors kept
-  double averaging_lambda = 1.0;          // task-vector merges: scale of the merged vector
-  bool baselines = true;                  // dense, BTM merge/ensemble, sparse upcycling
+  std::string experts_from = "btx";   // btx (expert j: domain j's FFN) | blend | split (Table 5)
+  int64_t split_chunks = 2;           // split: experts cut from each FFN
+  std::string averaging = "uniform";  // shared tensors: uniform | task_arithmetic | ties |
+                                      // dare_linear | dare_ties (against the seed)
+  double averaging_density = 0.5;     // ties / dare_*: fraction of task vectors kept
+  double averaging_lambda = 1.0;      // task-vector merges: scale of the merged vector
+  bool baselines = true;              // dense, BTM merge/ensemble, sparse upcycling
   int64_t eval_windows = 48;
   int64_t math_problems = 100;
   int64_t log_every = 20;
@@ -269,6 +270,7 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
                           "seed_as_shared_expert",
                           "router_init",
                           "experts_from",
+                          "split_chunks",
                           "averaging",
                           "averaging_density",
                           "averaging_lambda",
@@ -350,6 +352,7 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
   read(j, "seed_as_shared_expert", c.seed_as_shared_expert, top);
   read(j, "router_init", c.router_init, top);
   read(j, "experts_from", c.experts_from, top);
+  read(j, "split_chunks", c.split_chunks, top);
   read(j, "averaging", c.averaging, top);
   read(j, "averaging_density", c.averaging_density, top);
   read(j, "averaging_lambda", c.averaging_lambda, top);
@@ -463,9 +466,15 @@ inline void validate(const PipelineConfig& c, const ArchShape& seed) {
     throw std::invalid_argument("config: router_init '" + c.router_init +
                                 "' is not one of normal, zero, hidden");
   }
-  if (c.experts_from != "btx" && c.experts_from != "blend") {
+  if (c.experts_from != "btx" && c.experts_from != "blend" && c.experts_from != "split") {
     throw std::invalid_argument("config: experts_from '" + c.experts_from +
-                                "' is not one of btx, blend");
+                                "' is not one of btx, blend, split");
+  }
+  if (c.experts_from == "split" &&
+      (c.split_chunks < 1 || seed.intermediate_size % c.split_chunks != 0)) {
+    throw std::invalid_argument("config: split_chunks (" + std::to_string(c.split_chunks) +
+                                ") must be >= 1 and divide intermediate_size " +
+                                std::to_string(seed.intermediate_size));
   }
   if (c.experts_from == "blend" && c.router_init == "hidden") {
     throw std::invalid_argument(
@@ -583,6 +592,7 @@ inline nlohmann::json to_json(const PipelineConfig& c) {
           {"seed_as_shared_expert", c.seed_as_shared_expert},
           {"router_init", c.router_init},
           {"experts_from", c.experts_from},
+          {"split_chunks", c.split_chunks},
           {"averaging", c.averaging},
           {"averaging_density", c.averaging_density},
           {"averaging_lambda", c.averaging_lambda},

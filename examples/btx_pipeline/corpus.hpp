@@ -47,12 +47,21 @@ struct PipelineRun {
     return names;
   }
   // Experts of the mixed model in router order: one per domain, then the seed (blended:
-  // blend-n, each a slice of every one of them).
+  // blend-n, each a slice of every one of them; split: name.c, chunk c of each).
   [[nodiscard]] std::vector<std::string> expert_names() const {
     auto names = domain_names();
     if (config.seed_as_expert) names.push_back("seed");
     if (config.experts_from == "blend") {
       for (size_t n = 0; n < names.size(); ++n) names[n] = "blend-" + std::to_string(n);
+    }
+    if (config.experts_from == "split") {
+      std::vector<std::string> split;
+      for (const auto& name : names) {
+        for (int64_t c = 0; c < config.split_chunks; ++c) {
+          split.push_back(name + "." + std::to_string(c));
+        }
+      }
+      return split;
     }
     return names;
   }
@@ -64,13 +73,24 @@ struct PipelineRun {
     return r;
   }
 
-  [[nodiscard]] MoEOptions moe_options(const std::string& router) const {
+  // The MoE of sparse upcycling: one expert per domain (plus the seed's), each as wide as
+  // the seed's FFN.
+  [[nodiscard]] MoEOptions upcycle_options(const std::string& router) const {
     MoEOptions o;
-    o.num_experts = num_experts();
+    o.num_experts = int64_t(domain_names().size()) + (config.seed_as_expert ? 1 : 0);
     o.router = router;
     o.load_balance_alpha = config.load_balance_alpha;
     o.load_balance_form = parse_load_balance_form(config.load_balance_form);
     o.seed = config.seed;
+    return o;
+  }
+  // BTX's MoE (mix, MoE stage, evaluation): as upcycling's, or split into narrower experts.
+  [[nodiscard]] MoEOptions moe_options(const std::string& router) const {
+    MoEOptions o = upcycle_options(router);
+    o.num_experts = num_experts();
+    if (config.experts_from == "split") {
+      o.expert_size = seed_spec.shape.intermediate_size / config.split_chunks;
+    }
     return o;
   }
   [[nodiscard]] recipe::MixOptions mix_options() const {
@@ -78,6 +98,7 @@ struct PipelineRun {
     m.router = config.router;
     m.router_init = config.router_init;
     m.experts_from = config.experts_from;
+    m.chunks = config.split_chunks;
     m.averaging = config.averaging;
     m.density = config.averaging_density;
     m.lambda = config.averaging_lambda;

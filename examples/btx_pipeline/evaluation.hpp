@@ -67,7 +67,7 @@ inline RoutingShares routing_analysis(const PipelineRun& run, const CausalLM& mo
   model->eval();
   const auto device = placement(run.config).device;
   for (const auto& d : run.corpus.domains) {
-    std::vector<torch::Tensor> counts;  // per layer [E]
+    std::vector<torch::Tensor> counts;  // per layer [E] (this model's E: upcycling's may differ)
     const int64_t T = run.config.seq_len;
     const int64_t windows =
         std::min<int64_t>(run.config.eval_windows, (d.eval_tokens.numel() - 1) / T);
@@ -77,10 +77,10 @@ inline RoutingShares routing_analysis(const PipelineRun& run, const CausalLM& mo
       auto layers = moe_layers(model.module());
       // One tensor per layer: assign(n, t) would copy one handle n times, and the in-place
       // sums below would then add every layer into the same storage.
-      for (size_t l = counts.size(); l < layers.size(); ++l)
-        counts.push_back(torch::zeros({run.num_experts()}, torch::kDouble));
       for (size_t l = 0; l < layers.size(); ++l) {
-        counts[l] += layers[l].second->last_stats().tokens_per_expert.to(torch::kDouble);
+        const auto tokens_E = layers[l].second->last_stats().tokens_per_expert.to(torch::kDouble);
+        if (counts.size() <= l) counts.push_back(torch::zeros_like(tokens_E));
+        counts[l] += tokens_E;
       }
     }
     auto& per_layer = shares[d.name];
@@ -135,7 +135,8 @@ inline std::vector<Evaluated> evaluate_all(const PipelineRun& run) {
                [&](const torch::Tensor& ids) { return ensemble.forward(ids.to(device)); }),
          {}});
     add_compute(out.back().result, run, expert_stages);
-    const auto up = load_moe(recipe::kUpcycleStage, run.config.router);
+    const auto up = recipe::load_stage_model(run.run, recipe::kUpcycleStage,
+                                             run.upcycle_options(run.config.router));
     out.push_back({score(run, "sparse upcycling", "MoE of seed copies, finetuned at BTX's compute",
                          logits_of(up)),
                    routing_analysis(run, up)});

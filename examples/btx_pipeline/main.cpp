@@ -96,8 +96,9 @@ CONFIG (YAML or JSON) overrides any of these keys (unknown keys are errors):
   freeze_experts (false): BTX's MoE stage trains the routers and the trunk, not the experts
     (FLOPs still counted as for a full backward),
   seed_as_shared_expert (false; a Qwen2 seed: its FFN as the MoE's always-on shared expert),
-  router_init: normal|zero|hidden, experts_from: btx|blend (blend: expert n holds chunk n of
-  every domain's FFN, the paper's Blending ablation), averaging: uniform|task_arithmetic|ties|dare_linear|
+  router_init: normal|zero|hidden, experts_from: btx|blend|split (the paper's Table 5:
+  blend: expert n holds chunk n of every domain's FFN; split: each FFN cut into
+  split_chunks (2) experts, e.g. router top2 or topk:4 of 8), averaging: uniform|task_arithmetic|ties|dare_linear|
   dare_ties (shared tensors, against the seed; averaging_density, averaging_lambda),
   baselines (true), eval_windows, math_problems
   checkpoint_every (50; quick: 10): every training stage checkpoints into
@@ -258,7 +259,7 @@ void upcycle_worker(const recipe::WorkerArgs& a) {
   const auto p = reopen_run(a.run_dir);
   auto world = recipe::join_world(p.config.topology);
   recipe::upcycle_baseline(p.run, recipe::load_stage_model(p.run, "seed"),
-                           p.moe_options(p.config.router), p.mixture_sampler(300),
+                           p.upcycle_options(p.config.router), p.mixture_sampler(300),
                            p.config.finetune_stage, p.btx_budget_flops(), p.config.seed + 17,
                            on_ranks(p, world));
 }

@@ -123,12 +123,20 @@ int write_report(const bp::PipelineRun& p) {
   for (const auto& r : rows) md << "- **" << r.name << "**: " << r.kind << "\n";
   md << "\n## Routing analysis\n\nShare of each domain's routed tokens per expert and layer "
         "(held-out text, inference mode). Experts: ";
-  const auto experts = p.expert_names();
-  for (size_t e = 0; e < experts.size(); ++e) md << (e ? ", " : "") << "`" << experts[e] << "`";
+  const auto btx_experts = p.expert_names();
+  for (size_t e = 0; e < btx_experts.size(); ++e)
+    md << (e ? ", " : "") << "`" << btx_experts[e] << "`";
   md << " (the last is the seed, the generalist).\n\n";
   for (const auto& e : results) {
     if (e.routing.empty()) continue;
     md << "### " << e.result.name << "\n\n";
+    // Sparse upcycling keeps one expert per domain (and the seed's) when BTX splits or
+    // blends its experts: its columns are numbered.
+    auto experts = btx_experts;
+    if (const size_t E = e.routing.begin()->second.front().size(); E != experts.size()) {
+      experts.clear();
+      for (size_t j = 0; j < E; ++j) experts.push_back("expert " + std::to_string(j));
+    }
     for (const auto& file : bp::plot_routing(run.dir(), slug(e.result.name), e.routing, experts)) {
       md << "![routing](" << file << ")\n";
     }

@@ -163,10 +163,11 @@ inline nlohmann::json upstream_of(const PipelineConfig& c, Through through) {
     return j;
   }
   for (const char* key :
-       {"moe_share", "finetune_stage", "router", "load_balance_alpha", "freeze_experts",
-        "load_balance_form", "seed_as_expert", "seed_as_shared_expert", "router_init", "averaging",
-        "averaging_density", "averaging_lambda", "curve_every", "curve_windows", "log_every",
-        "checkpoint_every", "ranks_per_stage", "dist_timeout_s"}) {
+       {"moe_share",         "finetune_stage",    "router",          "load_balance_alpha",
+        "freeze_experts",    "load_balance_form", "seed_as_expert",  "seed_as_shared_expert",
+        "router_init",       "experts_from",      "split_chunks",    "averaging",
+        "averaging_density", "averaging_lambda",  "curve_every",     "curve_windows",
+        "log_every",         "checkpoint_every",  "ranks_per_stage", "dist_timeout_s"}) {
     j.erase(key);
   }
   if (through == Through::seed) {
@@ -179,7 +180,8 @@ inline nlohmann::json upstream_of(const PipelineConfig& c, Through through) {
   // The baselines spend BTX's compute: the experts' plus the MoE stage's (its steps, and
   // its FLOPs per token: the router's top-k, the number of experts).
   const auto budget = {"moe_share",      "finetune_stage",        "router",
-                       "seed_as_expert", "seed_as_shared_expert", "ranks_per_stage"};
+                       "seed_as_expert", "seed_as_shared_expert", "experts_from",
+                       "split_chunks",   "ranks_per_stage"};
   if (through == Through::dense || through == Through::upcycle) {
     for (const char* key : budget) j[key] = all.at(key);
   }

@@ -109,8 +109,10 @@ int main(int argc, char** argv) {
     for (const auto& e : experts) lineage.push_back(e.info);
     const double flops = recipe::btx_budget_flops(lineage, finetuned.at("flops").get<double>());
     recipe::dense_baseline(run, seed, mixture, budget, flops);
-    recipe::upcycle_baseline(run, seed, mix.moe_options(int64_t(domains.size()) + 1), mixture,
-                             budget, flops);
+    recipe::upcycle_baseline(
+        run, seed,
+        mix.moe_options(int64_t(domains.size()) + 1, seed.spec().shape.intermediate_size), mixture,
+        budget, flops);
     recipe::btm_merge(run, experts);
 
     std::printf("held-out loss (nats/token), BTX budget %.3g FLOPs:\n", flops);

@@ -407,3 +407,55 @@ TEST_CASE("recipe mix: blending makes expert n of chunk n of every source's FFN"
             }),
             "a blended expert holds a slice of every source"));
 }
+
+TEST_CASE("recipe mix: splitting cuts every source's FFN into narrower experts") {
+  const auto seed = tiny_seed();
+  auto experts = recipe::branch(seed, {"a", "b", "c"});
+  const std::string up = "model.layers.0.mlp.up_proj.weight";
+  {
+    torch::NoGradGuard no_grad;
+    for (size_t j = 0; j < experts.size(); ++j) {
+      experts[j].model.module().named_parameters()[up].fill_(double(j + 1));
+    }
+  }
+  const recipe::MixOptions options{.router = "topk:4", .experts_from = "split", .chunks = 2};
+  const recipe::Run run(scratch_dir("recipe-mix-split"));
+  const auto mixed = recipe::mix_stage(run, experts, seed, options);
+  CHECK(run.record("mix").at("experts") ==
+        std::vector<std::string>{"a.0", "a.1", "b.0", "b.1", "c.0", "c.1", "seed.0", "seed.1"});
+  const int64_t I = seed.spec().shape.intermediate_size, w = I / 2;
+  const auto config = read_json(run.model_dir("mix") / "config.json");
+  CHECK(config.at("num_local_experts") == 8);
+  CHECK(config.at("num_experts_per_tok") == 4);
+  CHECK(config.at("intermediate_size") == w);
+  std::map<std::string, torch::Tensor> tensors;
+  for (const auto& f : fs::directory_iterator(run.model_dir("mix"))) {
+    if (f.path().extension() == ".safetensors") tensors.merge(btx::io::load_safetensors(f.path()));
+  }
+  const auto seed_up = seed.module().named_parameters()[up];
+  for (int64_t e = 0; e < 8; ++e) {
+    CAPTURE(e);
+    const auto w3_FD =
+        tensors.at("model.layers.0.block_sparse_moe.experts." + std::to_string(e) + ".w3.weight");
+    REQUIRE(w3_FD.size(0) == w);
+    const int64_t source = e / 2, chunk = e % 2;
+    if (source < 3) {
+      CHECK(torch::all(w3_FD == double(source + 1)).item<bool>());
+    } else {
+      CHECK(torch::equal(w3_FD, seed_up.slice(0, chunk * w, (chunk + 1) * w)));
+    }
+  }
+  // Top-4 of 8 half-width experts runs as much FFN per token as top-2 of 4 full ones.
+  const auto moe = options.moe_options(8, I);
+  CHECK(moe.expert_size == w);
+  auto unsplit = moe;
+  unsplit.num_experts = 4;
+  unsplit.expert_size = 0;
+  unsplit.router = "top2";
+  CHECK(recipe::flops_per_token(seed.spec(), 16, moe) ==
+        doctest::Approx(recipe::flops_per_token(seed.spec(), 16, unsplit)).epsilon(0.01));
+  // A rerun loads the same split model.
+  const auto again = recipe::mix_stage(run, experts, seed, options);
+  auto ids = torch::randint(0, 64, {1, 6});
+  CHECK(btx::test::max_abs_diff(again.forward(ids), mixed.forward(ids)) < 1e-6);
+}

@@ -26,6 +26,8 @@ struct MoEOptions {
   // An always-on shared expert of this F beside the routed ones, its output gated by
   // sigmoid(shared_expert_gate x) (Qwen2-MoE; moe/shared_expert.hpp); empty: none.
   std::optional<int64_t> shared_expert_size;
+  // F of each routed expert; 0: the dense FFN's (split experts are narrower).
+  int64_t expert_size = 0;
   double capacity_factor = 1.5;      // Switch only
   double load_balance_alpha = 0.01;  // alpha of L_LB (paper: 0.01); 0 disables it
   LoadBalanceForm load_balance_form = LoadBalanceForm::btx;

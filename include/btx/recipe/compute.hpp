@@ -53,7 +53,9 @@ inline double flops_per_token(const ModelSpec& spec, int64_t seq_len) {
 }
 // ... of `dense` made into an MoE routed by `options` (before that model exists).
 inline double flops_per_token(const ModelSpec& dense, int64_t seq_len, const MoEOptions& options) {
-  return training_flops_per_token(counted_shape(dense), seq_len, compute_shape(options));
+  ArchShape shape = counted_shape(dense);
+  if (options.expert_size > 0) shape.intermediate_size = options.expert_size;
+  return training_flops_per_token(shape, seq_len, compute_shape(options));
 }
 
 // FLOPs of `steps` steps of `tokens_per_step` tokens each.

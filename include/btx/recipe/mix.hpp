@@ -39,10 +39,12 @@ inline constexpr const char* kMixStage = "mix";
 struct MixOptions {
   std::string router = "top2";         // any registered router (btx::router_names())
   std::string router_init = "normal";  // normal | zero | hidden (see merge/router_init.hpp)
-  // How FFNs become experts: "btx" (expert j is source j's FFN, the paper's MiX) or "blend"
+  // How FFNs become experts: "btx" (expert j is source j's FFN, the paper's MiX), "blend"
   // (the paper's Blending ablation: expert n concatenates chunk n of every source's FFN, so
-  // every expert holds a slice of every domain; merge/mixers.hpp BlendMix).
+  // every expert holds a slice of every domain; merge/mixers.hpp BlendMix) or "split" (its
+  // Splitting: each source's FFN cut into `chunks` experts of 1/chunks the width; SplitMix).
   std::string experts_from = "btx";
+  int64_t chunks = 2;          // split: experts per source
   bool seed_as_expert = true;  // the seed joins as the last expert (the generalist)
   // Or the seed's FFN becomes the always-on shared expert, for families whose MoE has one
   // (Qwen2-MoE; merge/moe_plan.hpp: it and the routed mixture start at half weight each).
@@ -61,11 +63,12 @@ struct MixOptions {
   // router row starts as its mean FFN input on router_samples[j]; the seed's on all.
   std::vector<torch::Tensor> router_samples;
 
-  // The MoE layers' options for `num_experts` experts.
-  [[nodiscard]] MoEOptions moe_options(int64_t num_experts) const {
+  // The MoE layers' options for `num_experts` experts cut from FFNs `dense_ffn` wide.
+  [[nodiscard]] MoEOptions moe_options(int64_t num_experts, int64_t dense_ffn) const {
     MoEOptions o = moe;
     o.num_experts = num_experts;
     o.router = router;
+    if (experts_from == "split") o.expert_size = dense_ffn / chunks;
     return o;
   }
 };
@@ -79,6 +82,13 @@ inline std::vector<std::string> mixed_expert_names(const std::vector<Expert>& ex
   if (options.seed_as_expert) names.push_back("seed");
   if (options.experts_from == "blend") {
     for (size_t n = 0; n < names.size(); ++n) names[n] = "blend-" + std::to_string(n);
+  }
+  if (options.experts_from == "split") {
+    std::vector<std::string> split;
+    for (const auto& name : names) {
+      for (int64_t c = 0; c < options.chunks; ++c) split.push_back(name + "." + std::to_string(c));
+    }
+    return split;
   }
   return names;
 }
@@ -102,7 +112,15 @@ merge::StateDict mix_tensors(const std::vector<merge::StateDictSource>& sources,
                              const merge::StateDictSource& base,
                              const merge::AnyAveraging& averaging, RouterInitT init,
                              int64_t experts_per_token, merge::SharedExpertChoice shared,
-                             const std::string& experts_from) {
+                             const std::string& experts_from, int64_t chunks) {
+  if (experts_from == "split") {
+    // SplitMix counts the unsplit k (the plan's k is chunks * it); the model's k is the
+    // router's, recorded by the stage.
+    merge::SplitMix<merge::AnyAveraging, RouterInitT> mixer{
+        averaging, std::move(init), chunks, std::max<int64_t>(1, experts_per_token / chunks),
+        false,     shared};
+    return merge::materialize(mixer.plan(sources, &base));
+  }
   if (experts_from == "blend") {
     merge::BlendMix<merge::AnyAveraging, RouterInitT> mixer{averaging, std::move(init),
                                                             experts_per_token, shared};
@@ -110,7 +128,7 @@ merge::StateDict mix_tensors(const std::vector<merge::StateDictSource>& sources,
   }
   if (experts_from != "btx") {
     throw std::invalid_argument("btx::recipe::mix: experts_from '" + experts_from +
-                                "' is not one of btx, blend");
+                                "' is not one of btx, blend, split");
   }
   merge::BtxMix<merge::AnyAveraging, RouterInitT> mixer{averaging, std::move(init),
                                                         experts_per_token, shared};
@@ -143,7 +161,7 @@ inline CausalLM mix(const std::vector<Expert>& experts, const CausalLM& seed,
   const merge::SharedExpertChoice shared = merge::shared_expert_for(
       family_of(dense), options.seed_as_shared_expert ? merge::SharedExpertChoice::of_base()
                                                       : merge::SharedExpertChoice{});
-  MoEOptions moe = options.moe_options(int64_t(names.size()));
+  MoEOptions moe = options.moe_options(int64_t(names.size()), dense.shape.intermediate_size);
   if (shared.from != merge::SharedExpertChoice::From::none) {
     moe.shared_expert_size = shared.filled() ? dense.shape.intermediate_size : 0;
   }
@@ -176,14 +194,15 @@ inline CausalLM mix(const std::vector<Expert>& experts, const CausalLM& seed,
       init.per_source.push_back(merge::mean_mlp_inputs(generalist, samples));
     }
     tensors = detail::mix_tensors(sources, base, averaging, std::move(init), k, shared,
-                                  options.experts_from);
+                                  options.experts_from, options.chunks);
   } else if (options.router_init == "zero") {
     tensors = detail::mix_tensors(sources, base, averaging, merge::RouterZero{}, k, shared,
-                                  options.experts_from);
+                                  options.experts_from, options.chunks);
   } else if (options.router_init == "normal") {
     merge::RouterNormal init;
     init.seed = options.router_seed;
-    tensors = detail::mix_tensors(sources, base, averaging, init, k, shared, options.experts_from);
+    tensors = detail::mix_tensors(sources, base, averaging, init, k, shared, options.experts_from,
+                                  options.chunks);
   } else {
     throw std::invalid_argument("btx::recipe::mix: router_init '" + options.router_init +
                                 "' is not one of normal, zero, hidden");
@@ -198,7 +217,8 @@ inline CausalLM mix(const std::vector<Expert>& experts, const CausalLM& seed,
 inline CausalLM mix_stage(const Run& run, const std::vector<Expert>& experts, const CausalLM& seed,
                           const MixOptions& options) {
   const auto names = mixed_expert_names(experts, options);
-  const MoEOptions moe = options.moe_options(int64_t(names.size()));
+  const MoEOptions moe =
+      options.moe_options(int64_t(names.size()), seed.spec().shape.intermediate_size);
   if (run.skip_if_done(kMixStage)) return load_stage_model(run, kMixStage, moe);
   CausalLM mixed = mix(experts, seed, options);
   auto lineage = nlohmann::json::array();

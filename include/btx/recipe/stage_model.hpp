@@ -28,7 +28,9 @@ namespace recipe {
 // load balancing weighted as options says.
 inline ModelSpec moe_spec(const ModelSpec& dense, const MoEOptions& options) {
   ModelSpec spec = dense;
-  const int64_t expert_width = dense.moe ? dense.moe->expert_intermediate_size : 0;
+  const int64_t expert_width = options.expert_size > 0 ? options.expert_size
+                               : dense.moe             ? dense.moe->expert_intermediate_size
+                                                       : 0;
   spec.moe = MoEConfig{options.num_experts, active_experts(options), options.load_balance_alpha,
                        expert_width};
   spec.moe->norm_topk_prob = options.renormalize_top_k;

@@ -69,6 +69,7 @@ inline ModelSpec with_moe_options(const ModelSpec& spec, const MoEOptions& optio
   moe.moe->num_local_experts = options.num_experts;
   moe.moe->norm_topk_prob = options.renormalize_top_k;
   moe.moe->shared_expert_intermediate_size = options.shared_expert_size;
+  if (options.expert_size > 0) moe.moe->expert_intermediate_size = options.expert_size;
   return moe;
 }
 
