@@ -125,6 +125,16 @@ inline PipelineConfig default_config() {
   c.model.num_key_value_heads = 2;
   c.model.max_position_embeddings = 512;
   c.domains = default_domains(1 << 20, 1 << 15);
+  // The paper's regime in miniature (issue 16's sweeps, examples/btx_pipeline/sweeps.yaml):
+  // a seed trained well beyond each expert (the paper: 2T tokens against 42-210B per
+  // expert; here nearly 7x each expert's steps), experts at a third of the seed's peak LR (the
+  // paper: 1e-4 after Llama-2's 3e-4), the MoE stage lower still (a tenth: the sweep's
+  // MoE-stage LR 1e-4 beat 1e-3 and 3e-3; sparse upcycling trains at this LR too, so not
+  // lower), and 23% of BTX's compute after the seed in the MoE stage.
+  c.seed_stage = {1000, 3e-3, 20};
+  c.expert_stage = {150, 1e-3, 10};
+  c.finetune_stage = {100, 3e-4, 10};  // steps: from moe_share
+  c.moe_share = 0.23;
   return c;
 }
 
@@ -141,6 +151,7 @@ inline PipelineConfig quick_config() {
   c.seed_stage = {60, 3e-3, 5};
   c.expert_stage = {40, 2e-3, 5};
   c.finetune_stage = {20, 1e-3, 5};
+  c.moe_share = 0.0;  // the steps as given
   c.eval_windows = 8;
   c.math_problems = 20;
   c.log_every = 10;

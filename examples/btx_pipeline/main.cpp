@@ -78,8 +78,9 @@ CONFIG (YAML or JSON) overrides any of these keys (unknown keys are errors):
     list of such sweeps, each with a name (its folder <run>/<name>/), run one after the other
     with one report of all (examples/btx_pipeline/sweeps.yaml: the faithful-miniature preset);
     a stage that a variant would train exactly as an earlier one did is taken over from it
-  moe_share (0): the MoE stage's share of BTX's compute (the paper: 0.23); in (0, 1) it sets
-    finetune_stage.steps from the experts' planned compute
+  moe_share (0.23, the paper's; quick: 0): the MoE stage's share of BTX's compute after the
+    seed; in (0, 1) it sets finetune_stage.steps from the experts' planned compute (0: the
+    steps as given)
   repeats (1): run the whole pipeline with seeds seed .. seed+repeats-1, each in
     <run>/seed-<s>/, and report every model's mean and spread over them in <run>/report.md
     (an ordering is stated only where the per-seed gaps' 95% interval excludes zero);
@@ -90,7 +91,9 @@ CONFIG (YAML or JSON) overrides any of these keys (unknown keys are errors):
   domains: [{name, paths: [files or dirs], extensions: [.h], recursive,
              generator: arithmetic, token_file: train.bin, eval_token_file: val.bin,
              token_dtype: uint16|uint32, max_train_tokens, max_eval_tokens, eval_every}]
-  seed_checkpoint: HF checkpoint folder  seed_stage/expert_stage/finetune_stage: {steps, lr, warmup}
+  seed_checkpoint: HF checkpoint folder
+  seed_stage/expert_stage/finetune_stage: {steps, lr, warmup} (default: seed 1000 steps at
+    3e-3; experts 150 at 1e-3; MoE stage at 3e-4, its steps from moe_share)
   router: a router name (see Routers below)    extra_routers: [more routers to compare]
   load_balance_alpha (0.01), load_balance_form: btx|switch, seed_as_expert (true),
   freeze_experts (false): BTX's MoE stage trains the routers and the trunk, not the experts

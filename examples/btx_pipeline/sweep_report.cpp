@@ -49,7 +49,11 @@ std::string sweep_markdown(const bp::Sweep& sweep,
                            const std::string& prefix, const std::string& heading) {
   std::ostringstream md;
   md << heading << sweep.axis << "\n\n| model |";
-  for (const auto& v : sweep.variants) md << " " << v.name << " (" << bp::fmt(v.x, 3) << ") |";
+  for (const auto& v : sweep.variants) {
+    std::ostringstream x;
+    x << v.x;  // shortest form: 0.0003, 2400
+    md << " " << v.name << " (" << x.str() << ") |";
+  }
   md << "\n|---|";
   for (size_t i = 0; i < sweep.variants.size(); ++i) md << "---|";
   md << "\n";

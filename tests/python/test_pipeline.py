@@ -293,7 +293,7 @@ class SweepReport(unittest.TestCase):
                                    sum(btx["loss"].values()) / len(btx["loss"]), places=9)
             with open(os.path.join(run_dir, "report.md")) as f:
                 report = f.read()
-            self.assertIn("| model | share10 (0.100) | share40 (0.400) | longer (0.500) |", report)
+            self.assertIn("| model | share10 (0.1) | share40 (0.4) | longer (0.5) |", report)
             self.assertIn("14 finished stages taken over from earlier variants", report)
             self.assertIn("trunk penalty", report)
             self.assertTrue(os.path.exists(os.path.join(run_dir, "share40", "report.md")))
