@@ -46,24 +46,12 @@ struct PipelineRun {
     for (const auto& d : corpus.domains) names.push_back(d.name);
     return names;
   }
-  // Experts of the mixed model in router order: one per domain, then the seed (blended:
-  // blend-n, each a slice of every one of them; split: name.c, chunk c of each).
+  // Experts of the mixed model in router order (recipe::mixed_expert_names): one per domain,
+  // then the seed; blended or split as the config says.
   [[nodiscard]] std::vector<std::string> expert_names() const {
-    auto names = domain_names();
-    if (config.seed_as_expert) names.push_back("seed");
-    if (config.experts_from == "blend") {
-      for (size_t n = 0; n < names.size(); ++n) names[n] = "blend-" + std::to_string(n);
-    }
-    if (config.experts_from == "split") {
-      std::vector<std::string> split;
-      for (const auto& name : names) {
-        for (int64_t c = 0; c < config.split_chunks; ++c) {
-          split.push_back(name + "." + std::to_string(c));
-        }
-      }
-      return split;
-    }
-    return names;
+    return recipe::mixed_expert_names(domain_names(), {.experts_from = config.experts_from,
+                                                       .chunks = config.split_chunks,
+                                                       .seed_as_expert = config.seed_as_expert});
   }
   [[nodiscard]] int64_t num_experts() const { return int64_t(expert_names().size()); }
   // BTX's router first, then the extra ones to compare.

@@ -368,26 +368,41 @@ TEST_CASE("recipe train_stage: freeze_experts trains routers and trunk, leaves t
             "stage 'dense' freezes experts, but its model is dense"));
 }
 
+namespace {
+
+// Experts a, b, c branched from `seed`, layer 0's up_proj filled with 1, 2, 3.
+constexpr const char* kUpProj = "model.layers.0.mlp.up_proj.weight";
+std::vector<recipe::Expert> experts_with_marked_up_proj(const btx::CausalLM& seed) {
+  auto experts = recipe::branch(seed, {"a", "b", "c"});
+  torch::NoGradGuard no_grad;
+  for (size_t j = 0; j < experts.size(); ++j) {
+    experts[j].model.module().named_parameters()[kUpProj].fill_(double(j + 1));
+  }
+  return experts;
+}
+
+// Every tensor of stage `stage`'s checkpoint, as written.
+std::map<std::string, torch::Tensor> stage_tensors(const recipe::Run& run,
+                                                   const std::string& stage) {
+  std::map<std::string, torch::Tensor> tensors;
+  for (const auto& f : fs::directory_iterator(run.model_dir(stage))) {
+    if (f.path().extension() == ".safetensors") tensors.merge(btx::io::load_safetensors(f.path()));
+  }
+  return tensors;
+}
+
+}  // namespace
+
 TEST_CASE("recipe mix: blending makes expert n of chunk n of every source's FFN") {
   const auto seed = tiny_seed();
-  auto experts = recipe::branch(seed, {"a", "b", "c"});
-  const std::string up = "model.layers.0.mlp.up_proj.weight";
-  {
-    torch::NoGradGuard no_grad;
-    for (size_t j = 0; j < experts.size(); ++j) {
-      experts[j].model.module().named_parameters()[up].fill_(double(j + 1));
-    }
-  }
+  const auto experts = experts_with_marked_up_proj(seed);
   const recipe::Run run(scratch_dir("recipe-mix-blend"));
   (void)recipe::mix_stage(run, experts, seed, {.router = "top2", .experts_from = "blend"});
   CHECK(run.record("mix").at("experts") ==
         std::vector<std::string>{"blend-0", "blend-1", "blend-2", "blend-3"});
   CHECK(run.record("mix").at("experts_from") == "blend");
-  std::map<std::string, torch::Tensor> tensors;
-  for (const auto& f : fs::directory_iterator(run.model_dir("mix"))) {
-    if (f.path().extension() == ".safetensors") tensors.merge(btx::io::load_safetensors(f.path()));
-  }
-  const auto seed_up = seed.module().named_parameters()[up];
+  const auto tensors = stage_tensors(run, "mix");
+  const auto seed_up = seed.module().named_parameters()[kUpProj];
   const int64_t I = seed_up.size(0), w = I / 4;
   for (int64_t n = 0; n < 4; ++n) {
     CAPTURE(n);
@@ -410,14 +425,7 @@ TEST_CASE("recipe mix: blending makes expert n of chunk n of every source's FFN"
 
 TEST_CASE("recipe mix: splitting cuts every source's FFN into narrower experts") {
   const auto seed = tiny_seed();
-  auto experts = recipe::branch(seed, {"a", "b", "c"});
-  const std::string up = "model.layers.0.mlp.up_proj.weight";
-  {
-    torch::NoGradGuard no_grad;
-    for (size_t j = 0; j < experts.size(); ++j) {
-      experts[j].model.module().named_parameters()[up].fill_(double(j + 1));
-    }
-  }
+  const auto experts = experts_with_marked_up_proj(seed);
   const recipe::MixOptions options{.router = "topk:4", .experts_from = "split", .chunks = 2};
   const recipe::Run run(scratch_dir("recipe-mix-split"));
   const auto mixed = recipe::mix_stage(run, experts, seed, options);
@@ -428,11 +436,8 @@ TEST_CASE("recipe mix: splitting cuts every source's FFN into narrower experts")
   CHECK(config.at("num_local_experts") == 8);
   CHECK(config.at("num_experts_per_tok") == 4);
   CHECK(config.at("intermediate_size") == w);
-  std::map<std::string, torch::Tensor> tensors;
-  for (const auto& f : fs::directory_iterator(run.model_dir("mix"))) {
-    if (f.path().extension() == ".safetensors") tensors.merge(btx::io::load_safetensors(f.path()));
-  }
-  const auto seed_up = seed.module().named_parameters()[up];
+  const auto tensors = stage_tensors(run, "mix");
+  const auto seed_up = seed.module().named_parameters()[kUpProj];
   for (int64_t e = 0; e < 8; ++e) {
     CAPTURE(e);
     const auto w3_FD =

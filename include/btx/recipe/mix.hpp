@@ -74,12 +74,11 @@ struct MixOptions {
   }
 };
 
-// The mixed model's experts in router order: the experts, then "seed" when it joins; with
-// blending, "blend-n" (each a slice of every source).
-inline std::vector<std::string> mixed_expert_names(const std::vector<Expert>& experts,
+// The mixed model's experts in router order, from its sources' names: the sources, then
+// "seed" when it joins; with blending, "blend-n" (each a slice of every source); split,
+// "<source>.c" (chunk c of each).
+inline std::vector<std::string> mixed_expert_names(std::vector<std::string> names,
                                                    const MixOptions& options) {
-  std::vector<std::string> names;
-  for (const auto& e : experts) names.push_back(e.info.name);
   if (options.seed_as_expert) names.push_back("seed");
   if (options.experts_from == "blend") {
     for (size_t n = 0; n < names.size(); ++n) names[n] = "blend-" + std::to_string(n);
@@ -92,6 +91,12 @@ inline std::vector<std::string> mixed_expert_names(const std::vector<Expert>& ex
     return split;
   }
   return names;
+}
+inline std::vector<std::string> mixed_expert_names(const std::vector<Expert>& experts,
+                                                   const MixOptions& options) {
+  std::vector<std::string> names;
+  for (const auto& e : experts) names.push_back(e.info.name);
+  return mixed_expert_names(std::move(names), options);
 }
 
 namespace detail {
