@@ -44,15 +44,27 @@ def torchrun(ranks, *args, timeout=240):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-def plain_ranks(ranks, *args):
-    """btx's own way on one host: the same variables torchrun sets, one process each."""
-    port = free_port()
-    procs = []
-    for r in range(ranks):
-        env = {**os.environ, "RANK": str(r), "WORLD_SIZE": str(ranks), "LOCAL_RANK": str(r),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([PROBE, *args], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+def plain_ranks(ranks, *args, hand_over_socket=True):
+    """btx's own way on one host: the same variables torchrun sets, one process each, and
+    rank 0 inheriting the store's listening socket (BTX_STORE_LISTEN_FD), as
+    btx::recipe::run_workers does; without it rank 0 binds MASTER_PORT itself (as under
+    Slurm), which races with any process that takes the port in between."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        procs = []
+        for r in range(ranks):
+            env = {**os.environ, "RANK": str(r), "WORLD_SIZE": str(ranks), "LOCAL_RANK": str(r),
+                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+            fds = ()
+            if r == 0 and hand_over_socket:
+                env["BTX_STORE_LISTEN_FD"] = str(s.fileno())
+                fds = (s.fileno(),)
+            elif r == 0:
+                s.close()
+            procs.append(subprocess.Popen([PROBE, *args], env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True, pass_fds=fds))
     return procs
 
 
@@ -176,7 +188,7 @@ class KilledRankStopsEveryRank(unittest.TestCase):
                 self.assertEqual(p.returncode, 0, err[-2000:])
             self.assertIn("resumed from checkpoint", outs[0][1])
             fresh = plain_ranks(3, "train", os.path.join(tmp, "fresh"), *common, "--ckpt",
-                                os.path.join(tmp, "ckpt-fresh"))
+                                os.path.join(tmp, "ckpt-fresh"), hand_over_socket=False)
             for p in fresh:
                 _, err = p.communicate(timeout=240)
                 self.assertEqual(p.returncode, 0, err[-2000:])

@@ -4,6 +4,11 @@
 // tests/python/test_dist.py).
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -29,10 +34,16 @@ class ScopedLauncherEnv {
   }
 
  private:
-  static constexpr const char* kNames[] = {
-      "RANK",         "WORLD_SIZE",    "LOCAL_RANK",
-      "MASTER_ADDR",  "MASTER_PORT",   "SLURM_PROCID",
-      "SLURM_NTASKS", "SLURM_LOCALID", "TORCHELASTIC_USE_AGENT_STORE"};
+  static constexpr const char* kNames[] = {"RANK",
+                                           "WORLD_SIZE",
+                                           "LOCAL_RANK",
+                                           "MASTER_ADDR",
+                                           "MASTER_PORT",
+                                           "SLURM_PROCID",
+                                           "SLURM_NTASKS",
+                                           "SLURM_LOCALID",
+                                           "TORCHELASTIC_USE_AGENT_STORE",
+                                           "BTX_STORE_LISTEN_FD"};
   std::vector<std::pair<std::string, std::string>> saved_;
 };
 
@@ -93,6 +104,33 @@ TEST_CASE("dist env: malformed or inconsistent variables are named") {
             .find("MASTER_PORT=70000") != std::string::npos);
   CHECK(error_with({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "2"}}).find("export MASTER_ADDR") !=
         std::string::npos);
+  CHECK(error_with({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"BTX_STORE_LISTEN_FD", "-3"}})
+            .find("BTX_STORE_LISTEN_FD='-3'") != std::string::npos);
+}
+
+TEST_CASE("dist env: btx's launcher hands rank 0 its store's socket, already listening") {
+  btx::dist::LocalStoreSocket store;
+  CHECK(store.port() > 0);
+  CHECK((::fcntl(store.fd(), F_GETFD) & FD_CLOEXEC) != 0);  // no other child inherits it
+  // A rank that connects before rank 0 serves the store waits in the backlog, not refused.
+  const int client = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(store.port()));
+  CHECK(::connect(client, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  ::close(client);
+  for (int64_t rank : {0, 1}) {
+    std::vector<std::pair<std::string, std::string>> vars;
+    for (const auto& entry : btx::dist::launcher_env(rank, 2, store)) {
+      const auto eq = entry.find('=');
+      vars.emplace_back(entry.substr(0, eq), entry.substr(eq + 1));
+    }
+    ScopedLauncherEnv env(vars);
+    const auto e = btx::dist::dist_env_from_environment();
+    CHECK(e.master_port == store.port());
+    CHECK(e.store_listen_fd == (rank == 0 ? store.fd() : -1));
+  }
 }
 
 TEST_CASE("dist: one process needs no peers, and shards split the global batch") {

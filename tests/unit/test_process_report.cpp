@@ -2,6 +2,9 @@
 // Real OS processes for experts (exit codes, signals, logs) and gnuplot pictures.
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -33,6 +36,23 @@ TEST_CASE("process group: each child's exit code or signal is reported, others f
   CHECK(text == "hello from math\n");
   CHECK_THROWS_AS(group.spawn("missing", {"/nonexistent/btx-worker"}, (dir / "m.log").string()),
                   std::runtime_error);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("process group: a close-on-exec descriptor reaches only the child it is kept for") {
+  auto dir = fs::temp_directory_path() / ("btx-proc-fd-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  int fds[2];
+  REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
+  const std::string has_fd = "test -e /proc/self/fd/" + std::to_string(fds[1]);
+  btx::ExpertProcesses group;
+  group.spawn("kept", {"/bin/sh", "-c", has_fd}, (dir / "kept.log").string(), {}, {fds[1]});
+  group.spawn("other", {"/bin/sh", "-c", has_fd}, (dir / "other.log").string());
+  const auto outcomes = group.wait_all();
+  ::close(fds[0]);
+  ::close(fds[1]);
+  CHECK(outcomes[0].ok());
+  CHECK(outcomes[1].exit_code == 1);
   fs::remove_all(dir);
 }
 

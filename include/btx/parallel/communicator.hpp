@@ -118,10 +118,11 @@ class Communicator : public Collectives {
       c10d::TCPStoreOptions o;
       o.port = static_cast<std::uint16_t>(env.master_port);
       o.isServer = env.rank == 0 && !env.agent_store;
+      if (o.isServer && env.store_listen_fd >= 0) o.masterListenFd = env.store_listen_fd;
       o.waitWorkers = false;  // the group's rendezvous waits, and can name who is missing
       o.timeout = timeout;
       c.store_ = c10::make_intrusive<c10d::TCPStore>(env.master_addr, o);
-      c.monitor_->start(c.store_, heartbeat);
+      c.monitor_->start(c.store_, heartbeat, o.isServer);
     } catch (const std::exception& e) {
       throw DistError("btx::dist: " + env.describe() +
                       ": cannot reach the store: " + first_line(e.what()));
@@ -370,12 +371,16 @@ class Communicator : public Collectives {
     finish(what, start(what, std::forward<Start>(start_fn)));
   }
 
-  // Says in the store that this rank gives up, finds which peer was lost, and throws.
+  // Says in the store that this rank gives up, finds which peer was lost, waits for the
+  // others to find out too where this process serves the store, and throws.
   [[noreturn]] void fail(const std::string& what, const std::exception& e) const {
+    const auto failed_at = std::chrono::steady_clock::now();
     const std::string activity = monitor_->activity();
     const std::string doing = what + (activity.empty() ? "" : " at " + activity);
     monitor_->mark_left(doing);
-    std::string lost = monitor_->diagnose(members_);
+    const PeerDiagnosis diagnosis = monitor_->diagnose(members_);
+    monitor_->settle(members_, diagnosis, failed_at, timeout_);
+    std::string lost = diagnosis.verdict;
     if (lost.empty()) lost = "every peer still answers (a collective mismatch or a slow peer?)";
     throw DistError(where() + ": " + doing + " failed: " + lost + " [" + backend_message(e.what()) +
                     "; timeout " + std::to_string(timeout_.count()) + " ms]");

@@ -3,8 +3,12 @@
 // torchrun / TorchElastic (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), Slurm
 // (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; MASTER_ADDR/MASTER_PORT from the batch
 // script), or neither: one process. And the same variables written for btx's own launcher
-// (one host: recipe/workers.hpp), so its workers read them exactly as torchrun's. No c10d
-// here, so every build can read it.
+// (one host: recipe/workers.hpp), so its workers read them exactly as torchrun's, plus one
+// of btx's own: BTX_STORE_LISTEN_FD, a listening socket the launcher bound for rank 0's
+// store and rank 0 inherited. Picking a free port and letting rank 0 bind it later races
+// with every other process on the host (an outgoing connection may take the port in
+// between); handing over the bound socket cannot (torchrun does the same for its store).
+// No c10d here, so every build can read it.
 #pragma once
 
 #include <netinet/in.h>
@@ -36,6 +40,8 @@ struct DistEnv {
   // torchrun's agent already serves the TCPStore at MASTER_ADDR:MASTER_PORT; rank 0 then
   // connects to it instead of serving its own.
   bool agent_store = false;
+  // Rank 0 of btx's launcher: the store's socket, already bound and listening; else -1.
+  int store_listen_fd = -1;
 
   [[nodiscard]] bool distributed() const { return world_size > 1; }
   [[nodiscard]] std::string describe() const {
@@ -104,6 +110,9 @@ inline DistEnv dist_env_from_environment() {
     throw std::invalid_argument("btx::dist: rank " + std::to_string(e.rank) +
                                 " is not below the world size " + std::to_string(e.world_size));
   }
+  if (e.rank == 0 && !e.agent_store) {
+    e.store_listen_fd = static_cast<int>(env_int("BTX_STORE_LISTEN_FD", 0, -1));
+  }
   e.master_addr = env("MASTER_ADDR").value_or(e.master_addr);
   e.master_port = env_int("MASTER_PORT", 1, e.master_port);
   if (e.master_port > 65535) {
@@ -113,31 +122,57 @@ inline DistEnv dist_env_from_environment() {
   return e;
 }
 
-// torchrun's variables for rank `rank` of a `world_size`-process job on this host whose
-// store is at 127.0.0.1:`port` ("NAME=value" entries for a child's environment).
-inline std::vector<std::string> launcher_env(int64_t rank, int64_t world_size, int64_t port) {
-  const auto s = [](int64_t v) { return std::to_string(v); };
-  return {"RANK=" + s(rank),        "WORLD_SIZE=" + s(world_size),
-          "LOCAL_RANK=" + s(rank),  "LOCAL_WORLD_SIZE=" + s(world_size),
-          "GROUP_RANK=0",           "MASTER_ADDR=127.0.0.1",
-          "MASTER_PORT=" + s(port), "TORCHELASTIC_USE_AGENT_STORE=False"};
-}
+// A listening TCP socket on 127.0.0.1 at a port the kernel picked, for the store of a job
+// btx launches on this host; closed on exec except in the child it is handed to (rank 0).
+class LocalStoreSocket {
+ public:
+  LocalStoreSocket() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd_ < 0)
+      throw std::runtime_error(std::string("btx::dist: socket: ") + std::strerror(errno));
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    const bool ok = ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
+                    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0 &&
+                    ::listen(fd_, SOMAXCONN) == 0;
+    const int err = errno;
+    if (!ok) {
+      ::close(fd_);
+      throw std::runtime_error(std::string("btx::dist: no port for a store on 127.0.0.1: ") +
+                               std::strerror(err));
+    }
+    port_ = ntohs(addr.sin_port);
+  }
+  LocalStoreSocket(const LocalStoreSocket&) = delete;
+  LocalStoreSocket& operator=(const LocalStoreSocket&) = delete;
+  ~LocalStoreSocket() { ::close(fd_); }
 
-// A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick), for a store.
-inline int64_t free_local_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) throw std::runtime_error(std::string("btx::dist: socket: ") + std::strerror(errno));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof addr;
-  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
-                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
-  const int err = errno;
-  ::close(fd);
-  if (!ok) throw std::runtime_error(std::string("btx::dist: no free port: ") + std::strerror(err));
-  return ntohs(addr.sin_port);
+  [[nodiscard]] int fd() const { return fd_; }
+  [[nodiscard]] int64_t port() const { return port_; }
+
+ private:
+  int fd_ = -1;
+  int64_t port_ = 0;
+};
+
+// torchrun's variables for rank `rank` of a `world_size`-process job on this host whose
+// store listens on `store` ("NAME=value" entries for a child's environment); rank 0 must
+// inherit store.fd() (ExpertProcesses::spawn's keep_fds).
+inline std::vector<std::string> launcher_env(int64_t rank, int64_t world_size,
+                                             const LocalStoreSocket& store) {
+  const auto s = [](int64_t v) { return std::to_string(v); };
+  std::vector<std::string> out = {"RANK=" + s(rank),
+                                  "WORLD_SIZE=" + s(world_size),
+                                  "LOCAL_RANK=" + s(rank),
+                                  "LOCAL_WORLD_SIZE=" + s(world_size),
+                                  "GROUP_RANK=0",
+                                  "MASTER_ADDR=127.0.0.1",
+                                  "MASTER_PORT=" + s(store.port()),
+                                  "TORCHELASTIC_USE_AGENT_STORE=False"};
+  if (rank == 0) out.push_back("BTX_STORE_LISTEN_FD=" + s(store.fd()));
+  return out;
 }
 
 }  // namespace dist

@@ -55,12 +55,16 @@ class ExpertProcesses {
   }
 
   // Starts argv[0] with argv and the environment plus extra_env ("NAME=value", replacing
-  // the parent's NAME); stdout and stderr go to log_path (appended).
+  // the parent's NAME); stdout and stderr go to log_path (appended). The descriptors of
+  // keep_fds stay open in the child under the same numbers even if marked close-on-exec
+  // (POSIX: a dup2 onto itself clears the flag; glibc >= 2.29).
   pid_t spawn(const std::string& name, const std::vector<std::string>& argv,
-              const std::string& log_path, const std::vector<std::string>& extra_env = {}) {
+              const std::string& log_path, const std::vector<std::string>& extra_env = {},
+              const std::vector<int>& keep_fds = {}) {
     if (argv.empty()) throw std::invalid_argument("ExpertProcesses::spawn: empty argv for " + name);
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
+    for (int fd : keep_fds) posix_spawn_file_actions_adddup2(&actions, fd, fd);
     posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log_path.c_str(),
                                      O_WRONLY | O_CREAT | O_APPEND, 0644);
     posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);

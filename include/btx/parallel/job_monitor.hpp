@@ -7,7 +7,10 @@
 // that gives up on an error of its own says so in the store first. When a collective
 // fails, the survivors wait a little over two periods: a peer whose counter stopped and
 // who left no word is lost (killed, crashed or stalled); one that left word failed after
-// someone else did. Only c10d's Store is used (see communicator.hpp for why).
+// someone else did. The rank that serves the store keeps it up after its own failure until
+// every survivor has settled on its verdict (or a deadline), so a survivor that notices
+// the failure a little later still learns who was lost, not merely that the store went
+// away with its host. Only c10d's Store is used (see communicator.hpp for why).
 #pragma once
 
 #include <torch/torch.h>
@@ -40,6 +43,12 @@ namespace dist {
 
 inline constexpr std::chrono::milliseconds kDefaultHeartbeat{1000};
 
+// What a failed rank found out about its peers.
+struct PeerDiagnosis {
+  std::string verdict;        // one sentence; empty when every peer still beats
+  std::vector<int64_t> lost;  // world ranks without a heartbeat and without a word
+};
+
 class JobMonitor {
  public:
   // `what_serves_store` names the store's host for errors when it is gone ("rank 0").
@@ -60,9 +69,12 @@ class JobMonitor {
   }
 
 #if BTX_HAS_C10D_STORE
-  // Starts beating into `store` (a clone is taken, so the caller's connection stays its own).
-  void start(const c10::intrusive_ptr<c10d::Store>& store, std::chrono::milliseconds period) {
+  // Starts beating into `store` (a clone is taken, so the caller's connection stays its own);
+  // `serves_store`: this process hosts it, so the store ends with this process.
+  void start(const c10::intrusive_ptr<c10d::Store>& store, std::chrono::milliseconds period,
+             bool serves_store) {
     period_ = period;
+    serves_store_ = serves_store;
     store_ = store->clone();
     store_->setTimeout(std::chrono::milliseconds(std::max<int64_t>(2 * period.count(), 2000)));
     beat_store_ = store->clone();
@@ -83,8 +95,8 @@ class JobMonitor {
   // Which of `world_ranks` (the members of a failed group, never this rank) are lost, as
   // one sentence, e.g. "lost rank 1 (world rank 1): no heartbeat for 2.5 s (killed, crashed
   // or stalled)". Empty when every peer still beats (e.g. the collective merely timed out).
-  [[nodiscard]] std::string diagnose(const std::vector<int64_t>& world_ranks) {
-    if (!store_) return "";
+  [[nodiscard]] PeerDiagnosis diagnose(const std::vector<int64_t>& world_ranks) {
+    if (!store_) return {};
     std::vector<int64_t> peers;
     for (int64_t r : world_ranks) {
       if (r != world_rank_) peers.push_back(r);
@@ -95,9 +107,11 @@ class JobMonitor {
       std::this_thread::sleep_for(window());
       after = counters(peers);
     } catch (const std::exception&) {
-      return "the job's store (served by " + store_host_ + ") is unreachable, so " + store_host_ +
-             " is lost";
+      return {"the job's store (served by " + store_host_ + ") is unreachable, so " + store_host_ +
+                  " is lost",
+              {}};
     }
+    PeerDiagnosis d;
     std::string lost, left;
     for (size_t i = 0; i < peers.size(); ++i) {
       const int64_t g = group_rank(world_ranks, peers[i]);
@@ -108,17 +122,42 @@ class JobMonitor {
       if (!left_why.empty()) {
         left += (left.empty() ? "" : "; ") + who + " left on its own error (" + left_why + ")";
       } else if (after[i] == before[i]) {
+        d.lost.push_back(peers[i]);
         lost += (lost.empty() ? "" : ", ") + who;
         lost += before[i] == 0 ? ": never arrived" : "";
       }
     }
-    std::string out;
     if (!lost.empty()) {
-      out = "lost " + lost + " (no heartbeat for " + seconds(window()) +
-            "; killed, crashed or stalled)";
+      d.verdict = "lost " + lost + " (no heartbeat for " + seconds(window()) +
+                  "; killed, crashed or stalled)";
     }
-    if (!left.empty()) out += (out.empty() ? "" : "; ") + left;
-    return out;
+    if (!left.empty()) d.verdict += (d.verdict.empty() ? "" : "; ") + left;
+    return d;
+  }
+
+  // After this rank's own diagnosis: says so in the store and, where this process serves
+  // the store, keeps it up until every peer of `world_ranks` that is not lost has settled
+  // too, or until a peer that failed at `failed_at` or later, after waiting `peer_timeout`
+  // in a collective, would have settled (its diagnosis takes as long as this one's).
+  void settle(const std::vector<int64_t>& world_ranks, const PeerDiagnosis& d,
+              std::chrono::steady_clock::time_point failed_at,
+              std::chrono::milliseconds peer_timeout) noexcept {
+    if (!store_) return;
+    const auto deadline = failed_at + peer_timeout + window() + period_;
+    try {
+      store_->set(settled_key(world_rank_), "1");
+      if (!serves_store_) return;
+      std::vector<std::string> waiting;
+      for (int64_t r : world_ranks) {
+        if (r != world_rank_ && std::find(d.lost.begin(), d.lost.end(), r) == d.lost.end())
+          waiting.push_back(settled_key(r));
+      }
+      while (!waiting.empty() && std::chrono::steady_clock::now() < deadline) {
+        std::erase_if(waiting, [&](const std::string& key) { return store_->check({key}); });
+        if (!waiting.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+    } catch (...) {
+    }
   }
 #endif
 
@@ -128,6 +167,9 @@ class JobMonitor {
   }
   static std::string left_key(int64_t r) {
     return "btx/left/" + restart() + "/" + std::to_string(r);
+  }
+  static std::string settled_key(int64_t r) {
+    return "btx/settled/" + restart() + "/" + std::to_string(r);
   }
   // torchrun's agent store outlives a restart of the workers: keys are per attempt.
   static std::string restart() {
@@ -192,6 +234,7 @@ class JobMonitor {
   int64_t world_rank_;
   std::string store_host_;
   std::chrono::milliseconds period_ = kDefaultHeartbeat;
+  bool serves_store_ = false;
   mutable std::mutex mu_;
   std::condition_variable wake_;
   bool stopping_ = false;

@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -113,22 +114,26 @@ inline WorkersReport run_workers(const Run& run, const std::vector<WorkerJob>& j
     }
     const auto dir = run.stage_dir(job.stage);
     std::filesystem::create_directories(dir);
-    const int64_t port = job.ranks > 1 ? dist::free_local_port() : 0;
+    // The job's store socket, held here until rank 0 has inherited it.
+    std::optional<dist::LocalStoreSocket> store;
+    if (job.ranks > 1) store.emplace();
     Started s{&job, {}};
     for (int64_t r = 0; r < job.ranks; ++r) {
       auto env = options.env;
-      if (job.ranks > 1) {
-        const auto dist_env = dist::launcher_env(r, job.ranks, port);
+      std::vector<int> keep_fds;
+      if (store) {
+        const auto dist_env = dist::launcher_env(r, job.ranks, *store);
         env.insert(env.end(), dist_env.begin(), dist_env.end());
+        if (r == 0) keep_fds.push_back(store->fd());
       }
       s.logs.push_back(rank_log(dir, r));
       const std::string name = job.ranks > 1 ? job.stage + " rank " + std::to_string(r) : job.stage;
-      group.spawn(name, job.argv, s.logs.back().string(), env);
+      group.spawn(name, job.argv, s.logs.back().string(), env, keep_fds);
     }
     run.log("started " + job.stage +
-            (job.ranks > 1 ? " (" + std::to_string(job.ranks) +
-                                 " ranks, 127.0.0.1:" + std::to_string(port) + ")"
-                           : "") +
+            (store ? " (" + std::to_string(job.ranks) +
+                         " ranks, 127.0.0.1:" + std::to_string(store->port()) + ")"
+                   : "") +
             " (log: " + s.logs.front().string() + ")");
     started.push_back(std::move(s));
   }
