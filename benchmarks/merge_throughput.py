@@ -18,7 +18,11 @@ largest output tensor + 200 MB) and the ratios copy/btx (goal >= 0.7) and mergek
 --write-threads times btx-merge once per value in each repeat; the first is the headline
 (compared with copy and mergekit), the others are reported as seconds and as ratios to it.
 --no-fsync-variant also times btx-merge --no-fsync (headline threads): like mergekit-moe,
-it then returns before the disk has the data, which is where a slow disk dominates.
+it then returns before the disk has the data, which is where a slow disk dominates. It adds
+the like-for-like pairs too: the copy without its fsync, and mergekit-moe followed by an
+fsync of every file it wrote (the time until its output is as durable as btx-merge's). A
+tool that writes the output cannot beat the copy of the same durability, so mergekit/copy
+is the highest mergekit/btx any merge can reach on the machine; the second table prints it.
 --unchecked-variant also times btx-merge --allow-non-finite: the cost of the NaN/Inf scan
 is the headline's time over this one's (goal: under 5%).
 """
@@ -137,8 +141,26 @@ def timed(cmd, env=None):
     return seconds, rss / 1024
 
 
-def plain_copy(inputs, out_file, out_bytes):
-    """Read every input byte; write out_bytes of them to out_file; fsync."""
+def fsync_folder(path):
+    """Seconds to fsync every file under path and path itself."""
+    start = time.perf_counter()
+    for root, _, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - start
+
+
+def plain_copy(inputs, out_file, out_bytes, durable=True):
+    """Read every input byte; write out_bytes of them to out_file; fsync (if durable)."""
     start = time.perf_counter()
     left = out_bytes
     fd = os.open(out_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -153,7 +175,8 @@ def plain_copy(inputs, out_file, out_bytes):
                         n = min(left, len(chunk))
                         os.write(fd, chunk[:n])
                         left -= n
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     return time.perf_counter() - start
@@ -211,6 +234,8 @@ def main():
                     f.write(f"  - source_model: {p}\n")
             out = os.path.join(case, "out")
             times = {"copy": [], **{label[v]: [] for v in variants}, "mergekit": []}
+            if args.no_fsync_variant:
+                times.update({"copy no-fsync": [], "mergekit + fsync": []})
             rss = {**{label[v]: [] for v in variants}, "mergekit": []}
             out_bytes = None
             for rep in range(args.repeats):
@@ -227,12 +252,19 @@ def main():
                 warm(inputs)
                 times["copy"].append(plain_copy(inputs, os.path.join(case, "copy.bin"), out_bytes))
                 os.remove(os.path.join(case, "copy.bin"))
+                if args.no_fsync_variant:
+                    warm(inputs)
+                    times["copy no-fsync"].append(
+                        plain_copy(inputs, os.path.join(case, "copy.bin"), out_bytes, durable=False))
+                    os.remove(os.path.join(case, "copy.bin"))
                 if mergekit:
                     warm(inputs)
                     s, m = timed([mergekit, config, out, "--device", "cpu", "--lazy-unpickle"],
                                  env)
                     times["mergekit"].append(s)
                     rss["mergekit"].append(m)
+                    if args.no_fsync_variant:
+                        times["mergekit + fsync"].append(s + fsync_folder(out))
                     shutil.rmtree(out, ignore_errors=True)
                 log(f"{size} GB {dtype} run {rep + 1}: " +
                     ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items() if v))
@@ -247,6 +279,15 @@ def main():
                                               for v in variants[1:]})
             if "mergekit" in med:
                 row["mergekit_over_btx"] = med["mergekit"] / med["btx-merge"]
+            if args.no_fsync_variant and "mergekit" in med:
+                nf = label["no-fsync"]
+                row["like_for_like"] = {
+                    "durable": {"copy_over_btx": med["copy"] / med["btx-merge"],
+                                "mergekit_fsync_over_btx": med["mergekit + fsync"] / med["btx-merge"],
+                                "ceiling_mergekit_fsync_over_copy": med["mergekit + fsync"] / med["copy"]},
+                    "not_durable": {"copy_over_btx": med["copy no-fsync"] / med[nf],
+                                    "mergekit_over_btx": med["mergekit"] / med[nf],
+                                    "ceiling_mergekit_over_copy": med["mergekit"] / med["copy no-fsync"]}}
             rows.append(row)
             print(json.dumps(row), flush=True)
     print("\n| input | dtype | output MB | copy s | btx-merge s | mergekit-moe s | copy/btx "
@@ -259,6 +300,22 @@ def main():
               f"{r['copy_over_btx']:.2f} | {r.get('mergekit_over_btx', float('nan')):.2f} | "
               f"{r['peak_rss_mb'].get('btx-merge', 0):.0f} (<= {r['rss_goal_mb']:.0f}) | "
               f"{r['peak_rss_mb'].get('mergekit', 0):.0f} |")
+    if any("like_for_like" in r for r in rows):
+        print("\nLike for like (medians): durable = fsync before returning (btx-merge's default; "
+              "mergekit-moe + an fsync of its output), not durable = without (btx-merge "
+              "--no-fsync; mergekit-moe as it is). The ceiling is mergekit over the copy of the "
+              "same durability: no tool that writes the output can beat the copy.\n")
+        print("| input | dtype | durable: copy/btx | durable: mergekit+fsync/btx | durable ceiling | "
+              "not durable: copy/btx | not durable: mergekit/btx | not durable ceiling |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            if "like_for_like" not in r:
+                continue
+            d, n = r["like_for_like"]["durable"], r["like_for_like"]["not_durable"]
+            print(f"| {r['input_mb']:.0f} MB | {r['dtype']} | {d['copy_over_btx']:.2f} | "
+                  f"{d['mergekit_fsync_over_btx']:.2f} | {d['ceiling_mergekit_fsync_over_copy']:.2f} | "
+                  f"{n['copy_over_btx']:.2f} | {n['mergekit_over_btx']:.2f} | "
+                  f"{n['ceiling_mergekit_over_copy']:.2f} |")
 
 
 if __name__ == "__main__":
