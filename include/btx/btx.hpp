@@ -64,6 +64,7 @@
 #include <btx/models/common/hf_expert_names.hpp>
 #include <btx/models/common/layers.hpp>
 #include <btx/models/common/rotary.hpp>
+#include <btx/models/common/weight_init.hpp>
 #include <btx/models/family.hpp>
 #include <btx/models/llama/checkpoint.hpp>
 #include <btx/models/llama/config.hpp>

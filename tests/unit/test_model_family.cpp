@@ -19,6 +19,7 @@
 #include <btx/merge/upcycle_model.hpp>
 #include <btx/merge/write_plan.hpp>
 #include <btx/models/auto.hpp>
+#include <btx/models/common/weight_init.hpp>
 #include <btx/models/llama/family.hpp>
 #include <btx/models/registry.hpp>
 #include <btx/moe/surgery.hpp>
@@ -171,4 +172,28 @@ TEST_CASE("family: upcycling, surgery, router init and BTM ensembling take the G
   merge::BtmEnsemble ensemble(std::vector<btx::CausalLM>{lm, lm.clone()});
   const auto lp_BSV = ensemble.forward(ids);
   CHECK(max_abs_diff(lp_BSV, torch::log_softmax(expected, -1)) < 1e-5);
+}
+
+TEST_CASE("SkipWeightInit: loading skips the random init it would overwrite, and loads the same") {
+  const auto root = scratch_dir("skip-weight-init");
+  const auto spec = btx::LlamaFamily::spec(tiny_config());
+  const auto lm = btx::make_model(spec);
+  (void)btx::save_hf_checkpoint(lm, root / "dense");
+  torch::manual_seed(3);
+  const auto loaded = btx::load_causal_lm(root / "dense");
+  const auto after_load = torch::rand({4});
+  torch::manual_seed(3);
+  (void)btx::make_model(spec);
+  const auto after_make = torch::rand({4});
+  // Building for a load no longer draws the init's normal numbers from the generator.
+  CHECK(!torch::equal(after_load, after_make));
+  const auto ids = torch::randint(0, 64, {2, 7});
+  CHECK(max_abs_diff(loaded.forward(ids), lm.forward(ids)) == 0.0);
+  CHECK(!btx::SkipWeightInit::skipping());
+  {
+    const btx::SkipWeightInit outer;
+    { const btx::SkipWeightInit inner; }
+    CHECK(btx::SkipWeightInit::skipping());  // the inner guard restores, not clears
+  }
+  CHECK(!btx::SkipWeightInit::skipping());
 }

@@ -20,6 +20,7 @@
 #include <btx/hf/checkpoint.hpp>
 #include <btx/hf/config_json.hpp>
 #include <btx/io/checkpoint_reader.hpp>
+#include <btx/models/common/weight_init.hpp>
 #include <btx/models/family.hpp>
 #include <btx/models/registry.hpp>
 #include <btx/moe/options.hpp>
@@ -74,7 +75,10 @@ inline CausalLM load_causal_lm(const std::filesystem::path& dir,
                                io::NonFinite non_finite = io::NonFinite::refuse) {
   const auto spec = read_model_spec(dir / "config.json");
   const auto& family = family_of(spec);
-  CausalLM lm = family.make(spec, options);
+  CausalLM lm = [&] {
+    const SkipWeightInit loading;  // every parameter comes from the checkpoint (strictly)
+    return family.make(spec, options);
+  }();
   lm.to(device, dtype);
   hf::load_hf_weights(lm.module(), io::CheckpointReader(dir), family.name_map(), non_finite);
   return lm;

@@ -15,6 +15,7 @@
 #include <btx/core/model_spec.hpp>
 #include <btx/hf/checkpoint.hpp>
 #include <btx/models/auto.hpp>
+#include <btx/models/common/weight_init.hpp>
 #include <btx/moe/options.hpp>
 #include <btx/recipe/compute.hpp>
 #include <btx/recipe/run.hpp>
@@ -82,7 +83,10 @@ inline CausalLM load_stage_model(const Run& run, const std::string& stage,
                                 std::to_string(options->num_experts));
   }
   spec.moe->num_experts_per_tok = active_experts(*options);  // this router's, not the file's
-  CausalLM lm = make_model(spec, *options);
+  CausalLM lm = [&] {
+    const SkipWeightInit loading;  // every parameter comes from the checkpoint (strictly)
+    return make_model(spec, *options);
+  }();
   hf::load_hf_weights(lm.module(), dir, run.non_finite());
   return lm;
 }

@@ -22,6 +22,7 @@
 #include <btx/models/common/decoder_layers.hpp>
 #include <btx/models/common/layers.hpp>
 #include <btx/models/common/rotary.hpp>
+#include <btx/models/common/weight_init.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -161,6 +162,7 @@ class DecoderForCausalLMImpl : public torch::nn::Cloneable<DecoderForCausalLMImp
   // HF's _init_weights: normal(0, initializer_range) for every matrix, zeros for biases,
   // ones for norms.
   void init_weights() {
+    if (SkipWeightInit::skipping()) return;  // a checkpoint overwrites every parameter
     torch::NoGradGuard no_grad;
     for (auto& p : named_parameters()) {
       if (p.value().dim() >= 2) {
