@@ -8,6 +8,7 @@
 
 #include <btx/data/corpus.hpp>
 #include <btx/data/sampler.hpp>
+#include <btx/data/token_file.hpp>
 #include <btx/models/llama/model.hpp>
 #include <btx/train/evaluate.hpp>
 #include <btx/train/flops.hpp>
@@ -84,6 +85,17 @@ TEST_CASE("corpus: arithmetic domain carries exact-match problems, and token fil
   write(dir / "odd.bin", "abc");
   CHECK_THROWS_AS(btx::read_token_file((dir / "odd.bin").string(), "uint16"),
                   std::invalid_argument);
+  // Written back: the same bytes, in either width; an id too wide for uint16 is refused
+  // and leaves no file behind.
+  btx::write_token_file(dir / "again.bin", t, "uint16");
+  CHECK(torch::equal(btx::read_token_file((dir / "again.bin").string(), "uint16"), t));
+  const auto wide = torch::tensor({0, 70000, 5}, torch::kInt32);
+  btx::write_token_file(dir / "wide.bin", wide, "uint32");
+  CHECK(torch::equal(btx::read_token_file((dir / "wide.bin").string(), "uint32"), wide));
+  CHECK_THROWS_WITH_AS(btx::write_token_file(dir / "narrow.bin", wide, "uint16"),
+                       doctest::Contains("id 70000 at index 1 does not fit uint16"),
+                       std::invalid_argument);
+  CHECK(!fs::exists(dir / "narrow.bin"));
   fs::remove_all(dir);
 }
 

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -51,6 +52,10 @@ struct WorkerOptions {
   // fill the cores, and OpenMP's spinning barriers crawl on a loaded machine.
   std::vector<std::string> env = {"OMP_NUM_THREADS=1"};
   std::chrono::milliseconds poll{500};  // how often logs are relayed
+  // Jobs at once (0: all): unfinished jobs run in this many lanes, each lane's jobs one
+  // after another. For stages that do not all fit in memory together (a 135M-parameter
+  // seed's MoE stage takes ~9 GB in fp32 with AdamW).
+  int64_t max_jobs = 0;
 };
 
 struct WorkersReport {
@@ -88,10 +93,61 @@ inline std::filesystem::path rank_log(const std::filesystem::path& dir, int64_t 
   return dir / (rank == 0 ? std::string("log.txt") : "log.rank-" + std::to_string(rank) + ".txt");
 }
 
-// Runs every job with an unfinished stage, all at once, and waits for all of them.
+// Runs every job with an unfinished stage, all at once (or options.max_jobs at a time), and
+// waits for all of them.
 inline WorkersReport run_workers(const Run& run, const std::vector<WorkerJob>& jobs,
                                  const WorkerOptions& options = {}) {
   WorkersReport report;
+  if (options.max_jobs < 0) {
+    throw std::invalid_argument("btx::recipe::run_workers: max_jobs must be >= 0, got " +
+                                std::to_string(options.max_jobs));
+  }
+  if (options.max_jobs > 0) {
+    std::vector<WorkerJob> pending;  // a finished job takes no lane
+    for (const auto& job : jobs) {
+      bool all_done = true;
+      for (const auto& stage : job.stages()) all_done = all_done && run.done(stage);
+      if (all_done) {
+        for (const auto& stage : job.stages()) {
+          if (run.skip_if_done(stage)) report.skipped.push_back(stage);
+        }
+      } else {
+        pending.push_back(job);
+      }
+    }
+    if (pending.size() > size_t(options.max_jobs)) {
+      // max_jobs lanes, job k in lane k % max_jobs, each lane one job after another: a
+      // lane whose job ends early starts its next one while the others still run.
+      WorkerOptions one = options;
+      one.max_jobs = 0;
+      std::vector<WorkersReport> lanes(size_t(options.max_jobs));
+      std::vector<std::exception_ptr> errors(lanes.size());
+      std::vector<std::thread> threads;
+      for (size_t lane = 0; lane < lanes.size(); ++lane) {
+        threads.emplace_back([&, lane] {
+          try {
+            for (size_t k = lane; k < pending.size(); k += lanes.size()) {
+              const auto r = run_workers(run, {pending[k]}, one);
+              lanes[lane].finished.insert(lanes[lane].finished.end(), r.finished.begin(),
+                                          r.finished.end());
+              lanes[lane].failed.insert(lanes[lane].failed.end(), r.failed.begin(), r.failed.end());
+            }
+          } catch (...) {
+            errors[lane] = std::current_exception();
+          }
+        });
+      }
+      for (auto& t : threads) t.join();
+      for (const auto& e : errors) {
+        if (e) std::rethrow_exception(e);
+      }
+      for (const auto& l : lanes) {
+        report.finished.insert(report.finished.end(), l.finished.begin(), l.finished.end());
+        report.failed.insert(report.failed.end(), l.failed.begin(), l.failed.end());
+      }
+      return report;
+    }
+  }
   ExpertProcesses group;
   struct Started {
     const WorkerJob* job;
