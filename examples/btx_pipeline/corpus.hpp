@@ -17,6 +17,7 @@
 #include <btx/core/model_spec.hpp>
 #include <btx/data/corpus.hpp>
 #include <btx/data/sampler.hpp>
+#include <btx/data/token_file.hpp>
 #include <btx/hf/side_files.hpp>
 #include <btx/models/auto.hpp>
 #include <btx/models/llama/family.hpp>
@@ -28,6 +29,7 @@
 #include <btx/recipe/train_stage.hpp>
 #include <btx/train/evaluate.hpp>
 
+#include "../common/checkpoint_tokenizer.hpp"
 #include "../common/sentencepiece_codec.hpp"
 #include "config.hpp"
 
@@ -208,6 +210,30 @@ inline tools::SentencePieceCodec run_tokenizer(const PipelineConfig& config, con
   return sp;
 }
 
+// The corpus as the models see it, in nanoGPT token files <run>/data/<domain>.{train,eval}.bin
+// (uint16 when the vocabulary fits, else uint32): what a subword tokenizer made of the text,
+// for inspection or for a later run's token_file domains. Bytes need no such record.
+inline nlohmann::json write_corpus_tokens(const PipelineRun& p) {
+  auto files = nlohmann::json::array();
+  if (p.codec.is_bytes()) return files;
+  const auto dir = p.run.dir() / "data";
+  std::filesystem::create_directories(dir);
+  const std::string dtype = p.corpus.vocab_size <= 65536 ? "uint16" : "uint32";
+  for (const auto& d : p.corpus.domains) {
+    for (const auto& [split, tokens] :
+         {std::pair{"train", d.train_tokens}, {"eval", d.eval_tokens}}) {
+      const auto file = dir / (d.name + "." + split + ".bin");
+      write_token_file(file, tokens, dtype);
+      files.push_back({{"domain", d.name},
+                       {"split", split},
+                       {"path", file.string()},
+                       {"token_dtype", dtype},
+                       {"tokens", tokens.numel()}});
+    }
+  }
+  return files;
+}
+
 // Every data and config error surfaces here, before a stage folder exists.
 inline PipelineRun open_run(const PipelineConfig& given) {
   PipelineConfig config = given;
@@ -223,6 +249,16 @@ inline PipelineRun open_run(const PipelineConfig& given) {
     codec = run_tokenizer(config, text, tokenizer).codec();
     for (const auto& name : tools::SentencePieceCodec::hf_file_names())
       tokenizer_files.push_back(std::filesystem::path(config.run_dir) / "tokenizer" / name);
+  } else if (uses_seed_tokenizer(config)) {
+    // The seed's own vocabulary: its tokenizer files already travel with every stage.
+    config.tokenizer = "seed";
+    const tools::CheckpointTokenizer seed_tokenizer(config.seed_checkpoint);
+    codec = seed_tokenizer.codec();
+    tokenizer = {{"kind", "seed"},
+                 {"reader", seed_tokenizer.description()},
+                 {"file", codec.name.substr(codec.name.find(':') + 1)},
+                 {"vocab_size", codec.vocab_size}};
+    if (!seed_tokenizer.note().empty()) tokenizer["note"] = seed_tokenizer.note();
   } else if (config.tokenizer == "auto") {
     config.tokenizer = "bytes";
   }

@@ -30,12 +30,32 @@ struct Evaluated {
   RoutingShares routing;  // empty for dense models
 };
 
+// Greedy continuation of `prompt` by `sample_tokens` tokens, decoded (the context: the last
+// seq_len tokens, the longest window the models trained on).
+inline std::string greedy_sample(const PipelineRun& run, const LogitsFn& logits_fn,
+                                 const std::string& prompt) {
+  torch::NoGradGuard no_grad;
+  auto ids = run.codec.encode(prompt);
+  const size_t prompt_length = ids.size();
+  for (int64_t t = 0; t < run.config.sample_tokens; ++t) {
+    const size_t from =
+        ids.size() > size_t(run.config.seq_len) ? ids.size() - run.config.seq_len : 0;
+    const std::vector<int64_t> window(ids.begin() + ptrdiff_t(from), ids.end());
+    auto logits = logits_fn(torch::tensor(window, torch::kLong).unsqueeze(0));
+    ids.push_back(logits.select(1, logits.size(1) - 1).argmax(-1).item<int64_t>());
+  }
+  return run.codec.decode({ids.begin() + ptrdiff_t(prompt_length), ids.end()});
+}
+
 inline ModelResult score(const PipelineRun& run, const std::string& name, const std::string& kind,
                          const LogitsFn& logits_fn) {
   std::fprintf(stderr, "[eval] %s\n", name.c_str());
   ModelResult r;
   r.name = name;
   r.kind = kind;
+  for (const auto& prompt : run.config.sample_prompts) {
+    r.samples.push_back(greedy_sample(run, logits_fn, prompt));
+  }
   for (const auto& d : run.corpus.domains) {
     r.loss[d.name] =
         evaluate_loss(logits_fn, d.eval_tokens, run.config.seq_len, run.config.eval_windows).loss;

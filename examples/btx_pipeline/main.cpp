@@ -2,6 +2,9 @@
 // build/bin/btx-pipeline [CONFIG.yaml|json] [--quick] [--run-dir DIR] [--until STAGE]
 // The Branch-Train-MiX pipeline end to end, with its baselines at equal compute and a
 // report. Run with --help for everything; README.md shows a measured default run.
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -103,9 +106,12 @@ CONFIG (YAML or JSON) overrides any of these keys (unknown keys are errors):
   blend: expert n holds chunk n of every domain's FFN; split: each FFN cut into
   split_chunks (2) experts, e.g. router top2 or topk:4 of 8), averaging: uniform|task_arithmetic|ties|dare_linear|
   dare_ties (shared tensors, against the seed; averaging_density, averaging_lambda),
-  baselines (true), eval_windows, math_problems
+  baselines (true), eval_windows, math_problems, sample_prompts, sample_tokens
   checkpoint_every (50; quick: 10): every training stage checkpoints into
     <run>/<stage>/checkpoints/ and a rerun resumes from there (0: no checkpoints)
+  stage_jobs (0): stages trained at once (0: every expert at once, then the MoE stages and
+    baselines at once); 2 or 1 where they do not all fit in memory (each of N lanes runs
+    its stages one after another)
   device: cpu | cuda | cuda:N (cpu), precision: fp32 | bf16-mixed | bf16 (fp32): where and
     how every stage trains and the report evaluates (bf16-mixed: fp32 weights and AdamW
     state, bf16 matmuls; bf16: bf16 weights and state); a device this machine lacks is an
@@ -122,13 +128,17 @@ CONFIG (YAML or JSON) overrides any of these keys (unknown keys are errors):
     naming the holder); a finished stage whose model files changed is redone
 Token files follow nanoGPT: flat little-endian uint16 (or uint32) ids; the model's
 vocab_size must cover them.
-tokenizer: auto | sentencepiece | bytes (auto): how text becomes ids. sentencepiece trains
+tokenizer: auto | sentencepiece | seed | bytes (auto): how text becomes ids. sentencepiece trains
   a BPE SentencePiece model of tokenizer_vocab_size pieces (2048; quick: 512; byte
   fallback, whitespace kept) on the train split of every domain into <run>/tokenizer/ and
   writes it (tokenizer.model + tokenizer_config.json, a LlamaTokenizer) into every stage's
   checkpoint, so transformers' AutoTokenizer reads any of them; the model's vocab_size is
-  the tokenizer's. bytes: one id per byte (vocab 256). auto: sentencepiece unless a
-  seed_checkpoint or a token_file domain brings its own ids (then bytes).
+  the tokenizer's. seed: seed_checkpoint's own tokenizer (tokenizer.json through Python's
+  `tokenizers`, $BTX_PYTHON; else tokenizer.model), text encoded without special tokens.
+  bytes: one id per byte (vocab 256). auto: seed when seed_checkpoint has a tokenizer,
+  bytes when a token_file domain or a seed without one brings the ids, else sentencepiece.
+sample_prompts ([]), sample_tokens (32): the report shows every model's greedy
+  continuation of each prompt (sample_tokens new tokens).
 )";
 
 struct Args {
@@ -166,6 +176,15 @@ bp::PipelineRun reopen_run(const fs::path& run_dir) {
   config.run_dir = run_dir.string();
   torch::manual_seed(config.seed);  // as the parent does (see main)
   return bp::open_run(config);
+}
+
+// Hands the heap's free pages back to the system: the driver waits while its workers train,
+// and with a 135M-parameter seed it had kept ~4.6 GB of freed model copies from the seed,
+// branch and mix stages, which the MoE-stage workers (7 GB each) need.
+void release_free_memory() {
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
 }
 
 // (a) the seed: pretrained on the mixture, or seed_checkpoint (any registered family).
@@ -304,14 +323,15 @@ int run_pipeline(const bp::PipelineConfig& config, const std::string& until) {
   std::ofstream(run.dir() / "config.json") << bp::to_json(p.config).dump(2) << "\n";
   auto manifest = p.corpus.manifest_json();
   manifest["tokenizer"] = p.tokenizer_manifest;
+  manifest["token_files"] = bp::write_corpus_tokens(p);
   std::ofstream(run.dir() / "manifest.json") << manifest.dump(2) << "\n";
   // One thread per process: the stages that run concurrently already fill the cores,
   // and OpenMP's spinning barriers slow to a crawl on a loaded machine.
   torch::set_num_threads(1);
 
   // (a, b) Branch: the seed, copied once per domain.
-  const CausalLM seed = seed_stage(p);
-  recipe::branch_stage(run, seed, p.domain_names());
+  recipe::branch_stage(run, seed_stage(p), p.domain_names());
+  release_free_memory();  // the workers below need it more than this waiting driver
   if (until == "seed") return 0;
 
   // (c) Train: one expert per domain, each on its own ranks, no communication between them.
@@ -330,13 +350,18 @@ int run_pipeline(const bp::PipelineConfig& config, const std::string& until) {
       experts.push_back(std::move(job));
     }
   }
-  if (!recipe::run_workers(run, experts).ok()) return 1;
+  recipe::WorkerOptions at_once;
+  at_once.max_jobs = p.config.stage_jobs;
+  if (!recipe::run_workers(run, experts, at_once).ok()) return 1;
   if (until == "experts") return 0;
 
   // (d) MiX: the experts' FFNs (and the seed's) become one MoE; BTM averages them instead.
-  const auto trained = recipe::load_experts(run);
-  recipe::mix_stage(run, trained, seed, p.mix_options());
-  if (p.config.baselines) recipe::btm_merge(run, trained);
+  {
+    const auto trained = recipe::load_experts(run);
+    recipe::mix_stage(run, trained, recipe::load_stage_model(run, "seed"), p.mix_options());
+    if (p.config.baselines) recipe::btm_merge(run, trained);
+  }
+  release_free_memory();
   if (until == "mix") return 0;
 
   // (e) MoE-finetune with each router; the baselines at BTX's compute beside it.
@@ -349,7 +374,7 @@ int run_pipeline(const bp::PipelineConfig& config, const std::string& until) {
     finetunes.push_back(workers().job(run, recipe::kUpcycleStage, "upcycle"));
   }
   for (auto& job : finetunes) job.ranks = topology.ranks_per_stage;
-  if (!recipe::run_workers(run, finetunes).ok()) return 1;
+  if (!recipe::run_workers(run, finetunes, at_once).ok()) return 1;
   if (until == "finetune") return 0;
 
   // (f) Evaluation and the report.

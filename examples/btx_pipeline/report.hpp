@@ -29,6 +29,7 @@ struct ModelResult {
   double train_flops = 0.0;  // compute spent after the seed (the equal-compute budget)
   int64_t train_tokens = 0;
   double train_seconds = 0.0;
+  std::vector<std::string> samples;  // greedy continuation of each of the config's prompts
 };
 
 // shares[domain][layer][expert]: fraction of the domain's routed assignments.
@@ -85,7 +86,9 @@ inline std::vector<std::string> dead_expert_warnings(const RoutingShares& shares
   return out;
 }
 
-// One heatmap per layer: rows = domains, columns = experts.
+// One heatmap per layer: rows = domains, columns = experts; for a deep model (more than
+// kRoutingPlotsPerLayer layers: SmolLM2 has 30) one per domain instead, rows = layers.
+constexpr size_t kRoutingPlotsPerLayer = 8;
 inline std::vector<std::string> plot_routing(const std::filesystem::path& dir,
                                              const std::string& model, const RoutingShares& shares,
                                              const std::vector<std::string>& expert_names) {
@@ -94,6 +97,17 @@ inline std::vector<std::string> plot_routing(const std::filesystem::path& dir,
   std::vector<std::string> rows;
   for (const auto& [domain, _] : shares) rows.push_back(domain);
   const size_t layers = shares.begin()->second.size();
+  if (layers > kRoutingPlotsPerLayer) {
+    std::vector<std::string> layer_rows;
+    for (size_t l = 0; l < layers; ++l) layer_rows.push_back("layer " + std::to_string(l));
+    for (const auto& [domain, per_layer] : shares) {
+      const std::string file = "routing_" + model + "_" + domain + ".png";
+      plot_heatmap(dir / file, model + ": share of " + domain + " tokens per expert and layer",
+                   layer_rows, expert_names, per_layer);
+      files.push_back(file);
+    }
+    return files;
+  }
   for (size_t l = 0; l < layers; ++l) {
     std::vector<std::vector<double>> grid;
     for (const auto& [domain, per_layer] : shares) grid.push_back(per_layer[l]);

@@ -32,6 +32,7 @@ nlohmann::json to_json(const bp::Evaluated& e) {
           {"train_flops", r.train_flops},
           {"train_tokens", r.train_tokens},
           {"train_seconds", r.train_seconds},
+          {"samples", r.samples},
           {"routing", e.routing}};
 }
 
@@ -46,6 +47,7 @@ bp::Evaluated from_json(const nlohmann::json& j) {
   e.result.train_tokens = j["train_tokens"];
   e.result.train_seconds = j["train_seconds"];
   e.routing = j["routing"].get<bp::RoutingShares>();
+  if (j.contains("samples")) e.result.samples = j["samples"].get<std::vector<std::string>>();
   return e;
 }
 
@@ -147,6 +149,18 @@ int write_report(const bp::PipelineRun& p) {
       std::fprintf(stderr, "[pipeline] warning (%s): %s\n", e.result.name.c_str(), w.c_str());
     }
     md << "\n";
+  }
+  if (!p.config.sample_prompts.empty()) {
+    md << "## Samples\n\nEach model's greedy continuation (" << p.config.sample_tokens
+       << " tokens) of each prompt; also in `eval/results.json`.\n\n";
+    for (size_t i = 0; i < p.config.sample_prompts.size(); ++i) {
+      md << "### Prompt " << i + 1 << "\n\n```text\n" << p.config.sample_prompts[i] << "\n```\n\n";
+      for (const auto& r : rows) {
+        if (i >= r.samples.size()) continue;
+        md << "**" << r.name << "**:\n\n```text\n"
+           << p.config.sample_prompts[i] << r.samples[i] << "\n```\n\n";
+      }
+    }
   }
   md << "## Held-out loss against training compute\n\n";
   if (compute_curves) {

@@ -152,9 +152,10 @@ enum class Through { seed, experts, dense, upcycle, mix, finetune, eval };
 inline nlohmann::json upstream_of(const PipelineConfig& c, Through through) {
   const auto all = to_json(c);
   auto j = all;
-  for (const char* key : {"run_dir", "repeats", "sweep"}) j.erase(key);
+  for (const char* key : {"run_dir", "repeats", "sweep", "stage_jobs"}) j.erase(key);
   if (through == Through::eval) return j;
-  for (const char* key : {"baselines", "eval_windows", "math_problems", "extra_routers"}) {
+  for (const char* key : {"baselines", "eval_windows", "math_problems", "extra_routers",
+                          "sample_prompts", "sample_tokens"}) {
     j.erase(key);
   }
   if (through == Through::finetune) return j;

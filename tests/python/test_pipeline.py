@@ -418,6 +418,17 @@ class BadInputFailsBeforeTraining(unittest.TestCase):
                 f.write(bytes(4000))
             self.check(f"tokenizer: sentencepiece\ndomains:\n  - {{name: t, token_file: {ids}}}\n",
                        "reads ids from a token_file")
+        self.check("tokenizer: seed\n", "tokenizer seed needs a seed_checkpoint")
+        with tempfile.TemporaryDirectory() as tmp:  # a seed without tokenizer files
+            with open(os.path.join(tmp, "config.json"), "w") as f:
+                json.dump({"model_type": "llama", "architectures": ["LlamaForCausalLM"],
+                           "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
+                           "num_hidden_layers": 2, "num_attention_heads": 4,
+                           "num_key_value_heads": 2, "max_position_embeddings": 512,
+                           "rms_norm_eps": 1e-5, "hidden_act": "silu",
+                           "tie_word_embeddings": False, "rope_theta": 10000.0}, f)
+            self.check(f"tokenizer: seed\nseed_checkpoint: {tmp}\n",
+                       f"seed_checkpoint {tmp} has no tokenizer.json or tokenizer.model")
 
     def test_unknown_precision(self):
         self.check("precision: fp8\n", "precision 'fp8' is not one of")
