@@ -15,6 +15,10 @@ import sys
 import tempfile
 import unittest
 
+# btx-pipeline encodes a seed checkpoint's text with its tokenizer.json through Python's
+# `tokenizers` ($BTX_PYTHON, else python3): this interpreter has it.
+os.environ.setdefault("BTX_PYTHON", sys.executable)
+
 import yaml
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, MixtralForCausalLM, PreTrainedTokenizerFast
