@@ -256,7 +256,7 @@ inline PipelineRun open_run(const PipelineConfig& given) {
     codec = seed_tokenizer.codec();
     tokenizer = {{"kind", "seed"},
                  {"reader", seed_tokenizer.description()},
-                 {"file", codec.name.substr(codec.name.find(':') + 1)},
+                 {"file", seed_tokenizer.file().string()},
                  {"vocab_size", codec.vocab_size}};
     if (!seed_tokenizer.note().empty()) tokenizer["note"] = seed_tokenizer.note();
   } else if (config.tokenizer == "auto") {

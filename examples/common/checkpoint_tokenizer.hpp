@@ -87,8 +87,7 @@ class CheckpointTokenizer {
   // tokenizer.model through SentencePiece in this process.
   [[nodiscard]] TextCodec codec() const {
     TextCodec c;
-    c.name = "checkpoint:" +
-             (folder_ / (kind_ == Kind::json ? "tokenizer.json" : "tokenizer.model")).string();
+    c.name = "checkpoint:" + file().string();
     if (kind_ == Kind::json) {
       auto session = std::make_shared<TokenizerSession>(python(), folder_ / "tokenizer.json");
       c.vocab_size = session->vocab_size();
@@ -110,6 +109,11 @@ class CheckpointTokenizer {
       return text;
     };
     return c;
+  }
+
+  // The file the ids come from.
+  [[nodiscard]] std::filesystem::path file() const {
+    return folder_ / (kind_ == Kind::json ? "tokenizer.json" : "tokenizer.model");
   }
 
   // Which file and reader produce the ids, for logs and model cards.
@@ -176,12 +180,6 @@ class CheckpointTokenizer {
              " (pip install tokenizers, or set BTX_PYTHON to a Python that has it)";
     }
     return "the Python tokenizers package could not load it: " + last_line(err);
-  }
-
-  static std::string last_line(std::string text) {
-    while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
-    const auto nl = text.rfind('\n');
-    return nl == std::string::npos ? text : text.substr(nl + 1);
   }
 
   std::vector<std::vector<int64_t>> encode_with_python(

@@ -34,6 +34,13 @@ extern char** environ;
 
 namespace btx::tools {
 
+// The last non-empty line of a child's stderr (what it says when it gives up).
+inline std::string last_line(std::string text) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+  const auto nl = text.rfind('\n');
+  return nl == std::string::npos ? text : text.substr(nl + 1);
+}
+
 class TokenizerSession {
  public:
   // Starts `python` on `tokenizer_json`; throws naming the file and the child's last error
@@ -83,7 +90,15 @@ class TokenizerSession {
       throw std::runtime_error("tokenizer session: cannot start " + python + " (set BTX_PYTHON)");
     }
     const auto first = read_line();
-    if (!first) fail("could not load it");
+    if (!first) {
+      // A constructor that throws runs no destructor: reap the child and close the pipes.
+      try {
+        fail("could not load it");
+      } catch (...) {
+        shutdown();
+        throw;
+      }
+    }
     vocab_size_ = nlohmann::json::parse(*first).get<int64_t>();
   }
 
@@ -134,10 +149,7 @@ class TokenizerSession {
 
   [[noreturn]] void fail(const std::string& what) {
     std::ifstream in(err_file_);
-    std::string err((std::istreambuf_iterator<char>(in)), {});
-    while (!err.empty() && (err.back() == '\n' || err.back() == '\r')) err.pop_back();
-    const auto nl = err.rfind('\n');
-    const std::string last = nl == std::string::npos ? err : err.substr(nl + 1);
+    const std::string last = last_line({std::istreambuf_iterator<char>(in), {}});
     throw std::runtime_error("tokenizer " + file_.string() + ": " + what +
                              (last.empty() ? std::string() : ": " + last));
   }
