@@ -494,12 +494,13 @@ int main(int argc, char** argv) {
                "take NaN and Inf in the sources (config key allow_non_finite) instead of "
                "refusing them");
   if (const auto status = btx::tools::parse_command_line(app, argc, argv)) return *status;
+  int status = 1;
   try {
     auto config = merge_tool::parse_merge_config(tools::load_config_file(config_file));
     config.allow_non_finite = config.allow_non_finite || allow_non_finite;
-    return run(config, read_file(config_file), out_dir, force, write_threads, !no_fsync);
+    status = run(config, read_file(config_file), out_dir, force, write_threads, !no_fsync);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "btx-merge: error: %s\n", e.what());
-    return 1;
   }
+  tools::exit_now(status);
 }

@@ -26,6 +26,7 @@
 #include <btx/io/atomic_dir.hpp>
 #include <btx/io/checkpoint_reader.hpp>
 #include <btx/io/file_hash.hpp>
+#include <btx/io/early_writeback.hpp>
 #include <btx/io/file_range.hpp>
 #include <btx/io/finite_check.hpp>
 #include <btx/io/folder_lock.hpp>
@@ -37,6 +38,7 @@
 #include <btx/io/write_queue.hpp>
 #include <btx/merge/any_averaging.hpp>
 #include <btx/merge/averaging.hpp>
+#include <btx/merge/row_kernels.hpp>
 #include <btx/merge/branch.hpp>
 #include <btx/merge/btm_ensemble.hpp>
 #include <btx/merge/checkpoint_source.hpp>

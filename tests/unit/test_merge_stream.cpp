@@ -4,9 +4,11 @@
 // load_causal_lm loads with btx's real MoE module, and a failure leaves nothing behind.
 #include <doctest/doctest.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -16,6 +18,7 @@
 
 #include <btx/merge/checkpoint_source.hpp>
 #include <btx/merge/mixers.hpp>
+#include <btx/merge/row_kernels.hpp>
 #include <btx/merge/write_plan.hpp>
 #include <btx/models/auto.hpp>
 #include <btx/models/llama/checkpoint.hpp>
@@ -128,6 +131,50 @@ TEST_CASE("merge stream: weighted sums read in row chunks equal whole-tensor sum
       }
     }
   }
+}
+
+namespace {
+// The vector row kernels against the plain per-element loops they replace: the same bits
+// for every length (vector body and scalar tail), start offset (unaligned rows), weight and
+// special value (ties, subnormals, overflow to Inf, NaN).
+template <typename T, typename Acc>
+void check_row_kernels_match_scalar(torch::ScalarType dtype) {
+  torch::manual_seed(7);
+  auto src = torch::randn({3, 80}, torch::kFloat64);
+  src[0].slice(0, 0, 8) *= 1e38;   // products overflow
+  src[1].slice(0, 0, 8) *= 1e-41;  // subnormals
+  src[2].slice(0, 0, 8) = torch::tensor(
+      {1.00390625, 1.01171875, -1.00390625, 0.0, -0.0, 3.0e38, -3.0e38, 2.0});  // bf16 ties
+  src = src.to(dtype);
+  const std::vector<double> weights = {0.3, -1.7, 1.0 / 3.0};
+  for (size_t offset : {0, 1, 3}) {
+    for (size_t n : {0, 1, 7, 8, 9, 15, 31, 77}) {
+      CAPTURE(offset);
+      CAPTURE(n);
+      std::vector<Acc> acc(n + 1), expected(n + 1);
+      for (size_t k = 0; k < 3; ++k) {
+        const T* s = static_cast<const T*>(src[int64_t(k)].data_ptr()) + offset;
+        merge::detail::accumulate_rows<T, Acc>(s, acc.data(), n, weights[k], k == 0);
+        for (size_t i = 0; i < n; ++i) {
+          const Acc x = static_cast<Acc>(s[i]) * static_cast<Acc>(weights[k]);
+          expected[i] = k == 0 ? x : expected[i] + x;
+        }
+      }
+      CHECK(std::memcmp(acc.data(), expected.data(), n * sizeof(Acc)) == 0);
+      if (n > 2) acc[2] = std::numeric_limits<Acc>::quiet_NaN();
+      std::vector<T> out(n + 1), out_expected(n + 1);
+      merge::detail::narrow_rows<T, Acc>(acc.data(), out.data() + (offset ? 1 : 0), n);
+      for (size_t i = 0; i < n; ++i) out_expected[i + (offset ? 1 : 0)] = static_cast<T>(acc[i]);
+      CHECK(std::memcmp(out.data(), out_expected.data(), out.size() * sizeof(T)) == 0);
+    }
+  }
+}
+}  // namespace
+
+TEST_CASE("merge stream: the vector row kernels give the scalar loops' bits") {
+  check_row_kernels_match_scalar<c10::BFloat16, float>(torch::kBFloat16);
+  check_row_kernels_match_scalar<float, double>(torch::kFloat32);
+  check_row_kernels_match_scalar<c10::Half, float>(torch::kHalf);
 }
 
 TEST_CASE("merge stream: mismatched checkpoints are refused naming the tensor and both folders") {

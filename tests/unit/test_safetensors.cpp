@@ -9,10 +9,14 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
+#include <vector>
 
+#include <btx/io/early_writeback.hpp>
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
 #include <btx/io/write_queue.hpp>
@@ -143,6 +147,43 @@ TEST_CASE("safetensors: an unfinished streaming writer leaves nothing behind") {
     CHECK_THROWS_WITH_AS(w.finish(), doctest::Contains("never written"), std::runtime_error);
   }
   CHECK(fs::is_empty(dir));
+}
+
+TEST_CASE("safetensors: writing back early changes no byte, from several threads or unfinished") {
+  auto dir = scratch_dir("writeback");
+  std::vector<btx::io::TensorDecl> decls;
+  std::vector<torch::Tensor> values;
+  for (int k = 0; k < 8; ++k) {
+    decls.push_back({"t" + std::to_string(k), torch::kFloat32, {64, 1000 + k}});
+    values.push_back(torch::randn({64, 1000 + k}));
+  }
+  const auto write = [&](const fs::path& file, bool early) {
+    btx::io::SafetensorsStreamWriter w(file, decls, {{"format", "pt"}}, early);
+    std::thread other([&] {
+      for (int k = 1; k < 8; k += 2) w.write(decls[size_t(k)].name, values[size_t(k)]);
+    });
+    for (int k = 0; k < 8; k += 2) w.write(decls[size_t(k)].name, values[size_t(k)]);
+    other.join();
+    w.finish();
+  };
+  write(dir / "plain.safetensors", false);
+  write(dir / "early.safetensors", true);
+  const auto bytes = [](const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  CHECK(bytes(dir / "early.safetensors") == bytes(dir / "plain.safetensors"));
+  {  // given up half way: its thread stops, its temporary goes
+    btx::io::SafetensorsStreamWriter w(dir / "gone.safetensors", decls, {{"format", "pt"}}, true);
+    w.write("t0", values[0]);
+  }
+  CHECK_FALSE(fs::exists(dir / "gone.safetensors"));
+  CHECK(std::distance(fs::directory_iterator(dir), fs::directory_iterator()) == 2);
+  // After stop(), push() is ignored (no thread starts on a file about to be closed).
+  btx::io::EarlyWriteback idle(-1);
+  idle.stop();
+  idle.push(0, 1 << 20);
+  idle.stop();
 }
 
 TEST_CASE("safetensors: reader rejects a truncated file naming the file") {

@@ -258,7 +258,8 @@ inline WriteStats write_hf_folder(const std::filesystem::path& dir,
     std::filesystem::copy(f, out.path() / name, std::filesystem::copy_options::recursive);
   }
 
-  io::ShardedStreamWriter writer(out.path(), decls, options.max_shard_bytes);
+  // Written back while the rest is computed when it will be fsynced.
+  io::ShardedStreamWriter writer(out.path(), decls, options.max_shard_bytes, options.durable);
   // Writers run beside the producer: while tensor k+1 is computed, tensor k is written and
   // source ranges are copied. At most one computed tensor (the largest, at most) waits for
   // them, so peak memory is two tensors, not one per queued write.

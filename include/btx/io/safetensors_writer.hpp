@@ -2,7 +2,8 @@
 // safetensors writers. SafetensorsStreamWriter declares names/dtypes/shapes first and then
 // takes tensor data one at a time, in any order, so a merge holds ~one tensor in memory.
 // Files are written to "<file>.tmp-<pid>" and renamed into place by finish(): a file that
-// was not finished never appears at its path.
+// was not finished never appears at its path. A writer whose file will be fsynced can
+// start the disk on each tensor as it is written (write_back_early: io/early_writeback.hpp).
 #pragma once
 
 #include <torch/torch.h>
@@ -15,6 +16,7 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -25,6 +27,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <btx/io/early_writeback.hpp>
 #include <btx/io/file_range.hpp>
 #include <btx/io/safetensors_header.hpp>
 #include <btx/io/safetensors_reader.hpp>
@@ -67,7 +70,8 @@ inline void write_all(int fd, const void* data, uint64_t n, uint64_t offset,
 class SafetensorsStreamWriter {
  public:
   SafetensorsStreamWriter(std::filesystem::path file, std::vector<TensorDecl> decls,
-                          const std::map<std::string, std::string>& metadata = {{"format", "pt"}})
+                          const std::map<std::string, std::string>& metadata = {{"format", "pt"}},
+                          bool write_back_early = false)
       : file_(std::move(file)),
         tmp_(file_.string() + ".tmp-" + std::to_string(::getpid())),
         decls_(std::move(decls)) {
@@ -109,6 +113,7 @@ class SafetensorsStreamWriter {
       throw std::runtime_error("cannot create " + tmp_.string() + ": " + std::strerror(errno));
     }
     (void)::flock(fd_, LOCK_EX);  // alive while it writes (stale_temporaries.hpp)
+    if (write_back_early) writeback_ = std::make_unique<EarlyWriteback>(fd_);
     try {
       const uint64_t n = text.size();
       detail::write_all(fd_, &n, 8, 0, tmp_.string());
@@ -123,6 +128,7 @@ class SafetensorsStreamWriter {
   SafetensorsStreamWriter(const SafetensorsStreamWriter&) = delete;
   SafetensorsStreamWriter& operator=(const SafetensorsStreamWriter&) = delete;
   ~SafetensorsStreamWriter() {
+    writeback_.reset();  // its thread uses fd_
     if (fd_ >= 0) ::close(fd_);
     if (!finished_) {
       std::error_code ec;
@@ -144,6 +150,7 @@ class SafetensorsStreamWriter {
     claim(i);
     detail::write_all(fd_, data.data_ptr(), tensor_bytes(d), data_start_ + offsets_[i],
                       tmp_.string());
+    if (writeback_) writeback_->push(data_start_ + offsets_[i], tensor_bytes(d));
   }
 
   // Writes one declared tensor as the bytes of `range` (a source file's tensor already in
@@ -159,6 +166,7 @@ class SafetensorsStreamWriter {
     claim(i);
     copy_range_into(range, fd_, data_start_ + offsets_[i],
                     "tensor \"" + name + "\" into " + tmp_.string());
+    if (writeback_) writeback_->push(data_start_ + offsets_[i], range.bytes);
   }
 
   // Checks every tensor was written, fsyncs (unless !durable), and renames the file into
@@ -170,6 +178,7 @@ class SafetensorsStreamWriter {
                                  "written to " + file_.string());
       }
     }
+    writeback_.reset();
     if (::ftruncate(fd_, off_t(total_)) != 0 || (durable && ::fsync(fd_) != 0) ||
         ::close(fd_) != 0) {
       fd_ = -1;
@@ -232,6 +241,7 @@ class SafetensorsStreamWriter {
   std::mutex claim_mutex_;
   uint64_t data_start_ = 0, total_ = 0;
   int fd_ = -1;
+  std::unique_ptr<EarlyWriteback> writeback_;  // set when written back early
   bool finished_ = false;
 };
 

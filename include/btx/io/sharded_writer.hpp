@@ -37,9 +37,11 @@ class ShardedStreamWriter {
  public:
   // Plans shards in declaration order (as transformers does): a new shard starts when the
   // next tensor would push the current one past max_shard_bytes. A tensor larger than
-  // the limit gets a shard of its own.
+  // the limit gets a shard of its own. write_back_early: for files that finish() will
+  // fsync (SafetensorsStreamWriter's).
   ShardedStreamWriter(std::filesystem::path dir, const std::vector<TensorDecl>& decls,
-                      uint64_t max_shard_bytes = kDefaultMaxShardBytes)
+                      uint64_t max_shard_bytes = kDefaultMaxShardBytes,
+                      bool write_back_early = false)
       : dir_(std::move(dir)) {
     if (max_shard_bytes == 0) throw std::invalid_argument("max_shard_bytes must be > 0");
     std::vector<std::vector<TensorDecl>> shards(1);
@@ -64,7 +66,9 @@ class ShardedStreamWriter {
         }
         weight_map_[d.name] = name;
       }
-      writers_.push_back(std::make_unique<SafetensorsStreamWriter>(dir_ / name, shards[k]));
+      writers_.push_back(std::make_unique<SafetensorsStreamWriter>(
+          dir_ / name, shards[k], std::map<std::string, std::string>{{"format", "pt"}},
+          write_back_early));
     }
   }
 

@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include <btx/merge/row_kernels.hpp>
 #include <btx/merge/state_dict.hpp>
 #include <btx/version.hpp>
 
@@ -194,24 +195,6 @@ inline void check_same_spec(const std::string& name, const std::vector<int64_t>&
 // plus one tensor). Every loaded tensor must match source 0's spec; the error names the
 // tensor and both sources. `labels` names the sources for messages.
 namespace detail {
-
-// acc = widen(src) * w (first source) or acc += widen(src) * w, over n elements: one pass
-// the compiler vectorises, instead of a widening copy, a multiply and an add per source.
-template <typename T, typename Acc>
-void accumulate_rows(const void* src, Acc* acc, size_t n, double weight, bool first) {
-  const auto* s = static_cast<const T*>(src);
-  const Acc w = static_cast<Acc>(weight);  // as torch casts the scalar to the accumulator
-  if (first) {
-    for (size_t i = 0; i < n; ++i) acc[i] = static_cast<Acc>(s[i]) * w;
-  } else {
-    for (size_t i = 0; i < n; ++i) acc[i] += static_cast<Acc>(s[i]) * w;
-  }
-}
-template <typename T, typename Acc>
-void narrow_rows(const Acc* acc, void* dst, size_t n) {
-  auto* d = static_cast<T*>(dst);
-  for (size_t i = 0; i < n; ++i) d[i] = static_cast<T>(acc[i]);
-}
 
 // weighted_sum computed in row chunks read straight from the sources' files, holding the
 // result and a chunk buffer instead of whole widened copies: the same sum in the same
