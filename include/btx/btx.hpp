@@ -25,8 +25,8 @@
 #include <btx/hf/side_files.hpp>
 #include <btx/io/atomic_dir.hpp>
 #include <btx/io/checkpoint_reader.hpp>
-#include <btx/io/file_hash.hpp>
 #include <btx/io/early_writeback.hpp>
+#include <btx/io/file_hash.hpp>
 #include <btx/io/file_range.hpp>
 #include <btx/io/finite_check.hpp>
 #include <btx/io/folder_lock.hpp>
@@ -38,7 +38,6 @@
 #include <btx/io/write_queue.hpp>
 #include <btx/merge/any_averaging.hpp>
 #include <btx/merge/averaging.hpp>
-#include <btx/merge/row_kernels.hpp>
 #include <btx/merge/branch.hpp>
 #include <btx/merge/btm_ensemble.hpp>
 #include <btx/merge/checkpoint_source.hpp>
@@ -51,6 +50,7 @@
 #include <btx/merge/moe_plan.hpp>
 #include <btx/merge/plan.hpp>
 #include <btx/merge/router_init.hpp>
+#include <btx/merge/row_kernels.hpp>
 #include <btx/merge/state_dict.hpp>
 #include <btx/merge/trunk_merging.hpp>
 #include <btx/merge/upcycle_model.hpp>
