@@ -350,5 +350,6 @@ def main():
                   f"{d['mergekit_fsync_over_btx']:.2f} | {d['bound_mergekit_over_disk']:.2f} | "
                   f"{n['copy_over_btx']:.2f} | {n['mergekit_over_btx']:.2f} |")
 
+
 if __name__ == "__main__":
     main()

@@ -113,7 +113,6 @@ class SafetensorsStreamWriter {
       throw std::runtime_error("cannot create " + tmp_.string() + ": " + std::strerror(errno));
     }
     (void)::flock(fd_, LOCK_EX);  // alive while it writes (stale_temporaries.hpp)
-    if (write_back_early) writeback_ = std::make_unique<EarlyWriteback>(fd_);
     try {
       const uint64_t n = text.size();
       detail::write_all(fd_, &n, 8, 0, tmp_.string());
@@ -124,6 +123,7 @@ class SafetensorsStreamWriter {
       std::filesystem::remove(tmp_, ec);
       throw;
     }
+    if (write_back_early) writeback_ = std::make_unique<EarlyWriteback>(fd_);
   }
   SafetensorsStreamWriter(const SafetensorsStreamWriter&) = delete;
   SafetensorsStreamWriter& operator=(const SafetensorsStreamWriter&) = delete;
