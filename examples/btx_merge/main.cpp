@@ -231,7 +231,7 @@ bool same_path(const fs::path& a, const fs::path& b) {
 }
 
 int run(const MergeConfig& c, const std::string& config_text, const fs::path& out_dir, bool force,
-        size_t write_threads, bool durable) {
+        size_t write_threads, bool durable, bool direct_io) {
   if (!force && io::detail::exists_non_empty(out_dir)) {
     throw InputError("OUT_DIR " + out_dir.string() +
                      " exists and is not empty (--force replaces it)");
@@ -396,6 +396,7 @@ int run(const MergeConfig& c, const std::string& config_text, const fs::path& ou
   options.overwrite = force;
   options.write_threads = write_threads;
   options.durable = durable;
+  options.direct_io = direct_io;
   options.copy_files = hf::side_files_in(tokenizer_dir);
   options.closing_text_files = [&] {
     merge::CardInfo info;
@@ -467,7 +468,7 @@ int main(int argc, char** argv) {
   std::string config_file, out_dir;
   bool force = false;
   size_t write_threads = 1;
-  bool no_fsync = false, allow_non_finite = false;
+  bool no_fsync = false, no_direct_io = false, allow_non_finite = false;
   CLI::App app{
       "btx-merge: mixes N Hugging Face dense checkpoints of one model family into one MoE\n"
       "checkpoint of that family (Llama -> Mixtral; config.json's model_type names the\n"
@@ -490,6 +491,10 @@ int main(int argc, char** argv) {
   app.add_flag("--no-fsync", no_fsync,
                "do not wait for the disk before OUT_DIR appears (faster where the disk is "
                "slow; a machine crash may then lose the output's data)");
+  app.add_flag("--no-direct-io", no_direct_io,
+               "write through the page cache, each tensor started to disk as it is written, "
+               "instead of with O_DIRECT (for a filesystem where direct writes are slow; "
+               "one that refuses them gets page-cache writes anyway)");
   app.add_flag("--allow-non-finite", allow_non_finite,
                "take NaN and Inf in the sources (config key allow_non_finite) instead of "
                "refusing them");
@@ -498,7 +503,8 @@ int main(int argc, char** argv) {
   try {
     auto config = merge_tool::parse_merge_config(tools::load_config_file(config_file));
     config.allow_non_finite = config.allow_non_finite || allow_non_finite;
-    status = run(config, read_file(config_file), out_dir, force, write_threads, !no_fsync);
+    status = run(config, read_file(config_file), out_dir, force, write_threads, !no_fsync,
+                 !no_direct_io);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "btx-merge: error: %s\n", e.what());
   }

@@ -25,6 +25,7 @@
 #include <btx/hf/side_files.hpp>
 #include <btx/io/atomic_dir.hpp>
 #include <btx/io/checkpoint_reader.hpp>
+#include <btx/io/direct_writer.hpp>
 #include <btx/io/early_writeback.hpp>
 #include <btx/io/file_hash.hpp>
 #include <btx/io/file_range.hpp>

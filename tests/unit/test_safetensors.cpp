@@ -16,6 +16,10 @@
 #include <thread>
 #include <vector>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <btx/io/direct_writer.hpp>
 #include <btx/io/early_writeback.hpp>
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
@@ -149,41 +153,113 @@ TEST_CASE("safetensors: an unfinished streaming writer leaves nothing behind") {
   CHECK(fs::is_empty(dir));
 }
 
-TEST_CASE("safetensors: writing back early changes no byte, from several threads or unfinished") {
+TEST_CASE("safetensors: every way to the disk writes the same bytes, from several threads") {
+  using btx::io::DiskWrites;
   auto dir = scratch_dir("writeback");
+  const fs::path src = dir / "source.bin";
+  // Sizes that put tensor ends everywhere in a 4096-byte block; a bf16 tensor of 3
+  // elements and an empty one; the header makes the data start unaligned.
   std::vector<btx::io::TensorDecl> decls;
   std::vector<torch::Tensor> values;
   for (int k = 0; k < 8; ++k) {
-    decls.push_back({"t" + std::to_string(k), torch::kFloat32, {64, 1000 + k}});
-    values.push_back(torch::randn({64, 1000 + k}));
+    decls.push_back({"t" + std::to_string(k), torch::kFloat32, {64, 1000 + 37 * k}});
+    values.push_back(torch::randn({64, 1000 + 37 * k}));
   }
-  const auto write = [&](const fs::path& file, bool early) {
-    btx::io::SafetensorsStreamWriter w(file, decls, {{"format", "pt"}}, early);
+  decls.push_back({"small", torch::kBFloat16, {3}});
+  values.push_back(torch::randn({3}).to(torch::kBFloat16));
+  decls.push_back({"empty", torch::kFloat32, {0, 5}});
+  values.push_back(torch::zeros({0, 5}));
+  // Some tensors come as ranges of another file (BTX's experts), at an unaligned offset.
+  const int64_t copied = 3;
+  {
+    std::ofstream out(src, std::ios::binary);
+    out << "xyz";
+    out.write(static_cast<const char*>(values[copied].data_ptr()),
+              std::streamsize(values[copied].numel() * 4));
+  }
+  const btx::io::FileRange range{src, 3, uint64_t(values[copied].numel() * 4)};
+  const auto write = [&](const fs::path& file, DiskWrites disk, size_t buffer_bytes) {
+    auto engine = std::make_shared<btx::io::DirectWriteEngine>(2, buffer_bytes);
+    btx::io::SafetensorsStreamWriter w(file, decls, {{"format", "pt"}}, disk, engine);
+    const auto put = [&](size_t k) {
+      if (k == size_t(copied)) return w.copy(decls[k].name, range);
+      w.write(decls[k].name, values[k]);
+    };
     std::thread other([&] {
-      for (int k = 1; k < 8; k += 2) w.write(decls[size_t(k)].name, values[size_t(k)]);
+      for (size_t k = 1; k < decls.size(); k += 2) put(k);
     });
-    for (int k = 0; k < 8; k += 2) w.write(decls[size_t(k)].name, values[size_t(k)]);
+    for (size_t k = decls.size(); k-- > 0;)  // backwards: blocks completed from both sides
+      if (k % 2 == 0) put(k);
     other.join();
     w.finish();
   };
-  write(dir / "plain.safetensors", false);
-  write(dir / "early.safetensors", true);
+  write(dir / "plain.safetensors", DiskWrites::page_cache, 0);
+  write(dir / "early.safetensors", DiskWrites::early, 0);
+  write(dir / "direct.safetensors", DiskWrites::direct, 8192);  // tensors span buffers
+  write(dir / "direct-big.safetensors", DiskWrites::direct, 8u << 20);
   const auto bytes = [](const fs::path& p) {
     std::ifstream in(p, std::ios::binary);
     return std::string(std::istreambuf_iterator<char>(in), {});
   };
-  CHECK(bytes(dir / "early.safetensors") == bytes(dir / "plain.safetensors"));
-  {  // given up half way: its thread stops, its temporary goes
-    btx::io::SafetensorsStreamWriter w(dir / "gone.safetensors", decls, {{"format", "pt"}}, true);
+  const std::string plain = bytes(dir / "plain.safetensors");
+  CHECK(plain.size() % 4096 != 0);  // the padded last block was cut off
+  CHECK(bytes(dir / "early.safetensors") == plain);
+  CHECK(bytes(dir / "direct.safetensors") == plain);
+  CHECK(bytes(dir / "direct-big.safetensors") == plain);
+  btx::io::SafetensorsFile f(dir / "direct.safetensors");
+  for (size_t k = 0; k < decls.size(); ++k) CHECK(torch::equal(f.tensor(decls[k].name), values[k]));
+  for (const auto disk : {DiskWrites::early, DiskWrites::direct}) {
+    // Given up half way: its threads stop, its temporary goes.
+    btx::io::SafetensorsStreamWriter w(dir / "gone.safetensors", decls, {{"format", "pt"}}, disk);
     w.write("t0", values[0]);
+    w.copy("t3", range);
   }
   CHECK_FALSE(fs::exists(dir / "gone.safetensors"));
-  CHECK(std::distance(fs::directory_iterator(dir), fs::directory_iterator()) == 2);
+  CHECK(std::distance(fs::directory_iterator(dir), fs::directory_iterator()) == 5);
   // After stop(), push() is ignored (no thread starts on a file about to be closed).
   btx::io::EarlyWriteback idle(-1);
   idle.stop();
   idle.push(0, 1 << 20);
   idle.stop();
+}
+
+TEST_CASE("safetensors: a direct write that fails names the file, and a copy's short source") {
+  auto dir = scratch_dir("direct-fail");
+  const fs::path src = dir / "short.bin";
+  std::ofstream(src, std::ios::binary) << std::string(100, 'a');
+  std::vector<btx::io::TensorDecl> decls = {{"w", torch::kFloat32, {4096}}};
+  {  // a range past the source's end: the read fails, naming the source
+    btx::io::SafetensorsStreamWriter w(dir / "a.safetensors", decls, {{"format", "pt"}},
+                                       btx::io::DiskWrites::direct);
+    std::string message;
+    try {
+      w.copy("w", {src, 0, 4096 * 4});
+    } catch (const std::runtime_error& e) {
+      message = e.what();
+    }
+    CHECK(has(message, "short.bin"));
+    CHECK(has(message, "truncated"));
+  }
+  CHECK_FALSE(fs::exists(dir / "a.safetensors"));
+  // The engine's thread reports a failed write at the next acquire (here: a closed fd).
+  auto engine = std::make_shared<btx::io::DirectWriteEngine>(1, 4096);
+  const std::string name = "nowhere.safetensors";
+  uint8_t* b = engine->acquire();
+  engine->submit(b, -1, 0, 4096, &name);
+  CHECK_THROWS_WITH_AS(engine->drain(), doctest::Contains("writing nowhere.safetensors failed"),
+                       std::runtime_error);
+  engine->drain();  // reported once
+  // Where the kernel refuses a direct write (here: memory off the alignment), the file
+  // drops O_DIRECT and the bytes go through the page cache instead.
+  const fs::path file = dir / "fallback.bin";
+  const int fd = btx::io::open_direct(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC);
+  if (fd >= 0) {  // a filesystem with O_DIRECT
+    std::vector<uint8_t> bytes(4096 + 1, 7);
+    btx::io::detail::direct_pwrite(fd, bytes.data() + 1, 4096, 0, file.string());
+    CHECK((::fcntl(fd, F_GETFL) & O_DIRECT) == 0);
+    ::close(fd);
+    CHECK(fs::file_size(file) == 4096);
+  }
 }
 
 TEST_CASE("safetensors: reader rejects a truncated file naming the file") {

@@ -198,6 +198,9 @@ struct WriteOptions {
   // false: no fsync before the folder is renamed into place. Faster where the disk is
   // slower than the merge; a crash of the machine (not of btx) may then lose the data.
   bool durable = true;
+  // With `durable`: tensors go to the disk with O_DIRECT, not through the page cache
+  // (io::DiskWrites::direct); false: buffered, each started to disk as it is written.
+  bool direct_io = true;
 };
 
 struct WriteStats {
@@ -258,8 +261,11 @@ inline WriteStats write_hf_folder(const std::filesystem::path& dir,
     std::filesystem::copy(f, out.path() / name, std::filesystem::copy_options::recursive);
   }
 
-  // Written back while the rest is computed when it will be fsynced.
-  io::ShardedStreamWriter writer(out.path(), decls, options.max_shard_bytes, options.durable);
+  // A durable folder's tensors reach the disk while the rest is computed.
+  const auto disk = !options.durable    ? io::DiskWrites::page_cache
+                    : options.direct_io ? io::DiskWrites::direct
+                                        : io::DiskWrites::early;
+  io::ShardedStreamWriter writer(out.path(), decls, options.max_shard_bytes, disk);
   // Writers run beside the producer: while tensor k+1 is computed, tensor k is written and
   // source ranges are copied. At most one computed tensor (the largest, at most) waits for
   // them, so peak memory is two tensors, not one per queued write.

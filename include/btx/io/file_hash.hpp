@@ -68,7 +68,8 @@ inline std::string xxh3_128_file(const std::filesystem::path& file, const ByteVi
       if (visit) visit(offset + k, data + k, m);
     }
   };
-  constexpr uint64_t kWindow = 64ull << 20;
+  // 16 MB: its pages count in the process's RSS while mapped (btx-merge's memory bound).
+  constexpr uint64_t kWindow = 16ull << 20;
   bool mapped = size > 0;
   for (uint64_t at = 0; mapped && at < size; at += kWindow) {
     const auto n = size_t(std::min(kWindow, size - at));

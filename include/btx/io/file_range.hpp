@@ -76,17 +76,17 @@ inline void copy_through_buffer(int in, uint64_t in_off, int out, uint64_t out_o
 
 }  // namespace detail
 
-// Reads exactly n bytes at `offset` of `file` into `dst`; throws FormatError naming the file
-// (a truncated checkpoint ends early).
-inline void read_exact(const std::filesystem::path& file, void* dst, uint64_t n, uint64_t offset) {
-  detail::OwnedFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.fd < 0) throw FormatError("cannot open " + file.string() + ": " + std::strerror(errno));
+namespace detail {
+
+// Reads exactly n bytes at `offset` of the open `fd` (the file `file`) into `dst`; throws
+// FormatError naming the file (a truncated checkpoint ends early).
+inline void pread_exact(int fd, void* dst, uint64_t n, uint64_t offset, const std::string& file) {
   auto* p = static_cast<uint8_t*>(dst);
   while (n > 0) {
-    const ssize_t r = ::pread(fd.fd, p, std::min<uint64_t>(n, 1ull << 30), off_t(offset));
+    const ssize_t r = ::pread(fd, p, std::min<uint64_t>(n, 1ull << 30), off_t(offset));
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) {
-      throw FormatError("reading " + file.string() + " failed" +
+      throw FormatError("reading " + file + " failed" +
                         (r == 0 ? std::string(": unexpected end of file (truncated?)")
                                 : ": " + std::string(std::strerror(errno))));
     }
@@ -94,6 +94,16 @@ inline void read_exact(const std::filesystem::path& file, void* dst, uint64_t n,
     n -= uint64_t(r);
     offset += uint64_t(r);
   }
+}
+
+}  // namespace detail
+
+// Reads exactly n bytes at `offset` of `file` into `dst`; throws FormatError naming the file
+// (a truncated checkpoint ends early).
+inline void read_exact(const std::filesystem::path& file, void* dst, uint64_t n, uint64_t offset) {
+  detail::OwnedFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.fd < 0) throw FormatError("cannot open " + file.string() + ": " + std::strerror(errno));
+  detail::pread_exact(fd.fd, dst, n, offset, file.string());
 }
 
 // Copies `range` into `out_fd` at `out_offset`; `what` names the copy in errors.

@@ -2,8 +2,9 @@
 // safetensors writers. SafetensorsStreamWriter declares names/dtypes/shapes first and then
 // takes tensor data one at a time, in any order, so a merge holds ~one tensor in memory.
 // Files are written to "<file>.tmp-<pid>" and renamed into place by finish(): a file that
-// was not finished never appears at its path. A writer whose file will be fsynced can
-// start the disk on each tensor as it is written (write_back_early: io/early_writeback.hpp).
+// was not finished never appears at its path. A writer whose file will be fsynced writes
+// it with O_DIRECT (DiskWrites::direct: io/direct_writer.hpp), or starts the disk on each
+// tensor as it is written (DiskWrites::early: io/early_writeback.hpp).
 #pragma once
 
 #include <torch/torch.h>
@@ -27,6 +28,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <btx/io/direct_writer.hpp>
 #include <btx/io/early_writeback.hpp>
 #include <btx/io/file_range.hpp>
 #include <btx/io/safetensors_header.hpp>
@@ -67,11 +69,22 @@ inline void write_all(int fd, const void* data, uint64_t n, uint64_t offset,
 }
 }  // namespace detail
 
+// How a stream writer's bytes reach the disk. The bytes are the same in every mode.
+enum class DiskWrites {
+  page_cache,  // buffered writes, left to the kernel's writeback (fastest when not fsynced)
+  early,       // buffered, each finished tensor started to disk at once (EarlyWriteback)
+  direct,      // O_DIRECT (DirectFile): for a file that will be fsynced; `early` where the
+               // filesystem refuses O_DIRECT
+};
+
 class SafetensorsStreamWriter {
  public:
+  // `engine`: the direct writes' thread and buffers, shared by the shards of a checkpoint;
+  // a writer in DiskWrites::direct without one makes its own.
   SafetensorsStreamWriter(std::filesystem::path file, std::vector<TensorDecl> decls,
                           const std::map<std::string, std::string>& metadata = {{"format", "pt"}},
-                          bool write_back_early = false)
+                          DiskWrites disk = DiskWrites::page_cache,
+                          std::shared_ptr<DirectWriteEngine> engine = {})
       : file_(std::move(file)),
         tmp_(file_.string() + ".tmp-" + std::to_string(::getpid())),
         decls_(std::move(decls)) {
@@ -108,27 +121,42 @@ class SafetensorsStreamWriter {
     total_ = data_start_ + offset;
     written_.assign(decls_.size(), false);
     (void)collect_stale_temporaries(file_);  // what killed writers of this file left
-    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    constexpr int kCreate = O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC;
+    if (disk == DiskWrites::direct) {
+      fd_ = open_direct(tmp_, kCreate);
+      if (fd_ < 0) disk = DiskWrites::early;  // a filesystem without (4096-aligned) O_DIRECT
+    }
+    if (disk != DiskWrites::direct) fd_ = ::open(tmp_.c_str(), kCreate, 0644);
     if (fd_ < 0) {
       throw std::runtime_error("cannot create " + tmp_.string() + ": " + std::strerror(errno));
     }
     (void)::flock(fd_, LOCK_EX);  // alive while it writes (stale_temporaries.hpp)
     try {
+      std::string head(8, '\0');
       const uint64_t n = text.size();
-      detail::write_all(fd_, &n, 8, 0, tmp_.string());
-      detail::write_all(fd_, text.data(), text.size(), 8, tmp_.string());
+      std::memcpy(head.data(), &n, 8);  // the format is little-endian, as every host btx runs on
+      head += text;
+      if (disk == DiskWrites::direct) {
+        if (!engine) engine = std::make_shared<DirectWriteEngine>();
+        direct_ = std::make_unique<DirectFile>(fd_, tmp_.string(), total_, std::move(engine));
+        direct_->write(head.data(), head.size(), 0);
+      } else {
+        detail::write_all(fd_, head.data(), head.size(), 0, tmp_.string());
+      }
     } catch (...) {  // the destructor will not run for a throwing constructor
+      direct_.reset();
       ::close(fd_);
       std::error_code ec;
       std::filesystem::remove(tmp_, ec);
       throw;
     }
-    if (write_back_early) writeback_ = std::make_unique<EarlyWriteback>(fd_);
+    if (disk == DiskWrites::early) writeback_ = std::make_unique<EarlyWriteback>(fd_);
   }
   SafetensorsStreamWriter(const SafetensorsStreamWriter&) = delete;
   SafetensorsStreamWriter& operator=(const SafetensorsStreamWriter&) = delete;
   ~SafetensorsStreamWriter() {
-    writeback_.reset();  // its thread uses fd_
+    writeback_.reset();  // their threads use fd_
+    direct_.reset();
     if (fd_ >= 0) ::close(fd_);
     if (!finished_) {
       std::error_code ec;
@@ -148,6 +176,7 @@ class SafetensorsStreamWriter {
     }
     auto data = tensor.detach().to(torch::kCPU, d.dtype).contiguous();
     claim(i);
+    if (direct_) return direct_->write(data.data_ptr(), tensor_bytes(d), data_start_ + offsets_[i]);
     detail::write_all(fd_, data.data_ptr(), tensor_bytes(d), data_start_ + offsets_[i],
                       tmp_.string());
     if (writeback_) writeback_->push(data_start_ + offsets_[i], tensor_bytes(d));
@@ -164,6 +193,7 @@ class SafetensorsStreamWriter {
                                   range.file.string() + " has " + std::to_string(range.bytes));
     }
     claim(i);
+    if (direct_) return direct_->copy(range, data_start_ + offsets_[i]);
     copy_range_into(range, fd_, data_start_ + offsets_[i],
                     "tensor \"" + name + "\" into " + tmp_.string());
     if (writeback_) writeback_->push(data_start_ + offsets_[i], range.bytes);
@@ -179,6 +209,7 @@ class SafetensorsStreamWriter {
       }
     }
     writeback_.reset();
+    if (direct_) direct_->finish();  // the padded last block is cut off below
     if (::ftruncate(fd_, off_t(total_)) != 0 || (durable && ::fsync(fd_) != 0) ||
         ::close(fd_) != 0) {
       fd_ = -1;
@@ -241,7 +272,8 @@ class SafetensorsStreamWriter {
   std::mutex claim_mutex_;
   uint64_t data_start_ = 0, total_ = 0;
   int fd_ = -1;
-  std::unique_ptr<EarlyWriteback> writeback_;  // set when written back early
+  std::unique_ptr<EarlyWriteback> writeback_;  // set for DiskWrites::early
+  std::unique_ptr<DirectFile> direct_;         // set for DiskWrites::direct
   bool finished_ = false;
 };
 

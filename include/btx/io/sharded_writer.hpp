@@ -37,11 +37,12 @@ class ShardedStreamWriter {
  public:
   // Plans shards in declaration order (as transformers does): a new shard starts when the
   // next tensor would push the current one past max_shard_bytes. A tensor larger than
-  // the limit gets a shard of its own. write_back_early: for files that finish() will
-  // fsync (SafetensorsStreamWriter's).
+  // the limit gets a shard of its own. `disk`: how the shards reach the disk
+  // (SafetensorsStreamWriter's DiskWrites); direct shards share one engine, so its
+  // buffers are held once, not once per shard.
   ShardedStreamWriter(std::filesystem::path dir, const std::vector<TensorDecl>& decls,
                       uint64_t max_shard_bytes = kDefaultMaxShardBytes,
-                      bool write_back_early = false)
+                      DiskWrites disk = DiskWrites::page_cache)
       : dir_(std::move(dir)) {
     if (max_shard_bytes == 0) throw std::invalid_argument("max_shard_bytes must be > 0");
     std::vector<std::vector<TensorDecl>> shards(1);
@@ -56,6 +57,8 @@ class ShardedStreamWriter {
       current += n;
       total_bytes_ += n;
     }
+    const auto engine =
+        disk == DiskWrites::direct ? std::make_shared<DirectWriteEngine>() : nullptr;
     for (size_t k = 0; k < shards.size(); ++k) {
       const std::string name =
           shards.size() == 1 ? "model.safetensors" : shard_file_name(k + 1, shards.size());
@@ -67,8 +70,8 @@ class ShardedStreamWriter {
         weight_map_[d.name] = name;
       }
       writers_.push_back(std::make_unique<SafetensorsStreamWriter>(
-          dir_ / name, shards[k], std::map<std::string, std::string>{{"format", "pt"}},
-          write_back_early));
+          dir_ / name, shards[k], std::map<std::string, std::string>{{"format", "pt"}}, disk,
+          engine));
     }
   }
 

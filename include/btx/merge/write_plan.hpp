@@ -51,6 +51,7 @@ struct WritePlanOptions {
   std::function<void(const WriteProgress&)> progress;
   size_t write_threads = 1;  // hf::WriteOptions::write_threads
   bool durable = true;       // hf::WriteOptions::durable
+  bool direct_io = true;     // hf::WriteOptions::direct_io
   // hf::WriteOptions::closing_text_files: e.g. a model card reporting the checks and the
   // sources' hashes, which are computed beside the merge.
   std::function<std::vector<std::pair<std::string, std::string>>()> closing_text_files;
@@ -124,6 +125,7 @@ inline WriteStats write_plan(const Plan& plan, const nlohmann::ordered_json& con
   w.progress = options.progress;
   w.write_threads = options.write_threads;
   w.durable = options.durable;
+  w.direct_io = options.direct_io;
   w.closing_text_files = options.closing_text_files;
   for (const auto& f : options.copy_files) {
     const auto name = f.filename();
