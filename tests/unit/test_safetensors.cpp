@@ -255,7 +255,7 @@ TEST_CASE("safetensors: a direct write that fails names the file, and a copy's s
   const int fd = btx::io::open_direct(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC);
   if (fd >= 0) {  // a filesystem with O_DIRECT
     std::vector<uint8_t> bytes(4096 + 1, 7);
-    btx::io::detail::direct_pwrite(fd, bytes.data() + 1, 4096, 0, file.string());
+    btx::io::detail::pwrite_all(fd, bytes.data() + 1, 4096, 0, file.string());
     CHECK((::fcntl(fd, F_GETFL) & O_DIRECT) == 0);
     ::close(fd);
     CHECK(fs::file_size(file) == 4096);

@@ -66,28 +66,6 @@ inline AlignedBytes aligned_bytes(size_t n) {
   return AlignedBytes(p);
 }
 
-// pwrite all of it, retrying through the page cache when the kernel refuses O_DIRECT for
-// this file, its memory or its offsets (EINVAL): the flag is dropped from the fd for good.
-inline void direct_pwrite(int fd, const uint8_t* data, uint64_t n, uint64_t offset,
-                          const std::string& file) {
-  while (n > 0) {
-    const ssize_t w = ::pwrite(fd, data, std::min<uint64_t>(n, 1ull << 30), off_t(offset));
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0 && errno == EINVAL) {
-      const int flags = ::fcntl(fd, F_GETFL);
-      if (flags >= 0 && (flags & O_DIRECT) != 0 && ::fcntl(fd, F_SETFL, flags & ~O_DIRECT) == 0)
-        continue;
-    }
-    if (w <= 0) {
-      throw std::runtime_error("writing " + file + " failed: " +
-                               (w == 0 ? std::string("no progress") : std::strerror(errno)));
-    }
-    data += w;
-    n -= uint64_t(w);
-    offset += uint64_t(w);
-  }
-}
-
 }  // namespace detail
 
 // `file` opened with `flags | O_DIRECT` where its filesystem takes direct writes aligned
@@ -203,7 +181,7 @@ class DirectWriteEngine {
       std::string failed;
       if (!skip) {
         try {
-          detail::direct_pwrite(job.fd, job.buffer, job.n, job.offset, *job.file);
+          detail::pwrite_all(job.fd, job.buffer, job.n, job.offset, *job.file);
         } catch (const std::exception& e) {
           failed = e.what();
         }
@@ -345,7 +323,7 @@ class DirectFile {
           partial_.erase(index);
         }
       }
-      if (complete) detail::direct_pwrite(fd_, complete.get(), kDirectAlign, block_start, name_);
+      if (complete) detail::pwrite_all(fd_, complete.get(), kDirectAlign, block_start, name_);
       at += k;
     }
   }

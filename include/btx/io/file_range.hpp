@@ -96,6 +96,31 @@ inline void pread_exact(int fd, void* dst, uint64_t n, uint64_t offset, const st
   }
 }
 
+// Writes all n bytes of `data` at `offset` of the open `fd` (the file `file`); throws naming
+// the file. Where the fd has O_DIRECT and the kernel refuses a write under it (EINVAL:
+// alignment), the flag is dropped from the fd for good and the write goes through the page
+// cache (io/direct_writer.hpp).
+inline void pwrite_all(int fd, const void* data, uint64_t n, uint64_t offset,
+                       const std::string& file) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  while (n > 0) {
+    const ssize_t w = ::pwrite(fd, p, std::min<uint64_t>(n, 1ull << 30), off_t(offset));
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0 && errno == EINVAL) {
+      const int flags = ::fcntl(fd, F_GETFL);
+      if (flags >= 0 && (flags & O_DIRECT) != 0 && ::fcntl(fd, F_SETFL, flags & ~O_DIRECT) == 0)
+        continue;
+    }
+    if (w <= 0) {
+      throw std::runtime_error("writing " + file + " failed: " +
+                               (w == 0 ? std::string("no progress") : std::strerror(errno)));
+    }
+    p += w;
+    n -= uint64_t(w);
+    offset += uint64_t(w);
+  }
+}
+
 }  // namespace detail
 
 // Reads exactly n bytes at `offset` of `file` into `dst`; throws FormatError naming the file

@@ -54,21 +54,6 @@ inline uint64_t tensor_bytes(const TensorDecl& d) {
   return n;
 }
 
-namespace detail {
-inline void write_all(int fd, const void* data, uint64_t n, uint64_t offset,
-                      const std::string& file) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  while (n > 0) {
-    const ssize_t w = ::pwrite(fd, p, std::min<uint64_t>(n, 1ull << 30), off_t(offset));
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) throw std::runtime_error("writing " + file + " failed: " + std::strerror(errno));
-    p += w;
-    n -= uint64_t(w);
-    offset += uint64_t(w);
-  }
-}
-}  // namespace detail
-
 // How a stream writer's bytes reach the disk. The bytes are the same in every mode.
 enum class DiskWrites {
   page_cache,  // buffered writes, left to the kernel's writeback (fastest when not fsynced)
@@ -141,7 +126,7 @@ class SafetensorsStreamWriter {
         direct_ = std::make_unique<DirectFile>(fd_, tmp_.string(), total_, std::move(engine));
         direct_->write(head.data(), head.size(), 0);
       } else {
-        detail::write_all(fd_, head.data(), head.size(), 0, tmp_.string());
+        detail::pwrite_all(fd_, head.data(), head.size(), 0, tmp_.string());
       }
     } catch (...) {  // the destructor will not run for a throwing constructor
       direct_.reset();
@@ -177,8 +162,8 @@ class SafetensorsStreamWriter {
     auto data = tensor.detach().to(torch::kCPU, d.dtype).contiguous();
     claim(i);
     if (direct_) return direct_->write(data.data_ptr(), tensor_bytes(d), data_start_ + offsets_[i]);
-    detail::write_all(fd_, data.data_ptr(), tensor_bytes(d), data_start_ + offsets_[i],
-                      tmp_.string());
+    detail::pwrite_all(fd_, data.data_ptr(), tensor_bytes(d), data_start_ + offsets_[i],
+                       tmp_.string());
     if (writeback_) writeback_->push(data_start_ + offsets_[i], tensor_bytes(d));
   }
 
