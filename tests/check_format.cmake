@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: MIT
 # Fails if any C++ file in btx is not clang-formatted (cmake -P; CLANG_FORMAT, ROOT).
 file(GLOB_RECURSE files ${ROOT}/include/*.hpp ${ROOT}/examples/*.cpp ${ROOT}/examples/*.hpp
+  ${ROOT}/tools/*.cpp ${ROOT}/tools/*.hpp ${ROOT}/kernels/*.cpp ${ROOT}/kernels/*.hpp ${ROOT}/kernels/*.cu
   ${ROOT}/tests/*.cpp ${ROOT}/tests/*.hpp ${ROOT}/benchmarks/*.cpp ${ROOT}/benchmarks/*.hpp)
 set(bad)
 foreach(f IN LISTS files)

@@ -21,7 +21,7 @@
 #include <btx/recipe/train_stage.hpp>
 #include <btx/train/evaluate.hpp>
 
-#include "../common/cli.hpp"
+#include <CLI/CLI.hpp>
 
 namespace {
 
@@ -68,7 +68,7 @@ int main(int argc, char** argv) {
       "and two synthetic domains; a rerun skips finished stages.",
       "btx-recipe"};
   app.add_option("RUN_DIR", run_dir, "the run's folder")->required();
-  if (const auto status = btx::tools::parse_command_line(app, argc, argv)) return *status;
+  CLI11_PARSE(app, argc, argv);
   try {
     namespace recipe = btx::recipe;
     torch::set_num_threads(1);

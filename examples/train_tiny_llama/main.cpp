@@ -10,7 +10,7 @@
 #include <iterator>
 #include <sstream>
 
-#include "../common/cli.hpp"
+#include <CLI/CLI.hpp>
 
 int main(int argc, char** argv) {
   int steps = 200;
@@ -21,7 +21,7 @@ int main(int argc, char** argv) {
   app.add_option("STEPS", steps, "training steps")
       ->capture_default_str()
       ->check(CLI::Range(1, 1000000));
-  if (const auto status = btx::tools::parse_command_line(app, argc, argv)) return *status;
+  CLI11_PARSE(app, argc, argv);
   std::ifstream in(__FILE__, std::ios::binary);
   std::string text((std::istreambuf_iterator<char>(in)), {});
   // __FILE__ may be relative to the build folder (ccache's CCACHE_BASEDIR): then train on a

@@ -25,18 +25,10 @@
 #include <btx/hf/side_files.hpp>
 #include <btx/io/atomic_dir.hpp>
 #include <btx/io/checkpoint_reader.hpp>
-#include <btx/io/direct_writer.hpp>
-#include <btx/io/early_writeback.hpp>
-#include <btx/io/file_hash.hpp>
-#include <btx/io/file_range.hpp>
 #include <btx/io/finite_check.hpp>
-#include <btx/io/folder_lock.hpp>
-#include <btx/io/safetensors_header.hpp>
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
 #include <btx/io/sharded_writer.hpp>
-#include <btx/io/stale_temporaries.hpp>
-#include <btx/io/write_queue.hpp>
 #include <btx/merge/any_averaging.hpp>
 #include <btx/merge/averaging.hpp>
 #include <btx/merge/branch.hpp>
@@ -51,7 +43,6 @@
 #include <btx/merge/moe_plan.hpp>
 #include <btx/merge/plan.hpp>
 #include <btx/merge/router_init.hpp>
-#include <btx/merge/row_kernels.hpp>
 #include <btx/merge/state_dict.hpp>
 #include <btx/merge/trunk_merging.hpp>
 #include <btx/merge/upcycle_model.hpp>
@@ -116,7 +107,7 @@
 #include <btx/train/checkpoint.hpp>
 #include <btx/train/checkpoint_files.hpp>
 #include <btx/train/evaluate.hpp>
-#include <btx/train/extra_state.hpp>
+#include <btx/core/extra_state.hpp>
 #include <btx/train/flops.hpp>
 #include <btx/train/hooks.hpp>
 #include <btx/train/loss.hpp>

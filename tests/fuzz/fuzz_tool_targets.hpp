@@ -3,7 +3,7 @@
 // the libFuzzer entry points (tests/fuzz/fuzz_{yaml,pipeline_config,merge_config}.cpp,
 // through fuzz_tool_bodies.cpp) and the unit test that replays their seeds and past crashes
 // (tests/unit/test_fuzz_inputs.cpp). Users write configs as YAML or JSON text, so every
-// input goes through the tools' front end (examples/common/yaml_json.hpp) first. A config
+// input goes through the tools' front end (tools/common/yaml_json.hpp) first. A config
 // error is a std::invalid_argument (what btx-pipeline and btx-merge report and exit 1 on);
 // any other exception, a crash or a sanitizer report is a bug.
 #pragma once
@@ -21,9 +21,9 @@
 #include <btx/core/model_spec.hpp>
 #include <btx/models/llama/config.hpp>
 
-#include "../../examples/btx_merge/config.hpp"
-#include "../../examples/btx_pipeline/config.hpp"
-#include "../../examples/common/yaml_json.hpp"
+#include "../../tools/btx-merge/config.hpp"
+#include "../../tools/btx-pipeline/config.hpp"
+#include "../../tools/common/yaml_json.hpp"
 #include "fuzz_common.hpp"
 
 namespace btx::fuzz {

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// libFuzzer target. Any bytes as a tool's YAML or JSON config (examples/common/yaml_json.hpp):
+// libFuzzer target. Any bytes as a tool's YAML or JSON config (tools/common/yaml_json.hpp):
 // refused naming the file, or JSON within the alias and nesting limits that survives a JSON
 // write/read round trip. The body is btx::fuzz::yaml_bytes (fuzz_tool_targets.hpp).
 #include <cstddef>

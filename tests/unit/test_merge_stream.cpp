@@ -18,7 +18,7 @@
 
 #include <btx/merge/checkpoint_source.hpp>
 #include <btx/merge/mixers.hpp>
-#include <btx/merge/row_kernels.hpp>
+#include <btx/merge/detail/row_kernels.hpp>
 #include <btx/merge/write_plan.hpp>
 #include <btx/models/auto.hpp>
 #include <btx/models/llama/checkpoint.hpp>

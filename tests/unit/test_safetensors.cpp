@@ -19,11 +19,11 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <btx/io/direct_writer.hpp>
-#include <btx/io/early_writeback.hpp>
+#include <btx/io/detail/direct_writer.hpp>
+#include <btx/io/detail/early_writeback.hpp>
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
-#include <btx/io/write_queue.hpp>
+#include <btx/io/detail/write_queue.hpp>
 
 #include "../scratch.hpp"
 #include "../test_support.hpp"

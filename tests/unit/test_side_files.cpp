@@ -11,7 +11,7 @@
 
 #include <btx/hf/model_card.hpp>
 #include <btx/hf/side_files.hpp>
-#include <btx/io/file_hash.hpp>
+#include <btx/io/detail/file_hash.hpp>
 #include <btx/merge/model_card.hpp>
 
 #include "../scratch.hpp"

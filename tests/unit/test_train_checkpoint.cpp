@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include <btx/io/file_hash.hpp>
+#include <btx/io/detail/file_hash.hpp>
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
 #include <btx/models/llama/model.hpp>

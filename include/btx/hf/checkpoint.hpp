@@ -26,30 +26,17 @@
 
 #include <btx/core/ffn_naming.hpp>
 #include <btx/core/model_spec.hpp>
+#include <btx/hf/name_map.hpp>
 #include <btx/io/atomic_dir.hpp>
 #include <btx/io/checkpoint_reader.hpp>
 #include <btx/io/finite_check.hpp>
 #include <btx/io/sharded_writer.hpp>
-#include <btx/io/write_queue.hpp>
+#include <btx/io/detail/write_queue.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
 BTX_NAMESPACE_BEGIN
 namespace hf {
-
-// Where one HF tensor lives in btx: a parameter, and for packed experts the row `expert`.
-struct BtxSlot {
-  std::string param;
-  std::optional<int64_t> expert;  // index into dim 0 of a packed [E, ...] parameter
-  bool operator==(const BtxSlot&) const = default;
-};
-
-// One family's btx -> HF naming: to_hf(param, E) gives E names (expert order) for a packed
-// expert parameter (ffn.is_packed_experts), else one name.
-struct NameMap {
-  std::function<std::vector<std::string>(const std::string& param, int64_t num_experts)> to_hf;
-  FfnNaming ffn;
-};
 
 namespace detail {
 

@@ -16,7 +16,7 @@
 #include <string>
 #include <utility>
 
-#include <btx/io/safetensors_header.hpp>
+#include <btx/io/detail/safetensors_header.hpp>
 #include <btx/version.hpp>
 
 namespace btx {

@@ -20,7 +20,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
-#include <btx/io/stale_temporaries.hpp>
+#include <btx/io/detail/stale_temporaries.hpp>
 #include <btx/version.hpp>
 
 namespace btx {

@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include <btx/io/safetensors_header.hpp>
+#include <btx/io/detail/safetensors_header.hpp>
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/version.hpp>
 

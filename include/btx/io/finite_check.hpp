@@ -21,8 +21,8 @@
 #include <utility>
 #include <vector>
 
-#include <btx/io/file_range.hpp>
-#include <btx/io/safetensors_header.hpp>
+#include <btx/io/detail/file_range.hpp>
+#include <btx/io/detail/safetensors_header.hpp>
 #include <btx/version.hpp>
 
 namespace btx {

@@ -22,8 +22,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <btx/io/file_range.hpp>
-#include <btx/io/safetensors_header.hpp>
+#include <btx/io/detail/file_range.hpp>
+#include <btx/io/detail/safetensors_header.hpp>
 #include <btx/version.hpp>
 
 namespace btx {

@@ -28,12 +28,12 @@
 #include <sys/file.h>
 #include <unistd.h>
 
-#include <btx/io/direct_writer.hpp>
-#include <btx/io/early_writeback.hpp>
-#include <btx/io/file_range.hpp>
-#include <btx/io/safetensors_header.hpp>
+#include <btx/io/detail/direct_writer.hpp>
+#include <btx/io/detail/early_writeback.hpp>
+#include <btx/io/detail/file_range.hpp>
+#include <btx/io/detail/safetensors_header.hpp>
 #include <btx/io/safetensors_reader.hpp>
-#include <btx/io/stale_temporaries.hpp>
+#include <btx/io/detail/stale_temporaries.hpp>
 #include <btx/version.hpp>
 
 namespace btx {

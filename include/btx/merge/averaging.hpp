@@ -23,7 +23,7 @@
 #include <utility>
 #include <vector>
 
-#include <btx/merge/row_kernels.hpp>
+#include <btx/merge/detail/row_kernels.hpp>
 #include <btx/merge/state_dict.hpp>
 #include <btx/version.hpp>
 

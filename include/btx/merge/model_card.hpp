@@ -22,7 +22,7 @@
 #include <vector>
 
 #include <btx/hf/model_card.hpp>
-#include <btx/io/file_hash.hpp>
+#include <btx/io/detail/file_hash.hpp>
 #include <btx/io/finite_check.hpp>
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/merge/manifest.hpp>

@@ -15,7 +15,7 @@
 #include <utility>
 #include <vector>
 
-#include <btx/io/file_range.hpp>
+#include <btx/io/detail/file_range.hpp>
 #include <btx/version.hpp>
 
 namespace btx {

@@ -23,7 +23,7 @@
 #include <btx/core/causal_lm.hpp>
 #include <btx/core/ffn_naming.hpp>
 #include <btx/core/model_spec.hpp>
-#include <btx/hf/checkpoint.hpp>
+#include <btx/hf/name_map.hpp>
 #include <btx/moe/options.hpp>
 #include <btx/version.hpp>
 

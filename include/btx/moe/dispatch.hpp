@@ -13,7 +13,7 @@
 #include <vector>
 
 #include <btx/core/concepts.hpp>
-#include <btx/core/host_read.hpp>
+#include <btx/core/detail/host_read.hpp>
 #include <btx/core/routing.hpp>
 #include <btx/version.hpp>
 

@@ -18,7 +18,7 @@
 #include <vector>
 
 #include <btx/core/collectives.hpp>
-#include <btx/core/host_read.hpp>
+#include <btx/core/detail/host_read.hpp>
 #include <btx/core/routing.hpp>
 #include <btx/moe/aux_loss.hpp>
 #include <btx/version.hpp>

@@ -49,7 +49,7 @@
 
 #include <btx/core/collectives.hpp>
 #include <btx/parallel/dist_env.hpp>
-#include <btx/parallel/job_monitor.hpp>
+#include <btx/parallel/detail/job_monitor.hpp>
 #include <btx/version.hpp>
 
 namespace btx {

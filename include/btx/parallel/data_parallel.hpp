@@ -30,7 +30,7 @@
 
 #include <btx/moe/moe_layer.hpp>
 #include <btx/parallel/communicator.hpp>
-#include <btx/parallel/gradient_reducer.hpp>
+#include <btx/parallel/detail/gradient_reducer.hpp>
 #include <btx/train/hooks.hpp>
 #include <btx/version.hpp>
 

@@ -24,7 +24,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include <btx/core/host_read.hpp>
+#include <btx/core/detail/host_read.hpp>
 #include <btx/data/sampler.hpp>
 #include <btx/train/checkpoint.hpp>
 #include <btx/train/grad_clip.hpp>

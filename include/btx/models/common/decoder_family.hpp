@@ -22,7 +22,7 @@
 #include <btx/core/causal_lm.hpp>
 #include <btx/core/ffn_naming.hpp>
 #include <btx/core/model_spec.hpp>
-#include <btx/hf/checkpoint.hpp>
+#include <btx/hf/name_map.hpp>
 #include <btx/models/common/decoder.hpp>
 #include <btx/models/common/decoder_moe.hpp>
 #include <btx/models/common/hf_expert_names.hpp>

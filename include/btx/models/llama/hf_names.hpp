@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include <btx/hf/checkpoint.hpp>
+#include <btx/hf/name_map.hpp>
 #include <btx/version.hpp>
 
 namespace btx {

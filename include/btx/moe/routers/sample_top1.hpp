@@ -24,7 +24,7 @@
 #include <btx/moe/router_spec.hpp>
 #include <btx/moe/routers/soft.hpp>
 #include <btx/moe/routers/temperature_schedule.hpp>
-#include <btx/train/extra_state.hpp>
+#include <btx/core/extra_state.hpp>
 #include <btx/version.hpp>
 
 namespace btx {

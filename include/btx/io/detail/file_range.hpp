@@ -20,7 +20,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <btx/io/safetensors_header.hpp>
+#include <btx/io/detail/safetensors_header.hpp>
 #include <btx/version.hpp>
 
 namespace btx {

@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: MIT
 """The real-seed preset's final model, as its users would load it.
 
-  .venv/bin/python examples/real_seed/check_final.py RUN_DIR [--stage btx-top2] [--llama-cpp]
+  .venv/bin/python tools/btx-pipeline/presets/real_seed/check_final.py RUN_DIR [--stage btx-top2] [--llama-cpp]
 
 transformers: AutoModelForCausalLM and AutoTokenizer from RUN_DIR/<stage>/model, a greedy
 continuation of each of the run's sample prompts. --llama-cpp: also converts the model with

@@ -63,7 +63,7 @@ prose (/usr/share/common-licenses and quotations from the `fortunes` package in
   seed        pretrain on the mixture of all domains (or load seed_checkpoint: an HF
               checkpoint of any family btx knows, e.g. Llama)
   branch      one copy of the seed per domain; records each expert's lineage (--until seed
-              stops here, ready for `--worker expert` jobs, e.g. slurm_experts.sbatch)
+              stops here, ready for `--worker expert` jobs, e.g. slurm/experts.sbatch)
   expert-D    one expert per domain, trained from its copy, each in its own OS process
   mix         FFNs -> experts (plus the seed as generalist), the rest averaged, new routers
   btx-R       MoE finetune on the mixture with router R (load balancing alpha 0.01)
@@ -77,9 +77,9 @@ CONFIG (YAML or JSON) overrides any of these keys (unknown keys are errors):
     on the first curve_windows held-out windows per domain, plotted against training FLOPs
   sweep: {axis: LABEL, variants: [{name, x, KEY: VALUE...}]}: run every variant (this file
     with the variant's keys applied; with its repeats) in <run>/<name>/ and report them side
-    by side in <run>/report.md with a plot against x (examples/btx_pipeline/sweep.hpp); or a
+    by side in <run>/report.md with a plot against x (tools/btx-pipeline/sweep.hpp); or a
     list of such sweeps, each with a name (its folder <run>/<name>/), run one after the other
-    with one report of all (examples/btx_pipeline/sweeps.yaml: the faithful-miniature preset);
+    with one report of all (tools/btx-pipeline/presets/sweeps.yaml: the faithful-miniature preset);
     a stage that a variant would train exactly as an earlier one did is taken over from it
   moe_share (0.23, the paper's; quick: 0): the MoE stage's share of BTX's compute after the
     seed; in (0, 1) it sets finetune_stage.steps from the experts' planned compute (0: the

@@ -27,7 +27,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <btx/io/file_range.hpp>
+#include <btx/io/detail/file_range.hpp>
 #include <btx/version.hpp>
 
 namespace btx {

@@ -10,7 +10,7 @@ and writes an ordinary HF folder (config.json, model.safetensors, tokenizer file
 template, generation config). Then it checks btx against transformers on that folder:
 next-token logits on a prompt (btx-interop), and a greedy continuation.
 
-  .venv/bin/python examples/real_seed/fetch_seed.py OUT_DIR [--btx-interop build/bin/btx-interop]
+  .venv/bin/python tools/btx-pipeline/presets/real_seed/fetch_seed.py OUT_DIR [--btx-interop build/bin/btx-interop]
 
 OUT_DIR appears only when complete. The weights are a dequantised 4-bit model, not the
 original bf16 release: good enough as a seed, not a faithful copy of SmolLM2.

@@ -38,7 +38,7 @@ struct PipelineConfig {
   int64_t repeats = 1;
   // Variants of this config, each run (with its repeats) in <run>/<name>/, and one report
   // across them: {axis: label, variants: [{name, x, <any keys of this config>}]}
-  // (examples/btx_pipeline/sweep.hpp). Null: no sweep.
+  // (tools/btx-pipeline/sweep.hpp). Null: no sweep.
   nlohmann::json sweep;
   LlamaConfig model;  // the demo seed's architecture (ignored with seed_checkpoint)
   int64_t seq_len = 128;
@@ -130,7 +130,7 @@ inline PipelineConfig default_config() {
   c.model.num_key_value_heads = 2;
   c.model.max_position_embeddings = 512;
   c.domains = default_domains(1 << 20, 1 << 15);
-  // The paper's regime in miniature (issue 16's sweeps, examples/btx_pipeline/sweeps.yaml):
+  // The paper's regime in miniature (issue 16's sweeps, tools/btx-pipeline/presets/sweeps.yaml):
   // a seed trained well beyond each expert (the paper: 2T tokens against 42-210B per
   // expert; here nearly 7x each expert's steps), experts at a third of the seed's peak LR (the
   // paper: 1e-4 after Llama-2's 3e-4), the MoE stage lower still (a tenth: the sweep's
