@@ -2,7 +2,7 @@
 // Reference Llama forward+backward throughput (tokens/s) on a small config.
 #include <benchmark/benchmark.h>
 
-#include <btx/models/llama/model.hpp>
+#include <btx/models/llama/compat.hpp>
 #include <btx/train/loss.hpp>
 
 static void BM_LlamaTrainStep(benchmark::State& state) {

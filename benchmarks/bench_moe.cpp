@@ -11,7 +11,7 @@
 
 #include <time.h>
 
-#include <btx/models/llama/layers.hpp>
+#include <btx/models/llama/compat.hpp>
 #include <btx/moe/experts/packed_swiglu.hpp>
 #include <btx/moe/moe_layer.hpp>
 #include <btx/moe/routers/top_k.hpp>

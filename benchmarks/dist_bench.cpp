@@ -20,7 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include <btx/data/sampler.hpp>
-#include <btx/models/llama/model.hpp>
+#include <btx/models/llama/compat.hpp>
 #include <btx/parallel/communicator.hpp>
 #include <btx/parallel/data_parallel.hpp>
 #include <btx/train/flops.hpp>

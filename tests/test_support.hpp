@@ -4,7 +4,7 @@
 
 #include <torch/torch.h>
 
-#include <btx/models/llama/config.hpp>
+#include <btx/models/llama/compat.hpp>
 
 namespace btx::test {
 

@@ -83,7 +83,7 @@ int main(int argc, char** argv) {
     const recipe::StageBudget budget{.steps = 20, .lr = 3e-3, .warmup = 2};
 
     // The user's own model: a tiny Llama (any registered family goes the same way).
-    btx::LlamaConfig config;
+    btx::DecoderConfig config;
     config.vocab_size = 32;
     config.hidden_size = 32;
     config.intermediate_size = 64;

@@ -2,8 +2,9 @@
 // A routing policy btx does not ship, written against the btx::Router concept: expert
 // choice (Zhou et al. 2022), where each expert picks its top-C tokens instead of each
 // token picking experts. One registration makes "expert_choice" a router name like the
-// shipped ones: the toy loop below builds its MoE layer from the name, and so does a
-// Mixtral-like Llama through MoEOptions{.router = "expert_choice"} and moe_feed_forward.
+// shipped ones, with its own option (capacity_factor) read and checked by its registration:
+// the toy loop below builds its MoE layer from the name, and so does a Mixtral-like Llama
+// through MoEConfig{.router = {"expert_choice", {{"capacity_factor", 2.0}}}}.
 //   build/bin/btx-custom-router
 #include <torch/torch.h>
 
@@ -13,8 +14,7 @@
 #include <iostream>
 #include <memory>
 
-#include <btx/models/llama/model.hpp>
-#include <btx/models/llama/moe.hpp>
+#include <btx/models/llama/compat.hpp>
 #include <btx/moe/experts/packed_swiglu.hpp>
 #include <btx/moe/moe_layer.hpp>
 #include <btx/moe/router_helpers.hpp>
@@ -66,31 +66,46 @@ class ExpertChoice : public torch::nn::Cloneable<ExpertChoice> {
 };
 static_assert(btx::Router<ExpertChoice>, "ExpertChoice must satisfy btx::Router");
 
+// Its own options, declared once: configs set them beside the router's name, and the
+// registration reads them (unknown keys, wrong types and bad values refused, naming them).
+struct ExpertChoiceOptions {
+  double capacity_factor = 2.0;
+};
+const btx::schema::Schema<ExpertChoiceOptions>& expert_choice_options() {
+  static const auto s =
+      btx::schema::Schema<ExpertChoiceOptions>("expert_choice options")
+          .key("capacity_factor", &ExpertChoiceOptions::capacity_factor,
+               "tokens per expert: ceil(capacity_factor * T / E)", btx::schema::positive<double>());
+  return s;
+}
+
 // The one registration: from here on "expert_choice" works wherever btx takes a router
-// name (moe_feed_forward, upcycled, upcycle, active_experts, --help listings).
+// name (moe_feed_forward, upcycled, upcycle, active_experts, the tools' configs, --help).
 [[maybe_unused]] const bool kExpertChoiceRegistered = btx::register_router<ExpertChoice>({
     .name = "expert_choice",
     .describe = "each expert takes its ceil(capacity_factor * T / E) most affine tokens",
     .make =
-        [](const btx::MoEOptions& o, int64_t hidden, uint64_t /*layer*/) {
-          return std::make_shared<ExpertChoice>(hidden, o.num_experts, o.capacity_factor);
+        [](const btx::RouterBuild& b) {
+          return std::make_shared<ExpertChoice>(b.hidden_size, b.num_experts,
+                                                b.read(expert_choice_options()).capacity_factor);
         },
     // E experts take capacity_factor * T / E tokens each: capacity_factor per token.
     .active_experts =
-        [](const btx::MoEOptions& o) {
-          return std::clamp<int64_t>(static_cast<int64_t>(std::ceil(o.capacity_factor)), 1,
-                                     o.num_experts);
+        [](const btx::RouterBuild& b) {
+          const double c = b.read(expert_choice_options()).capacity_factor;
+          return std::clamp<int64_t>(static_cast<int64_t>(std::ceil(c)), 1, b.num_experts);
         },
+    .options = btx::router_options(expert_choice_options()),
 });
 
 int main() {
   torch::manual_seed(0);
   const int64_t H = 32, E = 4, T = 256;
   // Expert choice balances load by construction, so no load-balancing loss.
-  const btx::MoEOptions options{.num_experts = E,
-                                .router = "expert_choice",
-                                .capacity_factor = 2.0,
-                                .load_balance_alpha = 0.0};
+  const btx::MoEConfig options =
+      btx::resolved({.num_experts = E,
+                     .router = {"expert_choice", {{"capacity_factor", 2.0}}},
+                     .load_balance_alpha = 0.0});
   std::cout << "routers:";
   for (const auto& name : btx::router_names()) std::cout << ' ' << name;
   std::cout << "\nexpert_choice runs " << btx::active_experts(options)

@@ -6,7 +6,7 @@
 #ifdef BTX_CONSUMER_UMBRELLA
 #include <btx/btx.hpp>
 #else
-#include <btx/models/llama/model.hpp>
+#include <btx/models/llama/compat.hpp>
 #endif
 
 #include <iostream>

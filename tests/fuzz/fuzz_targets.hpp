@@ -144,8 +144,8 @@ inline void index_bytes(const uint8_t* data, size_t size) {
 
 // The fields btx reads back; a config written by btx must read back the same.
 inline bool same_config(const hf::HFConfig& a, const hf::HFConfig& b) {
-  const auto& x = a.llama;
-  const auto& y = b.llama;
+  const auto& x = a.decoder;
+  const auto& y = b.decoder;
   const bool llama =
       x.vocab_size == y.vocab_size && x.hidden_size == y.hidden_size &&
       x.intermediate_size == y.intermediate_size && x.num_hidden_layers == y.num_hidden_layers &&
@@ -156,9 +156,9 @@ inline bool same_config(const hf::HFConfig& a, const hf::HFConfig& b) {
       x.tie_word_embeddings == y.tie_word_embeddings &&
       x.initializer_range == y.initializer_range && a.dtype == b.dtype;
   if (!llama || a.moe.has_value() != b.moe.has_value()) return false;
-  return !a.moe || (a.moe->num_local_experts == b.moe->num_local_experts &&
-                    a.moe->num_experts_per_tok == b.moe->num_experts_per_tok &&
-                    a.moe->router_aux_loss_coef == b.moe->router_aux_loss_coef);
+  return !a.moe || (a.moe->num_experts == b.moe->num_experts &&
+                    active_experts(*a.moe) == active_experts(*b.moe) &&
+                    a.moe->load_balance_alpha == b.moe->load_balance_alpha);
 }
 
 // Any bytes as config.json: refused with std::runtime_error, or read into a config that
@@ -172,12 +172,13 @@ inline void config_bytes(const uint8_t* data, size_t size) {
     return;
   }
   try {
-    config.llama.validate();
+    config.decoder.validate();
   } catch (const std::exception& e) {
     broken(std::string("an accepted config does not validate: ") + e.what());
   }
-  const auto written = config.moe ? hf::mixtral_config_json(config.llama, *config.moe, config.dtype)
-                                  : hf::llama_config_json(config.llama, config.dtype);
+  const auto written = config.moe
+                           ? hf::mixtral_config_json(config.decoder, *config.moe, config.dtype)
+                           : hf::llama_config_json(config.decoder, config.dtype);
   hf::HFConfig again;
   try {
     again = hf::config_from_json(nlohmann::json::parse(written.dump()), "rewritten config.json");

@@ -19,7 +19,7 @@
 #include <string_view>
 
 #include <btx/core/model_spec.hpp>
-#include <btx/models/llama/config.hpp>
+#include <btx/models/llama/compat.hpp>
 
 #include "../../tools/btx-merge/config.hpp"
 #include "../../tools/btx-pipeline/config.hpp"

@@ -84,7 +84,7 @@ class DataParallelEqualsOneProcess(unittest.TestCase):
     def tearDownClass(cls):
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
-    def check_ranks(self, ranks, kind, *flags):
+    def check_ranks(self, ranks, kind, *flags, loss_tolerance=TOLERANCE):
         prefix = os.path.join(self.tmp, f"{kind}-ranks{ranks}{''.join(flags)}")
         r = torchrun(ranks, "train", prefix, "--steps", str(STEPS), "--batch", "6", *flags)
         self.assertEqual(r.returncode, 0, r.stderr[-3000:])
@@ -92,7 +92,7 @@ class DataParallelEqualsOneProcess(unittest.TestCase):
         one_losses, one_weights = self.one[kind]
         self.assertEqual(len(losses), STEPS)
         for step, (a, b) in enumerate(zip(losses, one_losses)):
-            self.assertLessEqual(abs(a - b), TOLERANCE, f"step {step + 1}: {a} vs {b}")
+            self.assertLessEqual(abs(a - b), loss_tolerance, f"step {step + 1}: {a} vs {b}")
         self.assertLess(losses[-1], losses[0])  # it trained
         self.assertEqual(set(weights), set(one_weights))
         for name, w in weights.items():
@@ -115,7 +115,10 @@ class DataParallelEqualsOneProcess(unittest.TestCase):
         self.check_ranks(3, "moe", "--moe")
 
     def test_moe_experts_sharded_over_two_ranks(self):
-        self.check_ranks(2, "moe", "--expert-parallel")
+        # The all-to-all regroups each expert's tokens, so its matmuls sum in another order:
+        # over six initialisations the losses differed from one process by 1.2e-5 to 1.6e-5
+        # (about 4e-6 relative), the weights by under 1e-5, which stays the weights' bound.
+        self.check_ranks(2, "moe", "--expert-parallel", loss_tolerance=5e-5)
 
     def test_uneven_batch_is_refused(self):
         r = torchrun(2, "train", os.path.join(self.tmp, "uneven"), "--steps", "4", "--batch", "5")

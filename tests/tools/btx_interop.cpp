@@ -23,8 +23,7 @@
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
 #include <btx/models/auto.hpp>
-#include <btx/models/llama/checkpoint.hpp>
-#include <btx/models/llama/moe.hpp>
+#include <btx/models/llama/compat.hpp>
 #include <btx/moe/moe_layer.hpp>
 #include <btx/train/precision.hpp>
 #include <btx/train/trainer.hpp>
@@ -107,14 +106,15 @@ int main(int argc, char** argv) {
       const auto config = tiny_config(false);
       auto model = contract_moe_model(config, std::stoll(argv[4]));
       btx::hf::SaveOptions opts;
-      opts.moe = btx::hf::MoEConfig{std::stoll(argv[4]), std::stoll(argv[5]), 0.02};
+      opts.moe = btx::hf::top_k_moe_config(std::stoll(argv[4]), std::stoll(argv[5]),
+                                           /*norm_topk_prob=*/true, 0.02);
       btx::hf::save_hf_checkpoint(*model, config, argv[2], opts);
       return 0;
     }
     if (cmd == "load-moe" && argc == 4) {
       const auto hf = btx::hf::read_config_json(std::filesystem::path(argv[2]) / "config.json");
       if (!hf.moe) throw std::runtime_error(std::string(argv[2]) + " is not a Mixtral checkpoint");
-      auto model = contract_moe_model(hf.llama, hf.moe->num_local_experts);
+      auto model = contract_moe_model(hf.decoder, hf.moe->num_experts);
       btx::hf::load_hf_weights(*model, argv[2]);
       std::map<std::string, torch::Tensor> params;
       for (const auto& p : model->named_parameters()) params[p.key()] = p.value().detach();
@@ -125,10 +125,9 @@ int main(int argc, char** argv) {
       torch::manual_seed(5);
       const auto config = tiny_config(false);
       const bool moe = std::string(argv[3]) == "1";
-      const btx::hf::MoEConfig mixtral{4, 2, 0.02};
+      const auto mixtral = btx::hf::top_k_moe_config(4, 2, /*norm_topk_prob=*/true, 0.02);
       btx::LlamaForCausalLM model =
-          moe ? btx::LlamaForCausalLM(config,
-                                      btx::moe_feed_forward(btx::mixtral_moe_options(mixtral)))
+          moe ? btx::LlamaForCausalLM(config, btx::moe_feed_forward(mixtral))
               : btx::LlamaForCausalLM(config);
       auto stream = torch::randint(0, config.vocab_size, {4096}, torch::kInt32);
       btx::WindowSampler sampler({stream}, {}, 16, 1);

@@ -22,8 +22,7 @@
 #include <vector>
 
 #include <btx/io/safetensors_writer.hpp>
-#include <btx/models/llama/model.hpp>
-#include <btx/models/llama/moe.hpp>
+#include <btx/models/llama/compat.hpp>
 #include <btx/moe/experts/packed_swiglu.hpp>
 #include <btx/moe/moe_layer.hpp>
 #include <btx/moe/routers/switch.hpp>

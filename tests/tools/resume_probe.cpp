@@ -15,7 +15,7 @@
 #include <thread>
 
 #include <btx/io/safetensors_writer.hpp>
-#include <btx/models/llama/moe.hpp>
+#include <btx/models/llama/compat.hpp>
 #include <btx/moe/moe_layer.hpp>
 #include <btx/train/trainer.hpp>
 
@@ -39,7 +39,7 @@ int main(int argc, char** argv) {
 
     btx::LlamaConfig config = btx::test::tiny_config();
     config.max_position_embeddings = 64;
-    btx::MoEOptions moe_options;
+    btx::MoEConfig moe_options;
     moe_options.num_experts = 4;
     moe_options.router = "sample_top1";
     moe_options.seed = 7;

@@ -9,7 +9,7 @@
 #include <btx/data/corpus.hpp>
 #include <btx/data/sampler.hpp>
 #include <btx/data/token_file.hpp>
-#include <btx/models/llama/model.hpp>
+#include <btx/models/llama/compat.hpp>
 #include <btx/train/evaluate.hpp>
 #include <btx/train/flops.hpp>
 #include <btx/train/trainer.hpp>

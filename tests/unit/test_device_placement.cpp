@@ -14,9 +14,7 @@
 #include <btx/merge/checkpoint_source.hpp>
 #include <btx/merge/mixers.hpp>
 #include <btx/merge/trunk_merging.hpp>
-#include <btx/models/llama/checkpoint.hpp>
-#include <btx/models/llama/model.hpp>
-#include <btx/models/llama/moe.hpp>
+#include <btx/models/llama/compat.hpp>
 #include <btx/moe/moe_layer.hpp>
 #include <btx/moe/router_registry.hpp>
 #include <btx/train/loss.hpp>

@@ -9,7 +9,7 @@
 
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
-#include <btx/models/llama/checkpoint.hpp>
+#include <btx/models/llama/compat.hpp>
 
 #include "../scratch.hpp"
 #include "../test_support.hpp"
@@ -157,7 +157,7 @@ TEST_CASE("hf checkpoint: saving refuses a non-empty folder and inconsistent opt
   overwrite.overwrite = true;
   btx::hf::save_hf_checkpoint(*model, tiny_config(), root / "a", overwrite);
   btx::hf::SaveOptions moe;
-  moe.moe = btx::hf::MoEConfig{4, 2, 0.01};
+  moe.moe = btx::MoEConfig{.num_experts = 4, .load_balance_alpha = 0.01};
   CHECK_THROWS_AS(btx::hf::save_hf_checkpoint(*model, tiny_config(), root / "b", moe),
                   std::invalid_argument);
   CHECK_FALSE(fs::exists(root / "b"));
@@ -168,7 +168,7 @@ TEST_CASE("hf checkpoint: an MoE-contract model saves as classic Mixtral and loa
   torch::manual_seed(6);
   auto model = fake_moe_model();
   btx::hf::SaveOptions opts;
-  opts.moe = btx::hf::MoEConfig{kExperts, 2, 0.02};
+  opts.moe = btx::MoEConfig{.num_experts = kExperts, .load_balance_alpha = 0.02};
   CHECK_THROWS_WITH_AS(btx::hf::save_hf_checkpoint(*model, tiny_config(), dir),
                        doctest::Contains("SaveOptions.moe"), std::invalid_argument);
   opts.max_shard_bytes = 20000;
@@ -176,7 +176,7 @@ TEST_CASE("hf checkpoint: an MoE-contract model saves as classic Mixtral and loa
 
   auto config = btx::hf::read_config_json(dir / "config.json");
   REQUIRE(config.moe.has_value());
-  CHECK(config.moe->num_local_experts == kExperts);
+  CHECK(config.moe->num_experts == kExperts);
   btx::io::CheckpointReader ckpt(dir);
   auto params = model->named_parameters();
   CHECK(torch::equal(ckpt.tensor("model.layers.1.block_sparse_moe.gate.weight"),

@@ -46,12 +46,12 @@ std::string config_error(const nlohmann::json& j) {
 
 TEST_CASE("hf config: reads a transformers 5 Llama config with rope_parameters") {
   auto c = btx::hf::config_from_json(llama_json());
-  CHECK(c.llama.hidden_size == 32);
-  CHECK(c.llama.num_key_value_heads == 2);
-  CHECK(c.llama.head_dim.value() == 8);
-  CHECK(c.llama.rope_theta == 500000.0);
-  CHECK(c.llama.rms_norm_eps == 1e-6);
-  CHECK(c.llama.max_position_embeddings == 128);
+  CHECK(c.decoder.hidden_size == 32);
+  CHECK(c.decoder.num_key_value_heads == 2);
+  CHECK(c.decoder.head_dim.value() == 8);
+  CHECK(c.decoder.rope_theta == 500000.0);
+  CHECK(c.decoder.rms_norm_eps == 1e-6);
+  CHECK(c.decoder.max_position_embeddings == 128);
   CHECK_FALSE(c.moe.has_value());
   CHECK(c.dtype == "float32");
 }
@@ -64,7 +64,7 @@ TEST_CASE("hf config: reads transformers 4 rope_theta and torch_dtype") {
   j["torch_dtype"] = "bfloat16";
   j["rope_scaling"] = nullptr;
   auto c = btx::hf::config_from_json(j);
-  CHECK(c.llama.rope_theta == 1234.0);
+  CHECK(c.decoder.rope_theta == 1234.0);
   CHECK(c.dtype == "bfloat16");
 }
 
@@ -103,13 +103,14 @@ TEST_CASE("hf config: reads a Mixtral config with its MoE fields") {
   j["sliding_window"] = nullptr;
   auto c = btx::hf::config_from_json(j);
   REQUIRE(c.moe.has_value());
-  CHECK(c.moe->num_local_experts == 4);
-  CHECK(c.moe->num_experts_per_tok == 2);
-  CHECK(c.moe->router_aux_loss_coef == 0.01);
-  CHECK(c.llama.sliding_window == 0);
+  CHECK(c.moe->num_experts == 4);
+  CHECK(btx::active_experts(*c.moe) == 2);
+  CHECK(c.moe->load_balance_alpha == 0.01);
+  CHECK(c.moe->load_balance_form == btx::LoadBalanceForm::switch_);  // Mixtral's
+  CHECK(c.decoder.sliding_window == 0);
   j["sliding_window"] = 16;  // every layer's window, as transformers' Mixtral
-  CHECK(btx::hf::config_from_json(j).llama.window_of_layer(1) == 16);
-  CHECK(btx::hf::mixtral_config_json(btx::hf::config_from_json(j).llama,
+  CHECK(btx::hf::config_from_json(j).decoder.window_of_layer(1) == 16);
+  CHECK(btx::hf::mixtral_config_json(btx::hf::config_from_json(j).decoder,
                                      *c.moe)["sliding_window"] == 16);
   j["sliding_window"] = -1;
   CHECK(has(config_error(j), "sliding_window"));
@@ -121,7 +122,7 @@ TEST_CASE("hf config: reads a Mixtral config with its MoE fields") {
 TEST_CASE("hf config: Llama's attention_bias puts a bias on q, k, v and o") {
   auto j = llama_json();
   j["attention_bias"] = true;
-  const auto c = btx::hf::config_from_json(j).llama;
+  const auto c = btx::hf::config_from_json(j).decoder;
   CHECK(c.qkv_bias);
   CHECK(c.o_bias);
   CHECK(btx::hf::llama_config_json(c)["attention_bias"] == true);
@@ -135,12 +136,12 @@ TEST_CASE(
   const auto j = btx::hf::llama_config_json(c);
   CHECK(j["model_type"] == "mistral");
   CHECK(j["sliding_window"] == 5);
-  const auto back = btx::hf::config_from_json(j).llama;
+  const auto back = btx::hf::config_from_json(j).decoder;
   CHECK(back.window_of_layer(0) == 5);
   CHECK(back.window_of_layer(1) == 5);
   auto mistral = nlohmann::json::parse(j.dump());
   mistral.erase("sliding_window");  // transformers' Mistral default
-  CHECK(btx::hf::config_from_json(mistral).llama.sliding_window == 4096);
+  CHECK(btx::hf::config_from_json(mistral).decoder.sliding_window == 4096);
   c.sliding_layers = {true, false};
   CHECK_THROWS_WITH_AS(btx::hf::llama_config_json(c), doctest::Contains("every layer"),
                        std::invalid_argument);
@@ -159,20 +160,20 @@ TEST_CASE("hf config: Llama and Mixtral configs round-trip through JSON") {
   c.rope_theta = 77777.0;
   c.tie_word_embeddings = true;
   auto back = btx::hf::config_from_json(btx::hf::llama_config_json(c, "bfloat16"));
-  CHECK(back.llama.hidden_size == c.hidden_size);
-  CHECK(back.llama.num_key_value_heads == c.num_key_value_heads);
-  CHECK(back.llama.rope_theta == c.rope_theta);
-  CHECK(back.llama.tie_word_embeddings);
+  CHECK(back.decoder.hidden_size == c.hidden_size);
+  CHECK(back.decoder.num_key_value_heads == c.num_key_value_heads);
+  CHECK(back.decoder.rope_theta == c.rope_theta);
+  CHECK(back.decoder.tie_word_embeddings);
   CHECK(back.dtype == "bfloat16");
-  btx::hf::MoEConfig moe{4, 2, 0.05};
+  btx::MoEConfig moe{.num_experts = 4, .load_balance_alpha = 0.05};
   auto mj = btx::hf::mixtral_config_json(c, moe);
   CHECK(mj["architectures"][0] == "MixtralForCausalLM");
   CHECK(mj["sliding_window"].is_null());
   CHECK(mj["output_router_logits"] == false);
   auto m = btx::hf::config_from_json(mj);
   REQUIRE(m.moe.has_value());
-  CHECK(m.moe->num_local_experts == 4);
-  CHECK(m.moe->router_aux_loss_coef == 0.05);
+  CHECK(m.moe->num_experts == 4);
+  CHECK(m.moe->load_balance_alpha == 0.05);
 }
 
 TEST_CASE("hf config: read_config_json rejects duplicate keys naming the file") {

@@ -18,11 +18,11 @@
 
 #include <btx/io/atomic_dir.hpp>
 #include <btx/io/detail/file_hash.hpp>
-#include <btx/io/finite_check.hpp>
 #include <btx/io/detail/folder_lock.hpp>
+#include <btx/io/detail/stale_temporaries.hpp>
+#include <btx/io/finite_check.hpp>
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
-#include <btx/io/detail/stale_temporaries.hpp>
 #include <btx/merge/checkpoint_source.hpp>
 #include <btx/merge/mixers.hpp>
 #include <btx/merge/model_card.hpp>

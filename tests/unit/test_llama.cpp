@@ -6,7 +6,7 @@
 #include <set>
 
 #include <btx/models/common/generate.hpp>
-#include <btx/models/llama/model.hpp>
+#include <btx/models/llama/compat.hpp>
 #include <btx/train/loss.hpp>
 
 #include "../test_support.hpp"

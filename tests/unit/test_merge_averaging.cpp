@@ -5,7 +5,7 @@
 
 #include <btx/merge/averaging.hpp>
 #include <btx/merge/state_dict.hpp>
-#include <btx/models/llama/model.hpp>
+#include <btx/models/llama/compat.hpp>
 
 #include "../test_support.hpp"
 

@@ -6,7 +6,7 @@
 #include <btx/merge/branch.hpp>
 #include <btx/merge/expert_surgery.hpp>
 #include <btx/merge/mixers.hpp>
-#include <btx/models/llama/model.hpp>
+#include <btx/models/llama/compat.hpp>
 
 #include "../test_support.hpp"
 

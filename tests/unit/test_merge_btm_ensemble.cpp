@@ -5,7 +5,7 @@
 #include <btx/merge/branch.hpp>
 #include <btx/merge/btm_ensemble.hpp>
 #include <btx/models/common/generate.hpp>
-#include <btx/models/llama/model.hpp>
+#include <btx/models/llama/compat.hpp>
 
 #include "../test_support.hpp"
 

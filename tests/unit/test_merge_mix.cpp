@@ -6,7 +6,7 @@
 #include <set>
 
 #include <btx/merge/mixers.hpp>
-#include <btx/models/llama/model.hpp>
+#include <btx/models/llama/compat.hpp>
 
 #include "../test_support.hpp"
 

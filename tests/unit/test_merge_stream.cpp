@@ -17,11 +17,11 @@
 #include <unistd.h>
 
 #include <btx/merge/checkpoint_source.hpp>
-#include <btx/merge/mixers.hpp>
 #include <btx/merge/detail/row_kernels.hpp>
+#include <btx/merge/mixers.hpp>
 #include <btx/merge/write_plan.hpp>
 #include <btx/models/auto.hpp>
-#include <btx/models/llama/checkpoint.hpp>
+#include <btx/models/llama/compat.hpp>
 #include <btx/moe/moe_layer.hpp>
 
 #include "../scratch.hpp"

@@ -6,7 +6,7 @@
 #include <btx/merge/any_averaging.hpp>
 #include <btx/merge/mixers.hpp>
 #include <btx/merge/trunk_merging.hpp>
-#include <btx/models/llama/model.hpp>
+#include <btx/models/llama/compat.hpp>
 
 #include "../test_support.hpp"
 

@@ -78,7 +78,8 @@ TEST_CASE("family: Llama's two-way name table round-trips every dense and MoE te
   const auto& llama = btx::families().get("llama");
   for (const bool moe : {false, true}) {
     auto spec = btx::LlamaFamily::spec(tiny_config());
-    auto lm = moe ? llama.make_moe(spec, {.num_experts = 3}) : llama.make_dense(spec);
+    if (moe) spec.moe = btx::MoEConfig{.num_experts = 3};
+    auto lm = moe ? llama.make_moe(spec) : llama.make_dense(spec);
     size_t hf_tensors = 0;
     for (const auto& p : lm.named_parameters()) {
       const bool packed = llama.ffn.is_packed_experts(p.key());
@@ -143,7 +144,7 @@ TEST_CASE("family: N copies of a GeGLU model mixed by write_plan load as an MoE 
   merge::write_plan(plan, config, root / "moe");
   auto moe = btx::load_causal_lm(root / "moe");
   CHECK(moe.is_moe());
-  CHECK(moe.spec().moe->num_local_experts == 3);
+  CHECK(moe.spec().moe->num_experts == 3);
   auto ids = torch::randint(0, 64, {2, 7});
   CHECK(max_abs_diff(moe.forward(ids), lm.forward(ids)) < 1e-5);
 }
@@ -154,10 +155,9 @@ TEST_CASE("family: upcycling, surgery, router init and BTM ensembling take the G
   const auto expected = lm.forward(ids);
   auto up = merge::upcycled(lm, {.num_experts = 3});
   CHECK(up.spec().family == "test_geglu");
-  CHECK(up.spec().moe->num_experts_per_tok == 2);  // top2, the default router
-  CHECK(
-      merge::upcycled(lm, {.num_experts = 3, .router = "switch"}).spec().moe->num_experts_per_tok ==
-      1);
+  CHECK(btx::active_experts(*up.spec().moe) == 2);  // top2, the default router
+  CHECK(btx::active_experts(
+            *merge::upcycled(lm, {.num_experts = 3, .router = "switch"}).spec().moe) == 1);
   CHECK(max_abs_diff(up.forward(ids), expected) < 1e-5);
 
   // Surgery packs the GeGLU block into experts that keep its activation.

@@ -7,7 +7,7 @@
 #include <limits>
 #include <set>
 
-#include <btx/models/llama/layers.hpp>
+#include <btx/models/llama/compat.hpp>
 #include <btx/moe/experts/module_experts.hpp>
 #include <btx/moe/experts/packed_swiglu.hpp>
 #include <btx/moe/moe_layer.hpp>

@@ -7,8 +7,8 @@
 #include <string>
 
 #include <btx/merge/upcycle_model.hpp>
+#include <btx/models/llama/compat.hpp>
 #include <btx/models/llama/family.hpp>
-#include <btx/models/llama/moe.hpp>
 #include <btx/moe/surgery.hpp>
 #include <btx/train/loss.hpp>
 
@@ -42,7 +42,7 @@ TEST_CASE("moe llama: every router name builds and trains one step, and clone is
     CAPTURE(name);
     torch::manual_seed(1);
     btx::LlamaForCausalLM model(tiny_config(),
-                                btx::moe_feed_forward({.num_experts = 4, .router = name, .k = 2}));
+                                btx::moe_feed_forward({.num_experts = 4, .router = name}));
     auto ids = torch::randint(0, 64, {2, 8});
     auto logits = model->forward(ids.slice(1, 0, 7));
     auto loss = btx::next_token_loss(logits, ids.slice(1, 1)) + btx::collect_aux_loss(*model);
@@ -59,7 +59,7 @@ TEST_CASE("moe llama: every router name builds and trains one step, and clone is
 TEST_CASE("moe llama: sample top-1 can route the first layer softly, as in the BTX paper") {
   btx::LlamaForCausalLM model(
       tiny_config(),
-      btx::moe_feed_forward({.router = "sample_top1", .seed = 3, .soft_first_layer = true}));
+      btx::moe_feed_forward({.router = {"sample_top1", {{"soft_first_layer", true}}}, .seed = 3}));
   using SoftLayer = btx::MoEImpl<btx::Soft, btx::PackedSwiGLU>;
   using SampleLayer = btx::MoEImpl<btx::SampleTop1, btx::PackedSwiGLU>;
   CHECK(dynamic_cast<SoftLayer*>(model->model->layer(0).mlp.ptr().get()) != nullptr);
@@ -67,7 +67,7 @@ TEST_CASE("moe llama: sample top-1 can route the first layer softly, as in the B
 }
 
 TEST_CASE("moe llama: unknown router names and bad options are rejected up front") {
-  auto msg = [](btx::MoEOptions o) {
+  auto msg = [](btx::MoEConfig o) {
     try {
       btx::moe_feed_forward(o);
     } catch (const std::invalid_argument& e) {
@@ -79,7 +79,7 @@ TEST_CASE("moe llama: unknown router names and bad options are rejected up front
   CHECK(msg({.num_experts = 2, .router = "topk:3"}).find("k=3") != std::string::npos);
   CHECK(msg({.router = "topk:"}).find("positive integer") != std::string::npos);
   CHECK(msg({.num_experts = 0}).find("num_experts") != std::string::npos);
-  CHECK(msg({.router = "switch", .capacity_factor = -1}).find("capacity_factor") !=
+  CHECK(msg({.router = {"switch", {{"capacity_factor", -1}}}}).find("capacity_factor") !=
         std::string::npos);
 }
 
@@ -90,8 +90,12 @@ TEST_CASE("moe upcycling: upcycled Llama equals the dense model and clones") {
   auto expected = dense->forward(ids);
   for (const char* router : {"top2", "switch", "soft"}) {
     CAPTURE(router);
-    auto moe = btx::merge::upcycled(btx::LlamaFamily::wrap(dense),
-                                    {.num_experts = 3, .router = router, .capacity_factor = 3});
+    auto moe =
+        btx::merge::upcycled(btx::LlamaFamily::wrap(dense),
+                             {.num_experts = 3,
+                              .router = std::string(router) == "switch"
+                                            ? btx::RouterChoice(router, {{"capacity_factor", 3}})
+                                            : btx::RouterChoice(router)});
     CHECK(moe.is_moe());
     CHECK(max_abs_diff(moe.forward(ids), expected) < 1e-5);
     auto copy = moe.clone();

@@ -12,9 +12,8 @@
 
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/models/auto.hpp>
+#include <btx/models/llama/compat.hpp>
 #include <btx/models/llama/family.hpp>
-#include <btx/models/llama/model.hpp>
-#include <btx/models/llama/moe.hpp>
 #include <btx/moe/experts/packed_swiglu.hpp>
 #include <btx/moe/moe_layer.hpp>
 #include <btx/moe/routers/top_k.hpp>

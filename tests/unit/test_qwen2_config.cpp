@@ -79,8 +79,8 @@ TEST_CASE("qwen2 config: Qwen2 and Qwen2-MoE round-trip, shared expert and norm_
   CHECK_FALSE(btx::families().get("qwen3").moe_has_shared_expert);
   const auto spec = family.read_config(qwen2_moe_json(), "q2");
   REQUIRE(spec.moe.has_value());
-  CHECK(spec.moe->shared_expert_intermediate_size == 20);
-  CHECK_FALSE(spec.moe->norm_topk_prob);  // transformers' Qwen2-MoE default
+  CHECK(spec.moe->shared_expert_size == 20);
+  CHECK_FALSE(spec.moe->renormalizes_top_k());  // transformers' Qwen2-MoE default
   const auto written = family.config_json(spec, "float32");
   CHECK(written["model_type"] == "qwen2_moe");
   CHECK(written["shared_expert_intermediate_size"] == 20);
@@ -90,7 +90,7 @@ TEST_CASE("qwen2 config: Qwen2 and Qwen2-MoE round-trip, shared expert and norm_
                                                   "full_attention", "full_attention"}));
   const auto again = family.read_config(nlohmann::json::parse(written.dump()), "q2");
   CHECK(again.shape == spec.shape);
-  CHECK(again.moe->shared_expert_intermediate_size == 20);
+  CHECK(again.moe->shared_expert_size == 20);
   const auto dense = family.read_config(qwen2_json(), "q2");
   const auto dense_json = family.config_json(dense, "float32");
   CHECK(dense_json["model_type"] == "qwen2");
@@ -107,12 +107,13 @@ TEST_CASE("qwen2 config: Qwen2 and Qwen2-MoE round-trip, shared expert and norm_
   CHECK(params["model.layers.3.mlp.shared_expert_gate.weight"].sizes() ==
         torch::IntArrayRef({1, 40}));
   // Without a shared expert asked for, a Qwen2 MoE still has the (zero-width) slot.
-  auto plain =
-      btx::Qwen2Family::make_moe(dense, btx::MoEOptions{.num_experts = 3, .router = "top2"});
+  auto plain_spec = dense;
+  plain_spec.moe = btx::MoEConfig{.num_experts = 3, .router = "top2"};
+  auto plain = btx::Qwen2Family::make_moe(plain_spec);
   const auto plain_layers = btx::moe_layers(plain.module());
   REQUIRE(plain_layers.size() == 4);
   REQUIRE(plain_layers[0].second->shared_expert());
-  CHECK(plain.spec().moe->shared_expert_intermediate_size == 0);
+  CHECK(plain.spec().moe->shared_expert_size == 0);
   CHECK(plain_layers[0].second->shared_expert().expert->intermediate_size() == 0);
   torch::NoGradGuard no_grad;
   const auto out = plain.forward(torch::randint(0, 67, {2, 5}));
@@ -134,8 +135,7 @@ TEST_CASE("qwen2 config: what btx cannot represent is refused, naming the field 
   j["model_type"] = "qwen3";
   CHECK(qwen2_error_of(j).find("model_type \"qwen3\"") != std::string::npos);
   // A shared expert has no place in a Mixtral or a Qwen3-MoE.
-  btx::MoEConfig shared{3, 2, 0.01, 0};
-  shared.shared_expert_intermediate_size = 8;
+  btx::MoEConfig shared{.num_experts = 3, .shared_expert_size = 8, .load_balance_alpha = 0.01};
   for (const char* type : {"llama", "qwen3"}) {
     const nlohmann::json small = {{"model_type", type},       {"hidden_size", 16},
                                   {"intermediate_size", 24},  {"num_hidden_layers", 1},

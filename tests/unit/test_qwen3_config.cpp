@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include <btx/models/auto.hpp>
 #include <btx/models/qwen3/family.hpp>
 #include <btx/models/registry.hpp>
 
@@ -79,7 +80,7 @@ TEST_CASE("qwen3 config: Qwen3 and Qwen3-MoE round-trip through the family") {
   j.erase("max_window_layers");
   j["use_sliding_window"] = false;
   spec = family.read_config(j, "q");
-  spec.moe = btx::MoEConfig{5, 2, 0.001, 24};
+  spec.moe = btx::MoEConfig{.num_experts = 5, .expert_size = 24, .load_balance_alpha = 0.001};
   const auto moe = family.config_json(spec, "float32");
   CHECK(moe["model_type"] == "qwen3_moe");
   CHECK(moe["num_experts"] == 5);
@@ -88,11 +89,12 @@ TEST_CASE("qwen3 config: Qwen3 and Qwen3-MoE round-trip through the family") {
   CHECK(moe["norm_topk_prob"] == true);
   const auto read = family.read_config(nlohmann::json::parse(moe.dump()), "q");
   REQUIRE(read.moe.has_value());
-  CHECK(read.moe->num_local_experts == 5);
-  CHECK(read.moe->expert_intermediate_size == 24);
+  CHECK(read.moe->num_experts == 5);
+  CHECK(read.moe->expert_size == 24);
+  CHECK(btx::active_experts(*read.moe) == 2);
   // A window on some layers only has no Qwen3-MoE form.
   spec = family.read_config(qwen3_json(), "q");
-  spec.moe = btx::MoEConfig{5, 2, 0.001, 24};
+  spec.moe = btx::MoEConfig{.num_experts = 5, .expert_size = 24, .load_balance_alpha = 0.001};
   CHECK_THROWS_WITH_AS(family.config_json(spec, "float32"), doctest::Contains("every layer"),
                        std::invalid_argument);
 }
@@ -105,9 +107,16 @@ TEST_CASE("qwen3 config: what btx cannot represent is refused, naming the field 
   moe["moe_intermediate_size"] = 24;
   // norm_topk_prob false (transformers' default): the top-k probabilities as they are.
   CHECK(error_of(moe).empty());
-  CHECK_FALSE(btx::hf::qwen3_config_from_json(moe).moe->norm_topk_prob);
-  CHECK_FALSE(btx::Qwen3Family::hf_moe_options(*btx::hf::qwen3_config_from_json(moe).moe)
-                  .renormalize_top_k);
+  CHECK_FALSE(btx::hf::qwen3_config_from_json(moe).moe->renormalizes_top_k());
+  // ... and the model built from it routes so: its top-k router does not renormalise.
+  auto spec = btx::Qwen3Family::read_config(moe, "q");
+  spec.shape.num_hidden_layers = 1;
+  const auto built = btx::make_model(spec);
+  const auto gate = built.module().named_modules()["model.layers.0.mlp.gate"];
+  const auto* topk = dynamic_cast<const btx::TopK*>(gate.get());
+  REQUIRE(topk != nullptr);
+  CHECK_FALSE(topk->renormalizes());
+  CHECK(topk->k() == 2);
   moe["num_experts"] = 1;
   CHECK(error_of(moe).find("num_experts_per_tok") != std::string::npos);
   CHECK(error_of(moe).find("q/config.json") != std::string::npos);

@@ -189,7 +189,7 @@ TEST_CASE(
 }
 
 TEST_CASE("recipe compute: active experts come from the router, budgets match by hand") {
-  btx::MoEOptions o;
+  btx::MoEConfig o;
   o.num_experts = 4;
   const auto k_of = [&](const std::string& router) {
     o.router = router;
@@ -198,8 +198,9 @@ TEST_CASE("recipe compute: active experts come from the router, budgets match by
   CHECK(k_of("top1") == 1);
   CHECK(k_of("top2") == 2);
   CHECK(k_of("topk:3") == 3);
-  o.k = 4;
-  CHECK(k_of("topk") == 4);
+  CHECK(k_of("topk") == 2);  // its option k, 2 unless given
+  o.router = {"topk", {{"k", 4}}};
+  CHECK(recipe::active_experts(o) == 4);
   CHECK(k_of("switch") == 1);
   CHECK(k_of("sample_top1") == 1);
   CHECK(k_of("soft") == 4);

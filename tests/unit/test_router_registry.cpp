@@ -13,8 +13,8 @@
 #include <vector>
 
 #include <btx/merge/upcycle_model.hpp>
+#include <btx/models/llama/compat.hpp>
 #include <btx/models/llama/family.hpp>
-#include <btx/models/llama/moe.hpp>
 #include <btx/moe/router_registry.hpp>
 #include <btx/moe/surgery.hpp>
 
@@ -65,10 +65,10 @@ int64_t first_n(const std::string& name) {
     .name = "first:N",
     .describe = "test only: experts 0..N-1 with equal weights",
     .make =
-        [](const btx::MoEOptions& o, int64_t hidden, uint64_t /*layer*/) {
-          return std::make_shared<FirstN>(hidden, o.num_experts, first_n(o.router));
+        [](const btx::RouterBuild& b) {
+          return std::make_shared<FirstN>(b.hidden_size, b.num_experts, first_n(b.name));
         },
-    .active_experts = [](const btx::MoEOptions& o) { return first_n(o.router); },
+    .active_experts = [](const btx::RouterBuild& b) { return first_n(b.name); },
     .matches = is_first_name,
 });
 
@@ -145,7 +145,7 @@ TEST_CASE("router registry: every shipped name builds the router and layer types
       {"top2", typeid(btx::TopK), typeid(MoEImpl<btx::TopK, PackedSwiGLU>),
        typeid(MoEImpl<btx::TopK, ModuleExperts>), 2},
       {"topk", typeid(btx::TopK), typeid(MoEImpl<btx::TopK, PackedSwiGLU>),
-       typeid(MoEImpl<btx::TopK, ModuleExperts>), 3},  // MoEOptions.k below
+       typeid(MoEImpl<btx::TopK, ModuleExperts>), 3},  // option k below
       {"topk:4", typeid(btx::TopK), typeid(MoEImpl<btx::TopK, PackedSwiGLU>),
        typeid(MoEImpl<btx::TopK, ModuleExperts>), 4},
       {"switch", typeid(btx::Switch), typeid(MoEImpl<btx::Switch, PackedSwiGLU>),
@@ -157,8 +157,11 @@ TEST_CASE("router registry: every shipped name builds the router and layer types
   };
   for (const auto& c : cases) {
     CAPTURE(c.name);
-    const btx::MoEOptions o{
-        .num_experts = kE, .router = c.name, .k = 3, .capacity_factor = 2.5, .seed = 7};
+    // Each router's own options: k for topk, capacity_factor for switch.
+    nlohmann::json options = nlohmann::json::object();
+    if (c.name == "topk") options["k"] = 3;
+    if (c.name == "switch") options["capacity_factor"] = 2.5;
+    const btx::MoEConfig o{.num_experts = kE, .router = {c.name, options}, .seed = 7};
     auto gate = btx::find_router(c.name)->make_router(o, kD, /*layer=*/2);
     const torch::nn::Module& g = *gate;
     CHECK(typeid(g) == c.router);
@@ -176,19 +179,19 @@ TEST_CASE("router registry: every shipped name builds the router and layer types
     auto packed = btx::moe_feed_forward(o)(tiny_config(), 1);
     const torch::nn::Module& packed_layer = *packed.ptr();
     CHECK(typeid(packed_layer) == c.packed_layer);
-    btx::MoEOptions mo = o;
+    btx::MoEConfig mo = o;
     mo.hidden_size = kD;
     auto modules = btx::upcycle_block(torch::nn::AnyModule(TinyFFN()), mo, 1);
     const torch::nn::Module& module_layer = *modules.ptr();
     CHECK(typeid(module_layer) == c.module_layer);
   }
   // Sample Top-1: layer l draws its noise from seed + l; soft_first_layer makes layer 0 Soft.
-  btx::MoEOptions o{.num_experts = kE, .router = "sample_top1", .seed = 7};
+  btx::MoEConfig o{.num_experts = kE, .router = "sample_top1", .seed = 7};
   auto sample = std::dynamic_pointer_cast<btx::SampleTop1>(
       btx::find_router("sample_top1")->make_router(o, kD, 3));
   REQUIRE(sample);
   CHECK(sample->seed() == 10);
-  o.soft_first_layer = true;
+  o.router.options = {{"soft_first_layer", true}};
   auto first = btx::find_router("sample_top1")->make_router(o, kD, 0);
   CHECK(dynamic_cast<btx::Soft*>(first.get()) != nullptr);
   CHECK(
@@ -197,7 +200,7 @@ TEST_CASE("router registry: every shipped name builds the router and layer types
 
 TEST_CASE("router registry: a router registered here works by name in every builder") {
   REQUIRE(kFirstNRegistered);
-  const btx::MoEOptions o{.num_experts = 3, .router = "first:2"};
+  const btx::MoEConfig o{.num_experts = 3, .router = "first:2"};
   CHECK(btx::active_experts(o) == 2);
   CHECK(btx::active_experts({.num_experts = 3, .router = "first:3"}) == 3);
   CHECK(btx::find_router("first:2")->router_types() ==
@@ -245,7 +248,7 @@ TEST_CASE("router registry: an unknown name lists every registered router") {
       std::vector<std::string>(names.begin(), names.begin() + 7) ==
       std::vector<std::string>{"top1", "top2", "topk", "topk:K", "switch", "sample_top1", "soft"});
   const auto msg = error_of([] { btx::check_router({.router = "nope"}); });
-  CHECK(msg.find("unknown router 'nope' in MoEOptions.router") != std::string::npos);
+  CHECK(msg.find("unknown router 'nope'") != std::string::npos);
   CHECK(msg.find("valid: top1, top2, topk, topk:K, switch, sample_top1, soft") !=
         std::string::npos);
   CHECK(msg.find("first:N") != std::string::npos);
@@ -258,10 +261,10 @@ TEST_CASE("router registry: an unknown name lists every registered router") {
 
 TEST_CASE("router registry: duplicate and overlapping registrations are errors") {
   const auto before = btx::router_names();
-  const auto make = [](const btx::MoEOptions& o, int64_t hidden, uint64_t) {
-    return std::make_shared<btx::Switch>(hidden, o.num_experts);
+  const auto make = [](const btx::RouterBuild& b) {
+    return std::make_shared<btx::Switch>(b.hidden_size, b.num_experts);
   };
-  const auto one = [](const btx::MoEOptions&) -> int64_t { return 1; };
+  const auto one = [](const btx::RouterBuild&) -> int64_t { return 1; };
   CHECK_THROWS_WITH_AS(
       btx::register_router<btx::Switch>(
           {.name = "switch", .describe = "again", .make = make, .active_experts = one}),
@@ -307,18 +310,16 @@ TEST_CASE("router registry: duplicate and overlapping registrations are errors")
 
 TEST_CASE("router registry: a registration that misbehaves is caught when it builds") {
   btx::RouterRegistry registry;
-  const auto soft = [](const btx::MoEOptions& o, int64_t hidden, uint64_t) {
-    return std::make_shared<btx::Soft>(hidden, o.num_experts);
+  const auto soft = [](const btx::RouterBuild& b) {
+    return std::make_shared<btx::Soft>(b.hidden_size, b.num_experts);
   };
   registry.add<FirstN>(
       {.name = "liar", .make = soft, .active_experts = [](const auto&) { return 1; }});
   registry.add<btx::Soft>(
       {.name = "null",
-       .make = [](const btx::MoEOptions&, int64_t, uint64_t) -> std::shared_ptr<torch::nn::Module> {
-         return {};
-       },
+       .make = [](const btx::RouterBuild&) -> std::shared_ptr<torch::nn::Module> { return {}; },
        .active_experts = [](const auto&) { return 0; }});
-  const btx::MoEOptions liar{.num_experts = kE, .router = "liar"};
+  const btx::MoEConfig liar{.num_experts = kE, .router = "liar"};
   CHECK_THROWS_WITH_AS(
       (void)registry.find("liar")->make_router(liar, kD, 0),
       doctest::Contains("Soft but its registration lists (anonymous namespace)::FirstN"),
@@ -330,7 +331,7 @@ TEST_CASE("router registry: a registration that misbehaves is caught when it bui
                        std::logic_error);
   // A registration builds only the names it matches, and only with E >= 1 experts.
   CHECK_THROWS_WITH_AS((void)registry.find("liar")->make_router({.router = "soft"}, kD, 0),
-                       doctest::Contains("was asked to build MoEOptions.router 'soft'"),
+                       doctest::Contains("was asked to build router 'soft'"),
                        std::invalid_argument);
   CHECK_THROWS_WITH_AS((void)btx::find_router("soft")->active_experts({.num_experts = 0}),
                        doctest::Contains("num_experts must be >= 1, got 0"), std::invalid_argument);
@@ -342,15 +343,22 @@ TEST_CASE("router registry: a registration that misbehaves is caught when it bui
 }
 
 TEST_CASE("router registry: topk names with a bad k name k and num_experts") {
-  const auto msg = [](btx::MoEOptions o) { return error_of([&] { btx::check_router(o); }); };
+  const auto msg = [](btx::MoEConfig o) { return error_of([&] { btx::check_router(o); }); };
   CHECK(msg({.num_experts = 4, .router = "topk:5"}) ==
-        "btx: router 'topk:5' asks for k=5 but MoEOptions.num_experts=4; k must be in "
-        "[1, num_experts]");
+        "btx: router 'topk:5' asks for k=5 but num_experts=4; k must be in [1, num_experts]");
   CHECK(msg({.router = "topk:0"}).find("asks for k=0") != std::string::npos);
-  CHECK(msg({.router = "topk", .k = 0}).find("asks for k=0") != std::string::npos);
-  CHECK(
-      msg({.num_experts = 3, .router = "topk", .k = 4}).find("k=4 but MoEOptions.num_experts=3") !=
-      std::string::npos);
+  CHECK(msg({.router = {"topk", {{"k", 0}}}}).find("asks for k=0") != std::string::npos);
+  CHECK(msg({.num_experts = 3, .router = {"topk", {{"k", 4}}}}).find("k=4 but num_experts=3") !=
+        std::string::npos);
+  // Options belong to their router: a name that fixes k refuses another, unknown keys and
+  // wrong types are refused naming them, a router without options takes none.
+  CHECK(msg({.router = {"top2", {{"k", 3}}}}).find("'top2' fixes k=2") != std::string::npos);
+  CHECK(msg({.router = {"switch", {{"capacity", 2}}}}).find("unknown key 'capacity'") !=
+        std::string::npos);
+  CHECK(msg({.router = {"switch", {{"capacity_factor", "big"}}}}).find("capacity_factor") !=
+        std::string::npos);
+  CHECK(msg({.router = {"soft", {{"k", 2}}}}).find("router 'soft' takes no options") !=
+        std::string::npos);
   CHECK(msg({.num_experts = 1, .router = "top2"}).find("k=2") != std::string::npos);
   CHECK(msg({.router = "topk:"}).find("positive integer after 'topk:'") != std::string::npos);
   CHECK(msg({.router = "topk:x2"}).find("positive integer") != std::string::npos);
@@ -377,7 +385,10 @@ TEST_CASE("routers: every RoutingResult field has the expected dtype, device and
           const std::string dtype_name = c10::toString(dtype);
           CAPTURE(dtype_name);
           CAPTURE(training);
-          const btx::MoEOptions o{.num_experts = kE, .router = name, .capacity_factor = 1.0};
+          const btx::MoEConfig o{.num_experts = kE,
+                                 .router = std::string(name) == "switch"
+                                               ? btx::RouterChoice(name, {{"capacity_factor", 1.0}})
+                                               : btx::RouterChoice(name)};
           auto gate = btx::find_router(name)->make_router(o, kD, 1);
           gate->to(device, dtype);  // as upcycling a bf16 model does
           gate->train(training);
@@ -420,4 +431,27 @@ TEST_CASE("router registry: make_moe_layer puts the router on the experts' devic
   // A layer whose experts and router disagree on E is refused by the MoE layer.
   CHECK_THROWS_WITH_AS(btx::make_moe_layer({.num_experts = 3, .router = "top2"}, 0, experts),
                        doctest::Contains("num_experts"), std::invalid_argument);
+}
+
+TEST_CASE("router registry: a resolved router is looked up once, wherever it then travels") {
+  const auto& registry = btx::router_registry();
+  const uint64_t before = registry.lookups();
+  const btx::MoEConfig moe =
+      btx::resolved({.num_experts = 3, .router = {"switch", {{"capacity_factor", 2.0}}}});
+  CHECK(registry.lookups() == before + 1);
+  CHECK(moe.router.options == nlohmann::json({{"capacity_factor", 2.0}}));
+  // Its layers, its FLOP accounting, a model of a family and sparse upcycling: no look-up.
+  btx::LlamaForCausalLM model(tiny_config(), btx::moe_feed_forward(moe));
+  CHECK(btx::active_experts(moe) == 1);
+  btx::check_router(moe);
+  auto* layer = dynamic_cast<btx::MoEImpl<btx::Switch, btx::PackedSwiGLU>*>(
+      model->model->layer(1).mlp.ptr().get());
+  REQUIRE(layer != nullptr);
+  CHECK(layer->gate().capacity_factor() == 2.0);
+  btx::LlamaForCausalLM dense(tiny_config());
+  (void)btx::merge::upcycled(btx::LlamaFamily::wrap(dense), moe);
+  CHECK(registry.lookups() == before + 1);
+  // A choice built from a name alone is looked up where it is used.
+  (void)btx::active_experts({.num_experts = 3, .router = "top2"});
+  CHECK(registry.lookups() == before + 2);
 }

@@ -21,9 +21,9 @@
 
 #include <btx/io/detail/direct_writer.hpp>
 #include <btx/io/detail/early_writeback.hpp>
+#include <btx/io/detail/write_queue.hpp>
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
-#include <btx/io/detail/write_queue.hpp>
 
 #include "../scratch.hpp"
 #include "../test_support.hpp"

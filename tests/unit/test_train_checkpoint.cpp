@@ -17,7 +17,7 @@
 #include <btx/io/detail/file_hash.hpp>
 #include <btx/io/safetensors_reader.hpp>
 #include <btx/io/safetensors_writer.hpp>
-#include <btx/models/llama/model.hpp>
+#include <btx/models/llama/compat.hpp>
 #include <btx/moe/routers/sample_top1.hpp>
 #include <btx/train/checkpoint.hpp>
 #include <btx/train/hooks.hpp>

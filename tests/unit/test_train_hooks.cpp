@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include <btx/models/llama/model.hpp>
+#include <btx/models/llama/compat.hpp>
 #include <btx/train/hooks.hpp>
 #include <btx/train/progress.hpp>
 #include <btx/train/trainer.hpp>

@@ -20,7 +20,7 @@
 
 #include <btx/core/model_spec.hpp>
 #include <btx/data/corpus.hpp>
-#include <btx/models/llama/config.hpp>
+#include <btx/models/llama/compat.hpp>
 #include <btx/recipe/run.hpp>
 #include <btx/recipe/topology.hpp>
 #include <btx/recipe/train_stage.hpp>

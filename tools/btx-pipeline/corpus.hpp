@@ -15,13 +15,13 @@
 #include <vector>
 
 #include <btx/core/model_spec.hpp>
+#include <btx/core/moe_config.hpp>
 #include <btx/data/corpus.hpp>
 #include <btx/data/sampler.hpp>
 #include <btx/data/token_file.hpp>
 #include <btx/hf/side_files.hpp>
 #include <btx/models/auto.hpp>
 #include <btx/models/llama/family.hpp>
-#include <btx/moe/options.hpp>
 #include <btx/recipe/compute.hpp>
 #include <btx/recipe/lineage.hpp>
 #include <btx/recipe/mix.hpp>
@@ -65,8 +65,8 @@ struct PipelineRun {
 
   // The MoE of sparse upcycling: one expert per domain (plus the seed's), each as wide as
   // the seed's FFN.
-  [[nodiscard]] MoEOptions upcycle_options(const std::string& router) const {
-    MoEOptions o;
+  [[nodiscard]] MoEConfig upcycle_options(const std::string& router) const {
+    MoEConfig o;
     o.num_experts = int64_t(domain_names().size()) + (config.seed_as_expert ? 1 : 0);
     o.router = router;
     o.load_balance_alpha = config.load_balance_alpha;
@@ -75,8 +75,8 @@ struct PipelineRun {
     return o;
   }
   // BTX's MoE (mix, MoE stage, evaluation): as upcycling's, or split into narrower experts.
-  [[nodiscard]] MoEOptions moe_options(const std::string& router) const {
-    MoEOptions o = upcycle_options(router);
+  [[nodiscard]] MoEConfig moe_options(const std::string& router) const {
+    MoEConfig o = upcycle_options(router);
     o.num_experts = num_experts();
     if (config.experts_from == "split") {
       o.expert_size = seed_spec.shape.intermediate_size / config.split_chunks;

@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 
+#include <btx/core/moe_config.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -30,25 +31,11 @@ struct ArchShape {
   bool operator==(const ArchShape&) const = default;
 };
 
-// The MoE fields of an HF MoE config (names as Mixtral's; each family maps them to its
-// own keys, e.g. Qwen3-MoE's num_experts / moe_intermediate_size).
-struct MoEConfig {
-  int64_t num_local_experts = 8;       // E
-  int64_t num_experts_per_tok = 2;     // K
-  double router_aux_loss_coef = 0.02;  // load-balancing loss weight
-  int64_t expert_intermediate_size =
-      0;  // F of each expert; 0: the dense FFN's (split experts differ)
-  // The always-on shared expert's F beside the routed ones (Qwen2-MoE); empty: none. A
-  // family whose MoE architecture always has one (Qwen2-MoE) may hold 0: a zero-width one.
-  std::optional<int64_t> shared_expert_intermediate_size;
-  bool norm_topk_prob = true;  // top-k weights renormalised to sum to 1 (Mixtral: always)
-};
-
 struct ModelSpec {
   std::string family;             // registry name of the model family ("llama", ...)
   nlohmann::json config;          // the family's dense config, as config.json fields
   ArchShape shape;                // read from `config` by the family
-  std::optional<MoEConfig> moe;   // set for the family's MoE architecture
+  std::optional<MoEConfig> moe;   // set for an MoE model (its family's MoE architecture)
   std::string dtype = "float32";  // storage dtype recorded in config.json
 };
 

@@ -24,14 +24,14 @@
 #include <utility>
 #include <vector>
 
-#include <btx/core/ffn_naming.hpp>
 #include <btx/core/model_spec.hpp>
+#include <btx/core/sublayer_naming.hpp>
 #include <btx/hf/name_map.hpp>
 #include <btx/io/atomic_dir.hpp>
 #include <btx/io/checkpoint_reader.hpp>
+#include <btx/io/detail/write_queue.hpp>
 #include <btx/io/finite_check.hpp>
 #include <btx/io/sharded_writer.hpp>
-#include <btx/io/detail/write_queue.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -53,7 +53,7 @@ inline std::vector<Placement> placements(const std::vector<io::TensorDecl>& tens
                                          const NameMap& names) {
   std::vector<Placement> out;
   for (const auto& t : tensors) {
-    const bool packed = names.ffn.is_packed_experts(t.name);
+    const bool packed = names.is_packed_experts(t.name);
     if (packed && t.shape.empty()) {
       throw std::invalid_argument("MoE parameter " + t.name + " must be packed [E, ...]");
     }
@@ -210,8 +210,7 @@ inline std::vector<io::TensorDecl> hf_decls(const std::vector<io::TensorDecl>& t
   // placements() keeps the order; fill each HF tensor's dtype from its btx tensor.
   size_t k = 0;
   for (const auto& t : typed) {
-    const size_t n =
-        names.ffn.is_packed_experts(t.name) && !t.shape.empty() ? size_t(t.shape[0]) : 1;
+    const size_t n = names.is_packed_experts(t.name) && !t.shape.empty() ? size_t(t.shape[0]) : 1;
     for (size_t j = 0; j < n; ++j) out[k++].dtype = t.dtype;
   }
   return out;
@@ -267,7 +266,7 @@ inline WriteStats write_hf_folder(const std::filesystem::path& dir,
   p.count = tensors.size();
   p.bytes_total = total;
   for (const auto& s : tensors) {
-    const bool packed = names.ffn.is_packed_experts(s.name);
+    const bool packed = names.is_packed_experts(s.name);
     const int64_t slices = packed && !s.shape.empty() ? s.shape[0] : 1;
     const auto hf_names = names.to_hf(s.name, slices);
     const auto dtype = options.dtype.value_or(s.dtype);

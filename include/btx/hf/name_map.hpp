@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include <btx/core/ffn_naming.hpp>
+#include <btx/core/sublayer_naming.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -26,10 +26,15 @@ struct BtxSlot {
 };
 
 // One family's btx -> HF naming: to_hf(param, E) gives E names (expert order) for a packed
-// expert parameter (ffn.is_packed_experts), else one name.
+// expert parameter (is_packed_experts), else one name.
 struct NameMap {
   std::function<std::vector<std::string>(const std::string& param, int64_t num_experts)> to_hf;
-  FfnNaming ffn;
+  SublayerNaming ffn;                       // the FFN, where MoE experts sit
+  std::optional<SublayerNaming> attention;  // attention, when it can hold experts too
+
+  [[nodiscard]] bool is_packed_experts(const std::string& param) const {
+    return ffn.is_packed_experts(param) || (attention && attention->is_packed_experts(param));
+  }
 };
 
 }  // namespace hf

@@ -32,8 +32,8 @@
 #include <btx/io/detail/early_writeback.hpp>
 #include <btx/io/detail/file_range.hpp>
 #include <btx/io/detail/safetensors_header.hpp>
-#include <btx/io/safetensors_reader.hpp>
 #include <btx/io/detail/stale_temporaries.hpp>
+#include <btx/io/safetensors_reader.hpp>
 #include <btx/version.hpp>
 
 namespace btx {

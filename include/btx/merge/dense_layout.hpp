@@ -1,20 +1,24 @@
 // SPDX-License-Identifier: MIT
-// Tensor names of dense and btx MoE state dicts (the naming contract, core/ffn_naming.hpp),
-// and the validation every merge runs before producing anything: the sources must be dense
-// decoders of one architecture, with the same tensor set, shapes and dtypes.
+// Tensor names of dense and btx MoE state dicts (the naming contract,
+// core/sublayer_naming.hpp), and the validation every merge runs before producing anything:
+// the sources must be dense decoders of one architecture, with the same tensor set, shapes
+// and dtypes, and the sublayer that becomes experts (the FFN unless told otherwise) a set of
+// bias-free weight matrices in every layer.
 #pragma once
 
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
-#include <btx/core/ffn_naming.hpp>
+#include <btx/core/sublayer_naming.hpp>
 #include <btx/merge/state_dict.hpp>
 #include <btx/version.hpp>
 
@@ -23,7 +27,7 @@ BTX_NAMESPACE_BEGIN
 namespace merge {
 
 // The FFN layout every merge assumes unless told otherwise: transformers' decoder layout
-// (see core/ffn_naming.hpp), used by every family btx ships.
+// (see core/sublayer_naming.hpp), used by every family btx ships.
 inline const FfnNaming& default_ffn_naming() {
   static const FfnNaming naming;
   return naming;
@@ -67,16 +71,27 @@ inline bool is_ffn_tensor(const std::string& name) {
 struct DenseLayout {
   int64_t num_layers = 0;
   int64_t hidden = 0;        // D
-  int64_t intermediate = 0;  // F
+  int64_t intermediate = 0;  // W of the expert sublayer (the FFN's F) in its first projection
+  std::map<std::string, int64_t> widths;  // each projection's W (attention: q's H*A, k's G*A)
   torch::ScalarType ffn_dtype = torch::kFloat32;
+  SublayerNaming sublayer;        // the sublayer that becomes experts
   std::vector<TensorSpec> specs;  // every tensor of source 0, sorted by name
 
-  [[nodiscard]] std::vector<TensorSpec> shared_specs() const {  // all but the FFN weights
+  [[nodiscard]] std::vector<TensorSpec> shared_specs() const {  // all but that sublayer's
     std::vector<TensorSpec> out;
     for (const auto& s : specs) {
-      if (!is_ffn_tensor(s.name)) out.push_back(s);
+      if (!sublayer.is_sublayer_tensor(s.name)) out.push_back(s);
     }
     return out;
+  }
+  // Projection `proj`'s share of a piece [begin, end) of the first projection's width.
+  [[nodiscard]] std::pair<int64_t, int64_t> rows_of(const std::string& proj, int64_t begin,
+                                                    int64_t end) const {
+    const int64_t w = widths.at(proj);
+    return {begin * w / intermediate, end * w / intermediate};
+  }
+  [[nodiscard]] bool divides(const std::string& proj, int64_t at) const {
+    return at * widths.at(proj) % intermediate == 0;
   }
 };
 
@@ -87,15 +102,25 @@ std::vector<std::string> labels_of(const std::vector<S>& sources) {
   return out;
 }
 
+namespace detail {
+// "the FFN" or "the sublayer 'self_attn'", for messages.
+inline std::string sublayer_words(const SublayerNaming& n) {
+  return n.kind == Sublayer::ffn ? std::string("FFN") : "sublayer '" + n.slot + "'";
+}
+}  // namespace detail
+
 // Throws std::invalid_argument naming the tensor and the two sources that disagree, or the
-// structural problem (not a dense decoder, missing FFN weight, inconsistent shapes).
+// structural problem (not a dense decoder, a missing weight of the expert sublayer,
+// inconsistent shapes).
 template <TensorSource S>
-DenseLayout validate_dense_sources(const std::vector<S>& sources) {
+DenseLayout validate_dense_sources(const std::vector<S>& sources,
+                                   const SublayerNaming& sublayer = SublayerNaming::ffn()) {
   if (sources.empty()) throw std::invalid_argument("btx::merge: no sources to merge");
   const auto& ref = sources.front();
   const auto ref_names = ref.names();
   const std::set<std::string> ref_set(ref_names.begin(), ref_names.end());
   DenseLayout layout;
+  layout.sublayer = sublayer;
   for (const auto& n : ref_set) layout.specs.push_back(ref.spec(n));
 
   for (size_t j = 1; j < sources.size(); ++j) {
@@ -130,9 +155,12 @@ DenseLayout validate_dense_sources(const std::vector<S>& sources) {
   std::set<int64_t> layers;
   for (const auto& n : ref_set) {
     if (const auto l = layer_of(n)) layers.insert(*l);
-    if (n.find(".mlp.experts.") != std::string::npos || n.find(".mlp.gate.weight") != n.npos) {
-      throw std::invalid_argument("btx::merge: source '" + ref.label() + "' has MoE tensor '" + n +
-                                  "'; the Mix stage merges dense checkpoints");
+    for (const auto& any : {SublayerNaming::ffn(), SublayerNaming::attention()}) {
+      if (any.is_packed_experts(n) || any.is_router(n) ||
+          n.find("." + any.slot + ".experts.") != std::string::npos) {
+        throw std::invalid_argument("btx::merge: source '" + ref.label() + "' has MoE tensor '" +
+                                    n + "'; the Mix stage merges dense checkpoints");
+      }
     }
   }
   layout.num_layers = static_cast<int64_t>(layers.size());
@@ -141,39 +169,51 @@ DenseLayout validate_dense_sources(const std::vector<S>& sources) {
         "btx::merge: source '" + ref.label() + "' has no contiguous model.layers.{0.." +
         std::to_string(layout.num_layers) + "} tensors; is it a decoder state dict?");
   }
+  const bool ffn = sublayer.kind == Sublayer::ffn;
+  const std::string what = detail::sublayer_words(sublayer);
   for (int64_t i = 0; i < layout.num_layers; ++i) {
-    for (const auto& proj : ffn_projections()) {
-      const auto name = dense_ffn_name(i, proj);
+    for (const auto& proj : sublayer.projections) {
+      const auto name = sublayer.dense_name(i, proj);
       if (!ref_set.count(name)) {
         throw std::invalid_argument("btx::merge: source '" + ref.label() + "' lacks '" + name +
-                                    "'; each layer needs a dense SwiGLU FFN");
+                                    (ffn ? std::string("'; each layer needs a dense SwiGLU FFN")
+                                         : "'; each layer needs the " + what + "'s projections"));
       }
       const auto s = ref.spec(name);
-      const bool down = proj == "down_proj";
+      const int64_t wd = sublayer.width_dim(proj);
       if (s.shape.size() != 2) {
         throw std::invalid_argument("btx::merge: '" + name + "' is " + shape_string(s.shape) +
-                                    "; FFN weights are matrices");
+                                    "; " + what + " weights are matrices");
       }
-      const int64_t I = down ? s.shape[1] : s.shape[0];
-      const int64_t H = down ? s.shape[0] : s.shape[1];
+      const int64_t W = s.shape[size_t(wd)];
+      const int64_t H = s.shape[size_t(1 - wd)];
       if (layout.hidden == 0) {
         layout.hidden = H;
-        layout.intermediate = I;
+        layout.intermediate = W;
         layout.ffn_dtype = s.dtype;
       }
-      if (H != layout.hidden || I != layout.intermediate || s.dtype != layout.ffn_dtype) {
+      if (!layout.widths.count(proj)) layout.widths[proj] = W;
+      const bool same_width = ffn ? W == layout.intermediate : W == layout.widths.at(proj);
+      if (H != layout.hidden || !same_width || s.dtype != layout.ffn_dtype) {
         throw std::invalid_argument(
             "btx::merge: '" + name + "' is " + shape_string(s.shape) + " " +
-            c10::toString(s.dtype) + " but layer 0's FFN has D=" + std::to_string(layout.hidden) +
-            ", F=" + std::to_string(layout.intermediate) + " " + c10::toString(layout.ffn_dtype) +
-            "; packed experts need the same FFN shape and dtype in every layer");
+            c10::toString(s.dtype) + " but layer 0's " + what +
+            " has D=" + std::to_string(layout.hidden) + ", " + (ffn ? "F" : proj + " width") + "=" +
+            std::to_string(ffn ? layout.intermediate : layout.widths.at(proj)) + " " +
+            c10::toString(layout.ffn_dtype) + "; packed experts need the same " + what +
+            " shape and dtype in every layer");
       }
     }
     for (const auto& n : ref_set) {
-      if (layer_of(n) == i && is_ffn_tensor(n) && n != dense_ffn_name(i, "gate_proj") &&
-          n != dense_ffn_name(i, "up_proj") && n != dense_ffn_name(i, "down_proj")) {
-        throw std::invalid_argument("btx::merge: unexpected FFN tensor '" + n + "' in '" +
-                                    ref.label() + "'; only bias-free SwiGLU FFNs can be mixed");
+      if (layer_of(n) != i || !sublayer.is_sublayer_tensor(n)) continue;
+      const bool known =
+          std::any_of(sublayer.projections.begin(), sublayer.projections.end(),
+                      [&](const std::string& proj) { return n == sublayer.dense_name(i, proj); });
+      if (!known) {
+        throw std::invalid_argument(
+            "btx::merge: unexpected " + what + " tensor '" + n + "' in '" + ref.label() +
+            (ffn ? std::string("'; only bias-free SwiGLU FFNs can be mixed")
+                 : "'; only its bias-free, norm-free projections can become experts"));
       }
     }
   }
@@ -182,11 +222,12 @@ DenseLayout validate_dense_sources(const std::vector<S>& sources) {
 
 // The same, with the seed the sources branched from (when given) checked like a source.
 template <TensorSource S>
-DenseLayout validate_dense_sources(const std::vector<S>& sources, const S* base) {
-  if (!base || sources.empty()) return validate_dense_sources(sources);
+DenseLayout validate_dense_sources(const std::vector<S>& sources, const S* base,
+                                   const SublayerNaming& sublayer = SublayerNaming::ffn()) {
+  if (!base || sources.empty()) return validate_dense_sources(sources, sublayer);
   std::vector<S> with_base = sources;
   with_base.push_back(*base);
-  return validate_dense_sources(with_base);
+  return validate_dense_sources(with_base, sublayer);
 }
 
 }  // namespace merge

@@ -81,18 +81,24 @@ struct MoeRecipe {
   int64_t experts_per_token = 2;
   double noise_std = 0.0;  // Gaussian noise on expert weights, relative to each tensor's std
   uint64_t noise_seed = 0;
-  double down_scale = 1.0;  // factor on every expert's down_proj (splitting's rescale)
+  double down_scale = 1.0;  // factor on every expert's output projection (splitting's rescale)
   SharedExpertChoice shared{};
+  // The sublayer that becomes experts (the FFN; attention next): pieces run along its
+  // width, in units of its first projection's (a projection of another width, as GQA's
+  // k and v, takes the same share of its own).
+  SublayerNaming sublayer = SublayerNaming::ffn();
 };
 
 // Expert e's weight for projection `proj` of one layer, built from the loaded dense
-// source tensors (gate/up [F, D], down [D, F]).
+// source tensors ([W, D], or [D, W] for an output projection such as down_proj).
 inline torch::Tensor build_expert(const ExpertRecipe& recipe, const std::string& proj,
-                                  const std::vector<torch::Tensor>& dense) {
-  const int64_t dim = proj == "down_proj" ? 1 : 0;
+                                  const std::vector<torch::Tensor>& dense,
+                                  const DenseLayout& layout) {
+  const int64_t dim = layout.sublayer.width_dim(proj);
   std::vector<torch::Tensor> parts;
   for (const auto& p : recipe.pieces) {
-    parts.push_back(dense.at(p.source).narrow(dim, p.begin, p.end - p.begin));
+    const auto [begin, end] = layout.rows_of(proj, p.begin, p.end);
+    parts.push_back(dense.at(p.source).narrow(dim, begin, end - begin));
   }
   return parts.size() == 1 ? parts.front() : torch::cat(parts, dim);
 }
@@ -114,7 +120,8 @@ template <TensorSource S, AveragingPolicy A, RouterInit R>
 Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router, MoeRecipe recipe,
               const S* base = nullptr) {
   // ------------------------------------------------ validate everything first
-  const DenseLayout layout = validate_dense_sources(sources, base);
+  const DenseLayout layout = validate_dense_sources(sources, base, recipe.sublayer);
+  const SublayerNaming& naming = recipe.sublayer;
   const std::vector<double> weights = plan_averaging(averaging, sources.size(), base != nullptr);
   router.validate(sources.size(), layout.num_layers, layout.hidden);
   if (recipe.experts.empty()) {
@@ -130,6 +137,14 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
             std::to_string(p.begin) + ", " + std::to_string(p.end) + ") of source " +
             std::to_string(p.source) +
             ", outside its FFN (I=" + std::to_string(layout.intermediate) + ")");
+      }
+      for (const auto& [proj, w] : layout.widths) {
+        if (!layout.divides(proj, p.begin) || !layout.divides(proj, p.end)) {
+          throw std::invalid_argument("btx::merge::" + recipe.method + ": expert " +
+                                      std::to_string(e) + "'s rows [" + std::to_string(p.begin) +
+                                      ", " + std::to_string(p.end) + ") do not cut " + proj +
+                                      " (width " + std::to_string(w) + ") evenly");
+        }
       }
     }
     if (recipe.experts[e].intermediate() != F_e || F_e == 0) {
@@ -158,7 +173,12 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
   }
   // Filled, the shared expert and the routed mixture start at half weight each (see above).
   if (recipe.shared.filled()) recipe.down_scale *= 0.5;
-  const int64_t F_s = recipe.shared.filled() ? layout.intermediate : 0;
+  // Per projection: an expert's width and the shared expert's (all the width, or none).
+  std::map<std::string, int64_t> F_e_of, F_s_of;
+  for (const auto& [proj, w] : layout.widths) {
+    F_e_of[proj] = layout.rows_of(proj, 0, F_e).second;
+    F_s_of[proj] = recipe.shared.filled() ? w : 0;
+  }
 
   // -------------------------------------------------------- the output list
   const int64_t E = int64_t(recipe.experts.size());
@@ -175,24 +195,25 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
     roles[s.name] = Role{};
   }
   for (int64_t i = 0; i < layout.num_layers; ++i) {
-    outputs.push_back({router_name(i), {E, D}, layout.ffn_dtype});
-    roles[router_name(i)] = Role{1, i, ""};
-    for (const auto& proj : ffn_projections()) {
-      const bool down = proj == "down_proj";
-      outputs.push_back({experts_name(i, proj),
-                         down ? std::vector<int64_t>{E, D, F_e} : std::vector<int64_t>{E, F_e, D},
+    outputs.push_back({naming.router_name(i), {E, D}, layout.ffn_dtype});
+    roles[naming.router_name(i)] = Role{1, i, ""};
+    for (const auto& proj : naming.projections) {
+      const bool out = naming.is_output(proj);
+      const int64_t fe = F_e_of.at(proj), fs = F_s_of.at(proj);
+      outputs.push_back({naming.experts_name(i, proj),
+                         out ? std::vector<int64_t>{E, D, fe} : std::vector<int64_t>{E, fe, D},
                          layout.ffn_dtype});
-      roles[experts_name(i, proj)] = Role{2, i, proj};
+      roles[naming.experts_name(i, proj)] = Role{2, i, proj};
       if (recipe.shared.from != SharedFrom::none) {
-        outputs.push_back({shared_expert_name(i, proj),
-                           down ? std::vector<int64_t>{D, F_s} : std::vector<int64_t>{F_s, D},
+        outputs.push_back({naming.shared_expert_name(i, proj),
+                           out ? std::vector<int64_t>{D, fs} : std::vector<int64_t>{fs, D},
                            layout.ffn_dtype});
-        roles[shared_expert_name(i, proj)] = Role{3, i, proj};
+        roles[naming.shared_expert_name(i, proj)] = Role{3, i, proj};
       }
     }
     if (recipe.shared.from != SharedFrom::none) {
-      outputs.push_back({shared_expert_gate_name(i), {1, D}, layout.ffn_dtype});
-      roles[shared_expert_gate_name(i)] = Role{4, i, ""};
+      outputs.push_back({naming.shared_expert_gate_name(i), {1, D}, layout.ffn_dtype});
+      roles[naming.shared_expert_gate_name(i)] = Role{4, i, ""};
     }
   }
   std::sort(outputs.begin(), outputs.end(),
@@ -216,6 +237,7 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
     manifest.experts.push_back(std::move(pieces));
   }
   if (recipe.down_scale != 1.0) manifest.options["down_scale"] = recipe.down_scale;
+  if (naming.kind != Sublayer::ffn) manifest.options["sublayer"] = to_string(naming.kind);
   if (recipe.noise_std > 0.0) {
     manifest.options["noise_std"] = recipe.noise_std;  // beside down_scale, not instead of it
     manifest.options["noise_seed"] = recipe.noise_seed;
@@ -223,7 +245,7 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
 
   if (base) manifest.base = base->label();
   if (recipe.shared.from != SharedFrom::none) {
-    manifest.shared_expert_intermediate_size = F_s;
+    manifest.shared_expert_intermediate_size = recipe.shared.filled() ? layout.intermediate : 0;
     if (recipe.shared.filled()) {
       manifest.options["shared_expert"] = recipe.shared.from == SharedFrom::base
                                               ? manifest.base
@@ -242,7 +264,8 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
   }
   auto labels = manifest.sources;
   Plan::Compute compute = [state, base_state, shared_state, labels, averaging, weights, router,
-                           recipe, roles, D](const TensorSpec& spec) -> torch::Tensor {
+                           recipe, roles, D, layout](const TensorSpec& spec) -> torch::Tensor {
+    const SublayerNaming& naming = recipe.sublayer;
     torch::NoGradGuard no_grad;
     const Role& role = roles.at(spec.name);
     const auto& srcs = *state;
@@ -259,7 +282,7 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
       if (!shared_state) {  // zero-width: no data, on the CPU by name
         return torch::empty(spec.shape, torch::dtype(spec.dtype).device(torch::kCPU));
       }
-      return shared_state->load(dense_ffn_name(role.layer, role.proj)).to(spec.dtype);
+      return shared_state->load(naming.dense_name(role.layer, role.proj)).to(spec.dtype);
     }
     if (role.kind == 4) {  // the shared expert's gate starts at 0: sigmoid 1/2
       return torch::zeros(spec.shape, torch::dtype(spec.dtype).device(torch::kCPU));
@@ -269,15 +292,17 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
     for (const auto& ex : recipe.experts) {
       for (const auto& p : ex.pieces) {
         if (!dense[p.source].defined()) {
-          dense[p.source] = srcs[p.source].load(dense_ffn_name(role.layer, role.proj));
+          dense[p.source] = srcs[p.source].load(naming.dense_name(role.layer, role.proj));
         }
       }
     }
-    const int64_t proj_index = role.proj == "gate_proj" ? 0 : role.proj == "up_proj" ? 1 : 2;
+    const int64_t proj_index =
+        std::find(naming.projections.begin(), naming.projections.end(), role.proj) -
+        naming.projections.begin();
     std::vector<torch::Tensor> experts;
     for (size_t e = 0; e < recipe.experts.size(); ++e) {
-      auto w = build_expert(recipe.experts[e], role.proj, dense);
-      if (recipe.down_scale != 1.0 && proj_index == 2) {
+      auto w = build_expert(recipe.experts[e], role.proj, dense, layout);
+      if (recipe.down_scale != 1.0 && naming.is_output(role.proj)) {
         w = (w.to(torch::kFloat32) * recipe.down_scale).to(w.scalar_type());
       }
       if (recipe.noise_std > 0.0) {
@@ -296,15 +321,20 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
     locate = [state, shared_state, recipe, roles,
               layout](const TensorSpec& spec) -> Plan::FileRanges {
       const Role& role = roles.at(spec.name);
-      const bool down = role.proj == "down_proj";
+      if (role.kind != 2 && role.kind != 3) return std::nullopt;  // computed, never copied
+      const SublayerNaming& naming = recipe.sublayer;
+      const bool down = naming.is_output(role.proj);
+      const int64_t width = layout.widths.at(role.proj);
       const int64_t row_bytes =
-          (down ? layout.intermediate : layout.hidden) * int64_t(c10::elementSize(spec.dtype));
-      const auto rows_of = [&](const S& source, int64_t begin,
-                               int64_t end) -> std::optional<io::FileRange> {
-        const std::string name = dense_ffn_name(role.layer, role.proj);
+          (down ? width : layout.hidden) * int64_t(c10::elementSize(spec.dtype));
+      const auto rows_of = [&](const S& source, int64_t piece_begin,
+                               int64_t piece_end) -> std::optional<io::FileRange> {
+        const std::string name = naming.dense_name(role.layer, role.proj);
         if (source.spec(name).dtype != spec.dtype) return std::nullopt;
-        // down_proj [D, F] holds a column range, contiguous only when it is every column.
-        if (down && (begin != 0 || end != layout.intermediate)) return std::nullopt;
+        const auto [begin, end] = layout.rows_of(role.proj, piece_begin, piece_end);
+        // An output projection [D, W] holds a column range, contiguous only when it is every
+        // column.
+        if (down && (begin != 0 || end != width)) return std::nullopt;
         auto range = source.file_range(name);
         if (!range || down) return range;
         range->offset += uint64_t(begin * row_bytes);
@@ -323,7 +353,7 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
         return ranges;
       }
       if (role.kind == 3 && shared_state) {
-        auto range = rows_of(*shared_state, 0, layout.intermediate);
+        auto range = rows_of(*shared_state, 0, layout.intermediate);  // every row
         if (!range) return std::nullopt;
         return std::vector<io::FileRange>{*range};
       }

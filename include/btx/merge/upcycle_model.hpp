@@ -13,11 +13,11 @@
 
 #include <btx/core/causal_lm.hpp>
 #include <btx/core/model_spec.hpp>
+#include <btx/core/moe_config.hpp>
 #include <btx/merge/mixers.hpp>
 #include <btx/merge/plan.hpp>
 #include <btx/merge/state_dict.hpp>
 #include <btx/models/auto.hpp>
-#include <btx/moe/options.hpp>
 #include <btx/moe/router_registry.hpp>
 #include <btx/version.hpp>
 
@@ -25,21 +25,20 @@ namespace btx {
 BTX_NAMESPACE_BEGIN
 namespace merge {
 
-inline CausalLM upcycled(const CausalLM& dense, const MoEOptions& options) {
+inline CausalLM upcycled(const CausalLM& dense, const MoEConfig& options) {
   if (dense.is_moe()) {
     throw std::invalid_argument("btx::merge::upcycled: the model is already an MoE");
   }
   const auto& family = family_of(dense.spec());
   ModelSpec spec = dense.spec();
-  // The checkpoint records the experts each token really uses (from the router's registration).
-  spec.moe = MoEConfig{options.num_experts, active_experts(options), options.load_balance_alpha};
-  CausalLM moe = family.make_moe(spec, options);
+  spec.moe = resolved(options);  // its router looked up once, for every layer
+  CausalLM moe = family.make_moe(spec);
   const auto params = dense.parameters();
   if (!params.empty()) moe.to(params.front().device(), params.front().scalar_type());
 
   Upcycle<> up;
   up.num_experts = options.num_experts;
-  up.experts_per_token = spec.moe->num_experts_per_tok;
+  up.experts_per_token = active_experts(*spec.moe);
   std::vector<StateDictSource> source{source_of(dense.module(), "dense")};
   StateDict tensors = materialize(up.plan(source));
   // The routers keep the MoE model's own initialisation (its router type decides it).

@@ -32,6 +32,7 @@
 #include <btx/merge/moe_plan.hpp>
 #include <btx/merge/plan.hpp>
 #include <btx/models/auto.hpp>
+#include <btx/models/common/hf_decoder_config.hpp>
 #include <btx/models/family.hpp>
 #include <btx/version.hpp>
 
@@ -90,9 +91,10 @@ inline nlohmann::ordered_json hf_config_for(const Plan& plan, ModelSpec base,
                                 std::to_string(m.num_experts) +
                                 " experts; experts_per_token must be in [1, num_experts]");
   }
-  base.moe =
-      MoEConfig{m.num_experts, m.experts_per_token, router_aux_loss_coef, m.moe_intermediate_size};
-  base.moe->shared_expert_intermediate_size = m.shared_expert_intermediate_size;
+  base.moe = hf::top_k_moe_config(m.num_experts, m.experts_per_token, /*norm_topk_prob=*/true,
+                                  router_aux_loss_coef);
+  base.moe->expert_size = m.moe_intermediate_size;
+  base.moe->shared_expert_size = m.shared_expert_intermediate_size;
   return family.config_json(base, dtype);
 }
 

@@ -17,13 +17,14 @@
 #include <btx/core/causal_lm.hpp>
 #include <btx/core/dtype.hpp>
 #include <btx/core/model_spec.hpp>
+#include <btx/core/moe_config.hpp>
 #include <btx/hf/checkpoint.hpp>
 #include <btx/hf/config_json.hpp>
 #include <btx/io/checkpoint_reader.hpp>
 #include <btx/models/common/weight_init.hpp>
 #include <btx/models/family.hpp>
 #include <btx/models/registry.hpp>
-#include <btx/moe/options.hpp>
+#include <btx/moe/router_registry.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -50,9 +51,30 @@ inline ModelSpec read_model_spec(const std::filesystem::path& config_file) {
   return spec_from_json(hf::read_json_file(config_file), config_file.string());
 }
 
-// A fresh model for `spec`: dense, or MoE routed by `options` (default: as the HF model).
-inline CausalLM make_model(const ModelSpec& spec, const std::optional<MoEOptions>& options = {}) {
-  return family_of(spec).make(spec, options);
+// A fresh model for `spec`: dense, or MoE as spec.moe says.
+inline CausalLM make_model(const ModelSpec& spec) {
+  return family_of(spec).make(spec);
+}
+
+// The MoE checkpoint `spec` (`what` names it) built with `moe`'s router and training
+// settings instead of the ones it records (the router a file cannot name: Soft, Sample
+// Top-1, ...); the expert count must match, the expert widths stay the file's.
+inline ModelSpec with_moe_config(ModelSpec spec, const MoEConfig& moe, const std::string& what) {
+  if (!spec.moe) {
+    throw std::invalid_argument("btx: " + what +
+                                " holds a dense model, but an MoE config (router '" +
+                                moe.router.name + "') was given");
+  }
+  if (spec.moe->num_experts != moe.num_experts) {
+    throw std::invalid_argument(
+        "btx: " + what + " holds an MoE of " + std::to_string(spec.moe->num_experts) +
+        " experts, the MoE config asks for " + std::to_string(moe.num_experts));
+  }
+  MoEConfig built = moe;
+  built.expert_size = spec.moe->expert_size;
+  built.shared_expert_size = spec.moe->shared_expert_size;
+  spec.moe = resolved(std::move(built));
+  return spec;
 }
 
 namespace hf {
@@ -67,17 +89,19 @@ inline void load_hf_weights(torch::nn::Module& model, const std::filesystem::pat
 // Builds the model config.json describes, converts it to `dtype`, places it on `device`
 // and loads the weights there (every tensor checked before any is copied; each is copied
 // from the mapped file straight onto the device). A NaN or Inf in the checkpoint is an
-// io::NonFiniteError naming tensor, file and index unless `non_finite` allows it.
+// io::NonFiniteError naming tensor, file and index unless `non_finite` allows it. `moe`,
+// for an MoE checkpoint: build it with this MoE config instead of its own (with_moe_config).
 inline CausalLM load_causal_lm(const std::filesystem::path& dir,
                                torch::Dtype dtype = torch::kFloat32,
-                               const std::optional<MoEOptions>& options = {},
+                               const std::optional<MoEConfig>& moe = {},
                                torch::Device device = torch::kCPU,
                                io::NonFinite non_finite = io::NonFinite::refuse) {
-  const auto spec = read_model_spec(dir / "config.json");
+  auto spec = read_model_spec(dir / "config.json");
+  if (moe) spec = with_moe_config(std::move(spec), *moe, dir.string());
   const auto& family = family_of(spec);
   CausalLM lm = [&] {
     const SkipWeightInit loading;  // every parameter comes from the checkpoint (strictly)
-    return family.make(spec, options);
+    return family.make(spec);
   }();
   lm.to(device, dtype);
   hf::load_hf_weights(lm.module(), io::CheckpointReader(dir), family.name_map(), non_finite);

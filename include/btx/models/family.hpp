@@ -3,7 +3,7 @@
 // folder under models/ and is one registration away from every tool: it states how to
 // read and write its Hugging Face config.json, how to build its dense and MoE models, the
 // two-way name table between btx parameters and its HF checkpoints (dense and MoE), where
-// the FFN and router sit in a layer, and how its HF MoE architecture routes. Family-
+// the FFN and router sit in a layer (its config reader says how its HF MoE routes). Family-
 // agnostic code (checkpoint I/O, merging, router init, ensembling, the recipe, the tools)
 // sees only the FamilyEntry that register_family<F>() builds from those statics.
 #pragma once
@@ -21,10 +21,10 @@
 #include <vector>
 
 #include <btx/core/causal_lm.hpp>
-#include <btx/core/ffn_naming.hpp>
 #include <btx/core/model_spec.hpp>
+#include <btx/core/moe_config.hpp>
+#include <btx/core/sublayer_naming.hpp>
 #include <btx/hf/name_map.hpp>
-#include <btx/moe/options.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -50,11 +50,12 @@ template <class F>
 concept family_writes_config = requires(const ModelSpec& spec, const std::string& dtype) {
   { F::config_json(spec, dtype) } -> std::same_as<nlohmann::ordered_json>;
 };
-// `F::make_dense(spec)`, `F::make_moe(spec, options)`: freshly initialised models.
+// `F::make_dense(spec)`, `F::make_moe(spec)` (spec.moe says how its MoE layers route):
+// freshly initialised models.
 template <class F>
-concept family_builds_models = requires(const ModelSpec& spec, const MoEOptions& options) {
+concept family_builds_models = requires(const ModelSpec& spec) {
   { F::make_dense(spec) } -> std::same_as<CausalLM>;
-  { F::make_moe(spec, options) } -> std::same_as<CausalLM>;
+  { F::make_moe(spec) } -> std::same_as<CausalLM>;
 };
 // `F::hf_names(param, E)`: the HF tensor(s) of a btx parameter (E for packed experts);
 // `F::btx_slot(hf_name)`: where an HF tensor goes. The two must be inverse.
@@ -63,21 +64,15 @@ concept family_maps_names = requires(const std::string& name, int64_t experts) {
   { F::hf_names(name, experts) } -> std::same_as<std::vector<std::string>>;
   { F::btx_slot(name) } -> std::same_as<hf::BtxSlot>;
 };
-// `F::ffn_naming()`: where the FFN, packed experts and router sit in a layer.
+// `F::ffn_naming()`: where the FFN, packed experts and router sit in a layer. (Optional:
+// `F::attention_naming()`, where attention sits, for attention experts.)
 template <class F>
 concept family_locates_ffn = requires {
-  { F::ffn_naming() } -> std::same_as<FfnNaming>;
+  { F::ffn_naming() } -> std::same_as<SublayerNaming>;
 };
-// `F::hf_moe_options(moe)`: MoEOptions that route exactly as the family's HF MoE model.
-template <class F>
-concept family_knows_hf_routing = requires(const MoEConfig& moe) {
-  { F::hf_moe_options(moe) } -> std::same_as<MoEOptions>;
-};
-
 template <class F>
 concept ModelFamily = family_names_itself<F> && family_reads_config<F> && family_writes_config<F> &&
-    family_builds_models<F> && family_maps_names<F> && family_locates_ffn<F> &&
-    family_knows_hf_routing<F>;
+    family_builds_models<F> && family_maps_names<F> && family_locates_ffn<F>;
 
 // ------------------------------------------------------------ the runtime entry
 struct FamilyEntry {
@@ -86,22 +81,29 @@ struct FamilyEntry {
   std::function<ModelSpec(const nlohmann::json&, const std::string&)> read_config;
   std::function<nlohmann::ordered_json(const ModelSpec&, const std::string&)> config_json;
   std::function<CausalLM(const ModelSpec&)> make_dense;
-  std::function<CausalLM(const ModelSpec&, const MoEOptions&)> make_moe;
+  std::function<CausalLM(const ModelSpec&)> make_moe;
   std::function<std::vector<std::string>(const std::string&, int64_t)> hf_names;
   std::function<hf::BtxSlot(const std::string&)> btx_slot;
-  FfnNaming ffn;
-  std::function<MoEOptions(const MoEConfig&)> hf_moe_options;
+  SublayerNaming ffn;
+  std::optional<SublayerNaming> attention;  // where attention sits, when it can hold experts
   // Its MoE architecture always has a shared expert (Qwen2-MoE): merges fill the slot or
   // leave it zero-width; other families refuse one.
   bool moe_has_shared_expert = false;
 
   // What hf:: checkpoint I/O needs of the family.
-  [[nodiscard]] hf::NameMap name_map() const { return {hf_names, ffn}; }
-  // A model for `spec`: dense, or MoE with `options` (default: the HF architecture's routing).
-  [[nodiscard]] CausalLM make(const ModelSpec& spec,
-                              const std::optional<MoEOptions>& options = {}) const {
-    if (!spec.moe) return make_dense(spec);
-    return make_moe(spec, options.value_or(hf_moe_options(*spec.moe)));
+  [[nodiscard]] hf::NameMap name_map() const { return {hf_names, ffn, attention}; }
+  // Where sublayer `s` sits (an attention naming only where the family gives one).
+  [[nodiscard]] const SublayerNaming& naming(Sublayer s) const {
+    if (s == Sublayer::ffn) return ffn;
+    if (!attention) {
+      throw std::invalid_argument("btx: model family '" + name +
+                                  "' does not say where its attention sits");
+    }
+    return *attention;
+  }
+  // A model for `spec`: dense, or MoE as spec.moe says.
+  [[nodiscard]] CausalLM make(const ModelSpec& spec) const {
+    return spec.moe ? make_moe(spec) : make_dense(spec);
   }
 };
 
@@ -124,11 +126,11 @@ FamilyEntry family_entry() {
     return F::config_json(s, dtype);
   };
   e.make_dense = [](const ModelSpec& s) { return F::make_dense(s); };
-  e.make_moe = [](const ModelSpec& s, const MoEOptions& o) { return F::make_moe(s, o); };
+  e.make_moe = [](const ModelSpec& s) { return F::make_moe(s); };
   e.hf_names = [](const std::string& n, int64_t experts) { return F::hf_names(n, experts); };
   e.btx_slot = [](const std::string& n) { return F::btx_slot(n); };
   e.ffn = F::ffn_naming();
-  e.hf_moe_options = [](const MoEConfig& m) { return F::hf_moe_options(m); };
+  if constexpr (requires { F::attention_naming(); }) e.attention = F::attention_naming();
   return e;
 }
 

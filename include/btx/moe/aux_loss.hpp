@@ -10,32 +10,12 @@
 #include <stdexcept>
 #include <string>
 
+#include <btx/core/moe_config.hpp>
 #include <btx/core/routing.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
 BTX_NAMESPACE_BEGIN
-
-// Which u_i enters L_LB = alpha * E * sum_i u_i * p_i (p_i = batch mean of softmax_i).
-enum class LoadBalanceForm {
-  btx,     // u_i = batch mean of the routed weight g_i(x) (BTX paper, differentiable)
-  switch_  // u_i = (assignments routed to i) / T, as in Switch Transformer and HF Mixtral
-};
-
-inline LoadBalanceForm parse_load_balance_form(const std::string& name) {
-  if (name == "btx") return LoadBalanceForm::btx;
-  if (name == "switch" || name == "mixtral") return LoadBalanceForm::switch_;
-  throw std::invalid_argument("btx: unknown load-balancing form '" + name +
-                              "'; valid: btx, switch (alias mixtral)");
-}
-
-struct AuxLossOptions {
-  double load_balance_alpha = 0.01;  // alpha; 0 disables load balancing
-  LoadBalanceForm load_balance_form = LoadBalanceForm::btx;
-  double z_loss_coef = 0.0;  // coefficient of mean_t logsumexp(logits_t)^2; 0 disables
-
-  [[nodiscard]] bool enabled() const { return load_balance_alpha != 0.0 || z_loss_coef != 0.0; }
-};
 
 // This batch's u_E and p_E of L_LB (both [E]; zeros for an empty batch).
 struct BalanceTerms {

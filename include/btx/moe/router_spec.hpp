@@ -1,293 +1,89 @@
 // SPDX-License-Identifier: MIT
-// What one router registration is, and a registry of them. A RouterSpec says how a name
-// (or a family of names such as "topk:K") builds its router for an MoE layer and how many
-// experts that router runs per token; RouterRegistry::add<R...>(spec) captures the
-// concrete router types, so MoE<R, PackedSwiGLU> and MoE<R, ModuleExperts> layers can be
-// built from the name alone (torch::nn::AnyModule). btx's process-wide registry, seeded
-// with the shipped routers, is btx::router_registry() in btx/moe/router_registry.hpp.
+// What one router registration is: a RouterSpec says how a name (or a family of names such
+// as "topk:K") reads its own options, builds its router for an MoE layer, and how many
+// experts that router runs per token. A router header declares its specs here without
+// pulling in the MoE layer; the registry (moe/router_registry.hpp) captures the concrete
+// router types when it adds them, so layers can be built from the name alone.
 #pragma once
 
 #include <torch/torch.h>
 
+#include <nlohmann/json.hpp>
+
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
-#include <stdexcept>
 #include <string>
-#include <typeinfo>
+#include <type_traits>
 #include <utility>
-#include <vector>
 
-#include <btx/core/concepts.hpp>
-#include <btx/moe/aux_loss.hpp>
-#include <btx/moe/experts/module_experts.hpp>
-#include <btx/moe/experts/packed_swiglu.hpp>
-#include <btx/moe/moe_layer.hpp>
-#include <btx/moe/options.hpp>
+#include <btx/core/schema.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
 BTX_NAMESPACE_BEGIN
 
+// What a registration's functions are given: the router's name as configured ("topk:3"),
+// its options as its `options` function resolved them (every key, defaults filled in),
+// and the layer it is for.
+struct RouterBuild {
+  std::string name;
+  nlohmann::json options = nlohmann::json::object();
+  int64_t num_experts = 0;  // E, >= 1 (checked before any function of the spec runs)
+  int64_t hidden_size = 0;  // D (0 where only active_experts is asked)
+  uint64_t layer = 0;       // counted from 0
+  uint64_t seed = 0;        // MoEConfig.seed: stochastic routers' noise
+
+  // The options as the registration's own type (read back through its schema).
+  template <class O>
+  [[nodiscard]] O read(const schema::Schema<O>& options_schema) const {
+    return options_schema.read(options, O{}, name);
+  }
+};
+
 // How one router name builds its router. Designated initialisers read best:
-//   registry.add<Switch>({.name = "switch", .describe = "...",
-//                         .make = [](const MoEOptions& o, int64_t hidden, uint64_t layer) {...},
-//                         .active_experts = [](const MoEOptions&) -> int64_t { return 1; }});
+//   {.name = "switch", .describe = "...",
+//    .make = [](const RouterBuild& b) { return std::make_shared<Switch>(...); },
+//    .active_experts = [](const RouterBuild&) -> int64_t { return 1; },
+//    .options = router_options(switch_options_schema())}
 struct RouterSpec {
-  // The MoEOptions.router value; for a family (see `matches`) the pattern users are shown,
+  // The MoEConfig.router name; for a family (see `matches`) the pattern users are shown,
   // e.g. "topk:K".
   std::string name;
   // One line for --help listings.
   std::string describe;
-  // The router of MoE layer `layer` (counted from 0) over hidden size `hidden`, with
-  // options.router naming this registration and options.num_experts >= 1 already checked.
-  // Bad options throw std::invalid_argument naming the option.
-  std::function<std::shared_ptr<torch::nn::Module>(const MoEOptions& options, int64_t hidden,
-                                                   uint64_t layer)>
-      make;
-  // Experts run per token, for FLOP accounting and Mixtral's num_experts_per_tok: top-k
-  // -> k, switch and sample_top1 -> 1, soft -> num_experts. Must be in [1, num_experts].
-  std::function<int64_t(const MoEOptions& options)> active_experts;
-  // Families only: which MoEOptions.router values belong to this registration (a pure
-  // function of the name; it must not call the registry). Unset: exactly `name`.
+  // The router of one MoE layer. Bad options throw std::invalid_argument naming the option.
+  std::function<std::shared_ptr<torch::nn::Module>(const RouterBuild&)> make;
+  // Experts run per token, for FLOP accounting and config.json's num_experts_per_tok:
+  // top-k -> k, switch and sample_top1 -> 1, soft -> num_experts. Must be in [1, E]; an
+  // impossible request (k > E) throws std::invalid_argument naming both.
+  std::function<int64_t(const RouterBuild&)> active_experts;
+  // Families only: which router names belong to this registration (a pure function of the
+  // name; it must not call the registry). Unset: exactly `name`.
   std::function<bool(const std::string& router)> matches = {};
+  // The router's own options: `given` (a config's mapping) read over the defaults, for
+  // router `router`, returned with every key. Unset: the router takes none.
+  std::function<nlohmann::json(const std::string& router, const nlohmann::json& given)> options =
+      {};
+  // The option keys with their defaults and docs, for --help (router_options fills it).
+  std::string options_help = {};
 };
 
-// One registration with its concrete router types captured: builds routers and whole MoE
-// layers for the names it matches. Immutable once made; shared by the registry's users.
-class RegisteredRouter {
- public:
-  // Captures Rs (every concrete type spec.make may return) and instantiates the MoE layer
-  // builders for both expert containers. Throws std::invalid_argument on an incomplete spec.
-  template <Router... Rs>
-  static RegisteredRouter of(RouterSpec spec) {
-    static_assert(sizeof...(Rs) > 0, "name the router type(s) RouterSpec.make returns");
-    const std::string where = "btx::register_router('" + spec.name + "')";
-    if (spec.name.empty()) {
-      throw std::invalid_argument("btx::register_router: RouterSpec.name must not be empty");
-    }
-    if (!spec.make) throw std::invalid_argument(where + ": RouterSpec.make is not set");
-    if (!spec.active_experts) {
-      throw std::invalid_argument(where + ": RouterSpec.active_experts is not set");
-    }
-    RegisteredRouter r;
-    r.spec_ = std::move(spec);
-    r.types_ = {c10::demangle(typeid(Rs).name())...};
-    r.is_registered_type_ = [](const torch::nn::Module& m) {
-      return ((typeid(m) == typeid(Rs)) || ...);
-    };
-    r.packed_ = &build_layer<PackedSwiGLU, Rs...>;
-    r.modules_ = &build_layer<ModuleExperts, Rs...>;
-    return r;
-  }
-
-  [[nodiscard]] const RouterSpec& spec() const { return spec_; }
-  [[nodiscard]] const std::string& name() const { return spec_.name; }
-  [[nodiscard]] bool is_family() const { return static_cast<bool>(spec_.matches); }
-  [[nodiscard]] bool matches(const std::string& router) const {
-    return is_family() ? spec_.matches(router) : router == spec_.name;
-  }
-  // The registered router types, demangled (e.g. "btx::SampleTop1").
-  [[nodiscard]] const std::vector<std::string>& router_types() const { return types_; }
-
-  // The router for layer `layer` over `hidden`. Throws std::invalid_argument when
-  // options.num_experts < 1 or options.router is not this registration's, what spec.make
-  // throws, and std::logic_error when make returns null or a type not registered.
-  [[nodiscard]] std::shared_ptr<torch::nn::Module> make_router(const MoEOptions& options,
-                                                               int64_t hidden,
-                                                               uint64_t layer) const {
-    check_options(options);
-    auto gate = spec_.make(options, hidden, layer);
-    if (!gate) {
-      throw std::logic_error("btx: router '" + options.router + "': RouterSpec.make returned null");
-    }
-    if (!is_registered_type_(*gate)) {
-      const torch::nn::Module& g = *gate;
-      throw std::logic_error("btx: router '" + options.router + "' built a " +
-                             c10::demangle(typeid(g).name()) + " but its registration lists " +
-                             join(types_) +
-                             "; name every type RouterSpec.make returns in register_router<...>");
-    }
-    return gate;
-  }
-
-  // Experts run per token (see RouterSpec::active_experts), checked to be in [1, E].
-  [[nodiscard]] int64_t active_experts(const MoEOptions& options) const {
-    check_options(options);
-    const int64_t n = spec_.active_experts(options);
-    if (n < 1 || n > options.num_experts) {
-      throw std::logic_error("btx: router '" + options.router +
-                             "' declares active_experts=" + std::to_string(n) +
-                             " for num_experts=" + std::to_string(options.num_experts) +
-                             "; it must be in [1, num_experts]");
-    }
-    return n;
-  }
-
-  // The MoE<R, X> layer over `gate` (as make_router returned it; its concrete type R picks
-  // the layer type) and `experts`. The router first moves to the experts' device and dtype.
-  [[nodiscard]] torch::nn::AnyModule make_layer(const std::shared_ptr<torch::nn::Module>& gate,
-                                                const std::shared_ptr<PackedSwiGLU>& experts,
-                                                const AuxLossOptions& aux) const {
-    return packed_(checked_gate(gate, experts), experts, aux);
-  }
-  [[nodiscard]] torch::nn::AnyModule make_layer(const std::shared_ptr<torch::nn::Module>& gate,
-                                                const std::shared_ptr<ModuleExperts>& experts,
-                                                const AuxLossOptions& aux) const {
-    return modules_(checked_gate(gate, experts), experts, aux);
-  }
-
-  // make_router at the experts' hidden size, then make_layer: layer `layer` of a model.
-  template <class X>
-  [[nodiscard]] torch::nn::AnyModule make_layer(const MoEOptions& options, uint64_t layer,
-                                                const std::shared_ptr<X>& experts) const {
-    if (!experts) throw std::invalid_argument("btx: MoE layer experts must be non-null");
-    return make_layer(make_router(options, experts->hidden_size(), layer), experts, options.aux());
-  }
-
- private:
-  template <class X>
-  using LayerBuilder = torch::nn::AnyModule (*)(const std::shared_ptr<torch::nn::Module>&,
-                                                const std::shared_ptr<X>&, const AuxLossOptions&);
-
-  RegisteredRouter() = default;
-
-  // MoE<R, X> into `out` when gate's type is exactly R (a subclass would be sliced by
-  // the layer's clone()); false otherwise.
-  template <class R, class X>
-  static bool build_if(const std::shared_ptr<torch::nn::Module>& gate,
-                       const std::shared_ptr<X>& experts, const AuxLossOptions& aux,
-                       torch::nn::AnyModule& out) {
-    const torch::nn::Module& g = *gate;
-    if (typeid(g) != typeid(R)) return false;
-    out = torch::nn::AnyModule(MoE<R, X>(std::static_pointer_cast<R>(gate), experts, aux));
-    return true;
-  }
-
-  // Exactly one of Rs is gate's type (checked before): MoE<that R, X>.
-  template <class X, class... Rs>
-  static torch::nn::AnyModule build_layer(const std::shared_ptr<torch::nn::Module>& gate,
-                                          const std::shared_ptr<X>& experts,
-                                          const AuxLossOptions& aux) {
-    torch::nn::AnyModule layer;
-    (void)(build_if<Rs>(gate, experts, aux, layer) || ...);
-    return layer;
-  }
-
-  void check_options(const MoEOptions& options) const {
-    if (options.num_experts <= 0) {
-      throw std::invalid_argument("btx: MoEOptions.num_experts must be >= 1, got " +
-                                  std::to_string(options.num_experts));
-    }
-    if (!matches(options.router)) {
-      throw std::invalid_argument("btx: the registration of router '" + spec_.name +
-                                  "' was asked to build MoEOptions.router '" + options.router +
-                                  "'");
-    }
-  }
-
-  // A registered, non-null router on the experts' device and dtype.
-  template <class X>
-  const std::shared_ptr<torch::nn::Module>& checked_gate(
-      const std::shared_ptr<torch::nn::Module>& gate, const std::shared_ptr<X>& experts) const {
-    if (!experts) throw std::invalid_argument("btx: MoE layer experts must be non-null");
-    if (!gate || !is_registered_type_(*gate)) {
-      throw std::invalid_argument("btx: router '" + spec_.name +
-                                  "': make_layer needs a router its make_router built (" +
-                                  join(types_) + ")");
-    }
-    const auto params = experts->parameters();
-    if (!params.empty()) gate->to(params.front().device(), params.front().scalar_type());
-    return gate;
-  }
-
-  static std::string join(const std::vector<std::string>& names) {
-    std::string out;
-    for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
-    return out;
-  }
-
-  RouterSpec spec_;
-  std::vector<std::string> types_;
-  std::function<bool(const torch::nn::Module&)> is_registered_type_;
-  LayerBuilder<PackedSwiGLU> packed_ = nullptr;
-  LayerBuilder<ModuleExperts> modules_ = nullptr;
-};
-
-// Registrations by name, in registration order. An exact name wins over families; names
-// and families may not overlap. Thread-safe: add() and find() take a mutex (matchers run
-// under it, so they must not call the registry).
-class RouterRegistry {
- public:
-  // Registers routers of types Rs under spec.name. Throws std::invalid_argument on an
-  // incomplete spec or a name (or family) that overlaps one already registered.
-  template <Router... Rs>
-  void add(RouterSpec spec) {
-    static_assert(sizeof...(Rs) > 0, "name the router type(s) RouterSpec.make returns");
-    add(RegisteredRouter::of<Rs...>(std::move(spec)));
-  }
-
-  void add(RegisteredRouter router) {
-    auto entry = std::make_shared<const RegisteredRouter>(std::move(router));
-    const std::string& name = entry->name();
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (const auto& r : routers_) {
-      if (r->name() == name) {
-        throw std::invalid_argument("btx::register_router: a router named '" + name +
-                                    "' is already registered (" + r->spec().describe + ")");
-      }
-      if (!entry->is_family() && r->is_family() && r->matches(name)) {
-        throw std::invalid_argument("btx::register_router: '" + name +
-                                    "' already belongs to the router family '" + r->name() + "'");
-      }
-      if (entry->is_family() && !r->is_family() && entry->matches(r->name())) {
-        throw std::invalid_argument("btx::register_router: family '" + name +
-                                    "' would also claim the registered router '" + r->name() + "'");
-      }
-    }
-    routers_.push_back(std::move(entry));
-  }
-
-  // The registration `router` names; nullptr when none.
-  [[nodiscard]] std::shared_ptr<const RegisteredRouter> find_if_registered(
-      const std::string& router) const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (const auto& r : routers_) {
-      if (!r->is_family() && r->name() == router) return r;
-    }
-    for (const auto& r : routers_) {
-      if (r->is_family() && r->matches(router)) return r;
-    }
-    return nullptr;
-  }
-
-  // The registration `router` names; throws std::invalid_argument listing the valid names.
-  [[nodiscard]] std::shared_ptr<const RegisteredRouter> find(const std::string& router) const {
-    if (auto r = find_if_registered(router)) return r;
-    std::string valid;
-    for (const auto& n : names()) valid += (valid.empty() ? "" : ", ") + n;
-    throw std::invalid_argument("btx: unknown router '" + router +
-                                "' in MoEOptions.router; valid: " + valid);
-  }
-
-  // Every registration, in registration order.
-  [[nodiscard]] std::vector<std::shared_ptr<const RegisteredRouter>> all() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return routers_;
-  }
-
-  // Registered names (families as their pattern, e.g. "topk:K"), in registration order.
-  [[nodiscard]] std::vector<std::string> names() const {
-    std::vector<std::string> out;
-    for (const auto& r : all()) out.push_back(r->name());
-    return out;
-  }
-
- private:
-  mutable std::mutex mutex_;
-  std::vector<std::shared_ptr<const RegisteredRouter>> routers_;
-};
+// RouterSpec::options from a schema of the router's options type O: `given` read over
+// O{} (adjusted for the name by `from_name`, e.g. "topk:3" sets k), written back whole.
+template <class O>
+std::function<nlohmann::json(const std::string&, const nlohmann::json&)> router_options(
+    schema::Schema<O> options_schema,
+    std::type_identity_t<std::function<void(const std::string&, const nlohmann::json&, O&)>>
+        from_name = {}) {
+  return [options_schema = std::move(options_schema), from_name = std::move(from_name)](
+             const std::string& router, const nlohmann::json& given) {
+    O base{};
+    const nlohmann::json j = given.is_null() ? nlohmann::json::object() : given;
+    if (from_name) from_name(router, j, base);
+    return options_schema.write(options_schema.read(j, base, "router '" + router + "' options"));
+  };
+}
 
 BTX_NAMESPACE_END
 }  // namespace btx

@@ -19,10 +19,10 @@
 #include <vector>
 
 #include <btx/core/gated_ffn.hpp>
+#include <btx/core/moe_config.hpp>
 #include <btx/moe/experts/module_experts.hpp>
 #include <btx/moe/experts/packed_swiglu.hpp>
 #include <btx/moe/moe_layer.hpp>
-#include <btx/moe/options.hpp>
 #include <btx/moe/router_registry.hpp>
 #include <btx/version.hpp>
 
@@ -44,27 +44,26 @@ FeedForwardSlot<Parent> ffn_slot(torch::nn::AnyModule Parent::*member, std::stri
   return FeedForwardSlot<Parent>{member, std::move(child), std::move(where)};
 }
 
-// Builds the MoE layer for one dense block with the router options.router names (any
-// registered one): packed experts for a gated FFN (a block that implements GatedFfnSource,
-// as every family's FFN does), otherwise options.num_experts clones of the block; the
-// router follows the experts' device and dtype.
-inline torch::nn::AnyModule upcycle_block(const torch::nn::AnyModule& block,
-                                          const MoEOptions& options, uint64_t layer_index) {
-  const auto router = find_router(options.router);
+// Builds the MoE layer for one dense block with moe's router (any registered one):
+// packed experts for a gated FFN (a block that implements GatedFfnSource, as every
+// family's FFN does), otherwise moe.num_experts clones of the block; the router follows
+// the experts' device and dtype.
+inline torch::nn::AnyModule upcycle_block(const torch::nn::AnyModule& block, const MoEConfig& moe,
+                                          uint64_t layer_index) {
+  const auto router = registration_of(moe.router);
   if (const auto* dense = dynamic_cast<const GatedFfnSource*>(block.ptr().get())) {
-    auto experts = PackedSwiGLU::copies_of(*dense, options.num_experts);
-    experts->set_kernel(options.expert_kernel);
-    return router->make_layer(options, layer_index, experts);
+    auto experts = PackedSwiGLU::copies_of(*dense, moe.num_experts);
+    experts->set_kernel(moe.expert_kernel);
+    return router->make_layer(moe, layer_index, experts);
   }
-  if (options.hidden_size <= 0) {
+  if (moe.hidden_size <= 0) {
     throw std::invalid_argument(
-        "btx::upcycle: MoEOptions.hidden_size must be set (the width the feed-forward block "
+        "btx::upcycle: MoEConfig.hidden_size must be set (the width the feed-forward block "
         "maps [.., H] -> [.., H] over) to upcycle a block of type " +
         std::string(block.type_info().name()));
   }
-  return router->make_layer(
-      options, layer_index,
-      ModuleExperts::copies_of(block, options.num_experts, options.hidden_size));
+  return router->make_layer(moe, layer_index,
+                            ModuleExperts::copies_of(block, moe.num_experts, moe.hidden_size));
 }
 
 // Replaces every selected block of `model` with an MoE layer (sparse upcycling) and
@@ -73,7 +72,8 @@ inline torch::nn::AnyModule upcycle_block(const torch::nn::AnyModule& block,
 // too if its reset() keeps a block it already holds (as btx's decoder layers do).
 template <class Parent>
 std::vector<std::string> upcycle(torch::nn::Module& model, const FeedForwardSlot<Parent>& slot,
-                                 const MoEOptions& options) {
+                                 const MoEConfig& options) {
+  const MoEConfig moe = resolved(options);  // the router's name looked up once
   std::vector<std::string> replaced;
   auto visit = [&](const std::string& prefix, torch::nn::Module& m) {
     auto* parent = dynamic_cast<Parent*>(&m);
@@ -87,9 +87,9 @@ std::vector<std::string> upcycle(torch::nn::Module& model, const FeedForwardSlot
                                   "' is not a registered child held by the selected "
                                   "AnyModule member; register the block under that name");
     }
-    auto moe = upcycle_block(member, options, replaced.size());
-    parent->replace_module(slot.child, moe.ptr());
-    member = std::move(moe);
+    auto layer = upcycle_block(member, moe, replaced.size());
+    parent->replace_module(slot.child, layer.ptr());
+    member = std::move(layer);
     replaced.push_back(name);
   };
   // Collect first (owning) so replacing a child never invalidates what is left to visit.

@@ -48,8 +48,8 @@
 #include <signal.h>  // sigaction: POSIX, not in <csignal>
 
 #include <btx/core/collectives.hpp>
-#include <btx/parallel/dist_env.hpp>
 #include <btx/parallel/detail/job_monitor.hpp>
+#include <btx/parallel/dist_env.hpp>
 #include <btx/version.hpp>
 
 namespace btx {

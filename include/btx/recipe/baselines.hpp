@@ -13,13 +13,13 @@
 #include <nlohmann/json.hpp>
 
 #include <btx/core/causal_lm.hpp>
+#include <btx/core/moe_config.hpp>
 #include <btx/data/sampler.hpp>
 #include <btx/merge/averaging.hpp>
 #include <btx/merge/mixers.hpp>
 #include <btx/merge/router_init.hpp>
 #include <btx/merge/state_dict.hpp>
 #include <btx/merge/write_plan.hpp>
-#include <btx/moe/options.hpp>
 #include <btx/recipe/branch.hpp>
 #include <btx/recipe/compute.hpp>
 #include <btx/recipe/run.hpp>
@@ -59,7 +59,7 @@ inline StageResult dense_baseline(const Run& run, const CausalLM& seed,
 
 // The sparse-upcycled MoE of `seed`: every expert a copy of its FFN, routed by `moe`,
 // routers drawn from RouterNormal(router_seed).
-inline CausalLM upcycle(const CausalLM& seed, const MoEOptions& moe, uint64_t router_seed = 0) {
+inline CausalLM upcycle(const CausalLM& seed, const MoEConfig& moe, uint64_t router_seed = 0) {
   if (seed.is_moe())
     throw std::invalid_argument("btx::recipe::upcycle: the seed is already an MoE");
   merge::Upcycle<merge::RouterNormal> up;
@@ -74,7 +74,7 @@ inline CausalLM upcycle(const CausalLM& seed, const MoEOptions& moe, uint64_t ro
 }
 
 // Sparse upcycling finetuned at `budget_flops` (stage "upcycle").
-inline StageResult upcycle_baseline(const Run& run, const CausalLM& seed, const MoEOptions& moe,
+inline StageResult upcycle_baseline(const Run& run, const CausalLM& seed, const MoEConfig& moe,
                                     const WindowSampler& sampler, const StageBudget& budget,
                                     double budget_flops, uint64_t router_seed = 0,
                                     const StageOptions& options = {}) {

@@ -14,8 +14,8 @@
 #include <vector>
 
 #include <btx/core/model_spec.hpp>
+#include <btx/core/moe_config.hpp>
 #include <btx/merge/expert_info.hpp>
-#include <btx/moe/options.hpp>
 #include <btx/moe/router_registry.hpp>
 #include <btx/train/flops.hpp>
 #include <btx/version.hpp>
@@ -24,38 +24,36 @@ namespace btx {
 BTX_NAMESPACE_BEGIN
 namespace recipe {
 
-// Experts run per token by the router `options` names, as its registration declares (k for
-// a top-k router, every expert for Soft, 1 for Switch and Sample Top-1). Mix writes it as
-// the checkpoint's num_experts_per_tok and FLOP counting reads it from there, so both agree.
+// Experts run per token by the router of an MoE config, as its registration declares (k
+// for a top-k router, every expert for Soft, 1 for Switch and Sample Top-1). Checkpoints
+// record it as num_experts_per_tok and FLOP counting reads it from the same config.
 using btx::active_experts;
 
 // Experts per layer and experts run per token: 1/1 for a dense spec.
 inline ComputeShape compute_shape(const ModelSpec& spec) {
   if (!spec.moe) return {};
-  return {spec.moe->num_local_experts, spec.moe->num_experts_per_tok};
+  return {spec.moe->num_experts, active_experts(*spec.moe)};
 }
-inline ComputeShape compute_shape(const MoEOptions& options) {
-  return {options.num_experts, active_experts(options)};
+inline ComputeShape compute_shape(const MoEConfig& moe) {
+  return {moe.num_experts, active_experts(moe)};
 }
 
 // The shape FLOPs are counted on: an MoE's experts may be narrower than the dense FFN.
 inline ArchShape counted_shape(const ModelSpec& spec) {
   ArchShape shape = spec.shape;
-  if (spec.moe && spec.moe->expert_intermediate_size > 0) {
-    shape.intermediate_size = spec.moe->expert_intermediate_size;
-  }
+  if (spec.moe && spec.moe->expert_size > 0) shape.intermediate_size = spec.moe->expert_size;
   return shape;
 }
 
-// Training FLOPs per token of a model (dense, or MoE as its spec's num_experts_per_tok).
+// Training FLOPs per token of a model (dense, or MoE as its spec's router runs it).
 inline double flops_per_token(const ModelSpec& spec, int64_t seq_len) {
   return training_flops_per_token(counted_shape(spec), seq_len, compute_shape(spec));
 }
-// ... of `dense` made into an MoE routed by `options` (before that model exists).
-inline double flops_per_token(const ModelSpec& dense, int64_t seq_len, const MoEOptions& options) {
+// ... of `dense` made into the MoE `moe` describes (before that model exists).
+inline double flops_per_token(const ModelSpec& dense, int64_t seq_len, const MoEConfig& moe) {
   ArchShape shape = counted_shape(dense);
-  if (options.expert_size > 0) shape.intermediate_size = options.expert_size;
-  return training_flops_per_token(shape, seq_len, compute_shape(options));
+  if (moe.expert_size > 0) shape.intermediate_size = moe.expert_size;
+  return training_flops_per_token(shape, seq_len, compute_shape(moe));
 }
 
 // FLOPs of `steps` steps of `tokens_per_step` tokens each.

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // MoE-finetune: the mixed model trained further on the mixture of all domains, its
 // routers learning alongside the experts (with the load-balancing loss the router's
-// MoEOptions ask for). One stage per router, "btx-<router>", so several routers can be
+// MoEConfig asks for). One stage per router, "btx-<router>", so several routers can be
 // compared from one Mix.
 #pragma once
 
@@ -10,8 +10,8 @@
 #include <nlohmann/json.hpp>
 
 #include <btx/core/causal_lm.hpp>
+#include <btx/core/moe_config.hpp>
 #include <btx/data/sampler.hpp>
-#include <btx/moe/options.hpp>
 #include <btx/recipe/mix.hpp>
 #include <btx/recipe/run.hpp>
 #include <btx/recipe/stage_model.hpp>
@@ -38,17 +38,17 @@ inline nlohmann::json finetune(const Run& run, const std::string& stage, const C
   return train_stage(run, stage, moe, sampler, budget, options);
 }
 
-// The Mix stage's model routed by `router_options`, finetuned as stage btx-<router> (a
-// worker process's whole job).
-inline StageResult finetune_mix(const Run& run, const MoEOptions& router_options,
+// The Mix stage's model built as `router_options` says, finetuned as stage btx-<router>
+// (a worker process's whole job).
+inline StageResult finetune_mix(const Run& run, const MoEConfig& router_options,
                                 const WindowSampler& sampler, const StageBudget& budget,
                                 StageOptions options = {}) {
-  const std::string stage = finetune_stage(router_options.router);
+  const std::string stage = finetune_stage(router_options.router.name);
   if (run.skip_if_done(stage)) {
     return {load_stage_model(run, stage, router_options), run.record(stage)};
   }
   CausalLM moe = load_stage_model(run, kMixStage, router_options);
-  options.record["router"] = router_options.router;
+  options.record["router"] = router_options.router.name;
   auto record = finetune(run, stage, moe, sampler, budget, options);
   return {moe, record};
 }

@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include <btx/core/causal_lm.hpp>
+#include <btx/core/moe_config.hpp>
 #include <btx/merge/any_averaging.hpp>
 #include <btx/merge/averaging.hpp>
 #include <btx/merge/mixers.hpp>
@@ -24,7 +25,6 @@
 #include <btx/merge/state_dict.hpp>
 #include <btx/merge/trunk_merging.hpp>
 #include <btx/merge/write_plan.hpp>
-#include <btx/moe/options.hpp>
 #include <btx/recipe/branch.hpp>
 #include <btx/recipe/compute.hpp>
 #include <btx/recipe/run.hpp>
@@ -38,7 +38,7 @@ namespace recipe {
 inline constexpr const char* kMixStage = "mix";
 
 struct MixOptions {
-  std::string router = "top2";         // any registered router (btx::router_names())
+  RouterChoice router = "top2";        // any registered router (btx::router_names())
   std::string router_init = "normal";  // normal | zero | hidden (see merge/router_init.hpp)
   // How FFNs become experts: "btx" (expert j is source j's FFN, the paper's MiX), "blend"
   // (the paper's Blending ablation: expert n concatenates chunk n of every source's FFN, so
@@ -52,7 +52,7 @@ struct MixOptions {
   bool seed_as_shared_expert = false;
   // Everything else about the MoE layers (load balancing, capacity, ...); mix sets its
   // num_experts and router.
-  MoEOptions moe = {};
+  MoEConfig moe = {};
   uint64_t router_seed = 0;  // router_init "normal": RouterNormal's seed
   // How the shared (non-FFN) tensors combine: "uniform" (the paper's mean), or a task-vector merge
   // against the seed: "task_arithmetic" (lambda * mean task vector), "ties", "dare_linear",
@@ -65,8 +65,8 @@ struct MixOptions {
   std::vector<torch::Tensor> router_samples;
 
   // The MoE layers' options for `num_experts` experts cut from FFNs `dense_ffn` wide.
-  [[nodiscard]] MoEOptions moe_options(int64_t num_experts, int64_t dense_ffn) const {
-    MoEOptions o = moe;
+  [[nodiscard]] MoEConfig moe_options(int64_t num_experts, int64_t dense_ffn) const {
+    MoEConfig o = moe;
     o.num_experts = num_experts;
     o.router = router;
     if (experts_from == "split") o.expert_size = dense_ffn / chunks;
@@ -167,7 +167,7 @@ inline CausalLM mix(const std::vector<Expert>& experts, const CausalLM& seed,
   const merge::SharedExpertChoice shared = merge::shared_expert_for(
       family_of(dense), options.seed_as_shared_expert ? merge::SharedExpertChoice::of_base()
                                                       : merge::SharedExpertChoice{});
-  MoEOptions moe = options.moe_options(int64_t(names.size()), dense.shape.intermediate_size);
+  MoEConfig moe = options.moe_options(int64_t(names.size()), dense.shape.intermediate_size);
   if (shared.from != merge::SharedExpertChoice::From::none) {
     moe.shared_expert_size = shared.filled() ? dense.shape.intermediate_size : 0;
   }
@@ -223,7 +223,7 @@ inline CausalLM mix(const std::vector<Expert>& experts, const CausalLM& seed,
 inline CausalLM mix_stage(const Run& run, const std::vector<Expert>& experts, const CausalLM& seed,
                           const MixOptions& options) {
   const auto names = mixed_expert_names(experts, options);
-  const MoEOptions moe =
+  const MoEConfig moe =
       options.moe_options(int64_t(names.size()), seed.spec().shape.intermediate_size);
   if (run.skip_if_done(kMixStage)) return load_stage_model(run, kMixStage, moe);
   CausalLM mixed = mix(experts, seed, options);
@@ -231,7 +231,7 @@ inline CausalLM mix_stage(const Run& run, const std::vector<Expert>& experts, co
   for (const auto& e : experts) lineage.push_back(e.info);
   finish_stage(run, kMixStage, mixed,
                {{"experts", names},
-                {"router", options.router},
+                {"router", options.router.name},
                 {"router_init", options.router_init},
                 {"experts_from", options.experts_from},
                 {"averaging", options.averaging},

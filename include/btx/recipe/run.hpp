@@ -22,8 +22,8 @@
 #include <nlohmann/json.hpp>
 
 #include <btx/io/detail/file_hash.hpp>
-#include <btx/io/finite_check.hpp>
 #include <btx/io/detail/folder_lock.hpp>
+#include <btx/io/finite_check.hpp>
 #include <btx/version.hpp>
 
 namespace btx {

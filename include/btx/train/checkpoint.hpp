@@ -24,12 +24,12 @@
 #include <utility>
 #include <vector>
 
+#include <btx/core/extra_state.hpp>
 #include <btx/io/atomic_dir.hpp>
 #include <btx/io/detail/file_hash.hpp>
-#include <btx/io/safetensors_writer.hpp>
 #include <btx/io/detail/stale_temporaries.hpp>
+#include <btx/io/safetensors_writer.hpp>
 #include <btx/train/checkpoint_files.hpp>
-#include <btx/core/extra_state.hpp>
 #include <btx/train/optimizer_state.hpp>
 #include <btx/version.hpp>
 

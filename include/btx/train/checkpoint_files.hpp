@@ -22,8 +22,8 @@
 
 #include <btx/io/atomic_dir.hpp>
 #include <btx/io/detail/file_hash.hpp>
-#include <btx/io/safetensors_reader.hpp>
 #include <btx/io/detail/stale_temporaries.hpp>
+#include <btx/io/safetensors_reader.hpp>
 #include <btx/version.hpp>
 
 namespace btx {

@@ -19,10 +19,9 @@
 #include <btx/core/model_spec.hpp>
 #include <btx/hf/config_json.hpp>
 #include <btx/models/family.hpp>
+#include <btx/models/llama/compat.hpp>
 #include <btx/models/llama/family.hpp>
 #include <btx/models/llama/hf_config.hpp>
-#include <btx/models/llama/model.hpp>
-#include <btx/models/llama/moe.hpp>
 
 namespace btx::test {
 
@@ -63,14 +62,13 @@ struct GegluFamily {
     FeedForwardFactory ffn = [](const LlamaConfig& c, int64_t) {
       return torch::nn::AnyModule(LlamaMLP(c.hidden_size, c.intermediate_size, kActivation));
     };
-    return CausalLM(LlamaForCausalLM(LlamaFamily::llama_config(dense), ffn), dense);
+    return CausalLM(LlamaForCausalLM(LlamaFamily::decoder_config(dense), ffn), dense);
   }
-  static CausalLM make_moe(const ModelSpec& spec, const MoEOptions& options) {
+  static CausalLM make_moe(const ModelSpec& spec) {
     ModelSpec moe = spec;
-    if (!moe.moe) moe.moe = MoEConfig{options.num_experts, 2, options.load_balance_alpha};
-    moe.moe->num_local_experts = options.num_experts;
+    moe.moe = resolved(*spec.moe);
     return CausalLM(
-        LlamaForCausalLM(LlamaFamily::llama_config(moe), moe_feed_forward(options, kActivation)),
+        LlamaForCausalLM(LlamaFamily::decoder_config(moe), moe_feed_forward(*moe.moe, kActivation)),
         moe);
   }
   // A dense spec of this family from Llama-shaped numbers.
@@ -84,8 +82,7 @@ struct GegluFamily {
     return LlamaFamily::hf_names(param, experts);
   }
   static hf::BtxSlot btx_slot(const std::string& hf_name) { return LlamaFamily::btx_slot(hf_name); }
-  static FfnNaming ffn_naming() { return LlamaFamily::ffn_naming(); }
-  static MoEOptions hf_moe_options(const MoEConfig& moe) { return mixtral_moe_options(moe); }
+  static SublayerNaming ffn_naming() { return LlamaFamily::ffn_naming(); }
 };
 static_assert(ModelFamily<GegluFamily>);
 

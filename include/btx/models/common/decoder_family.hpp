@@ -8,20 +8,21 @@
 //     static nlohmann::ordered_json moe_json(const DecoderConfig&, const MoEConfig&,
 //                                            const std::string& dtype);
 //   };
-// A family overrides any static by declaring its own (Qwen2's make_moe adds the shared
-// expert slot).
+// A family overrides any static by declaring its own (Llama's Mixtral names, Qwen2's
+// make_moe adding the shared-expert slot).
 #pragma once
 
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include <btx/core/causal_lm.hpp>
-#include <btx/core/ffn_naming.hpp>
 #include <btx/core/model_spec.hpp>
+#include <btx/core/sublayer_naming.hpp>
 #include <btx/hf/name_map.hpp>
 #include <btx/models/common/decoder.hpp>
 #include <btx/models/common/decoder_moe.hpp>
@@ -36,9 +37,7 @@ struct DecoderFamily {
   // The decoder config a spec describes (an MoE spec's experts have F = its expert size).
   static DecoderConfig decoder_config(const ModelSpec& spec) {
     auto c = F::parse(spec.config, "model spec").decoder;
-    if (spec.moe && spec.moe->expert_intermediate_size > 0) {
-      c.intermediate_size = spec.moe->expert_intermediate_size;
-    }
+    if (spec.moe && spec.moe->expert_size > 0) c.intermediate_size = spec.moe->expert_size;
     return c;
   }
   static ModelSpec spec(const DecoderConfig& c, std::optional<MoEConfig> moe = {},
@@ -66,9 +65,18 @@ struct DecoderFamily {
     dense.moe.reset();
     return CausalLM(DecoderForCausalLM(decoder_config(dense)), dense);
   }
-  static CausalLM make_moe(const ModelSpec& s, const MoEOptions& options) {
-    const ModelSpec moe = with_moe_options(s, options);
-    return CausalLM(DecoderForCausalLM(decoder_config(moe), moe_feed_forward(options)), moe);
+  // The MoE model spec.moe describes, its router resolved once (the model's spec keeps it).
+  static CausalLM make_moe(const ModelSpec& s) {
+    if (!s.moe) throw std::invalid_argument("btx: make_moe needs a spec with MoE fields");
+    ModelSpec moe = s;
+    moe.moe = resolved(*s.moe);
+    return CausalLM(DecoderForCausalLM(decoder_config(moe), moe_feed_forward(*moe.moe)), moe);
+  }
+  // A model built by hand (a DecoderForCausalLM, with MoE layers when `moe` is given) as a
+  // CausalLM of this family.
+  static CausalLM wrap(DecoderForCausalLM model, std::optional<MoEConfig> moe = {}) {
+    auto s = F::spec(model->config(), std::move(moe));
+    return CausalLM(std::move(model), std::move(s));
   }
 
   static std::vector<std::string> hf_names(const std::string& param, int64_t experts) {
@@ -77,13 +85,8 @@ struct DecoderFamily {
   static hf::BtxSlot btx_slot(const std::string& hf_name) {
     return hf::per_expert_btx_slot(hf_name);
   }
-  static FfnNaming ffn_naming() {
-    FfnNaming naming;  // not `return {}`: GCC 12 fails on it inside a class template
-    return naming;
-  }
-  // Top-k over the softmax, renormalised when norm_topk_prob, the config's shared expert;
-  // Switch-form load balancing weighted by router_aux_loss_coef.
-  static MoEOptions hf_moe_options(const MoEConfig& moe) { return hf_top_k_options(moe); }
+  static SublayerNaming ffn_naming() { return SublayerNaming::ffn(); }
+  static SublayerNaming attention_naming() { return SublayerNaming::attention(); }
 };
 
 BTX_NAMESPACE_END

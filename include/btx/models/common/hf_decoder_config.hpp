@@ -16,6 +16,7 @@
 #include <btx/core/model_spec.hpp>
 #include <btx/hf/config_json.hpp>
 #include <btx/models/common/decoder_config.hpp>
+#include <btx/moe/router_registry.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -109,23 +110,35 @@ inline bool read_family_model_type(const nlohmann::json& j, const std::string& w
   return model_type == moe;
 }
 
+// The MoEConfig of an HF MoE checkpoint that routes top-k over the softmax (Mixtral;
+// Qwen2-MoE and Qwen3-MoE, renormalised when norm_topk_prob), with Switch-form load
+// balancing weighted by router_aux_loss_coef: what a family's config reader returns.
+inline MoEConfig top_k_moe_config(int64_t num_experts, int64_t experts_per_token,
+                                  bool norm_topk_prob, double router_aux_loss_coef) {
+  MoEConfig moe;
+  moe.num_experts = num_experts;
+  moe.router = RouterChoice("topk", {{"k", experts_per_token}, {"renormalize", norm_topk_prob}});
+  moe.load_balance_alpha = router_aux_loss_coef;
+  moe.load_balance_form = LoadBalanceForm::switch_;
+  return moe;
+}
+
 // The MoE keys transformers' Qwen-style MoE configs share (num_experts,
 // num_experts_per_tok, moe_intermediate_size, norm_topk_prob with its default false,
 // router_aux_loss_coef), refusing the per-layer sparsity btx does not build
 // (decoder_sparse_step other than 1, mlp_only_layers): btx makes every layer MoE.
 inline MoEConfig read_moe_fields(const ConfigFields& f) {
   const std::string& where = f.where();
-  MoEConfig m;
-  m.num_local_experts =
+  const int64_t experts =
       f.has("num_experts") ? f.required_int("num_experts") : f.required_int("num_local_experts");
-  m.num_experts_per_tok = f.required_int("num_experts_per_tok");
-  m.expert_intermediate_size = f.required_int("moe_intermediate_size");
-  m.norm_topk_prob = f.optional_bool("norm_topk_prob", false);
-  m.router_aux_loss_coef = f.optional_num("router_aux_loss_coef", 0.001);
-  if (m.num_experts_per_tok < 1 || m.num_experts_per_tok > m.num_local_experts) {
+  const int64_t k = f.required_int("num_experts_per_tok");
+  if (k < 1 || k > experts) {
     throw detail::config_error(where, "\"num_experts_per_tok\" must be in [1, num_experts]");
   }
-  if (m.expert_intermediate_size <= 0)
+  MoEConfig m = top_k_moe_config(experts, k, f.optional_bool("norm_topk_prob", false),
+                                 f.optional_num("router_aux_loss_coef", 0.001));
+  m.expert_size = f.required_int("moe_intermediate_size");
+  if (m.expert_size <= 0)
     throw detail::config_error(where, "\"moe_intermediate_size\" must be > 0");
   if (f.optional_int("decoder_sparse_step", 1) != 1) {
     throw detail::config_error(where,
@@ -139,18 +152,17 @@ inline MoEConfig read_moe_fields(const ConfigFields& f) {
   return m;
 }
 
-// The same keys written for `moe` over the dense config `c` (expert_intermediate_size 0:
+// The same keys written for `moe` over the dense config `c` (expert_size 0:
 // the dense F); every layer MoE.
 inline void write_moe_fields(nlohmann::ordered_json& j, const DecoderConfig& c,
                              const MoEConfig& moe) {
-  j["num_experts"] = moe.num_local_experts;
-  j["num_experts_per_tok"] = moe.num_experts_per_tok;
-  j["moe_intermediate_size"] =
-      moe.expert_intermediate_size > 0 ? moe.expert_intermediate_size : c.intermediate_size;
-  j["norm_topk_prob"] = moe.norm_topk_prob;
+  j["num_experts"] = moe.num_experts;
+  j["num_experts_per_tok"] = active_experts(moe);
+  j["moe_intermediate_size"] = moe.expert_size > 0 ? moe.expert_size : c.intermediate_size;
+  j["norm_topk_prob"] = moe.renormalizes_top_k();
   j["decoder_sparse_step"] = 1;
   j["mlp_only_layers"] = nlohmann::ordered_json::array();
-  j["router_aux_loss_coef"] = moe.router_aux_loss_coef;
+  j["router_aux_loss_coef"] = moe.load_balance_alpha;
   j["output_router_logits"] = false;
 }
 

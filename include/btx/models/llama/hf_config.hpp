@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Hugging Face config.json <-> btx::LlamaConfig, for LlamaForCausalLM, MistralForCausalLM
+// Hugging Face config.json <-> DecoderConfig, for LlamaForCausalLM, MistralForCausalLM
 // (a Llama with a sliding window on every layer) and their MoE form MixtralForCausalLM.
 // Reading refuses, naming the field, anything btx's decoder cannot represent, and writing
 // refuses what the target architecture cannot carry (a window in a Llama, biases in a
@@ -16,8 +16,8 @@
 
 #include <btx/core/model_spec.hpp>
 #include <btx/hf/config_json.hpp>
+#include <btx/models/common/decoder_config.hpp>
 #include <btx/models/common/hf_decoder_config.hpp>
-#include <btx/models/llama/config.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -27,7 +27,7 @@ namespace hf {
 using btx::MoEConfig;
 
 struct HFConfig {
-  LlamaConfig llama;
+  DecoderConfig decoder;
   std::optional<MoEConfig> moe;   // set for MixtralForCausalLM
   std::string dtype = "float32";  // torch_dtype / dtype: the checkpoint's storage dtype
 };
@@ -43,7 +43,7 @@ inline HFConfig parse_llama_config(const nlohmann::json& j, const std::string& w
   }
   const bool mixtral = model_type == "mixtral", mistral = model_type == "mistral";
   HFConfig out;
-  auto& c = out.llama;
+  auto& c = out.decoder;
   c = read_decoder_fields(f, {.rms_norm_eps = mixtral ? 1e-5 : 1e-6,
                               .rope_theta = mixtral ? 1e6 : 10000.0,
                               .max_position_embeddings = mixtral || mistral ? 131072 : 2048});
@@ -56,14 +56,13 @@ inline HFConfig parse_llama_config(const nlohmann::json& j, const std::string& w
   f.refuse_true("mlp_bias", "btx's feed-forward blocks have no bias");
   out.dtype = f.dtype();
   if (mixtral) {
-    MoEConfig moe;
-    moe.num_local_experts = f.required_int("num_local_experts");
-    moe.num_experts_per_tok = f.required_int("num_experts_per_tok");
-    moe.router_aux_loss_coef = f.optional_num("router_aux_loss_coef", 0.001);
-    if (moe.num_experts_per_tok < 1 || moe.num_experts_per_tok > moe.num_local_experts) {
+    const int64_t experts = f.required_int("num_local_experts");
+    const int64_t k = f.required_int("num_experts_per_tok");
+    if (k < 1 || k > experts) {
       throw config_error(where, "\"num_experts_per_tok\" must be in [1, num_local_experts]");
     }
-    out.moe = moe;
+    out.moe = top_k_moe_config(experts, k, /*norm_topk_prob=*/true,
+                               f.optional_num("router_aux_loss_coef", 0.001));
   }
   validate_decoder(c, where);
   return out;
@@ -83,7 +82,7 @@ inline HFConfig read_config_json(const std::filesystem::path& file) {
 
 namespace detail {
 // Throws naming what `arch` cannot carry of `c`.
-inline void check_representable(const LlamaConfig& c, const std::string& arch) {
+inline void check_representable(const DecoderConfig& c, const std::string& arch) {
   const bool windowed = c.sliding_window > 0;
   for (bool on : c.sliding_layers) {
     if (windowed && !on) {
@@ -105,7 +104,7 @@ inline void check_representable(const LlamaConfig& c, const std::string& arch) {
 // The dense config.json transformers 5 loads for `c`: LlamaForCausalLM, or
 // MistralForCausalLM when `c` has a sliding window (a Llama has none). `dtype` is a torch
 // dtype name ("float32", "bfloat16", "float16").
-inline nlohmann::ordered_json llama_config_json(const LlamaConfig& c,
+inline nlohmann::ordered_json llama_config_json(const DecoderConfig& c,
                                                 const std::string& dtype = "float32") {
   if (c.sliding_window > 0) {
     detail::check_representable(c, "MistralForCausalLM");
@@ -120,17 +119,17 @@ inline nlohmann::ordered_json llama_config_json(const LlamaConfig& c,
   return j;
 }
 
-// A MixtralForCausalLM config.json (classic per-expert layout on disk). `c` is the MoE
-// model's own config: its intermediate_size is each expert's F.
-inline nlohmann::ordered_json mixtral_config_json(const LlamaConfig& c, const MoEConfig& moe,
+// A MixtralForCausalLM config.json (classic per-expert layout on disk): `c` is the dense
+// config, moe.expert_size (when set) the experts' F, written as Mixtral's intermediate_size.
+inline nlohmann::ordered_json mixtral_config_json(const DecoderConfig& c, const MoEConfig& moe,
                                                   const std::string& dtype = "float32") {
   detail::check_representable(c, "MixtralForCausalLM");
-  if (moe.shared_expert_intermediate_size) {
+  if (moe.shared_expert_size) {
     throw std::invalid_argument(
         "btx: MixtralForCausalLM has no shared expert (Qwen2-MoE has one); merge without "
         "shared_experts");
   }
-  if (!moe.norm_topk_prob) {
+  if (!moe.renormalizes_top_k()) {
     throw std::invalid_argument(
         "btx: MixtralForCausalLM always renormalises its top-k weights (norm_topk_prob: false "
         "cannot be written)");
@@ -140,9 +139,11 @@ inline nlohmann::ordered_json mixtral_config_json(const LlamaConfig& c, const Mo
   j.erase("mlp_bias");
   j["architectures"] = {"MixtralForCausalLM"};
   j["model_type"] = "mixtral";
-  j["num_local_experts"] = moe.num_local_experts;
-  j["num_experts_per_tok"] = moe.num_experts_per_tok;
-  j["router_aux_loss_coef"] = moe.router_aux_loss_coef;
+  // Mixtral has no width of its own for experts: its intermediate_size is each expert's F.
+  if (moe.expert_size > 0) j["intermediate_size"] = moe.expert_size;
+  j["num_local_experts"] = moe.num_experts;
+  j["num_experts_per_tok"] = active_experts(moe);
+  j["router_aux_loss_coef"] = moe.load_balance_alpha;
   j["router_jitter_noise"] = 0.0;
   j["output_router_logits"] = false;
   j["sliding_window"] = c.sliding_window > 0 ? nlohmann::ordered_json(c.sliding_window) : nullptr;

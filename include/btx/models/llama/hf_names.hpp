@@ -15,6 +15,7 @@
 #include <vector>
 
 #include <btx/hf/name_map.hpp>
+#include <btx/models/common/hf_expert_names.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -46,10 +47,13 @@ inline bool is_btx_moe_name(const std::string& param) {
 }
 
 // The HF tensor names of a btx parameter: one name, or `num_experts` names (expert order)
-// for a packed expert parameter.
+// for a packed expert parameter (Mixtral's for the FFN's; attention experts, which Mixtral
+// has none of, as in btx's own per-expert layout).
 inline std::vector<std::string> btx_to_hf_names(const std::string& param, int64_t num_experts) {
   std::smatch m;
-  if (!std::regex_match(param, m, detail::btx_moe_pattern())) return {param};
+  if (!std::regex_match(param, m, detail::btx_moe_pattern())) {
+    return per_expert_hf_names(param, num_experts);
+  }
   const std::string prefix = "model.layers." + m[1].str() + ".block_sparse_moe.";
   if (m[2] == "gate.weight") return {prefix + "gate.weight"};
   std::vector<std::string> out;
@@ -63,7 +67,7 @@ inline std::vector<std::string> btx_to_hf_names(const std::string& param, int64_
 // The btx slot an HF tensor name loads into.
 inline BtxSlot hf_to_btx_slot(const std::string& hf_name) {
   std::smatch m;
-  if (!std::regex_match(hf_name, m, detail::hf_moe_pattern())) return {hf_name, std::nullopt};
+  if (!std::regex_match(hf_name, m, detail::hf_moe_pattern())) return per_expert_btx_slot(hf_name);
   const std::string prefix = "model.layers." + m[1].str() + ".mlp.";
   if (m[2] == "gate.weight") return {prefix + "gate.weight", std::nullopt};
   return {prefix + "experts." + detail::btx_expert_proj(m[4].str()), std::stoll(m[3].str())};

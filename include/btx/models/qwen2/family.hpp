@@ -38,12 +38,10 @@ struct Qwen2Family : DecoderFamily<Qwen2Family> {
   }
 
   // Qwen2-MoE always has the shared-expert slot: zero-width when nothing fills it.
-  static CausalLM make_moe(const ModelSpec& s, const MoEOptions& options) {
-    MoEOptions with_slot = options;
-    if (!with_slot.shared_expert_size) {
-      with_slot.shared_expert_size = s.moe ? s.moe->shared_expert_intermediate_size.value_or(0) : 0;
-    }
-    return DecoderFamily<Qwen2Family>::make_moe(s, with_slot);
+  static CausalLM make_moe(const ModelSpec& s) {
+    ModelSpec with_slot = s;
+    if (with_slot.moe && !with_slot.moe->shared_expert_size) with_slot.moe->shared_expert_size = 0;
+    return DecoderFamily<Qwen2Family>::make_moe(with_slot);
   }
 };
 static_assert(ModelFamily<Qwen2Family>);

@@ -50,8 +50,8 @@ inline std::vector<bool> qwen2_sliding_layers(const ConfigFields& f, int64_t lay
 // The shared MoE keys, plus Qwen2-MoE's shared expert (transformers' default width 5632).
 inline MoEConfig parse_qwen2_moe_fields(const ConfigFields& f) {
   MoEConfig m = read_moe_fields(f);
-  m.shared_expert_intermediate_size = f.optional_int("shared_expert_intermediate_size", 5632);
-  if (*m.shared_expert_intermediate_size < 0)
+  m.shared_expert_size = f.optional_int("shared_expert_intermediate_size", 5632);
+  if (*m.shared_expert_size < 0)
     throw config_error(f.where(), "\"shared_expert_intermediate_size\" must be >= 0");
   return m;
 }
@@ -114,7 +114,7 @@ inline nlohmann::ordered_json qwen2_config_json(const DecoderConfig& c,
 }
 
 // A Qwen2MoeForCausalLM config.json: `c` is the dense model's config, `moe` the experts'
-// (expert_intermediate_size: moe_intermediate_size, 0 meaning the dense F; the shared
+// (expert_size: moe_intermediate_size, 0 meaning the dense F; the shared
 // expert's F, 0 when unset: the architecture always has the slot).
 inline nlohmann::ordered_json qwen2_moe_config_json(const DecoderConfig& c, const MoEConfig& moe,
                                                     const std::string& dtype = "float32") {
@@ -126,7 +126,7 @@ inline nlohmann::ordered_json qwen2_moe_config_json(const DecoderConfig& c, cons
   j["qkv_bias"] = true;
   detail::write_qwen2_windows(c, j, /*moe=*/true);
   write_moe_fields(j, c, moe);
-  j["shared_expert_intermediate_size"] = moe.shared_expert_intermediate_size.value_or(0);
+  j["shared_expert_intermediate_size"] = moe.shared_expert_size.value_or(0);
   return j;
 }
 

@@ -88,11 +88,11 @@ inline nlohmann::ordered_json qwen3_config_json(const DecoderConfig& c,
 }
 
 // A Qwen3MoeForCausalLM config.json: `c` is the dense model's config, `moe` the experts'
-// (expert_intermediate_size: moe_intermediate_size; 0 means the dense F). Routing: top-k
-// over the softmax, renormalised when moe.norm_topk_prob, as btx's top-k router.
+// (expert_size: moe_intermediate_size; 0 means the dense F). Routing: top-k
+// over the softmax, renormalised when moe.renormalizes_top_k(), as btx's top-k router.
 inline nlohmann::ordered_json qwen3_moe_config_json(const DecoderConfig& c, const MoEConfig& moe,
                                                     const std::string& dtype = "float32") {
-  if (moe.shared_expert_intermediate_size) {
+  if (moe.shared_expert_size) {
     throw std::invalid_argument(
         "btx: Qwen3MoeForCausalLM has no shared expert (Qwen2-MoE has one); merge without "
         "shared_experts");

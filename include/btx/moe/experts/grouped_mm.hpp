@@ -18,24 +18,11 @@
 #include <utility>
 #include <vector>
 
+#include <btx/core/moe_config.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
 BTX_NAMESPACE_BEGIN
-
-// How packed experts run their sorted blocks.
-enum class ExpertKernel {
-  automatic,  // grouped GEMMs where supported (and on CUDA, aligned), else the loop
-  grouped,    // grouped GEMMs; refused where unsupported
-  loop        // one matmul chain per expert (every device and dtype)
-};
-
-inline ExpertKernel parse_expert_kernel(const std::string& name) {
-  if (name == "auto" || name == "automatic") return ExpertKernel::automatic;
-  if (name == "grouped") return ExpertKernel::grouped;
-  if (name == "loop") return ExpertKernel::loop;
-  throw std::invalid_argument("expert kernel '" + name + "' is not one of auto, grouped, loop");
-}
 
 // Whether at::_grouped_mm runs forward and backward for `dtype` on `type` devices here.
 inline bool grouped_mm_supported(torch::Device device, torch::ScalarType dtype) {

@@ -4,7 +4,7 @@
 // Gumbel noise is drawn on the logits' device from the router's own generator for that
 // device, reseeded every step from (seed, step): runs reproduce, nothing crosses between
 // host and device, and a checkpoint needs only the step counter (btx::ExtraState).
-// Registered as "sample_top1" (with MoEOptions.soft_first_layer, layer 0 is a Soft router).
+// Registered as "sample_top1" (with its option soft_first_layer, layer 0 is a Soft router).
 #pragma once
 
 #include <torch/torch.h>
@@ -12,6 +12,8 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -19,16 +21,24 @@
 #include <stdexcept>
 #include <string>
 
-#include <btx/moe/options.hpp>
+#include <btx/core/extra_state.hpp>
 #include <btx/moe/router_helpers.hpp>
 #include <btx/moe/router_spec.hpp>
 #include <btx/moe/routers/soft.hpp>
-#include <btx/moe/routers/temperature_schedule.hpp>
-#include <btx/core/extra_state.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
 BTX_NAMESPACE_BEGIN
+
+// tau(step) = max(floor, init * exp(-rate * step)); step counts training forwards.
+struct TemperatureSchedule {
+  double init = 1.0;
+  double floor = 0.5;
+  double rate = 1e-4;
+  [[nodiscard]] double at(int64_t step) const {
+    return std::max(floor, init * std::exp(-rate * static_cast<double>(step)));
+  }
+};
 
 class SampleTop1 : public torch::nn::Cloneable<SampleTop1>, public ExtraState {
  public:
@@ -130,18 +140,49 @@ class SampleTop1 : public torch::nn::Cloneable<SampleTop1>, public ExtraState {
   at::Generator device_generator_;  // noise on an accelerator, made when first needed
 };
 
+// Sample Top-1's own options: the temperature schedule, and whether layer 0 routes softly
+// (the BTX paper's variant).
+struct SampleTop1Options {
+  double temperature_init = 1.0;
+  double temperature_floor = 0.5;
+  double temperature_rate = 1e-4;
+  bool soft_first_layer = false;
+
+  [[nodiscard]] TemperatureSchedule temperature() const {
+    return {temperature_init, temperature_floor, temperature_rate};
+  }
+};
+
+inline const schema::Schema<SampleTop1Options>& sample_top1_options_schema() {
+  static const auto s =
+      schema::Schema<SampleTop1Options>("sample_top1 router options")
+          .key("temperature_init", &SampleTop1Options::temperature_init,
+               "Gumbel-softmax temperature at step 0", schema::positive<double>())
+          .key("temperature_floor", &SampleTop1Options::temperature_floor, "lowest temperature",
+               schema::positive<double>())
+          .key("temperature_rate", &SampleTop1Options::temperature_rate,
+               "tau(step) = max(floor, init * exp(-rate * step))", schema::at_least(0.0))
+          .key("soft_first_layer", &SampleTop1Options::soft_first_layer,
+               "layer 0 is a Soft router (the BTX paper)");
+  return s;
+}
+
 // "sample_top1", for btx::router_registry(). Layer l draws its noise from seed + l.
-inline void register_sample_top1_router(RouterRegistry& registry) {
-  registry.add<SampleTop1, Soft>(
-      {.name = "sample_top1",
-       .describe = "BTX's Sample Top-1: Gumbel-softmax top-1 in training, argmax at inference",
-       .make = [](const MoEOptions& o, int64_t hidden,
-                  uint64_t layer) -> std::shared_ptr<torch::nn::Module> {
-         if (o.soft_first_layer && layer == 0) return std::make_shared<Soft>(hidden, o.num_experts);
-         return std::make_shared<SampleTop1>(hidden, o.num_experts, o.temperature, o.seed + layer);
-       },
-       // Layer 0 runs every expert under soft_first_layer; the count is the other layers'.
-       .active_experts = [](const MoEOptions&) -> int64_t { return 1; }});
+inline RouterSpec sample_top1_router_spec() {
+  return {.name = "sample_top1",
+          .describe = "BTX's Sample Top-1: Gumbel-softmax top-1 in training, argmax at inference",
+          .make = [](const RouterBuild& b) -> std::shared_ptr<torch::nn::Module> {
+            const auto o = b.read(sample_top1_options_schema());
+            if (o.soft_first_layer && b.layer == 0) {
+              return std::make_shared<Soft>(b.hidden_size, b.num_experts);
+            }
+            return std::make_shared<SampleTop1>(b.hidden_size, b.num_experts, o.temperature(),
+                                                b.seed + b.layer);
+          },
+          // Layer 0 runs every expert under soft_first_layer; the count is the other layers'.
+          .active_experts = [](const RouterBuild&) -> int64_t { return 1; },
+          .options = router_options(sample_top1_options_schema()),
+          .options_help = sample_top1_options_schema().help({}, "               ")};
 }
 
 BTX_NAMESPACE_END

@@ -8,7 +8,6 @@
 #include <cstdint>
 #include <memory>
 
-#include <btx/moe/options.hpp>
 #include <btx/moe/router_helpers.hpp>
 #include <btx/moe/router_spec.hpp>
 #include <btx/version.hpp>
@@ -43,13 +42,13 @@ class Soft : public torch::nn::Cloneable<Soft> {
 };
 
 // "soft", for btx::router_registry().
-inline void register_soft_router(RouterRegistry& registry) {
-  registry.add<Soft>(
-      {.name = "soft",
-       .describe = "every token to every expert with its softmax weight (dense)",
-       .make = [](const MoEOptions& o, int64_t hidden,
-                  uint64_t /*layer*/) { return std::make_shared<Soft>(hidden, o.num_experts); },
-       .active_experts = [](const MoEOptions& o) { return o.num_experts; }});
+inline RouterSpec soft_router_spec() {
+  return {
+      .name = "soft",
+      .describe = "every token to every expert with its softmax weight (dense)",
+      .make =
+          [](const RouterBuild& b) { return std::make_shared<Soft>(b.hidden_size, b.num_experts); },
+      .active_experts = [](const RouterBuild& b) { return b.num_experts; }};
 }
 
 BTX_NAMESPACE_END

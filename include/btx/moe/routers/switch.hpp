@@ -12,7 +12,6 @@
 #include <stdexcept>
 #include <string>
 
-#include <btx/moe/options.hpp>
 #include <btx/moe/router_helpers.hpp>
 #include <btx/moe/router_spec.hpp>
 #include <btx/version.hpp>
@@ -67,16 +66,31 @@ class Switch : public torch::nn::Cloneable<Switch> {
   double capacity_factor_;
 };
 
+// Switch's own option: how many tokens an expert may take, relative to an even share.
+struct SwitchOptions {
+  double capacity_factor = 1.5;
+};
+
+inline const schema::Schema<SwitchOptions>& switch_options_schema() {
+  static const auto s = schema::Schema<SwitchOptions>("switch router options")
+                            .key("capacity_factor", &SwitchOptions::capacity_factor,
+                                 "capacity per expert: ceil(capacity_factor * T / E) tokens",
+                                 schema::positive<double>());
+  return s;
+}
+
 // "switch", for btx::router_registry().
-inline void register_switch_router(RouterRegistry& registry) {
-  registry.add<Switch>(
-      {.name = "switch",
-       .describe = "top-1 with a capacity of ceil(capacity_factor * T / E) tokens per expert",
-       .make =
-           [](const MoEOptions& o, int64_t hidden, uint64_t /*layer*/) {
-             return std::make_shared<Switch>(hidden, o.num_experts, o.capacity_factor);
-           },
-       .active_experts = [](const MoEOptions&) -> int64_t { return 1; }});
+inline RouterSpec switch_router_spec() {
+  return {.name = "switch",
+          .describe = "top-1 with a capacity of ceil(capacity_factor * T / E) tokens per expert",
+          .make =
+              [](const RouterBuild& b) {
+                return std::make_shared<Switch>(b.hidden_size, b.num_experts,
+                                                b.read(switch_options_schema()).capacity_factor);
+              },
+          .active_experts = [](const RouterBuild&) -> int64_t { return 1; },
+          .options = router_options(switch_options_schema()),
+          .options_help = switch_options_schema().help({}, "               ")};
 }
 
 BTX_NAMESPACE_END

@@ -3,17 +3,20 @@
 // equals renormalising the top-k of the full softmax. With k = 1 the weight is 1. With
 // renormalize = false the weights are the full softmax's probabilities of the k experts,
 // summing to less than 1 (Qwen2-MoE and Qwen3-MoE with norm_topk_prob: false).
-// Registered as "top1", "top2", "topk" (k = MoEOptions.k) and the family "topk:K".
+// Registered as "top1", "top2", "topk" (k an option) and the family "topk:K".
 #pragma once
 
 #include <torch/torch.h>
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
-#include <btx/moe/options.hpp>
+#include <nlohmann/json.hpp>
+
 #include <btx/moe/router_helpers.hpp>
 #include <btx/moe/router_spec.hpp>
 #include <btx/version.hpp>
@@ -57,13 +60,32 @@ class TopK : public torch::nn::Cloneable<TopK> {
   bool renormalize_;
 };
 
-// The k a top-k router name asks for: "top1" -> 1, "top2" -> 2, "topk" -> `k`,
-// "topk:K" -> K; 0 when `name` is not a top-k name. Throws std::invalid_argument when
-// "topk:" is not followed by a positive integer.
-inline int64_t parse_top_k(const std::string& name, int64_t k) {
+// The options of the top-k routers: k (fixed by the name for top1, top2 and topk:K; an
+// option of "topk") and whether the k weights are renormalised (Mixtral: true; Qwen-MoE's
+// norm_topk_prob may be false).
+struct TopKOptions {
+  int64_t k = 2;
+  bool renormalize = true;
+};
+
+inline const schema::Schema<TopKOptions>& top_k_options_schema() {
+  static const auto s =
+      schema::Schema<TopKOptions>("top-k router options")
+          .key("k", &TopKOptions::k,
+               "experts per token (router topk only; top1, top2 and "
+               "topk:K fix it)")
+          .key("renormalize", &TopKOptions::renormalize,
+               "the k weights renormalised to sum to 1 (false: the full softmax's, as "
+               "Qwen-MoE's norm_topk_prob: false)");
+  return s;
+}
+
+// The k a top-k router name fixes: "top1" -> 1, "top2" -> 2, "topk:K" -> K; none for
+// "topk" (k is its option). Throws std::invalid_argument when "topk:" is not followed by
+// digits.
+inline std::optional<int64_t> top_k_of_name(const std::string& name) {
   if (name == "top1") return 1;
   if (name == "top2") return 2;
-  if (name == "topk") return k;
   if (name.rfind("topk:", 0) == 0) {
     const std::string digits = name.substr(5);
     if (digits.empty() || digits.size() > 18 ||
@@ -74,19 +96,18 @@ inline int64_t parse_top_k(const std::string& name, int64_t k) {
     }
     return std::stoll(digits);
   }
-  return 0;
+  return std::nullopt;
 }
 
 namespace detail {
 
-// The k options.router asks for, checked against options.num_experts.
-inline int64_t checked_top_k(const MoEOptions& options) {
-  const int64_t k = parse_top_k(options.router, options.k);
-  const int64_t E = options.num_experts;
-  if (k < 1 || k > E) {
-    throw std::invalid_argument(
-        "btx: router '" + options.router + "' asks for k=" + std::to_string(k) +
-        " but MoEOptions.num_experts=" + std::to_string(E) + "; k must be in [1, num_experts]");
+// The k router `b.name` asks for, checked against b.num_experts.
+inline int64_t checked_top_k(const RouterBuild& b) {
+  const int64_t k = b.read(top_k_options_schema()).k;
+  if (k < 1 || k > b.num_experts) {
+    throw std::invalid_argument("btx: router '" + b.name + "' asks for k=" + std::to_string(k) +
+                                " but num_experts=" + std::to_string(b.num_experts) +
+                                "; k must be in [1, num_experts]");
   }
   return k;
 }
@@ -94,31 +115,50 @@ inline int64_t checked_top_k(const MoEOptions& options) {
 }  // namespace detail
 
 // The top-k names, for btx::router_registry().
-inline void register_top_k_routers(RouterRegistry& registry) {
-  const auto make = [](const MoEOptions& o, int64_t hidden, uint64_t /*layer*/) {
-    return std::make_shared<TopK>(hidden, o.num_experts, detail::checked_top_k(o),
-                                  o.renormalize_top_k);
+inline std::vector<RouterSpec> top_k_router_specs() {
+  const auto make = [](const RouterBuild& b) {
+    return std::make_shared<TopK>(b.hidden_size, b.num_experts, detail::checked_top_k(b),
+                                  b.read(top_k_options_schema()).renormalize);
   };
-  const auto k = [](const MoEOptions& o) { return detail::checked_top_k(o); };
-  registry.add<TopK>({.name = "top1",
-                      .describe = "each token to its most likely expert, weight 1",
-                      .make = make,
-                      .active_experts = k});
-  registry.add<TopK>({.name = "top2",
-                      .describe = "Mixtral's routing: the 2 most likely experts, renormalised",
-                      .make = make,
-                      .active_experts = k});
-  registry.add<TopK>(
-      {.name = "topk",
-       .describe = "the MoEOptions.k most likely experts, renormalised (renormalize_top_k)",
-       .make = make,
-       .active_experts = k});
-  registry.add<TopK>(
-      {.name = "topk:K",
-       .describe = "the K most likely experts, renormalised (e.g. topk:3)",
-       .make = make,
-       .active_experts = k,
-       .matches = [](const std::string& name) { return name.rfind("topk:", 0) == 0; }});
+  const auto k = [](const RouterBuild& b) { return detail::checked_top_k(b); };
+  // The name fixes k (top1, top2, topk:K): a k option must agree with it.
+  const auto options = router_options(
+      top_k_options_schema(),
+      [](const std::string& router, const nlohmann::json& given, TopKOptions& o) {
+        const auto fixed = top_k_of_name(router);
+        if (!fixed) return;
+        if (given.contains("k") && !(given["k"].is_number_integer() && given["k"] == *fixed)) {
+          throw std::invalid_argument("config: router '" + router +
+                                      "' fixes k=" + std::to_string(*fixed) + "; option k " +
+                                      given["k"].dump() + " belongs to router topk");
+        }
+        o.k = *fixed;
+      });
+  const std::string help = top_k_options_schema().help({}, "               ");
+  std::vector<RouterSpec> specs;
+  specs.push_back({.name = "top1",
+                   .describe = "each token to its most likely expert, weight 1",
+                   .make = make,
+                   .active_experts = k,
+                   .options = options});
+  specs.push_back({.name = "top2",
+                   .describe = "Mixtral's routing: the 2 most likely experts, renormalised",
+                   .make = make,
+                   .active_experts = k,
+                   .options = options});
+  specs.push_back({.name = "topk",
+                   .describe = "the k most likely experts (options below)",
+                   .make = make,
+                   .active_experts = k,
+                   .options = options,
+                   .options_help = help});
+  specs.push_back({.name = "topk:K",
+                   .describe = "the K most likely experts, renormalised (e.g. topk:3)",
+                   .make = make,
+                   .active_experts = k,
+                   .matches = [](const std::string& name) { return name.rfind("topk:", 0) == 0; },
+                   .options = options});
+  return specs;
 }
 
 BTX_NAMESPACE_END

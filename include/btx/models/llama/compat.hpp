@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: MIT
-// HF checkpoints of Llama-family modules built by hand (a LlamaForCausalLM, or one whose
-// FFN slots hold btx MoE layers): save them from a LlamaConfig, load a dense Llama folder.
-// Family-agnostic code uses btx/models/auto.hpp (CausalLM in, CausalLM out) instead.
+// The Llama names of btx 0.1, kept for code written against them: since the family moved
+// onto the shared decoder, a Llama is a DecoderForCausalLM with a DecoderConfig, and these
+// are names for those, plus the two Llama-only checkpoint helpers (save from a
+// DecoderConfig, load a dense Llama folder). New code uses the shared names and the
+// family-agnostic I/O of btx/models/auto.hpp.
 #pragma once
 
 #include <torch/torch.h>
@@ -15,14 +17,31 @@
 #include <btx/hf/checkpoint.hpp>
 #include <btx/io/checkpoint_reader.hpp>
 #include <btx/models/auto.hpp>
+#include <btx/models/common/decoder.hpp>
+#include <btx/models/common/decoder_config.hpp>
+#include <btx/models/common/decoder_layers.hpp>
+#include <btx/models/common/decoder_moe.hpp>
 #include <btx/models/family.hpp>
 #include <btx/models/llama/family.hpp>
 #include <btx/models/llama/hf_config.hpp>
-#include <btx/models/llama/model.hpp>
+#include <btx/models/llama/hf_names.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
 BTX_NAMESPACE_BEGIN
+
+using LlamaConfig = DecoderConfig;  // every attention variant off: HF's LlamaConfig
+using LlamaMLP = GatedMLP;
+using LlamaMLPImpl = GatedMLPImpl;
+using LlamaAttention = GroupedQueryAttention;
+using LlamaAttentionImpl = GroupedQueryAttentionImpl;
+using LlamaDecoderLayer = DecoderLayer;
+using LlamaDecoderLayerImpl = DecoderLayerImpl;
+using LlamaModel = DecoderModel;
+using LlamaModelImpl = DecoderModelImpl;
+using LlamaForCausalLM = DecoderForCausalLM;
+using LlamaForCausalLMImpl = DecoderForCausalLMImpl;
+
 namespace hf {
 
 inline const NameMap& llama_name_map() {
@@ -51,10 +70,10 @@ inline WriteStats save_hf_checkpoint(const torch::nn::Module& model, const Llama
   if (!experts && options.moe) {
     throw std::invalid_argument("SaveOptions.moe is set but the model has no MoE parameters");
   }
-  if (experts && *experts != options.moe->num_local_experts) {
-    throw std::invalid_argument("model has " + std::to_string(*experts) +
-                                " experts but SaveOptions.moe.num_local_experts=" +
-                                std::to_string(options.moe->num_local_experts));
+  if (experts && *experts != options.moe->num_experts) {
+    throw std::invalid_argument(
+        "model has " + std::to_string(*experts) +
+        " experts but SaveOptions.moe.num_experts=" + std::to_string(options.moe->num_experts));
   }
   if (config.tie_word_embeddings == params.contains("lm_head.weight")) {
     throw std::invalid_argument("config.tie_word_embeddings disagrees with the model's lm_head");
@@ -79,7 +98,7 @@ inline LlamaForCausalLM load_llama(const std::filesystem::path& dir,
                              " describes a MixtralForCausalLM: load it with "
                              "btx::load_causal_lm (btx/models/auto.hpp)");
   }
-  LlamaForCausalLM model(config.llama);
+  LlamaForCausalLM model(config.decoder);
   model->to(dtype);
   load_hf_weights(*model, io::CheckpointReader(dir), llama_name_map());
   return model;
