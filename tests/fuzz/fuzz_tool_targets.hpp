@@ -159,29 +159,42 @@ inline void merge_config_bytes(const uint8_t* data, size_t size) {
   } catch (const std::invalid_argument&) {
     return;  // a config error, named
   }
-  const std::set<std::string> methods = {"btx", "split", "blend", "upcycle"};
-  const std::set<std::string> gates = {"hidden", "random", "zero"};
-  if (!methods.count(c.method)) broken("unknown method " + c.method + " accepted");
-  if (!gates.count(c.gate_mode)) broken("unknown gate_mode " + c.gate_mode + " accepted");
+  const auto& method = *c.merge.method.spec;
+  if (method.dense_output) broken("a dense method accepted for an MoE");
   if (c.experts.empty()) broken("no experts accepted");
-  if ((c.method == "split") != (c.split >= 1)) broken("split without method split, or none");
   const auto unsplit = int64_t(c.experts.size()) + (c.include_base_as_expert ? 1 : 0);
   if (c.experts_per_token < 1 || c.experts_per_token > unsplit) {
     broken("experts_per_token " + std::to_string(c.experts_per_token) + " accepted for " +
            std::to_string(unsplit) + " experts");
   }
-  if (!(c.density > 0.0 && c.density <= 1.0)) broken("density outside (0, 1] accepted");
-  if (!std::isfinite(c.lambda)) broken("a non-finite lambda accepted");
-  if (!std::isfinite(c.router_aux_loss_coef)) broken("a non-finite router_aux_loss_coef accepted");
-  for (const double w : c.weights) {
-    if (!std::isfinite(w)) broken("a non-finite weight accepted");
+  // Every option of every chosen entry was read by its schema: every key present, checked.
+  for (const auto* chosen :
+       {&c.merge.method.options, &c.merge.averaging.options, &c.merge.router_init.options}) {
+    if (!chosen->is_object()) broken("an entry's options are not a mapping");
   }
-  if ((c.averaging == "weighted") && c.weights.empty()) broken("weighted without weights");
+  const auto& a = c.merge.averaging.options;
+  if (a.contains("density")) {
+    const double d = a.at("density").get<double>();
+    if (!(d > 0.0 && d <= 1.0)) broken("density outside (0, 1] accepted");
+  }
+  if (a.contains("lambda") && !std::isfinite(a.at("lambda").get<double>())) {
+    broken("a non-finite lambda accepted");
+  }
+  if (a.contains("weights")) {
+    for (const auto& w : a.at("weights")) {
+      if (!std::isfinite(w.get<double>())) broken("a non-finite weight accepted");
+    }
+  }
+  if (c.merge.averaging.name() == "weighted" && a.at("weights").empty()) {
+    broken("weighted without weights");
+  }
+  if (!std::isfinite(c.router_aux_loss_coef)) broken("a non-finite router_aux_loss_coef accepted");
   if (c.max_shard_size < 1) broken("max_shard_size 0 accepted");
+  const bool hidden = c.merge.router_init.spec->per_source;
   for (size_t e = 0; e < c.experts.size(); ++e) {
     const auto& x = c.experts[e];
-    if (x.source_model.empty() && c.method != "upcycle") broken("an expert without a source");
-    if ((c.gate_mode == "hidden") != !x.prompts.empty()) {
+    if (x.source_model.empty() && !method.copies_one_source) broken("an expert without a source");
+    if (hidden != !x.prompts.empty()) {
       broken("experts[" + std::to_string(e) + "] has prompts without gate_mode hidden, or none");
     }
   }

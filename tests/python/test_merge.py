@@ -311,7 +311,7 @@ class BadInputLeavesNothing(unittest.TestCase):
         self.refused(base + "mystery_key: 1\n", "mystery_key")
         self.refused(base + "dtype: float8\n", "dtype", "float8")
         self.refused(base + "averaging: ties\ndensity: 1.5\n", "density", "(0, 1]")
-        self.refused(base + "lambda: 0.5\n", "lambda", "task-vector")
+        self.refused(base + "lambda: 0.5\n", "lambda", "averaging task_arithmetic, ties")
         self.refused(base + "averaging: ties\nweights: [1]\n", "weights", "ties")
         self.refused("experts: [\n", "not valid YAML")
         self.refused(f"experts:\n  - source_model: {self.a}\n", "base_model")
@@ -395,6 +395,53 @@ class KilledMergeLeavesNothing(unittest.TestCase):
                 self.assertIn(f"removed stale temporary {os.path.join(tmp, f)}", done.stderr)
             self.assertEqual(sorted(f for f in os.listdir(tmp) if f.startswith("out")),
                              ["out", os.path.basename(live)])
+
+
+class TestOnlyMethod(unittest.TestCase):
+    """A merge method registered in a test program alone (tests/tools/merge_with_test_method.cpp:
+    "rotate", expert j from source j + by) plugs into btx-merge: its name and option in
+    --help, its option read from the config and checked, its experts in a Mixtral that
+    transformers loads."""
+
+    def test_rotate_takes_expert_j_from_source_j_plus_by(self):
+        program = os.environ["BTX_MERGE_WITH_METHOD"]
+        helped = subprocess.run([program, "--help"], capture_output=True, text=True)
+        self.assertEqual(helped.returncode, 0)
+        self.assertIn("rotate", helped.stdout)
+        self.assertIn("sources to skip", helped.stdout)
+        with tempfile.TemporaryDirectory() as tmp:
+            dirs = []
+            for j in range(3):
+                d = os.path.join(tmp, f"expert{j}")
+                tiny_llama(70 + j).save_pretrained(d)
+                dirs.append(d)
+            path = os.path.join(tmp, "merge.yaml")
+            with open(path, "w") as f:
+                f.write(yaml_config(dirs[0], dirs, gate_mode="random", method="rotate", by=2))
+            out = os.path.join(tmp, "out")
+            r = subprocess.run([program, path, out], capture_output=True, text=True)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            model = load_mixtral(self, out)
+            sd = model.state_dict()
+            for j in range(3):
+                source = load_file(os.path.join(dirs[(j + 2) % 3], "model.safetensors"))
+                got = sd[f"model.layers.1.mlp.experts.gate_up_proj"][j][:64]
+                want = source["model.layers.1.mlp.gate_proj.weight"]
+                self.assertTrue(torch.equal(got, want), j)
+            # Its option is checked by its own schema, named by its config key.
+            with open(path, "w") as f:
+                f.write(yaml_config(dirs[0], dirs, gate_mode="random", method="rotate", by=-1))
+            r = subprocess.run([program, path, os.path.join(tmp, "bad")], capture_output=True,
+                               text=True)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("by (method rotate) must be >= 0", r.stderr)
+            # The plain btx-merge knows no such method.
+            with open(path, "w") as f:
+                f.write(yaml_config(dirs[0], dirs, gate_mode="random", method="rotate"))
+            r = subprocess.run([MERGE, path, os.path.join(tmp, "plain")], capture_output=True,
+                               text=True)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("method 'rotate' is not one of", r.stderr)
 
 
 if __name__ == "__main__":

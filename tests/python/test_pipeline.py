@@ -471,5 +471,33 @@ class BadInputFailsBeforeTraining(unittest.TestCase):
                        f'tensor "model.norm.weight" in {f} holds +Inf at [7]')
 
 
+class TestOnlyArm(unittest.TestCase):
+    """An arm declared in a test program alone (tests/tools/pipeline_with_test_arm.cpp: dense
+    continued training at half BTX's compute) runs end to end: a worker of its own trains
+    it, the report scores it at its compute, --help lists it; btx-pipeline has no such arm."""
+
+    def test_dense_half_is_trained_scored_and_reported(self):
+        program = os.environ["BTX_PIPELINE_WITH_ARM"]
+        helped = subprocess.run([program, "--help"], capture_output=True, text=True)
+        self.assertIn("dense half (baseline)", helped.stdout)
+        self.assertNotIn("dense half", run(["--help"]).stdout)
+        with tempfile.TemporaryDirectory() as tmp:
+            run_dir = os.path.join(tmp, "run")
+            r = subprocess.run([program, "--quick", "--run-dir", run_dir], capture_output=True,
+                               text=True)
+            self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+            self.assertIn("started dense-half", r.stderr)
+            with open(os.path.join(run_dir, "eval", "results.json")) as f:
+                results = {m["name"]: m for m in json.load(f)}
+            self.assertIn("dense half", results)
+            half, dense = results["dense half"], results["dense"]
+            for d, loss in half["loss"].items():
+                self.assertTrue(math.isfinite(loss) and 0 < loss < 10, (d, loss))
+            # Half the FLOPs of dense at BTX's compute, to a step's rounding.
+            self.assertAlmostEqual(half["train_flops"] / dense["train_flops"], 0.5, delta=0.05)
+            with open(os.path.join(run_dir, "report.md")) as f:
+                self.assertIn("| dense half |", f.read())
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

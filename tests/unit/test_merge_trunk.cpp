@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <btx/merge/any_averaging.hpp>
+#include <btx/merge/averaging_registry.hpp>
 #include <btx/merge/mixers.hpp>
 #include <btx/merge/trunk_merging.hpp>
 #include <btx/models/llama/compat.hpp>

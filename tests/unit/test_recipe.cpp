@@ -228,6 +228,13 @@ TEST_CASE("recipe compute: active experts come from the router, budgets match by
   CHECK_THROWS_AS(recipe::btx_budget_flops({}, 1.0), std::invalid_argument);
 }
 
+namespace {
+// A merge choice from btx-merge's key names (method, averaging, router_init, their options).
+btx::merge::MergeChoice merge_choice(const nlohmann::json& keys) {
+  return btx::merge::read_merge_choice(keys);
+}
+}  // namespace
+
 TEST_CASE("recipe mix: experts per token in the written config come from the router") {
   const auto seed = tiny_seed();
   const auto experts = recipe::branch(seed, {"a", "b", "c"});
@@ -235,7 +242,7 @@ TEST_CASE("recipe mix: experts per token in the written config come from the rou
        std::vector<std::pair<std::string, int64_t>>{{"top1", 1}, {"topk:3", 3}, {"soft", 4}}) {
     CAPTURE(router);
     const recipe::Run run(scratch_dir("recipe-mix-" + std::to_string(k)));
-    const auto mixed = recipe::mix_stage(run, experts, seed, {.router = router});
+    const auto mixed = recipe::mix_stage(run, experts, seed, {.moe = {.router = router}});
     CHECK(mixed.is_moe());
     const auto config = read_json(run.model_dir("mix") / "config.json");
     CHECK(config.at("num_experts_per_tok") == k);
@@ -243,18 +250,20 @@ TEST_CASE("recipe mix: experts per token in the written config come from the rou
     CHECK(run.record("mix").at("experts_per_token") == k);
     CHECK(run.record("mix").at("experts") == std::vector<std::string>{"a", "b", "c", "seed"});
     // A rerun loads the same model, routed by the same router.
-    const auto again = recipe::mix_stage(run, experts, seed, {.router = router});
+    const auto again = recipe::mix_stage(run, experts, seed, {.moe = {.router = router}});
     auto ids = torch::randint(0, 64, {1, 6});
     CHECK(btx::test::max_abs_diff(again.forward(ids), mixed.forward(ids)) < 1e-6);
   }
-  CHECK(has(recipe_error_of([&] {
-              (void)recipe::mix(experts, seed, {.router = "top2", .router_init = "learned"});
-            }),
-            "router_init 'learned'"));
-  CHECK(has(recipe_error_of([&] {
-              (void)recipe::mix(experts, seed, {.router = "top2", .router_init = "hidden"});
-            }),
-            "one sample of token ids per expert"));
+  CHECK(has(
+      recipe_error_of([&] {
+        (void)recipe::mix(experts, seed, {.choice = merge_choice({{"router_init", "learned"}})});
+      }),
+      "router init 'learned' is not one of normal, zero, hidden"));
+  CHECK(
+      has(recipe_error_of([&] {
+            (void)recipe::mix(experts, seed, {.choice = merge_choice({{"router_init", "hidden"}})});
+          }),
+          "one sample of token ids per expert"));
 }
 
 TEST_CASE("recipe workers: dispatch by kind, unknown kinds and options fail naming what exists") {
@@ -398,7 +407,7 @@ TEST_CASE("recipe mix: blending makes expert n of chunk n of every source's FFN"
   const auto seed = tiny_seed();
   const auto experts = experts_with_marked_up_proj(seed);
   const recipe::Run run(scratch_dir("recipe-mix-blend"));
-  (void)recipe::mix_stage(run, experts, seed, {.router = "top2", .experts_from = "blend"});
+  (void)recipe::mix_stage(run, experts, seed, {.choice = merge_choice({{"method", "blend"}})});
   CHECK(run.record("mix").at("experts") ==
         std::vector<std::string>{"blend-0", "blend-1", "blend-2", "blend-3"});
   CHECK(run.record("mix").at("experts_from") == "blend");
@@ -419,15 +428,16 @@ TEST_CASE("recipe mix: blending makes expert n of chunk n of every source's FFN"
   CHECK(has(recipe_error_of([&] {
               (void)recipe::mix(
                   experts, seed,
-                  {.router = "top2", .router_init = "hidden", .experts_from = "blend"});
+                  {.choice = merge_choice({{"router_init", "hidden"}, {"method", "blend"}})});
             }),
-            "a blended expert holds a slice of every source"));
+            "does not make each expert from one source"));
 }
 
 TEST_CASE("recipe mix: splitting cuts every source's FFN into narrower experts") {
   const auto seed = tiny_seed();
   const auto experts = experts_with_marked_up_proj(seed);
-  const recipe::MixOptions options{.router = "topk:4", .experts_from = "split", .chunks = 2};
+  const recipe::MixOptions options{.choice = merge_choice({{"method", "split"}, {"chunks", 2}}),
+                                   .moe = {.router = "topk:4"}};
   const recipe::Run run(scratch_dir("recipe-mix-split"));
   const auto mixed = recipe::mix_stage(run, experts, seed, options);
   CHECK(run.record("mix").at("experts") ==
@@ -452,7 +462,7 @@ TEST_CASE("recipe mix: splitting cuts every source's FFN into narrower experts")
     }
   }
   // Top-4 of 8 half-width experts runs as much FFN per token as top-2 of 4 full ones.
-  const auto moe = options.moe_options(8, I);
+  const auto moe = recipe::mixed_moe(options, 4, 8, I);
   CHECK(moe.expert_size == w);
   auto unsplit = moe;
   unsplit.num_experts = 4;

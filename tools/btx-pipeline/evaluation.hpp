@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
-// (f) evaluation: every model on every domain's held-out tokens, greedy exact match on the
-// math problems, and, for MoE models, the routing analysis (each expert's share of each
-// domain's tokens, per layer).
+// (f) evaluation: every arm of the recipe's graph on every domain's held-out tokens, greedy
+// exact match on the math problems, and, for MoE models, the routing analysis (each
+// expert's share of each domain's tokens, per layer).
 #pragma once
 
 #include <torch/torch.h>
@@ -15,12 +15,13 @@
 #include <btx/models/common/generate.hpp>
 #include <btx/moe/moe_layer.hpp>
 #include <btx/recipe/baselines.hpp>
+#include <btx/recipe/btx_stages.hpp>
 #include <btx/recipe/finetune.hpp>
 #include <btx/recipe/lineage.hpp>
 #include <btx/recipe/stage_model.hpp>
 #include <btx/train/evaluate.hpp>
 
-#include "corpus.hpp"
+#include "pipeline_run.hpp"
 #include "report.hpp"
 
 namespace btx::pipeline {
@@ -71,14 +72,35 @@ inline ModelResult score(const PipelineRun& run, const std::string& name, const 
   return r;
 }
 
+// The compute after the seed that the model of stage `stage` (or the arm made of stages
+// `stages`) consumed: its own training and that of every stage it is made from, but the
+// seed phase's (the budget every method shares starts after the seed).
 inline void add_compute(ModelResult& r, const PipelineRun& p,
                         const std::vector<std::string>& stages) {
   for (const auto& s : stages) {
-    const auto info = p.run.record(s);
+    const auto info = p.run().record(s);
     r.train_flops += info.value("flops", 0.0);
     r.train_tokens += info.value("tokens", int64_t{0});
     r.train_seconds += info.value("seconds", 0.0);
   }
+}
+
+// The stages whose training an arm's compute counts: its own (when it has one) and
+// everything upstream of it, but the seed phase's.
+inline std::vector<std::string> compute_stages(const recipe::BtxStage& d,
+                                               const recipe::StageInstance& i,
+                                               const PipelineRun& p) {
+  const auto& graph = recipe::btx_graph();
+  std::vector<std::string> out;
+  if (d.run && d.phase != recipe::btx_phases().front()) out.push_back(i.stage);
+  for (const auto& s : graph.upstream(i, p.domain_names(), p.routers())) {
+    for (const auto& up : graph.declarations()) {
+      for (const auto& ui : graph.instances_of(up, p.domain_names(), p.routers())) {
+        if (ui.stage == s && up.phase != recipe::btx_phases().front()) out.push_back(s);
+      }
+    }
+  }
+  return out;
 }
 
 inline RoutingShares routing_analysis(const PipelineRun& run, const CausalLM& model) {
@@ -112,64 +134,31 @@ inline RoutingShares routing_analysis(const PipelineRun& run, const CausalLM& mo
   return shares;
 }
 
+// Every arm of the recipe's graph (recipe/btx_stages.hpp), in declaration order: its model
+// (or, for an arm of other stages' models, its logits) scored on every domain, its compute
+// counted, an MoE's routing analysed.
 inline std::vector<Evaluated> evaluate_all(const PipelineRun& run) {
-  using recipe::expert_stage;
   std::vector<Evaluated> out;
-  const auto load = [&](const std::string& stage) {
-    return recipe::load_stage_model(run.run, stage);
-  };
-  const auto load_moe = [&](const std::string& stage, const std::string& router) {
-    return recipe::load_stage_model(run.run, stage, run.moe_options(router));
-  };
   const auto device = placement(run.config).device;
-  const auto logits_of = [device](const CausalLM& m) -> LogitsFn {
-    m.eval();
-    m.module().to(device);
-    return [m, device](const torch::Tensor& ids) { return m.forward(ids.to(device)); };
-  };
-  out.push_back({score(run, "seed", "the seed model alone", logits_of(load("seed"))), {}});
-  std::vector<std::string> expert_stages;
-  for (const auto& d : run.domain_names()) {
-    out.push_back(
-        {score(run, "expert " + d, "the " + d + " expert alone", logits_of(load(expert_stage(d)))),
-         {}});
-    add_compute(out.back().result, run, {expert_stage(d)});
-    expert_stages.push_back(expert_stage(d));
-  }
-  if (run.config.baselines) {
-    out.push_back({score(run, "dense", "dense continued training at BTX's compute",
-                         logits_of(load(recipe::kDenseStage))),
-                   {}});
-    add_compute(out.back().result, run, {recipe::kDenseStage});
-    out.push_back({score(run, "BTM merge", "parameter average of the experts",
-                         logits_of(load(recipe::kBtmMergeStage))),
-                   {}});
-    add_compute(out.back().result, run, expert_stages);
-    std::vector<CausalLM> members;
-    for (const auto& d : run.domain_names()) members.push_back(load(expert_stage(d)));
-    members.push_back(load("seed"));
-    for (auto& m : members) m.module().to(device);
-    merge::BtmEnsemble<CausalLM> ensemble(members);
-    out.push_back(
-        {score(run, "BTM ensemble", "experts + seed, domain-posterior weighted",
-               [&](const torch::Tensor& ids) { return ensemble.forward(ids.to(device)); }),
-         {}});
-    add_compute(out.back().result, run, expert_stages);
-    const auto up = recipe::load_stage_model(run.run, recipe::kUpcycleStage,
-                                             run.upcycle_options(run.config.router));
-    out.push_back({score(run, "sparse upcycling", "MoE of seed copies, finetuned at BTX's compute",
-                         logits_of(up)),
-                   routing_analysis(run, up)});
-    add_compute(out.back().result, run, {recipe::kUpcycleStage});
-  }
-  for (const auto& router : run.routers()) {
-    const auto m = load_moe(recipe::finetune_stage(router), router);
-    out.push_back({score(run, "BTX " + router, "BTX: experts mixed, MoE-finetuned with " + router,
-                         logits_of(m)),
-                   routing_analysis(run, m)});
-    auto stages = expert_stages;
-    stages.push_back(recipe::finetune_stage(router));
-    add_compute(out.back().result, run, stages);
+  const auto& r = run.recipe;
+  for (const auto& [d, i] :
+       recipe::btx_graph().instances(run.domain_names(), run.routers(), r.baselines)) {
+    if (!d.arm) continue;
+    const std::string name = recipe::instance_name(d.arm->label, i.domain, i.router);
+    const std::string kind = recipe::instance_name(d.arm->describe, i.domain, i.router);
+    Evaluated e;
+    if (d.logits) {
+      e.result = score(run, name, kind, d.logits(r, i, device));
+    } else {
+      const CausalLM m = d.load ? d.load(r, i) : recipe::load_stage_model(r.run, i.stage);
+      m.eval();
+      m.module().to(device);
+      e.result = score(run, name, kind,
+                       [m, device](const torch::Tensor& ids) { return m.forward(ids.to(device)); });
+      if (d.arm->routing) e.routing = routing_analysis(run, m);
+    }
+    add_compute(e.result, run, compute_stages(d, i, run));
+    out.push_back(std::move(e));
   }
   return out;
 }

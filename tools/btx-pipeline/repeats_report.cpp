@@ -58,7 +58,7 @@ int write_repeats_report(const bp::PipelineConfig& config) {
 
   std::map<std::string, std::vector<double>> avg;
   for (const auto& [name, m] : models) avg[name] = m.avg_loss;
-  const std::string btx_name = "BTX " + config.router;
+  const std::string btx_name = "BTX " + config.router.name;
   const auto n = std::to_string(dirs.size());
 
   const fs::path run_dir = config.run_dir;

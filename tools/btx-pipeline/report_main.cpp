@@ -10,11 +10,12 @@
 #include <vector>
 
 #include <btx/recipe/baselines.hpp>
+#include <btx/recipe/btx_stages.hpp>
 #include <btx/recipe/finetune.hpp>
 #include <btx/recipe/lineage.hpp>
 
-#include "corpus.hpp"
 #include "evaluation.hpp"
+#include "pipeline_run.hpp"
 #include "report.hpp"
 
 namespace bp = btx::pipeline;
@@ -61,7 +62,7 @@ std::string slug(std::string s) {
 }  // namespace
 
 int write_report(const bp::PipelineRun& p) {
-  const auto& run = p.run;
+  const auto& run = p.run();
   const auto eval_dir = run.stage_dir("eval");
   fs::create_directories(eval_dir);
   std::vector<bp::Evaluated> results;
@@ -96,16 +97,21 @@ int write_report(const bp::PipelineRun& p) {
            std::pair(b["stage"].template get<std::string>(), b["step"].template get<int64_t>());
   });
   const bool curves = bp::plot_loss_curves(run.dir() / "loss_curves.png", records);
-  // Held-out curves against compute: BTX's MoE stage starts where its experts' compute ends.
-  std::map<std::string, double> offset = {{btx::recipe::kDenseStage, 0.0},
-                                          {btx::recipe::kUpcycleStage, 0.0}};
+  // Held-out curves against compute: a stage's curve starts where the compute of what it
+  // is made from ends (BTX's MoE stage after its experts'); the experts' curves are drawn
+  // as one, each on its own domain.
+  std::map<std::string, double> offset;
   std::map<std::string, std::string> expert_domain;
-  double experts_tflop = 0;
-  for (const auto& d : p.domain_names()) {
-    expert_domain[btx::recipe::expert_stage(d)] = d;
-    experts_tflop += run.record(btx::recipe::expert_stage(d)).value("flops", 0.0) / 1e12;
+  for (const auto& [d, i] :
+       btx::recipe::btx_graph().instances(p.domain_names(), p.routers(), p.recipe.baselines)) {
+    if (!d.run || d.phase == btx::recipe::btx_phases().front() || !run.done(i.stage)) continue;
+    if (d.each == btx::recipe::Each::domain) expert_domain[i.stage] = i.domain;
+    double before = 0;
+    for (const auto& s : bp::compute_stages(d, i, p)) {
+      if (s != i.stage) before += run.record(s).value("flops", 0.0);
+    }
+    offset[i.stage] = before / 1e12;
   }
-  for (const auto& r : p.routers()) offset[btx::recipe::finetune_stage(r)] = experts_tflop;
   const bool compute_curves =
       p.config.curve_every > 0 &&
       bp::plot_compute_curves(run.dir() / "compute_curves.png", records, offset, expert_domain);
@@ -179,7 +185,7 @@ int write_report(const bp::PipelineRun& p) {
      << (curves ? "![loss curves](loss_curves.png)\n" : "(gnuplot unavailable)\n")
      << "\n## Checkpoints\n\nEvery stage's model is a Hugging Face checkpoint in `<stage>/model/`; "
         "the final BTX model (`btx-"
-     << p.config.router << "/model/`) is a MixtralForCausalLM checkpoint.\n";
+     << p.config.router.name << "/model/`) is its family's MoE checkpoint.\n";
   std::fprintf(stderr, "[pipeline] report: %s\n\n%s", (run.dir() / "report.md").c_str(),
                bp::results_table(rows, domains).c_str());
   return 0;

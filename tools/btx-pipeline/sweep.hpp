@@ -26,15 +26,19 @@
 
 #include <nlohmann/json.hpp>
 
+#include <btx/core/schema.hpp>
+
 #include <btx/recipe/adopt.hpp>
 #include <btx/recipe/baselines.hpp>
 #include <btx/recipe/branch.hpp>
+#include <btx/recipe/btx_stages.hpp>
 #include <btx/recipe/finetune.hpp>
 #include <btx/recipe/lineage.hpp>
 #include <btx/recipe/mix.hpp>
 
 #include "config.hpp"
-#include "corpus.hpp"
+#include "pipeline_run.hpp"
+#include "results.hpp"
 
 namespace btx::pipeline {
 
@@ -64,10 +68,16 @@ namespace detail {
 // One sweep ({[name,] axis, variants}) over `base`, its variants in `dir`/<variant>/.
 inline Sweep read_sweep(const nlohmann::json& j, const PipelineConfig& base,
                         const std::filesystem::path& dir, const std::string& where) {
-  reject_unknown(j, where, {"name", "axis", "variants"});
-  Sweep sweep;
+  static const auto keys = schema::Schema<Sweep>(where)
+                               .key("name", &Sweep::name, "its folder (a list of sweeps)")
+                               .key("axis", &Sweep::axis, "the plot's x label")
+                               .custom(
+                                   "variants", "[{name, x, KEY: VALUE...}]",
+                                   [](Sweep&, const nlohmann::json&, const std::string&) {},
+                                   [](const Sweep&) { return nlohmann::json(); });
+  Sweep sweep = keys.read(j, Sweep{}, where);
+  sweep.name.clear();  // set by sweeps_of for a list
   sweep.dir = dir;
-  read(j, "axis", sweep.axis, where);
   if (!j.contains("variants") || !j.at("variants").is_array() || j.at("variants").empty()) {
     throw std::invalid_argument("config: " + where + ".variants must be a non-empty list");
   }
@@ -88,7 +98,7 @@ inline Sweep read_sweep(const nlohmann::json& j, const PipelineConfig& base,
       throw std::invalid_argument("config: " + at + " appears twice");
     }
     variant.x = double(sweep.variants.size());
-    read(v, "x", variant.x, at);
+    if (v.contains("x")) variant.x = schema::detail::decode<double>(v.at("x"), at + ".x");
     nlohmann::json overrides = v;
     overrides.erase("name");
     overrides.erase("x");
@@ -142,81 +152,37 @@ inline std::vector<Sweep> sweeps_of(const PipelineConfig& config) {
   return sweeps;
 }
 
-// What a stage's result depends on: the config without the keys that act only after it.
-// Leaving a key in is safe (a stage is retrained); leaving one out that matters is not, so
-// these lists name only keys known to act downstream. Levels: the seed (and tokenizer,
-// branch), the experts (and BTM merge), the dense and upcycling baselines (the experts plus
-// what sets BTX's budget), the mix and the MoE stages, the evaluation (everything).
-enum class Through { seed, experts, dense, upcycle, mix, finetune, eval };
-
-inline nlohmann::json upstream_of(const PipelineConfig& c, Through through) {
-  const auto all = to_json(c);
-  auto j = all;
-  for (const char* key : {"run_dir", "repeats", "sweep", "stage_jobs"}) j.erase(key);
-  if (through == Through::eval) return j;
-  for (const char* key : {"baselines", "eval_windows", "math_problems", "extra_routers",
-                          "sample_prompts", "sample_tokens"}) {
-    j.erase(key);
-  }
-  if (through == Through::finetune) return j;
-  if (through == Through::mix) {
-    for (const char* key : {"finetune_stage", "moe_share", "freeze_experts"}) j.erase(key);
-    return j;
-  }
-  for (const char* key :
-       {"moe_share",         "finetune_stage",    "router",          "load_balance_alpha",
-        "freeze_experts",    "load_balance_form", "seed_as_expert",  "seed_as_shared_expert",
-        "router_init",       "experts_from",      "split_chunks",    "averaging",
-        "averaging_density", "averaging_lambda",  "curve_every",     "curve_windows",
-        "log_every",         "checkpoint_every",  "ranks_per_stage", "dist_timeout_s"}) {
-    j.erase(key);
-  }
-  if (through == Through::seed) {
-    for (const char* key : {"expert_stage", "ranks_per_expert", "expert_worlds", "fail_expert",
-                            "fail_step", "fail_rank", "fail_signal"}) {
-      j.erase(key);
-    }
-    return j;
-  }
-  // The baselines spend BTX's compute: the experts' plus the MoE stage's (its steps, and
-  // its FLOPs per token: the router's top-k, the number of experts).
-  const auto budget = {"moe_share",      "finetune_stage",        "router",
-                       "seed_as_expert", "seed_as_shared_expert", "experts_from",
-                       "split_chunks",   "ranks_per_stage"};
-  if (through == Through::dense || through == Through::upcycle) {
-    for (const char* key : budget) j[key] = all.at(key);
-  }
-  if (through == Through::upcycle) {
-    for (const char* key : {"load_balance_alpha", "load_balance_form"}) j[key] = all.at(key);
-  }
-  return j;
-}
-
 // Before `now` runs: every stage `earlier` finished whose upstream config matches now's
-// (seed, tokenizer and branch; experts and BTM merge; baselines; mix and MoE stages; the
-// evaluation), recorded in <now>/adopted.json for the report.
+// (recipe/stage_graph.hpp: the config without the keys that reach the stage only from
+// downstream; the run's own folder, repeats, sweeps and lanes reach none), and the
+// evaluation when everything matches, recorded in <now>/adopted.json for the report.
 inline void adopt_upstream(const PipelineConfig& earlier, const PipelineConfig& now) {
-  const auto same = [&](Through t) { return upstream_of(earlier, t) == upstream_of(now, t); };
-  if (!same(Through::seed)) return;
+  // Every merge key of the config (experts_from, averaging, router_init and their options)
+  // is read by the mix stage.
+  static const bool mix_keys_owned =
+      (recipe::btx_graph().add_keys(recipe::kMixStage, merge::merge_choice_keys(mix_keys())), true);
+  (void)mix_keys_owned;
+  const auto& graph = recipe::btx_graph();
+  const auto without_run_keys = [](nlohmann::json j) {
+    for (const char* key : {"run_dir", "repeats", "sweep", "stage_jobs"}) j.erase(key);
+    return j;
+  };
+  const auto before = without_run_keys(to_json(earlier)), after = without_run_keys(to_json(now));
+  const auto same = [&](const std::string& decl) {
+    return graph.upstream_config(before, decl) == graph.upstream_config(after, decl);
+  };
+  if (!same("seed")) return;
   const recipe::Run from(earlier.run_dir, {}, "pipeline"), to(now.run_dir, {}, "pipeline");
-  std::vector<std::string> stages = {"seed", recipe::kBranchStage};
-  if (same(Through::experts)) {
-    for (const auto& d : now.domains) stages.push_back(recipe::expert_stage(d.name));
-    stages.push_back(recipe::kBtmMergeStage);
-    if (same(Through::dense)) stages.push_back(recipe::kDenseStage);
-    if (same(Through::upcycle)) stages.push_back(recipe::kUpcycleStage);
-    if (same(Through::mix)) stages.push_back(recipe::kMixStage);
-    if (same(Through::finetune)) {
-      stages.push_back(recipe::finetune_stage(now.router));
-      for (const auto& r : now.extra_routers) {
-        if (std::count(earlier.extra_routers.begin(), earlier.extra_routers.end(), r) ||
-            r == earlier.router) {
-          stages.push_back(recipe::finetune_stage(r));
-        }
-      }
+  std::vector<std::string> stages;
+  std::vector<std::string> routers = {now.router.name};
+  routers.insert(routers.end(), now.extra_routers.begin(), now.extra_routers.end());
+  for (const auto& d : graph.declarations()) {
+    if (!d.run || !same(d.name)) continue;
+    for (const auto& i : graph.instances_of(d, domain_names_of(now), routers)) {
+      stages.push_back(i.stage);
     }
-    if (same(Through::eval)) stages.push_back("eval");
   }
+  if (before == after) stages.push_back("eval");
   std::filesystem::create_directories(to.dir());
   recipe::adopt_folder(from, to, "tokenizer");
   const auto record = to.dir() / "adopted.json";

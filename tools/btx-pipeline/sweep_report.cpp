@@ -66,7 +66,7 @@ std::string sweep_markdown(const bp::Sweep& sweep,
     md << "\n";
   }
   const auto& first = sweep.variants.front();
-  const std::string first_btx = "BTX " + first.config.router;
+  const std::string first_btx = "BTX " + first.config.router.name;
   md << "\nGaps (positive: the first model's loss is higher; `*`: separated). BTX is each "
         "variant's own router; the last column is its BTX against "
      << first.name << "'s (" << first_btx << "), repeat by repeat.\n\n"
@@ -75,7 +75,7 @@ std::string sweep_markdown(const bp::Sweep& sweep,
      << first.name << " BTX |\n|---|---|---|---|---|---|\n";
   for (size_t i = 0; i < sweep.variants.size(); ++i) {
     const auto& r = results[i];
-    const std::string btx_name = "BTX " + sweep.variants[i].config.router;
+    const std::string btx_name = "BTX " + sweep.variants[i].config.router.name;
     std::string against_first = "-";
     if (i > 0 && r.count(btx_name) && results[0].count(first_btx)) {
       const auto gap = btx::paired_gap(results[0].at(first_btx).avg_loss, r.at(btx_name).avg_loss);

@@ -113,6 +113,17 @@ V decode(const nlohmann::json& v, const std::string& key) {
   }
 }
 
+// A number as a message shows it: whole doubles without a fraction ("[0, 1)", not "[0.0, 1.0)").
+template <class V>
+std::string show(const V& v) {
+  if constexpr (std::is_floating_point_v<V>) {
+    if (std::isfinite(v) && std::trunc(v) == v && std::fabs(v) < 1e15) {
+      return std::to_string(static_cast<long long>(v));
+    }
+  }
+  return nlohmann::json(v).dump();
+}
+
 template <class V>
 nlohmann::json encode(const V& v) {
   if constexpr (is_optional<V>::value) {
@@ -133,14 +144,14 @@ template <class V>
 Check<V> positive() {
   return [](const V& v) -> std::optional<std::string> {
     if (v > V(0)) return std::nullopt;
-    return "must be > 0, got " + nlohmann::json(v).dump();
+    return "must be > 0, got " + detail::show(v);
   };
 }
 template <class V>
 Check<V> at_least(V low) {
   return [low](const V& v) -> std::optional<std::string> {
     if (v >= low) return std::nullopt;
-    return "must be >= " + nlohmann::json(low).dump() + ", got " + nlohmann::json(v).dump();
+    return "must be >= " + detail::show(low) + ", got " + detail::show(v);
   };
 }
 // In [low, high] (or [low, high) when !include_high).
@@ -148,8 +159,8 @@ template <class V>
 Check<V> in_range(V low, V high, bool include_high = true) {
   return [=](const V& v) -> std::optional<std::string> {
     if (v >= low && (include_high ? v <= high : v < high)) return std::nullopt;
-    return "must be in [" + nlohmann::json(low).dump() + ", " + nlohmann::json(high).dump() +
-           (include_high ? "]" : ")") + ", got " + nlohmann::json(v).dump();
+    return "must be in [" + detail::show(low) + ", " + detail::show(high) +
+           (include_high ? "]" : ")") + ", got " + detail::show(v);
   };
 }
 // In (low, high].
@@ -157,8 +168,8 @@ template <class V>
 Check<V> above_at_most(V low, V high) {
   return [=](const V& v) -> std::optional<std::string> {
     if (v > low && v <= high) return std::nullopt;
-    return "must be in (" + nlohmann::json(low).dump() + ", " + nlohmann::json(high).dump() +
-           "], got " + nlohmann::json(v).dump();
+    return "must be in (" + detail::show(low) + ", " + detail::show(high) + "], got " +
+           detail::show(v);
   };
 }
 inline Check<std::string> one_of(std::vector<std::string> allowed) {
@@ -229,7 +240,7 @@ class Schema {
   // list replaces the member's), e.g. `domains: [{name: math, ...}]`.
   template <class S>
   Schema& list(std::string name, std::vector<S> T::*member, const Schema<S>& sub, std::string doc,
-               std::function<S(const T&)> defaults = {}) {
+               std::type_identity_t<std::function<S(const T&)>> defaults = {}) {
     Field f;
     f.name = name;
     f.doc = std::move(doc);

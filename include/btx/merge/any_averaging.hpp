@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 // An averaging policy chosen at run time: any AveragingPolicy behind one type, so a tool that takes
 // the policy from a config (btx-merge, the pipeline) instantiates each mixer once instead of once
-// per policy, and averaging_from_json() rebuilds a policy from the to_json() a merge manifest
-// records.
+// per policy (merge/averaging_registry.hpp makes one from a config's name and options, and
+// rebuilds one from the to_json() a merge manifest records).
 //
 //   merge::AnyAveraging a = merge::Ties{0.2, 1.0};
 //   auto plan = merge::BtxMix<merge::AnyAveraging>{a}.plan(sources, &seed);
@@ -75,37 +75,6 @@ class AnyAveraging {
 };
 
 static_assert(AveragingPolicy<AnyAveraging>);
-
-// The shipped policy named by j["name"] with the parameters its to_json() writes; throws
-// std::invalid_argument naming an unknown name or a missing/ill-typed parameter.
-inline AnyAveraging averaging_from_json(const nlohmann::json& j) {
-  if (!j.is_object() || !j.contains("name") || !j["name"].is_string()) {
-    throw std::invalid_argument(
-        "btx::merge::averaging_from_json: expected an object with a "
-        "string 'name', got " +
-        j.dump());
-  }
-  const std::string name = j["name"].get<std::string>();
-  try {
-    if (name == "uniform_mean") return UniformMean{};
-    if (name == "weighted_mean") return WeightedMean{j.at("weights").get<std::vector<double>>()};
-    if (name == "keep_one") return KeepOne{j.at("index").get<size_t>()};
-    if (name == "task_arithmetic") {
-      return TaskArithmetic{j.value("weights", std::vector<double>{}), j.value("lambda", 1.0)};
-    }
-    if (name == "ties") return Ties{j.value("density", 0.2), j.value("lambda", 1.0)};
-    if (name == "dare_linear" || name == "dare_ties") {
-      return Dare{j.value("density", 0.5), j.value("lambda", 1.0), j.value("seed", uint64_t{0}),
-                  name == "dare_ties", j.value("weights", std::vector<double>{})};
-    }
-  } catch (const nlohmann::json::exception& e) {
-    throw std::invalid_argument("btx::merge::averaging_from_json: averaging '" + name +
-                                "': " + e.what());
-  }
-  throw std::invalid_argument("btx::merge::averaging_from_json: unknown averaging '" + name +
-                              "' (uniform_mean, weighted_mean, keep_one, task_arithmetic, ties, "
-                              "dare_linear, dare_ties)");
-}
 
 }  // namespace merge
 BTX_NAMESPACE_END

@@ -22,6 +22,7 @@
 #include <btx/merge/dense_layout.hpp>
 #include <btx/merge/moe_plan.hpp>
 #include <btx/merge/plan.hpp>
+#include <btx/merge/recipes.hpp>
 #include <btx/merge/router_init.hpp>
 #include <btx/merge/state_dict.hpp>
 #include <btx/version.hpp>
@@ -53,13 +54,6 @@ int64_t intermediate_of(const std::vector<S>& sources) {
   if (sources.empty()) throw std::invalid_argument("btx::merge: no sources to merge");
   return validate_dense_sources(sources).intermediate;
 }
-inline void check_divides(const std::string& method, int64_t I, int64_t parts, const char* what) {
-  if (parts <= 0 || I % parts != 0) {
-    throw std::invalid_argument(
-        "btx::merge::" + method + ": " + what + "=" + std::to_string(parts) +
-        " must divide intermediate_size=" + std::to_string(I) + " into equal chunks");
-  }
-}
 }  // namespace detail
 
 // ------------------------------------------------------------------ BTX mix
@@ -75,11 +69,10 @@ struct BtxMix {
   [[nodiscard]] std::string name() const { return "btx_mix"; }
   template <TensorSource S>
   [[nodiscard]] Plan plan(const std::vector<S>& sources, const S* base = nullptr) const {
-    const int64_t I = detail::intermediate_of(sources);
-    MoeRecipe r{name(), {}, 1, experts_per_token, 0.0, 0};
-    for (size_t j = 0; j < sources.size(); ++j) r.experts.push_back({{{j, 0, I}}});
-    r.shared = shared;
-    return moe_plan(sources, averaging, router, std::move(r), base);
+    return moe_plan(
+        sources, averaging, router,
+        btx_recipe(sources.size(), detail::intermediate_of(sources), experts_per_token, shared),
+        base);
   }
 };
 
@@ -105,16 +98,10 @@ struct SplitMix {
   [[nodiscard]] std::string name() const { return "split"; }
   template <TensorSource S>
   [[nodiscard]] Plan plan(const std::vector<S>& sources, const S* base = nullptr) const {
-    const int64_t I = detail::intermediate_of(sources);
-    detail::check_divides(name(), I, chunks, "chunks");
-    const int64_t w = I / chunks;
-    MoeRecipe r{name(), {}, chunks, chunks * experts_per_token, 0.0, 0};
-    if (rescale_down) r.down_scale = double(chunks);
-    for (size_t j = 0; j < sources.size(); ++j) {
-      for (int64_t c = 0; c < chunks; ++c) r.experts.push_back({{{j, c * w, (c + 1) * w}}});
-    }
-    r.shared = shared;
-    return moe_plan(sources, averaging, router, std::move(r), base);
+    return moe_plan(sources, averaging, router,
+                    split_recipe(sources.size(), detail::intermediate_of(sources), chunks,
+                                 experts_per_token, rescale_down, shared),
+                    base);
   }
 };
 
@@ -132,18 +119,10 @@ struct BlendMix {
   [[nodiscard]] std::string name() const { return "blend"; }
   template <TensorSource S>
   [[nodiscard]] Plan plan(const std::vector<S>& sources, const S* base = nullptr) const {
-    const int64_t I = detail::intermediate_of(sources);
-    const int64_t N = int64_t(sources.size());
-    detail::check_divides(name(), I, N, "number of sources");
-    const int64_t w = I / N;
-    MoeRecipe r{name(), {}, N, experts_per_token, 0.0, 0};
-    for (int64_t n = 0; n < N; ++n) {
-      ExpertRecipe ex;
-      for (size_t j = 0; j < sources.size(); ++j) ex.pieces.push_back({j, n * w, (n + 1) * w});
-      r.experts.push_back(std::move(ex));
-    }
-    r.shared = shared;
-    return moe_plan(sources, averaging, router, std::move(r), base);
+    return moe_plan(
+        sources, averaging, router,
+        blend_recipe(sources.size(), detail::intermediate_of(sources), experts_per_token, shared),
+        base);
   }
 };
 
@@ -166,15 +145,9 @@ struct Upcycle {
       throw std::invalid_argument("btx::merge::Upcycle: needs exactly one source (the seed), got " +
                                   std::to_string(sources.size()));
     }
-    if (num_experts <= 0) {
-      throw std::invalid_argument("btx::merge::Upcycle: num_experts must be > 0, got " +
-                                  std::to_string(num_experts));
-    }
-    const int64_t I = detail::intermediate_of(sources);
-    MoeRecipe r{name(), {}, 1, experts_per_token, noise_std, noise_seed};
-    for (int64_t e = 0; e < num_experts; ++e) r.experts.push_back({{{0, 0, I}}});
-    r.shared = shared;
-    return moe_plan(sources, KeepOne{0}, router, std::move(r));
+    return moe_plan(sources, KeepOne{0}, router,
+                    upcycle_recipe(1, detail::intermediate_of(sources), num_experts,
+                                   experts_per_token, noise_std, noise_seed, shared));
   }
 };
 

@@ -15,6 +15,7 @@
 #include <btx/core/concepts.hpp>
 #include <btx/core/detail/host_read.hpp>
 #include <btx/core/routing.hpp>
+#include <btx/kernels/dispatch.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -102,7 +103,7 @@ DispatchOutput dispatch_combine(const torch::Tensor& x_TD, const RoutingResult& 
   // weighted sum is taken in x_TD's.
   const auto dtype = x_TD.scalar_type();
   const auto w_N1 = r.weights_TK.reshape(-1).index_select(0, order_N).unsqueeze(1).to(dtype);
-  out.y_TD = torch::zeros_like(x_TD).index_add(0, token_N, y_ND.to(dtype) * w_N1);
+  out.y_TD = kernels::combine(y_ND.to(dtype), token_N, w_N1, T);
   return out;
 }
 

@@ -82,7 +82,7 @@ inline RouterChoice resolve_router(RouterChoice choice) {
   choice.registration = std::move(registration);
   return choice;
 }
-inline RouterChoice resolve_router(std::string name, nlohmann::json options = {}) {
+inline RouterChoice resolve_router(std::string name, nlohmann::json options) {
   return resolve_router(RouterChoice(std::move(name), std::move(options)));
 }
 // `moe` with its router resolved (see above).

@@ -44,17 +44,16 @@ inline StageBudget matched_budget(StageBudget budget, const CausalLM& model,
   return budget;
 }
 
-// Dense continued training of a copy of `seed` (stage "dense"), spending `budget_flops`
-// at budget's learning rate and warmup (its steps are replaced).
+// Dense continued training of a copy of `seed` (stage `stage`, "dense" by default),
+// spending `budget_flops` at budget's learning rate and warmup (its steps are replaced).
 inline StageResult dense_baseline(const Run& run, const CausalLM& seed,
                                   const WindowSampler& sampler, const StageBudget& budget,
-                                  double budget_flops, const StageOptions& options = {}) {
-  if (run.skip_if_done(kDenseStage)) {
-    return {load_stage_model(run, kDenseStage), run.record(kDenseStage)};
-  }
+                                  double budget_flops, const StageOptions& options = {},
+                                  const std::string& stage = kDenseStage) {
+  if (run.skip_if_done(stage)) return {load_stage_model(run, stage), run.record(stage)};
   CausalLM model = seed.clone();
   const auto matched = matched_budget(budget, model, sampler, run, budget_flops);
-  return {model, train_stage(run, kDenseStage, model, sampler, matched, options)};
+  return {model, train_stage(run, stage, model, sampler, matched, options)};
 }
 
 // The sparse-upcycled MoE of `seed`: every expert a copy of its FFN, routed by `moe`,

@@ -17,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <btx/kernels/dispatch.hpp>
 #include <btx/moe/router_helpers.hpp>
 #include <btx/moe/router_spec.hpp>
 #include <btx/version.hpp>
@@ -40,11 +41,11 @@ class TopK : public torch::nn::Cloneable<TopK> {
   RoutingResult route(const torch::Tensor& x_TD) {
     RoutingResult r;
     r.logits_TE = router_logits(x_TD, weight, "btx::TopK::route");
-    r.probs_TE = torch::softmax(r.logits_TE, 1);
-    auto [top_logits_TK, indices_TK] = r.logits_TE.topk(k_, 1);
-    r.indices_TK = indices_TK;
-    r.weights_TK =
-        renormalize_ ? torch::softmax(top_logits_TK, 1) : r.probs_TE.gather(1, indices_TK);
+    // Softmax, top-k, renormalise: one fused kernel where one is compiled for this device.
+    auto gating = kernels::top_k_gating(r.logits_TE, k_, renormalize_);
+    r.probs_TE = std::move(gating.probs_TE);
+    r.indices_TK = std::move(gating.indices_TK);
+    r.weights_TK = std::move(gating.weights_TK);
     return r;
   }
 
