@@ -31,8 +31,10 @@ using btx::active_experts;
 
 // Experts per layer and experts run per token: 1/1 for a dense spec.
 inline ComputeShape compute_shape(const ModelSpec& spec) {
-  if (!spec.moe) return {};
-  return {spec.moe->num_experts, active_experts(*spec.moe)};
+  ComputeShape c;
+  if (spec.moe) c = {spec.moe->num_experts, active_experts(*spec.moe)};
+  if (spec.attention_moe) c.attention_experts = spec.attention_moe->num_experts;
+  return c;
 }
 inline ComputeShape compute_shape(const MoEConfig& moe) {
   return {moe.num_experts, active_experts(moe)};

@@ -42,6 +42,9 @@ using OptionsCheck = std::function<void(const TrainOptions& options)>;
 using ForwardScope = std::function<std::shared_ptr<void>()>;
 // Called before each step of `stage` (0-based `step`), before its batch is drawn.
 using StepHook = std::function<void(const std::string& stage, int64_t step)>;
+// Called after each optimizer step that was taken (not after a skipped one): e.g. to put
+// back parameter slices that must not move (train/frozen_slices.hpp).
+using AfterStep = std::function<void()>;
 
 // The mean over data-parallel ranks of per-step values (the LM loss and the total loss),
 // so logs, the loss history and the non-finite check agree on every rank.
@@ -57,6 +60,7 @@ struct TrainHooks {
   OptionsCheck check_options;                    // empty: everything fits
   StepHook before_step;                          // empty: nothing
   GradientHook after_backward;                   // empty: gradients as backward left them
+  AfterStep after_step;                          // empty: nothing
   ValuesReduce reduce_values;                    // empty: this process's values
   bool writes_files = true;  // metrics, progress and checkpoints (false: other DP ranks)
 };

@@ -188,6 +188,7 @@ class TrainLoop {
     if (std::isfinite(total_value) && std::isfinite(grad_norm)) {
       state_.bad_in_a_row = 0;
       opt_->step();
+      if (hooks_.after_step) hooks_.after_step();
       state_.losses.push_back(loss_value);
     } else {
       skip_step(step);
