@@ -32,10 +32,13 @@ struct ArchShape {
 };
 
 struct ModelSpec {
-  std::string family;             // registry name of the model family ("llama", ...)
-  nlohmann::json config;          // the family's dense config, as config.json fields
-  ArchShape shape;                // read from `config` by the family
-  std::optional<MoEConfig> moe;   // set for an MoE model (its family's MoE architecture)
+  std::string family;            // registry name of the model family ("llama", ...)
+  nlohmann::json config;         // the family's dense config, as config.json fields
+  ArchShape shape;               // read from `config` by the family
+  std::optional<MoEConfig> moe;  // set for an MoE model (its family's MoE architecture)
+  // Attention experts in every layer (BAM; btx's own architecture, no transformers one:
+  // models/attention_experts_config.hpp). Families on the shared decoder build them.
+  std::optional<MoEConfig> attention_moe;
   std::string dtype = "float32";  // storage dtype recorded in config.json
 };
 

@@ -21,6 +21,7 @@
 #include <btx/hf/checkpoint.hpp>
 #include <btx/hf/config_json.hpp>
 #include <btx/io/checkpoint_reader.hpp>
+#include <btx/models/attention_experts_config.hpp>
 #include <btx/models/common/weight_init.hpp>
 #include <btx/models/family.hpp>
 #include <btx/models/registry.hpp>
@@ -45,7 +46,17 @@ inline const FamilyEntry& family_of(const ModelSpec& spec) {
 }
 
 inline ModelSpec spec_from_json(const nlohmann::json& j, const std::string& where) {
+  if (auto split = split_attention_experts(j, where)) {
+    ModelSpec spec = family_for_config(split->first, where).read_config(split->first, where);
+    spec.attention_moe = std::move(split->second);
+    return spec;
+  }
   return family_for_config(j, where).read_config(j, where);
+}
+// The config.json of `spec` in its family's terms (btx's own type with attention experts).
+inline nlohmann::ordered_json config_json_of(const ModelSpec& spec, const std::string& dtype) {
+  auto j = family_of(spec).config_json(spec, dtype);
+  return spec.attention_moe ? with_attention_experts(std::move(j), *spec.attention_moe) : j;
 }
 inline ModelSpec read_model_spec(const std::filesystem::path& config_file) {
   return spec_from_json(hf::read_json_file(config_file), config_file.string());
@@ -130,7 +141,7 @@ inline hf::WriteStats save_hf_checkpoint(const CausalLM& lm, const std::filesyst
   w.max_shard_bytes = options.max_shard_bytes;
   w.overwrite = options.overwrite;
   w.copy_files = options.copy_files;
-  return hf::save_module(lm.module(), family.config_json(spec, dtype_name(dtype)), dir,
+  return hf::save_module(lm.module(), config_json_of(spec, dtype_name(dtype)), dir,
                          family.name_map(), w);
 }
 

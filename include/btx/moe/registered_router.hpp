@@ -55,6 +55,7 @@ class RegisteredRouter {
     r.is_registered_type_ = [](const torch::nn::Module& m) {
       return ((typeid(m) == typeid(Rs)) || ...);
     };
+    r.route_ = &route_any<Rs...>;
     r.packed_ = &build_layer<PackedSwiGLU, Rs...>;
     r.modules_ = &build_layer<ModuleExperts, Rs...>;
     return r;
@@ -104,6 +105,12 @@ class RegisteredRouter {
     return gate;
   }
 
+  // Routes x_TD [T, D] through `gate` (as make_router returned it) without knowing its
+  // type: for layers other than MoE<R, X> that route over experts (attention experts).
+  [[nodiscard]] RoutingResult route(torch::nn::Module& gate, const torch::Tensor& x_TD) const {
+    return route_(gate, x_TD);
+  }
+
   // Experts run per token (see RouterSpec::active_experts), checked to be in [1, E].
   [[nodiscard]] int64_t active_experts(const MoEConfig& moe) const {
     const int64_t n = spec_.active_experts(build_of(moe, 0, 0));
@@ -138,6 +145,7 @@ class RegisteredRouter {
   }
 
  private:
+  using Route = RoutingResult (*)(torch::nn::Module&, const torch::Tensor&);
   template <class X>
   using LayerBuilder = torch::nn::AnyModule (*)(const std::shared_ptr<torch::nn::Module>&,
                                                 const std::shared_ptr<X>&, const AuxLossOptions&);
@@ -183,6 +191,22 @@ class RegisteredRouter {
     return true;
   }
 
+  template <class R>
+  static bool route_if(torch::nn::Module& gate, const torch::Tensor& x_TD, RoutingResult& out) {
+    if (typeid(gate) != typeid(R)) return false;
+    out = static_cast<R&>(gate).route(x_TD);
+    return true;
+  }
+  template <class... Rs>
+  static RoutingResult route_any(torch::nn::Module& gate, const torch::Tensor& x_TD) {
+    RoutingResult out;
+    if (!(route_if<Rs>(gate, x_TD, out) || ...)) {
+      throw std::logic_error("btx: a router of type " + c10::demangle(typeid(gate).name()) +
+                             " is not one its registration lists");
+    }
+    return out;
+  }
+
   // Exactly one of Rs is gate's type (checked before): MoE<that R, X>.
   template <class X, class... Rs>
   static torch::nn::AnyModule build_layer(const std::shared_ptr<torch::nn::Module>& gate,
@@ -217,6 +241,7 @@ class RegisteredRouter {
   RouterSpec spec_;
   std::vector<std::string> types_;
   std::function<bool(const torch::nn::Module&)> is_registered_type_;
+  Route route_ = nullptr;
   LayerBuilder<PackedSwiGLU> packed_ = nullptr;
   LayerBuilder<ModuleExperts> modules_ = nullptr;
 };

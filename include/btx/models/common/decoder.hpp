@@ -3,7 +3,8 @@
 // and parameter names; the attention variants of Mistral and Qwen are DecoderConfig
 // fields). Each layer's feed-forward block sits in a replaceable slot (`mlp`, a torch AnyModule),
 // so MoE layers can take its place: built in by a FeedForwardFactory, or swapped later
-// by btx's model surgery.
+// by btx's model surgery. Its attention is a slot too (`self_attn`): grouped-query attention,
+// or attention experts built by an AttentionFactory.
 //
 // Parameter names (equal to HF's state-dict keys):
 //   model.embed_tokens.weight, model.layers.{i}.{input_layernorm,post_attention_layernorm}.weight,
@@ -35,11 +36,23 @@ inline torch::nn::AnyModule dense_feed_forward(const DecoderConfig& config, int6
   return torch::nn::AnyModule(GatedMLP(config.hidden_size, config.intermediate_size));
 }
 
+// Builds the attention module of layer `layer`: forward(x_BSD, rope, cache_k, cache_v) ->
+// [B, S, D], as GroupedQueryAttention (the default) or AttentionExperts.
+using AttentionFactory = std::function<torch::nn::AnyModule(const DecoderConfig&, int64_t layer)>;
+
+inline torch::nn::AnyModule dense_attention(const DecoderConfig& config, int64_t layer) {
+  return torch::nn::AnyModule(GroupedQueryAttention(config, layer));
+}
+
 // --------------------------------------------------------------- decoder layer
 class DecoderLayerImpl : public torch::nn::Cloneable<DecoderLayerImpl> {
  public:
-  DecoderLayerImpl(const DecoderConfig& config, int64_t layer, FeedForwardFactory ffn)
-      : config_(config), layer_(layer), ffn_factory_(std::move(ffn)) {
+  DecoderLayerImpl(const DecoderConfig& config, int64_t layer, FeedForwardFactory ffn,
+                   AttentionFactory attention = {})
+      : config_(config),
+        layer_(layer),
+        ffn_factory_(std::move(ffn)),
+        attention_factory_(std::move(attention)) {
     reset();
   }
   void reset() override {
@@ -49,7 +62,13 @@ class DecoderLayerImpl : public torch::nn::Cloneable<DecoderLayerImpl> {
     const bool in_clone = !mlp.is_empty();
     input_layernorm =
         register_module("input_layernorm", RMSNorm(config_.hidden_size, config_.rms_norm_eps));
-    self_attn = register_module("self_attn", GroupedQueryAttention(config_, layer_));
+    if (in_clone) {
+      self_attn = self_attn.clone();
+    } else {
+      self_attn = attention_factory_ ? attention_factory_(config_, layer_)
+                                     : dense_attention(config_, layer_);
+    }
+    register_module("self_attn", self_attn.ptr());
     post_attention_layernorm = register_module("post_attention_layernorm",
                                                RMSNorm(config_.hidden_size, config_.rms_norm_eps));
     if (in_clone) {
@@ -71,28 +90,31 @@ class DecoderLayerImpl : public torch::nn::Cloneable<DecoderLayerImpl> {
   torch::Tensor forward(const torch::Tensor& x_BSD, const RotaryTables& rope,
                         torch::Tensor* cache_k = nullptr, torch::Tensor* cache_v = nullptr,
                         torch::Tensor* mlp_input = nullptr) {
-    auto h = x_BSD + self_attn->forward(input_layernorm(x_BSD), rope, cache_k, cache_v);
+    auto h =
+        x_BSD + self_attn.forward<torch::Tensor>(input_layernorm(x_BSD), rope, cache_k, cache_v);
     auto normed = post_attention_layernorm(h);
     if (mlp_input != nullptr) *mlp_input = normed.detach();
     return h + mlp.forward<torch::Tensor>(normed);
   }
 
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
-  GroupedQueryAttention self_attn{nullptr};
+  torch::nn::AnyModule self_attn;  // GroupedQueryAttention, or AttentionExperts
   torch::nn::AnyModule mlp;
 
  private:
   DecoderConfig config_;
   int64_t layer_;
   FeedForwardFactory ffn_factory_;
+  AttentionFactory attention_factory_;
 };
 TORCH_MODULE(DecoderLayer);
 
 // ------------------------------------------------------------------ the trunk
 class DecoderModelImpl : public torch::nn::Cloneable<DecoderModelImpl> {
  public:
-  DecoderModelImpl(const DecoderConfig& config, FeedForwardFactory ffn)
-      : config_(config), ffn_factory_(std::move(ffn)) {
+  DecoderModelImpl(const DecoderConfig& config, FeedForwardFactory ffn,
+                   AttentionFactory attention = {})
+      : config_(config), ffn_factory_(std::move(ffn)), attention_factory_(std::move(attention)) {
     config_.validate();
     reset();
   }
@@ -101,7 +123,7 @@ class DecoderModelImpl : public torch::nn::Cloneable<DecoderModelImpl> {
                                    torch::nn::Embedding(config_.vocab_size, config_.hidden_size));
     layers = register_module("layers", torch::nn::ModuleList());
     for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
-      layers->push_back(DecoderLayer(config_, i, ffn_factory_));
+      layers->push_back(DecoderLayer(config_, i, ffn_factory_, attention_factory_));
     }
     norm = register_module("norm", RMSNorm(config_.hidden_size, config_.rms_norm_eps));
   }
@@ -138,19 +160,21 @@ class DecoderModelImpl : public torch::nn::Cloneable<DecoderModelImpl> {
  private:
   DecoderConfig config_;
   FeedForwardFactory ffn_factory_;
+  AttentionFactory attention_factory_;
 };
 TORCH_MODULE(DecoderModel);
 
 // --------------------------------------------------------- the causal LM head
 class DecoderForCausalLMImpl : public torch::nn::Cloneable<DecoderForCausalLMImpl> {
  public:
-  explicit DecoderForCausalLMImpl(const DecoderConfig& config, FeedForwardFactory ffn = {})
-      : config_(config), ffn_factory_(std::move(ffn)) {
+  explicit DecoderForCausalLMImpl(const DecoderConfig& config, FeedForwardFactory ffn = {},
+                                  AttentionFactory attention = {})
+      : config_(config), ffn_factory_(std::move(ffn)), attention_factory_(std::move(attention)) {
     config_.validate();
     reset();
   }
   void reset() override {
-    model = register_module("model", DecoderModel(config_, ffn_factory_));
+    model = register_module("model", DecoderModel(config_, ffn_factory_, attention_factory_));
     if (!config_.tie_word_embeddings) {
       lm_head = register_module("lm_head", make_linear(config_.hidden_size, config_.vocab_size));
     } else {
@@ -192,6 +216,7 @@ class DecoderForCausalLMImpl : public torch::nn::Cloneable<DecoderForCausalLMImp
 
   [[nodiscard]] const DecoderConfig& config() const { return config_; }
   [[nodiscard]] const FeedForwardFactory& feed_forward_factory() const { return ffn_factory_; }
+  [[nodiscard]] const AttentionFactory& attention_factory() const { return attention_factory_; }
 
   DecoderModel model{nullptr};
   torch::nn::Linear lm_head{nullptr};
@@ -199,6 +224,7 @@ class DecoderForCausalLMImpl : public torch::nn::Cloneable<DecoderForCausalLMImp
  private:
   DecoderConfig config_;
   FeedForwardFactory ffn_factory_;
+  AttentionFactory attention_factory_;
 };
 TORCH_MODULE(DecoderForCausalLM);
 

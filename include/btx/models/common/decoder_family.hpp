@@ -24,6 +24,7 @@
 #include <btx/core/model_spec.hpp>
 #include <btx/core/sublayer_naming.hpp>
 #include <btx/hf/name_map.hpp>
+#include <btx/models/common/attention_experts.hpp>
 #include <btx/models/common/decoder.hpp>
 #include <btx/models/common/decoder_moe.hpp>
 #include <btx/models/common/hf_expert_names.hpp>
@@ -63,14 +64,27 @@ struct DecoderFamily {
   static CausalLM make_dense(const ModelSpec& s) {
     ModelSpec dense = s;
     dense.moe.reset();
-    return CausalLM(DecoderForCausalLM(decoder_config(dense)), dense);
+    const auto attention = attention_factory(dense);
+    return CausalLM(DecoderForCausalLM(decoder_config(dense), FeedForwardFactory{}, attention),
+                    dense);
   }
   // The MoE model spec.moe describes, its router resolved once (the model's spec keeps it).
   static CausalLM make_moe(const ModelSpec& s) {
     if (!s.moe) throw std::invalid_argument("btx: make_moe needs a spec with MoE fields");
     ModelSpec moe = s;
     moe.moe = resolved(*s.moe);
-    return CausalLM(DecoderForCausalLM(decoder_config(moe), moe_feed_forward(*moe.moe)), moe);
+    const auto attention = attention_factory(moe);
+    return CausalLM(DecoderForCausalLM(decoder_config(moe), moe_feed_forward(*moe.moe), attention),
+                    moe);
+  }
+  // Attention experts in every layer when spec.attention_moe asks (its router resolved
+  // here, kept in `s`); empty otherwise (grouped-query attention).
+  static AttentionFactory attention_factory(ModelSpec& s) {
+    if (!s.attention_moe) return {};
+    s.attention_moe = resolved(*s.attention_moe);
+    return [moe = *s.attention_moe](const DecoderConfig& c, int64_t layer) {
+      return torch::nn::AnyModule(AttentionExperts(c, layer, moe));
+    };
   }
   // A model built by hand (a DecoderForCausalLM, with MoE layers when `moe` is given) as a
   // CausalLM of this family.

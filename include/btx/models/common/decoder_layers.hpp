@@ -64,6 +64,41 @@ inline torch::Tensor visible_keys_SP(int64_t S, int64_t P, int64_t window,
   return visible;
 }
 
+// Causal (optionally windowed) attention of projected heads: RoPE on q and k, the cache's
+// keys/values prepended (and the new ones appended to it), SDPA with grouped-query heads.
+// q_BSHA [B, S, H, A], k_BSGA / v_BSGA [B, S, G, A] -> [B, S, H * A], before o_proj.
+inline torch::Tensor attend(const torch::Tensor& q_BSHA, const torch::Tensor& k_BSGA,
+                            const torch::Tensor& v_BSGA, const RotaryTables& rope, int64_t window,
+                            torch::Tensor* cache_k = nullptr, torch::Tensor* cache_v = nullptr) {
+  const int64_t B = q_BSHA.size(0), S = q_BSHA.size(1), H = q_BSHA.size(2), A = q_BSHA.size(3);
+  const int64_t G = k_BSGA.size(2);
+  auto q_BHSA = apply_rotary(q_BSHA.transpose(1, 2), rope);
+  auto k_BGPA = apply_rotary(k_BSGA.transpose(1, 2), rope);
+  auto v_BGPA = v_BSGA.transpose(1, 2);
+  if (cache_k != nullptr && cache_v != nullptr) {
+    if (cache_k->defined()) {
+      k_BGPA = torch::cat({*cache_k, k_BGPA}, 2);
+      v_BGPA = torch::cat({*cache_v, v_BGPA}, 2);
+    }
+    *cache_k = k_BGPA;
+    *cache_v = v_BGPA;
+  }
+  const int64_t P = k_BGPA.size(2);  // keys visible: cached + new
+  std::optional<torch::Tensor> mask;
+  bool causal = false;
+  if (P == S && (window == 0 || window >= S)) {
+    causal = S > 1;  // SDPA's own causal mask: the window hides nothing here
+  } else if (S > 1 || window > 0) {
+    // Bottom-right aligned: query i sits at absolute position P - S + i.
+    mask = visible_keys_SP(S, P, window, q_BSHA.options());
+  }
+  auto out_BHSA = at::scaled_dot_product_attention(q_BHSA, k_BGPA, v_BGPA, mask,
+                                                   /*dropout_p=*/0.0, causal,
+                                                   /*scale=*/std::nullopt,
+                                                   /*enable_gqa=*/G != H);
+  return out_BHSA.transpose(1, 2).reshape({B, S, H * A});
+}
+
 class GroupedQueryAttentionImpl : public torch::nn::Cloneable<GroupedQueryAttentionImpl> {
  public:
   GroupedQueryAttentionImpl(const DecoderConfig& config, int64_t layer)
@@ -100,30 +135,8 @@ class GroupedQueryAttentionImpl : public torch::nn::Cloneable<GroupedQueryAttent
       q_BSHA = q_norm(q_BSHA);
       k_BSGA = k_norm(k_BSGA);
     }
-    auto q_BHSA = apply_rotary(q_BSHA.transpose(1, 2), rope);
-    auto k_BGPA = apply_rotary(k_BSGA.transpose(1, 2), rope);
-    auto v_BGPA = v_proj(x_BSD).view({B, S, G, A}).transpose(1, 2);
-    if (cache_k != nullptr && cache_v != nullptr) {
-      if (cache_k->defined()) {
-        k_BGPA = torch::cat({*cache_k, k_BGPA}, 2);
-        v_BGPA = torch::cat({*cache_v, v_BGPA}, 2);
-      }
-      *cache_k = k_BGPA;
-      *cache_v = v_BGPA;
-    }
-    const int64_t P = k_BGPA.size(2);  // keys visible: cached + new
-    std::optional<torch::Tensor> mask;
-    bool causal = false;
-    if (P == S && (window_ == 0 || window_ >= S)) {
-      causal = S > 1;  // SDPA's own causal mask: the window hides nothing here
-    } else if (S > 1 || window_ > 0) {
-      // Bottom-right aligned: query i sits at absolute position P - S + i.
-      mask = visible_keys_SP(S, P, window_, x_BSD.options());
-    }
-    auto out_BHSA = at::scaled_dot_product_attention(
-        q_BHSA, k_BGPA, v_BGPA, mask, /*dropout_p=*/0.0, causal, /*scale=*/std::nullopt,
-        /*enable_gqa=*/G != H);
-    return o_proj(out_BHSA.transpose(1, 2).reshape({B, S, H * A}));
+    auto v_BSGA = v_proj(x_BSD).view({B, S, G, A});
+    return o_proj(attend(q_BSHA, k_BSGA, v_BSGA, rope, window_, cache_k, cache_v));
   }
 
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
