@@ -77,7 +77,7 @@ int main(int argc, char** argv) {
     // Every arm of the comparison on each domain's held-out stream.
     std::printf("held-out loss (nats/token), BTX budget %.3g FLOPs:\n", r.btx_budget_flops());
     const auto& graph = recipe::btx_graph();
-    for (const auto& [d, i] : graph.instances(r.domain_names(), r.routers(), r.baselines)) {
+    for (const auto& [d, i] : graph.instances(r.domain_names(), r.routers(), r.selection())) {
       if (!d.arm) continue;
       btx::LogitsFn logits;
       if (d.logits) {

@@ -196,3 +196,37 @@ TEST_CASE("pipeline config: the router is resolved once, from its YAML key to th
                                             {{"router_options", {{"capacity", 2}}}});
         }).find("unknown key 'capacity'") != std::string::npos);
 }
+
+TEST_CASE("stage graph: optional arms run only when selected, each with its own options") {
+  const auto& g = recipe::btx_graph();
+  const std::vector<std::string> domains = {"math", "code"}, routers = {"top2"};
+  const auto stages = [&](const recipe::Selection& s) {
+    std::set<std::string> out;
+    for (const auto& [d, i] : g.instances(domains, routers, s)) out.insert(i.stage);
+    return out;
+  };
+  const auto plain = stages(true);
+  CHECK(plain.count("mix"));
+  CHECK_FALSE(plain.count("flexolmo"));
+  CHECK_FALSE(plain.count("bam-mix"));
+  const auto with = stages(recipe::Selection(true, {"flexolmo", "bam", "ceiling"}));
+  for (const char* s : {"anchored-expert-math", "anchored-expert-code", "flexolmo",
+                        "flexolmo-tuned", "bam-mix", "bam", "dense-experts"}) {
+    CAPTURE(s);
+    CHECK(with.count(s));
+  }
+  const auto up = g.upstream(recipe::StageInstance{"flexolmo-tuned", "flexolmo-tuned", "", "", 0},
+                             domains, routers);
+  CHECK(std::set<std::string>(up.begin(), up.end()) ==
+        std::set<std::string>{"flexolmo", "anchored-expert-code", "seed", "anchored-expert-math"});
+  // Options are the arm's own: unknown keys and bad values refused naming them.
+  const auto flex = g.option("flexolmo");
+  CHECK(flex.options.read(nlohmann::json::object(), "arms.flexolmo").at("trains") == "ffn");
+  CHECK_THROWS_WITH_AS(flex.options.read({{"trains", "everything"}}, "arms.flexolmo"),
+                       doctest::Contains("trains"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(g.option("nope"), doctest::Contains("flexolmo"), std::invalid_argument);
+  // An arm's stage must name a declared option.
+  recipe::BtxGraph copy = g;
+  CHECK_THROWS_AS(copy.add({.name = "x", .phase = "mix", .option = "undeclared"}),
+                  std::invalid_argument);
+}

@@ -16,6 +16,8 @@
 #include <btx/core/causal_lm.hpp>
 #include <btx/merge/btm_ensemble.hpp>
 #include <btx/models/auto.hpp>
+#include <btx/recipe/anchored_stages.hpp>
+#include <btx/recipe/attention_stages.hpp>
 #include <btx/recipe/baselines.hpp>
 #include <btx/recipe/branch.hpp>
 #include <btx/recipe/finetune.hpp>
@@ -89,6 +91,29 @@ inline std::vector<std::string> with(std::vector<std::string> a,
                                      const std::vector<std::string>& b) {
   a.insert(a.end(), b.begin(), b.end());
   return a;
+}
+
+// The ceiling's reference (`arms: [ceiling]`): dense continued training at the experts'
+// compute alone, beside the experts on their own domains (perfect routing).
+inline void add_ceiling_arm(BtxGraph& g) {
+  g.add_option({.name = "ceiling",
+                .describe = "dense training at the experts' compute, for the experts' ceiling"});
+  g.add({.name = "dense-experts",
+         .phase = "finetune",
+         .inputs = {"seed"},
+         .after = {"expert-{domain}"},
+         .worker = "dense-experts",
+         .ranks = Ranks::stage,
+         .option = "ceiling",
+         .arm = Arm{"dense at the experts' compute",
+                    "dense continued training at the experts' compute alone"},
+         .keys = {"arms"},
+         .run = [](const Recipe& r, const StageInstance& i, dist::Communicator& ranks) {
+           double experts = 0.0;
+           for (const auto& e : expert_infos(r.run)) experts += e.flops;
+           (void)dense_baseline(r.run, load_stage_model(r.run, "seed"), r.mixture_sampler(200),
+                                r.expert_stage, experts, r.options(i.stage, ranks), i.stage);
+         }});
 }
 
 inline BtxGraph seeded_btx_graph() {
@@ -196,15 +221,21 @@ inline BtxGraph seeded_btx_graph() {
   g.add({.name = kMixStage,
          .phase = "mix",
          .inputs = {"expert-{domain}", "seed"},
+         .arm = Arm{"BTX at step 0", "BTX's mix before its MoE stage", true, "expert {domain}"},
          .keys = {"router", "router_options", "load_balance_alpha", "load_balance_form",
                   "seed_as_expert", "seed_as_shared_expert", "router_init", "experts_from",
                   "split_chunks", "averaging", "averaging_density", "averaging_lambda",
                   "curve_every", "curve_windows", "log_every", "checkpoint_every",
                   "ranks_per_stage", "dist_timeout_s"},
-         .run = [](const Recipe& r, const StageInstance&, dist::Communicator&) {
-           (void)mix_stage(r.run, load_experts(r.run), load_stage_model(r.run, "seed"),
-                           mix_options(r));
-         }});
+         .run =
+             [](const Recipe& r, const StageInstance&, dist::Communicator&) {
+               (void)mix_stage(r.run, load_experts(r.run), load_stage_model(r.run, "seed"),
+                               mix_options(r));
+             },
+         .load =
+             [](const Recipe& r, const StageInstance&) {
+               return load_stage_model(r.run, kMixStage, r.moe_for(r.moe.router.name));
+             }});
   g.add({.name = "btx-{router}",
          .phase = "finetune",
          .each = Each::router,
@@ -221,6 +252,9 @@ inline BtxGraph seeded_btx_graph() {
                                   r.finetune_stage, options);
              },
          .load = load_arm_model});
+  add_ceiling_arm(g);
+  add_anchored_arms(g);
+  add_attention_arms(g, mix_options);
   g.report_keys({"baselines", "eval_windows", "math_problems", "extra_routers", "sample_prompts",
                  "sample_tokens"});
   return g;

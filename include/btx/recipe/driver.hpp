@@ -4,7 +4,8 @@
 // come from the graph: worker_table), each on the ranks the topology gives it, all of a
 // phase at once or in stage_jobs lanes. run_in_process runs every stage here instead, one
 // after another (a user's program that starts no processes). Context needs `run`,
-// `topology`, `stage_jobs`, `baselines`, `domain_names()` and `routers()`.
+// `topology`, `stage_jobs`, `selection()` (which declarations run), `domain_names()` and
+// `routers()`.
 #pragma once
 
 #include <cstdint>
@@ -109,7 +110,7 @@ bool run_graph(const StageGraph<Context>& graph, const Context& c, const WorkerT
   for (const auto& phase : graph.phases()) {
     std::vector<WorkerJob> jobs;
     for (const auto& d : graph.declarations()) {
-      if (d.phase != phase || !d.run || (d.baseline && !c.baselines)) continue;
+      if (d.phase != phase || !d.run || !c.selection()(d)) continue;
       const auto all = detail::instances_here(d, c);
       if (d.worker.empty()) {
         for (const auto& i : all) {
@@ -151,7 +152,7 @@ template <class Context>
 void run_in_process(const StageGraph<Context>& graph, const Context& c) {
   for (const auto& phase : graph.phases()) {
     for (const auto& d : graph.declarations()) {
-      if (d.phase != phase || !d.run || (d.baseline && !c.baselines)) continue;
+      if (d.phase != phase || !d.run || !c.selection()(d)) continue;
       for (const auto& i : detail::instances_here(d, c)) {
         auto one = dist::Communicator::connect(dist::DistEnv{}, c.topology.timeout());
         d.run(c, i, one);

@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -28,6 +30,7 @@
 #include <btx/recipe/compute.hpp>
 #include <btx/recipe/lineage.hpp>
 #include <btx/recipe/run.hpp>
+#include <btx/recipe/stage_graph.hpp>
 #include <btx/recipe/topology.hpp>
 #include <btx/recipe/train_stage.hpp>
 #include <btx/version.hpp>
@@ -53,12 +56,29 @@ struct Recipe {
   bool seed_as_shared_expert = false;  // or, where the family has one, the shared expert
   bool freeze_experts = false;         // the MoE stage trains routers and trunk only
   bool baselines = true;               // dense, upcycling, BTM merge and ensemble
-  Topology topology;                   // ranks per expert and per synchronous stage
-  int64_t stage_jobs = 0;              // worker jobs at once (0: a phase's all at once)
+  // Optional arms to run too (StageGraph::add_option), each with its options resolved.
+  std::map<std::string, nlohmann::json> arms;
+  Topology topology;       // ranks per expert and per synchronous stage
+  int64_t stage_jobs = 0;  // worker jobs at once (0: a phase's all at once)
   // How a stage trains on `ranks`: placement, data parallelism, learning curves, fault
   // injection. Unset: one process on the CPU in fp32 (stage_hooks only).
   std::function<StageOptions(const std::string& stage, dist::Communicator& ranks)> stage_options =
       {};
+
+  // Which of the graph's declarations this recipe runs.
+  [[nodiscard]] Selection selection() const {
+    std::set<std::string> names;
+    for (const auto& [name, options] : arms) names.insert(name);
+    return {baselines, names};
+  }
+  // The options of optional arm `name` (it must be one of this recipe's arms).
+  [[nodiscard]] const nlohmann::json& arm_options(const std::string& name) const {
+    auto it = arms.find(name);
+    if (it == arms.end()) {
+      throw std::logic_error("btx::recipe: optional arm '" + name + "' is not in this recipe");
+    }
+    return it->second;
+  }
 
   [[nodiscard]] std::vector<std::string> domain_names() const {
     std::vector<std::string> names;
@@ -149,6 +169,14 @@ struct Recipe {
         planned_flops(finetune_stage.steps, tokens_per_step(),
                       flops_per_token(seed_spec, seq_len, moe_for(moe.router.name)));
     return recipe::btx_budget_flops(expert_infos(run), finetune);
+  }
+  // BTX's compute after the seed as planned (the experts' steps as configured), for
+  // stages that must know it before the experts have finished.
+  [[nodiscard]] double btx_planned_budget_flops() const {
+    return double(domains.size()) * planned_flops(expert_stage.steps, tokens_per_step(),
+                                                  flops_per_token(seed_spec, seq_len)) +
+           planned_flops(finetune_stage.steps, tokens_per_step(),
+                         flops_per_token(seed_spec, seq_len, moe_for(moe.router.name)));
   }
   // The MoE stage's steps for a `share` of BTX's compute after the seed (the paper's 23%):
   // share / (1 - share) x the experts' planned compute.

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include <btx/core/causal_lm.hpp>
+#include <btx/core/named_registry.hpp>
 #include <btx/train/evaluate.hpp>
 #include <btx/version.hpp>
 
@@ -54,6 +55,10 @@ struct Arm {
   std::string label;     // "BTX {router}", "expert {domain}", "dense"
   std::string describe;  // one line: what it is
   bool routing = false;  // an MoE: the report shows its routing
+  // A mixed model before any training after its mix: the label of the experts it was
+  // mixed from ("expert {domain}"), so the report says how much the mix forgot (its loss
+  // minus each expert's on its own domain).
+  std::string mixed_from = {};
 };
 
 template <class Context>
@@ -66,6 +71,7 @@ struct StageDecl {
   std::string worker = {};               // worker kind running it; empty: the driver runs it
   Ranks ranks = Ranks::driver;
   bool baseline = false;               // left out when the context asks for no baselines
+  std::string option = {};             // runs only when the context's arms name it
   std::optional<Arm> arm = {};         // scored in the report
   std::vector<std::string> keys = {};  // config keys only it and what follows it read
   // Trains or makes the stage on `ranks` (the driver's lone process, or a worker's group).
@@ -80,6 +86,9 @@ struct StageDecl {
   // split into a group each (recipe/topology.hpp's shared expert worlds).
   std::string worker_option = {};
   std::string group_worker = {};
+  // An MoE arm's experts in router order, as the report labels its routing (unset: the
+  // context's, BTX's).
+  std::function<std::vector<std::string>(const Context&)> expert_names = {};
 };
 
 // Fills "{domain}" and "{router}" in a pattern.
@@ -93,6 +102,25 @@ inline std::string instance_name(std::string pattern, const std::string& domain,
   }
   return pattern;
 }
+
+// An optional arm: stages a run has only when its config's `arms` names it.
+struct ArmOption {
+  std::string name, describe;
+  OptionSchema options = OptionSchema::none();
+};
+
+// Which declarations a run has: baselines or not, and the optional arms it asked for.
+struct Selection {
+  bool baselines = true;
+  std::set<std::string> arms = {};
+
+  Selection(bool with_baselines = true, std::set<std::string> optional_arms = {})  // NOLINT
+      : baselines(with_baselines), arms(std::move(optional_arms)) {}
+  template <class Decl>
+  [[nodiscard]] bool operator()(const Decl& d) const {
+    return (!d.baseline || baselines) && (d.option.empty() || arms.count(d.option) > 0);
+  }
+};
 
 template <class Context>
 class StageGraph {
@@ -124,6 +152,12 @@ class StageGraph {
         }
       }
     }
+    if (!d.option.empty() && std::none_of(options_.begin(), options_.end(),
+                                          [&](const ArmOption& o) { return o.name == d.option; })) {
+      throw std::invalid_argument("btx::recipe::StageGraph: stage '" + d.name +
+                                  "' belongs to optional arm '" + d.option +
+                                  "', which is not declared (add_option) before it");
+    }
     if (!d.worker.empty() && !d.run) {
       throw std::invalid_argument("btx::recipe::StageGraph: stage '" + d.name + "' names worker '" +
                                   d.worker + "' but has no run function");
@@ -146,10 +180,47 @@ class StageGraph {
     throw std::invalid_argument("btx::recipe::StageGraph: no stage '" + name + "'");
   }
 
+  // An optional arm (a set of declarations whose `option` names it), with the options a
+  // config gives it (`arms: {NAME: {...}}`); declare it before its stages.
+  StageGraph& add_option(ArmOption o) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (o.name.empty() || !o.options.read) {
+      throw std::invalid_argument(
+          "btx::recipe::StageGraph: an optional arm needs a name and an "
+          "option schema (OptionSchema::none() for none)");
+    }
+    for (const auto& other : options_) {
+      if (other.name == o.name) {
+        throw std::invalid_argument("btx::recipe::StageGraph: optional arm '" + o.name +
+                                    "' is declared twice");
+      }
+    }
+    options_.push_back(std::move(o));
+    return *this;
+  }
+  [[nodiscard]] std::vector<ArmOption> options() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return options_;
+  }
+  // The optional arm `name`, or an error listing the ones there are.
+  [[nodiscard]] ArmOption option(const std::string& name) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::string known;
+    for (const auto& o : options_) {
+      if (o.name == name) return o;
+      known += (known.empty() ? "" : ", ") + o.name;
+    }
+    throw std::invalid_argument("config: arms: no optional arm '" + name +
+                                "'; there are: " + (known.empty() ? std::string("none") : known));
+  }
+
   // The phases in driver order (fixed when the graph is made).
   explicit StageGraph(std::vector<std::string> phases) : phases_(std::move(phases)) {}
   StageGraph(const StageGraph& other)
-      : phases_(other.phases_), decls_(other.declarations()), report_keys_(other.report_keys_) {}
+      : phases_(other.phases_),
+        decls_(other.declarations()),
+        options_(other.options()),
+        report_keys_(other.report_keys_) {}
 
   [[nodiscard]] const std::vector<std::string>& phases() const { return phases_; }
   // Config keys only the evaluation and report read: they reach no stage.
@@ -187,13 +258,13 @@ class StageGraph {
     return out;
   }
 
-  // Every declaration's instances (baselines left out unless `baselines`), in order.
+  // Every selected declaration's instances, in order.
   [[nodiscard]] std::vector<std::pair<Decl, StageInstance>> instances(
       const std::vector<std::string>& domains, const std::vector<std::string>& routers,
-      bool baselines) const {
+      const Selection& selected) const {
     std::vector<std::pair<Decl, StageInstance>> out;
     for (const auto& d : declarations()) {
-      if (d.baseline && !baselines) continue;
+      if (!selected(d)) continue;
       for (const auto& i : instances_of(d, domains, routers)) out.emplace_back(d, i);
     }
     return out;
@@ -277,6 +348,7 @@ class StageGraph {
   std::vector<std::string> phases_;
   mutable std::mutex mutex_;
   std::vector<Decl> decls_;
+  std::vector<ArmOption> options_;
   std::vector<std::string> report_keys_;
 };
 

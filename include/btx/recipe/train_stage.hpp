@@ -59,6 +59,10 @@ struct StageOptions {
   // stage.json. FLOPs are still counted as for a full backward: the experts' weight
   // gradients, a third of their training FLOPs, are not actually spent.
   bool freeze_experts = false;
+  // Training FLOPs per token to count; 0: the model's full training cost (its spec). A
+  // stage that freezes parts of its model says what its steps really cost
+  // (train/flops.hpp: partly_frozen_training_flops_per_token).
+  double flops_per_token = 0.0;
 };
 
 // A model and the record (stage.json) of the stage that made it.
@@ -133,7 +137,9 @@ inline nlohmann::json train(const Run& run, const std::string& stage, const Caus
   }
   t.held_out_every = options.held_out_every;  // the trainer checks the pair
   // Each record's compute so far, for curves against training FLOPs; an MoE's router health.
-  const double flops_per_tok = flops_per_token(model.spec(), sampler.seq_len());
+  const double flops_per_tok = options.flops_per_token > 0.0
+                                   ? options.flops_per_token
+                                   : flops_per_token(model.spec(), sampler.seq_len());
   t.on_log = [model, stage, flops_per_tok](int64_t step, nlohmann::json& record) {
     record["flops"] = record["tokens"].get<double>() * flops_per_tok;
     if (model.is_moe()) record["expert_load"] = expert_load(model.module(), stage, step);
