@@ -10,6 +10,8 @@
 #                                        run tools/btx-pipeline/presets/real_seed/real_seed.yaml in
 #                                        runs/real-seed, load the final model in
 #                                        transformers and, converted, in llama.cpp
+#   cmake/quickstart.sh real-seed PRESET.yaml [ARGS...]  the same with another preset of that
+#                                        seed, run in runs/real-seed-<preset name>
 # Set-up is idempotent and quick when nothing is missing: Debian -dev packages via
 # apt-get, a venv in .venv with torch==2.13.0 (LibTorch comes from that wheel unless
 # CMAKE_PREFIX_PATH or Torch_DIR already names one), transformers for the interop tests.
@@ -91,12 +93,19 @@ case "$mode" in
   real-seed)
     # The seed (a few seconds when it is there), the preset (resumes where it stopped),
     # then the final model in its users' tools.
+    # An optional first argument names another preset of the seed (e.g. real_seed/arms.yaml,
+    # run in runs/real-seed-arms); default: real_seed/real_seed.yaml in runs/real-seed.
+    preset="$root/tools/btx-pipeline/presets/real_seed/real_seed.yaml"
+    run_name=real-seed
+    if [ $# -gt 0 ] && [[ "$1" == *.yaml ]]; then
+      preset=$(realpath "$1"); shift
+      run_name=real-seed-$(basename "$preset" .yaml)
+    fi
     seed="$build/real-seed/SmolLM2-135M-Instruct"
     "$py" "$root/tools/btx-pipeline/presets/real_seed/fetch_seed.py" "$seed" --btx-interop "$build/bin/btx-interop"
-    run_dir=${BTX_REAL_SEED_RUN:-$root/runs/real-seed}
-    say "running the real-seed preset in $run_dir"
-    BTX_PYTHON="$py" "$build/bin/btx-pipeline" "$root/tools/btx-pipeline/presets/real_seed/real_seed.yaml" \
-      --run-dir "$run_dir" "$@"
+    run_dir=${BTX_REAL_SEED_RUN:-$root/runs/$run_name}
+    say "running $(basename "$preset") in $run_dir"
+    BTX_PYTHON="$py" "$build/bin/btx-pipeline" "$preset" --run-dir "$run_dir" "$@"
     say "loading the final model in transformers and llama.cpp"
     "$py" "$root/tools/btx-pipeline/presets/real_seed/check_final.py" "$run_dir" --llama-cpp ;;
   test)

@@ -471,6 +471,168 @@ class BadInputFailsBeforeTraining(unittest.TestCase):
                        f'tensor "model.norm.weight" in {f} holds +Inf at [7]')
 
 
+
+class AsyncArms(unittest.TestCase):
+    """The optional arms (arms: [flexolmo, bam, ceiling]) end to end at --quick scale: each
+    trains, is scored at its compute and reported, with how much each mix forgot; the
+    FlexOlmo merge is a Mixtral transformers loads with btx's logits and btx-merge makes it
+    again from the run's anchored experts, removes an expert (opt-out) and adds it back
+    (opt-in); BAM's checkpoint is btx's own type, which transformers refuses by name."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="btx-arms-")
+        cls.run_dir = os.path.join(cls.tmp, "run")
+        config = os.path.join(cls.tmp, "arms.json")
+        with open(config, "w") as f:
+            json.dump({"arms": ["flexolmo", "bam", "ceiling"]}, f)
+        cls.first = run([config, "--quick", "--run-dir", cls.run_dir])
+        sys.stderr.write(cls.first.stderr[-3000:])
+        with open(os.path.join(cls.run_dir, "eval", "results.json")) as f:
+            cls.results = {r["name"]: r for r in json.load(f)}
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def logits_match(self, ckpt, text="x = 12 + 7;\n"):
+        from transformers import AutoTokenizer, MixtralForCausalLM
+        model, info = MixtralForCausalLM.from_pretrained(ckpt, output_loading_info=True)
+        self.assertFalse(info["missing_keys"])
+        self.assertFalse(info["unexpected_keys"])
+        model.eval()
+        ids = AutoTokenizer.from_pretrained(ckpt)(text, return_tensors="pt").input_ids
+        ids_file = os.path.join(self.tmp, "ids.safetensors")
+        out_file = os.path.join(self.tmp, "logits.safetensors")
+        save_file({"ids": ids.to(torch.int64)}, ids_file)
+        r = subprocess.run([INTEROP, "logits", ckpt, ids_file, out_file], capture_output=True,
+                           text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with torch.no_grad():
+            ref = model(ids).logits
+        self.assertLess((load_file(out_file)["logits"] - ref).abs().max().item(), 1e-4)
+        return model
+
+    def merge(self, config, out):
+        path = os.path.join(self.tmp, os.path.basename(out) + ".json")
+        with open(path, "w") as f:
+            json.dump(config, f)
+        return subprocess.run([os.environ["BTX_MERGE"], path, out], capture_output=True,
+                              text=True)
+
+    def test_every_arm_is_trained_and_scored_at_its_compute(self):
+        self.assertEqual(self.first.returncode, 0, self.first.stderr[-3000:])
+        r = self.results
+        for name in ["FlexOlmo expert math", "FlexOlmo", "FlexOlmo tuned", "BTX at step 0",
+                     "BAM at step 0", "BAM", "dense at the experts' compute"]:
+            self.assertIn(name, r)
+            for d, loss in r[name]["loss"].items():
+                self.assertTrue(math.isfinite(loss) and 0 < loss < 10, (name, d, loss))
+        btx = r["BTX top2"]["train_flops"]
+        for arm in ["FlexOlmo tuned", "BAM"]:
+            self.assertAlmostEqual(r[arm]["train_flops"] / btx, 1.0, delta=0.05, msg=arm)
+        self.assertAlmostEqual(r["FlexOlmo"]["train_flops"] / btx, 0.95, delta=0.05)
+        experts = sum(r["expert " + d]["train_flops"] for d in ["math", "code", "prose"])
+        self.assertAlmostEqual(r["dense at the experts' compute"]["train_flops"] / experts, 1.0,
+                               delta=0.05)
+        # Router tuning trains the routers alone; the experts' FLOPs count frozen parts as
+        # forward and input gradients only.
+        with open(os.path.join(self.run_dir, "flexolmo-tuned", "stage.json")) as f:
+            tuned = json.load(f)
+        self.assertEqual(tuned["trains"], "routers")
+        with open(os.path.join(self.run_dir, "report.md")) as f:
+            report = f.read()
+        self.assertIn("## What the mix forgets", report)
+        for row in ["| BTX at step 0 |", "| FlexOlmo |", "| BAM at step 0 |"]:
+            self.assertIn(row, report)
+
+    def test_flexolmo_forgets_nothing_at_step_0(self):
+        own = [self.results["FlexOlmo expert " + d]["loss"][d] for d in ["math", "code", "prose"]]
+        mixed = self.results["FlexOlmo"]["loss"]
+        forgotten = sum(mixed.values()) / 3 - sum(own) / 3
+        self.assertLess(abs(forgotten), 0.02, forgotten)
+
+    def test_flexolmo_merge_and_its_experts_load_in_transformers(self):
+        self.logits_match(os.path.join(self.run_dir, "flexolmo", "model"))
+        self.logits_match(os.path.join(self.run_dir, "anchored-expert-code", "model"))
+
+    def test_btx_merge_opt_out_and_opt_in(self):
+        experts = [{"source_model": os.path.join(self.run_dir, f"anchored-expert-{d}", "model")}
+                   for d in ["math", "code", "prose"]]
+        seed = os.path.join(self.run_dir, "seed", "model")
+        merged = os.path.join(self.tmp, "merged")
+        r = self.merge({"operation": "flexolmo", "base_model": seed, "experts": experts}, merged)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        ours = load_file(os.path.join(merged, "model.safetensors"))
+        pipeline = load_file(os.path.join(self.run_dir, "flexolmo", "model", "model.safetensors"))
+        self.assertEqual(sorted(ours), sorted(pipeline))
+        for k in ours:
+            self.assertTrue(torch.equal(ours[k], pipeline[k]), k)
+
+        # Opt-out: code (expert 2; 0 is the anchor) removed. Where no layer routes to it,
+        # nothing changes on math text: position t is untouched when layer 0 picked code at
+        # no position up to t (layer 1 attends to them) and layer 1 did not at t.
+        without = os.path.join(self.tmp, "without-code")
+        r = self.merge({"operation": "remove_experts", "base_model": merged, "remove": [2]},
+                       without)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        full = self.logits_match(merged, "12+30=42\n7*6=42\n")
+        reduced = self.logits_match(without, "12+30=42\n7*6=42\n")
+        from transformers import AutoTokenizer
+        ids = AutoTokenizer.from_pretrained(merged)("12+30=42\n7*6=42\n",
+                                                    return_tensors="pt").input_ids
+        with torch.no_grad():
+            out = full(ids, output_router_logits=True)
+            small = reduced(ids).logits
+        k = full.config.num_experts_per_tok
+        picked = [torch.topk(l, k, dim=-1).indices.eq(2).any(-1) for l in out.router_logits]
+        untouched = (~picked[0]).long().cumprod(0).bool() & ~picked[1]
+        self.assertGreater(int(untouched.sum()), 0, "every position routed to code")
+        diff = (out.logits[0] - small[0]).abs().amax(-1)
+        self.assertLess(diff[untouched].max().item(), 1e-4)
+
+        # Opt-in: code added back to the merged model of math and prose is the merge of
+        # math, prose and code (expert order: the order of joining).
+        readded = os.path.join(self.tmp, "readded")
+        r = self.merge({"operation": "add_experts", "base_model": without,
+                        "experts": [experts[1]]}, readded)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        reordered = os.path.join(self.tmp, "reordered")
+        r = self.merge({"operation": "flexolmo", "base_model": seed,
+                        "experts": [experts[0], experts[2], experts[1]]}, reordered)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        back = load_file(os.path.join(readded, "model.safetensors"))
+        expected = load_file(os.path.join(reordered, "model.safetensors"))
+        for k2 in expected:
+            self.assertTrue(torch.equal(back[k2], expected[k2]), k2)
+
+        # A dense expert is not an anchored one: refused by name, nothing written.
+        bad = os.path.join(self.tmp, "bad")
+        r = self.merge({"operation": "flexolmo", "base_model": seed, "experts": [
+            {"source_model": os.path.join(self.run_dir, "expert-math", "model")}]}, bad)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("expert-math", r.stderr)
+        self.assertFalse(os.path.exists(bad))
+
+    def test_bam_checkpoint_is_btx_own_and_transformers_refuses_it(self):
+        ckpt = os.path.join(self.run_dir, "bam", "model")
+        with open(os.path.join(ckpt, "config.json")) as f:
+            config = json.load(f)
+        self.assertEqual(config["model_type"], "btx_attention_experts")
+        self.assertEqual(config["btx_attention_experts"]["router"], "soft")
+        from transformers import AutoConfig
+        with self.assertRaises(Exception) as refused:
+            AutoConfig.from_pretrained(ckpt)
+        self.assertIn("btx_attention_experts", str(refused.exception))
+        ids_file = os.path.join(self.tmp, "bam-ids.safetensors")
+        out_file = os.path.join(self.tmp, "bam-logits.safetensors")
+        save_file({"ids": torch.tensor([[1, 5, 9, 4]], dtype=torch.int64)}, ids_file)
+        r = subprocess.run([INTEROP, "logits", ckpt, ids_file, out_file], capture_output=True,
+                           text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(torch.isfinite(load_file(out_file)["logits"]).all())
+
+
 class TestOnlyArm(unittest.TestCase):
     """An arm declared in a test program alone (tests/tools/pipeline_with_test_arm.cpp: dense
     continued training at half BTX's compute) runs end to end: a worker of its own trains

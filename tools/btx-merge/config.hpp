@@ -39,6 +39,12 @@ inline merge::MergeKeys merge_keys() {
 }
 
 struct MergeConfig {
+  // merge: dense sources -> one MoE (the default, mergekit-moe's job). The MoE edits of
+  // anchored experts (FlexOlmo; merge/anchored.hpp): flexolmo concatenates anchored experts
+  // (experts[]: MoEs of two over base_model), remove_experts drops experts (`remove`) from
+  // the MoE base_model (opt-out), add_experts appends anchored experts to it (opt-in).
+  std::string operation = "merge";
+  std::vector<int64_t> remove;  // remove_experts: the experts' indices in base_model
   std::string base_model;
   std::vector<ExpertEntry> experts;
   // method, averaging and gate_mode with their options (split, weights, density, lambda, ...).

@@ -72,9 +72,16 @@ s::Schema<ExpertEntry> expert_schema() {
 s::Schema<MergeConfig> make_schema() {
   using C = MergeConfig;
   s::Schema<C> sc("the top level");
-  sc.key("base_model", &C::base_model,
-         "HF dense checkpoint folder: architecture, tokenizer files and config.json come from "
-         "it; gate_mode hidden runs it. Required")
+  sc.key("operation", &C::operation,
+         "merge (dense experts -> MoE); for anchored experts (FlexOlmo): flexolmo "
+         "(concatenate experts[] over base_model, the anchor), remove_experts (drop `remove` "
+         "from the MoE base_model), add_experts (append experts[] to the MoE base_model)",
+         s::one_of({"merge", "flexolmo", "remove_experts", "add_experts"}))
+      .key("remove", &C::remove, "remove_experts: indices of the experts to drop (0: the anchor)")
+      .key("base_model", &C::base_model,
+           "HF checkpoint folder: architecture, tokenizer files and config.json come from it; "
+           "gate_mode hidden runs it (dense for merge and flexolmo, the merged MoE for "
+           "remove_experts and add_experts). Required")
       .list("experts", &C::experts, expert_schema(), "the dense experts, in expert order")
       .key("experts_per_token", &C::experts_per_token, "top-k (split C: the config gets C*k)",
            s::positive<int64_t>())
@@ -145,10 +152,46 @@ const schema::Schema<MergeConfig>& merge_config_schema() {
   return schema;
 }
 
+namespace {
+// An MoE edit's config: only the keys it reads (the merge choice, prompts, the shared
+// expert and the device are the merge's).
+MergeConfig checked_edit(MergeConfig c, const nlohmann::json& j) {
+  for (const char* key : {"method", "averaging", "gate_mode", "split", "weights", "density",
+                          "lambda", "include_base_as_expert", "shared_experts", "device"}) {
+    if (j.contains(key)) throw key_error(key, "does not apply to operation " + c.operation);
+  }
+  for (size_t e = 0; e < c.experts.size(); ++e) {
+    const auto& x = c.experts[e];
+    const std::string where = "experts[" + std::to_string(e) + "]";
+    if (x.source_model.empty()) throw key_error(where + ".source_model", "missing");
+    if (!x.prompts.empty() || !x.negative_prompts.empty()) {
+      throw key_error(where + ".positive_prompts",
+                      "does not apply to operation " + c.operation +
+                          " (anchored experts bring their router rows)");
+    }
+  }
+  if (c.operation == "remove_experts") {
+    if (c.remove.empty()) throw key_error("remove", "missing: the indices of the experts to drop");
+    if (!c.experts.empty()) throw key_error("experts", "does not apply to remove_experts");
+  } else {
+    if (!c.remove.empty()) throw key_error("remove", "applies to operation remove_experts only");
+    if (c.experts.empty()) {
+      throw key_error("experts",
+                      "missing or empty (a list of {source_model: PATH}: anchored "
+                      "experts, MoEs of two)");
+    }
+  }
+  if (c.tokenizer_source == "union") throw key_error("tokenizer_source", "union is not supported");
+  return c;
+}
+}  // namespace
+
 MergeConfig parse_merge_config(const nlohmann::json& j) {
   if (!j.is_object()) throw std::invalid_argument("the config must be a mapping of keys");
   MergeConfig c = merge_config_schema().read(j, MergeConfig{}, "");
-  if (c.base_model.empty()) throw key_error("base_model", "missing (a HF dense checkpoint folder)");
+  if (c.base_model.empty()) throw key_error("base_model", "missing (a HF checkpoint folder)");
+  if (c.operation != "merge") return checked_edit(std::move(c), j);
+  if (!c.remove.empty()) throw key_error("remove", "applies to operation remove_experts only");
   if (c.experts.empty()) {
     throw key_error("experts", "missing or empty (a list of {source_model: PATH})");
   }

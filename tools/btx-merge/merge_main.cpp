@@ -49,6 +49,7 @@
 #include "../common/yaml_json.hpp"
 #include "config.hpp"
 #include "merge_main.hpp"
+#include "moe_edit.hpp"
 
 namespace fs = std::filesystem;
 using namespace btx;
@@ -214,6 +215,7 @@ bool same_path(const fs::path& a, const fs::path& b) {
 
 int run(const MergeConfig& c, const std::string& config_text, const fs::path& out_dir, bool force,
         size_t write_threads, bool durable, bool direct_io) {
+  if (c.operation != "merge") return run_moe_edit(c, out_dir, force);
   if (!force && io::detail::exists_non_empty(out_dir)) {
     throw InputError("OUT_DIR " + out_dir.string() +
                      " exists and is not empty (--force replaces it)");

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <limits>
+#include <map>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -86,6 +87,9 @@ struct PipelineConfig {
   // the rest (averaging) and starts the routers (router_init), each with its own options.
   merge::MergeChoice mix = merge::read_merge_choice(nlohmann::json::object(), mix_keys());
   bool baselines = true;  // dense, BTM merge/ensemble, sparse upcycling
+  // Optional arms of the recipe's graph to run too, each with its options resolved
+  // (`arms: [flexolmo, bam]` or `arms: {flexolmo: {trains: ffn}}`).
+  std::map<std::string, nlohmann::json> arms;
   int64_t eval_windows = 48;
   int64_t math_problems = 100;
   // Generation samples in the report: every model's greedy continuation of each prompt.

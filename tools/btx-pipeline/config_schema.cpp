@@ -7,6 +7,8 @@
 #include <stdexcept>
 #include <string>
 
+#include <btx/recipe/btx_stages.hpp>
+
 #include "config.hpp"
 
 namespace btx::pipeline {
@@ -107,6 +109,32 @@ nlohmann::json mix_json(const PipelineConfig& c, const std::string& key) {
   return nullptr;  // an option of an entry not chosen
 }
 
+// `arms`: names of the recipe graph's optional arms, each with its options read by the
+// arm's own schema (unknown arms and options refused, naming them).
+std::map<std::string, nlohmann::json> read_arms(const nlohmann::json& v, const std::string& key) {
+  std::map<std::string, nlohmann::json> out;
+  const auto add = [&](const std::string& name, const nlohmann::json& given) {
+    const auto option = recipe::btx_graph().option(name);
+    if (out.count(name)) throw std::invalid_argument("config: " + key + ": '" + name + "' twice");
+    out[name] = option.options.read(given, key + "." + name);
+  };
+  if (v.is_array()) {
+    for (const auto& item : v) {
+      if (!item.is_string()) {
+        throw std::invalid_argument("config: " + key + " lists arm names (strings), got " +
+                                    item.dump());
+      }
+      add(item.get<std::string>(), nlohmann::json::object());
+    }
+  } else if (v.is_object()) {
+    for (const auto& [name, given] : v.items()) add(name, given);
+  } else {
+    throw std::invalid_argument("config: " + key +
+                                " is a list of arm names or a mapping of arm names to options");
+  }
+  return out;
+}
+
 s::Schema<PipelineConfig> make_schema() {
   using C = PipelineConfig;
   s::Schema<C> sc("the top level");
@@ -170,6 +198,14 @@ s::Schema<PipelineConfig> make_schema() {
         [key](const C& c) { return mix_json(c, key); });
   }
   sc.key("baselines", &C::baselines, "dense, sparse upcycling, BTM merge and ensemble")
+      .custom(
+          "arms", "optional arms to run too: a list of names, or {name: {options}} (see Arms)",
+          [](C& c, const nlohmann::json& v, const std::string& key) { c.arms = read_arms(v, key); },
+          [](const C& c) {
+            nlohmann::json j = nlohmann::json::object();
+            for (const auto& [name, options] : c.arms) j[name] = options;
+            return j;
+          })
       .key("eval_windows", &C::eval_windows, "held-out windows per domain in the report",
            s::positive<int64_t>())
       .key("math_problems", &C::math_problems, "math exact-match problems", s::at_least<int64_t>(0))

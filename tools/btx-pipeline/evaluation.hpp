@@ -28,7 +28,8 @@ namespace btx::pipeline {
 
 struct Evaluated {
   ModelResult result;
-  RoutingShares routing;  // empty for dense models
+  RoutingShares routing;             // empty for dense models
+  std::vector<std::string> experts;  // the arm's experts when not BTX's (routing labels)
 };
 
 // Greedy continuation of `prompt` by `sample_tokens` tokens, decoded (the context: the last
@@ -142,7 +143,7 @@ inline std::vector<Evaluated> evaluate_all(const PipelineRun& run) {
   const auto device = placement(run.config).device;
   const auto& r = run.recipe;
   for (const auto& [d, i] :
-       recipe::btx_graph().instances(run.domain_names(), run.routers(), r.baselines)) {
+       recipe::btx_graph().instances(run.domain_names(), run.routers(), r.selection())) {
     if (!d.arm) continue;
     const std::string name = recipe::instance_name(d.arm->label, i.domain, i.router);
     const std::string kind = recipe::instance_name(d.arm->describe, i.domain, i.router);
@@ -156,6 +157,7 @@ inline std::vector<Evaluated> evaluate_all(const PipelineRun& run) {
       e.result = score(run, name, kind,
                        [m, device](const torch::Tensor& ids) { return m.forward(ids.to(device)); });
       if (d.arm->routing) e.routing = routing_analysis(run, m);
+      if (d.expert_names) e.experts = d.expert_names(r);
     }
     add_compute(e.result, run, compute_stages(d, i, run));
     out.push_back(std::move(e));

@@ -76,7 +76,13 @@ std::string help_text() {
   }
   out += "Arms of the report:";
   for (const auto& d : recipe::btx_graph().declarations()) {
-    if (d.arm) out += " " + d.arm->label + (d.baseline ? " (baseline)" : "") + ";";
+    if (!d.arm) continue;
+    out += " " + d.arm->label + (d.baseline ? " (baseline)" : "") +
+           (d.option.empty() ? "" : " (arms: " + d.option + ")") + ";";
+  }
+  out += "\nOptional arms (arms: [NAME] or {NAME: {options}}):\n";
+  for (const auto& o : recipe::btx_graph().options()) {
+    out += "  " + o.name + ": " + o.describe + "\n" + o.options.help;
   }
   out += "\n\nCONFIG keys (YAML or JSON; unknown keys are errors; the default's values):\n" +
          bp::pipeline_schema().help(bp::default_config());

@@ -234,6 +234,7 @@ inline PipelineRun open_run(const PipelineConfig& given) {
   rec.seed_as_shared_expert = config.seed_as_shared_expert;
   rec.freeze_experts = config.freeze_experts;
   rec.baselines = config.baselines;
+  rec.arms = config.arms;
   rec.topology = config.topology;
   rec.stage_jobs = config.stage_jobs;
   rec.stage_options = stage_options_of(config, rec.domains);

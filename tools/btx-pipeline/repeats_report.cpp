@@ -17,6 +17,7 @@
 #include <btx/report/repeats.hpp>
 
 #include "config.hpp"
+#include "forgetting.hpp"
 #include "report.hpp"
 #include "results.hpp"
 
@@ -96,6 +97,10 @@ int write_repeats_report(const bp::PipelineConfig& config) {
                            : "no")
          << " |\n";
     }
+  }
+  if (const auto forgetting = bp::forgetting_table(models, bp::mixes_of(config), domains);
+      !forgetting.empty()) {
+    md << "\n## What the mix forgets\n\n" << bp::kForgettingIntro << forgetting;
   }
   md << "\n## Repeats\n\n";
   for (const auto& d : dirs) {

@@ -15,6 +15,7 @@
 #include <btx/recipe/lineage.hpp>
 
 #include "evaluation.hpp"
+#include "forgetting.hpp"
 #include "pipeline_run.hpp"
 #include "report.hpp"
 
@@ -103,7 +104,7 @@ int write_report(const bp::PipelineRun& p) {
   std::map<std::string, double> offset;
   std::map<std::string, std::string> expert_domain;
   for (const auto& [d, i] :
-       btx::recipe::btx_graph().instances(p.domain_names(), p.routers(), p.recipe.baselines)) {
+       btx::recipe::btx_graph().instances(p.domain_names(), p.routers(), p.recipe.selection())) {
     if (!d.run || d.phase == btx::recipe::btx_phases().front() || !run.done(i.stage)) continue;
     if (d.each == btx::recipe::Each::domain) expert_domain[i.stage] = i.domain;
     double before = 0;
@@ -129,6 +130,14 @@ int write_report(const bp::PipelineRun& p) {
         "spends only the experts'.\n\n"
      << bp::results_table(rows, domains) << "\n";
   for (const auto& r : rows) md << "- **" << r.name << "**: " << r.kind << "\n";
+  {
+    std::vector<std::string> order;
+    const auto models = bp::collect_results({run.dir()}, domains, order);
+    const auto forgetting = bp::forgetting_table(models, bp::mixes_of(p.config), domains);
+    if (!forgetting.empty()) {
+      md << "\n## What the mix forgets\n\n" << bp::kForgettingIntro << forgetting;
+    }
+  }
   md << "\n## Routing analysis\n\nShare of each domain's routed tokens per expert and layer "
         "(held-out text, inference mode). Experts: ";
   const auto btx_experts = p.expert_names();
@@ -140,7 +149,7 @@ int write_report(const bp::PipelineRun& p) {
     md << "### " << e.result.name << "\n\n";
     // Sparse upcycling keeps one expert per domain (and the seed's) when BTX splits or
     // blends its experts: its columns are numbered.
-    auto experts = btx_experts;
+    auto experts = e.experts.empty() ? btx_experts : e.experts;
     if (const size_t E = e.routing.begin()->second.front().size(); E != experts.size()) {
       experts.clear();
       for (size_t j = 0; j < E; ++j) experts.push_back("expert " + std::to_string(j));
