@@ -237,3 +237,37 @@ TEST_CASE("anchored compute: frozen parts cost no weight gradients") {
   // The forward plus input gradients stay: at least two thirds of the full cost.
   CHECK(frozen > 2.0 / 3.0 * full);
 }
+
+TEST_CASE("anchored rows: separating rows score +1 on their domain's mean, -1 on the others'") {
+  // As in the five-domain runs: one outlier domain (arithmetic) and three related ones
+  // (code, code, prose) sharing a direction, so the mixture's mean sits between them.
+  // Centered rows then score a related domain's row above the anchor's 0 on another
+  // domain's mean; separating rows put the own domain first, the anchor second, every
+  // other domain below it.
+  torch::manual_seed(5);
+  auto axis_LD = [](int64_t i, double v) {
+    auto t = torch::zeros({3, 16});
+    t.select(1, i).fill_(v);
+    return t;
+  };
+  const auto common_LD = axis_LD(0, 4.0);
+  std::vector<torch::Tensor> means = {common_LD + axis_LD(1, -3.0)};
+  for (int d = 1; d < 4; ++d) {
+    means.push_back(common_LD + axis_LD(1, 1.0) + 0.3 * torch::randn({3, 16}));
+  }
+  means[3] = means[2] + 0.2 * torch::randn({3, 16});  // two close domains (C and Python)
+  const auto rows = bm::separating_rows(means, 1e-9);
+  REQUIRE(rows.size() == 4);
+  for (int d = 0; d < 4; ++d) {
+    CHECK(rows[d].sizes() == means[d].sizes());
+    for (int e = 0; e < 4; ++e) {
+      const auto score_L = (rows[e] * means[d]).sum(-1);
+      CHECK(torch::allclose(score_L, torch::full({3}, d == e ? 1.0 : -1.0), 1e-3, 1e-3));
+    }
+  }
+  const auto mixture = torch::stack(means).mean(0);
+  const auto centered_score = ((means[3] - mixture) * means[2]).sum(-1);
+  CHECK((centered_score > 0).all().item<bool>());  // what separating rows fix
+  CHECK_THROWS_WITH_AS(bm::separating_rows({}), doctest::Contains("no domains"),
+                       std::invalid_argument);
+}

@@ -200,6 +200,31 @@ inline FrozenSlices freeze_anchored(CausalLM& expert, AnchoredTrains trains) {
   return slices;
 }
 
+// Router rows that separate the domains where centered rows do not: per layer, domain d's
+// row scores +1 on d's mean FFN input and -1 on every other domain's (the anchor's row 0
+// scores 0), the least-norm such rows (ridge-regularised by `ridge` times the mean squared
+// norm of the means). With centered rows (a domain's mean minus the mixture's) text of one
+// domain also outscores the anchor on every related domain's row, so top-2 pairs two
+// experts that never trained together. means_LD: one [L, D] per domain; returns one each.
+inline std::vector<torch::Tensor> separating_rows(const std::vector<torch::Tensor>& means_LD,
+                                                  double ridge = 1e-3) {
+  if (means_LD.empty()) throw std::invalid_argument("btx::merge::separating_rows: no domains");
+  const auto M_LND = torch::stack(means_LD).to(torch::kFloat64).transpose(0, 1);
+  const int64_t N = M_LND.size(1);
+  const auto eye_NN = torch::eye(N, M_LND.options());
+  const auto target_NN = 2.0 * eye_NN - 1.0;
+  const auto gram_LNN = torch::matmul(M_LND, M_LND.transpose(1, 2));
+  const auto scale_L = gram_LNN.diagonal(0, 1, 2).mean(-1).view({-1, 1, 1});
+  // rows R with R M^T = target: R = target (M M^T)^-1 M
+  const auto rows_LND =
+      torch::matmul(target_NN, torch::linalg_solve(gram_LNN + ridge * scale_L * eye_NN, M_LND));
+  std::vector<torch::Tensor> out;
+  for (int64_t d = 0; d < N; ++d) {
+    out.push_back(rows_LND.select(1, d).to(means_LD[0].scalar_type()).contiguous());
+  }
+  return out;
+}
+
 // Matmul parameters per token an anchored expert trains, per layer and in the LM head
 // (for train/flops.hpp's partly_frozen_training_flops_per_token): one FFN and one router
 // row, plus attention for ffn_attention (norms are not matmuls).

@@ -40,7 +40,8 @@ struct AnchoredArmOptions {
   // The router rows: centered (each domain's mean FFN input minus the mixture's, the
   // anchor's row zero: a domain's expert outscores the anchor on its own text and loses
   // elsewhere) or mean (each domain's mean FFN input, the anchor's the mixture's, as
-  // mergekit's hidden gate), each scaled to unit norm.
+  // mergekit's hidden gate) or separating (least-norm rows scoring +1 on their domain's
+  // mean and -1 on the others', merge::separating_rows), each scaled to unit norm.
   std::string rows = "centered";
 };
 
@@ -58,8 +59,9 @@ inline schema::Schema<AnchoredArmOptions> anchored_arm_schema() {
       .key("row_samples", &O::row_samples, "windows per domain for the router rows",
            s::positive<int64_t>())
       .key("rows", &O::rows,
-           "router rows: centered (domain mean - mixture mean; anchor 0) or mean (mergekit's)",
-           s::one_of({"centered", "mean"}));
+           "router rows: centered (domain mean - mixture mean; anchor 0), mean (mergekit's) "
+           "or separating (+1 on their domain's mean, -1 on the others'; anchor 0)",
+           s::one_of({"centered", "mean", "separating"}));
 }
 
 inline AnchoredArmOptions anchored_options(const Recipe& r) {
@@ -136,9 +138,12 @@ inline void add_anchored_arms(StageGraph<Recipe>& g) {
                const CausalLM seed = load_stage_model(r.run, "seed");
                const auto rows = detail::domain_rows(r, seed, o.row_samples);
                const auto mixture = torch::stack(rows).mean(0);
-               CausalLM expert = o.rows == "centered"
-                                     ? merge::anchored_expert(seed, torch::zeros_like(mixture),
-                                                              rows.at(i.index) - mixture)
+               const auto zeros = torch::zeros_like(mixture);
+               CausalLM expert = o.rows == "centered" ? merge::anchored_expert(
+                                                            seed, zeros, rows.at(i.index) - mixture)
+                                 : o.rows == "separating"
+                                     ? merge::anchored_expert(
+                                           seed, zeros, merge::separating_rows(rows).at(i.index))
                                      : merge::anchored_expert(seed, mixture, rows.at(i.index));
                const auto frozen = merge::freeze_anchored(expert, trains);
                StageOptions options = r.options(i.stage, ranks);
