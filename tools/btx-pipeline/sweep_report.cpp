@@ -17,6 +17,7 @@
 #include <btx/report/gnuplot.hpp>
 #include <btx/report/repeats.hpp>
 
+#include "forgetting.hpp"
 #include "report.hpp"
 #include "results.hpp"
 #include "sweep.hpp"
@@ -86,6 +87,16 @@ std::string sweep_markdown(const bp::Sweep& sweep,
        << gap_cell(r, btx_name, "BTM ensemble") << " | " << gap_cell(r, "BTM merge", "seed")
        << " | " << against_first << " |\n";
   }
+  std::ostringstream forgetting;
+  for (size_t i = 0; i < sweep.variants.size(); ++i) {
+    const auto& c = sweep.variants[i].config;
+    const auto table = bp::forgetting_table(results[i], bp::mixes_of(c), bp::domain_names_of(c));
+    if (!table.empty()) forgetting << "\n" << sweep.variants[i].name << ":\n\n" << table;
+  }
+  if (!forgetting.str().empty()) {
+    md << "\nWhat each mix forgets (each variant's report explains the columns):\n"
+       << forgetting.str();
+  }
   md << "\nOrderings:\n\n";
   for (size_t i = 0; i < sweep.variants.size(); ++i) {
     std::map<std::string, std::vector<double>> arms;
@@ -120,13 +131,14 @@ std::string sweep_markdown(const bp::Sweep& sweep,
 
 // Writes <sweep.dir>/report.md, sweep.json and sweep.png; returns the sweep's section for a
 // report one folder up (a list of sweeps' combined report).
-std::string write_sweep_report(const bp::PipelineConfig& config, const bp::Sweep& sweep) {
-  const auto domains = bp::domain_names_of(config);
+std::string write_sweep_report(const bp::PipelineConfig& /*config*/, const bp::Sweep& sweep) {
   std::vector<std::map<std::string, bp::PerRepeat>> results;
   std::vector<std::string> order;  // every model, in the order the variants first name them
   for (const auto& v : sweep.variants) {
+    // A variant may have domains of its own (a regime sweep): its average is over them.
     std::vector<std::string> variant_order;
-    results.push_back(bp::collect_results(bp::result_dirs(v.config), domains, variant_order));
+    results.push_back(bp::collect_results(bp::result_dirs(v.config), bp::domain_names_of(v.config),
+                                          variant_order));
     for (const auto& name : variant_order) {
       if (std::find(order.begin(), order.end(), name) == order.end()) order.push_back(name);
     }
