@@ -219,7 +219,7 @@ class RepeatsReport(unittest.TestCase):
                 d = [values[k] - btx[k] for k in range(2)]
                 d_mean, d_sd = sum(d) / 2, abs(d[0] - d[1]) / math.sqrt(2)
                 separated = abs(d_mean) > self.T_95_ONE_DF * d_sd / math.sqrt(2)
-                gaps_table = report.split("against every other model")[1]
+                gaps_table = report.split("against every other model")[1].split("\n## ")[0]
                 gap_row = [line for line in gaps_table.splitlines()
                            if line.startswith(f"| {name} | ")]
                 self.assertEqual(len(gap_row), 1, name)
