@@ -36,7 +36,7 @@ SEED = os.environ.get("BTX_REAL_SEED",
                       os.path.join(ROOT, "build", "real-seed", "SmolLM2-135M-Instruct"))
 SMOKE_LAYERS = 4
 ARMS = ["seed", "expert math", "expert code", "expert prose", "dense", "BTM merge",
-        "BTM ensemble", "sparse upcycling", "BTX top2"]
+        "BTM ensemble", "sparse upcycling", "BTX at step 0", "BTX top2"]
 
 
 def read_text(path):
