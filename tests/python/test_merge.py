@@ -262,6 +262,22 @@ class BadInputLeavesNothing(unittest.TestCase):
         self.assertFalse([f for f in os.listdir(self.tmp) if f.startswith("out")])
         return result.stderr
 
+    def test_output_over_an_input_is_refused_even_with_force(self):
+        # A user's experts are often their only copy: an OUT_DIR that is an input, contains
+        # one or leads to one through a symlink is refused whatever --force says.
+        b = self.other("b")
+        before = {f: open(os.path.join(b, f), "rb").read() for f in os.listdir(b)}
+        os.symlink(b, os.path.join(self.tmp, "link"))
+        config = yaml_config(self.a, [self.a, b], gate_mode="random")
+        for out in ("b", "", "link"):
+            result, _ = merge(self.tmp, config, out=out, extra=("--force",))
+            self.assertEqual(result.returncode, 1, result.stderr)
+            self.assertIn("would destroy that input", result.stderr)
+            self.assertIn("base_model " + self.a if out == "" else b, result.stderr)
+        self.assertEqual({f: open(os.path.join(b, f), "rb").read() for f in os.listdir(b)},
+                         before)
+        self.assertTrue(os.path.exists(os.path.join(self.a, "config.json")))
+
     def test_mismatched_tensor_shape(self):
         b = self.other("b")
         name = "model.layers.1.mlp.up_proj.weight"

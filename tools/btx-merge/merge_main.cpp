@@ -34,6 +34,7 @@
 #include <btx/hf/model_card.hpp>
 #include <btx/hf/side_files.hpp>
 #include <btx/io/atomic_dir.hpp>
+#include <btx/io/output_guard.hpp>
 #include <btx/merge/any_averaging.hpp>
 #include <btx/merge/checkpoint_source.hpp>
 #include <btx/merge/merge_choice.hpp>
@@ -215,6 +216,15 @@ bool same_path(const fs::path& a, const fs::path& b) {
 
 int run(const MergeConfig& c, const std::string& config_text, const fs::path& out_dir, bool force,
         size_t write_threads, bool durable, bool direct_io) {
+  // Before anything: writing OUT_DIR replaces it, so it must spare every input.
+  std::vector<std::pair<std::string, fs::path>> inputs = {{"base_model", c.base_model}};
+  for (size_t e = 0; e < c.experts.size(); ++e) {
+    inputs.emplace_back("experts[" + std::to_string(e) + "].source_model",
+                        c.experts[e].source_model);
+  }
+  if (c.shared_expert != "base") inputs.emplace_back("shared_experts[0]", c.shared_expert);
+  if (c.tokenizer_source != "base") inputs.emplace_back("tokenizer_source", c.tokenizer_source);
+  io::refuse_output_over_inputs(out_dir, "OUT_DIR", inputs);
   if (c.operation != "merge") return run_moe_edit(c, out_dir, force);
   if (!force && io::detail::exists_non_empty(out_dir)) {
     throw InputError("OUT_DIR " + out_dir.string() +
