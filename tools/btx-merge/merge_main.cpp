@@ -225,11 +225,11 @@ int run(const MergeConfig& c, const std::string& config_text, const fs::path& ou
   if (c.shared_expert != "base") inputs.emplace_back("shared_experts[0]", c.shared_expert);
   if (c.tokenizer_source != "base") inputs.emplace_back("tokenizer_source", c.tokenizer_source);
   io::refuse_output_over_inputs(out_dir, "OUT_DIR", inputs);
-  if (c.operation != "merge") return run_moe_edit(c, out_dir, force);
   if (!force && io::detail::exists_non_empty(out_dir)) {
     throw InputError("OUT_DIR " + out_dir.string() +
                      " exists and is not empty (--force replaces it)");
   }
+  if (c.operation != "merge") return run_moe_edit(c, out_dir, force);
   const fs::path base = c.base_model;
   // ------------------------------------------------------------ the sources
   std::vector<fs::path> dirs;                                          // in expert order

@@ -46,10 +46,6 @@ CausalLM load(const fs::path& dir, const MergeConfig& c) {
 }  // namespace
 
 int run_moe_edit(const MergeConfig& c, const fs::path& out_dir, bool force) {
-  if (!force && fs::exists(out_dir) && !fs::is_empty(out_dir)) {
-    throw std::runtime_error("OUT_DIR " + out_dir.string() +
-                             " exists and is not empty (--force replaces it)");
-  }
   const fs::path base_dir = c.base_model;
   const CausalLM base = load(base_dir, c);
   std::vector<CausalLM> experts;

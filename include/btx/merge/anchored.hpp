@@ -99,18 +99,22 @@ inline void check_rows(const torch::Tensor& rows_LD, int64_t layers, int64_t hid
   }
 }
 
-// Whether parameter `name` is one of the MoE layers' expert or router tensors (and which).
-struct MoeTensor {
-  bool experts = false, router = false;
-};
-inline MoeTensor moe_tensor(const SublayerNaming& naming, int64_t layers, const std::string& name) {
+// Whether parameter `name` is one of the MoE layers' expert or router tensors: a tensor
+// whose rows (dim 0) are per expert, row 0 the anchor's.
+inline bool per_expert(const SublayerNaming& naming, int64_t layers, const std::string& name) {
   for (int64_t l = 0; l < layers; ++l) {
-    if (name == naming.router_name(l)) return {false, true};
+    if (name == naming.router_name(l)) return true;
     for (const auto& p : naming.projections) {
-      if (name == naming.experts_name(l, p)) return {true, false};
+      if (name == naming.experts_name(l, p)) return true;
     }
   }
-  return {};
+  return false;
+}
+
+// What every model built over one anchor shares of tensor `t`: the anchor's row of a
+// per-expert tensor, else the whole tensor.
+inline torch::Tensor anchor_part(const torch::Tensor& t, bool per_expert_rows) {
+  return per_expert_rows ? t.slice(0, 0, 1) : t;
 }
 
 inline void require_moe(const CausalLM& m, const std::string& where) {
@@ -184,8 +188,7 @@ inline FrozenSlices freeze_anchored(CausalLM& expert, AnchoredTrains trains) {
   const SublayerNaming& ffn = family.ffn;
   FrozenSlices slices;
   for (auto& p : expert.named_parameters()) {
-    const auto kind = detail::moe_tensor(ffn, L, p.key());
-    if (kind.experts || kind.router) {
+    if (detail::per_expert(ffn, L, p.key())) {
       p.value().set_requires_grad(true);
       slices.freeze(p.value(), 0, 1, p.key());
       continue;

@@ -56,25 +56,24 @@ inline CausalLM concat_anchored(const std::vector<CausalLM>& experts, MoEConfig 
   std::map<std::string, torch::Tensor> values;
   torch::NoGradGuard no_grad;
   for (const auto& p : params[0]) {
-    const auto kind = detail::moe_tensor(naming, L, p.key());
+    const bool per_expert = detail::per_expert(naming, L, p.key());
     std::vector<torch::Tensor> parts;
     for (size_t j = 0; j < experts.size(); ++j) {
       const auto& t = params[j][p.key()];
-      const auto& anchor_part = kind.experts || kind.router ? t.slice(0, 0, 1) : t;
-      if (j > 0 && !torch::equal(anchor_part, kind.experts || kind.router ? p.value().slice(0, 0, 1)
-                                                                          : p.value())) {
-        if (kind.experts || kind.router || shared == SharedTensors::must_match) {
+      if (j > 0 && !torch::equal(detail::anchor_part(t, per_expert),
+                                 detail::anchor_part(p.value(), per_expert))) {
+        if (per_expert || shared == SharedTensors::must_match) {
           throw std::invalid_argument(
               where + ": expert " + std::to_string(j) + "'s " +
-              (kind.experts || kind.router ? "anchor slot of " : "") + "'" + p.key() +
+              (per_expert ? "anchor slot of " : "") + "'" + p.key() +
               "' differs from expert 0's: they were not trained against one frozen anchor" +
-              (kind.experts || kind.router ? "" : " (average the shared tensors to merge anyway)"));
+              (per_expert ? "" : " (average the shared tensors to merge anyway)"));
         }
       }
-      parts.push_back(kind.experts || kind.router ? t.slice(0, 1, 2) : t);
+      parts.push_back(per_expert ? t.slice(0, 1, 2) : t);
     }
-    if (kind.experts || kind.router) {
-      parts.insert(parts.begin(), p.value().slice(0, 0, 1));
+    if (per_expert) {
+      parts.insert(parts.begin(), detail::anchor_part(p.value(), true));
       values[p.key()] = torch::cat(parts);
     } else {
       values[p.key()] =
@@ -127,8 +126,7 @@ inline CausalLM remove_experts(const CausalLM& moe_model, const std::vector<int6
   const auto index = torch::tensor(keep, torch::kLong);
   std::map<std::string, torch::Tensor> values;
   for (const auto& p : moe_model.named_parameters()) {
-    const auto kind = detail::moe_tensor(naming, L, p.key());
-    values[p.key()] = kind.experts || kind.router
+    values[p.key()] = detail::per_expert(naming, L, p.key())
                           ? p.value().index_select(0, index.to(p.value().device()))
                           : p.value();
   }
@@ -154,21 +152,20 @@ inline CausalLM add_anchored(const CausalLM& moe_model, const CausalLM& expert) 
   std::map<std::string, torch::Tensor> values;
   torch::NoGradGuard no_grad;
   for (const auto& p : moe_model.named_parameters()) {
-    const auto kind = detail::moe_tensor(naming, L, p.key());
+    const bool per_expert = detail::per_expert(naming, L, p.key());
     const auto& t = adding[p.key()];
-    const auto& mine = kind.experts || kind.router ? p.value().slice(0, 0, 1) : p.value();
-    const auto& theirs = kind.experts || kind.router ? t.slice(0, 0, 1) : t;
-    if (!torch::equal(mine, theirs.to(mine.device(), mine.scalar_type()))) {
+    const auto mine = detail::anchor_part(p.value(), per_expert);
+    if (!torch::equal(mine,
+                      detail::anchor_part(t, per_expert).to(mine.device(), mine.scalar_type()))) {
       throw std::invalid_argument(where + ": the expert's " +
-                                  (kind.experts || kind.router ? "anchor slot of " : "") + "'" +
-                                  p.key() +
+                                  (per_expert ? "anchor slot of " : "") + "'" + p.key() +
                                   "' differs from the merged model's: it was not trained against "
                                   "the same frozen anchor");
     }
-    values[p.key()] = kind.experts || kind.router
-                          ? torch::cat({p.value(), t.slice(0, 1, 2).to(p.value().device(),
-                                                                       p.value().scalar_type())})
-                          : p.value();
+    values[p.key()] =
+        per_expert ? torch::cat({p.value(),
+                                 t.slice(0, 1, 2).to(p.value().device(), p.value().scalar_type())})
+                   : p.value();
   }
   ModelSpec spec = moe_model.spec();
   spec.moe->num_experts += 1;

@@ -84,6 +84,17 @@ inline std::vector<torch::Tensor> domain_rows(const Recipe& r, const CausalLM& s
   return rows;
 }
 
+// Domain `index`'s anchored expert of the seed, its router rows as `o.rows` says.
+inline CausalLM anchored_expert_of(const Recipe& r, const CausalLM& seed,
+                                   const AnchoredArmOptions& o, size_t index) {
+  const auto rows = domain_rows(r, seed, o.row_samples);
+  const auto mixture = torch::stack(rows).mean(0);
+  if (o.rows == "mean") return merge::anchored_expert(seed, mixture, rows.at(index));
+  const auto domain_row = o.rows == "separating" ? merge::separating_rows(rows).at(index)
+                                                 : rows.at(index) - mixture;  // centered
+  return merge::anchored_expert(seed, torch::zeros_like(mixture), domain_row);
+}
+
 // Training FLOPs per token of an anchored expert of the seed.
 inline double anchored_flops_per_token(const Recipe& r, merge::AnchoredTrains trains) {
   const auto [per_layer, head] = merge::anchored_trained_params(r.seed_spec.shape, trains);
@@ -136,15 +147,7 @@ inline void add_anchored_arms(StageGraph<Recipe>& g) {
                const auto o = anchored_options(r);
                const auto trains = merge::parse_anchored_trains(o.trains);
                const CausalLM seed = load_stage_model(r.run, "seed");
-               const auto rows = detail::domain_rows(r, seed, o.row_samples);
-               const auto mixture = torch::stack(rows).mean(0);
-               const auto zeros = torch::zeros_like(mixture);
-               CausalLM expert = o.rows == "centered" ? merge::anchored_expert(
-                                                            seed, zeros, rows.at(i.index) - mixture)
-                                 : o.rows == "separating"
-                                     ? merge::anchored_expert(
-                                           seed, zeros, merge::separating_rows(rows).at(i.index))
-                                     : merge::anchored_expert(seed, mixture, rows.at(i.index));
+               CausalLM expert = detail::anchored_expert_of(r, seed, o, i.index);
                const auto frozen = merge::freeze_anchored(expert, trains);
                StageOptions options = r.options(i.stage, ranks);
                options.hooks = frozen.applied_to(options.hooks);

@@ -48,27 +48,24 @@ inline MoEConfig attention_experts_moe(const Recipe& r) {
   return m;
 }
 
-// Declares BAM's arms; MixOptions as BTX's mix uses them (mix_options in btx_stages.hpp).
-template <class MixOptionsOf>
-void add_attention_arms(StageGraph<Recipe>& g, MixOptionsOf mix_options_of) {
+// Declares BAM's arms; bam-mix starts from BTX's finished mix.
+inline void add_attention_arms(StageGraph<Recipe>& g) {
   g.add_option({.name = "bam",
                 .describe = "BAM: BTX with each expert's attention kept as attention experts",
                 .options = OptionSchema::of(attention_arm_schema())});
   g.add({.name = "bam-mix",
          .phase = "mix",
-         .inputs = {"expert-{domain}", "seed"},
+         .inputs = {kMixStage, "expert-{domain}", "seed"},
          .option = "bam",
          .arm = Arm{"BAM at step 0", "BTX's mix with attention experts, before its MoE stage", true,
                     "expert {domain}"},
          .keys = {"arms"},
-         .run = [mix_options_of](const Recipe& r, const StageInstance& i, dist::Communicator&) {
+         .run = [](const Recipe& r, const StageInstance& i, dist::Communicator&) {
            if (r.run.skip_if_done(i.stage)) return;
-           const auto experts = load_experts(r.run);
-           const CausalLM seed = load_stage_model(r.run, "seed");
-           const CausalLM mixed = mix(experts, seed, mix_options_of(r));
+           const CausalLM mixed = load_stage_model(r.run, kMixStage, r.moe_for(r.moe.router.name));
            std::vector<CausalLM> sources;
-           for (const auto& e : experts) sources.push_back(e.model);
-           if (r.seed_as_expert) sources.push_back(seed);
+           for (const auto& e : load_experts(r.run)) sources.push_back(e.model);
+           if (r.seed_as_expert) sources.push_back(load_stage_model(r.run, "seed"));
            auto bam = merge::attention_experts_from(mixed, sources, attention_experts_moe(r));
            finish_stage(r.run, i.stage, bam,
                         {{"stage", i.stage},

@@ -254,7 +254,7 @@ inline BtxGraph seeded_btx_graph() {
          .load = load_arm_model});
   add_ceiling_arm(g);
   add_anchored_arms(g);
-  add_attention_arms(g, mix_options);
+  add_attention_arms(g);
   g.report_keys({"baselines", "eval_windows", "math_problems", "extra_routers", "sample_prompts",
                  "sample_tokens"});
   return g;

@@ -20,30 +20,15 @@ struct ComputeShape {
   int64_t attention_experts = 1;  // attention experts per layer, all of them run (1: none)
 };
 
-inline double training_flops_per_token(const ArchShape& c, int64_t seq_len,
-                                       ComputeShape shape = {}) {
-  const double D = double(c.hidden_size), F = double(c.intermediate_size);
-  const double A = double(c.head_dim);
-  const double Ea = double(shape.attention_experts);
-  const double attn_params =
-      Ea * D * A * double(2 * c.num_attention_heads + 2 * c.num_key_value_heads);
-  const double ffn_params = 3.0 * D * F * double(shape.active_experts);
-  const double router_params = (shape.experts > 1 ? D * double(shape.experts) : 0.0) +
-                               (shape.attention_experts > 1 ? D * Ea : 0.0);
-  const double per_layer = attn_params + ffn_params + router_params;
-  const double matmul_params = double(c.num_hidden_layers) * per_layer + double(c.vocab_size) * D;
-  // Attention scores and weighted values: Kaplan's 2 x layers x context x width (per
-  // attention expert: each attends over every token).
-  const double attention =
-      2.0 * Ea * double(c.num_hidden_layers) * double(seq_len) * double(c.num_attention_heads) * A;
-  return 3.0 * (2.0 * matmul_params + attention);
-}
-
-// Matmul parameters a token touches per layer, by part, for counting what frozen parts
-// save: the attention projections (every attention expert's), one FFN, the routers of
+// Matmul parameters a token touches per layer, by part (also for counting what frozen parts
+// save): the attention projections (every attention expert's), one FFN, the routers of
 // `shape`, and (outside the layers) the LM head.
 struct MatmulParams {
   double attention = 0, ffn = 0, router = 0, head = 0;
+  // Per layer, with the k routed experts' FFNs.
+  [[nodiscard]] double per_layer(const ComputeShape& shape) const {
+    return attention + ffn * double(shape.active_experts) + router;
+  }
 };
 inline MatmulParams matmul_params_per_token(const ArchShape& c, ComputeShape shape = {}) {
   const double D = double(c.hidden_size), F = double(c.intermediate_size);
@@ -53,6 +38,17 @@ inline MatmulParams matmul_params_per_token(const ArchShape& c, ComputeShape sha
           (shape.experts > 1 ? D * double(shape.experts) : 0.0) +
               (shape.attention_experts > 1 ? D * Ea : 0.0),
           double(c.vocab_size) * D};
+}
+
+inline double training_flops_per_token(const ArchShape& c, int64_t seq_len,
+                                       ComputeShape shape = {}) {
+  const MatmulParams m = matmul_params_per_token(c, shape);
+  const double matmul_params = double(c.num_hidden_layers) * m.per_layer(shape) + m.head;
+  // Attention scores and weighted values: Kaplan's 2 x layers x context x width (per
+  // attention expert: each attends over every token).
+  const double attention = 2.0 * double(shape.attention_experts) * double(c.num_hidden_layers) *
+                           double(seq_len) * double(c.num_attention_heads) * double(c.head_dim);
+  return 3.0 * (2.0 * matmul_params + attention);
 }
 
 // Training FLOPs per token when only some weights train: the forward (2 per matmul
@@ -66,9 +62,8 @@ inline double partly_frozen_training_flops_per_token(const ArchShape& c, int64_t
                                                      double trained_head) {
   const double all = training_flops_per_token(c, seq_len, shape);
   const MatmulParams m = matmul_params_per_token(c, shape);
-  const double per_layer = m.attention + m.ffn * double(shape.active_experts) + m.router;
-  const double frozen =
-      double(c.num_hidden_layers) * (per_layer - trained_per_layer) + (m.head - trained_head);
+  const double frozen = double(c.num_hidden_layers) * (m.per_layer(shape) - trained_per_layer) +
+                        (m.head - trained_head);
   return all - 2.0 * frozen;
 }
 
