@@ -65,16 +65,27 @@ if { [ "$mode" = test ] || [ "$mode" = real-seed ]; } && ! "$py" -c 'import tran
   say "installing transformers, safetensors, sentencepiece (independent reference for interop tests)"
   "$py" -m pip install -q transformers safetensors sentencepiece protobuf
 fi
+if [ "$mode" = test ] && ! "$py" -c 'import pyarrow' 2>/dev/null; then
+  # Apache Arrow's C++ headers and libraries, as the torch wheel ships LibTorch: btx-train
+  # reads Parquet with them (and the tests write Parquet with pyarrow).
+  say "installing pyarrow (Arrow C++ for btx-train's Parquet reader)"
+  "$py" -m pip install -q pyarrow
+fi
 
 # ---- Configure once, build incrementally. A user's LibTorch (CMAKE_PREFIX_PATH or
 # Torch_DIR) comes first; the wheel's prefix is only a fallback after it.
 torch_prefix=$("$py" -c 'import torch; print(torch.utils.cmake_prefix_path)')
 build="$root/build"
-if [ ! -f "$build/CMakeCache.txt" ]; then
+# The test command builds btx-train with its Parquet reader (a build the demo configured
+# is configured again with it).
+parquet=()
+if [ "$mode" = test ]; then parquet=(-DBTX_PARQUET=ON); fi
+if [ ! -f "$build/CMakeCache.txt" ] ||
+   { [ ${#parquet[@]} -gt 0 ] && ! grep -q '^BTX_PARQUET:BOOL=ON' "$build/CMakeCache.txt"; }; then
   say "configuring $build"
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     "-DCMAKE_PREFIX_PATH=${CMAKE_PREFIX_PATH:+$CMAKE_PREFIX_PATH;}$torch_prefix" \
-    ${Torch_DIR:+"-DTorch_DIR=$Torch_DIR"} -DBTX_PYTHON="$py" >/dev/null
+    ${Torch_DIR:+"-DTorch_DIR=$Torch_DIR"} -DBTX_PYTHON="$py" "${parquet[@]}" >/dev/null
 fi
 jobs=$(nproc)
 # The demo builds the demo alone; the other modes build everything.

@@ -93,6 +93,38 @@ class MixtralFromBtxMergeMatchesTransformers(unittest.TestCase):
             self.assertGreater((dense - expected).abs().max().item(), 1e-3)
 
 
+class ExpertsInDifferentDtypesAreCast(unittest.TestCase):
+    """An fp32 and a bf16 finetune of one base merge, cast to the output dtype (mergekit's
+    behaviour): the same output as merging the bf16 expert's values upcast by hand."""
+
+    def test_fp32_and_bf16_experts(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            a, b, b32 = (os.path.join(tmp, n) for n in ("a", "b_bf16", "b_fp32"))
+            tiny_llama(60).save_pretrained(a)
+            tiny_llama(61).to(torch.bfloat16).save_pretrained(b)
+            upcast = tiny_llama(61).to(torch.bfloat16).to(torch.float32)
+            upcast.save_pretrained(b32)
+            config = yaml_config(a, [a, b], gate_mode="random", seed=3)
+            result, out = merge(tmp, config, out="mixed")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertIn("BFloat16 in '" + b + "'", result.stderr)
+            self.assertIn("read as float32", result.stderr)
+            result, ref = merge(tmp, yaml_config(a, [a, b32], gate_mode="random", seed=3),
+                                out="upcast")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            got, want = (load_file(os.path.join(d, "model.safetensors")) for d in (out, ref))
+            self.assertEqual(sorted(got), sorted(want))
+            for name in want:
+                self.assertTrue(torch.equal(got[name], want[name]), name)
+            load_mixtral(self, out)
+            # Asked for bf16, both are read as bf16 and the output loads in transformers.
+            result, out16 = merge(tmp, config + "dtype: bfloat16\n", out="bf16")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertIn("read as bfloat16", result.stderr)
+            model = load_mixtral(self, out16)
+            self.assertEqual(next(model.parameters()).dtype, torch.bfloat16)
+
+
 class IdenticalExpertsReproduceTheLlama(unittest.TestCase):
     """(c) N copies of one transformers Llama -> a Mixtral with that Llama's logits."""
 

@@ -137,6 +137,34 @@ class QuickPipeline(unittest.TestCase):
             self.assertEqual(out.shape[1], prompt.input_ids.shape[1] + 8, stage)
             self.assertTrue(tok.decode(out[0], skip_special_tokens=True).startswith("12 + 30 ="))
 
+    def test_tokenizer_json_equals_transformers_conversion_and_needs_no_sentencepiece(self):
+        """Every checkpoint carries tokenizer.json beside tokenizer.model: the same ids and
+        text as transformers' own conversion of tokenizer.model (sentencepiece + protobuf),
+        read by `tokenizers` alone, and loaded by transformers without sentencepiece."""
+        from tokenizers import Tokenizer
+        from transformers import AutoTokenizer
+        ckpt = os.path.join(self.run_dir, "btx-top2", "model")
+        self.assertIn("tokenizer.json", os.listdir(ckpt))
+        texts = ["12 + 30 = 42\n7 * 6 = 42", " leading", "  two\n\tindent\n    code();",
+                 "naïve café — 😀 漢字", "", " ", "\n", "<s> literal </s>", "x" * 40]
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+                shutil.copy(os.path.join(ckpt, name), tmp)
+            converted = AutoTokenizer.from_pretrained(tmp)  # transformers' conversion
+        ours = AutoTokenizer.from_pretrained(ckpt)
+        raw = Tokenizer.from_file(os.path.join(ckpt, "tokenizer.json"))
+        for t in texts:
+            ids = converted(t).input_ids
+            self.assertEqual(ours(t).input_ids, ids, t)
+            self.assertEqual(raw.encode(t).ids, ids, t)
+            self.assertEqual(ours.decode(ids), converted.decode(ids), t)
+        probe = ("import sys; sys.modules['sentencepiece'] = None\n"
+                 "from transformers import AutoTokenizer\n"
+                 f"print(AutoTokenizer.from_pretrained({ckpt!r})('12 + 30').input_ids)\n")
+        r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+        self.assertEqual(json.loads(r.stdout.strip().splitlines()[-1]), converted("12 + 30").input_ids)
+
     def test_second_run_skips_finished_stages(self):
         second = run(["--quick", "--run-dir", self.run_dir])
         self.assertEqual(second.returncode, 0, second.stderr[-3000:])
@@ -391,6 +419,23 @@ class BadInputFailsBeforeTraining(unittest.TestCase):
     def test_missing_data_path(self):
         self.check("domains:\n  - {name: code, paths: [/nonexistent/btx-data]}\n", "/nonexistent/btx-data")
 
+    def test_run_dir_over_an_input_is_refused(self):
+        # The run folder would hold (and could replace) the user's only copy of its data.
+        with tempfile.TemporaryDirectory() as tmp:
+            run_dir = os.path.join(tmp, "run")
+            data = os.path.join(run_dir, "mine")
+            os.makedirs(data)
+            with open(os.path.join(data, "a.txt"), "w") as f:
+                f.write("some text\n" * 100)
+            path = os.path.join(tmp, "c.yaml")
+            with open(path, "w") as f:
+                f.write(f"domains:\n  - {{name: prose, paths: [{data}]}}\n")
+            r = run([path, "--quick", "--run-dir", run_dir], timeout=300)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("run_dir " + run_dir + " is or contains domains[0] (prose) path " + data,
+                          r.stderr)
+            self.assertEqual(sorted(os.listdir(run_dir)), ["mine"])  # no lock, no stage
+
     def test_empty_domain(self):
         with tempfile.TemporaryDirectory() as empty:
             self.check(f"domains:\n  - {{name: code, paths: [{empty}], extensions: [.h]}}\n",
@@ -631,6 +676,72 @@ class AsyncArms(unittest.TestCase):
                            text=True)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertTrue(torch.isfinite(load_file(out_file)["logits"]).all())
+
+
+class ExternalExperts(unittest.TestCase):
+    """The pipeline from experts the user already has: two domains' experts are finetunes
+    of the seed made elsewhere (one stored in bf16), the third is trained here; the mix
+    takes their FFNs as experts, lineage and report say where they came from and that an
+    unknown cost counts as 0, and an expert of another architecture is refused before
+    anything trains."""
+
+    def test_mix_and_moe_stage_from_the_users_experts(self):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from test_interop import tiny_llama
+        with tempfile.TemporaryDirectory() as tmp:
+            shape = dict(vocab_size=256, hidden_size=64, intermediate_size=128,
+                         num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512)
+            seed = os.path.join(tmp, "seed")
+            tiny_llama(1, **shape).save_pretrained(seed)
+            math_dir, code_dir = os.path.join(tmp, "mine-math"), os.path.join(tmp, "mine-code")
+            tiny_llama(2, **shape).save_pretrained(math_dir)
+            tiny_llama(3, **shape).to(torch.bfloat16).save_pretrained(code_dir)
+            config = os.path.join(tmp, "run.yaml")
+            with open(config, "w") as f:
+                f.write(f"seed_checkpoint: {seed}\nexperts:\n"
+                        f"  - {{domain: math, checkpoint: {math_dir}}}\n"
+                        f"  - {{domain: code, checkpoint: {code_dir}, flops: 1.0e9}}\n")
+            run_dir = os.path.join(tmp, "run")
+            r = run([config, "--quick", "--run-dir", run_dir], timeout=900)
+            self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+            with open(os.path.join(run_dir, "expert-math", "log.txt")) as f:
+                self.assertIn("expert-math imported from " + math_dir, f.read())
+            with open(os.path.join(run_dir, "expert-math", "stage.json")) as f:
+                math_stage = json.load(f)
+            self.assertEqual(math_stage["imported_from"], math_dir)
+            self.assertFalse(math_stage["flops_known"])
+            self.assertEqual(math_stage["flops"], 0.0)
+            with open(os.path.join(run_dir, "expert-code", "stage.json")) as f:
+                code_stage = json.load(f)
+            self.assertEqual(code_stage["flops"], 1.0e9)
+            self.assertEqual(code_stage["source_dtype"], "bfloat16")
+            with open(os.path.join(run_dir, "expert-prose", "stage.json")) as f:
+                self.assertGreater(json.load(f)["steps"], 0)  # trained here
+            # The mix's experts are the users' FFNs (the bf16 one upcast), in branch order:
+            # math, code, prose, then the seed.
+            mix = load_file(os.path.join(run_dir, "mix", "model", "model.safetensors"))
+            mine = {"math": load_file(os.path.join(math_dir, "model.safetensors")),
+                    "code": load_file(os.path.join(code_dir, "model.safetensors"))}
+            for e, domain in ((0, "math"), (1, "code")):
+                got = mix[f"model.layers.0.block_sparse_moe.experts.{e}.w1.weight"]
+                want = mine[domain]["model.layers.0.mlp.gate_proj.weight"].float()
+                self.assertTrue(torch.equal(got, want), domain)
+            with open(os.path.join(run_dir, "report.md")) as f:
+                report = f.read()
+            self.assertIn("**expert math** was not trained here", report)
+            self.assertIn("its training cost is unknown and counted as 0", report)
+            # Another architecture: refused naming the field, before the seed stage.
+            other = os.path.join(tmp, "other")
+            tiny_llama(4, **dict(shape, intermediate_size=96)).save_pretrained(other)
+            with open(config, "w") as f:
+                f.write(f"seed_checkpoint: {seed}\nexperts:\n"
+                        f"  - {{domain: math, checkpoint: {other}}}\n")
+            bad_dir = os.path.join(tmp, "bad")
+            r = run([config, "--quick", "--run-dir", bad_dir], timeout=300)
+            self.assertEqual(r.returncode, 1, r.stderr[-3000:])
+            self.assertIn("intermediate_size: 128 vs 96", r.stderr)
+            self.assertFalse(os.path.exists(os.path.join(bad_dir, "seed")))
 
 
 class TestOnlyArm(unittest.TestCase):

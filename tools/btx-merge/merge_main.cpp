@@ -80,6 +80,20 @@ nlohmann::json read_json(const fs::path& p) {
   }
 }
 
+// The dtype a checkpoint's config.json says it stores (transformers 5 writes "dtype", 4
+// "torch_dtype"); float32 when it says none btx knows.
+torch::ScalarType config_dtype(const fs::path& dir) {
+  const auto j = read_json(dir / "config.json");
+  for (const char* key : {"dtype", "torch_dtype"}) {
+    if (!j.contains(key) || !j[key].is_string()) continue;
+    try {
+      return btx::dtype_from_name(j[key].get<std::string>());
+    } catch (const std::invalid_argument&) {
+    }
+  }
+  return torch::kFloat32;
+}
+
 // Same architecture (config.json equal but for kIgnoredConfigKeys), same tokenizer files.
 void check_same_model_family(const std::vector<fs::path>& dirs) {
   const fs::path& ref = dirs.front();
@@ -294,8 +308,23 @@ int run(const MergeConfig& c, const std::string& config_text, const fs::path& ou
   const torch::Device device = parse_device(c.device);
   std::vector<merge::CheckpointSource> sources = merge::checkpoint_sources(dirs, device);
   for (auto& s : sources) s = s.with_non_finite(io::NonFinite::allow);  // checked above
-  {  // the base's tensors too, when it is not a source
+  // Experts published in different dtypes (an fp32 and a bf16 finetune of one base) are
+  // read cast to the output dtype (`dtype`, else base_model's), as mergekit does; sources
+  // that agree are read as stored, so their bytes can still be copied unchanged.
+  std::optional<torch::ScalarType> cast;
+  {
     std::vector<merge::CheckpointSource> with_base = {merge::CheckpointSource(base)};
+    with_base.insert(with_base.end(), sources.begin(), sources.end());
+    const std::string disagreement = merge::dtype_disagreement(with_base);
+    if (!disagreement.empty()) {
+      cast = c.dtype.empty() ? config_dtype(base) : btx::dtype_from_name(c.dtype);
+      std::cerr << "btx-merge: " << disagreement << "; every floating-point tensor is read as "
+                << btx::dtype_name(*cast) << " (config key 'dtype'; default: base_model's)\n";
+      for (auto& s : sources) s = s.cast_to(cast);
+    }
+  }
+  {  // the base's tensors too, when it is not a source
+    std::vector<merge::CheckpointSource> with_base = {merge::CheckpointSource(base).cast_to(cast)};
     with_base.insert(with_base.end(), sources.begin(), sources.end());
     (void)merge::validate_dense_sources(with_base);
   }
@@ -317,7 +346,7 @@ int run(const MergeConfig& c, const std::string& config_text, const fs::path& ou
         "(set include_base_as_expert: true, or list it as an expert)");
   }
   const merge::CheckpointSource base_source =
-      merge::CheckpointSource(base).on(device).with_non_finite(io::NonFinite::allow);
+      merge::CheckpointSource(base).on(device).with_non_finite(io::NonFinite::allow).cast_to(cast);
   // gate_mode hidden: the base model's mean FFN input on each expert's prompts (minus its
   // negative prompts), computed only when the plan asks for it.
   ctx.hidden_states = [&]() -> std::vector<torch::Tensor> {
@@ -396,7 +425,10 @@ int run(const MergeConfig& c, const std::string& config_text, const fs::path& ou
     info.checks = {
         "Sources: every config.json describes the same dense architecture (all keys but "
         "dtype and bookkeeping equal), and every tensor has the same name, shape and dtype "
-        "in every source.",
+        "in every source" +
+            (cast ? std::string(" once read as ") + btx::dtype_name(*cast) +
+                        " (the sources store different floating-point dtypes)."
+                  : std::string(".")),
         c.tokenizer_source.empty() || c.tokenizer_source == "base"
             ? std::string("Tokenizers: every source's tokenizer files give the same ids and "
                           "the same special tokens.")

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <limits>
 #include <map>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -70,6 +71,13 @@ struct PipelineConfig {
   std::string tokenizer = "auto";
   int64_t tokenizer_vocab_size = 2048;  // sentencepiece: pieces (the model's vocab_size)
   std::string seed_checkpoint;  // HF checkpoint of any registered family; empty: pretrain a seed
+  // Experts the user already has (dense finetunes of seed_checkpoint), taken instead of
+  // training those domains' experts; their cost is unknown (0) unless `flops` gives it.
+  struct ExpertSource {
+    std::string domain, checkpoint;
+    std::optional<double> flops;
+  };
+  std::vector<ExpertSource> experts;
   StageBudget seed_stage{400, 3e-3, 20};
   StageBudget expert_stage{300, 2e-3, 10};
   StageBudget finetune_stage{100, 1e-3, 10};

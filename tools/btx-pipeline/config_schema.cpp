@@ -1,14 +1,18 @@
 // SPDX-License-Identifier: MIT
 // Every key of btx-pipeline's config, declared once: what it fills, what it means (the
 // --help text) and its checks. The combinations the keys alone cannot check are validate()'s.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <limits>
+#include <set>
 #include <stdexcept>
 #include <string>
 
 #include <btx/recipe/btx_stages.hpp>
 
+#include "../common/domain_schema.hpp"
 #include "config.hpp"
 
 namespace btx::pipeline {
@@ -46,27 +50,6 @@ s::Schema<DecoderConfig> model_schema() {
            "the LM head reuses the embedding")
       .key("vocab_size", &DecoderConfig::vocab_size, "vocabulary (a sentencepiece tokenizer's)",
            s::positive<int64_t>());
-}
-
-s::Schema<DomainSpec> domain_schema() {
-  return s::Schema<DomainSpec>("domains[]")
-      .key("name", &DomainSpec::name, "the domain (and its expert's) name",
-           s::non_empty<std::string>())
-      .key("paths", &DomainSpec::paths, "text files or folders")
-      .key("extensions", &DomainSpec::extensions, "a folder's files to read (e.g. [.h])")
-      .key("recursive", &DomainSpec::recursive, "descend into subfolders")
-      .key("generator", &DomainSpec::generator, "arithmetic: generated problems instead")
-      .key("token_file", &DomainSpec::token_file, "nanoGPT token file (train split)")
-      .key("eval_token_file", &DomainSpec::eval_token_file, "its held-out split")
-      .key("token_dtype", &DomainSpec::token_dtype, "uint16 or uint32",
-           s::one_of({"uint16", "uint32"}))
-      .key("max_train_tokens", &DomainSpec::max_train_tokens, "cap on training tokens",
-           s::positive<int64_t>())
-      .key("max_eval_tokens", &DomainSpec::max_eval_tokens, "cap on held-out tokens",
-           s::positive<int64_t>())
-      .key("eval_every", &DomainSpec::eval_every, "every n-th document is held out",
-           s::positive<int64_t>())
-      .key("seed", &DomainSpec::seed, "a generated domain's seed");
 }
 
 // The merge choice's keys (experts_from, averaging, router_init and their options): read
@@ -150,7 +133,7 @@ s::Schema<PipelineConfig> make_schema() {
       .section("model", &C::model, model_schema(), "the demo seed's Llama (no seed_checkpoint)")
       .key("seq_len", &C::seq_len, "tokens per training window", s::positive<int64_t>())
       .key("batch_size", &C::batch_size, "windows per optimizer step", s::positive<int64_t>())
-      .list("domains", &C::domains, domain_schema(), "one expert each",
+      .list("domains", &C::domains, btx::tools::domain_schema(), "one expert each",
             [](const C& c) {
               DomainSpec d;
               if (!c.domains.empty()) d.max_train_tokens = c.domains.front().max_train_tokens;
@@ -162,6 +145,16 @@ s::Schema<PipelineConfig> make_schema() {
            "sentencepiece pieces (256 bytes + <unk>, <s>, </s> and more)",
            s::in_range<int64_t>(260, 65536))
       .key("seed_checkpoint", &C::seed_checkpoint, "an HF checkpoint of any family to start from")
+      .list(
+          "experts", &C::experts,
+          s::Schema<C::ExpertSource>("experts[]")
+              .key("domain", &C::ExpertSource::domain, "the domain this expert is for",
+                   s::non_empty<std::string>())
+              .key("checkpoint", &C::ExpertSource::checkpoint,
+                   "an HF folder: a dense finetune of seed_checkpoint", s::non_empty<std::string>())
+              .key("flops", &C::ExpertSource::flops,
+                   "its training FLOPs after the seed (null: unknown, counted as 0)"),
+          "experts the user already has, taken instead of training those domains'")
       .section("seed_stage", &C::seed_stage, budget_schema("seed_stage"), "the seed's training")
       .section("expert_stage", &C::expert_stage, budget_schema("expert_stage"),
                "each expert's training")
@@ -337,6 +330,29 @@ void validate(const PipelineConfig& c, const ArchShape& seed) {
   if (c.mix.averaging.spec->name == "keep_base" && !c.seed_as_expert) {
     throw std::invalid_argument(
         "config: averaging keep_base keeps the seed's tensors, which needs seed_as_expert");
+  }
+  std::set<std::string> imported;
+  for (const auto& e : c.experts) {
+    const bool known = std::any_of(c.domains.begin(), c.domains.end(),
+                                   [&](const DomainSpec& d) { return d.name == e.domain; });
+    if (!known) {
+      throw std::invalid_argument("config: experts[].domain '" + e.domain +
+                                  "' is not one of the domains");
+    }
+    if (!imported.insert(e.domain).second) {
+      throw std::invalid_argument("config: experts lists domain '" + e.domain + "' twice");
+    }
+    if (c.seed_checkpoint.empty()) {
+      throw std::invalid_argument("config: experts[] (" + e.domain +
+                                  ") needs the seed they were finetuned from as seed_checkpoint");
+    }
+    if (!std::filesystem::exists(std::filesystem::path(e.checkpoint) / "config.json")) {
+      throw std::invalid_argument("config: experts[].checkpoint " + e.checkpoint +
+                                  " is not a checkpoint folder with a config.json");
+    }
+    if (e.flops && !(*e.flops >= 0.0)) {
+      throw std::invalid_argument("config: experts[].flops must be >= 0");
+    }
   }
   c.topology.validate(c.batch_size);
   (void)placement(c);  // a device this machine lacks fails here, before any work

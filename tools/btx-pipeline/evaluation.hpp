@@ -20,6 +20,7 @@
 #include <btx/recipe/lineage.hpp>
 #include <btx/recipe/stage_model.hpp>
 #include <btx/train/evaluate.hpp>
+#include <btx/train/routing_shares.hpp>
 
 #include "pipeline_run.hpp"
 #include "report.hpp"
@@ -105,34 +106,9 @@ inline std::vector<std::string> compute_stages(const recipe::BtxStage& d,
 }
 
 inline RoutingShares routing_analysis(const PipelineRun& run, const CausalLM& model) {
-  RoutingShares shares;
-  torch::NoGradGuard no_grad;
-  model->eval();
-  const auto device = placement(run.config).device;
-  for (const auto& d : run.corpus.domains) {
-    std::vector<torch::Tensor> counts;  // per layer [E] (this model's E: upcycling's may differ)
-    const int64_t T = run.config.seq_len;
-    const int64_t windows =
-        std::min<int64_t>(run.config.eval_windows, (d.eval_tokens.numel() - 1) / T);
-    for (int64_t w = 0; w < windows; ++w) {
-      auto ids = d.eval_tokens.slice(0, w * T, w * T + T).to(torch::kInt64).unsqueeze(0);
-      (void)model.forward(ids.to(device));
-      auto layers = moe_layers(model.module());
-      // One tensor per layer: assign(n, t) would copy one handle n times, and the in-place
-      // sums below would then add every layer into the same storage.
-      for (size_t l = 0; l < layers.size(); ++l) {
-        const auto tokens_E = layers[l].second->last_stats().tokens_per_expert.to(torch::kDouble);
-        if (counts.size() <= l) counts.push_back(torch::zeros_like(tokens_E));
-        counts[l] += tokens_E;
-      }
-    }
-    auto& per_layer = shares[d.name];
-    for (auto& c : counts) {
-      c = c / c.sum().clamp_min(1.0);
-      per_layer.emplace_back(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
-    }
-  }
-  return shares;
+  std::vector<std::pair<std::string, torch::Tensor>> held_out;
+  for (const auto& d : run.corpus.domains) held_out.emplace_back(d.name, d.eval_tokens);
+  return routing_shares(model, held_out, run.config.seq_len, run.config.eval_windows);
 }
 
 // Every arm of the recipe's graph (recipe/btx_stages.hpp), in declaration order: its model

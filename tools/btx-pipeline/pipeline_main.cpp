@@ -280,6 +280,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     const auto config = resolve_config(a);
+    bp::refuse_run_dir_over_inputs(config);  // before the run's lock exists
     if (a.check) return check_config(config);
     if (!config.sweep.is_null()) return run_sweep(config, a.until);
     return config.repeats > 1 ? run_repeats(config, a.until) : run_pipeline(config, a.until);

@@ -24,6 +24,7 @@
 #include <btx/data/sampler.hpp>
 #include <btx/data/token_file.hpp>
 #include <btx/hf/side_files.hpp>
+#include <btx/io/output_guard.hpp>
 #include <btx/models/auto.hpp>
 #include <btx/models/llama/family.hpp>
 #include <btx/parallel/communicator.hpp>
@@ -34,6 +35,7 @@
 #include <btx/recipe/run.hpp>
 #include <btx/recipe/train_stage.hpp>
 #include <btx/train/evaluate.hpp>
+#include <btx/train/held_out.hpp>
 
 #include "../common/checkpoint_tokenizer.hpp"
 #include "../common/sentencepiece_codec.hpp"
@@ -61,21 +63,11 @@ inline recipe::StageOptions with_curves(const PipelineConfig& config,
                                         recipe::StageOptions options) {
   if (config.curve_every <= 0) return options;
   options.held_out_every = config.curve_every;
-  std::vector<std::pair<std::string, torch::Tensor>> held_out;  // shares the tokens' storage
+  HeldOutSet held_out;  // shares the tokens' storage
   for (const auto& d : domains) held_out.emplace_back(d.name, d.eval_tokens);
   options.held_out = [held_out, seq_len = config.seq_len,
                       windows = config.curve_windows](const CausalLM& model) {
-    const auto device = model.module().parameters().front().device();
-    const LogitsFn logits = [&](const torch::Tensor& ids) { return model.forward(ids.to(device)); };
-    nlohmann::json out = {{"loss", nlohmann::json::object()}};
-    double sum = 0;
-    for (const auto& [name, tokens] : held_out) {
-      const double l = evaluate_loss(logits, tokens, seq_len, windows).loss;
-      out["loss"][name] = l;
-      sum += l;
-    }
-    out["avg"] = sum / double(held_out.size());
-    return out;
+    return held_out_losses(model, held_out, seq_len, windows);
   };
   return options;
 }
@@ -152,7 +144,11 @@ inline tools::SentencePieceCodec run_tokenizer(const PipelineConfig& config, con
           ") was trained on other text or "
           "with other settings than this config gives; start a new run_dir");
     }
-    return tools::SentencePieceCodec::load(dir / "tokenizer.model");
+    auto sp = tools::SentencePieceCodec::load(dir / "tokenizer.model");
+    // A run begun before btx wrote tokenizer.json gets it now (same model, same ids).
+    if (!std::filesystem::exists(dir / "tokenizer.json"))
+      sp.write_hf_files(dir, {{"btx_tokenizer.json", manifest.dump(2) + "\n"}});
+    return sp;
   }
   std::fprintf(stderr, "[tokenizer] training SentencePiece (%lld pieces) on %.1f MB of text\n",
                static_cast<long long>(config.tokenizer_vocab_size), double(all.size()) / 1e6);
@@ -185,9 +181,28 @@ inline nlohmann::json write_corpus_tokens(const PipelineRun& p) {
   return files;
 }
 
+// The run folder must not be, or contain, one of the run's inputs (the seed, a domain's
+// files): the stages write and replace folders in it, and a user's checkpoint or corpus is
+// often their only copy. Refused naming both, before the run's lock or any stage exists.
+inline void refuse_run_dir_over_inputs(const PipelineConfig& config) {
+  std::vector<std::pair<std::string, std::filesystem::path>> inputs = {
+      {"seed_checkpoint", config.seed_checkpoint}};
+  for (const auto& e : config.experts)
+    inputs.emplace_back("experts[] (" + e.domain + ")", e.checkpoint);
+  for (size_t d = 0; d < config.domains.size(); ++d) {
+    const auto& spec = config.domains[d];
+    const std::string where = "domains[" + std::to_string(d) + "] (" + spec.name + ")";
+    for (const auto& path : spec.paths) inputs.emplace_back(where + " path", path);
+    inputs.emplace_back(where + " token_file", spec.token_file);
+    inputs.emplace_back(where + " eval_token_file", spec.eval_token_file);
+  }
+  io::refuse_output_over_inputs(config.run_dir, "run_dir", inputs);
+}
+
 // Every data and config error surfaces here, before a stage folder exists.
 inline PipelineRun open_run(const PipelineConfig& given) {
   PipelineConfig config = given;
+  refuse_run_dir_over_inputs(config);
   const ModelSpec spec = seed_spec_of(config);
   validate(config, spec.shape);
   const CorpusText text = read_corpus_text(config.domains);
@@ -224,6 +239,10 @@ inline PipelineRun open_run(const PipelineConfig& given) {
   rec.seed_stage = config.seed_stage;
   rec.expert_stage = config.expert_stage;
   rec.finetune_stage = config.finetune_stage;
+  for (const auto& e : config.experts) {
+    rec.external_experts[e.domain] = {e.checkpoint, e.flops};
+    (void)recipe::check_external_expert(e.domain, spec, rec.external_experts[e.domain]);
+  }
   rec.moe.router = config.router;
   rec.moe.load_balance_alpha = config.load_balance_alpha;
   rec.moe.load_balance_form = parse_load_balance_form(config.load_balance_form);

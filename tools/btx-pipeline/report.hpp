@@ -17,6 +17,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <btx/train/routing_shares.hpp>
+
 #include <btx/report/gnuplot.hpp>
 
 namespace btx::pipeline {
@@ -33,7 +35,7 @@ struct ModelResult {
 };
 
 // shares[domain][layer][expert]: fraction of the domain's routed assignments.
-using RoutingShares = std::map<std::string, std::vector<std::vector<double>>>;
+using btx::RoutingShares;
 
 inline std::string fmt(double v, int digits = 3) {
   if (std::isnan(v)) return "-";

@@ -130,6 +130,14 @@ int write_report(const bp::PipelineRun& p) {
         "spends only the experts'.\n\n"
      << bp::results_table(rows, domains) << "\n";
   for (const auto& r : rows) md << "- **" << r.name << "**: " << r.kind << "\n";
+  // Experts from outside: where each came from and whether its cost is in the budget.
+  for (const auto& e : p.config.experts) {
+    md << "- **expert " << e.domain << "** was not trained here: it is `" << e.checkpoint << "`"
+       << (e.flops ? ", whose training cost (given) counts in BTX's compute"
+                   : "; its training cost is unknown and counted as 0, so BTX's compute and "
+                     "the baselines' equal budget leave it out")
+       << "\n";
+  }
   {
     std::vector<std::string> order;
     const auto models = bp::collect_results({run.dir()}, domains, order);

@@ -79,7 +79,15 @@ class CheckpointTokenizer {
   // Token ids of each text.
   [[nodiscard]] std::vector<std::vector<int64_t>> encode(
       const std::vector<std::string>& texts) const {
-    return kind_ == Kind::json ? encode_with_python(texts) : encode_with_sentencepiece(texts);
+    return kind_ == Kind::json ? encode_with_python(texts, true)
+                               : encode_with_sentencepiece(texts, true);
+  }
+  // Token ids of each text with no special tokens added (documents a caller packs with EOS
+  // between them), as transformers gives with add_special_tokens=False.
+  [[nodiscard]] std::vector<std::vector<int64_t>> encode_documents(
+      const std::vector<std::string>& texts) const {
+    return kind_ == Kind::json ? encode_with_python(texts, false)
+                               : encode_with_sentencepiece(texts, false);
   }
 
   // Encode and decode as running text (no special tokens added), for corpora and
@@ -182,8 +190,8 @@ class CheckpointTokenizer {
     return "the Python tokenizers package could not load it: " + last_line(err);
   }
 
-  std::vector<std::vector<int64_t>> encode_with_python(
-      const std::vector<std::string>& texts) const {
+  std::vector<std::vector<int64_t>> encode_with_python(const std::vector<std::string>& texts,
+                                                       bool special_tokens) const {
     const auto in = scratch_path("texts.json");
     const auto out = scratch_path("ids.json");
     std::ofstream(in) << nlohmann::json(texts).dump();
@@ -193,9 +201,11 @@ class CheckpointTokenizer {
         "from tokenizers import Tokenizer\n"
         "t = Tokenizer.from_file(sys.argv[1])\n"
         "texts = json.load(open(sys.argv[2], encoding='utf-8'))\n"
-        "ids = [e.ids for e in t.encode_batch(texts, add_special_tokens=True)]\n"
+        "ids = [e.ids for e in t.encode_batch(texts, add_special_tokens=sys.argv[4] == '1')]\n"
         "json.dump(ids, open(sys.argv[3], 'w'))\n",
-        {(folder_ / "tokenizer.json").string(), in.string(), out.string()}, err);
+        {(folder_ / "tokenizer.json").string(), in.string(), out.string(),
+         special_tokens ? "1" : "0"},
+        err);
     std::error_code ignored;
     std::filesystem::remove(in, ignored);
     if (status != 0) {
@@ -253,8 +263,8 @@ class CheckpointTokenizer {
     return id;
   }
 
-  std::vector<std::vector<int64_t>> encode_with_sentencepiece(
-      const std::vector<std::string>& texts) const {
+  std::vector<std::vector<int64_t>> encode_with_sentencepiece(const std::vector<std::string>& texts,
+                                                              bool special_tokens) const {
     std::vector<std::vector<int64_t>> out;
     for (const auto& text : texts) {
       std::vector<int> pieces;
@@ -262,9 +272,9 @@ class CheckpointTokenizer {
       const auto status = sp_->Encode(leading_space ? text.substr(1) : text, &pieces);
       if (!status.ok()) throw std::runtime_error("SentencePiece: " + status.ToString());
       std::vector<int64_t> ids;
-      if (bos_ >= 0) ids.push_back(bos_);
+      if (special_tokens && bos_ >= 0) ids.push_back(bos_);
       ids.insert(ids.end(), pieces.begin(), pieces.end());
-      if (eos_ >= 0) ids.push_back(eos_);
+      if (special_tokens && eos_ >= 0) ids.push_back(eos_);
       out.push_back(std::move(ids));
     }
     return out;

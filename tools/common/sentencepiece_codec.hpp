@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // A SentencePiece tokenizer trained on a corpus's training text, as a btx::TextCodec, and
 // the Hugging Face files that make a checkpoint carrying it load in transformers'
-// AutoTokenizer (LlamaTokenizer: tokenizer.model + tokenizer_config.json +
+// AutoTokenizer (LlamaTokenizer: tokenizer.model, its tokenizer.json, tokenizer_config.json,
 // special_tokens_map.json). Trained Llama-style, so transformers reads it as SentencePiece
 // does: BPE with byte fallback (any UTF-8 and any byte encodes), identity normalisation,
 // whitespace kept as written (code indentation survives), <unk>=0 <s>=1 </s>=2.
@@ -25,6 +25,8 @@
 
 #include <btx/data/text_codec.hpp>
 #include <btx/io/atomic_dir.hpp>
+
+#include "tokenizer_json.hpp"
 
 namespace btx::tools {
 
@@ -128,6 +130,7 @@ class SentencePieceCodec {
       if (!f.flush()) throw std::runtime_error("cannot write " + (dir / name).string());
     };
     write("tokenizer.model", model_);
+    write("tokenizer.json", llama_tokenizer_json(*sp_));  // for transformers without sentencepiece
     const nlohmann::json special = {
         {"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}};
     nlohmann::json config = special;
@@ -143,7 +146,8 @@ class SentencePieceCodec {
   }
 
   [[nodiscard]] static std::vector<std::string> hf_file_names() {
-    return {"tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"};
+    return {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+            "special_tokens_map.json"};
   }
 
  private:

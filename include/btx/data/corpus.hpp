@@ -42,6 +42,12 @@ struct DomainSpec {
   int64_t max_eval_tokens = 1 << 15;    // cap on held-out tokens kept
   int64_t eval_every = 10;              // every n-th document (from the 5th) is held out
   uint64_t seed = 1234;                 // for generated domains
+  double weight = 1.0;                  // share of a mixture's windows (relative)
+  // Documents (btx-train; data/document_corpus.hpp): how each file is read, and the
+  // held-out documents' own files instead of every eval_every-th document.
+  std::string format = "auto";          // auto | text | jsonl | parquet
+  std::string field = "text";           // a JSONL field / Parquet column per document
+  std::vector<std::string> eval_paths;  // files or folders of held-out documents
 };
 
 struct ManifestEntry {
@@ -54,6 +60,7 @@ struct Domain {
   torch::Tensor train_tokens;                    // [N] int32
   torch::Tensor eval_tokens;                     // [M] int32
   std::vector<ArithmeticProblem> eval_problems;  // generated math only: exact-match set
+  double weight = 1.0;                           // share of a mixture's windows (relative)
 };
 
 struct Corpus {
@@ -97,6 +104,7 @@ struct DomainText {
   torch::Tensor train_tokens, eval_tokens;  // token-file domains only
   std::vector<ArithmeticProblem> eval_problems;
   int64_t max_train_tokens = 0, max_eval_tokens = 0;
+  double weight = 1.0;
 
   [[nodiscard]] bool is_text() const { return !train_tokens.defined(); }
 };
@@ -250,6 +258,7 @@ inline CorpusText read_corpus_text(const std::vector<DomainSpec>& specs) {
     }
     domain.max_train_tokens = spec.max_train_tokens;
     domain.max_eval_tokens = spec.max_eval_tokens;
+    domain.weight = spec.weight;
     if (domain.is_text() && (domain.train_text.empty() || domain.eval_text.empty())) {
       throw std::invalid_argument("domain '" + spec.name + "' is empty (" +
                                   std::to_string(domain.train_text.size()) + " train and " +
@@ -268,7 +277,7 @@ inline Corpus encode_corpus(const CorpusText& text, const TextCodec& codec = Tex
   corpus.manifest = text.manifest;
   corpus.vocab_size = std::max(codec.vocab_size, text.token_file_vocab);
   for (const auto& d : text.domains) {
-    Domain domain{d.name, d.train_tokens, d.eval_tokens, d.eval_problems};
+    Domain domain{d.name, d.train_tokens, d.eval_tokens, d.eval_problems, d.weight};
     if (d.is_text()) {
       domain.train_tokens = codec.encode_tensor(d.train_text);
       domain.eval_tokens = codec.encode_tensor(d.eval_text);

@@ -155,6 +155,7 @@ struct SaveOptions {
   uint64_t max_shard_bytes = io::kDefaultMaxShardBytes;
   bool overwrite = false;                         // replace a non-empty `dir`
   std::vector<std::filesystem::path> copy_files;  // copied in unchanged (tokenizer files, ...)
+  std::vector<std::pair<std::string, std::string>> text_files;  // {file name, contents}
 };
 // Reported after each btx tensor is written.
 struct WriteProgress {

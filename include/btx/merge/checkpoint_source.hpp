@@ -56,25 +56,26 @@ class CheckpointSource {
   [[nodiscard]] std::vector<std::string> names() const { return reader_->names(); }  // sorted
   [[nodiscard]] TensorSpec spec(const std::string& name) const {
     const auto& info = reader_->info(name);
-    return {name, info.shape, info.dtype.type};
+    return {name, info.shape, dtype_of(info.dtype.type)};
   }
   [[nodiscard]] torch::Tensor load(const std::string& name) const {
     const auto& file = reader_->file_of(name);
     const auto& info = file.info(name);
     // Read into host memory (pread needs it), then moved to the compute device.
     auto out = torch::empty(info.shape, torch::dtype(info.dtype.type).device(torch::kCPU));
-    if (info.end == info.begin) return out.to(device_);
+    if (info.end == info.begin) return out.to(device_, dtype_of(info.dtype.type));
     const auto range = file.range(name);
     io::read_exact(range.file, out.data_ptr(), range.bytes, range.offset);
     io::check_finite(out, name, file.path().string(), non_finite_);
-    return out.to(device_);
+    return out.to(device_, dtype_of(info.dtype.type));
   }
   // Where tensor `name`'s bytes lie in its file, for copies that skip memory (a merge
   // writing it unchanged). The bytes are read once for the finiteness check, in chunks
   // (the copy then finds them in the page cache), since the copy itself never sees them.
   [[nodiscard]] std::optional<io::FileRange> file_range(const std::string& name) const {
-    const auto range = reader_->file_of(name).range(name);
     const auto& info = reader_->info(name);
+    if (dtype_of(info.dtype.type) != info.dtype.type) return std::nullopt;  // cast: not bytes
+    const auto range = reader_->file_of(name).range(name);
     io::check_finite(range, info.dtype.type, info.shape, name, non_finite_);
     return range;
   }
@@ -90,6 +91,14 @@ class CheckpointSource {
     copy.device_ = device;
     return copy;
   }
+  // This source with its floating-point tensors cast to `dtype` (integer tensors as
+  // stored): experts published in different dtypes (an fp32 and a bf16 finetune of one
+  // base) merged in one, as mergekit does. nullopt: every tensor as stored.
+  [[nodiscard]] CheckpointSource cast_to(std::optional<torch::ScalarType> dtype) const {
+    CheckpointSource copy = *this;
+    copy.cast_ = dtype;
+    return copy;
+  }
   [[nodiscard]] torch::Device device() const { return device_; }
   [[nodiscard]] const io::CheckpointReader& reader() const { return *reader_; }
   [[nodiscard]] std::filesystem::path dir() const { return reader_->dir(); }
@@ -97,9 +106,36 @@ class CheckpointSource {
  private:
   std::shared_ptr<const io::CheckpointReader> reader_;
   std::string label_;
+  [[nodiscard]] torch::ScalarType dtype_of(torch::ScalarType stored) const {
+    return cast_ && torch::isFloatingType(stored) ? *cast_ : stored;
+  }
+
   torch::Device device_ = torch::kCPU;
   io::NonFinite non_finite_ = io::NonFinite::refuse;
+  std::optional<torch::ScalarType> cast_;
 };
+
+// Where `sources` store one tensor in different floating-point dtypes: "tensor 'x' is
+// Float in 'a' but BFloat16 in 'b'" for the first such tensor; empty when they agree
+// tensor by tensor (a checkpoint may keep its norms in fp32 and the rest in bf16).
+inline std::string dtype_disagreement(const std::vector<CheckpointSource>& sources) {
+  if (sources.empty()) return {};
+  const auto& first = sources.front();
+  for (const auto& name : first.names()) {
+    const auto t0 = first.reader().info(name).dtype.type;
+    if (!torch::isFloatingType(t0)) continue;
+    for (size_t j = 1; j < sources.size(); ++j) {
+      const auto names = sources[j].names();
+      if (!std::binary_search(names.begin(), names.end(), name)) continue;
+      const auto t = sources[j].reader().info(name).dtype.type;
+      if (t != t0 && torch::isFloatingType(t)) {
+        return "tensor '" + name + "' is " + c10::toString(t0) + " in '" + first.label() +
+               "' but " + c10::toString(t) + " in '" + sources[j].label() + "'";
+      }
+    }
+  }
+  return {};
+}
 static_assert(TensorSource<CheckpointSource>);
 
 // One source per folder, each labelled by its path, loading onto `device`.

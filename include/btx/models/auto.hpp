@@ -141,6 +141,7 @@ inline hf::WriteStats save_hf_checkpoint(const CausalLM& lm, const std::filesyst
   w.max_shard_bytes = options.max_shard_bytes;
   w.overwrite = options.overwrite;
   w.copy_files = options.copy_files;
+  w.text_files = options.text_files;
   return hf::save_module(lm.module(), config_json_of(spec, dtype_name(dtype)), dir,
                          family.name_map(), w);
 }

@@ -76,7 +76,7 @@ namespace detail {
 inline const std::vector<std::string>& expert_keys() {
   static const std::vector<std::string> k = {"expert_stage", "ranks_per_expert", "expert_worlds",
                                              "fail_expert",  "fail_step",        "fail_rank",
-                                             "fail_signal"};
+                                             "fail_signal",  "experts"};
   return k;
 }
 // What sets BTX's budget, which the baselines spend: the MoE stage's steps and cost.
@@ -156,6 +156,13 @@ inline BtxGraph seeded_btx_graph() {
                if (!r.run.done(kBranchStage)) {
                  throw std::runtime_error("the branch stage is not finished in " +
                                           r.run.dir().string() + ": run the seed phase first");
+               }
+               if (const auto it = r.external_experts.find(i.domain);
+                   it != r.external_experts.end()) {
+                 if (ranks.rank() == 0)
+                   (void)import_expert(r.run, i.domain, r.seed_spec, it->second);
+                 if (ranks.size() > 1) ranks.barrier("import expert " + i.domain);
+                 return;
                }
                auto expert = branched_expert(r.run, load_stage_model(r.run, "seed"), i.domain);
                train_expert(r.run, expert, r.domain_sampler(i.index, 1 + i.index), r.expert_stage,

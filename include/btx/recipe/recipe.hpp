@@ -28,6 +28,7 @@
 #include <btx/merge/write_plan.hpp>
 #include <btx/moe/router_registry.hpp>
 #include <btx/recipe/compute.hpp>
+#include <btx/recipe/import_expert.hpp>
 #include <btx/recipe/lineage.hpp>
 #include <btx/recipe/run.hpp>
 #include <btx/recipe/stage_graph.hpp>
@@ -49,6 +50,8 @@ struct Recipe {
   StageBudget seed_stage{1000, 3e-3, 20};
   StageBudget expert_stage{150, 1e-3, 10};
   StageBudget finetune_stage{100, 3e-4, 10};
+  // Domains whose expert is the user's own finetune of the seed instead of one trained here.
+  std::map<std::string, ExternalExpert> external_experts;
   MoEConfig moe;                            // BTX's MoE: its router, aux loss, seed
   std::vector<RouterChoice> extra_routers;  // finetuned from the same mix, to compare
   merge::MergeChoice mix = merge::read_merge_choice(nlohmann::json::object());
@@ -139,8 +142,12 @@ struct Recipe {
   // Samplers: the mixture of every domain, or one domain (stream: which random stream).
   [[nodiscard]] WindowSampler mixture_sampler(uint64_t stream) const {
     std::vector<torch::Tensor> sources;
-    for (const auto& d : domains) sources.push_back(d.train_tokens);
-    return WindowSampler(sources, {}, seq_len, seed * 1000 + stream, domain_names());
+    std::vector<double> weights;  // each domain's configured share (equal by default)
+    for (const auto& d : domains) {
+      sources.push_back(d.train_tokens);
+      weights.push_back(d.weight);
+    }
+    return WindowSampler(sources, weights, seq_len, seed * 1000 + stream, domain_names());
   }
   [[nodiscard]] WindowSampler domain_sampler(size_t domain, uint64_t stream) const {
     return WindowSampler({domains.at(domain).train_tokens}, {}, seq_len, seed * 1000 + stream,

@@ -39,9 +39,11 @@ namespace recipe {
 
 // How long and how fast one stage trains.
 struct StageBudget {
-  int64_t steps = 100;  // optimizer steps
-  double lr = 3e-3;     // peak learning rate (warmup, then cosine decay)
-  int64_t warmup = 10;  // warmup steps (at most half the stage)
+  int64_t steps = 100;          // optimizer steps
+  double lr = 3e-3;             // peak learning rate (warmup, then cosine decay)
+  int64_t warmup = 10;          // warmup steps (at most half the stage)
+  double lr_floor_ratio = 0.1;  // cosine decay to this fraction of lr (1: constant after warmup)
+  double weight_decay = 0.1;    // AdamW's decoupled weight decay
 };
 
 struct StageOptions {
@@ -126,6 +128,8 @@ inline nlohmann::json train(const Run& run, const std::string& stage, const Caus
   t.batch_size = run.train().batch_size;
   t.peak_lr = budget.lr;
   t.warmup_steps = std::min(budget.warmup, budget.steps / 2);
+  t.lr_floor_ratio = budget.lr_floor_ratio;
+  t.weight_decay = budget.weight_decay;
   t.log_every = run.train().log_every;
   if (run.train().checkpoint_every > 0) {
     t.checkpoint_dir = run.checkpoint_dir(stage).string();

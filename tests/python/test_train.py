@@ -1,0 +1,360 @@
+# SPDX-License-Identifier: MIT
+"""btx-train (tools/btx-train) on a checkpoint and documents of the user's own.
+
+The same documents as JSONL, Parquet and a text folder give identical token files, equal to
+transformers' own tokenizer's ids packed with EOS; bad data fails naming file, line/row and
+field with nothing trained or written; router-only training of a btx-merge MoE changes the
+router weights and nothing else, tensor by tensor, and the result loads in transformers; a
+SIGKILLed run resumes to the unbroken run's weights bit for bit; two ranks under torchrun
+equal one within tolerance. transformers and pyarrow are only independent references.
+Run: BTX_TRAIN=build/bin/btx-train BTX_MERGE=build/bin/btx-merge python tests/python/test_train.py
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+import torch
+from safetensors.torch import load_file
+
+os.environ.setdefault("BTX_PYTHON", sys.executable)  # btx reads tokenizer.json through it
+
+TRAIN = os.environ.get("BTX_TRAIN", "build/bin/btx-train")
+# btx-train reads Parquet only when built with Arrow (CMake BTX_PARQUET, on in the README's
+# test command); built without it, the Parquet cases say they are skipped.
+PARQUET = os.environ.get("BTX_TRAIN_PARQUET", "1") not in ("0", "OFF", "")
+MERGE = os.environ.get("BTX_MERGE", "build/bin/btx-merge")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_interop import tiny_llama  # noqa: E402
+
+EOS = "<|endoftext|>"
+
+
+def documents(domain, n=30):
+    """n small documents of one domain, with newlines, quotes and non-ASCII text."""
+    out = []
+    for i in range(n):
+        if domain == "math":
+            out.append(f"{i} + {2 * i} = {3 * i}\n{i} * 3 = {3 * i}")
+        elif domain == "code":
+            out.append(f'def f{i}(x):\n    return x * {i}  # "twice" {i}\n')
+        else:
+            out.append(f"Café número {i}: the quick brown fox — jumps over {i} lazy dogs.")
+    return out
+
+
+def make_tokenizer(folder, texts):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=[EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS,
+                   "bos_token": EOS}, f)
+    return tok.get_vocab_size()
+
+
+def make_model(folder, seed=0):
+    """A tiny Llama with a real BPE tokenizer trained on the test's documents."""
+    os.makedirs(folder, exist_ok=True)
+    texts = [d for dom in ("math", "code", "prose") for d in documents(dom)]
+    vocab = make_tokenizer(folder, texts)
+    model = tiny_llama(seed, vocab_size=vocab, eos_token_id=0, bos_token_id=0)
+    model.save_pretrained(folder)
+    return folder
+
+
+def read_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def read_text(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def read_json(path):
+    return json.loads(read_text(path))
+
+
+def write_config(path, **keys):
+    with open(path, "w") as f:
+        json.dump(keys, f)
+    return path
+
+
+def train(config, *extra, timeout=600, env=None):
+    return subprocess.run([TRAIN, config, *extra], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def tiny_run(**overrides):
+    keys = dict(steps=6, lr=3e-3, warmup=1, batch_size=4, seq_len=16, log_every=2,
+                held_out_windows=2, routing_windows=2)
+    keys.update(overrides)
+    return keys
+
+
+class DataFormats(unittest.TestCase):
+    """JSONL, Parquet and a text folder of the same documents: the same token files."""
+
+    def test_same_documents_same_tokens_as_transformers(self):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from transformers import AutoTokenizer
+        with tempfile.TemporaryDirectory() as tmp:
+            model = make_model(os.path.join(tmp, "model"))
+            docs = documents("code") + ["", "ünïcode 😀 漢字"]
+            folder = os.path.join(tmp, "text")
+            os.makedirs(folder)
+            for i, d in enumerate(docs):
+                with open(os.path.join(folder, f"doc{i:03d}.txt"), "w", encoding="utf-8") as f:
+                    f.write(d)
+            with open(os.path.join(tmp, "docs.jsonl"), "w", encoding="utf-8") as f:
+                for d in docs:
+                    f.write(json.dumps({"id": 1, "content": d}, ensure_ascii=False) + "\n")
+            pq.write_table(pa.table({"content": docs}), os.path.join(tmp, "docs.parquet"))
+            sources = {"text": {"paths": [folder]},
+                       "jsonl": {"paths": [os.path.join(tmp, "docs.jsonl")], "field": "content"},
+                       "parquet": {"paths": [os.path.join(tmp, "docs.parquet")],
+                                   "field": "content"}}
+            if not PARQUET:
+                del sources["parquet"]
+            got = {}
+            for name, domain in sources.items():
+                run_dir = os.path.join(tmp, "run-" + name)
+                cfg = write_config(os.path.join(tmp, name + ".json"), model=model, run_dir=run_dir,
+                                   domains=[{"name": "code", **domain}])
+                r = train(cfg, "--data-only")
+                self.assertEqual(r.returncode, 0, r.stderr)
+                cache = os.path.join(run_dir, "token-cache")
+                files = sorted(os.listdir(cache))
+                self.assertEqual(len([f for f in files if f.endswith(".json")]), 1, files)
+                got[name] = {split: read_bytes(os.path.join(cache, f))
+                             for f in files for split in ("train", "eval")
+                             if f.endswith(f".{split}.bin")}
+            self.assertEqual(got["jsonl"], got["text"])
+            if PARQUET:
+                self.assertEqual(got["parquet"], got["text"])
+            # The ids transformers' tokenizer gives, EOS after each document, every 10th
+            # document from the 5th held out.
+            tok = AutoTokenizer.from_pretrained(model)
+            want = {"train": [], "eval": []}
+            for i, d in enumerate(docs):
+                split = "eval" if i % 10 == 5 else "train"
+                want[split] += tok(d, add_special_tokens=False).input_ids + [0]
+            for split in ("train", "eval"):
+                ids = torch.frombuffer(bytearray(got["text"][split]), dtype=torch.int32).tolist()
+                self.assertEqual(ids, want[split], split)
+
+
+class BadData(unittest.TestCase):
+    """Each bad input: exit 1, a message naming file, line/row and field; nothing written."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="btx-train-bad-")
+        cls.model = make_model(os.path.join(cls.tmp, "model"))
+        cls.good = os.path.join(cls.tmp, "good.jsonl")
+        with open(cls.good, "w") as f:
+            for d in documents("math"):
+                f.write(json.dumps({"text": d}) + "\n")
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def refused(self, name, content, *needles, **domain):
+        path = os.path.join(self.tmp, name)
+        with open(path, "wb") as f:
+            f.write(content)
+        run_dir = os.path.join(self.tmp, "run-" + name.replace(".", "-"))
+        domains = [{"name": "good", "paths": [self.good]}, {"name": "bad", "paths": [path], **domain}]
+        cfg = write_config(os.path.join(self.tmp, name + ".json"), model=self.model,
+                           run_dir=run_dir, domains=domains, **tiny_run())
+        r = train(cfg)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("btx-train: error:", r.stderr)
+        for n in needles:
+            self.assertIn(n, r.stderr)
+        self.assertNotIn("step ", r.stderr)
+        self.assertFalse(os.path.exists(run_dir), os.listdir(run_dir) if os.path.exists(run_dir) else "")
+        return r.stderr
+
+    def test_missing_field(self):
+        self.refused("missing.jsonl", b'{"text": "a"}\n{"body": "b"}\n', "missing.jsonl:2",
+                     "no field 'text'", "body")
+
+    def test_field_not_a_string(self):
+        self.refused("number.jsonl", b'{"text": "a"}\n\n{"text": 7}\n', "number.jsonl:3",
+                     "field 'text' is number")
+
+    def test_invalid_utf8(self):
+        self.refused("latin1.jsonl", b'{"text": "a"}\n{"text": "caf\xe9"}\n', "latin1.jsonl:2",
+                     "invalid UTF-8")
+        self.refused("latin1.txt", b"line one\ncaf\xe9\n", "latin1.txt:2", "invalid UTF-8")
+
+    def test_not_what_its_extension_says(self):
+        self.refused("notjson.jsonl", b"just text\n", "notjson.jsonl:1", "not a JSON line")
+        self.refused("parquet.jsonl", b"PAR1\x00\x00", "parquet.jsonl", "a Parquet file read as jsonl")
+        self.refused("fake.parquet", b"{}\n", "fake.parquet", "not a Parquet file")
+
+    def test_parquet_column_and_null_row(self):
+        if not PARQUET:
+            self.skipTest("btx-train built without Arrow (BTX_PARQUET=OFF)")
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        path = os.path.join(self.tmp, "nulls.parquet")
+        pq.write_table(pa.table({"text": ["a", None], "n": [1, 2]}), path)
+        with open(path, "rb") as f:
+            content = f.read()
+        self.refused("nulls.parquet", content, "nulls.parquet: row 1, column 'text': null")
+        self.refused("nulls2.parquet", content, "no column 'body'", "text, n", field="body")
+
+    def test_empty_domain(self):
+        self.refused("empty.jsonl", b"\n\n", "domain 'bad' has no training documents")
+
+    def test_run_dir_over_an_input(self):
+        cfg = write_config(os.path.join(self.tmp, "over.json"), model=self.model,
+                           run_dir=self.tmp, domains=[{"name": "good", "paths": [self.good]}])
+        r = train(cfg)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("is or contains model " + self.model, r.stderr)
+
+    def test_router_training_of_a_dense_model(self):
+        run_dir = os.path.join(self.tmp, "run-dense-router")
+        cfg = write_config(os.path.join(self.tmp, "dense.json"), model=self.model, run_dir=run_dir,
+                           trains="router", domains=[{"name": "good", "paths": [self.good]}])
+        r = train(cfg)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("trains: router needs an MoE model", r.stderr)
+        self.assertFalse(os.path.exists(run_dir))
+
+
+class TrainedModels(unittest.TestCase):
+    """Router-only training, exact resume and two ranks, on an MoE btx-merge made."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="btx-train-")
+        base = make_model(os.path.join(cls.tmp, "base"))
+        other = os.path.join(cls.tmp, "other")
+        shutil.copytree(base, other)
+        tiny_llama(7, vocab_size=read_json(os.path.join(base, "config.json"))["vocab_size"],
+                   eos_token_id=0, bos_token_id=0).save_pretrained(other)
+        merge_cfg = os.path.join(cls.tmp, "merge.yaml")
+        with open(merge_cfg, "w") as f:
+            f.write(f"base_model: {base}\nexperts:\n  - source_model: {base}\n"
+                    f"  - source_model: {other}\ngate_mode: random\nexperts_per_token: 1\n")
+        cls.moe = os.path.join(cls.tmp, "moe")
+        r = subprocess.run([MERGE, merge_cfg, cls.moe], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        cls.data = {}
+        for domain in ("math", "code", "prose"):
+            path = os.path.join(cls.tmp, domain + ".jsonl")
+            with open(path, "w") as f:
+                for d in documents(domain):
+                    f.write(json.dumps({"text": d}) + "\n")
+            cls.data[domain] = path
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def config(self, name, **keys):
+        domains = [{"name": d, "paths": [p], "weight": w}
+                   for (d, p), w in zip(self.data.items(), (1.0, 2.0, 1.0))]
+        return write_config(os.path.join(self.tmp, name + ".json"), model=self.moe,
+                            run_dir=os.path.join(self.tmp, name), domains=domains,
+                            **tiny_run(**keys))
+
+    def weights(self, name):
+        return load_file(os.path.join(self.tmp, name, "train", "model", "model.safetensors"))
+
+    def test_router_only_changes_routers_alone(self):
+        from transformers import AutoTokenizer, MixtralForCausalLM
+        r = train(self.config("router", trains="router", held_out_every=2))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        before = load_file(os.path.join(self.moe, "model.safetensors"))
+        after = self.weights("router")
+        self.assertEqual(sorted(before), sorted(after))
+        changed = [n for n in before if not torch.equal(before[n], after[n])]
+        self.assertTrue(changed)
+        self.assertTrue(all(n.endswith("block_sparse_moe.gate.weight") for n in changed), changed)
+        self.assertEqual(len(changed), 2)  # both layers' routers moved
+        out = os.path.join(self.tmp, "router", "train")
+        model = MixtralForCausalLM.from_pretrained(os.path.join(out, "model"))
+        self.assertEqual(model.config.num_local_experts, 2)
+        tok = AutoTokenizer.from_pretrained(os.path.join(out, "model"))
+        self.assertTrue(tok("1 + 2 = 3").input_ids)
+        card = read_text(os.path.join(out, "model", "README.md"))
+        for needle in ("trained: **router**", self.data["math"], "loss before", "held-out"):
+            self.assertIn(needle, card)
+        report = read_text(os.path.join(out, "report.md"))
+        self.assertIn("routing_code.png", report)
+        routing = read_json(os.path.join(out, "routing.json"))
+        self.assertEqual(sorted(routing), ["code", "math", "prose"])
+        self.assertAlmostEqual(sum(routing["math"][0]), 1.0, places=6)
+        metrics = [json.loads(l) for l in read_text(os.path.join(out, "metrics.jsonl")).splitlines()]
+        self.assertTrue(any("held_out" in m for m in metrics))
+        stage = read_json(os.path.join(out, "stage.json"))
+        self.assertEqual(stage["trains"], "router")
+        self.assertLess(stage["trainable_values"], stage["frozen_values"])
+        # A rerun skips the finished stage.
+        r = train(self.config("router", trains="router", held_out_every=2))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("already finished", r.stderr)
+
+    def test_sigkill_then_resume_equals_the_unbroken_run(self):
+        keys = dict(steps=30, checkpoint_every=4)
+        r = train(self.config("unbroken", **keys))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        cfg = self.config("killed", **keys)
+        ckpts = os.path.join(self.tmp, "killed", "train", "checkpoints")
+        p = subprocess.Popen([TRAIN, cfg], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 300
+        while time.time() < deadline and p.poll() is None:
+            if os.path.isdir(ckpts) and any(f.startswith("step-") for f in os.listdir(ckpts)):
+                break
+            time.sleep(0.05)
+        p.send_signal(signal.SIGKILL)
+        p.communicate()
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "killed", "train", "stage.json")))
+        r = train(cfg)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        stage = read_json(os.path.join(self.tmp, "killed", "train", "stage.json"))
+        self.assertGreater(stage["resumed_from_step"], 0)
+        a, b = self.weights("unbroken"), self.weights("killed")
+        for n in a:
+            self.assertTrue(torch.equal(a[n], b[n]), n)
+
+    def test_two_ranks_equal_one(self):
+        r = train(self.config("one", steps=4))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        cfg = self.config("two", steps=4)
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                            "--no-python", TRAIN, cfg], capture_output=True, text=True,
+                           timeout=600, env=env)
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        stage = read_json(os.path.join(self.tmp, "two", "train", "stage.json"))
+        self.assertEqual(stage["ranks"], 2)
+        a, b = self.weights("one"), self.weights("two")
+        worst = max((a[n] - b[n]).abs().max().item() for n in a)
+        self.assertLess(worst, 1e-4)
+        self.assertTrue(any(not torch.equal(a[n], load_file(os.path.join(
+            self.moe, "model.safetensors"))[n]) for n in a))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
