@@ -315,6 +315,30 @@ class TrainedModels(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("already finished", r.stderr)
 
+    def test_evaluate_reproduces_the_held_out_numbers(self):
+        # --evaluate scores checkpoints on the config's data: the MoE as given equals the
+        # "before" numbers a training run recorded; a generated arithmetic domain needs no
+        # files.
+        cfg = self.config("evaluated", steps=2)
+        r = train(cfg)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        stage = read_json(os.path.join(self.tmp, "evaluated", "train", "stage.json"))
+        trained = os.path.join(self.tmp, "evaluated", "train", "model")
+        r = train(cfg, "--evaluate", self.moe, trained)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        scores = json.loads(r.stdout)
+        self.assertEqual(list(scores), [self.moe, trained])
+        self.assertEqual(scores[self.moe], stage["held_out_before"])
+        self.assertEqual(scores[trained], stage["held_out_after"])
+        config = read_json(cfg)
+        config["domains"].append({"name": "sums", "generator": "arithmetic",
+                                  "max_train_tokens": 4000, "max_eval_tokens": 800})
+        with open(cfg, "w") as f:
+            json.dump(config, f)
+        r = train(cfg, "--evaluate", trained)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("sums", json.loads(r.stdout)[trained]["loss"])
+
     def test_sigkill_then_resume_equals_the_unbroken_run(self):
         keys = dict(steps=30, checkpoint_every=4)
         r = train(self.config("unbroken", **keys))

@@ -236,11 +236,38 @@ int run(const TrainConfig& c) {
   return 0;
 }
 
+// --evaluate: each checkpoint's held-out loss per domain on the config's data (tokenised
+// with the config's model's tokenizer, which every checkpoint must share), as JSON.
+int evaluate_models(const TrainConfig& c, const std::vector<std::string>& models) {
+  const auto spec = read_model_spec(fs::path(c.model) / "config.json");
+  const Corpus corpus = read_corpus(c, spec);
+  HeldOutSet held_out;
+  for (const auto& d : corpus.domains) held_out.emplace_back(d.name, d.eval_tokens);
+  const auto non_finite = c.allow_non_finite ? io::NonFinite::allow : io::NonFinite::refuse;
+  nlohmann::ordered_json out = nlohmann::ordered_json::object();
+  for (const auto& m : models) {
+    const auto other = read_model_spec(fs::path(m) / "config.json");
+    if (other.shape.vocab_size != spec.shape.vocab_size) {
+      throw std::invalid_argument("--evaluate: " + m + " has vocab_size " +
+                                  std::to_string(other.shape.vocab_size) + " but " + c.model +
+                                  ", whose tokenizer reads the data, has " +
+                                  std::to_string(spec.shape.vocab_size));
+    }
+    const CausalLM lm = load_causal_lm(m, torch::kFloat32, {}, torch::kCPU, non_finite);
+    out[m] = held_out_losses(lm, held_out, c.seq_len, c.held_out_windows);
+    std::fprintf(stderr, "[btx-train] %s: held-out loss %.4f\n", m.c_str(),
+                 out[m]["avg"].get<double>());
+  }
+  std::printf("%s\n", out.dump(2).c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string config_file, run_dir;
   bool check = false, data_only = false;
+  std::vector<std::string> evaluate;
   CLI::App app{kAbout, "btx-train"};
   app.footer(std::string(kFooter) + schema().help(TrainConfig{}));
   app.add_option("CONFIG", config_file, "YAML or JSON config")
@@ -251,6 +278,9 @@ int main(int argc, char** argv) {
   app.add_flag("--data-only", data_only,
                "read, check and tokenise the data into the cache, print each domain's "
                "manifest and stop (trains nothing)");
+  app.add_option("--evaluate", evaluate,
+                 "print each CHECKPOINT's held-out loss per domain (the config's data, read "
+                 "with the config's model's tokenizer) as JSON, and stop (trains nothing)");
   if (const auto status = tools::parse_command_line(app, argc, argv)) return *status;
   try {
     auto config = schema().read(tools::load_config_file(config_file));
@@ -267,6 +297,7 @@ int main(int argc, char** argv) {
       std::printf("%s\n", corpus.manifest_json().dump(2).c_str());
       return 0;
     }
+    if (!evaluate.empty()) return evaluate_models(config, evaluate);
     return run(config);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "btx-train: error: %s\n", e.what());

@@ -210,8 +210,23 @@ inline Corpus document_corpus(const std::vector<DomainSpec>& specs,
       }
       domain.train_tokens = text.train_tokens;
       domain.eval_tokens = text.eval_tokens;
+    } else if (spec.generator == "arithmetic") {
+      // Generated problems (data/arithmetic.hpp): the train and held-out texts as one
+      // document each, so a worked example needs no data files; the exact-match set too.
+      auto text = detail::arithmetic_domain(spec, corpus.manifest);
+      read[i].train = {std::move(text.train_text)};
+      read[i].eval = {std::move(text.eval_text)};
+      read[i].files.push_back({"generated:arithmetic",
+                               std::to_string(spec.seed) + "/" +
+                                   std::to_string(spec.max_train_tokens) + "/" +
+                                   std::to_string(spec.max_eval_tokens),
+                               "train+eval"});
+      domain.eval_problems = std::move(text.eval_problems);
+    } else if (!spec.generator.empty()) {
+      throw DataError("domain '" + spec.name + "': unknown generator '" + spec.generator +
+                      "' (known: arithmetic)");
     } else if (spec.paths.empty()) {
-      throw DataError("domain '" + spec.name + "' names no paths or token_file");
+      throw DataError("domain '" + spec.name + "' names no paths, token_file or generator");
     } else {
       read[i] = detail::read_domain_documents(spec, options, corpus.manifest);
     }
