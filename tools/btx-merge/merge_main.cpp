@@ -63,8 +63,6 @@ struct InputError : std::runtime_error {
 };
 
 // config.json fields that may differ between sources.
-const std::set<std::string> kIgnoredConfigKeys = {"dtype", "torch_dtype", "transformers_version",
-                                                  "_name_or_path"};
 
 std::string read_file(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
@@ -94,28 +92,21 @@ torch::ScalarType config_dtype(const fs::path& dir) {
   return torch::kFloat32;
 }
 
-// Same architecture (config.json equal but for kIgnoredConfigKeys), same tokenizer files.
+// Same architecture: each config.json parsed by its family (so bookkeeping fields such as
+// token ids or a model name, and one field spelled two ways, do not count) describes the
+// same dense model.
 void check_same_model_family(const std::vector<fs::path>& dirs) {
   const fs::path& ref = dirs.front();
-  const auto ref_config = read_json(ref / "config.json");
+  const auto ref_spec = read_model_spec(ref / "config.json");
   for (const auto& d : dirs) {
     const auto spec = read_model_spec(d / "config.json");  // its family parses and validates
     if (spec.moe) {
       throw InputError(d.string() + " is an MoE checkpoint (" + spec.family +
                        " family); btx-merge mixes dense checkpoints");
     }
-    const auto config = read_json(d / "config.json");
-    std::set<std::string> keys;
-    for (const auto& [k, v] : ref_config.items()) keys.insert(k);
-    for (const auto& [k, v] : config.items()) keys.insert(k);
-    for (const auto& k : keys) {
-      if (kIgnoredConfigKeys.count(k)) continue;
-      const auto a = ref_config.value(k, nlohmann::json()), b = config.value(k, nlohmann::json());
-      if (a != b) {
-        throw InputError("config.json field '" + k + "' is " + a.dump() + " in " + ref.string() +
-                         " but " + b.dump() + " in " + d.string() +
-                         "; merged models must share one architecture");
-      }
+    if (const auto diff = architecture_difference(ref_spec, spec); !diff.empty()) {
+      throw InputError("config.json of " + ref.string() + " and " + d.string() + " differ in " +
+                       diff + "; merged models must share one architecture");
     }
   }
 }

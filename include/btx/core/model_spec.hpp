@@ -42,5 +42,26 @@ struct ModelSpec {
   std::string dtype = "float32";  // storage dtype recorded in config.json
 };
 
+// Where two dense specs describe different models: "family: a vs b" or the first field of
+// the family's parsed config that differs ("intermediate_size: 128 vs 96"); empty when
+// they are one architecture. How a checkpoint is stored or was written (dtype, names,
+// versions) is not architecture.
+inline std::string architecture_difference(const ModelSpec& a, const ModelSpec& b) {
+  if (a.family != b.family) return "family: " + a.family + " vs " + b.family;
+  const auto storage = [](const std::string& key) {
+    return key == "dtype" || key == "torch_dtype" || key == "transformers_version" ||
+           key == "_name_or_path" || key == "use_cache";
+  };
+  for (const auto& [key, value] : a.config.items()) {
+    if (storage(key)) continue;
+    if (!b.config.contains(key)) return key + ": " + value.dump() + " vs (absent)";
+    if (b.config[key] != value) return key + ": " + value.dump() + " vs " + b.config[key].dump();
+  }
+  for (const auto& [key, value] : b.config.items()) {
+    if (!storage(key) && !a.config.contains(key)) return key + ": (absent) vs " + value.dump();
+  }
+  return {};
+}
+
 BTX_NAMESPACE_END
 }  // namespace btx

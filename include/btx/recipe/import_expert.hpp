@@ -33,27 +33,6 @@ struct ExternalExpert {
   std::optional<double> flops;       // its training FLOPs after the seed, when known
 };
 
-namespace detail {
-// Fields that say how a checkpoint is stored or was written, not what it computes.
-inline bool storage_field(const std::string& key) {
-  return key == "dtype" || key == "torch_dtype" || key == "transformers_version" ||
-         key == "_name_or_path" || key == "use_cache";
-}
-
-// The first architecture field in which `a` and `b` differ, as "key: A vs B"; empty if none.
-inline std::string first_config_difference(const nlohmann::json& a, const nlohmann::json& b) {
-  for (const auto& [key, value] : a.items()) {
-    if (storage_field(key)) continue;
-    if (!b.contains(key)) return key + ": " + value.dump() + " vs (absent)";
-    if (b[key] != value) return key + ": " + value.dump() + " vs " + b[key].dump();
-  }
-  for (const auto& [key, value] : b.items()) {
-    if (!storage_field(key) && !a.contains(key)) return key + ": (absent) vs " + value.dump();
-  }
-  return {};
-}
-}  // namespace detail
-
 // Refuses, naming the field, a checkpoint that is not a dense model of the seed's family
 // and architecture; returns its spec.
 inline ModelSpec check_external_expert(const std::string& name, const ModelSpec& seed_spec,
@@ -64,12 +43,7 @@ inline ModelSpec check_external_expert(const std::string& name, const ModelSpec&
     throw std::invalid_argument(where +
                                 " is an MoE model; an expert is a dense finetune of the seed");
   }
-  if (spec.family != seed_spec.family) {
-    throw std::invalid_argument(where + " is a " + spec.family + " model but the seed is " +
-                                seed_spec.family);
-  }
-  if (const auto diff = detail::first_config_difference(seed_spec.config, spec.config);
-      !diff.empty()) {
+  if (const auto diff = architecture_difference(seed_spec, spec); !diff.empty()) {
     throw std::invalid_argument(where + " has another architecture than the seed (" + diff +
                                 "); an expert must be a finetune of the seed");
   }
