@@ -340,17 +340,19 @@ class TrainedModels(unittest.TestCase):
         self.assertIn("sums", json.loads(r.stdout)[trained]["loss"])
 
     def test_sigkill_then_resume_equals_the_unbroken_run(self):
-        keys = dict(steps=30, checkpoint_every=4)
+        keys = dict(steps=200, checkpoint_every=4)
         r = train(self.config("unbroken", **keys))
         self.assertEqual(r.returncode, 0, r.stderr)
         cfg = self.config("killed", **keys)
         ckpts = os.path.join(self.tmp, "killed", "train", "checkpoints")
         p = subprocess.Popen([TRAIN, cfg], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 300
+        # Killed once a checkpoint is complete ("latest" names it) and well before the end.
         while time.time() < deadline and p.poll() is None:
-            if os.path.isdir(ckpts) and any(f.startswith("step-") for f in os.listdir(ckpts)):
+            if os.path.exists(os.path.join(ckpts, "latest")):
                 break
-            time.sleep(0.05)
+            time.sleep(0.02)
+        self.assertIsNone(p.poll(), "the run ended before it could be killed")
         p.send_signal(signal.SIGKILL)
         p.communicate()
         self.assertFalse(os.path.exists(os.path.join(self.tmp, "killed", "train", "stage.json")))
