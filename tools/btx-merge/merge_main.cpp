@@ -31,6 +31,7 @@
 #include <btx/core/device.hpp>
 #include <btx/core/dtype.hpp>
 #include <btx/data/byte_tokenizer.hpp>
+#include <btx/hf/config_json.hpp>
 #include <btx/hf/model_card.hpp>
 #include <btx/hf/side_files.hpp>
 #include <btx/io/atomic_dir.hpp>
@@ -82,14 +83,11 @@ nlohmann::json read_json(const fs::path& p) {
 // "torch_dtype"); float32 when it says none btx knows.
 torch::ScalarType config_dtype(const fs::path& dir) {
   const auto j = read_json(dir / "config.json");
-  for (const char* key : {"dtype", "torch_dtype"}) {
-    if (!j.contains(key) || !j[key].is_string()) continue;
-    try {
-      return btx::dtype_from_name(j[key].get<std::string>());
-    } catch (const std::invalid_argument&) {
-    }
+  try {
+    return btx::dtype_from_name(hf::ConfigFields(j, (dir / "config.json").string()).dtype());
+  } catch (const std::invalid_argument&) {
+    return torch::kFloat32;
   }
-  return torch::kFloat32;
 }
 
 // Same architecture: each config.json parsed by its family (so bookkeeping fields such as

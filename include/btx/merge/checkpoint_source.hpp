@@ -121,12 +121,13 @@ class CheckpointSource {
 inline std::string dtype_disagreement(const std::vector<CheckpointSource>& sources) {
   if (sources.empty()) return {};
   const auto& first = sources.front();
-  for (const auto& name : first.names()) {
+  std::vector<std::vector<std::string>> names;  // sorted, listed once per source
+  for (const auto& s : sources) names.push_back(s.names());
+  for (const auto& name : names.front()) {
     const auto t0 = first.reader().info(name).dtype.type;
     if (!torch::isFloatingType(t0)) continue;
     for (size_t j = 1; j < sources.size(); ++j) {
-      const auto names = sources[j].names();
-      if (!std::binary_search(names.begin(), names.end(), name)) continue;
+      if (!std::binary_search(names[j].begin(), names[j].end(), name)) continue;
       const auto t = sources[j].reader().info(name).dtype.type;
       if (t != t0 && torch::isFloatingType(t)) {
         return "tensor '" + name + "' is " + c10::toString(t0) + " in '" + first.label() +

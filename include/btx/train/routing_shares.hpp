@@ -32,6 +32,7 @@ inline RoutingShares routing_shares(
   torch::NoGradGuard no_grad;
   model->eval();
   const auto device = model.module().parameters().front().device();
+  const auto layers = moe_layers(model.module());
   for (const auto& [name, tokens_N] : held_out) {
     std::vector<torch::Tensor> counts;  // per layer [E]
     const int64_t T = seq_len;
@@ -39,7 +40,6 @@ inline RoutingShares routing_shares(
     for (int64_t w = 0; w < n; ++w) {
       auto ids = tokens_N.slice(0, w * T, w * T + T).to(torch::kInt64).unsqueeze(0);
       (void)model.forward(ids.to(device));
-      auto layers = moe_layers(model.module());
       // One tensor per layer: assign(n, t) would copy one handle n times, and the in-place
       // sums below would then add every layer into the same storage.
       for (size_t l = 0; l < layers.size(); ++l) {
