@@ -12,6 +12,10 @@
 #                                        transformers and, converted, in llama.cpp
 #   cmake/quickstart.sh real-seed PRESET.yaml [ARGS...]  the same with another preset of that
 #                                        seed, run in runs/real-seed-<preset name>
+#   cmake/quickstart.sh train-example    btx-train's worked example (docs/train.md): three
+#                                        SmolLM2-135M experts, btx-merge, router and full
+#                                        tuning, every model evaluated, the final model in
+#                                        transformers and llama.cpp, in runs/smollm2
 # Set-up is idempotent and quick when nothing is missing: Debian -dev packages via
 # apt-get, a venv in .venv with torch==2.13.0 (LibTorch comes from that wheel unless
 # CMAKE_PREFIX_PATH or Torch_DIR already names one), transformers for the interop tests.
@@ -21,8 +25,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 mode=${1:-}
 [ $# -gt 0 ] && shift
-case "$mode" in demo|test|build|real-seed) ;; *)
-  echo "usage: cmake/quickstart.sh demo|test|build|real-seed [args...]" >&2; exit 2 ;;
+case "$mode" in demo|test|build|real-seed|train-example) ;; *)
+  echo "usage: cmake/quickstart.sh demo|test|build|real-seed|train-example [args...]" >&2; exit 2 ;;
 esac
 say() { printf '[btx] %4ds %s\n' "$SECONDS" "$*" >&2; }  # seconds since the start
 # Paths under the checkout are hashed relative to it, so another clone of btx (a CI
@@ -60,7 +64,7 @@ if ! "$py" -c 'import torch' 2>/dev/null; then
   say "installing torch==2.13.0 into the venv"
   "$py" -m pip install -q torch==2.13.0
 fi
-if { [ "$mode" = test ] || [ "$mode" = real-seed ]; } && ! "$py" -c 'import transformers, safetensors, sentencepiece, google.protobuf' 2>/dev/null; then
+if { [ "$mode" = test ] || [ "$mode" = real-seed ] || [ "$mode" = train-example ]; } && ! "$py" -c 'import transformers, safetensors, sentencepiece, google.protobuf' 2>/dev/null; then
   # sentencepiece + protobuf: transformers' reader of tokenizer.model files
   say "installing transformers, safetensors, sentencepiece (independent reference for interop tests)"
   "$py" -m pip install -q transformers safetensors sentencepiece protobuf
@@ -72,16 +76,24 @@ if [ "$mode" = test ] && ! "$py" -c 'import pyarrow' 2>/dev/null; then
   "$py" -m pip install -q pyarrow
 fi
 
+if [ "$mode" = test ]; then
+  # minja, the header-only Jinja btx-train renders chat data with (and real chat templates
+  # the tests render against transformers), from a PyPI sdist.
+  minja="$venv/share/btx/minja"
+  [ -f "$minja/minja/minja.hpp" ] || say "fetching minja (chat templates) into $minja"
+  "$root/cmake/fetch_minja.sh" "$py" "$minja"
+fi
+
 # ---- Configure once, build incrementally. A user's LibTorch (CMAKE_PREFIX_PATH or
 # Torch_DIR) comes first; the wheel's prefix is only a fallback after it.
 torch_prefix=$("$py" -c 'import torch; print(torch.utils.cmake_prefix_path)')
 build="$root/build"
-# The test command builds btx-train with its Parquet reader (a build the demo configured
-# is configured again with it).
+# The test command builds btx-train with its Parquet reader and chat templates (a build the
+# demo configured is configured again with them).
 parquet=()
-if [ "$mode" = test ]; then parquet=(-DBTX_PARQUET=ON); fi
+if [ "$mode" = test ]; then parquet=(-DBTX_PARQUET=ON -DBTX_CHAT_TEMPLATES=ON "-DBTX_MINJA_DIR=$minja"); fi
 if [ ! -f "$build/CMakeCache.txt" ] ||
-   { [ ${#parquet[@]} -gt 0 ] && ! grep -q '^BTX_PARQUET:BOOL=ON' "$build/CMakeCache.txt"; }; then
+   { [ ${#parquet[@]} -gt 0 ] && ! grep -q '^BTX_CHAT_TEMPLATES:BOOL=ON' "$build/CMakeCache.txt"; }; then
   say "configuring $build"
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     "-DCMAKE_PREFIX_PATH=${CMAKE_PREFIX_PATH:+$CMAKE_PREFIX_PATH;}$torch_prefix" \
@@ -92,6 +104,7 @@ jobs=$(nproc)
 targets=()
 if [ "$mode" = demo ]; then targets=(--target btx-pipeline); fi
 if [ "$mode" = real-seed ]; then targets=(--target btx-pipeline btx-interop); fi
+if [ "$mode" = train-example ]; then targets=(--target btx-train btx-merge btx-interop); fi
 say "building ${targets[*]:-everything} ($jobs jobs)"
 cmake --build "$build" -j "$jobs" "${targets[@]}"
 
@@ -119,6 +132,34 @@ case "$mode" in
     BTX_PYTHON="$py" "$build/bin/btx-pipeline" "$preset" --run-dir "$run_dir" "$@"
     say "loading the final model in transformers and llama.cpp"
     "$py" "$root/tools/btx-pipeline/presets/real_seed/check_final.py" "$run_dir" --llama-cpp ;;
+  train-example)
+    # The user's route of docs/train.md, each step a plain btx-train / btx-merge call; a
+    # rerun resumes or skips what is done (a finished btx-train run trains nothing).
+    seed="$build/real-seed/SmolLM2-135M-Instruct"
+    "$py" "$root/tools/btx-pipeline/presets/real_seed/fetch_seed.py" "$seed" --btx-interop "$build/bin/btx-interop"
+    presets="$root/tools/btx-train/presets/smollm2"
+    runs="$root/runs/smollm2"
+    export BTX_PYTHON="$py"
+    for d in math code prose; do
+      say "expert $d: btx-train $presets/expert-$d.yaml"
+      "$build/bin/btx-train" "$presets/expert-$d.yaml"
+    done
+    if [ ! -f "$runs/moe/config.json" ]; then
+      say "btx-merge $presets/merge.yaml $runs/moe"
+      "$build/bin/btx-merge" "$presets/merge.yaml" "$runs/moe"
+    fi
+    say "router tuning: btx-train $presets/router.yaml"
+    "$build/bin/btx-train" "$presets/router.yaml"
+    say "full tuning: btx-train $presets/full.yaml"
+    "$build/bin/btx-train" "$presets/full.yaml"
+    say "held-out loss of every model -> $runs/evaluation.json"
+    "$build/bin/btx-train" "$presets/full.yaml" --evaluate "$seed" \
+      "$runs"/expert-{math,code,prose}/train/model "$runs/moe" \
+      "$runs/router/train/model" "$runs/full/train/model" > "$runs/evaluation.json.tmp"
+    mv "$runs/evaluation.json.tmp" "$runs/evaluation.json"
+    say "loading the final model in transformers and llama.cpp"
+    "$py" "$root/tools/btx-pipeline/presets/real_seed/check_final.py" "$runs" \
+      --model "$runs/full/train/model" --prompts "$presets/prompts.json" --llama-cpp ;;
   test)
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     failed=()

@@ -48,12 +48,12 @@ def documents(domain, n=30):
     return out
 
 
-def make_tokenizer(folder, texts):
+def make_tokenizer(folder, texts, special=()):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=[EOS],
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=[EOS, *special],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer)
     tok.save(os.path.join(folder, "tokenizer.json"))
@@ -63,11 +63,12 @@ def make_tokenizer(folder, texts):
     return tok.get_vocab_size()
 
 
-def make_model(folder, seed=0):
-    """A tiny Llama with a real BPE tokenizer trained on the test's documents."""
+def make_model(folder, seed=0, special=()):
+    """A tiny Llama with a real BPE tokenizer trained on the test's documents (and `special`
+    tokens, as a chat model's template uses)."""
     os.makedirs(folder, exist_ok=True)
     texts = [d for dom in ("math", "code", "prose") for d in documents(dom)]
-    vocab = make_tokenizer(folder, texts)
+    vocab = make_tokenizer(folder, texts, special)
     model = tiny_llama(seed, vocab_size=vocab, eos_token_id=0, bos_token_id=0)
     model.save_pretrained(folder)
     return folder
@@ -156,6 +157,171 @@ class DataFormats(unittest.TestCase):
             for split in ("train", "eval"):
                 ids = torch.frombuffer(bytearray(got["text"][split]), dtype=torch.int32).tolist()
                 self.assertEqual(ids, want[split], split)
+
+
+# SmolLM2-Instruct's template (ChatML with a default system prompt).
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}")
+# Real models' templates (llama.cpp's test set, fetched with minja by the test command).
+TEMPLATES = os.environ.get("BTX_CHAT_TEMPLATES_DIR", "")
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4."}],
+    [{"role": "system", "content": "You are terse."},
+     {"role": "user", "content": "Héllo \"quoted\" <b>x</b> 漢字\nline two"},
+     {"role": "assistant", "content": "  Hi!  "}, {"role": "user", "content": "again"},
+     {"role": "assistant", "content": "ok"}],
+    [{"role": "user", "content": "think"},
+     {"role": "assistant", "content": "42", "reasoning_content": "6 * 7"}],
+]
+
+
+class ChatData(unittest.TestCase):
+    """Chat JSONL rendered by the checkpoint's own template exactly as transformers'
+    apply_chat_template renders and tokenises it, for SmolLM2's template and real models'."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="btx-train-chat-")
+        cls.model = make_model(os.path.join(cls.tmp, "model"),
+                               special=("<|im_start|>", "<|im_end|>"))
+        cls.chat = os.path.join(cls.tmp, "chat.jsonl")
+        with open(cls.chat, "w", encoding="utf-8") as f:
+            for c in CONVERSATIONS:
+                f.write(json.dumps({"id": 7, "messages": c}, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def with_template(self, name, template):
+        folder = os.path.join(self.tmp, "with-" + name)
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(self.model, folder)
+        with open(os.path.join(folder, "chat_template.jinja"), "w", encoding="utf-8") as f:
+            f.write(template)
+        return folder
+
+    def shown(self, model, conversations=None):
+        chat = self.chat
+        if conversations is not None:
+            chat = os.path.join(self.tmp, "some.jsonl")
+            with open(chat, "w", encoding="utf-8") as f:
+                for c in conversations:
+                    f.write(json.dumps({"messages": c}, ensure_ascii=False) + "\n")
+        cfg = write_config(os.path.join(self.tmp, "show.json"), model=model,
+                           run_dir=os.path.join(self.tmp, "run-show"),
+                           domains=[{"name": "chat", "paths": [chat], "format": "chat"}])
+        r = train(cfg, "--show-documents", "10")
+        return r, [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+    def transformers_render(self, model, conversation):
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(model)
+        text = tok.apply_chat_template(conversation, tokenize=False)
+        ids = tok.apply_chat_template(conversation, tokenize=True)
+        if not isinstance(ids, list):  # transformers 5 returns a BatchEncoding
+            ids = ids["input_ids"]
+        return text, list(ids)
+
+    def test_smollm2_template_renders_and_tokenises_as_transformers(self):
+        model = self.with_template("smollm2", SMOLLM2_TEMPLATE)
+        r, docs = self.shown(model)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(len(docs), len(CONVERSATIONS))
+        for doc, conv in zip(docs, CONVERSATIONS):
+            text, ids = self.transformers_render(model, conv)
+            self.assertEqual(doc["text"], text)
+            self.assertEqual(doc["ids"], ids)
+            from transformers import AutoTokenizer
+            im_end = AutoTokenizer.from_pretrained(model).convert_tokens_to_ids("<|im_end|>")
+            self.assertIn(im_end, ids)  # one token, as in transformers
+        # The token files pack those ids with EOS after each conversation.
+        run_dir = os.path.join(self.tmp, "run-data")
+        cfg = write_config(os.path.join(self.tmp, "data.json"), model=model, run_dir=run_dir,
+                           domains=[{"name": "chat", "paths": [self.chat], "format": "chat",
+                                     "eval_every": 2}])
+        r = train(cfg, "--data-only")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        cache = os.path.join(run_dir, "token-cache")
+        train_bin = [f for f in os.listdir(cache) if f.endswith(".train.bin")]
+        got = torch.frombuffer(bytearray(read_bytes(os.path.join(cache, train_bin[0]))),
+                               dtype=torch.int32).tolist()
+        self.assertEqual(got, docs[0]["ids"] + [0] + docs[2]["ids"] + [0])  # doc 1 held out
+
+    def test_real_models_templates_render_as_transformers(self):
+        if not TEMPLATES:
+            self.skipTest("BTX_CHAT_TEMPLATES_DIR not set (cmake/fetch_minja.sh fetches them)")
+        import jinja2
+        names = sorted(n for n in os.listdir(TEMPLATES) if n.endswith(".jinja"))
+        compared, needs_tools, refusals = [], [], 0
+        for name in names:
+            model = self.with_template(name[:-6], read_text(os.path.join(TEMPLATES, name)))
+            rendered, raised = [], []
+            for conv in CONVERSATIONS:
+                try:
+                    rendered.append((conv, self.transformers_render(model, conv)))
+                except Exception as e:  # noqa: BLE001 (what transformers refuses, and why)
+                    raised.append((conv, e))
+            if any(type(e) is not jinja2.exceptions.TemplateError for _, e in raised):
+                # Not the template's own raise_exception: it needs tools, which transformers
+                # passes as None and these templates iterate (minja takes None as empty).
+                needs_tools.append(name)
+                continue
+            r, docs = self.shown(model, [c for c, _ in rendered])
+            self.assertEqual(r.returncode, 0, name + ": " + r.stderr)
+            self.assertEqual(len(docs), len(rendered), name)
+            for doc, (_, (text, ids)) in zip(docs, rendered):
+                self.assertEqual(doc["text"], text, name)
+                self.assertEqual(doc["ids"], ids, name)
+            for conv, e in raised:  # what the template refuses, btx refuses with its words
+                r, _ = self.shown(model, [conv])
+                self.assertEqual(r.returncode, 1, name)
+                self.assertIn("the chat template cannot render it", r.stderr, name)
+                self.assertIn(str(e), r.stderr, name)
+                refusals += 1
+            compared.append(name)
+            shutil.rmtree(model)
+        # Of llama.cpp's 25 templates only the tool-calling ones need tools; every other one
+        # must have been compared.
+        self.assertGreaterEqual(len(compared), 20, (compared, needs_tools))
+        self.assertGreaterEqual(refusals, 1)  # Gemma refuses a system message
+        for name in needs_tools:
+            self.assertRegex(name, "tool_use|firefunction", needs_tools)
+
+    def refused(self, model, line, *needles):
+        path = os.path.join(self.tmp, "bad.jsonl")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(json.dumps({"messages": CONVERSATIONS[0]}) + "\n" + line + "\n")
+        run_dir = os.path.join(self.tmp, "run-bad")
+        cfg = write_config(os.path.join(self.tmp, "bad.json"), model=model, run_dir=run_dir,
+                           domains=[{"name": "chat", "paths": [path], "format": "chat"}],
+                           **tiny_run())
+        r = train(cfg)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        for n in needles:
+            self.assertIn(n, r.stderr)
+        self.assertFalse(os.path.exists(run_dir))
+
+    def test_bad_chat_data_is_refused_naming_file_and_line(self):
+        model = self.with_template("smollm2-bad", SMOLLM2_TEMPLATE)
+        self.refused(model, '{"messages": "hi"}', "bad.jsonl:2: field 'messages' is string")
+        self.refused(model, '{"messages": [{"content": "x"}]}',
+                     "bad.jsonl:2: field 'messages', message 0 has no string 'role'")
+        self.refused(model, '{"text": "x"}', "bad.jsonl:2: no field 'messages'")
+        # What the template itself refuses (raise_exception), with its words.
+        strict = self.with_template(
+            "strict", "{% for m in messages %}{% if m['role'] == 'system' %}"
+            "{{ raise_exception('System role not supported') }}{% endif %}"
+            "{{ m['content'] }}{% endfor %}")
+        self.refused(strict, json.dumps({"messages": CONVERSATIONS[1]}),
+                     "bad.jsonl:2: field 'messages': the chat template cannot render it",
+                     "System role not supported")
+        # A checkpoint without a template.
+        self.refused(self.model, "", "has no chat template")
 
 
 class BadData(unittest.TestCase):
@@ -290,6 +456,12 @@ class TrainedModels(unittest.TestCase):
         self.assertEqual(sorted(before), sorted(after))
         changed = [n for n in before if not torch.equal(before[n], after[n])]
         self.assertTrue(changed)
+        # The special-token ids of the checkpoint it started from are carried on.
+        written = read_json(os.path.join(self.tmp, "router", "train", "model", "config.json"))
+        source = read_json(os.path.join(self.moe, "config.json"))
+        for key in ("bos_token_id", "eos_token_id"):
+            self.assertIn(key, source)
+            self.assertEqual(written.get(key), source[key], key)
         self.assertTrue(all(n.endswith("block_sparse_moe.gate.weight") for n in changed), changed)
         self.assertEqual(len(changed), 2)  # both layers' routers moved
         out = os.path.join(self.tmp, "router", "train")

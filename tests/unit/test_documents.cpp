@@ -93,6 +93,43 @@ TEST_CASE("documents: JSONL lines, text files and their errors name file, line a
   fs::remove_all(dir);
 }
 
+TEST_CASE("documents: chat lines are conversations, rendered by the renderer given") {
+  const auto dir = docs_dir("chat");
+  btx::DocumentOptions chat{.format = "chat"};
+  chat.chat = [](const nlohmann::ordered_json& messages) {
+    std::string out;
+    for (const auto& m : messages) {
+      if (m["role"] == "tool") throw std::runtime_error("no tools here");
+      out += "<" + m["role"].get<std::string>() + ">" + m.value("content", "");
+    }
+    return out;
+  };
+  doc_write(dir / "a.jsonl",
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, "
+            "{\"role\": \"assistant\", \"content\": \"yo\"}]}\n"
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"id\": 2}\n");
+  CHECK(btx::read_documents(dir / "a.jsonl", chat) ==
+        std::vector<std::string>{"<user>hi<assistant>yo", "<user>x"});
+  const auto error = [&](const std::string& line) {
+    doc_write(dir / "b.jsonl", "{\"messages\": [{\"role\": \"user\"}]}\n" + line + "\n");
+    return doc_error_of([&] { (void)btx::read_documents(dir / "b.jsonl", chat); });
+  };
+  const auto at = (dir / "b.jsonl").string() + ":2: field 'messages'";
+  CHECK(error("{\"messages\": \"hi\"}") == at + " is string, not a list of messages");
+  CHECK(error("{\"messages\": []}") == at + " is an empty list, not a list of messages");
+  CHECK(error("{\"messages\": [1]}") == at + ", message 0 is number, not an object");
+  CHECK(error("{\"messages\": [{\"role\": \"user\"}, {\"content\": \"a\"}]}") ==
+        at + ", message 1 has no string 'role'");
+  CHECK(error("{\"messages\": [{\"role\": \"tool\"}]}") ==
+        at + ": the chat template cannot render it: no tools here");
+  CHECK(error("{\"text\": \"a\"}") ==
+        (dir / "b.jsonl").string() + ":2: no field 'messages' (the line has: text)");
+  // A program without a renderer refuses chat data, naming the file.
+  CHECK(doc_error_of([&] { (void)btx::read_documents(dir / "a.jsonl", {.format = "chat"}); }) ==
+        (dir / "a.jsonl").string() + ": chat data, but this program renders no chat templates");
+  fs::remove_all(dir);
+}
+
 TEST_CASE("document corpus: packed with EOS, split by the document rule, cached by content") {
   const auto dir = docs_dir("corpus");
   std::string jsonl;

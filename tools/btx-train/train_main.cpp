@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-// btx-train CONFIG.yaml [--run-dir DIR] [--check]: trains any registered family's HF
+// btx-train CONFIG.yaml [--run-dir DIR] [--check | --data-only | --show-documents N |
+// --evaluate CHECKPOINT...]: trains any registered family's HF
 // checkpoint, dense or MoE, on the user's own documents, with the recipe's stage machinery
 // (recipe/train_stage.hpp: checkpoints and exact resume, metrics, data parallelism under
 // torchrun or srun). What trains is chosen (moe/trainable_parts.hpp); the data are read as
@@ -21,6 +22,7 @@
 #include <btx/core/hash.hpp>
 #include <btx/data/document_corpus.hpp>
 #include <btx/data/sampler.hpp>
+#include <btx/hf/config_json.hpp>
 #include <btx/hf/side_files.hpp>
 #include <btx/io/output_guard.hpp>
 #include <btx/models/auto.hpp>
@@ -33,11 +35,10 @@
 #include <btx/train/precision.hpp>
 #include <btx/train/routing_shares.hpp>
 
-#include "../common/checkpoint_tokenizer.hpp"
 #include "../common/cli.hpp"
 #include "../common/yaml_json.hpp"
 #include "config.hpp"
-#include "parquet_reader.hpp"
+#include "train_data.hpp"
 #include "train_main.hpp"
 #include "train_report.hpp"
 
@@ -86,58 +87,6 @@ void validate(const TrainConfig& c) {
   }
   io::refuse_output_over_inputs(c.run_dir, "run_dir", inputs);
   (void)parse_device(c.device);
-}
-
-// The checkpoint's EOS id (config.json, else generation_config.json; a list's first).
-int64_t eos_id_of(const fs::path& model) {
-  for (const char* file : {"config.json", "generation_config.json"}) {
-    std::ifstream in(model / file);
-    if (!in) continue;
-    const auto j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-    if (!j.is_object() || !j.contains("eos_token_id")) continue;
-    const auto& e = j["eos_token_id"];
-    if (e.is_number_integer()) return e.get<int64_t>();
-    if (e.is_array() && !e.empty() && e[0].is_number_integer()) return e[0].get<int64_t>();
-  }
-  throw std::invalid_argument(model.string() +
-                              ": no eos_token_id in config.json or generation_config.json; "
-                              "documents are packed with EOS between them");
-}
-
-// What identifies the checkpoint's tokenizer for the token cache: its files' hashes.
-std::string tokenizer_key(const fs::path& model) {
-  std::string key;
-  for (const char* name : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json"}) {
-    std::ifstream in(model / name, std::ios::binary);
-    if (!in) continue;
-    const std::string bytes((std::istreambuf_iterator<char>(in)), {});
-    key += std::string(name) + ":" + ::btx::detail::hex64(fnv1a64(bytes)) + ";";
-  }
-  return key;
-}
-
-Corpus read_corpus(const TrainConfig& c, const ModelSpec& spec) {
-  DocumentCorpusOptions options;
-  options.vocab_size = spec.shape.vocab_size;
-  options.cache_dir =
-      c.cache_dir.empty() ? fs::path(c.run_dir) / "token-cache" : fs::path(c.cache_dir);
-  options.parquet = parquet_reader();
-  bool needs_tokenizer = false;
-  for (const auto& d : c.domains) needs_tokenizer = needs_tokenizer || d.token_file.empty();
-  if (needs_tokenizer) {
-    auto tokenizer = std::make_shared<tools::CheckpointTokenizer>(c.model);
-    options.encode = [tokenizer](const std::vector<std::string>& docs) {
-      return tokenizer->encode_documents(docs);
-    };
-    options.eos_id = eos_id_of(c.model);
-    options.tokenizer_key = tokenizer->description() + " " + tokenizer_key(c.model);
-  } else {
-    options.encode = [](const std::vector<std::string>&) -> std::vector<std::vector<int64_t>> {
-      throw std::logic_error("token-file domains need no tokenizer");
-    };
-    options.eos_id = 0;
-  }
-  return document_corpus(c.domains, options);
 }
 
 int run(const TrainConfig& c) {
@@ -226,6 +175,7 @@ int run(const TrainConfig& c) {
   save.overwrite = true;
   save.copy_files = run.model_files();
   save.text_files = {{"README.md", model_card(trained)}};
+  save.config_extra = hf::token_ids_of(hf::read_json_file(model_dir / "config.json"));
   model.module().to(torch::kCPU);
   (void)save_hf_checkpoint(model, run.model_dir(c.stage), save);
   write_report(run.stage_dir(c.stage), trained);
@@ -267,6 +217,7 @@ int evaluate_models(const TrainConfig& c, const std::vector<std::string>& models
 int main(int argc, char** argv) {
   std::string config_file, run_dir;
   bool check = false, data_only = false;
+  int64_t show = 0;
   std::vector<std::string> evaluate;
   CLI::App app{kAbout, "btx-train"};
   app.footer(std::string(kFooter) + schema().help(TrainConfig{}));
@@ -278,6 +229,10 @@ int main(int argc, char** argv) {
   app.add_flag("--data-only", data_only,
                "read, check and tokenise the data into the cache, print each domain's "
                "manifest and stop (trains nothing)");
+  app.add_option("--show-documents", show,
+                 "print the first N documents of each domain as JSON lines (the text as it "
+                 "will be tokenised, chat rendered by the template, and its ids) and stop")
+      ->check(CLI::PositiveNumber);
   app.add_option("--evaluate", evaluate,
                  "print each CHECKPOINT's held-out loss per domain (the config's data, read "
                  "with the config's model's tokenizer) as JSON, and stop (trains nothing)");
@@ -291,6 +246,7 @@ int main(int argc, char** argv) {
                   config.trains.c_str(), config.domains.size(), config.run_dir.c_str());
       return 0;
     }
+    if (show > 0) return show_documents(config, show);
     if (data_only) {
       const auto corpus =
           read_corpus(config, read_model_spec(fs::path(config.model) / "config.json"));

@@ -16,10 +16,13 @@ inline schema::Schema<DomainSpec> domain_schema(bool documents = false) {
   namespace s = btx::schema;
   auto out = s::Schema<DomainSpec>("domains[]");
   if (documents) {
-    out.key("format", &DomainSpec::format, "auto (by extension) | text | jsonl | parquet",
-            s::one_of({"auto", "text", "jsonl", "parquet"}))
-        .key("field", &DomainSpec::field, "the JSONL field / Parquet column of each document",
-             s::non_empty<std::string>())
+    out.key("format", &DomainSpec::format,
+            "auto (by extension) | text | jsonl | chat (JSONL conversations rendered with the "
+            "checkpoint's chat template) | parquet",
+            s::one_of({"auto", "text", "jsonl", "chat", "parquet"}))
+        .key("field", &DomainSpec::field,
+             "the JSONL field / Parquet column of each document (default: text; messages for "
+             "chat)")
         .key("eval_paths", &DomainSpec::eval_paths,
              "files or folders of held-out documents (default: every eval_every-th document)");
   }

@@ -45,8 +45,8 @@ struct DomainSpec {
   double weight = 1.0;                  // share of a mixture's windows (relative)
   // Documents (btx-train; data/document_corpus.hpp): how each file is read, and the
   // held-out documents' own files instead of every eval_every-th document.
-  std::string format = "auto";          // auto | text | jsonl | parquet
-  std::string field = "text";           // a JSONL field / Parquet column per document
+  std::string format = "auto";          // auto | text | jsonl | chat | parquet
+  std::string field;                    // a JSONL field / Parquet column; empty: text/messages
   std::vector<std::string> eval_paths;  // files or folders of held-out documents
 };
 
@@ -115,8 +115,8 @@ struct CorpusText {
   int64_t token_file_vocab = 0;  // 1 + the largest id in any token file (0: none)
 };
 
-namespace detail {
-
+// A domain's files in the order they are read: each path, a folder's files (with one of
+// `extensions`; `recursive`) sorted, each once.
 inline std::vector<std::filesystem::path> domain_files(const DomainSpec& spec) {
   namespace fs = std::filesystem;
   std::vector<fs::path> files;
@@ -147,6 +147,8 @@ inline std::vector<std::filesystem::path> domain_files(const DomainSpec& spec) {
   files.erase(std::unique(files.begin(), files.end()), files.end());
   return files;
 }
+
+namespace detail {
 
 inline DomainText text_domain(const DomainSpec& spec, std::vector<ManifestEntry>& manifest) {
   const auto files = domain_files(spec);

@@ -46,6 +46,7 @@ struct DocumentCorpusOptions {
   std::string tokenizer_key;        // what identifies the tokenizer (its files' hashes)
   std::filesystem::path cache_dir;  // empty: no cache
   ParquetReader parquet;            // Parquet files need one
+  ChatRenderer chat;                // chat files need one (its template is in tokenizer_key)
 };
 
 // [N] int32: every document's ids followed by EOS.
@@ -84,7 +85,7 @@ inline DomainDocuments read_domain_documents(const DomainSpec& spec,
                                              const DocumentCorpusOptions& options,
                                              std::vector<ManifestEntry>& manifest) {
   DomainDocuments out;
-  const DocumentOptions reading{spec.format, spec.field, options.parquet};
+  const DocumentOptions reading{spec.format, spec.field, options.parquet, options.chat};
   const auto read = [&](const std::filesystem::path& file, const std::string& split) {
     const std::string bytes = read_bytes(file);
     const auto hash = fnv1a64(bytes);

@@ -1,11 +1,14 @@
 // SPDX-License-Identifier: MIT
 // Documents from the files datasets ship in: a text file is one document; a JSONL file has
-// one JSON object per line whose field `field` (a string) is a document; a Parquet file has
-// one row per document in its string column `field`, read by a reader a program plugs in
-// (btx-train's uses Apache Arrow's C++ library; the header-only core links none). Bad data
-// is a DataError naming file, line or row, and field, before anything is tokenised:
-// invalid UTF-8, a line that is not a JSON object, a missing or non-string field, a file
-// that is not what its extension says.
+// one JSON object per line whose field `field` (a string) is a document; a chat file is
+// JSONL whose field (default `messages`) is a conversation, [{"role", "content"}, ...],
+// rendered into one document by a chat renderer a program plugs in (btx-train renders with
+// the checkpoint's own chat template); a Parquet file has one row per document in its string
+// column `field`, read by a reader a program plugs in (btx-train's uses Apache Arrow's C++
+// library; the header-only core links neither). Bad data is a DataError naming file, line or
+// row, and field, before anything is tokenised: invalid UTF-8, a line that is not a JSON
+// object, a missing or non-string field, a conversation that is not a list of messages with
+// roles or that the template refuses, a file that is not what its extension says.
 #pragma once
 
 #include <cstdint>
@@ -30,7 +33,7 @@ struct DataError : std::invalid_argument {
   using std::invalid_argument::invalid_argument;
 };
 
-enum class DocumentFormat { text, jsonl, parquet };
+enum class DocumentFormat { text, jsonl, chat, parquet };
 
 inline std::string format_name(DocumentFormat f) {
   switch (f) {
@@ -38,20 +41,23 @@ inline std::string format_name(DocumentFormat f) {
       return "text";
     case DocumentFormat::jsonl:
       return "jsonl";
+    case DocumentFormat::chat:
+      return "chat";
     case DocumentFormat::parquet:
       return "parquet";
   }
   return "?";
 }
 
-// `name`: text | jsonl | parquet, or auto (by extension: .jsonl/.ndjson -> jsonl, .parquet
-// -> parquet, anything else -> text).
+// `name`: text | jsonl | chat | parquet, or auto (by extension: .jsonl/.ndjson -> jsonl,
+// .parquet -> parquet, anything else -> text; chat is never guessed).
 inline DocumentFormat document_format(const std::string& name, const std::filesystem::path& file) {
   if (name == "text") return DocumentFormat::text;
   if (name == "jsonl") return DocumentFormat::jsonl;
+  if (name == "chat") return DocumentFormat::chat;
   if (name == "parquet") return DocumentFormat::parquet;
   if (name != "auto") {
-    throw DataError("unknown data format '" + name + "' (known: auto, text, jsonl, parquet)");
+    throw DataError("unknown data format '" + name + "' (known: auto, text, jsonl, chat, parquet)");
   }
   const auto ext = file.extension().string();
   if (ext == ".jsonl" || ext == ".ndjson") return DocumentFormat::jsonl;
@@ -97,11 +103,24 @@ inline size_t invalid_utf8_at(std::string_view s) {
 using ParquetReader =
     std::function<std::vector<std::string>(const std::filesystem::path&, const std::string&)>;
 
+// Renders one conversation (a JSON array of message objects, each with a string "role")
+// into the text of one document; throws std::exception saying why it cannot (a template's
+// raise_exception, say). Empty: this program reads no chat data. Ordered JSON: a template
+// that prints a message (tojson) sees its keys in the file's order, as Python does.
+using ChatRenderer = std::function<std::string(const nlohmann::ordered_json& messages)>;
+
 struct DocumentOptions {
-  std::string format = "auto";  // auto | text | jsonl | parquet
-  std::string field = "text";   // JSONL field / Parquet column holding each document
+  std::string format = "auto";  // auto | text | jsonl | chat | parquet
+  std::string field;            // the JSONL field / Parquet column; empty: text (messages for chat)
   ParquetReader parquet;        // needed for Parquet files
+  ChatRenderer chat;            // needed for chat files
 };
+
+// The field (column) a file of `format` keeps its documents in, `field` when given.
+inline std::string document_field(DocumentFormat format, const std::string& field) {
+  if (!field.empty()) return field;
+  return format == DocumentFormat::chat ? "messages" : "text";
+}
 
 namespace detail {
 inline std::string read_bytes(const std::filesystem::path& file) {
@@ -110,10 +129,10 @@ inline std::string read_bytes(const std::filesystem::path& file) {
   return {std::istreambuf_iterator<char>(in), {}};
 }
 
-inline std::vector<std::string> jsonl_documents(const std::filesystem::path& file,
-                                                const std::string& bytes,
-                                                const std::string& field) {
-  std::vector<std::string> docs;
+// Calls on_row(value of `field`, "file:line") for every non-blank line of JSONL `bytes`.
+template <class OnRow>
+void for_each_jsonl_field(const std::filesystem::path& file, const std::string& bytes,
+                          const std::string& field, OnRow&& on_row) {
   size_t begin = 0;
   int64_t line = 0;
   while (begin < bytes.size()) {
@@ -128,9 +147,9 @@ inline std::vector<std::string> jsonl_documents(const std::filesystem::path& fil
     if (const auto bad = invalid_utf8_at(text); bad != std::string_view::npos) {
       throw DataError(where + ": invalid UTF-8 at column " + std::to_string(bad + 1));
     }
-    nlohmann::json row;
+    nlohmann::ordered_json row;
     try {
-      row = nlohmann::json::parse(text);
+      row = nlohmann::ordered_json::parse(text);
     } catch (const nlohmann::json::exception& e) {
       throw DataError(where + ": not a JSON line (" + std::string(e.what()) +
                       "); is this file JSONL?");
@@ -141,12 +160,52 @@ inline std::vector<std::string> jsonl_documents(const std::filesystem::path& fil
       for (const auto& [k, v] : row.items()) keys += (keys.empty() ? "" : ", ") + k;
       throw DataError(where + ": no field '" + field + "' (the line has: " + keys + ")");
     }
-    if (!row[field].is_string()) {
-      throw DataError(where + ": field '" + field + "' is " + row[field].type_name() +
-                      ", not a string");
-    }
-    docs.push_back(row[field].get<std::string>());
+    on_row(row[field], where);
   }
+}
+
+inline std::vector<std::string> jsonl_documents(const std::filesystem::path& file,
+                                                const std::string& bytes,
+                                                const std::string& field) {
+  std::vector<std::string> docs;
+  for_each_jsonl_field(file, bytes, field,
+                       [&](nlohmann::ordered_json& value, const std::string& where) {
+                         if (!value.is_string()) {
+                           throw DataError(where + ": field '" + field + "' is " +
+                                           value.type_name() + ", not a string");
+                         }
+                         docs.push_back(value.get<std::string>());
+                       });
+  return docs;
+}
+
+// One document per conversation: a non-empty array of objects with a string "role", as
+// chat datasets (and transformers' apply_chat_template) have them, rendered by `render`.
+inline std::vector<std::string> chat_documents(const std::filesystem::path& file,
+                                               const std::string& bytes, const std::string& field,
+                                               const ChatRenderer& render) {
+  std::vector<std::string> docs;
+  for_each_jsonl_field(
+      file, bytes, field, [&](nlohmann::ordered_json& value, const std::string& where) {
+        const std::string what = where + ": field '" + field + "'";
+        if (!value.is_array() || value.empty()) {
+          throw DataError(what + " is " + (value.is_array() ? "an empty list" : value.type_name()) +
+                          ", not a list of messages");
+        }
+        for (size_t i = 0; i < value.size(); ++i) {
+          const auto& m = value[i];
+          const std::string message = what + ", message " + std::to_string(i);
+          if (!m.is_object()) throw DataError(message + " is " + m.type_name() + ", not an object");
+          if (!m.contains("role") || !m["role"].is_string()) {
+            throw DataError(message + " has no string 'role'");
+          }
+        }
+        try {
+          docs.push_back(render(value));
+        } catch (const std::exception& e) {
+          throw DataError(what + ": the chat template cannot render it: " + e.what());
+        }
+      });
   return docs;
 }
 }  // namespace detail
@@ -164,13 +223,21 @@ inline std::vector<std::string> documents_in(const std::filesystem::path& file,
       throw DataError(file.string() +
                       ": Parquet, but this program was built without a Parquet reader");
     }
-    return options.parquet(file, options.field);
+    return options.parquet(file, document_field(format, options.field));
   }
   if (parquet_bytes) {
     throw DataError(file.string() + ": a Parquet file read as " + format_name(format) +
                     " (give it the .parquet extension or format: parquet)");
   }
-  if (format == DocumentFormat::jsonl) return detail::jsonl_documents(file, bytes, options.field);
+  if (format == DocumentFormat::jsonl) {
+    return detail::jsonl_documents(file, bytes, document_field(format, options.field));
+  }
+  if (format == DocumentFormat::chat) {
+    if (!options.chat) {
+      throw DataError(file.string() + ": chat data, but this program renders no chat templates");
+    }
+    return detail::chat_documents(file, bytes, document_field(format, options.field), options.chat);
+  }
   if (const auto bad = invalid_utf8_at(bytes); bad != std::string_view::npos) {
     int64_t line = 1;
     for (size_t i = 0; i < bad; ++i) line += bytes[i] == '\n';

@@ -156,6 +156,7 @@ struct SaveOptions {
   bool overwrite = false;                         // replace a non-empty `dir`
   std::vector<std::filesystem::path> copy_files;  // copied in unchanged (tokenizer files, ...)
   std::vector<std::pair<std::string, std::string>> text_files;  // {file name, contents}
+  nlohmann::ordered_json config_extra;  // keys set in config.json (e.g. hf::token_ids_of)
 };
 // Reported after each btx tensor is written.
 struct WriteProgress {

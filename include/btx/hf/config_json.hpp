@@ -37,6 +37,17 @@ inline nlohmann::json read_json_file(const std::filesystem::path& file) {
   return io::detail::parse_json_strict(text, file.string());
 }
 
+// The special-token ids a config.json declares (bos/eos/pad_token_id, as present), which a
+// model written from it carries on: btx's own config writers know shapes, not tokenizers,
+// and transformers' generate() stops at config.json's eos_token_id.
+inline nlohmann::ordered_json token_ids_of(const nlohmann::json& config) {
+  nlohmann::ordered_json out = nlohmann::ordered_json::object();
+  for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id"}) {
+    if (config.contains(key) && !config[key].is_null()) out[key] = config[key];
+  }
+  return out;
+}
+
 // `model_type`, or else the first architecture with its "ForCausalLM" cut and lower-cased
 // (so "MixtralForCausalLM" reads as "mixtral"); empty when neither is there. A model_type
 // that is not a string is refused naming `where`.

@@ -118,6 +118,17 @@ inline std::string brief(const nlohmann::json& v) {
 
 }  // namespace detail
 
+// The named special tokens of checkpoint folder `dir` as strings (bos_token, eos_token,
+// unk_token, pad_token, sep_token, cls_token, mask_token; those it declares), what
+// transformers passes a chat template beside the messages.
+inline std::map<std::string, std::string> named_special_tokens(const std::filesystem::path& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& [key, value] : detail::special_tokens(dir)) {
+    if (key.ends_with("_token") && value.is_string()) out[key] = value.get<std::string>();
+  }
+  return out;
+}
+
 // The first way the tokenizers of checkpoint folders `a` and `b` differ where it matters,
 // as a sentence naming the file; std::nullopt when they agree. Compared: presence and
 // contents of tokenizer.json (all but its runtime truncation/padding settings),

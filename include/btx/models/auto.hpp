@@ -142,8 +142,11 @@ inline hf::WriteStats save_hf_checkpoint(const CausalLM& lm, const std::filesyst
   w.overwrite = options.overwrite;
   w.copy_files = options.copy_files;
   w.text_files = options.text_files;
-  return hf::save_module(lm.module(), config_json_of(spec, dtype_name(dtype)), dir,
-                         family.name_map(), w);
+  auto config = config_json_of(spec, dtype_name(dtype));
+  if (options.config_extra.is_object()) {
+    for (const auto& [key, value] : options.config_extra.items()) config[key] = value;
+  }
+  return hf::save_module(lm.module(), config, dir, family.name_map(), w);
 }
 
 namespace hf {

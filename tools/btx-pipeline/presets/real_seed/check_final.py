@@ -3,9 +3,11 @@
 """The real-seed preset's final model, as its users would load it.
 
   .venv/bin/python tools/btx-pipeline/presets/real_seed/check_final.py RUN_DIR [--stage btx-top2] [--llama-cpp]
+  .venv/bin/python tools/btx-pipeline/presets/real_seed/check_final.py RUN_DIR --model DIR --prompts FILE [--llama-cpp]
 
-transformers: AutoModelForCausalLM and AutoTokenizer from RUN_DIR/<stage>/model, a greedy
-continuation of each of the run's sample prompts. --llama-cpp: also converts the model with
+transformers: AutoModelForCausalLM and AutoTokenizer from RUN_DIR/<stage>/model (or --model,
+any HF folder, e.g. btx-train's), a greedy continuation of each of the run's sample
+prompts (or of --prompts, a JSON list). --llama-cpp: also converts the model with
 llama.cpp's convert_hf_to_gguf.py (f16 GGUF) and generates with llama.cpp
 (llama-cpp-python), set up by tests/python/llama_cpp_env.sh (~10 min the first time).
 Writes RUN_DIR/final_checks.md and .json; exits 1 when a load fails or a model generates
@@ -86,13 +88,23 @@ def main():
                                  formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("run_dir")
     ap.add_argument("--stage", default=None, help="default: btx-<the run's router>")
+    ap.add_argument("--model", default=None, help="an HF folder instead of a pipeline stage's")
+    ap.add_argument("--prompts", default=None, help="a JSON file with a list of prompts")
     ap.add_argument("--llama-cpp", action="store_true")
     args = ap.parse_args()
-    with open(os.path.join(args.run_dir, "config.json")) as f:
-        config = json.load(f)
-    stage = args.stage or "btx-" + config["router"]
-    model_dir = os.path.join(args.run_dir, stage, "model")
-    prompts = config.get("sample_prompts") or ["The capital of France is"]
+    if args.model:
+        model_dir = os.path.abspath(args.model)
+        stage = os.path.relpath(model_dir, os.path.abspath(args.run_dir))
+        prompts = ["The capital of France is"]
+    else:
+        with open(os.path.join(args.run_dir, "config.json")) as f:
+            config = json.load(f)
+        stage = args.stage or "btx-" + config["router"]
+        model_dir = os.path.join(args.run_dir, stage, "model")
+        prompts = config.get("sample_prompts") or ["The capital of France is"]
+    if args.prompts:
+        with open(args.prompts) as f:
+            prompts = json.load(f)
     result = {"model": model_dir, "prompts": prompts}
     log("transformers:", model_dir)
     result["transformers"] = transformers_samples(model_dir, prompts)
