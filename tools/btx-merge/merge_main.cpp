@@ -388,9 +388,8 @@ int run(const MergeConfig& c, const std::string& config_text, const fs::path& ou
   const auto dtype = c.dtype.empty() ? plan.outputs().front().dtype : btx::dtype_from_name(c.dtype);
   auto config_json =
       merge::hf_config_for(plan, base_spec, btx::dtype_name(dtype), c.router_aux_loss_coef);
-  for (const auto& [key, value] : hf::token_ids_of(read_json(base / "config.json")).items()) {
-    config_json[key] = value;
-  }
+  const auto token_ids = hf::token_ids_of(read_json(base / "config.json"));
+  for (const auto& [key, value] : token_ids.items()) config_json[key] = value;
 
   merge::WritePlanOptions options;
   options.dtype = dtype;
