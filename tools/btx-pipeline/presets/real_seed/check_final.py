@@ -21,7 +21,7 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
+ROOT = os.path.abspath(os.path.join(HERE, "..", "..", "..", ".."))  # the checkout
 LLAMA_VENV = os.path.join(ROOT, "build", "llama-cpp-venv")
 LLAMA_WORK = os.path.join(ROOT, "build", "llama-cpp-work")
 NEW_TOKENS = 24

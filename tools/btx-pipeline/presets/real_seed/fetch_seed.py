@@ -78,7 +78,7 @@ def btx_logits(interop, folder, ids):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("out_dir")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
     ap.add_argument("--btx-interop", default=os.path.join(root, "build", "bin", "btx-interop"))
     args = ap.parse_args()
     out = os.path.abspath(args.out_dir)
