@@ -50,7 +50,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   try {
     namespace recipe = btx::recipe;
-    torch::set_num_threads(1);
+    btx::use_threads(btx::process_threads().threads);  // OMP_NUM_THREADS, else every core allowed
     torch::manual_seed(0);
     recipe::Recipe r{
         .run = recipe::Run(run_dir, {.batch_size = 8, .log_every = 10, .checkpoint_every = 10})};

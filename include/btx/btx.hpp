@@ -99,6 +99,7 @@
 #include <btx/parallel/dist_env.hpp>
 #include <btx/parallel/expert_parallel.hpp>
 #include <btx/parallel/expert_processes.hpp>
+#include <btx/parallel/machine_budget.hpp>
 #include <btx/recipe/adopt.hpp>
 #include <btx/recipe/baselines.hpp>
 #include <btx/recipe/branch.hpp>
@@ -114,13 +115,16 @@
 #include <btx/recipe/workers.hpp>
 #include <btx/report/gnuplot.hpp>
 #include <btx/report/repeats.hpp>
+#include <btx/train/allocator.hpp>
 #include <btx/train/checkpoint.hpp>
 #include <btx/train/checkpoint_files.hpp>
 #include <btx/train/evaluate.hpp>
 #include <btx/train/flops.hpp>
+#include <btx/train/fused_adamw.hpp>
 #include <btx/train/grad_clip.hpp>
 #include <btx/train/hooks.hpp>
 #include <btx/train/loss.hpp>
+#include <btx/train/memory_estimate.hpp>
 #include <btx/train/optimizer.hpp>
 #include <btx/train/optimizer_state.hpp>
 #include <btx/train/options.hpp>

@@ -536,6 +536,33 @@ class TrainedModels(unittest.TestCase):
         for n in a:
             self.assertTrue(torch.equal(a[n], b[n]), n)
 
+    def test_threads_and_auto_precision_are_used_and_recorded(self):
+        # `threads` wins over OMP_NUM_THREADS; OMP_NUM_THREADS counts when there is none;
+        # precision auto is bf16-mixed on a CPU that computes in bf16 (else fp32) and says so;
+        # a bad OMP_NUM_THREADS is refused, naming it, before anything is written.
+        with open("/proc/cpuinfo") as f:
+            flags = f.read().split()
+        bf16 = any(x in flags for x in ("avx512_bf16", "amx_bf16", "bf16"))
+        expected = "bf16-mixed" if bf16 else "fp32"
+        r = train(self.config("threads", steps=2, threads=2, precision="auto"),
+                  env=dict(os.environ, OMP_NUM_THREADS="1"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("2 threads (threads option)", r.stderr)
+        self.assertIn("precision auto: " + expected, r.stderr)
+        out = os.path.join(self.tmp, "threads", "train")
+        stage = read_json(os.path.join(out, "stage.json"))
+        self.assertEqual((stage["threads"], stage["precision"]), (2, expected))
+        self.assertIn(f"of 2 thread(s), {expected} on cpu",
+                      read_text(os.path.join(out, "model", "README.md")))
+        r = train(self.config("omp", steps=2), env=dict(os.environ, OMP_NUM_THREADS="3"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        stage = read_json(os.path.join(self.tmp, "omp", "train", "stage.json"))
+        self.assertEqual((stage["threads"], stage["precision"]), (3, "fp32"))
+        r = train(self.config("bad-omp", steps=2), env=dict(os.environ, OMP_NUM_THREADS="two"))
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("OMP_NUM_THREADS='two' is not a positive number of threads", r.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "bad-omp")))
+
     def test_two_ranks_equal_one(self):
         r = train(self.config("one", steps=4))
         self.assertEqual(r.returncode, 0, r.stderr)

@@ -108,14 +108,15 @@ struct PipelineConfig {
   // multiple of log_every; 0: none) on the first curve_windows held-out windows per domain.
   int64_t curve_every = 20;
   int64_t curve_windows = 16;
-  int64_t checkpoint_every = 50;   // training checkpoints per stage (0: none); reruns resume
-  int64_t stage_jobs = 0;          // stages trained at once (0: all of a phase), in that many lanes
-  recipe::Topology topology;       // ranks per expert and per synchronous stage
-  std::string device = "cpu";      // where the stages train and evaluate: cpu, cuda, cuda:N
-  std::string precision = "fp32";  // fp32 | bf16-mixed | bf16
-  int64_t fail_expert = -1;        // fault injection: this expert index ...
-  int64_t fail_step = -1;          // ... aborts at this step (tests of isolated failures)
-  int64_t fail_rank = 0;           // ... on this rank of its group ...
+  int64_t checkpoint_every = 50;  // training checkpoints per stage (0: none); reruns resume
+  int64_t stage_jobs = 0;     // stages trained at once in lanes (0: planned by cores and memory)
+  int64_t threads = 0;        // threads per process (0: OMP_NUM_THREADS, else a share of the cores)
+  recipe::Topology topology;  // ranks per expert and per synchronous stage
+  std::string device = "cpu";         // where the stages train and evaluate: cpu, cuda, cuda:N
+  std::string precision = "fp32";     // fp32 | bf16-mixed | bf16 | auto
+  int64_t fail_expert = -1;           // fault injection: this expert index ...
+  int64_t fail_step = -1;             // ... aborts at this step (tests of isolated failures)
+  int64_t fail_rank = 0;              // ... on this rank of its group ...
   std::string fail_signal = "abort";  // ... by abort() or by SIGKILL ("kill")
   bool allow_non_finite = false;      // load seed/stage checkpoints holding NaN or Inf
 };
@@ -234,7 +235,8 @@ inline nlohmann::json to_json(const PipelineConfig& c) {
 // Where and in what precision the stages train and evaluate (checked against this machine).
 inline Placement placement(const PipelineConfig& c) {
   try {
-    return {parse_device(c.device), parse_precision(c.precision)};
+    const auto device = parse_device(c.device);
+    return {device, resolve_precision(c.precision, device).precision};
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument(std::string("config: ") + e.what());
   }

@@ -212,10 +212,17 @@ s::Schema<PipelineConfig> make_schema() {
            s::positive<int64_t>())
       .key("checkpoint_every", &C::checkpoint_every, "training checkpoints (0: none)",
            s::at_least<int64_t>(0))
-      .key("stage_jobs", &C::stage_jobs, "stages trained at once (0: a phase's all)",
+      .key("stage_jobs", &C::stage_jobs,
+           "stages trained at once (0: as many as the cores and the memory allow)",
+           s::at_least<int64_t>(0))
+      .key("threads", &C::threads,
+           "threads per process (0: OMP_NUM_THREADS if set, else the cores the affinity, "
+           "cgroup and SLURM_CPUS_PER_TASK allow, divided among the stages at once)",
            s::at_least<int64_t>(0))
       .key("device", &C::device, "cpu | cuda | cuda:N")
-      .key("precision", &C::precision, "fp32 | bf16-mixed | bf16")
+      .key("precision", &C::precision,
+           "fp32 | bf16-mixed | bf16 | auto (bf16-mixed on a CPU with native bf16 or on CUDA, "
+           "else fp32)")
       .custom(
           "ranks_per_expert", "data-parallel ranks of each expert",
           [](C& c, const nlohmann::json& v, const std::string& key) {

@@ -22,9 +22,11 @@
 #include <btx/merge/merge_choice.hpp>
 #include <btx/models/auto.hpp>
 #include <btx/moe/router_registry.hpp>
+#include <btx/parallel/machine_budget.hpp>
 #include <btx/recipe/btx_stages.hpp>
 #include <btx/recipe/driver.hpp>
 #include <btx/recipe/worker_dispatch.hpp>
+#include <btx/train/allocator.hpp>
 
 #include "../common/cli.hpp"
 #include "../common/yaml_json.hpp"
@@ -168,9 +170,17 @@ int run_pipeline(const bp::PipelineConfig& config, const std::string& until) {
   manifest["tokenizer"] = p.tokenizer_manifest;
   manifest["token_files"] = bp::write_corpus_tokens(p);
   std::ofstream(run.dir() / "manifest.json") << manifest.dump(2) << "\n";
-  // One thread per process: the stages that run concurrently already fill the cores,
-  // and OpenMP's spinning barriers slow to a crawl on a loaded machine.
-  torch::set_num_threads(1);
+  // The stages this process runs itself (the seed, the mix, evaluation) run while no worker
+  // does: they take every core it may use; workers get their share from run_workers.
+  auto threads = btx::process_threads(p.config.threads);
+  if (!threads.chosen && threads.threads > p.recipe.useful_threads) {
+    threads = {p.recipe.useful_threads, "as many as a step of this model uses well"};
+  }
+  btx::use_threads(threads.threads);
+  (void)btx::keep_freed_memory();  // each step reuses the last one's blocks
+  const auto device = bp::placement(p.config).device;
+  run.log("this process: " + btx::describe(threads) + "; precision " +
+          btx::resolve_precision(p.config.precision, device).why);
 
   // Every phase of the graph: the seed and Branch here, the experts (each its own job, no
   // communication), MiX and BTM's merge here, the MoE stages and baselines as jobs.
@@ -275,7 +285,9 @@ int main(int argc, char** argv) {
   if (const auto status = btx::tools::parse_command_line(app, argc, argv)) return *status;
   try {
     if (const auto worker = worker_options.args(app)) {
-      torch::set_num_threads(1);
+      // Its driver's share of the cores (BTX_THREADS), or under Slurm its task's CPUs.
+      btx::use_threads(btx::process_threads().threads);
+      (void)btx::keep_freed_memory();
       workers().run(*worker);
       return 0;
     }

@@ -28,6 +28,7 @@
 #include <btx/models/auto.hpp>
 #include <btx/models/llama/family.hpp>
 #include <btx/parallel/communicator.hpp>
+#include <btx/parallel/machine_budget.hpp>
 #include <btx/recipe/compute.hpp>
 #include <btx/recipe/lineage.hpp>
 #include <btx/recipe/mix.hpp>
@@ -36,6 +37,7 @@
 #include <btx/recipe/train_stage.hpp>
 #include <btx/train/evaluate.hpp>
 #include <btx/train/held_out.hpp>
+#include <btx/train/memory_estimate.hpp>
 
 #include "../common/checkpoint_tokenizer.hpp"
 #include "../common/sentencepiece_codec.hpp"
@@ -256,6 +258,17 @@ inline PipelineRun open_run(const PipelineConfig& given) {
   rec.arms = config.arms;
   rec.topology = config.topology;
   rec.stage_jobs = config.stage_jobs;
+  rec.threads = config.threads;
+  rec.useful_threads = useful_threads(training_flops_per_token(spec.shape, config.seq_len) *
+                                      double(config.batch_size * config.seq_len));
+  {
+    // The largest worker: an MoE stage over every expert (top-k of the router), fp32 + AdamW.
+    const int64_t experts = int64_t(rec.domains.size()) + (config.seed_as_expert ? 1 : 0);
+    const int64_t ranks = std::max<int64_t>(1, config.topology.ranks_per_stage);
+    rec.worker_bytes = training_memory_estimate(
+        spec.shape, {.experts = experts, .active_experts = std::min<int64_t>(2, experts)},
+        config.batch_size * config.seq_len / ranks);
+  }
   rec.stage_options = stage_options_of(config, rec.domains);
   // The run's own tokenizer goes into every stage's checkpoint, so AutoTokenizer and the
   // model generate text from any of them.

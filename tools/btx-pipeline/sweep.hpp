@@ -154,7 +154,7 @@ inline std::vector<Sweep> sweeps_of(const PipelineConfig& config) {
 
 // Before `now` runs: every stage `earlier` finished whose upstream config matches now's
 // (recipe/stage_graph.hpp: the config without the keys that reach the stage only from
-// downstream; the run's own folder, repeats, sweeps and lanes reach none), and the
+// downstream; the run's own folder, repeats, sweeps, lanes and threads reach none), and the
 // evaluation when everything matches, recorded in <now>/adopted.json for the report.
 inline void adopt_upstream(const PipelineConfig& earlier, const PipelineConfig& now) {
   // Every merge key of the config (experts_from, averaging, router_init and their options)
@@ -164,7 +164,7 @@ inline void adopt_upstream(const PipelineConfig& earlier, const PipelineConfig& 
   (void)mix_keys_owned;
   const auto& graph = recipe::btx_graph();
   const auto without_run_keys = [](nlohmann::json j) {
-    for (const char* key : {"run_dir", "repeats", "sweep", "stage_jobs"}) j.erase(key);
+    for (const char* key : {"run_dir", "repeats", "sweep", "stage_jobs", "threads"}) j.erase(key);
     return j;
   };
   const auto before = without_run_keys(to_json(earlier)), after = without_run_keys(to_json(now));

@@ -35,7 +35,8 @@ struct TrainConfig {
   int64_t batch_size = 8;  // windows per optimizer step (over all ranks)
   int64_t seq_len = 256;
   uint64_t seed = 0;
-  std::string precision = "fp32";        // fp32 | bf16-mixed
+  std::string precision = "fp32";        // fp32 | bf16-mixed | auto (bf16-mixed where it pays)
+  int64_t threads = 0;                   // 0: OMP_NUM_THREADS, else the cores it may use
   std::string device = "cpu";            // cpu | cuda | cuda:N
   std::optional<double> aux_loss_alpha;  // an MoE's load-balancing alpha (null: the checkpoint's)
   int64_t log_every = 10;
@@ -76,7 +77,14 @@ inline schema::Schema<TrainConfig> schema() {
            s::positive<int64_t>())
       .key("seq_len", &C::seq_len, "tokens per window", s::positive<int64_t>())
       .key("seed", &C::seed, "the data order's seed")
-      .key("precision", &C::precision, "fp32 | bf16-mixed", s::one_of({"fp32", "bf16-mixed"}))
+      .key("precision", &C::precision,
+           "fp32 | bf16-mixed | auto (bf16-mixed on a CPU with native bf16 or on CUDA, else "
+           "fp32)",
+           s::one_of({"fp32", "bf16-mixed", "auto"}))
+      .key("threads", &C::threads,
+           "threads per process (0: OMP_NUM_THREADS if set, else the cores its affinity, "
+           "cgroup and SLURM_CPUS_PER_TASK allow)",
+           s::at_least<int64_t>(0))
       .key("device", &C::device, "cpu | cuda | cuda:N", s::non_empty<std::string>())
       .key("aux_loss_alpha", &C::aux_loss_alpha,
            "an MoE's load-balancing alpha (null: the checkpoint's router_aux_loss_coef)")

@@ -29,8 +29,10 @@
 #include <btx/moe/trainable_parts.hpp>
 #include <btx/parallel/communicator.hpp>
 #include <btx/parallel/dist_env.hpp>
+#include <btx/parallel/machine_budget.hpp>
 #include <btx/recipe/topology.hpp>
 #include <btx/recipe/train_stage.hpp>
+#include <btx/train/allocator.hpp>
 #include <btx/train/held_out.hpp>
 #include <btx/train/precision.hpp>
 #include <btx/train/routing_shares.hpp>
@@ -140,15 +142,22 @@ int run(const TrainConfig& c) {
   if (run.skip_if_done(c.stage)) return 0;
   if (writer) {
     std::fprintf(stderr,
-                 "[btx-train] %s: trains %s (%lld of %lld values), %zu domains, %lld ranks\n",
+                 "[btx-train] %s: trains %s (%lld of %lld values), %zu domains, %lld ranks, "
+                 "%s\n",
                  c.model.c_str(), c.trains.c_str(), static_cast<long long>(frozen.trainable_values),
                  static_cast<long long>(frozen.trainable_values + frozen.frozen_values),
-                 corpus.domains.size(), static_cast<long long>(world.size()));
+                 corpus.domains.size(), static_cast<long long>(world.size()),
+                 describe(process_threads(c.threads)).c_str());
   }
   const auto before = held_out_losses(model, held_out, c.seq_len, c.held_out_windows);
 
   recipe::StageOptions options;
-  const Placement placement{parse_device(c.device), parse_precision(c.precision)};
+  const auto device = parse_device(c.device);
+  const auto precision = resolve_precision(c.precision, device);
+  const Placement placement{device, precision.precision};
+  if (writer && c.precision == "auto") {
+    std::fprintf(stderr, "[btx-train] precision %s\n", precision.why.c_str());
+  }
   options.hooks = recipe::stage_hooks(world, placed(placement));
   options.held_out = [held_out, c](const CausalLM& m) {
     return held_out_losses(m, held_out, c.seq_len, c.held_out_windows);
@@ -159,7 +168,8 @@ int run(const TrainConfig& c) {
                     {"trainable_values", frozen.trainable_values},
                     {"frozen_values", frozen.frozen_values},
                     {"ranks", world.size()},
-                    {"precision", c.precision}};
+                    {"precision", precision_name(precision.precision)},
+                    {"threads", torch::get_num_threads()}};
   recipe::StageBudget budget{c.steps, c.lr, c.warmup, c.schedule == "constant" ? 1.0 : c.lr_floor,
                              c.weight_decay};
   auto record = recipe::train(run, c.stage, model, sampler, budget, options);
@@ -241,6 +251,10 @@ int main(int argc, char** argv) {
     auto config = schema().read(tools::load_config_file(config_file));
     if (!run_dir.empty()) config.run_dir = run_dir;
     validate(config);
+    // Its threads once, before any work: every rank of a torchrun/srun job on its share.
+    const auto threads = process_threads(config.threads);
+    use_threads(threads.threads);
+    (void)keep_freed_memory();  // each step reuses the last one's blocks
     if (check) {
       std::printf("config OK: %s trains %s on %zu domains in %s\n", config.model.c_str(),
                   config.trains.c_str(), config.domains.size(), config.run_dir.c_str());

@@ -81,7 +81,8 @@ inline std::string training_summary(const TrainedRun& r) {
     << "- " << r.record["steps"].get<int64_t>() << " steps, " << r.record["tokens"].get<int64_t>()
     << " tokens (batch " << c.batch_size << " x " << c.seq_len << "), "
     << fixed(r.record["seconds"].get<double>(), 1) << " s on " << r.record["ranks"].get<int64_t>()
-    << " rank(s), " << c.precision << " on " << c.device << "\n"
+    << " rank(s) of " << r.record.value("threads", int64_t(1)) << " thread(s), "
+    << r.record.value("precision", c.precision) << " on " << c.device << "\n"
     << "- AdamW, peak lr " << c.lr << ", " << c.warmup << " warmup steps, " << c.schedule
     << " schedule" << (c.schedule == "cosine" ? " to " + fixed(c.lr_floor, 2) + " x lr" : "")
     << ", weight decay " << c.weight_decay << "\n"

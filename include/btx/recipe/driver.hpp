@@ -5,7 +5,7 @@
 // phase at once or in stage_jobs lanes. run_in_process runs every stage here instead, one
 // after another (a user's program that starts no processes). Context needs `run`,
 // `topology`, `stage_jobs`, `selection()` (which declarations run), `domain_names()` and
-// `routers()`.
+// `routers()`; `threads`, `worker_bytes` and `useful_threads` (recipe.hpp) when it has them.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +15,7 @@
 #include <vector>
 
 #include <btx/parallel/communicator.hpp>
+#include <btx/parallel/machine_budget.hpp>
 #include <btx/recipe/stage_graph.hpp>
 #include <btx/recipe/topology.hpp>
 #include <btx/recipe/worker_dispatch.hpp>
@@ -107,6 +108,14 @@ bool run_graph(const StageGraph<Context>& graph, const Context& c, const WorkerT
   }
   WorkerOptions lanes;
   lanes.max_jobs = c.stage_jobs;
+  // Optional members of a context: the threads each worker takes (0: a share of the cores;
+  // the user's OMP_NUM_THREADS counts as their choice) and a worker's peak memory estimate.
+  if constexpr (requires { c.threads; }) lanes.threads = c.threads;
+  if (lanes.threads == 0) {
+    if (const auto omp = btx::detail::positive_env("OMP_NUM_THREADS")) lanes.threads = *omp;
+  }
+  if constexpr (requires { c.worker_bytes; }) lanes.bytes_per_process = c.worker_bytes;
+  if constexpr (requires { c.useful_threads; }) lanes.max_threads = c.useful_threads;
   for (const auto& phase : graph.phases()) {
     std::vector<WorkerJob> jobs;
     for (const auto& d : graph.declarations()) {

@@ -61,8 +61,11 @@ struct Recipe {
   bool baselines = true;               // dense, upcycling, BTM merge and ensemble
   // Optional arms to run too (StageGraph::add_option), each with its options resolved.
   std::map<std::string, nlohmann::json> arms;
-  Topology topology;       // ranks per expert and per synchronous stage
-  int64_t stage_jobs = 0;  // worker jobs at once (0: a phase's all at once)
+  Topology topology;           // ranks per expert and per synchronous stage
+  int64_t stage_jobs = 0;      // worker jobs at once (0: planned by cores and memory)
+  int64_t threads = 0;         // threads per worker process (0: a share of the cores)
+  int64_t worker_bytes = 0;    // a worker's peak memory estimate, for planning (0: unknown)
+  int64_t useful_threads = 0;  // the most threads a stage uses well (0: no limit; useful_threads())
   // How a stage trains on `ranks`: placement, data parallelism, learning curves, fault
   // injection. Unset: one process on the CPU in fp32 (stage_hooks only).
   std::function<StageOptions(const std::string& stage, dist::Communicator& ranks)> stage_options =

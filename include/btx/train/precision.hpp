@@ -3,13 +3,15 @@
 // (fp32; bf16 mixed precision: fp32 master weights and optimizer state, matmuls in bf16
 // under LibTorch's autocast; pure bf16: bf16 weights and optimizer state). placed() fills
 // the trainer's seams with it. A device this machine does not have is refused when it is
-// parsed (core/device.hpp), before any work starts. Routing math stays fp32 under autocast
+// parsed (core/device.hpp), before any work starts. "auto" picks bf16-mixed where the
+// hardware computes in bf16 (resolve_precision). Routing math stays fp32 under autocast
 // (moe/router_helpers.hpp), as do the losses (autocast runs log_softmax in fp32).
 #pragma once
 
 #include <torch/torch.h>
 
 #include <ATen/autocast_mode.h>
+#include <ATen/cpu/Utils.h>
 
 #include <cstdint>
 #include <memory>
@@ -34,7 +36,9 @@ inline Precision parse_precision(const std::string& name) {
   if (name == "fp32") return Precision::fp32;
   if (name == "bf16-mixed" || name == "bf16_mixed") return Precision::bf16_mixed;
   if (name == "bf16") return Precision::bf16;
-  throw std::invalid_argument("precision '" + name + "' is not one of fp32, bf16-mixed, bf16");
+  throw std::invalid_argument(
+      "precision '" + name +
+      "' is not one of fp32, bf16-mixed, bf16 (or auto where a config allows it)");
 }
 
 inline std::string precision_name(Precision p) {
@@ -47,6 +51,38 @@ inline std::string precision_name(Precision p) {
       return "bf16";
   }
   return "?";
+}
+
+// Whether this CPU computes in bf16 natively (AVX512-BF16, AMX-BF16, Arm's BF16 / SVE-BF16),
+// where bf16 matmuls run at up to twice fp32's rate instead of being emulated.
+inline bool cpu_has_bf16() {
+  static const bool has = [] {
+    const auto caps = at::cpu::get_cpu_capabilities();
+    for (const char* key : {"avx512_bf16", "amx_bf16", "bf16", "sve_bf16"}) {
+      const auto it = caps.find(key);
+      if (it != caps.end() && it->second.isBool() && it->second.toBool()) return true;
+    }
+    return false;
+  }();
+  return has;
+}
+
+// A configured precision with "auto" resolved for `device`, and why (for the log).
+struct PrecisionChoice {
+  Precision precision = Precision::fp32;
+  std::string why;
+};
+
+// "auto" is bf16-mixed where it pays: on a CPU with native bf16 (measured on AVX512-BF16:
+// 2-2.5x fp32's training throughput, benchmarks/RESULTS.md) and on CUDA devices (bf16
+// tensor cores since Ampere); fp32 on other CPUs, where bf16 is emulated and slower.
+// Anything else is parse_precision's.
+inline PrecisionChoice resolve_precision(const std::string& name, const torch::Device& device) {
+  if (name != "auto") return {parse_precision(name), name};
+  if (device.is_cuda()) return {Precision::bf16_mixed, "auto: bf16-mixed on CUDA"};
+  if (cpu_has_bf16())
+    return {Precision::bf16_mixed, "auto: bf16-mixed (this CPU computes in bf16)"};
+  return {Precision::fp32, "auto: fp32 (this CPU has no native bf16)"};
 }
 
 struct Placement {
