@@ -91,6 +91,25 @@ inline std::optional<double> quota_in(const std::filesystem::path& dir) {
   return std::nullopt;
 }
 
+// Calls f(controllers, path) for each line of a /proc/<pid>/cgroup file: "0::/path" (v2,
+// no controllers) or "N:cpu,cpuacct:/path" (v1).
+template <class F>
+void for_each_cgroup(const std::filesystem::path& self_cgroup, F&& f) {
+  std::ifstream in(self_cgroup);
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto a = line.find(':');
+    const auto b = a == std::string::npos ? a : line.find(':', a + 1);
+    if (b == std::string::npos) continue;
+    f(line.substr(a + 1, b - a - 1), line.substr(b + 1));
+  }
+}
+
+// Whether a v1 controller list ("cpu,cpuacct") names `controller`.
+inline bool lists(const std::string& controllers, const std::string& controller) {
+  return ("," + controllers + ",").find("," + controller + ",") != std::string::npos;
+}
+
 }  // namespace detail
 
 // Cores this process's CPU affinity mask allows (sched_getaffinity; hardware_concurrency
@@ -121,23 +140,18 @@ inline std::optional<double> cgroup_cpu_quota(
       path = path.substr(0, path.rfind('/'));
     }
   };
-  std::ifstream in(self_cgroup);
-  std::string line;
-  while (std::getline(in, line)) {
-    // "0::/path" (v2) or "N:cpu,cpuacct:/path" (v1).
-    const auto a = line.find(':');
-    const auto b = a == std::string::npos ? a : line.find(':', a + 1);
-    if (b == std::string::npos) continue;
-    const std::string controllers = line.substr(a + 1, b - a - 1);
-    const std::string path = line.substr(b + 1);
-    if (controllers.empty()) {
-      consider(cgroup_root, path);
-      if (std::filesystem::exists(cgroup_root / "unified")) consider(cgroup_root / "unified", path);
-    } else if (("," + controllers + ",").find(",cpu,") != std::string::npos) {
-      consider(cgroup_root / controllers, path);
-      if (std::filesystem::exists(cgroup_root / "cpu")) consider(cgroup_root / "cpu", path);
-    }
-  }
+  detail::for_each_cgroup(self_cgroup,
+                          [&](const std::string& controllers, const std::string& path) {
+                            if (controllers.empty()) {
+                              consider(cgroup_root, path);
+                              if (std::filesystem::exists(cgroup_root / "unified"))
+                                consider(cgroup_root / "unified", path);
+                            } else if (detail::lists(controllers, "cpu")) {
+                              consider(cgroup_root / controllers, path);
+                              if (std::filesystem::exists(cgroup_root / "cpu"))
+                                consider(cgroup_root / "cpu", path);
+                            }
+                          });
   return tightest;
 }
 
@@ -232,21 +246,15 @@ inline int64_t available_memory_bytes(
     const int64_t left = std::max<int64_t>(0, *l - *u);
     available = available > 0 ? std::min(available, left) : left;
   };
-  std::ifstream in(self_cgroup);
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto a = line.find(':');
-    const auto b = a == std::string::npos ? a : line.find(':', a + 1);
-    if (b == std::string::npos) continue;
-    const std::string controllers = line.substr(a + 1, b - a - 1);
-    const std::string path = line.substr(b + 1);
+  detail::for_each_cgroup(self_cgroup, [&](const std::string& controllers,
+                                           const std::string& path) {
     const auto rel = path.size() > 1 ? path.substr(1) : std::string();
     if (controllers.empty()) {
       consider(cgroup_root / rel, "memory.max", "memory.current");
-    } else if (("," + controllers + ",").find(",memory,") != std::string::npos) {
+    } else if (detail::lists(controllers, "memory")) {
       consider(cgroup_root / controllers / rel, "memory.limit_in_bytes", "memory.usage_in_bytes");
     }
-  }
+  });
   return available;
 }
 
