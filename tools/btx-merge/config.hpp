@@ -52,6 +52,8 @@ struct MergeConfig {
   nlohmann::json merge_given = nlohmann::json::object();  // those keys as the config gave them
   int64_t experts_per_token = 2;
   std::string dtype;  // "" = the sources' dtype
+  // How the MoE's experts are stored: "" (the family's default), per_expert or packed.
+  std::string expert_layout;
   bool include_base_as_expert = false;
   bool allow_non_finite = false;  // take NaN/Inf in the sources instead of refusing them
   std::string shared_expert;      // shared_experts[0].source_model ("" : none)

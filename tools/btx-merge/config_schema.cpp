@@ -87,6 +87,12 @@ s::Schema<MergeConfig> make_schema() {
            s::positive<int64_t>())
       .key("dtype", &C::dtype, "output dtype (default: the sources')",
            s::one_of({"float32", "float16", "bfloat16"}))
+      .key("expert_layout", &C::expert_layout,
+           "how the MoE's experts are stored: per_expert (one tensor per expert, what "
+           "transformers' save_pretrained writes by default) or packed (experts.gate_up_proj "
+           "[E, 2F, D] and experts.down_proj [E, D, F], transformers 5's own layout); default: "
+           "the family's",
+           s::one_of({"per_expert", "packed"}))
       .key("include_base_as_expert", &C::include_base_as_expert,
            "base_model as expert 0 (the BTX paper's generalist); with gate_mode hidden its "
            "prompts are every expert's")

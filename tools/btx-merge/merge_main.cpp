@@ -394,6 +394,7 @@ int run(const MergeConfig& c, const std::string& config_text, const fs::path& ou
   merge::WritePlanOptions options;
   options.dtype = dtype;
   options.max_shard_bytes = c.max_shard_size;
+  if (!c.expert_layout.empty()) options.expert_layout = hf::parse_expert_layout(c.expert_layout);
   options.overwrite = force;
   options.write_threads = write_threads;
   options.durable = durable;

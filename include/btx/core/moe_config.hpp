@@ -97,6 +97,9 @@ struct MoEConfig {
   // sigmoid(shared_expert_gate x) (Qwen2-MoE; moe/shared_expert.hpp); empty: none. A family
   // whose MoE architecture always has one (Qwen2-MoE) may hold 0: a zero-width one.
   std::optional<int64_t> shared_expert_size;
+  // The shared expert's output gated by sigmoid(shared_expert_gate x) (Qwen2-MoE) or added as
+  // it is (GLM-4-MoE, GraniteMoEShared).
+  bool shared_expert_gated = true;
   double load_balance_alpha = 0.01;  // alpha of L_LB (paper: 0.01; config.json's aux coef)
   LoadBalanceForm load_balance_form = LoadBalanceForm::btx;
   double z_loss_coef = 0.0;  // router z-loss coefficient; 0 disables it

@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <optional>
 #include <set>
 #include <stdexcept>
@@ -40,35 +41,88 @@ namespace hf {
 
 namespace detail {
 
-// One HF tensor's place in a btx parameter.
+// One HF tensor's place in a btx parameter: `param` (its row `expert` for packed experts)
+// is chunk `part` of `parts` along `dim` of the HF tensor `hf_name`, whose shape is `shape`.
 struct Placement {
   std::string hf_name;
   std::string param;
   std::optional<int64_t> expert;
+  int64_t part = 0, parts = 1, dim = 0;
   std::vector<int64_t> shape;  // the HF tensor's shape
+
+  // The part of the HF tensor `hf` that is this placement's btx tensor (or row).
+  [[nodiscard]] torch::Tensor piece_of(const torch::Tensor& hf) const {
+    if (parts == 1) return hf;
+    const int64_t len = hf.size(dim) / parts;
+    return hf.narrow(dim, part * len, len);
+  }
 };
 
-// Every HF tensor the named tensors map to, in order.
-inline std::vector<Placement> placements(const std::vector<io::TensorDecl>& tensors,
-                                         const NameMap& names) {
+// The HF tensors btx tensor `t` maps to under `naming`.
+inline std::vector<Placement> placements(const io::TensorDecl& t, const NameMap& names,
+                                         const ExpertNaming& naming) {
+  const bool packed = names.is_packed_experts(t.name);
+  if (packed && t.shape.empty()) {
+    throw std::invalid_argument("MoE parameter " + t.name + " must be packed [E, ...]");
+  }
+  const auto pieces = naming.pieces(t.name, packed ? t.shape[0] : 0);
+  if (pieces.empty()) {
+    throw std::logic_error("btx::hf: the " + to_string(naming.layout) +
+                           " name map gives no HF tensor for " + t.name);
+  }
   std::vector<Placement> out;
-  for (const auto& t : tensors) {
-    const bool packed = names.is_packed_experts(t.name);
-    if (packed && t.shape.empty()) {
-      throw std::invalid_argument("MoE parameter " + t.name + " must be packed [E, ...]");
+  for (const auto& piece : pieces) {
+    if (piece.expert.has_value() != packed && !(packed && pieces.size() == 1 && !piece.expert)) {
+      throw std::logic_error("btx::hf: the " + to_string(naming.layout) + " name map gives " +
+                             std::to_string(pieces.size()) + " HF names for " + t.name);
     }
-    const auto hf_names = names.to_hf(t.name, packed ? t.shape[0] : 0);
-    if (!packed && hf_names.size() != 1) {
-      throw std::logic_error("btx::hf: the name map gives " + std::to_string(hf_names.size()) +
-                             " HF names for the unpacked tensor " + t.name);
+    auto shape = piece.expert ? std::vector<int64_t>(t.shape.begin() + 1, t.shape.end()) : t.shape;
+    if (piece.parts > 1) {
+      if (piece.dim < 0 || piece.dim >= int64_t(shape.size())) {
+        throw std::logic_error("btx::hf: chunk dim " + std::to_string(piece.dim) + " of " +
+                               piece.name + " is outside " + t.name);
+      }
+      shape[size_t(piece.dim)] *= piece.parts;
     }
-    for (size_t j = 0; j < hf_names.size(); ++j) {
-      out.push_back({hf_names[j], t.name,
-                     packed ? std::optional<int64_t>(int64_t(j)) : std::nullopt,
-                     packed ? std::vector<int64_t>(t.shape.begin() + 1, t.shape.end()) : t.shape});
-    }
+    out.push_back(
+        {piece.name, t.name, piece.expert, piece.part, piece.parts, piece.dim, std::move(shape)});
   }
   return out;
+}
+
+// Every HF tensor the named tensors map to under `naming`, in order.
+inline std::vector<Placement> placements(const std::vector<io::TensorDecl>& tensors,
+                                         const NameMap& names, const ExpertNaming& naming) {
+  std::vector<Placement> out;
+  for (const auto& t : tensors) {
+    auto more = placements(t, names, naming);
+    out.insert(out.end(), std::make_move_iterator(more.begin()),
+               std::make_move_iterator(more.end()));
+  }
+  return out;
+}
+
+// The placements of `t` in the first layout whose every HF tensor the checkpoint holds
+// (per tensor: a checkpoint is read in whichever layout it was written); when none fits,
+// a FormatError naming the tensor the default layout lacks (and the other layouts' names).
+inline std::vector<Placement> found_placements(const io::TensorDecl& t, const NameMap& names,
+                                               const io::CheckpointReader& ckpt) {
+  const auto layouts = names.layouts();
+  std::string lacking, alternatives;
+  for (size_t l = 0; l < layouts.size(); ++l) {
+    auto pls = placements(t, names, layouts[l]);
+    const auto missing = std::find_if(
+        pls.begin(), pls.end(), [&](const Placement& p) { return !ckpt.contains(p.hf_name); });
+    if (missing == pls.end()) return pls;
+    if (l == 0) {
+      lacking = missing->hf_name;
+    } else if (missing->hf_name != lacking) {
+      alternatives +=
+          ", nor \"" + missing->hf_name + "\" (" + to_string(layouts[l].layout) + " experts)";
+    }
+  }
+  throw io::FormatError("checkpoint " + ckpt.dir().string() + " lacks tensor \"" + lacking + "\"" +
+                        alternatives + " (for btx parameter " + t.name + ")");
 }
 
 inline std::vector<io::TensorDecl> parameter_decls(const torch::nn::Module& model) {
@@ -102,13 +156,13 @@ inline void write_text(const std::filesystem::path& file, const std::string& tex
 inline void load_hf_weights(torch::nn::Module& model, const io::CheckpointReader& ckpt,
                             const NameMap& names,
                             io::NonFinite non_finite = io::NonFinite::refuse) {
-  const auto plan = detail::placements(detail::parameter_decls(model), names);
+  std::vector<detail::Placement> plan;
+  for (const auto& t : detail::parameter_decls(model)) {
+    auto found = detail::found_placements(t, names, ckpt);
+    plan.insert(plan.end(), found.begin(), found.end());
+  }
   std::set<std::string> used;
   for (const auto& pl : plan) {
-    if (!ckpt.contains(pl.hf_name)) {
-      throw io::FormatError("checkpoint " + ckpt.dir().string() + " lacks tensor \"" + pl.hf_name +
-                            "\" (for btx parameter " + pl.param + ")");
-    }
     const auto& info = ckpt.info(pl.hf_name);
     if (info.shape != pl.shape) {
       throw io::FormatError("tensor \"" + pl.hf_name + "\" in " +
@@ -138,7 +192,7 @@ inline void load_hf_weights(torch::nn::Module& model, const io::CheckpointReader
   torch::NoGradGuard no_grad;
   for (const auto& pl : plan) {
     auto& p = params[pl.param];
-    auto src = ckpt.tensor(pl.hf_name);
+    auto src = pl.piece_of(ckpt.tensor(pl.hf_name));
     if (pl.expert) {
       p[*pl.expert].copy_(src);
     } else {
@@ -150,8 +204,9 @@ inline void load_hf_weights(torch::nn::Module& model, const io::CheckpointReader
 // ------------------------------------------------------------------ writing
 // How a model is saved: storage dtype, the MoE fields its config.json needs, sharding.
 struct SaveOptions {
-  std::optional<torch::Dtype> dtype;  // storage dtype; default: the first parameter's dtype
-  std::optional<MoEConfig> moe;       // required iff the model has MoE-contract parameters
+  std::optional<torch::Dtype> dtype;          // storage dtype; default: the first parameter's dtype
+  std::optional<MoEConfig> moe;               // required iff the model has MoE-contract parameters
+  std::optional<ExpertLayout> expert_layout;  // per_expert or packed; default: the family's
   uint64_t max_shard_bytes = io::kDefaultMaxShardBytes;
   bool overwrite = false;                         // replace a non-empty `dir`
   std::vector<std::filesystem::path> copy_files;  // copied in unchanged (tokenizer files, ...)
@@ -181,6 +236,9 @@ struct WriteOptions {
   // expert for packed experts, else one; std::nullopt: produce it). Those tensors are
   // copied file to file (copy_file_range) when they are stored in that dtype.
   std::function<std::optional<std::vector<io::FileRange>>(const std::string&)> locate;
+  // How MoE experts are stored (NameMap::layout): per expert or packed; empty: the family's
+  // default (per expert where transformers' save_pretrained writes that by default).
+  std::optional<ExpertLayout> expert_layout;
   // Threads writing and copying tensors while the next one is produced (0: write each in
   // turn on the calling thread). Progress then counts tensors handed to them.
   size_t write_threads = 1;
@@ -199,24 +257,53 @@ struct WriteStats {
   double seconds = 0.0;
 };
 
-// Every HF tensor `tensors` (btx names) become, in order (experts in expert order).
+// Every HF tensor `tensors` (btx names) become in `layout` (the family's default when
+// empty), in order of first appearance (experts in expert order), each stored as its btx
+// tensor's dtype unless `dtype` says otherwise.
 inline std::vector<io::TensorDecl> hf_decls(const std::vector<io::TensorDecl>& tensors,
                                             const NameMap& names,
-                                            std::optional<torch::ScalarType> dtype = {}) {
+                                            std::optional<torch::ScalarType> dtype = {},
+                                            std::optional<ExpertLayout> layout = {}) {
+  const auto naming = names.layout(layout);
   std::vector<io::TensorDecl> out;
-  std::vector<io::TensorDecl> typed = tensors;
-  for (auto& t : typed) t.dtype = dtype.value_or(t.dtype);
-  for (const auto& pl : detail::placements(typed, names)) {
-    out.push_back({pl.hf_name, dtype.value_or(torch::kFloat32), pl.shape});
-  }
-  // placements() keeps the order; fill each HF tensor's dtype from its btx tensor.
-  size_t k = 0;
-  for (const auto& t : typed) {
-    const size_t n = names.is_packed_experts(t.name) && !t.shape.empty() ? size_t(t.shape[0]) : 1;
-    for (size_t j = 0; j < n; ++j) out[k++].dtype = t.dtype;
+  std::set<std::string> seen;
+  for (const auto& t : tensors) {
+    for (const auto& pl : detail::placements(t, names, naming)) {
+      if (seen.insert(pl.hf_name).second)
+        out.push_back({pl.hf_name, dtype.value_or(t.dtype), pl.shape});
+    }
   }
   return out;
 }
+
+namespace detail {
+// btx tensors that must be produced together because they share an HF tensor (gate_proj
+// and up_proj in a packed gate_up_proj), as index lists in order of first member.
+inline std::vector<std::vector<size_t>> write_groups(
+    const std::vector<std::vector<Placement>>& placed) {
+  std::vector<size_t> parent(placed.size());
+  for (size_t i = 0; i < parent.size(); ++i) parent[i] = i;
+  const auto root = [&parent](size_t i) {
+    while (parent[i] != i) i = parent[i] = parent[parent[i]];
+    return i;
+  };
+  std::map<std::string, size_t> owner;
+  for (size_t i = 0; i < placed.size(); ++i) {
+    for (const auto& pl : placed[i]) {
+      const auto [it, fresh] = owner.emplace(pl.hf_name, i);
+      if (!fresh) parent[root(i)] = root(it->second);
+    }
+  }
+  std::map<size_t, size_t> group_of_root;
+  std::vector<std::vector<size_t>> groups;
+  for (size_t i = 0; i < placed.size(); ++i) {
+    const auto [it, fresh] = group_of_root.emplace(root(i), groups.size());
+    if (fresh) groups.emplace_back();
+    groups[it->second].push_back(i);
+  }
+  return groups;
+}
+}  // namespace detail
 
 // Writes config.json, text_files, copy_files and every tensor of `tensors` (btx names,
 // produced one at a time by `produce`, packed experts split per expert) into `dir`: the
@@ -227,7 +314,10 @@ inline WriteStats write_hf_folder(const std::filesystem::path& dir,
                                   const std::function<torch::Tensor(const std::string&)>& produce,
                                   const NameMap& names, const WriteOptions& options = {}) {
   const auto start = std::chrono::steady_clock::now();
-  const auto decls = hf_decls(tensors, names, options.dtype);
+  const auto decls = hf_decls(tensors, names, options.dtype, options.expert_layout);
+  const auto naming = names.layout(options.expert_layout);
+  std::vector<std::vector<detail::Placement>> placed;
+  for (const auto& t : tensors) placed.push_back(detail::placements(t, names, naming));
   uint64_t total = 0;
   for (const auto& d : decls) total += io::tensor_bytes(d);
 
@@ -262,38 +352,76 @@ inline WriteStats write_hf_folder(const std::filesystem::path& dir,
     largest =
         std::max(largest, io::tensor_bytes({s.name, options.dtype.value_or(s.dtype), s.shape}));
   }
+  for (const auto& d : decls) largest = std::max(largest, io::tensor_bytes(d));  // fused ones
   io::WriteQueue queue(options.write_threads, largest);  // after `writer`: joined before it dies
   WriteStats stats;
   WriteProgress p;
   p.count = tensors.size();
   p.bytes_total = total;
-  for (const auto& s : tensors) {
-    const bool packed = names.is_packed_experts(s.name);
-    const int64_t slices = packed && !s.shape.empty() ? s.shape[0] : 1;
-    const auto hf_names = names.to_hf(s.name, slices);
-    const auto dtype = options.dtype.value_or(s.dtype);
-    const auto ranges = options.locate && dtype == s.dtype ? options.locate(s.name) : std::nullopt;
-    if (ranges && ranges->size() == hf_names.size()) {
-      for (size_t e = 0; e < hf_names.size(); ++e) {
-        queue.submit(
-            0, [&writer, name = hf_names[e], range = (*ranges)[e]] { writer.copy(name, range); });
-        p.bytes_done += (*ranges)[e].bytes;
-      }
-    } else {
-      // Converted here, so the queue holds the bytes it writes and nothing else.
-      torch::Tensor t = produce(s.name).detach().to(torch::kCPU, dtype).contiguous();
-      const uint64_t bytes = uint64_t(t.numel()) * c10::elementSize(dtype);
-      queue.submit(bytes, [&writer, hf_names, packed, t = std::move(t)] {
-        if (!packed) return writer.write(hf_names.front(), t);
-        for (size_t e = 0; e < hf_names.size(); ++e) writer.write(hf_names[e], t[int64_t(e)]);
-      });
-      p.bytes_done += bytes;
-    }
-    stats.tensors += hf_names.size();
+  const auto report = [&](const std::string& name) {
     ++p.index;
-    p.name = s.name;
+    p.name = name;
     p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (options.progress) options.progress(p);
+  };
+  for (const auto& group : detail::write_groups(placed)) {
+    const auto& first = placed[group.front()];
+    const bool whole = group.size() == 1 && std::all_of(first.begin(), first.end(),
+                                                        [](auto& pl) { return pl.parts == 1; });
+    if (whole) {
+      const auto& s = tensors[group.front()];
+      const auto dtype = options.dtype.value_or(s.dtype);
+      const auto ranges =
+          options.locate && dtype == s.dtype ? options.locate(s.name) : std::nullopt;
+      if (ranges && ranges->size() == first.size()) {
+        for (size_t e = 0; e < first.size(); ++e) {
+          queue.submit(0, [&writer, name = first[e].hf_name, range = (*ranges)[e]] {
+            writer.copy(name, range);
+          });
+          p.bytes_done += (*ranges)[e].bytes;
+        }
+      } else {
+        // Converted here, so the queue holds the bytes it writes and nothing else.
+        torch::Tensor t = produce(s.name).detach().to(torch::kCPU, dtype).contiguous();
+        const uint64_t bytes = uint64_t(t.numel()) * c10::elementSize(dtype);
+        queue.submit(bytes, [&writer, pls = first, t = std::move(t)] {
+          for (const auto& pl : pls) writer.write(pl.hf_name, pl.expert ? t[*pl.expert] : t);
+        });
+        p.bytes_done += bytes;
+      }
+      stats.tensors += first.size();
+      report(s.name);
+      continue;
+    }
+    // Tensors fused on disk: each HF tensor is its pieces concatenated in part order.
+    std::map<std::string, std::vector<std::pair<detail::Placement, torch::Tensor>>> parts;
+    std::vector<std::string> order;
+    for (size_t i : group) {
+      const auto dtype = options.dtype.value_or(tensors[i].dtype);
+      torch::Tensor t = produce(tensors[i].name).detach().to(torch::kCPU, dtype);
+      for (const auto& pl : placed[i]) {
+        if (!parts.count(pl.hf_name)) order.push_back(pl.hf_name);
+        parts[pl.hf_name].push_back({pl, pl.expert ? t[*pl.expert] : t});
+      }
+    }
+    for (const auto& name : order) {
+      auto& pieces = parts[name];
+      std::sort(pieces.begin(), pieces.end(),
+                [](const auto& a, const auto& b) { return a.first.part < b.first.part; });
+      const auto& pl = pieces.front().first;
+      if (int64_t(pieces.size()) != pl.parts) {
+        throw std::logic_error("btx::hf: " + name + " has " + std::to_string(pieces.size()) +
+                               " of its " + std::to_string(pl.parts) + " parts");
+      }
+      std::vector<torch::Tensor> chunks;
+      for (const auto& [piece, t] : pieces) chunks.push_back(t);
+      torch::Tensor fused = torch::cat(chunks, pl.dim).contiguous();
+      const uint64_t bytes = uint64_t(fused.numel()) * fused.element_size();
+      queue.submit(bytes, [&writer, name, t = std::move(fused)] { writer.write(name, t); });
+      p.bytes_done += bytes;
+      ++stats.tensors;
+    }
+    for (size_t i : group) report(tensors[i].name);
   }
   queue.drain();
   writer.finish(options.durable);

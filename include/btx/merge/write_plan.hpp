@@ -50,9 +50,10 @@ struct WritePlanOptions {
   std::vector<std::filesystem::path> copy_files;  // copied in unchanged (tokenizer files, ...)
   std::string manifest_file = "btx_merge.json";   // plan.manifest(); empty: not written
   std::function<void(const WriteProgress&)> progress;
-  size_t write_threads = 1;  // hf::WriteOptions::write_threads
-  bool durable = true;       // hf::WriteOptions::durable
-  bool direct_io = true;     // hf::WriteOptions::direct_io
+  std::optional<hf::ExpertLayout> expert_layout;  // hf::WriteOptions::expert_layout
+  size_t write_threads = 1;                       // hf::WriteOptions::write_threads
+  bool durable = true;                            // hf::WriteOptions::durable
+  bool direct_io = true;                          // hf::WriteOptions::direct_io
   // hf::WriteOptions::closing_text_files: e.g. a model card reporting the checks and the
   // sources' hashes, which are computed beside the merge.
   std::function<std::vector<std::pair<std::string, std::string>>()> closing_text_files;
@@ -71,8 +72,9 @@ inline const FamilyEntry& family_of_config(const nlohmann::ordered_json& config_
 
 // Every HF tensor the plan's outputs become, in plan order (experts in expert order).
 inline std::vector<io::TensorDecl> hf_decls(const Plan& plan, const FamilyEntry& family,
-                                            std::optional<torch::ScalarType> dtype = {}) {
-  return hf::hf_decls(plan_decls(plan), family.name_map(), dtype);
+                                            std::optional<torch::ScalarType> dtype = {},
+                                            std::optional<hf::ExpertLayout> layout = {}) {
+  return hf::hf_decls(plan_decls(plan), family.name_map(), dtype, layout);
 }
 
 // config.json for the plan's result: the family's MoE architecture when the manifest has
@@ -126,6 +128,7 @@ inline WriteStats write_plan(const Plan& plan, const nlohmann::ordered_json& con
   w.overwrite = options.overwrite;
   w.progress = options.progress;
   w.write_threads = options.write_threads;
+  w.expert_layout = options.expert_layout;
   w.durable = options.durable;
   w.direct_io = options.direct_io;
   w.closing_text_files = options.closing_text_files;

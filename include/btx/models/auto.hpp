@@ -142,6 +142,7 @@ inline hf::WriteStats save_hf_checkpoint(const CausalLM& lm, const std::filesyst
   w.overwrite = options.overwrite;
   w.copy_files = options.copy_files;
   w.text_files = options.text_files;
+  w.expert_layout = options.expert_layout;
   auto config = config_json_of(spec, dtype_name(dtype));
   if (options.config_extra.is_object()) {
     for (const auto& [key, value] : options.config_extra.items()) config[key] = value;

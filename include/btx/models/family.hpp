@@ -89,9 +89,12 @@ struct FamilyEntry {
   // Its MoE architecture always has a shared expert (Qwen2-MoE): merges fill the slot or
   // leave it zero-width; other families refuse one.
   bool moe_has_shared_expert = false;
+  // The expert layouts its MoE checkpoints come in, its default first (hf::NameMap::namings);
+  // empty: per-expert as hf_names says, then transformers 5's packed names.
+  std::vector<hf::ExpertNaming> expert_namings;
 
   // What hf:: checkpoint I/O needs of the family.
-  [[nodiscard]] hf::NameMap name_map() const { return {hf_names, ffn, attention}; }
+  [[nodiscard]] hf::NameMap name_map() const { return {hf_names, ffn, attention, expert_namings}; }
   // Where sublayer `s` sits (an attention naming only where the family gives one).
   [[nodiscard]] const SublayerNaming& naming(Sublayer s) const {
     if (s == Sublayer::ffn) return ffn;
@@ -130,6 +133,9 @@ FamilyEntry family_entry() {
   e.hf_names = [](const std::string& n, int64_t experts) { return F::hf_names(n, experts); };
   e.btx_slot = [](const std::string& n) { return F::btx_slot(n); };
   e.ffn = F::ffn_naming();
+  // Optional: `F::expert_namings()`, the layouts its experts are stored in (GraniteMoE's
+  // packed input_linear, no per-expert layout).
+  if constexpr (requires { F::expert_namings(); }) e.expert_namings = F::expert_namings();
   if constexpr (requires { F::attention_naming(); }) e.attention = F::attention_naming();
   return e;
 }

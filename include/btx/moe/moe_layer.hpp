@@ -169,7 +169,7 @@ class MoEImpl : public torch::nn::Cloneable<MoEImpl<R, X>>, public MoELayerBase 
     const auto params = experts_->parameters();
     if (!params.empty()) {
       shared_.expert->to(params.front().device(), params.front().scalar_type());
-      shared_.gate->to(params.front().device(), params.front().scalar_type());
+      if (shared_.gated()) shared_.gate->to(params.front().device(), params.front().scalar_type());
     }
     register_shared();
   }
@@ -188,7 +188,7 @@ class MoEImpl : public torch::nn::Cloneable<MoEImpl<R, X>>, public MoELayerBase 
   }
   void register_shared() {
     this->register_module("shared_expert", shared_.expert);
-    this->register_module("shared_expert_gate", shared_.gate);
+    if (shared_.gated()) this->register_module("shared_expert_gate", shared_.gate);
   }
 
   std::shared_ptr<R> gate_;

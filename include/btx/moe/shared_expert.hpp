@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 // The always-on shared expert an MoE layer may carry beside its routed experts (Qwen2-MoE):
 //   y_TD = routed_TD + sigmoid(shared_expert_gate x_TD) * shared_expert(x_TD)
+// or, ungated (GLM-4-MoE's and DeepSeek-V3's shared experts, GraniteMoEShared's shared_mlp),
+//   y_TD = routed_TD + shared_expert(x_TD)
 // where shared_expert is a gated FFN of its own width F_s. In BTX it is a natural home for
 // the seed's FFN, the paper's generalist expert, always on instead of routed. F_s may be 0:
 // Qwen2-MoE's architecture always has the slot, and a zero-width expert adds exactly 0.
@@ -87,24 +89,28 @@ class SharedExpertImpl : public torch::nn::Cloneable<SharedExpertImpl>, public G
 };
 TORCH_MODULE(SharedExpert);
 
-// The shared expert with its scalar gate: what an MoE layer adds to its routed output.
+// The shared expert with its scalar gate (none when ungated): what an MoE layer adds to its
+// routed output.
 struct SharedExpertSlot {
   SharedExpert expert{nullptr};
-  Projection gate{nullptr};  // [1, D]
+  Projection gate{nullptr};  // [1, D]; empty: ungated
 
   [[nodiscard]] static SharedExpertSlot make(int64_t hidden_size, int64_t intermediate_size,
-                                             GateActivation activation) {
-    return {SharedExpert(hidden_size, intermediate_size, activation), Projection(hidden_size, 1)};
+                                             GateActivation activation, bool gated = true) {
+    return {SharedExpert(hidden_size, intermediate_size, activation),
+            gated ? Projection(hidden_size, 1) : Projection(nullptr)};
   }
   [[nodiscard]] explicit operator bool() const { return !expert.is_empty(); }
-  // x_TD [T, D] -> sigmoid(gate x) * expert(x), [T, D].
+  [[nodiscard]] bool gated() const { return !gate.is_empty(); }
+  // x_TD [T, D] -> sigmoid(gate x) * expert(x) (gated) or expert(x), [T, D].
   [[nodiscard]] torch::Tensor forward(const torch::Tensor& x_TD) {
-    return torch::sigmoid(gate(x_TD)) * expert(x_TD);
+    return gated() ? torch::sigmoid(gate(x_TD)) * expert(x_TD) : expert(x_TD);
   }
   [[nodiscard]] SharedExpertSlot clone() const {
     if (!*this) return {};
     return {SharedExpert(std::dynamic_pointer_cast<SharedExpertImpl>(expert->clone())),
-            Projection(std::dynamic_pointer_cast<ProjectionImpl>(gate->clone()))};
+            gated() ? Projection(std::dynamic_pointer_cast<ProjectionImpl>(gate->clone()))
+                    : Projection(nullptr)};
   }
 };
 

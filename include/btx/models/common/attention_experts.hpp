@@ -111,7 +111,7 @@ class AttentionExpertsImpl : public torch::nn::Cloneable<AttentionExpertsImpl> {
         cv = cache_v->slice(0, e * B, (e + 1) * B);
       }
       auto out = F::linear(attend(q_BSHA, k_BSGA, v_BSGA, rope, window_, cached ? &ck : nullptr,
-                                  cached ? &cv : nullptr),
+                                  cached ? &cv : nullptr, config_.attention_scale),
                            experts->o_proj[e]);
       if (cached) {
         keys.push_back(ck);

@@ -60,8 +60,8 @@ class DecoderLayerImpl : public torch::nn::Cloneable<DecoderLayerImpl> {
     // arrives holding the original's block. Cloning that block keeps a block swapped in
     // by set_mlp() or surgery, which the factory would rebuild as the original kind.
     const bool in_clone = !mlp.is_empty();
-    input_layernorm =
-        register_module("input_layernorm", RMSNorm(config_.hidden_size, config_.rms_norm_eps));
+    const auto norm = [this] { return RMSNorm(config_.hidden_size, config_.rms_norm_eps); };
+    if (!config_.post_norms) input_layernorm = register_module("input_layernorm", norm());
     if (in_clone) {
       self_attn = self_attn.clone();
     } else {
@@ -69,8 +69,9 @@ class DecoderLayerImpl : public torch::nn::Cloneable<DecoderLayerImpl> {
                                      : dense_attention(config_, layer_);
     }
     register_module("self_attn", self_attn.ptr());
-    post_attention_layernorm = register_module("post_attention_layernorm",
-                                               RMSNorm(config_.hidden_size, config_.rms_norm_eps));
+    post_attention_layernorm = register_module("post_attention_layernorm", norm());
+    if (config_.post_norms)
+      post_feedforward_layernorm = register_module("post_feedforward_layernorm", norm());
     if (in_clone) {
       mlp = mlp.clone();
     } else {
@@ -86,18 +87,30 @@ class DecoderLayerImpl : public torch::nn::Cloneable<DecoderLayerImpl> {
   }
 
   // x_BSD [B, S, D]. `mlp_input`, when given, receives the FFN's input (the normed
-  // hidden state), which router initialisation from hidden states needs.
+  // hidden state; the residual stream with post_norms), which router initialisation from
+  // hidden states needs.
   torch::Tensor forward(const torch::Tensor& x_BSD, const RotaryTables& rope,
                         torch::Tensor* cache_k = nullptr, torch::Tensor* cache_v = nullptr,
                         torch::Tensor* mlp_input = nullptr) {
-    auto h =
-        x_BSD + self_attn.forward<torch::Tensor>(input_layernorm(x_BSD), rope, cache_k, cache_v);
+    const auto scaled = [this](torch::Tensor branch) {
+      return config_.residual_multiplier == 1.0 ? branch : branch * config_.residual_multiplier;
+    };
+    if (config_.post_norms) {  // OLMo2: x + norm(attn(x)), then h + norm(mlp(h))
+      auto h = x_BSD + scaled(post_attention_layernorm(
+                           self_attn.forward<torch::Tensor>(x_BSD, rope, cache_k, cache_v)));
+      if (mlp_input != nullptr) *mlp_input = h.detach();
+      return h + scaled(post_feedforward_layernorm(mlp.forward<torch::Tensor>(h)));
+    }
+    auto h = x_BSD + scaled(self_attn.forward<torch::Tensor>(input_layernorm(x_BSD), rope, cache_k,
+                                                             cache_v));
     auto normed = post_attention_layernorm(h);
     if (mlp_input != nullptr) *mlp_input = normed.detach();
-    return h + mlp.forward<torch::Tensor>(normed);
+    return h + scaled(mlp.forward<torch::Tensor>(normed));
   }
 
-  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+  // input_layernorm: pre-norm layers; post_feedforward_layernorm: post_norms layers.
+  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr},
+      post_feedforward_layernorm{nullptr};
   torch::nn::AnyModule self_attn;  // GroupedQueryAttention, or AttentionExperts
   torch::nn::AnyModule mlp;
 
@@ -139,6 +152,7 @@ class DecoderModelImpl : public torch::nn::Cloneable<DecoderModelImpl> {
                 " tokens exceeds max_position_embeddings=", config_.max_position_embeddings);
     if (cache != nullptr && cache->keys.size() != layers->size()) *cache = KVCache(layers->size());
     auto h = embed_tokens(ids_BS);
+    if (config_.embedding_multiplier != 1.0) h = h * config_.embedding_multiplier;
     auto rope = rotary_tables(config_.resolved_head_dim(), config_.rope_theta, offset, S,
                               h.device(), h.scalar_type());
     if (mlp_inputs != nullptr) mlp_inputs->assign(layers->size(), torch::Tensor());
@@ -202,9 +216,10 @@ class DecoderForCausalLMImpl : public torch::nn::Cloneable<DecoderForCausalLMImp
     return logits(model->forward(ids_BS, cache));
   }
   torch::Tensor logits(const torch::Tensor& hidden_BSD) {
-    return config_.tie_word_embeddings
-               ? torch::nn::functional::linear(hidden_BSD, model->embed_tokens->weight)
-               : lm_head(hidden_BSD);
+    auto logits_BSV = config_.tie_word_embeddings
+                          ? torch::nn::functional::linear(hidden_BSD, model->embed_tokens->weight)
+                          : lm_head(hidden_BSD);
+    return config_.logits_divisor == 1.0 ? logits_BSV : logits_BSV / config_.logits_divisor;
   }
   // The input of every layer's FFN block, [B, S, D] per layer (router init from hidden
   // states); no LM head is run.

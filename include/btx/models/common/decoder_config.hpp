@@ -5,11 +5,13 @@
 // offending field instead of failing deep in a matmul.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <unistd.h>
@@ -39,6 +41,16 @@ struct DecoderConfig {
   bool qk_norm = false;              // RMSNorm over each head's q and k before RoPE (Qwen3)
   int64_t sliding_window = 0;        // W > 0: a query sees its last W positions; 0: all
   std::vector<bool> sliding_layers;  // layers the window applies to; empty: every layer
+  // Layer variants (all off: Llama's pre-norm layer).
+  // Norms on each branch's output before the residual add (post_attention_layernorm,
+  // post_feedforward_layernorm) instead of on its input (OLMo2, OLMo3, FlexOlmo).
+  bool post_norms = false;
+  // The q/k norm over all heads' features at once ([nH * hd], [nKV * hd]; OLMo2), not per head.
+  bool qk_norm_full_width = false;
+  double embedding_multiplier = 1.0;      // embeddings scaled by it (Granite)
+  double residual_multiplier = 1.0;       // each branch's output scaled before the add (Granite)
+  std::optional<double> attention_scale;  // softmax scale; empty: 1/sqrt(hd) (Granite sets it)
+  double logits_divisor = 1.0;            // logits divided by it (Granite's logits_scaling)
 
   // The window of layer `layer` (0: full causal attention).
   [[nodiscard]] int64_t window_of_layer(int64_t layer) const {
@@ -78,7 +90,10 @@ struct DecoderConfig {
     int64_t mlp = mul(3, mul(hidden_size, intermediate_size));
     if (qkv_bias) attn = add(attn, mul(add(num_attention_heads, mul(2, num_key_value_heads)), hd));
     if (o_bias) attn = add(attn, hidden_size);
-    if (qk_norm) attn = add(attn, mul(2, hd));
+    if (qk_norm) {
+      attn = add(attn, qk_norm_full_width ? mul(add(num_attention_heads, num_key_value_heads), hd)
+                                          : mul(2, hd));
+    }
     int64_t layer = add(add(attn, mlp), mul(2, hidden_size));
     int64_t total = add(mul(num_hidden_layers, layer), mul(vocab_size, hidden_size));
     if (!tie_word_embeddings) total = add(total, mul(vocab_size, hidden_size));
@@ -133,6 +148,16 @@ struct DecoderConfig {
       throw std::invalid_argument(
           "config.sliding_layers has " + std::to_string(sliding_layers.size()) +
           " entries for num_hidden_layers=" + std::to_string(num_hidden_layers));
+    }
+    for (const auto& [field, v] :
+         {std::pair<const char*, double>{"embedding_multiplier", embedding_multiplier},
+          {"residual_multiplier", residual_multiplier},
+          {"logits_divisor", logits_divisor},
+          {"attention_scale", attention_scale.value_or(1.0)}}) {
+      if (!(v > 0.0) || !std::isfinite(v)) {
+        throw std::invalid_argument("config." + std::string(field) +
+                                    " must be finite and > 0, got " + std::to_string(v));
+      }
     }
     if (!(initializer_range >= 0.0)) {
       throw std::invalid_argument("config.initializer_range must be >= 0, got " +

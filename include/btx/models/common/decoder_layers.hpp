@@ -67,9 +67,11 @@ inline torch::Tensor visible_keys_SP(int64_t S, int64_t P, int64_t window,
 // Causal (optionally windowed) attention of projected heads: RoPE on q and k, the cache's
 // keys/values prepended (and the new ones appended to it), SDPA with grouped-query heads.
 // q_BSHA [B, S, H, A], k_BSGA / v_BSGA [B, S, G, A] -> [B, S, H * A], before o_proj.
+// `scale`: the softmax scale, 1/sqrt(A) when empty.
 inline torch::Tensor attend(const torch::Tensor& q_BSHA, const torch::Tensor& k_BSGA,
                             const torch::Tensor& v_BSGA, const RotaryTables& rope, int64_t window,
-                            torch::Tensor* cache_k = nullptr, torch::Tensor* cache_v = nullptr) {
+                            torch::Tensor* cache_k = nullptr, torch::Tensor* cache_v = nullptr,
+                            std::optional<double> scale = std::nullopt) {
   const int64_t B = q_BSHA.size(0), S = q_BSHA.size(1), H = q_BSHA.size(2), A = q_BSHA.size(3);
   const int64_t G = k_BSGA.size(2);
   auto q_BHSA = apply_rotary(q_BSHA.transpose(1, 2), rope);
@@ -93,8 +95,7 @@ inline torch::Tensor attend(const torch::Tensor& q_BSHA, const torch::Tensor& k_
     mask = visible_keys_SP(S, P, window, q_BSHA.options());
   }
   auto out_BHSA = at::scaled_dot_product_attention(q_BHSA, k_BGPA, v_BGPA, mask,
-                                                   /*dropout_p=*/0.0, causal,
-                                                   /*scale=*/std::nullopt,
+                                                   /*dropout_p=*/0.0, causal, scale,
                                                    /*enable_gqa=*/G != H);
   return out_BHSA.transpose(1, 2).reshape({B, S, H * A});
 }
@@ -117,9 +118,12 @@ class GroupedQueryAttentionImpl : public torch::nn::Cloneable<GroupedQueryAttent
     v_proj =
         register_module("v_proj", linear(h, config_.num_key_value_heads * hd, config_.qkv_bias));
     o_proj = register_module("o_proj", linear(config_.num_attention_heads * hd, h, config_.o_bias));
-    if (config_.qk_norm) {
-      q_norm = register_module("q_norm", RMSNorm(hd, config_.rms_norm_eps));
-      k_norm = register_module("k_norm", RMSNorm(hd, config_.rms_norm_eps));
+    if (config_.qk_norm) {  // per head, or over every head's features (OLMo2)
+      const bool wide = config_.qk_norm_full_width;
+      q_norm = register_module(
+          "q_norm", RMSNorm(wide ? config_.num_attention_heads * hd : hd, config_.rms_norm_eps));
+      k_norm = register_module(
+          "k_norm", RMSNorm(wide ? config_.num_key_value_heads * hd : hd, config_.rms_norm_eps));
     }
   }
 
@@ -129,14 +133,21 @@ class GroupedQueryAttentionImpl : public torch::nn::Cloneable<GroupedQueryAttent
                         torch::Tensor* cache_k = nullptr, torch::Tensor* cache_v = nullptr) {
     const int64_t B = x_BSD.size(0), S = x_BSD.size(1), A = config_.resolved_head_dim();
     const int64_t H = config_.num_attention_heads, G = config_.num_key_value_heads;
-    auto q_BSHA = q_proj(x_BSD).view({B, S, H, A});
-    auto k_BSGA = k_proj(x_BSD).view({B, S, G, A});
-    if (config_.qk_norm) {  // over each head's A features, before RoPE (Qwen3)
+    auto q_BSF = q_proj(x_BSD);
+    auto k_BSF = k_proj(x_BSD);
+    if (config_.qk_norm && config_.qk_norm_full_width) {  // over all H * A features (OLMo2)
+      q_BSF = q_norm(q_BSF);
+      k_BSF = k_norm(k_BSF);
+    }
+    auto q_BSHA = q_BSF.view({B, S, H, A});
+    auto k_BSGA = k_BSF.view({B, S, G, A});
+    if (config_.qk_norm && !config_.qk_norm_full_width) {  // each head's A, before RoPE (Qwen3)
       q_BSHA = q_norm(q_BSHA);
       k_BSGA = k_norm(k_BSGA);
     }
     auto v_BSGA = v_proj(x_BSD).view({B, S, G, A});
-    return o_proj(attend(q_BSHA, k_BSGA, v_BSGA, rope, window_, cache_k, cache_v));
+    return o_proj(
+        attend(q_BSHA, k_BSGA, v_BSGA, rope, window_, cache_k, cache_v, config_.attention_scale));
   }
 
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};

@@ -39,8 +39,8 @@ inline FeedForwardFactory moe_feed_forward(MoEConfig moe,
     auto layer_module = router->make_layer(gate, experts, moe.aux());
     if (moe.shared_expert_size) {
       dynamic_cast<MoELayerBase&>(*layer_module.ptr())
-          .add_shared_expert(
-              SharedExpertSlot::make(config.hidden_size, *moe.shared_expert_size, activation));
+          .add_shared_expert(SharedExpertSlot::make(config.hidden_size, *moe.shared_expert_size,
+                                                    activation, moe.shared_expert_gated));
     }
     return layer_module;
   };
