@@ -356,5 +356,77 @@ class MistralInTransformers(FamilyChecks, unittest.TestCase):
             self.assertEqual(self.load_moe(out).config.sliding_window, 4)
 
 
+class PackedExperts(unittest.TestCase):
+    """transformers 5's packed experts (experts.gate_up_proj [E, 2F, D], gate rows first;
+    experts.down_proj [E, D, F]), which save_pretrained(save_original_format=False) writes:
+    btx reads them into the same model as the per-expert files, and btx-merge writes them
+    (expert_layout: packed) for transformers to load."""
+
+    load_moe = FamilyChecks.load_moe
+
+    def moes(self):
+        from transformers import (MixtralConfig, MixtralForCausalLM, Qwen2MoeConfig,
+                                  Qwen2MoeForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM)
+        yield "mixtral", tiny(MixtralConfig, MixtralForCausalLM, 70, num_local_experts=4,
+                              num_experts_per_tok=2)
+        yield "qwen2_moe", tiny(Qwen2MoeConfig, Qwen2MoeForCausalLM, 71, num_experts=4,
+                                num_experts_per_tok=2, moe_intermediate_size=24,
+                                shared_expert_intermediate_size=20, norm_topk_prob=False)
+        yield "qwen3_moe", tiny(Qwen3MoeConfig, Qwen3MoeForCausalLM, 72, num_experts=3,
+                                num_experts_per_tok=2, moe_intermediate_size=24,
+                                norm_topk_prob=True)
+
+    def test_packed_and_per_expert_files_load_in_btx_with_identical_logits(self):
+        for name, model in self.moes():
+            with self.subTest(model=name), tempfile.TemporaryDirectory() as tmp:
+                with torch.no_grad():
+                    for layer in model.model.layers:
+                        layer.mlp.gate.weight.normal_(0, 0.5)
+                per_expert, packed = os.path.join(tmp, "per_expert"), os.path.join(tmp, "packed")
+                model.save_pretrained(per_expert)
+                model.save_pretrained(packed, save_original_format=False)
+                self.assertIn("model.layers.0.mlp.experts.gate_up_proj", state_of(packed))
+                self.assertNotIn("model.layers.0.mlp.experts.gate_up_proj", state_of(per_expert))
+                ids = torch.randint(0, model.config.vocab_size, (2, 9))
+                with torch.no_grad():
+                    expected = model(ids).logits
+                a, b = btx_logits(tmp, per_expert, ids), btx_logits(tmp, packed, ids)
+                self.assertTrue(torch.equal(a, b), (a - b).abs().max().item())
+                self.assertLessEqual((a - expected).abs().max().item(), TOLERANCE)
+
+    def test_btx_merge_writes_packed_experts_that_transformers_loads(self):
+        from transformers import Qwen3MoeForCausalLM
+        for family, moe_class in ((MistralInTransformers, None), (Qwen3InTransformers,
+                                                                  Qwen3MoeForCausalLM)):
+            with self.subTest(family=family.__name__), tempfile.TemporaryDirectory() as tmp:
+                self.moe_class = moe_class or MistralInTransformers.moe_class
+                dirs = []
+                for j in range(3):
+                    dirs.append(os.path.join(tmp, f"expert{j}"))
+                    family.dense(seed=80 + j).save_pretrained(dirs[-1])
+                outs = {}
+                for layout in ("per_expert", "packed"):
+                    result, outs[layout] = merge(
+                        tmp, yaml_config(dirs[0], dirs, gate_mode="random", seed=3,
+                                         expert_layout=layout), out=layout)
+                    self.assertEqual(result.returncode, 0, result.stderr)
+                packed = state_of(outs["packed"])
+                per_expert = state_of(outs["per_expert"])
+                gate_up = packed["model.layers.1.mlp.experts.gate_up_proj"]
+                F = gate_up.shape[1] // 2
+                for j in range(3):
+                    self.assertTrue(torch.equal(gate_up[j, :F], per_expert[family.expert_name(
+                        1, j, "gate_proj")]))
+                    self.assertTrue(torch.equal(gate_up[j, F:], per_expert[family.expert_name(
+                        1, j, "up_proj")]))
+                ids = torch.randint(0, 67, (2, 10))
+                with torch.no_grad():
+                    want = self.load_moe(outs["per_expert"])(ids).logits
+                    got = self.load_moe(outs["packed"])(ids).logits
+                self.assertLessEqual((got - want).abs().max().item(), 1e-6)
+                self.assertLessEqual((btx_logits(tmp, outs["packed"], ids) - want).abs().max()
+                                     .item(), TOLERANCE)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Routers by name: the process-wide registry behind MoEConfig.router. btx's routers declare
-// their specs in their own headers (top1, top2, topk, topk:K, switch, sample_top1, soft)
+// their specs in their own headers (top1, top2, topk, topk:K, switch, sample_top1, soft,
+// sigmoid_topk)
 // and are added here; a program adds its own router with its class plus one call,
 //   btx::register_router<MyRouter>({.name = "mine", .describe = "...", .make = ...,
 //                                   .active_experts = ...});
@@ -26,6 +27,7 @@
 #include <btx/moe/registered_router.hpp>
 #include <btx/moe/router_spec.hpp>
 #include <btx/moe/routers/sample_top1.hpp>
+#include <btx/moe/routers/sigmoid_top_k.hpp>
 #include <btx/moe/routers/soft.hpp>
 #include <btx/moe/routers/switch.hpp>
 #include <btx/moe/routers/top_k.hpp>
@@ -44,6 +46,7 @@ inline RouterRegistry& router_registry() {
     registry.add<Switch>(switch_router_spec());
     registry.add<SampleTop1, Soft>(sample_top1_router_spec());
     registry.add<Soft>(soft_router_spec());
+    registry.add<SigmoidTopK>(sigmoid_top_k_router_spec());
     return true;
   }();
   (void)shipped;
