@@ -56,7 +56,11 @@ struct MergeConfig {
   std::string expert_layout;
   bool include_base_as_expert = false;
   bool allow_non_finite = false;  // take NaN/Inf in the sources instead of refusing them
-  std::string shared_expert;      // shared_experts[0].source_model ("" : none)
+  // shared_experts[*].source_model, in order (empty: none): concatenated into the MoE's
+  // shared expert (several: GLM-4-MoE's n_shared_experts, a wider Qwen2-MoE shared expert).
+  std::vector<std::string> shared_experts;
+  std::string architecture;  // the output's model_type ("": base_model's family's MoE)
+  int64_t dense_layers = 0;  // leading layers kept dense (first_k_dense_replace)
   uint64_t seed = 0;
   uint64_t max_shard_size = 5'000'000'000;
   double router_aux_loss_coef = 0.02;

@@ -98,33 +98,45 @@ s::Schema<MergeConfig> make_schema() {
            "prompts are every expert's")
       .custom(
           "shared_experts",
-          "Qwen2-MoE only: [{source_model: PATH}], its always-on shared expert (one); its gate "
-          "starts at 0 (sigmoid: 1/2) and the routed experts' down_proj is halved",
+          "[{source_model: PATH}, ...]: the always-on shared expert of architectures that have "
+          "one (Qwen2-MoE, GLM-4-MoE): each source's FFN, concatenated (several: each at 1/N; "
+          "GLM-4-MoE's n_shared_experts). Gated (Qwen2-MoE), the gate starts at 0 (sigmoid: "
+          "1/2); ungated, its down_proj is halved; the routed experts' down_proj is halved",
           [](C& c, const nlohmann::json& list, const std::string&) {
-            if (!list.is_array() || list.size() != 1) {
-              throw key_error("shared_experts",
-                              "must list exactly one {source_model: PATH} (Qwen2-MoE has one "
-                              "shared expert)");
+            if (!list.is_array() || list.empty()) {
+              throw key_error("shared_experts", "must list one or more {source_model: PATH}");
             }
-            const auto& x = list[0];
-            if (!x.is_object() || !x.contains("source_model")) {
-              throw key_error("shared_experts[0]", "must be a mapping with source_model");
-            }
-            for (const auto& [key, value] : x.items()) {
-              if (key != "source_model") {
-                throw key_error("shared_experts[0]." + key,
-                                "not supported (btx starts the shared expert's gate at zero; "
-                                "shared_experts take source_model only)");
+            c.shared_experts.clear();
+            for (size_t i = 0; i < list.size(); ++i) {
+              const std::string where = "shared_experts[" + std::to_string(i) + "]";
+              const auto& x = list[i];
+              if (!x.is_object() || !x.contains("source_model")) {
+                throw key_error(where, "must be a mapping with source_model");
               }
+              for (const auto& [key, value] : x.items()) {
+                if (key != "source_model") {
+                  throw key_error(where + "." + key,
+                                  "not supported (btx starts the shared expert's gate at zero; "
+                                  "shared_experts take source_model only)");
+                }
+              }
+              c.shared_experts.push_back(
+                  s::detail::decode<std::string>(x["source_model"], where + ".source_model"));
             }
-            c.shared_expert =
-                s::detail::decode<std::string>(x["source_model"], "shared_experts[0].source_model");
           },
           [](const C& c) {
-            return c.shared_expert.empty()
-                       ? nlohmann::json(nullptr)
-                       : nlohmann::json::array({{{"source_model", c.shared_expert}}});
+            if (c.shared_experts.empty()) return nlohmann::json(nullptr);
+            nlohmann::json out = nlohmann::json::array();
+            for (const auto& m : c.shared_experts) out.push_back({{"source_model", m}});
+            return out;
           })
+      .key("architecture", &C::architecture,
+           "the output's model_type where it differs from base_model's family's MoE (glm4_moe "
+           "from a Llama, Qwen2 or Qwen3 seed); refused, naming the field, where that "
+           "architecture cannot carry the sources' model")
+      .key("dense_layers", &C::dense_layers,
+           "leading layers kept dense, their FFNs averaged (first_k_dense_replace; "
+           "GLM-4-MoE, Qwen-MoE's mlp_only_layers)")
       .key("seed", &C::seed, "seed of gate_mode random and of dare_* drops")
       .custom(
           "max_shard_size", "bytes per safetensors shard (also 500MB, 2GB, 1GiB)",
@@ -163,7 +175,8 @@ namespace {
 // expert and the device are the merge's).
 MergeConfig checked_edit(MergeConfig c, const nlohmann::json& j) {
   for (const char* key : {"method", "averaging", "gate_mode", "split", "weights", "density",
-                          "lambda", "include_base_as_expert", "shared_experts", "device"}) {
+                          "lambda", "include_base_as_expert", "shared_experts", "device",
+                          "architecture", "dense_layers", "expert_layout"}) {
     if (j.contains(key)) throw key_error(key, "does not apply to operation " + c.operation);
   }
   for (size_t e = 0; e < c.experts.size(); ++e) {

@@ -225,7 +225,10 @@ int run(const MergeConfig& c, const std::string& config_text, const fs::path& ou
     inputs.emplace_back("experts[" + std::to_string(e) + "].source_model",
                         c.experts[e].source_model);
   }
-  if (c.shared_expert != "base") inputs.emplace_back("shared_experts[0]", c.shared_expert);
+  for (size_t i = 0; i < c.shared_experts.size(); ++i) {
+    if (c.shared_experts[i] != "base")
+      inputs.emplace_back("shared_experts[" + std::to_string(i) + "]", c.shared_experts[i]);
+  }
   if (c.tokenizer_source != "base") inputs.emplace_back("tokenizer_source", c.tokenizer_source);
   io::refuse_output_over_inputs(out_dir, "OUT_DIR", inputs);
   if (!force && io::detail::exists_non_empty(out_dir)) {
@@ -359,35 +362,60 @@ int run(const MergeConfig& c, const std::string& config_text, const fs::path& ou
   // ------------------------------------------------------- the shared expert
   // A source's FFN when shared_experts names one (base_model itself when it is not a
   // source); the family decides whether its MoE has the slot at all.
+  // The output architecture: base_model's family's MoE, or the family `architecture` names,
+  // which must be able to carry the sources' model.
+  const FamilyEntry* out_family = &family_of(base_spec);
+  ModelSpec out_spec = base_spec;
+  if (!c.architecture.empty()) {
+    out_family = families().for_model_type(c.architecture);
+    if (out_family == nullptr) {
+      throw InputError("config key 'architecture': model_type \"" + c.architecture +
+                       "\" is not one btx writes (" + families().model_types() + ")");
+    }
+    try {
+      out_spec = convert_spec(base_spec, *out_family);
+    } catch (const std::invalid_argument& e) {
+      throw InputError(std::string("config key 'architecture': ") + e.what());
+    }
+  }
   merge::SharedExpertChoice shared;
-  if (!c.shared_expert.empty()) {
-    shared = merge::SharedExpertChoice::of_base();
+  for (size_t i = 0; i < c.shared_experts.size(); ++i) {
+    const fs::path path = c.shared_experts[i];
+    merge::SharedFfn ffn{true, 0};
     for (size_t j = 0; j < dirs.size(); ++j) {
-      if (same_path(dirs[j], c.shared_expert)) {
-        shared = merge::SharedExpertChoice::of_source(j);
+      if (same_path(dirs[j], path)) {
+        ffn = {false, j};
         break;
       }
     }
-    if (shared.from == merge::SharedExpertChoice::From::base && !same_path(base, c.shared_expert)) {
-      throw InputError("config key 'shared_experts[0].source_model': " + c.shared_expert +
-                       " is neither base_model nor one of the experts");
+    if (ffn.base && !same_path(base, path)) {
+      throw InputError("config key 'shared_experts[" + std::to_string(i) + "].source_model': " +
+                       path.string() + " is neither base_model nor one of the experts");
+    }
+    if (i == 0) {
+      shared = ffn.base ? merge::SharedExpertChoice::of_base()
+                        : merge::SharedExpertChoice::of_source(ffn.source);
+    } else {
+      shared.also.push_back(ffn);
     }
   }
   try {
-    shared = merge::shared_expert_for(family_of(base_spec), shared);
+    shared = merge::shared_expert_for(*out_family, shared);
   } catch (const std::invalid_argument& e) {
     throw InputError(std::string("config key 'shared_experts': ") + e.what());
   }
+  ctx.router_bias = out_family->merge_router &&
+                    out_family->merge_router(c.experts_per_token).name == "sigmoid_topk";
+  ctx.dense_layers = c.dense_layers;
   ctx.shared = shared;
-  const bool needs_base =
-      c.merge.averaging.spec->needs_base || shared.from == merge::SharedExpertChoice::From::base;
+  const bool needs_base = c.merge.averaging.spec->needs_base || shared.uses_base();
 
   // ------------------------------------------------------- plan, then write
   const merge::Plan plan =
       merge::plan_merge(c.merge, sources, needs_base ? &base_source : nullptr, ctx);
   const auto dtype = c.dtype.empty() ? plan.outputs().front().dtype : btx::dtype_from_name(c.dtype);
   auto config_json =
-      merge::hf_config_for(plan, base_spec, btx::dtype_name(dtype), c.router_aux_loss_coef);
+      merge::hf_config_for(plan, out_spec, btx::dtype_name(dtype), c.router_aux_loss_coef);
   const auto token_ids = hf::token_ids_of(read_json(base / "config.json"));
   for (const auto& [key, value] : token_ids.items()) config_json[key] = value;
 

@@ -100,6 +100,9 @@ struct MoEConfig {
   // The shared expert's output gated by sigmoid(shared_expert_gate x) (Qwen2-MoE) or added as
   // it is (GLM-4-MoE, GraniteMoEShared).
   bool shared_expert_gated = true;
+  // Leading layers that stay dense FFNs of the dense width (DeepSeek-V3's and GLM-4-MoE's
+  // first_k_dense_replace); 0: every layer is MoE.
+  int64_t dense_layers = 0;
   double load_balance_alpha = 0.01;  // alpha of L_LB (paper: 0.01; config.json's aux coef)
   LoadBalanceForm load_balance_form = LoadBalanceForm::btx;
   double z_loss_coef = 0.0;  // router z-loss coefficient; 0 disables it

@@ -111,18 +111,18 @@ inline PieceNaming per_expert_pieces(
 // names (Mixtral, Qwen2-MoE, Qwen3-MoE, FlexOlmo, GLM-4-MoE): the FFN experts' gate_proj
 // and up_proj as the two halves of {slot}.experts.gate_up_proj along dim 1, down_proj whole,
 // every other tensor of an FFN (router, shared experts, dense layers) and any other packed
-// experts under btx's name, the rest as `to_hf` names it. `gate_up` renames the fused
-// tensor where a family calls it otherwise.
+// experts under btx's name (as `to_hf` names them with `ffn_as_to_hf`: GLM-4-MoE's
+// shared_experts), the rest as `to_hf` names it.
 inline PieceNaming packed_pieces(
     SublayerNaming ffn, std::function<std::vector<std::string>(const std::string&, int64_t)> to_hf,
-    std::string gate_up = "experts.gate_up_proj") {
-  return [ffn = std::move(ffn), to_hf = std::move(to_hf), gate_up = std::move(gate_up)](
+    bool ffn_as_to_hf = false) {
+  return [ffn = std::move(ffn), to_hf = std::move(to_hf), ffn_as_to_hf](
              const std::string& param, int64_t experts) -> std::vector<HfPiece> {
     if (const auto layer = ffn.layer_of(param)) {
-      const std::string prefix = ffn.prefix(*layer);
-      if (param == ffn.experts_name(*layer, "gate_proj")) return {{prefix + gate_up, {}, 0, 2, 1}};
-      if (param == ffn.experts_name(*layer, "up_proj")) return {{prefix + gate_up, {}, 1, 2, 1}};
-      if (ffn.is_sublayer_tensor(param)) return {{param}};
+      const std::string gate_up = ffn.prefix(*layer) + "experts.gate_up_proj";
+      if (param == ffn.experts_name(*layer, "gate_proj")) return {{gate_up, {}, 0, 2, 1}};
+      if (param == ffn.experts_name(*layer, "up_proj")) return {{gate_up, {}, 1, 2, 1}};
+      if (ffn.is_sublayer_tensor(param) && (experts > 0 || !ffn_as_to_hf)) return {{param}};
     }
     if (experts > 0) return {{param}};
     return {{to_hf(param, 0).front()}};

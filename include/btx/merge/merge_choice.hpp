@@ -196,6 +196,8 @@ struct MergeContext {
   int64_t experts_per_token = 2;  // k as the config gives it
   int64_t copies = 0;             // methods that copy one source: experts wanted
   SharedExpertChoice shared{};
+  bool router_bias = false;           // MoeRecipe::router_bias (the output architecture's router)
+  int64_t dense_layers = 0;           // MoeRecipe::dense_layers
   std::optional<size_t> base_source;  // the base among the sources (averaging keep_base)
   uint64_t seed = 0;                  // router init normal, random drops
   std::function<std::vector<torch::Tensor>()> hidden_states = {};  // router init hidden
@@ -229,6 +231,8 @@ Plan plan_merge(const MergeChoice& c, const std::vector<S>& sources, const S* ba
   m.copies = ctx.copies;
   m.shared = ctx.shared;
   MoeRecipe recipe = method.recipe(c.method.options, m);
+  recipe.router_bias = ctx.router_bias;
+  recipe.dense_layers = ctx.dense_layers;
   AnyRouterInit router =
       c.router_init.spec->make(c.router_init.options, {ctx.seed, ctx.hidden_states});
   if (method.row_per_source && method.row_per_source(c.method.options)) {

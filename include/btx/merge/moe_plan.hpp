@@ -56,21 +56,42 @@ struct ExpertRecipe {
   }
 };
 
-// Where a merged MoE's always-on shared expert (moe/shared_expert.hpp; Qwen2-MoE has one)
-// comes from. Filled from a dense FFN, the shared expert and the routed mixture each start
-// at half weight: its gate is zero (sigmoid 0 = 1/2) and the routed experts' down_proj is
-// halved, so when every FFN is the same (copies of one model) the MoE equals the dense
-// model, and the finetune learns how much of each to use. Zero-width: the slot a family
-// always has, adding exactly 0 (the routed experts are left as they are).
+// Where a merged MoE's always-on shared expert (moe/shared_expert.hpp; Qwen2-MoE and
+// GLM-4-MoE have one) comes from. Filled from dense FFNs, the shared expert and the routed
+// mixture each start at half weight: a gated one's gate is zero (sigmoid 0 = 1/2), an
+// ungated one's down_proj is halved, and the routed experts' down_proj is halved, so when
+// every FFN is the same (copies of one model) the MoE equals the dense model, and the
+// finetune learns how much of each to use. Several FFNs (several shared experts:
+// GLM-4-MoE's n_shared_experts, a Qwen2-MoE shared expert N times as wide) are
+// concatenated along F, each at 1/N. Zero-width: the slot a family always has, adding
+// exactly 0 (the routed experts are left as they are).
+struct SharedFfn {
+  bool base = false;  // the base model's FFN, else source `source`'s
+  size_t source = 0;
+};
 struct SharedExpertChoice {
   enum class From { none, zero_width, base, source };
-  From from = From::none;
-  size_t source = 0;  // From::source: which source's FFN
+  From from = From::none;       // the first FFN's (or none, or zero-width)
+  size_t source = 0;            // From::source: which source's FFN
+  std::vector<SharedFfn> also;  // further FFNs in the shared expert, after the first
+  bool gated = true;            // sigmoid(shared_expert_gate x) (Qwen2-MoE) or none (GLM-4-MoE)
 
   [[nodiscard]] static SharedExpertChoice zero_width() { return {From::zero_width, 0}; }
   [[nodiscard]] static SharedExpertChoice of_base() { return {From::base, 0}; }
   [[nodiscard]] static SharedExpertChoice of_source(size_t j) { return {From::source, j}; }
   [[nodiscard]] bool filled() const { return from == From::base || from == From::source; }
+  // Every FFN in the shared expert, in order (none unless filled).
+  [[nodiscard]] std::vector<SharedFfn> ffns() const {
+    if (!filled()) return {};
+    std::vector<SharedFfn> out = {{from == From::base, source}};
+    out.insert(out.end(), also.begin(), also.end());
+    return out;
+  }
+  [[nodiscard]] bool uses_base() const {
+    for (const auto& f : ffns())
+      if (f.base) return true;
+    return false;
+  }
 };
 
 // Everything a dense -> MoE plan needs besides the sources and policies.
@@ -83,6 +104,11 @@ struct MoeRecipe {
   uint64_t noise_seed = 0;
   double down_scale = 1.0;  // factor on every expert's output projection (splitting's rescale)
   SharedExpertChoice shared{};
+  // The output architecture's router carries a balancing bias (gate.e_score_correction_bias,
+  // zeros at the start: DeepSeek-V3's, GLM-4-MoE's).
+  bool router_bias = false;
+  // Leading layers that stay dense (first_k_dense_replace): their FFNs are averaged.
+  int64_t dense_layers = 0;
   // The sublayer that becomes experts (the FFN; attention next): pieces run along its
   // width, in units of its first projection's (a projection of another width, as GQA's
   // k and v, takes the same share of its own).
@@ -161,30 +187,38 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
                                 ": noise std must be finite and >= 0");
   }
   using SharedFrom = SharedExpertChoice::From;
-  if (recipe.shared.from == SharedFrom::base && !base) {
+  if (recipe.shared.uses_base() && !base) {
     throw std::invalid_argument("btx::merge::" + recipe.method +
                                 ": the shared expert is to be the base model's FFN, but no base "
                                 "(seed) was given");
   }
-  if (recipe.shared.from == SharedFrom::source && recipe.shared.source >= sources.size()) {
-    throw std::invalid_argument("btx::merge::" + recipe.method + ": the shared expert's source " +
-                                std::to_string(recipe.shared.source) + " is not among the " +
-                                std::to_string(sources.size()) + " sources");
+  for (const auto& f : recipe.shared.ffns()) {
+    if (!f.base && f.source >= sources.size()) {
+      throw std::invalid_argument("btx::merge::" + recipe.method + ": a shared expert's source " +
+                                  std::to_string(f.source) + " is not among the " +
+                                  std::to_string(sources.size()) + " sources");
+    }
+  }
+  if (recipe.dense_layers < 0 || recipe.dense_layers >= layout.num_layers) {
+    throw std::invalid_argument("btx::merge::" + recipe.method + ": dense_layers must be in [0, " +
+                                std::to_string(layout.num_layers) + ") (the model's layers), got " +
+                                std::to_string(recipe.dense_layers));
   }
   // Filled, the shared expert and the routed mixture start at half weight each (see above).
   if (recipe.shared.filled()) recipe.down_scale *= 0.5;
-  // Per projection: an expert's width and the shared expert's (all the width, or none).
+  const int64_t shared_ffns = int64_t(recipe.shared.ffns().size());
+  // Per projection: an expert's width and the shared expert's (every FFN's width, or none).
   std::map<std::string, int64_t> F_e_of, F_s_of;
   for (const auto& [proj, w] : layout.widths) {
     F_e_of[proj] = layout.rows_of(proj, 0, F_e).second;
-    F_s_of[proj] = recipe.shared.filled() ? w : 0;
+    F_s_of[proj] = w * shared_ffns;
   }
 
   // -------------------------------------------------------- the output list
   const int64_t E = int64_t(recipe.experts.size());
   const int64_t D = layout.hidden;
   struct Role {
-    int kind = 0;  // 0 averaged, 1 router, 2 experts, 3 shared expert, 4 its gate
+    int kind = 0;  // 0 averaged, 1 router, 2 experts, 3 shared expert, 4 its gate, 5 router bias
     int64_t layer = 0;
     std::string proj;
   };
@@ -195,8 +229,23 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
     roles[s.name] = Role{};
   }
   for (int64_t i = 0; i < layout.num_layers; ++i) {
+    if (i < recipe.dense_layers) {  // a dense layer: its FFN averaged like the trunk
+      for (const auto& proj : naming.projections) {
+        outputs.push_back({naming.dense_name(i, proj),
+                           naming.is_output(proj) ? std::vector<int64_t>{D, layout.widths.at(proj)}
+                                                  : std::vector<int64_t>{layout.widths.at(proj), D},
+                           layout.ffn_dtype});
+        roles[naming.dense_name(i, proj)] = Role{};
+      }
+      continue;
+    }
     outputs.push_back({naming.router_name(i), {E, D}, layout.ffn_dtype});
     roles[naming.router_name(i)] = Role{1, i, ""};
+    if (recipe.router_bias) {
+      const std::string bias = naming.prefix(i) + "gate.e_score_correction_bias";
+      outputs.push_back({bias, {E}, layout.ffn_dtype});
+      roles[bias] = Role{5, i, ""};
+    }
     for (const auto& proj : naming.projections) {
       const bool out = naming.is_output(proj);
       const int64_t fe = F_e_of.at(proj), fs = F_s_of.at(proj);
@@ -211,7 +260,7 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
         roles[naming.shared_expert_name(i, proj)] = Role{3, i, proj};
       }
     }
-    if (recipe.shared.from != SharedFrom::none) {
+    if (recipe.shared.from != SharedFrom::none && recipe.shared.gated) {
       outputs.push_back({naming.shared_expert_gate_name(i), {1, D}, layout.ffn_dtype});
       roles[naming.shared_expert_gate_name(i)] = Role{4, i, ""};
     }
@@ -245,26 +294,32 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
 
   if (base) manifest.base = base->label();
   if (recipe.shared.from != SharedFrom::none) {
-    manifest.shared_expert_intermediate_size = recipe.shared.filled() ? layout.intermediate : 0;
-    if (recipe.shared.filled()) {
-      manifest.options["shared_expert"] = recipe.shared.from == SharedFrom::base
-                                              ? manifest.base
-                                              : manifest.sources[recipe.shared.source];
-    }
+    manifest.shared_expert_intermediate_size = layout.intermediate * shared_ffns;
+    nlohmann::json names = nlohmann::json::array();
+    for (const auto& f : recipe.shared.ffns())
+      names.push_back(f.base ? manifest.base : manifest.sources[f.source]);
+    if (names.size() == 1) manifest.options["shared_expert"] = names[0];
+    if (names.size() > 1) manifest.options["shared_experts"] = names;
+    if (!recipe.shared.gated) manifest.options["shared_expert_gated"] = false;
   }
+  if (recipe.dense_layers > 0) manifest.options["dense_layers"] = recipe.dense_layers;
 
   // --------------------------------------------- computing one output tensor
   auto state = std::make_shared<const std::vector<S>>(sources);
   auto base_state = base ? std::make_shared<const S>(*base) : std::shared_ptr<const S>();
-  // The source whose FFN fills the shared expert (null: none, or zero-width).
-  std::shared_ptr<const S> shared_state;
-  if (recipe.shared.from == SharedFrom::base) shared_state = base_state;
-  if (recipe.shared.from == SharedFrom::source) {
-    shared_state = std::make_shared<const S>(sources[recipe.shared.source]);
+  // The sources whose FFNs fill the shared expert (none: none, or zero-width).
+  std::vector<std::shared_ptr<const S>> shared_states;
+  for (const auto& f : recipe.shared.ffns()) {
+    shared_states.push_back(f.base ? base_state : std::make_shared<const S>(sources[f.source]));
   }
+  // Each shared FFN's output projection: 1/N of the shared expert, halved again when no
+  // gate halves it (see SharedExpertChoice).
+  const double shared_down_scale =
+      shared_ffns == 0 ? 1.0 : (recipe.shared.gated ? 1.0 : 0.5) / double(shared_ffns);
   auto labels = manifest.sources;
-  Plan::Compute compute = [state, base_state, shared_state, labels, averaging, weights, router,
-                           recipe, roles, D, layout](const TensorSpec& spec) -> torch::Tensor {
+  Plan::Compute compute = [state, base_state, shared_states, shared_down_scale, labels, averaging,
+                           weights, router, recipe, roles, D,
+                           layout](const TensorSpec& spec) -> torch::Tensor {
     const SublayerNaming& naming = recipe.sublayer;
     torch::NoGradGuard no_grad;
     const Role& role = roles.at(spec.name);
@@ -279,12 +334,21 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
       return router.init(role.layer, src_of, D, spec.dtype);
     }
     if (role.kind == 3) {
-      if (!shared_state) {  // zero-width: no data, on the CPU by name
+      if (shared_states.empty()) {  // zero-width: no data, on the CPU by name
         return torch::empty(spec.shape, torch::dtype(spec.dtype).device(torch::kCPU));
       }
-      return shared_state->load(naming.dense_name(role.layer, role.proj)).to(spec.dtype);
+      const bool down = naming.is_output(role.proj);
+      std::vector<torch::Tensor> parts;
+      for (const auto& st : shared_states) {
+        auto w = st->load(naming.dense_name(role.layer, role.proj));
+        if (down && shared_down_scale != 1.0)
+          w = (w.to(torch::kFloat32) * shared_down_scale).to(w.scalar_type());
+        parts.push_back(w.to(spec.dtype));
+      }
+      return parts.size() == 1 ? parts.front() : torch::cat(parts, naming.width_dim(role.proj));
     }
-    if (role.kind == 4) {  // the shared expert's gate starts at 0: sigmoid 1/2
+    if (role.kind == 4 || role.kind == 5) {  // the shared expert's gate (sigmoid 0 = 1/2) and
+      // the router's balancing bias start at 0
       return torch::zeros(spec.shape, torch::dtype(spec.dtype).device(torch::kCPU));
     }
     // Load each source's dense weight once, only if some expert reads it.
@@ -318,7 +382,7 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
   // output dtype, are copied file to file by writers that can (a BTX mix's experts).
   Plan::Locate locate;
   if constexpr (locates_tensor_bytes<S>) {
-    locate = [state, shared_state, recipe, roles,
+    locate = [state, shared_states, shared_down_scale, recipe, roles,
               layout](const TensorSpec& spec) -> Plan::FileRanges {
       const Role& role = roles.at(spec.name);
       if (role.kind != 2 && role.kind != 3) return std::nullopt;  // computed, never copied
@@ -352,8 +416,8 @@ Plan moe_plan(const std::vector<S>& sources, const A& averaging, const R& router
         }
         return ranges;
       }
-      if (role.kind == 3 && shared_state) {
-        auto range = rows_of(*shared_state, 0, layout.intermediate);  // every row
+      if (role.kind == 3 && shared_states.size() == 1 && shared_down_scale == 1.0) {
+        auto range = rows_of(*shared_states.front(), 0, layout.intermediate);  // every row
         if (!range) return std::nullopt;
         return std::vector<io::FileRange>{*range};
       }

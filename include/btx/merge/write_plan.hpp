@@ -95,8 +95,12 @@ inline nlohmann::ordered_json hf_config_for(const Plan& plan, ModelSpec base,
   }
   base.moe = hf::top_k_moe_config(m.num_experts, m.experts_per_token, /*norm_topk_prob=*/true,
                                   router_aux_loss_coef);
+  if (family.merge_router) base.moe->router = family.merge_router(m.experts_per_token);
   base.moe->expert_size = m.moe_intermediate_size;
   base.moe->shared_expert_size = m.shared_expert_intermediate_size;
+  base.moe->shared_expert_gated = family.moe_shared_expert_gated;
+  if (m.options.contains("dense_layers"))
+    base.moe->dense_layers = m.options.at("dense_layers").get<int64_t>();
   return family.config_json(base, dtype);
 }
 
@@ -105,8 +109,13 @@ inline nlohmann::ordered_json hf_config_for(const Plan& plan, ModelSpec base,
 // not; asking for one where there is no slot throws, naming the architecture.
 inline SharedExpertChoice shared_expert_for(const FamilyEntry& family, SharedExpertChoice asked) {
   using From = SharedExpertChoice::From;
-  if (family.moe_has_shared_expert)
-    return asked.from == From::none ? SharedExpertChoice::zero_width() : asked;
+  asked.gated = family.moe_shared_expert_gated;
+  if (family.moe_has_shared_expert) {
+    if (asked.from != From::none) return asked;
+    auto zero = SharedExpertChoice::zero_width();
+    zero.gated = asked.gated;
+    return zero;
+  }
   if (asked.filled()) {
     throw std::invalid_argument("btx::merge: " + family.moe_model_type + " (family " + family.name +
                                 ") has no shared expert; merge without one");

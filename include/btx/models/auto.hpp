@@ -62,6 +62,27 @@ inline ModelSpec read_model_spec(const std::filesystem::path& config_file) {
   return spec_from_json(hf::read_json_file(config_file), config_file.string());
 }
 
+// `spec`'s dense model as family `target` writes it (a Llama seed as GLM-4-MoE's dense
+// form): both must be families on the shared decoder; what `target`'s architecture cannot
+// carry (a bias, a window, a norm it lacks) throws std::invalid_argument naming it.
+inline ModelSpec convert_spec(const ModelSpec& spec, const FamilyEntry& target) {
+  if (spec.family == target.name) return spec;
+  const auto& source = family_of(spec);
+  if (!source.decoder_of || !target.from_decoder) {
+    throw std::invalid_argument("btx: a " + source.name + " model cannot be written as family " +
+                                target.name + " (both must be families on the shared decoder)");
+  }
+  if (spec.moe || spec.attention_moe) {
+    throw std::invalid_argument("btx: only dense models are written as another family");
+  }
+  try {
+    return target.from_decoder(source.decoder_of(spec), spec.dtype);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument("btx: this " + source.dense_model_type + " model cannot be " +
+                                "written as " + target.moe_model_type + ": " + e.what());
+  }
+}
+
 // A fresh model for `spec`: dense, or MoE as spec.moe says.
 inline CausalLM make_model(const ModelSpec& spec) {
   return family_of(spec).make(spec);

@@ -25,6 +25,7 @@
 #include <btx/core/moe_config.hpp>
 #include <btx/core/sublayer_naming.hpp>
 #include <btx/hf/name_map.hpp>
+#include <btx/models/common/decoder_config.hpp>
 #include <btx/version.hpp>
 
 namespace btx {
@@ -89,6 +90,18 @@ struct FamilyEntry {
   // Its MoE architecture always has a shared expert (Qwen2-MoE): merges fill the slot or
   // leave it zero-width; other families refuse one.
   bool moe_has_shared_expert = false;
+  // Its MoE's shared expert is gated by sigmoid(shared_expert_gate x) (Qwen2-MoE) or added as
+  // it is (GLM-4-MoE, GraniteMoEShared).
+  bool moe_shared_expert_gated = true;
+  // The router a merge into its MoE architecture gets for top-k routing (empty: btx's
+  // softmax top-k, renormalised); its MoE writer may accept no other kind.
+  std::function<RouterChoice(int64_t k)> merge_router;
+  // Families on the shared decoder: the dense DecoderConfig a spec of theirs describes, and
+  // their dense spec of a DecoderConfig (throwing, naming the field, what their architecture
+  // cannot carry). Together they write one family's model as another's (btx-merge's
+  // `architecture`: a Llama seed merged into GLM-4-MoE); see convert_spec (models/auto.hpp).
+  std::function<DecoderConfig(const ModelSpec&)> decoder_of;
+  std::function<ModelSpec(const DecoderConfig&, const std::string& dtype)> from_decoder;
   // The expert layouts its MoE checkpoints come in, its default first (hf::NameMap::namings);
   // empty: per-expert as hf_names says, then transformers 5's packed names.
   std::vector<hf::ExpertNaming> expert_namings;
@@ -122,6 +135,21 @@ FamilyEntry family_entry() {
   // Optional: `F::moe_has_shared_expert()`, true when the MoE architecture has the slot.
   if constexpr (requires { F::moe_has_shared_expert(); })
     e.moe_has_shared_expert = F::moe_has_shared_expert();
+  // Optional: `F::moe_shared_expert_gated()`, `F::merge_router(k)`, and for families on the
+  // shared decoder `F::decoder_of(spec)`, `F::from_decoder(config, dtype)`.
+  if constexpr (requires { F::moe_shared_expert_gated(); })
+    e.moe_shared_expert_gated = F::moe_shared_expert_gated();
+  if constexpr (requires(int64_t k) { F::merge_router(k); })
+    e.merge_router = [](int64_t k) { return F::merge_router(k); };
+  if constexpr (requires(const ModelSpec& s, const DecoderConfig& c) {
+                  F::decoder_of(s);
+                  F::from_decoder(c, "float32");
+                }) {
+    e.decoder_of = [](const ModelSpec& s) { return F::decoder_of(s); };
+    e.from_decoder = [](const DecoderConfig& c, const std::string& dtype) {
+      return F::from_decoder(c, dtype);
+    };
+  }
   e.read_config = [](const nlohmann::json& j, const std::string& where) {
     return F::read_config(j, where);
   };

@@ -118,6 +118,7 @@ inline CausalLM mix(const std::vector<Expert>& experts, const CausalLM& seed,
                                                               : merge::SharedExpertChoice{});
   if (ctx.shared.from != merge::SharedExpertChoice::From::none) {
     moe.shared_expert_size = ctx.shared.filled() ? dense.shape.intermediate_size : 0;
+    moe.shared_expert_gated = ctx.shared.gated;
   }
   if (options.seed_as_expert) ctx.base_source = sources.size() - 1;
   ctx.seed = options.seed;

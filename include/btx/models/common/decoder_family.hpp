@@ -52,6 +52,15 @@ struct DecoderFamily {
     return s;
   }
 
+  // The dense decoder `s` describes, and this family's dense spec of a decoder (its
+  // dense_json refuses, naming the field, what the architecture cannot carry).
+  static DecoderConfig decoder_of(const ModelSpec& s) {
+    return F::parse(s.config, "model spec").decoder;
+  }
+  static ModelSpec from_decoder(const DecoderConfig& c, const std::string& dtype) {
+    return F::spec(c, std::nullopt, dtype);
+  }
+
   static ModelSpec read_config(const nlohmann::json& j, const std::string& where) {
     const auto hf = F::parse(j, where);
     return spec(hf.decoder, hf.moe, hf.dtype);
@@ -74,8 +83,12 @@ struct DecoderFamily {
     ModelSpec moe = s;
     moe.moe = resolved(*s.moe);
     const auto attention = attention_factory(moe);
-    return CausalLM(DecoderForCausalLM(decoder_config(moe), moe_feed_forward(*moe.moe), attention),
-                    moe);
+    // Leading dense layers (moe.dense_layers) keep the dense model's FFN width.
+    const int64_t dense_F = F::parse(s.config, "model spec").decoder.intermediate_size;
+    return CausalLM(
+        DecoderForCausalLM(decoder_config(moe),
+                           moe_feed_forward(*moe.moe, GateActivation::silu, dense_F), attention),
+        moe);
   }
   // Attention experts in every layer when spec.attention_moe asks (its router resolved
   // here, kept in `s`); empty otherwise (grouped-query attention).

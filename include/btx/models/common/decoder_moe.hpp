@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
 
 #include <btx/core/gated_ffn.hpp>
 #include <btx/core/model_spec.hpp>
@@ -25,13 +26,22 @@ BTX_NAMESPACE_BEGIN
 // DecoderForCausalLM(config, moe_feed_forward({.num_experts = 4, .router = "top2"})).
 // The router (any registered one, btx::router_names()) is resolved here, once, before any
 // layer is built. `activation` is the experts' gate activation (SiLU in the shipped families).
+// The first moe.dense_layers layers stay dense FFNs of width `dense_intermediate_size`
+// (0: the width the factory is called with).
 inline FeedForwardFactory moe_feed_forward(MoEConfig moe,
-                                           GateActivation activation = GateActivation::silu) {
+                                           GateActivation activation = GateActivation::silu,
+                                           int64_t dense_intermediate_size = 0) {
   moe = resolved(std::move(moe));  // validates name and options; k against E below
   const auto router = moe.router.registration;
   (void)router->active_experts(moe);
-  return [moe, router, activation](const DecoderConfig& config,
-                                   int64_t layer) -> torch::nn::AnyModule {
+  if (moe.dense_layers < 0) throw std::invalid_argument("btx: MoEConfig.dense_layers must be >= 0");
+  return [moe, router, activation, dense_intermediate_size](const DecoderConfig& config,
+                                                            int64_t layer) -> torch::nn::AnyModule {
+    if (layer < moe.dense_layers) {
+      const int64_t F =
+          dense_intermediate_size > 0 ? dense_intermediate_size : config.intermediate_size;
+      return torch::nn::AnyModule(GatedMLP(config.hidden_size, F, activation));
+    }
     auto gate = router->make_router(moe, config.hidden_size, static_cast<uint64_t>(layer));
     auto experts = std::make_shared<PackedSwiGLU>(moe.num_experts, config.hidden_size,
                                                   config.intermediate_size, activation);

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -125,8 +126,8 @@ inline MoEConfig top_k_moe_config(int64_t num_experts, int64_t experts_per_token
 
 // The MoE keys transformers' Qwen-style MoE configs share (num_experts,
 // num_experts_per_tok, moe_intermediate_size, norm_topk_prob with its default false,
-// router_aux_loss_coef), refusing the per-layer sparsity btx does not build
-// (decoder_sparse_step other than 1, mlp_only_layers): btx makes every layer MoE.
+// router_aux_loss_coef, mlp_only_layers as leading dense layers), refusing the per-layer
+// sparsity btx does not build (decoder_sparse_step other than 1, dense layers after MoE ones).
 inline MoEConfig read_moe_fields(const ConfigFields& f) {
   const std::string& where = f.where();
   const int64_t experts =
@@ -145,9 +146,16 @@ inline MoEConfig read_moe_fields(const ConfigFields& f) {
                                "\"decoder_sparse_step\" other than 1 is not supported (btx makes "
                                "every layer MoE)");
   }
-  if (f.has("mlp_only_layers") && !f.json()["mlp_only_layers"].empty()) {
-    throw detail::config_error(where,
-                               "\"mlp_only_layers\" is not supported (btx makes every layer MoE)");
+  if (f.has("mlp_only_layers")) {  // leading dense layers: 0, 1, ..., k-1
+    const auto& dense = f.json()["mlp_only_layers"];
+    for (size_t i = 0; dense.is_array() && i < dense.size(); ++i) {
+      if (!dense[i].is_number_integer() || dense[i].get<int64_t>() != int64_t(i)) {
+        throw detail::config_error(where,
+                                   "\"mlp_only_layers\" other than the leading layers [0, 1, ..., "
+                                   "k-1] is not supported (btx keeps only leading layers dense)");
+      }
+    }
+    m.dense_layers = dense.is_array() ? int64_t(dense.size()) : 0;
   }
   return m;
 }
@@ -162,6 +170,7 @@ inline void write_moe_fields(nlohmann::ordered_json& j, const DecoderConfig& c,
   j["norm_topk_prob"] = moe.renormalizes_top_k();
   j["decoder_sparse_step"] = 1;
   j["mlp_only_layers"] = nlohmann::ordered_json::array();
+  for (int64_t i = 0; i < moe.dense_layers; ++i) j["mlp_only_layers"].push_back(i);
   j["router_aux_loss_coef"] = moe.load_balance_alpha;
   j["output_router_logits"] = false;
 }
@@ -184,6 +193,21 @@ inline void validate_decoder(const DecoderConfig& c, const std::string& where) {
   } catch (const std::invalid_argument& e) {
     throw detail::config_error(where, e.what());
   }
+}
+
+// Throws, naming `arch` and the field, when `c` uses a layer variant of another family
+// (OLMo2's post norms or full-width q/k norm, Granite's multipliers): what a family whose
+// layer is Llama's must refuse rather than write a config that computes something else.
+inline void refuse_layer_variants(const DecoderConfig& c, const std::string& arch) {
+  const auto refuse = [&arch](const std::string& what) {
+    throw std::invalid_argument("btx: " + arch + " cannot carry " + what);
+  };
+  if (c.post_norms) refuse("norms after attention and FFN (post_norms, OLMo2's layer)");
+  if (c.qk_norm && c.qk_norm_full_width) refuse("a full-width q/k norm (OLMo2's)");
+  if (c.embedding_multiplier != 1.0) refuse("an embedding multiplier (Granite's)");
+  if (c.residual_multiplier != 1.0) refuse("a residual multiplier (Granite's)");
+  if (c.attention_scale) refuse("an attention scale other than 1/sqrt(head_dim) (Granite's)");
+  if (c.logits_divisor != 1.0) refuse("a logits divisor (Granite's logits_scaling)");
 }
 
 // The keys every family writes alike (transformers 5 reads rope_parameters, 4 rope_theta).

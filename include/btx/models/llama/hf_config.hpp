@@ -98,6 +98,7 @@ inline void check_representable(const DecoderConfig& c, const std::string& arch)
     throw std::invalid_argument("btx: " + arch + " biases all four attention projections or none");
   }
   if (c.qk_norm) throw std::invalid_argument("btx: " + arch + " has no q/k norms");
+  refuse_layer_variants(c, arch);
 }
 }  // namespace detail
 
@@ -128,6 +129,11 @@ inline nlohmann::ordered_json mixtral_config_json(const DecoderConfig& c, const 
     throw std::invalid_argument(
         "btx: MixtralForCausalLM has no shared expert (Qwen2-MoE has one); merge without "
         "shared_experts");
+  }
+  if (moe.dense_layers > 0) {
+    throw std::invalid_argument("btx: MixtralForCausalLM makes every layer MoE; this model keeps " +
+                                std::to_string(moe.dense_layers) +
+                                " leading layers dense (Qwen-MoE and GLM-4-MoE can)");
   }
   if (!moe.renormalizes_top_k()) {
     throw std::invalid_argument(

@@ -108,6 +108,7 @@ inline nlohmann::ordered_json qwen2_config_json(const DecoderConfig& c,
     throw std::invalid_argument(
         "btx: Qwen2ForCausalLM has biases on q, k and v, none on o, and no q/k norms");
   }
+  refuse_layer_variants(c, "Qwen2ForCausalLM");
   auto j = decoder_config_json(c, "Qwen2ForCausalLM", "qwen2", dtype);
   detail::write_qwen2_windows(c, j, /*moe=*/false);
   return j;
@@ -121,6 +122,12 @@ inline nlohmann::ordered_json qwen2_moe_config_json(const DecoderConfig& c, cons
   if (!c.qkv_bias || c.o_bias || c.qk_norm) {
     throw std::invalid_argument(
         "btx: Qwen2MoeForCausalLM has biases on q, k and v, none on o, and no q/k norms");
+  }
+  refuse_layer_variants(c, "Qwen2MoeForCausalLM");
+  if (moe.shared_expert_size.value_or(0) > 0 && !moe.shared_expert_gated) {
+    throw std::invalid_argument(
+        "btx: Qwen2MoeForCausalLM gates its shared expert (sigmoid(shared_expert_gate x)); this "
+        "model's is ungated");
   }
   auto j = decoder_config_json(c, "Qwen2MoeForCausalLM", "qwen2_moe", dtype);
   j["qkv_bias"] = true;

@@ -78,6 +78,7 @@ inline nlohmann::ordered_json qwen3_config_json(const DecoderConfig& c,
     throw std::invalid_argument(
         "btx: a Qwen3 config needs q/k norms and one bias setting for q, k, v and o");
   }
+  refuse_layer_variants(c, "Qwen3ForCausalLM");
   auto j = decoder_config_json(c, "Qwen3ForCausalLM", "qwen3", dtype);
   j["attention_bias"] = c.qkv_bias;
   j["use_sliding_window"] = c.sliding_window > 0;
