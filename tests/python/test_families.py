@@ -325,6 +325,123 @@ class PipelineOnQwenSeeds(unittest.TestCase):
         self.assertEqual(moe.config.num_experts, 3)  # the domain experts, routed
 
 
+class Olmo2InTransformers(PerExpertNames, FamilyChecks, unittest.TestCase):
+    """OLMo2 dense in (norms on each branch's output, q/k norms over all heads, one bias
+    flag for q, k, v and o), FlexOlmo out: its experts under transformers' per-expert names
+    (FlexOlmo converts through Qwen2-MoE's rules). OLMo3 reads as OLMo2 with a sliding
+    window on some layers, which FlexOlmo cannot carry."""
+    from transformers import FlexOlmoForCausalLM as moe_class
+
+    @staticmethod
+    def dense(seed, **overrides):
+        from transformers import Olmo2Config, Olmo2ForCausalLM
+        return tiny(Olmo2Config, Olmo2ForCausalLM, seed, **{"rope_theta": 1e6, **overrides})
+
+    @staticmethod
+    def olmo3(seed, **overrides):
+        from transformers import Olmo3Config, Olmo3ForCausalLM
+        return tiny(Olmo3Config, Olmo3ForCausalLM, seed,
+                    **{"sliding_window": 4,
+                       "layer_types": ["sliding_attention", "full_attention"], **overrides})
+
+    @staticmethod
+    def dense_variants():
+        return {"plain": {}, "tied": {"tie_word_embeddings": True},
+                "attention_bias": {"attention_bias": True},
+                "gqa_2_of_6": {"num_attention_heads": 6, "num_key_value_heads": 2,
+                               "head_dim": 10, "attention_bias": True}}
+
+    def test_olmo3_with_sliding_layers_loads_in_btx_with_transformers_logits(self):
+        for variant, overrides in {"sliding_then_full": {},
+                                   "all_sliding_tied": {
+                                       "layer_types": ["sliding_attention"] * 2,
+                                       "tie_word_embeddings": True, "attention_bias": True}
+                                   }.items():
+            with self.subTest(variant=variant):
+                self.check_dense(self.olmo3(seed=70, **overrides), length=13)
+
+    def test_olmo3_sliding_layers_are_refused_as_a_flex_olmo(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            base = os.path.join(tmp, "base")
+            self.olmo3(seed=71).save_pretrained(base)
+            result, out = merge(tmp, yaml_config(base, [base, base], gate_mode="random"))
+            self.assertNotEqual(result.returncode, 0)
+            self.assertIn("flex_olmo", result.stderr)
+            self.assertIn("sliding_window", result.stderr)
+            self.assertFalse(os.path.exists(out))
+
+    def test_olmo3_without_sliding_layers_merges_into_a_flex_olmo(self):
+        model = self.olmo3(seed=72, layer_types=["full_attention"] * 2)
+        with tempfile.TemporaryDirectory() as tmp:
+            base = os.path.join(tmp, "base")
+            model.save_pretrained(base)
+            ids = torch.randint(0, model.config.vocab_size, (2, 11))
+            with torch.no_grad():
+                expected = model(ids).logits
+            result, out = merge(tmp, yaml_config(base, [base] * 3, gate_mode="random",
+                                                 experts_per_token=2, seed=3))
+            self.assertEqual(result.returncode, 0, result.stderr)
+            moe = self.load_moe(out)
+            with torch.no_grad():
+                got = moe(ids).logits
+            self.assertLessEqual((got - expected).abs().max().item(), TOLERANCE)
+
+
+class FlexOlmoInBtx(unittest.TestCase):
+    """FlexOlmo as transformers makes one (softmax then top-k, renormalised only with
+    norm_topk_prob; intermediate_size is each expert's width) loads in btx with
+    transformers' logits, from per-expert names and from the packed layout."""
+
+    @staticmethod
+    def flex_olmo(seed, norm):
+        from transformers import FlexOlmoConfig, FlexOlmoForCausalLM
+        # pad_token_id: FlexOlmo's default 100277 lies outside a 67-token vocabulary.
+        model = tiny(FlexOlmoConfig, FlexOlmoForCausalLM, seed, num_experts=5,
+                     num_experts_per_tok=2, norm_topk_prob=norm, attention_bias=True,
+                     pad_token_id=None)
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.mlp.gate.weight.normal_(0, 0.5)
+        return model
+
+    def test_a_trained_flex_olmo_loads_in_btx_with_transformers_logits(self):
+        for norm in (False, True):
+            with self.subTest(norm_topk_prob=norm):
+                FamilyChecks.check_dense(self, self.flex_olmo(80 + norm, norm))
+
+    def test_a_packed_flex_olmo_loads_in_btx_with_identical_logits(self):
+        for norm in (False, True):
+            with self.subTest(norm_topk_prob=norm), tempfile.TemporaryDirectory() as tmp:
+                model = self.flex_olmo(82 + norm, norm)
+                per_expert, packed = os.path.join(tmp, "per_expert"), os.path.join(tmp, "packed")
+                model.save_pretrained(per_expert)
+                model.save_pretrained(packed, save_original_format=False)
+                self.assertIn("model.layers.0.mlp.experts.gate_up_proj", state_of(packed))
+                self.assertIn("model.layers.0.mlp.experts.0.gate_proj.weight",
+                              state_of(per_expert))
+                ids = torch.randint(0, model.config.vocab_size, (2, 11))
+                with torch.no_grad():
+                    expected = model(ids).logits
+                from_packed = btx_logits(tmp, packed, ids)
+                self.assertTrue(torch.equal(from_packed, btx_logits(tmp, per_expert, ids)))
+                self.assertLessEqual((from_packed - expected).abs().max().item(), TOLERANCE)
+
+
+class PipelineOnOlmoSeed(unittest.TestCase):
+    """btx-pipeline --quick from an OLMo2 seed ends in a FlexOlmo that transformers loads
+    with btx's logits."""
+
+    load_moe = FamilyChecks.load_moe
+    run_pipeline = PipelineOnQwenSeeds.run_pipeline
+
+    def test_quick_pipeline_from_an_olmo2_seed(self):
+        from transformers import FlexOlmoForCausalLM
+        moe = self.run_pipeline(
+            Olmo2InTransformers.dense(1, **PipelineOnQwenSeeds.SEED_SHAPE), FlexOlmoForCausalLM,
+            "flex_olmo")
+        self.assertEqual(moe.config.intermediate_size, 128)
+
+
 class MistralInTransformers(FamilyChecks, unittest.TestCase):
     from transformers import MixtralForCausalLM as moe_class
 

@@ -7,6 +7,7 @@
 #include <btx/models/family.hpp>
 #include <btx/models/glm4_moe/family.hpp>
 #include <btx/models/llama/family.hpp>
+#include <btx/models/olmo2/family.hpp>
 #include <btx/models/qwen2/family.hpp>
 #include <btx/models/qwen3/family.hpp>
 #include <btx/version.hpp>
@@ -20,6 +21,7 @@ inline FamilyRegistry& families() {
     register_family<Qwen3Family>();
     register_family<Qwen2Family>();
     register_family<Glm4MoeFamily>();
+    register_family<Olmo2Family>();
     return true;
   }();
   (void)builtins;
