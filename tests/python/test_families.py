@@ -473,6 +473,116 @@ class MistralInTransformers(FamilyChecks, unittest.TestCase):
             self.assertEqual(self.load_moe(out).config.sliding_window, 4)
 
 
+class Glm4MoeInTransformers(PerExpertNames, FamilyChecks, unittest.TestCase):
+    """GLM-4-MoE: its dense form (every layer dense) and DeepSeek-V3-style MoE (sigmoid
+    routing with a balancing bias, group-limited top-k, routed scaling, ungated shared
+    experts, leading dense layers); Llama and Qwen seeds merged into it (`architecture`)."""
+    from transformers import Glm4MoeForCausalLM as moe_class
+
+    @staticmethod
+    def dense(seed, **overrides):
+        from transformers import Glm4MoeConfig, Glm4MoeForCausalLM
+        layers = overrides.get("num_hidden_layers", ODD_SHAPES["num_hidden_layers"])
+        return tiny(Glm4MoeConfig, Glm4MoeForCausalLM, seed, partial_rotary_factor=1.0,
+                    first_k_dense_replace=layers, n_shared_experts=0, **overrides)
+
+    @staticmethod
+    def dense_variants():
+        return {"plain": {}, "qk_norm": {"use_qk_norm": True}, "qkv_bias": {"attention_bias": True},
+                "tied": {"tie_word_embeddings": True}}
+
+    @staticmethod
+    def experts_of(config):
+        return config.n_routed_experts
+
+    def moe(self, seed, **overrides):
+        from transformers import Glm4MoeConfig, Glm4MoeForCausalLM
+        keys = dict(partial_rotary_factor=1.0, num_hidden_layers=3, first_k_dense_replace=1,
+                    n_routed_experts=8, num_experts_per_tok=3, moe_intermediate_size=20,
+                    n_shared_experts=2, n_group=4, topk_group=2, routed_scaling_factor=2.5,
+                    use_qk_norm=True, attention_bias=True)
+        model = tiny(Glm4MoeConfig, Glm4MoeForCausalLM, seed, **{**keys, **overrides})
+        with torch.no_grad():
+            for layer in model.model.layers[keys["first_k_dense_replace"]:]:
+                layer.mlp.gate.weight.normal_(0, 0.5)
+                layer.mlp.gate.e_score_correction_bias.uniform_(-0.2, 0.2)
+        return model
+
+    def test_a_trained_glm4_moe_loads_in_btx_in_both_layouts(self):
+        for norm in (True, False):
+            model = self.moe(90, norm_topk_prob=norm)
+            with self.subTest(norm_topk_prob=norm), tempfile.TemporaryDirectory() as tmp:
+                ids = torch.randint(0, model.config.vocab_size, (2, 11))
+                with torch.no_grad():
+                    expected = model(ids).logits
+                for kw in ({}, {"save_original_format": False}):
+                    ckpt = os.path.join(tmp, f"ckpt{len(kw)}")
+                    model.save_pretrained(ckpt, **kw)
+                    got = btx_logits(tmp, ckpt, ids)
+                    self.assertLessEqual((got - expected).abs().max().item(), TOLERANCE, kw)
+
+    def test_llama_and_qwen_seeds_merge_into_glm4_moe(self):
+        """Copies of a seed, with two shared experts and a dense first layer, equal the
+        seed; three distinct Llamas mixed load in transformers with btx's logits."""
+        from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+                                  Qwen3Config, Qwen3ForCausalLM)
+        seeds = {"llama": (LlamaConfig, LlamaForCausalLM, {}),
+                 "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
+                 "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"num_hidden_layers": 3})}
+        for name, (config_class, model_class, extra) in seeds.items():
+            with self.subTest(seed=name), tempfile.TemporaryDirectory() as tmp:
+                base = os.path.join(tmp, "base")
+                model = tiny(config_class, model_class, 91, **extra)
+                model.save_pretrained(base)
+                ids = torch.randint(0, 67, (2, 11))
+                with torch.no_grad():
+                    expected = model(ids).logits
+                config = yaml_config(base, [base] * 4, gate_mode="random", experts_per_token=2,
+                                     architecture="glm4_moe", dense_layers=1)
+                config += f"shared_experts:\n  - source_model: {base}\n  - source_model: {base}\n"
+                result, out = merge(tmp, config, out="glm")
+                self.assertEqual(result.returncode, 0, result.stderr)
+                moe = self.load_moe(out)
+                self.assertEqual(moe.config.model_type, "glm4_moe")
+                self.assertEqual(moe.config.n_shared_experts, 2)
+                self.assertEqual(moe.config.first_k_dense_replace, 1)
+                with torch.no_grad():
+                    got = moe(ids).logits
+                self.assertLessEqual((got - expected).abs().max().item(), TOLERANCE)
+                self.assertLessEqual((btx_logits(tmp, out, ids) - expected).abs().max().item(),
+                                     TOLERANCE)
+        with tempfile.TemporaryDirectory() as tmp:
+            dirs = []
+            for j in range(3):
+                dirs.append(os.path.join(tmp, f"expert{j}"))
+                tiny(LlamaConfig, LlamaForCausalLM, 92 + j).save_pretrained(dirs[-1])
+            result, out = merge(tmp, yaml_config(dirs[0], dirs, gate_mode="random", seed=5,
+                                                 architecture="glm4_moe", expert_layout="packed"))
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertIn("model.layers.1.mlp.experts.gate_up_proj", state_of(out))
+            moe = self.load_moe(out)
+            ids = torch.randint(0, 67, (2, 13))
+            with torch.no_grad():
+                expected = moe(ids).logits
+            self.assertLessEqual((btx_logits(tmp, out, ids) - expected).abs().max().item(),
+                                 TOLERANCE)
+
+    def test_what_glm4_moe_cannot_carry_is_refused(self):
+        from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+        cases = {"o_proj bias": (LlamaConfig, LlamaForCausalLM, {"attention_bias": True}),
+                 "sliding window": (MistralConfig, MistralForCausalLM, {"sliding_window": 4})}
+        for needle, (config_class, model_class, keys) in cases.items():
+            with self.subTest(needle), tempfile.TemporaryDirectory() as tmp:
+                base = os.path.join(tmp, "base")
+                tiny(config_class, model_class, 93, **keys).save_pretrained(base)
+                result, out = merge(tmp, yaml_config(base, [base, base], gate_mode="random",
+                                                     architecture="glm4_moe"))
+                self.assertNotEqual(result.returncode, 0)
+                self.assertIn("architecture", result.stderr)
+                self.assertIn(needle, result.stderr)
+                self.assertFalse(os.path.exists(out))
+
+
 class PackedExperts(unittest.TestCase):
     """transformers 5's packed experts (experts.gate_up_proj [E, 2F, D], gate rows first;
     experts.down_proj [E, D, F]), which save_pretrained(save_original_format=False) writes:

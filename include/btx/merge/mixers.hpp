@@ -137,6 +137,8 @@ struct Upcycle {
   uint64_t noise_seed = 0;
   int64_t experts_per_token = 2;
   SharedExpertChoice shared{};  // of_source(0): the seed's FFN as the shared expert too
+  bool router_bias = false;     // MoeRecipe::router_bias
+  int64_t dense_layers = 0;     // MoeRecipe::dense_layers
 
   [[nodiscard]] std::string name() const { return "upcycle"; }
   template <TensorSource S>
@@ -145,9 +147,11 @@ struct Upcycle {
       throw std::invalid_argument("btx::merge::Upcycle: needs exactly one source (the seed), got " +
                                   std::to_string(sources.size()));
     }
-    return moe_plan(sources, KeepOne{0}, router,
-                    upcycle_recipe(1, detail::intermediate_of(sources), num_experts,
-                                   experts_per_token, noise_std, noise_seed, shared));
+    auto recipe = upcycle_recipe(1, detail::intermediate_of(sources), num_experts,
+                                 experts_per_token, noise_std, noise_seed, shared);
+    recipe.router_bias = router_bias;
+    recipe.dense_layers = dense_layers;
+    return moe_plan(sources, KeepOne{0}, router, std::move(recipe));
   }
 };
 

@@ -160,10 +160,27 @@ inline MoEConfig read_moe_fields(const ConfigFields& f) {
   return m;
 }
 
+// Throws unless `moe` is one a softmax top-k MoE architecture (Mixtral, Qwen-MoE, FlexOlmo)
+// can record: sigmoid routing with a balancing bias is GLM-4-MoE's, and leading dense
+// layers are refused where `arch` has none (`dense_layers_ok`: Qwen-MoE's mlp_only_layers).
+inline void refuse_moe_variants(const MoEConfig& moe, const std::string& arch,
+                                bool dense_layers_ok = false) {
+  if (moe.router.name == "sigmoid_topk") {
+    throw std::invalid_argument("btx: " + arch + " routes by a softmax; router sigmoid_topk " +
+                                "cannot be written (GLM-4-MoE routes so)");
+  }
+  if (moe.dense_layers > 0 && !dense_layers_ok) {
+    throw std::invalid_argument("btx: " + arch + " makes every layer MoE; this model keeps " +
+                                std::to_string(moe.dense_layers) +
+                                " leading layers dense (dense_layers)");
+  }
+}
+
 // The same keys written for `moe` over the dense config `c` (expert_size 0:
 // the dense F); every layer MoE.
 inline void write_moe_fields(nlohmann::ordered_json& j, const DecoderConfig& c,
                              const MoEConfig& moe) {
+  refuse_moe_variants(moe, j["architectures"][0].get<std::string>(), /*dense_layers_ok=*/true);
   j["num_experts"] = moe.num_experts;
   j["num_experts_per_tok"] = active_experts(moe);
   j["moe_intermediate_size"] = moe.expert_size > 0 ? moe.expert_size : c.intermediate_size;

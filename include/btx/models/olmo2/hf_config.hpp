@@ -250,6 +250,7 @@ inline nlohmann::ordered_json flex_olmo_config_json(const DecoderConfig& c, cons
           ", \"layer_types\"): it cannot be written as a FlexOlmo MoE");
     }
   }
+  refuse_moe_variants(moe, "FlexOlmoForCausalLM");
   DecoderConfig experts = c;
   if (moe.expert_size > 0) experts.intermediate_size = moe.expert_size;
   auto j = detail::olmo_config_json(experts, "FlexOlmoForCausalLM", "flex_olmo", dtype);
