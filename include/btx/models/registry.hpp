@@ -5,6 +5,7 @@
 #pragma once
 
 #include <btx/models/family.hpp>
+#include <btx/models/granite/family.hpp>
 #include <btx/models/llama/family.hpp>
 #include <btx/models/qwen2/family.hpp>
 #include <btx/models/qwen3/family.hpp>
@@ -18,6 +19,7 @@ inline FamilyRegistry& families() {
     register_family<LlamaFamily>();
     register_family<Qwen3Family>();
     register_family<Qwen2Family>();
+    register_family<GraniteFamily>();
     return true;
   }();
   (void)builtins;
