@@ -54,7 +54,7 @@ nlohmann::json granitemoe_json(int64_t shared = -1) {
   return j;
 }
 
-std::string error_of(const nlohmann::json& j) {
+std::string granite_error_of(const nlohmann::json& j) {
   try {
     (void)btx::hf::granite_config_from_json(j, "g/config.json");
   } catch (const std::exception& e) {
@@ -63,7 +63,7 @@ std::string error_of(const nlohmann::json& j) {
   return "";
 }
 
-std::map<std::string, std::vector<int64_t>> tensors_in(const fs::path& dir) {
+std::map<std::string, std::vector<int64_t>> granite_tensors_in(const fs::path& dir) {
   std::map<std::string, std::vector<int64_t>> out;
   btx::io::CheckpointReader ckpt(dir);
   for (const auto& name : ckpt.names()) out[name] = ckpt.info(name).shape;
@@ -175,31 +175,32 @@ TEST_CASE("granite config: granite, granitemoe and granitemoeshared round-trip")
 TEST_CASE("granite config: what btx cannot represent is refused, naming the field and file") {
   auto j = granite_json();
   j["mlp_bias"] = true;
-  CHECK(btx::test::has(error_of(j), "\"mlp_bias\": true is not supported"));
-  CHECK(btx::test::has(error_of(j), "g/config.json"));
+  CHECK(btx::test::has(granite_error_of(j), "\"mlp_bias\": true is not supported"));
+  CHECK(btx::test::has(granite_error_of(j), "g/config.json"));
   for (const char* key :
        {"attention_multiplier", "embedding_multiplier", "residual_multiplier", "logits_scaling"}) {
     CAPTURE(key);
     j = granite_json();
     j[key] = 0.0;
-    CHECK(btx::test::has(error_of(j), std::string("\"") + key + "\" must be finite and > 0"));
+    CHECK(
+        btx::test::has(granite_error_of(j), std::string("\"") + key + "\" must be finite and > 0"));
   }
   j = granite_json();
   j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 2.0}};
-  CHECK(btx::test::has(error_of(j), "rope_scaling"));
+  CHECK(btx::test::has(granite_error_of(j), "rope_scaling"));
   j = granite_json();
   j["hidden_act"] = "gelu";
-  CHECK(btx::test::has(error_of(j), "hidden_act"));
+  CHECK(btx::test::has(granite_error_of(j), "hidden_act"));
   j = granite_json();
   j["model_type"] = "llama";
-  CHECK(btx::test::has(error_of(j), "model_type \"llama\""));
+  CHECK(btx::test::has(granite_error_of(j), "model_type \"llama\""));
   j = granitemoe_json();
   j["num_experts_per_tok"] = 6;
-  CHECK(btx::test::has(error_of(j), "num_experts_per_tok"));
+  CHECK(btx::test::has(granite_error_of(j), "num_experts_per_tok"));
   j = granitemoe_json(-1);
   j["model_type"] = "granitemoeshared";
   j["shared_intermediate_size"] = -2;
-  CHECK(btx::test::has(error_of(j), "shared_intermediate_size"));
+  CHECK(btx::test::has(granite_error_of(j), "shared_intermediate_size"));
 
   // Writing: what GraniteMoE(Shared) cannot carry.
   const auto c = btx::hf::granite_config_from_json(granite_json()).decoder;
@@ -240,32 +241,32 @@ TEST_CASE("granite names: the packed pieces of each btx tensor, in both formats"
   const std::string l = "model.layers.3.";
   const auto& original = namings[0].pieces;
   const auto& v5 = namings[1].pieces;
-  CHECK(original(l + "mlp.gate.weight", 0) ==
-        std::vector<HfPiece>{{l + "block_sparse_moe.router.layer.weight"}});
-  CHECK(v5(l + "mlp.gate.weight", 0) ==
-        std::vector<HfPiece>{{l + "block_sparse_moe.router.weight"}});
-  CHECK(original(l + "mlp.experts.gate_proj", 4) ==
-        chunk(l + "block_sparse_moe.input_linear.weight", 0, 1));
-  CHECK(original(l + "mlp.experts.up_proj", 4) ==
-        chunk(l + "block_sparse_moe.input_linear.weight", 1, 1));
-  CHECK(v5(l + "mlp.experts.up_proj", 4) ==
-        chunk(l + "block_sparse_moe.experts.gate_up_proj", 1, 1));
-  CHECK(original(l + "mlp.experts.down_proj", 4) ==
-        std::vector<HfPiece>{{l + "block_sparse_moe.output_linear.weight"}});
-  CHECK(v5(l + "mlp.experts.down_proj", 4) ==
-        std::vector<HfPiece>{{l + "block_sparse_moe.experts.down_proj"}});
+  CHECK((original(l + "mlp.gate.weight", 0) ==
+         std::vector<HfPiece>{{l + "block_sparse_moe.router.layer.weight"}}));
+  CHECK((v5(l + "mlp.gate.weight", 0) ==
+         std::vector<HfPiece>{{l + "block_sparse_moe.router.weight"}}));
+  CHECK((original(l + "mlp.experts.gate_proj", 4) ==
+         chunk(l + "block_sparse_moe.input_linear.weight", 0, 1)));
+  CHECK((original(l + "mlp.experts.up_proj", 4) ==
+         chunk(l + "block_sparse_moe.input_linear.weight", 1, 1)));
+  CHECK((v5(l + "mlp.experts.up_proj", 4) ==
+         chunk(l + "block_sparse_moe.experts.gate_up_proj", 1, 1)));
+  CHECK((original(l + "mlp.experts.down_proj", 4) ==
+         std::vector<HfPiece>{{l + "block_sparse_moe.output_linear.weight"}}));
+  CHECK((v5(l + "mlp.experts.down_proj", 4) ==
+         std::vector<HfPiece>{{l + "block_sparse_moe.experts.down_proj"}}));
   for (const auto* pieces : {&original, &v5}) {
-    CHECK((*pieces)(l + "mlp.shared_expert.gate_proj.weight", 0) ==
-          chunk(l + "shared_mlp.input_linear.weight", 0, 0));
-    CHECK((*pieces)(l + "mlp.shared_expert.up_proj.weight", 0) ==
-          chunk(l + "shared_mlp.input_linear.weight", 1, 0));
-    CHECK((*pieces)(l + "mlp.shared_expert.down_proj.weight", 0) ==
-          std::vector<HfPiece>{{l + "shared_mlp.output_linear.weight"}});
+    CHECK(((*pieces)(l + "mlp.shared_expert.gate_proj.weight", 0) ==
+           chunk(l + "shared_mlp.input_linear.weight", 0, 0)));
+    CHECK(((*pieces)(l + "mlp.shared_expert.up_proj.weight", 0) ==
+           chunk(l + "shared_mlp.input_linear.weight", 1, 0)));
+    CHECK(((*pieces)(l + "mlp.shared_expert.down_proj.weight", 0) ==
+           std::vector<HfPiece>{{l + "shared_mlp.output_linear.weight"}}));
     // The trunk and a dense FFN keep btx's (Llama's) names.
     for (const std::string& same :
          std::vector<std::string>{l + "mlp.gate_proj.weight", l + "self_attn.o_proj.bias",
                                   l + "post_attention_layernorm.weight", "lm_head.weight"})
-      CHECK((*pieces)(same, 0) == std::vector<HfPiece>{{same}});
+      CHECK(((*pieces)(same, 0) == std::vector<HfPiece>{{same}}));
   }
   // No per-expert layout: asking for one is refused, naming what the family has.
   const auto names = btx::families().get("granite").name_map();
@@ -282,7 +283,7 @@ TEST_CASE("granite names: a GraniteMoEShared round-trips through both formats on
   btx::hf::SaveOptions options;
   options.overwrite = true;
   btx::save_hf_checkpoint(lm, dir, options);
-  const auto names = tensors_in(dir);
+  const auto names = granite_tensors_in(dir);
   const std::string l = "model.layers.1.";
   CHECK(
       (names.at(l + "block_sparse_moe.input_linear.weight") == std::vector<int64_t>{E, 2 * F, D}));
