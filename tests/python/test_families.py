@@ -69,10 +69,10 @@ class FamilyChecks:
             self.assertFalse(info.get(key), f"{key}: {info.get(key)}")
         return model.eval()
 
-    def check_dense(self, model, length=11):
+    def check_dense(self, model, length=11, **save_kwargs):
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = os.path.join(tmp, "ckpt")
-            model.save_pretrained(ckpt)
+            model.save_pretrained(ckpt, **save_kwargs)
             ids = torch.randint(0, model.config.vocab_size, (2, length))
             with torch.no_grad():
                 expected = model(ids).logits
@@ -127,7 +127,7 @@ class FamilyChecks:
                 for j in range(3):
                     for proj in ("gate_proj", "up_proj", "down_proj"):
                         src = sources[j][f"model.layers.{layer}.mlp.{proj}.weight"]
-                        got = merged[self.expert_name(layer, j, proj)]
+                        got = self.merged_expert(merged, layer, j, proj)
                         self.assertTrue(torch.equal(got, src), (layer, j, proj))
             moe = self.load_moe(out)
             ids = torch.randint(0, moe.config.vocab_size, (2, 13))
@@ -135,6 +135,11 @@ class FamilyChecks:
                 expected = moe(ids).logits
             self.assertLessEqual((btx_logits(tmp, out, ids) - expected).abs().max().item(),
                                  TOLERANCE)
+
+    def merged_expert(self, merged, layer, j, proj):
+        """Expert j's `proj` weight in a merged checkpoint's tensors (one tensor per expert
+        unless a family packs them)."""
+        return merged[self.expert_name(layer, j, proj)]
 
 
 class PerExpertNames:
@@ -440,6 +445,135 @@ class PipelineOnOlmoSeed(unittest.TestCase):
             Olmo2InTransformers.dense(1, **PipelineOnQwenSeeds.SEED_SHAPE), FlexOlmoForCausalLM,
             "flex_olmo")
         self.assertEqual(moe.config.intermediate_size, 128)
+
+
+# Granite's four multipliers away from 1 (attention_multiplier replaces 1/sqrt(head_dim)),
+# and its attention_bias (q, k, v and o).
+GRANITE = dict(embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.3,
+               logits_scaling=2.5, attention_bias=True)
+
+
+class GraniteInTransformers(FamilyChecks, unittest.TestCase):
+    """Granite dense in, GraniteMoE out (its experts packed: block_sparse_moe.input_linear
+    [E, 2F, D], gate rows then up rows; output_linear [E, D, F]); GraniteMoE in both save
+    formats and GraniteMoEShared (an ungated shared_mlp) in; a btx MoE with an ungated
+    shared expert out as GraniteMoEShared."""
+    from transformers import GraniteMoeForCausalLM as moe_class
+
+    @staticmethod
+    def dense(seed, **overrides):
+        from transformers import GraniteConfig, GraniteForCausalLM
+        return tiny(GraniteConfig, GraniteForCausalLM, seed, **{**GRANITE, **overrides})
+
+    @staticmethod
+    def dense_variants():
+        return {"untied": {}, "tied": {"tie_word_embeddings": True},
+                "defaults": {"embedding_multiplier": 1.0, "residual_multiplier": 1.0,
+                             "attention_multiplier": 1.0, "logits_scaling": 1.0,
+                             "attention_bias": False}}
+
+    @staticmethod
+    def experts_of(config):
+        return config.num_local_experts
+
+    def merged_expert(self, merged, layer, j, proj):
+        moe = f"model.layers.{layer}.block_sparse_moe"
+        if proj == "down_proj":
+            return merged[f"{moe}.output_linear.weight"][j]
+        gate, up = merged[f"{moe}.input_linear.weight"][j].chunk(2, dim=0)
+        return gate if proj == "gate_proj" else up
+
+    @staticmethod
+    def trained_moe(seed, config_class, model_class, **overrides):
+        """A GraniteMoE(Shared) as transformers makes one, its routers away from zero."""
+        model = tiny(config_class, model_class, seed, num_local_experts=5, num_experts_per_tok=2,
+                     intermediate_size=24, **{**GRANITE, **overrides})
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.block_sparse_moe.router.weight.normal_(0, 0.5)
+        return model
+
+    def test_a_granitemoe_loads_in_btx_with_transformers_logits_in_both_save_formats(self):
+        from transformers import GraniteMoeConfig
+        model = self.trained_moe(60, GraniteMoeConfig, self.moe_class)
+        for original in (True, False):
+            with self.subTest(save_original_format=original):
+                self.check_dense(model, save_original_format=original)
+
+    def test_a_granitemoeshared_loads_in_btx_with_transformers_logits(self):
+        from transformers import GraniteMoeSharedConfig, GraniteMoeSharedForCausalLM
+        for tied in (False, True):
+            with self.subTest(tie_word_embeddings=tied):
+                model = self.trained_moe(62, GraniteMoeSharedConfig, GraniteMoeSharedForCausalLM,
+                                         shared_intermediate_size=20, tie_word_embeddings=tied)
+                self.check_dense(model)
+
+    def save_btx_moe(self, tmp, shared, seed=5):
+        """btx-interop's random MoE over a dense Granite's config (an ungated shared expert
+        of width `shared` when > 0): its folder and btx's logits."""
+        import subprocess
+        from safetensors.torch import save_file
+        base = os.path.join(tmp, "base")
+        self.dense(seed=seed).save_pretrained(base)
+        out = os.path.join(tmp, f"moe{shared}")
+        ids = torch.randint(0, 67, (2, 11))
+        ids_file, logits = os.path.join(tmp, "ids.safetensors"), os.path.join(tmp, "l.safetensors")
+        save_file({"ids": ids}, ids_file)
+        r = subprocess.run([os.environ["BTX_INTEROP"], "save-family-moe",
+                            os.path.join(base, "config.json"), "3", "2", str(shared), str(seed),
+                            out, ids_file, logits], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return out, ids, load_file(logits)["logits"]
+
+    def test_a_btx_moe_with_an_ungated_shared_expert_is_a_granitemoeshared(self):
+        from transformers import GraniteMoeSharedForCausalLM
+        with tempfile.TemporaryDirectory() as tmp:
+            out, ids, expected = self.save_btx_moe(tmp, shared=20)
+            names = state_of(out)
+            self.assertEqual(tuple(names["model.layers.0.shared_mlp.input_linear.weight"].shape),
+                             (40, 40))
+            self.moe_class = GraniteMoeSharedForCausalLM
+            moe = self.load_moe(out)
+            self.assertEqual(moe.config.model_type, "granitemoeshared")
+            self.assertEqual(moe.config.shared_intermediate_size, 20)
+            with torch.no_grad():
+                got = moe(ids).logits
+            self.assertLessEqual((got - expected).abs().max().item(), TOLERANCE)
+
+    def test_a_btx_moe_without_a_shared_expert_is_a_granitemoe(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            out, ids, expected = self.save_btx_moe(tmp, shared=0)
+            moe = self.load_moe(out)
+            self.assertEqual(moe.config.model_type, "granitemoe")
+            with torch.no_grad():
+                got = moe(ids).logits
+            self.assertLessEqual((got - expected).abs().max().item(), TOLERANCE)
+
+    def test_a_per_expert_layout_is_refused(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            base = os.path.join(tmp, "base")
+            self.dense(seed=3).save_pretrained(base)
+            result, out = merge(tmp, yaml_config(base, [base, base], gate_mode="random",
+                                                 expert_layout="per_expert"))
+            self.assertNotEqual(result.returncode, 0)
+            self.assertIn("expert_layout 'per_expert'", result.stderr)
+            self.assertIn("it has: packed", result.stderr)
+            self.assertFalse(os.path.exists(out))
+
+
+class PipelineOnGraniteSeed(unittest.TestCase):
+    """btx-pipeline --quick from a Granite seed (multipliers away from 1): the final model
+    is a GraniteMoE, which transformers loads with btx's logits."""
+
+    load_moe = FamilyChecks.load_moe
+    run_pipeline = PipelineOnQwenSeeds.run_pipeline
+
+    def test_quick_pipeline_from_a_granite_seed(self):
+        from transformers import GraniteMoeForCausalLM
+        moe = self.run_pipeline(GraniteInTransformers.dense(1, **PipelineOnQwenSeeds.SEED_SHAPE),
+                                GraniteMoeForCausalLM, "granitemoe")
+        self.assertEqual(moe.config.embedding_multiplier, 3.0)
+        self.assertEqual(moe.config.logits_scaling, 2.5)
 
 
 class MistralInTransformers(FamilyChecks, unittest.TestCase):

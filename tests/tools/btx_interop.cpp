@@ -5,6 +5,11 @@
 //   btx-interop copy IN.safetensors OUT.safetensors               btx reader -> btx writer
 //   btx-interop save-moe OUT_DIR SEED EXPERTS TOP_K               MoE-contract model -> Mixtral
 //   btx-interop load-moe CKPT_DIR OUT.safetensors                 Mixtral -> btx params (dumped)
+//   btx-interop save-family-moe DENSE_CONFIG.json EXPERTS TOP_K SHARED_F SEED OUT_DIR
+//                               IDS.safetensors OUT.safetensors
+//                                  a random MoE of the dense config's family (an ungated
+//                                  shared expert of width SHARED_F when > 0) saved as the
+//                                  family's HF MoE; its logits on IDS
 //   btx-interop train-bf16 OUT_DIR MOE(0|1) IDS.safetensors OUT.safetensors
 //                                  a tiny Llama (or Mixtral) trained 20 steps in bf16 mixed
 //                                  precision, saved in bf16; its bf16 logits on IDS
@@ -38,6 +43,8 @@ int usage() {
                "       btx-interop copy IN.safetensors OUT.safetensors\n"
                "       btx-interop save-moe OUT_DIR SEED EXPERTS TOP_K\n"
                "       btx-interop load-moe CKPT_DIR OUT.safetensors\n"
+               "       btx-interop save-family-moe DENSE_CONFIG.json EXPERTS TOP_K SHARED_F SEED "
+               "OUT_DIR IDS.safetensors OUT.safetensors\n"
                "       btx-interop train-bf16 OUT_DIR MOE(0|1) IDS.safetensors OUT.safetensors\n";
   return 2;
 }
@@ -119,6 +126,31 @@ int main(int argc, char** argv) {
       std::map<std::string, torch::Tensor> params;
       for (const auto& p : model->named_parameters()) params[p.key()] = p.value().detach();
       btx::io::save_safetensors(argv[3], params);
+      return 0;
+    }
+    if (cmd == "save-family-moe" && argc == 10) {
+      auto spec = btx::read_model_spec(argv[2]);
+      const int64_t experts = std::stoll(argv[3]), shared = std::stoll(argv[5]);
+      spec.moe = btx::hf::top_k_moe_config(experts, std::stoll(argv[4]),
+                                           /*norm_topk_prob=*/true, 0.001);
+      if (shared > 0) {
+        spec.moe->shared_expert_size = shared;
+        spec.moe->shared_expert_gated = false;
+      }
+      torch::manual_seed(std::stoll(argv[6]));
+      auto model = btx::make_model(spec);
+      {  // norms and biases away from ones and zeros, so a skipped one shows in the logits
+        torch::NoGradGuard no_grad;
+        for (auto& p : model.named_parameters()) {
+          if (p.key().ends_with("norm.weight")) p.value().copy_(torch::rand_like(p.value()) + 0.5);
+          if (p.key().ends_with(".bias")) p.value().copy_(torch::rand_like(p.value()) - 0.5);
+        }
+      }
+      btx::save_hf_checkpoint(model, argv[7]);
+      model->eval();
+      auto ids = btx::io::SafetensorsFile(argv[8]).tensor("ids").to(torch::kInt64);
+      torch::NoGradGuard no_grad;
+      btx::io::save_safetensors(argv[9], {{"logits", model->forward(ids).contiguous()}});
       return 0;
     }
     if (cmd == "train-bf16" && argc == 6) {

@@ -90,7 +90,8 @@ inline CausalLM make_model(const ModelSpec& spec) {
 
 // The MoE checkpoint `spec` (`what` names it) built with `moe`'s router and training
 // settings instead of the ones it records (the router a file cannot name: Soft, Sample
-// Top-1, ...); the expert count must match, the expert widths stay the file's.
+// Top-1, ...); the expert count must match, the expert widths and the shared expert's gate
+// stay the file's.
 inline ModelSpec with_moe_config(ModelSpec spec, const MoEConfig& moe, const std::string& what) {
   if (!spec.moe) {
     throw std::invalid_argument("btx: " + what +
@@ -105,6 +106,7 @@ inline ModelSpec with_moe_config(ModelSpec spec, const MoEConfig& moe, const std
   MoEConfig built = moe;
   built.expert_size = spec.moe->expert_size;
   built.shared_expert_size = spec.moe->shared_expert_size;
+  built.shared_expert_gated = spec.moe->shared_expert_gated;  // the file's, as its width
   spec.moe = resolved(std::move(built));
   return spec;
 }

@@ -6,6 +6,7 @@
 
 #include <btx/models/family.hpp>
 #include <btx/models/glm4_moe/family.hpp>
+#include <btx/models/granite/family.hpp>
 #include <btx/models/llama/family.hpp>
 #include <btx/models/olmo2/family.hpp>
 #include <btx/models/qwen2/family.hpp>
@@ -22,6 +23,7 @@ inline FamilyRegistry& families() {
     register_family<Qwen2Family>();
     register_family<Glm4MoeFamily>();
     register_family<Olmo2Family>();
+    register_family<GraniteFamily>();
     return true;
   }();
   (void)builtins;
