@@ -549,6 +549,31 @@ class GraniteInTransformers(FamilyChecks, unittest.TestCase):
                 got = moe(ids).logits
             self.assertLessEqual((got - expected).abs().max().item(), TOLERANCE)
 
+    def test_btx_merge_writes_granitemoeshared_from_several_shared_experts(self):
+        """Copies of a Granite with two shared-expert sources (each at 1/2, the shared
+        expert ungated and halved, the routed experts halved) equal the dense model."""
+        from transformers import GraniteMoeSharedForCausalLM
+        model = self.dense(seed=23)
+        with tempfile.TemporaryDirectory() as tmp:
+            base = os.path.join(tmp, "base")
+            model.save_pretrained(base)
+            ids = torch.randint(0, model.config.vocab_size, (2, 11))
+            with torch.no_grad():
+                expected = model(ids).logits
+            config = yaml_config(base, [base] * 3, gate_mode="random", experts_per_token=2)
+            config += f"shared_experts:\n  - source_model: {base}\n  - source_model: {base}\n"
+            result, out = merge(tmp, config, out="shared")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.moe_class = GraniteMoeSharedForCausalLM
+            moe = self.load_moe(out)
+            self.assertEqual(moe.config.model_type, "granitemoeshared")
+            self.assertEqual(moe.config.shared_intermediate_size, 2 * ODD_SHAPES["intermediate_size"])
+            with torch.no_grad():
+                got = moe(ids).logits
+            self.assertLessEqual((got - expected).abs().max().item(), TOLERANCE)
+            self.assertLessEqual((btx_logits(tmp, out, ids) - expected).abs().max().item(),
+                                 TOLERANCE)
+
     def test_a_per_expert_layout_is_refused(self):
         with tempfile.TemporaryDirectory() as tmp:
             base = os.path.join(tmp, "base")

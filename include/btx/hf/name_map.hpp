@@ -89,7 +89,10 @@ struct NameMap {
     for (const auto& n : all)
       if (n.layout == *layout) return n;
     std::string have;
-    for (const auto& n : all) have += (have.empty() ? "" : ", ") + to_string(n.layout);
+    for (const auto& n : all) {
+      const std::string name = to_string(n.layout);
+      if (have.find(name) == std::string::npos) have += (have.empty() ? "" : ", ") + name;
+    }
     throw std::invalid_argument("expert_layout '" + to_string(*layout) +
                                 "' is not one this model family writes (it has: " + have + ")");
   }

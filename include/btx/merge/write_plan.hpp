@@ -116,10 +116,11 @@ inline SharedExpertChoice shared_expert_for(const FamilyEntry& family, SharedExp
     zero.gated = asked.gated;
     return zero;
   }
-  if (asked.filled()) {
+  if (asked.filled() && !family.moe_may_have_shared_expert) {
     throw std::invalid_argument("btx::merge: " + family.moe_model_type + " (family " + family.name +
                                 ") has no shared expert; merge without one");
   }
+  if (asked.filled()) return asked;
   return {};
 }
 

@@ -90,6 +90,9 @@ struct FamilyEntry {
   // Its MoE architecture always has a shared expert (Qwen2-MoE): merges fill the slot or
   // leave it zero-width; other families refuse one.
   bool moe_has_shared_expert = false;
+  // Its MoE architecture may have a shared expert (GraniteMoE: as GraniteMoEShared); one
+  // that always has the slot (moe_has_shared_expert) may too.
+  bool moe_may_have_shared_expert = false;
   // Its MoE's shared expert is gated by sigmoid(shared_expert_gate x) (Qwen2-MoE) or added as
   // it is (GLM-4-MoE, GraniteMoEShared).
   bool moe_shared_expert_gated = true;
@@ -135,6 +138,9 @@ FamilyEntry family_entry() {
   // Optional: `F::moe_has_shared_expert()`, true when the MoE architecture has the slot.
   if constexpr (requires { F::moe_has_shared_expert(); })
     e.moe_has_shared_expert = F::moe_has_shared_expert();
+  if constexpr (requires { F::moe_may_have_shared_expert(); })
+    e.moe_may_have_shared_expert = F::moe_may_have_shared_expert();
+  e.moe_may_have_shared_expert = e.moe_may_have_shared_expert || e.moe_has_shared_expert;
   // Optional: `F::moe_shared_expert_gated()`, `F::merge_router(k)`, and for families on the
   // shared decoder `F::decoder_of(spec)`, `F::from_decoder(config, dtype)`.
   if constexpr (requires { F::moe_shared_expert_gated(); })

@@ -29,6 +29,9 @@ struct GraniteFamily : DecoderFamily<GraniteFamily> {
   static std::string moe_model_type() { return "granitemoe"; }
   // The MoE with a shared expert: read, and written for an MoE spec that has one.
   static std::vector<std::string> other_model_types() { return {"granitemoeshared"}; }
+  // GraniteMoEShared's shared_mlp: optional (granitemoe has none), added ungated.
+  static bool moe_may_have_shared_expert() { return true; }
+  static bool moe_shared_expert_gated() { return false; }
 
   static hf::GraniteConfig parse(const nlohmann::json& j, const std::string& where) {
     return hf::granite_config_from_json(j, where);
