@@ -288,7 +288,7 @@ class PipelineOnQwenSeeds(unittest.TestCase):
 
     load_moe = FamilyChecks.load_moe
 
-    def run_pipeline(self, seed_model, moe_class, model_type, extra_keys=""):
+    def run_pipeline(self, seed_model, moe_class, model_type, extra_keys="", arm="btx-top2"):
         import subprocess
         self.moe_class = moe_class
         with tempfile.TemporaryDirectory() as tmp:
@@ -301,7 +301,7 @@ class PipelineOnQwenSeeds(unittest.TestCase):
             r = subprocess.run([os.environ["BTX_PIPELINE"], config, "--quick", "--run-dir", run_dir],
                                capture_output=True, text=True, timeout=600)
             self.assertEqual(r.returncode, 0, r.stderr[-3000:])
-            final = os.path.join(run_dir, "btx-top2", "model")
+            final = os.path.join(run_dir, arm, "model")
             moe = self.load_moe(final)
             self.assertEqual(moe.config.model_type, model_type)
             ids = torch.randint(0, 256, (2, 12))
@@ -740,6 +740,25 @@ class Glm4MoeInTransformers(PerExpertNames, FamilyChecks, unittest.TestCase):
                 self.assertIn("architecture", result.stderr)
                 self.assertIn(needle, result.stderr)
                 self.assertFalse(os.path.exists(out))
+
+
+class PipelineOnGlm4MoeSeed(unittest.TestCase):
+    """btx-pipeline --quick from GLM-4-MoE's dense form, routed by sigmoid_topk (its
+    balancing bias moving while the MoE trains): the final model is a glm4_moe that
+    transformers loads with btx's logits."""
+
+    load_moe = FamilyChecks.load_moe
+    run_pipeline = PipelineOnQwenSeeds.run_pipeline
+
+    def test_quick_pipeline_from_a_glm4_moe_seed(self):
+        from transformers import Glm4MoeForCausalLM
+        shape = {k: v for k, v in PipelineOnQwenSeeds.SEED_SHAPE.items()}
+        moe = self.run_pipeline(Glm4MoeInTransformers.dense(1, use_qk_norm=True, **shape),
+                                Glm4MoeForCausalLM, "glm4_moe",
+                                "router: sigmoid_topk\nrouter_options: {k: 2}\n",
+                                arm="btx-sigmoid_topk")
+        biases = [layer.mlp.gate.e_score_correction_bias for layer in moe.model.layers]
+        self.assertTrue(any(b.abs().max().item() > 0 for b in biases))  # balancing moved them
 
 
 class PackedExperts(unittest.TestCase):

@@ -45,10 +45,10 @@ TEST_CASE("glm4_moe config: DeepSeek-V3 routing, shared experts and dense layers
   const auto& m = *spec.moe;
   CHECK(m.num_experts == 8);
   CHECK(m.router.name == "sigmoid_topk");
-  CHECK(m.router.options.at("k") == 3);
-  CHECK(m.router.options.at("groups") == 4);
-  CHECK(m.router.options.at("topk_groups") == 2);
-  CHECK(m.router.options.at("scaling") == 2.5);
+  CHECK(m.router.options.at("k").get<int64_t>() == 3);
+  CHECK(m.router.options.at("groups").get<int64_t>() == 4);
+  CHECK(m.router.options.at("topk_groups").get<int64_t>() == 2);
+  CHECK(m.router.options.at("scaling").get<double>() == 2.5);
   CHECK(m.expert_size == 16);
   CHECK(m.shared_expert_size.value_or(-1) == 32);
   CHECK_FALSE(m.shared_expert_gated);
@@ -59,9 +59,9 @@ TEST_CASE("glm4_moe config: DeepSeek-V3 routing, shared experts and dense layers
                           "moe_intermediate_size", "n_shared_experts", "n_group", "topk_group",
                           "routed_scaling_factor", "attention_bias", "use_qk_norm"}) {
     CAPTURE(key);
-    CHECK(j.at(key) == glm4_moe_json().at(key));
+    CHECK(j.at(key).dump() == glm4_moe_json().at(key).dump());
   }
-  CHECK(j.at("rope_parameters").at("partial_rotary_factor") == 1.0);
+  CHECK(j.at("rope_parameters").at("partial_rotary_factor").get<double>() == 1.0);
   // The model it builds: a dense first layer, MoE after, the bias and the shared experts.
   const auto lm = btx::make_model(spec);
   const auto params = lm.named_parameters();
@@ -83,15 +83,16 @@ TEST_CASE("glm4_moe config: every layer dense is the dense form") {
   const auto spec = btx::spec_from_json(j, "glm/config.json");
   CHECK_FALSE(spec.moe);
   const auto back = btx::config_json_of(spec, "float32");
-  CHECK(back.at("first_k_dense_replace") == 3);
-  CHECK(back.at("model_type") == "glm4_moe");
+  CHECK(back.at("first_k_dense_replace").get<int64_t>() == 3);
+  CHECK(back.at("model_type").get<std::string>() == "glm4_moe");
 }
 
 TEST_CASE("glm4_moe config: partial rotary and what the layer lacks are refused by name") {
   auto j = glm4_moe_json();
   j.erase("partial_rotary_factor");  // transformers' default: 0.5
   CHECK_THROWS_WITH_AS(btx::spec_from_json(j, "glm/config.json"),
-                       doctest::Contains("\"partial_rotary_factor\" 0.5"), std::invalid_argument);
+                       doctest::Contains("\"partial_rotary_factor\" 0.5 is not supported"),
+                       std::runtime_error);
   // A Llama with an o_proj bias, or a window, cannot be written as GLM-4-MoE.
   auto c = btx::test::tiny_config();
   const auto& glm = btx::families().get("glm4_moe");
@@ -107,13 +108,12 @@ TEST_CASE("glm4_moe config: partial rotary and what the layer lacks are refused 
   auto spec = btx::spec_from_json(glm4_moe_json(), "glm/config.json");
   auto softmax = spec;
   softmax.moe->router = "top2";
-  CHECK_THROWS_WITH_AS(btx::config_json_of(softmax, "float32"),
-                       doctest::Contains("sigmoid_topk"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(btx::config_json_of(softmax, "float32"), doctest::Contains("sigmoid_topk"),
+                       std::invalid_argument);
   auto q = btx::test::tiny_config();
   q.qk_norm = true;
-  auto qwen = btx::Qwen3Family::spec(q, btx::MoEConfig{.num_experts = 4,
-                                                       .router = btx::RouterChoice(
-                                                           "sigmoid_topk", {{"k", 2}})});
+  auto qwen = btx::Qwen3Family::spec(
+      q, btx::MoEConfig{.num_experts = 4, .router = btx::RouterChoice("sigmoid_topk", {{"k", 2}})});
   CHECK_THROWS_WITH_AS(btx::config_json_of(qwen, "float32"),
                        doctest::Contains("router sigmoid_topk cannot be written"),
                        std::invalid_argument);

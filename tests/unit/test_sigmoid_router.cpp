@@ -16,9 +16,9 @@
 namespace {
 
 // The routing of one token written out: affinities, corrected scores, group mask, top-k.
-std::vector<std::pair<int64_t, double>> reference(const std::vector<double>& logits,
-                                                  const std::vector<double>& bias,
-                                                  const btx::SigmoidTopKOptions& o) {
+std::vector<std::pair<int64_t, double>> sigmoid_reference(const std::vector<double>& logits,
+                                                          const std::vector<double>& bias,
+                                                          const btx::SigmoidTopKOptions& o) {
   const int64_t E = int64_t(logits.size()), per = E / o.groups;
   std::vector<double> s(E), c(E);
   for (int64_t e = 0; e < E; ++e) {
@@ -73,8 +73,8 @@ TEST_CASE("sigmoid_topk: weights and experts equal a per-token reference, groups
     std::vector<double> b(bias.data_ptr<double>(), bias.data_ptr<double>() + E);
     for (int64_t t = 0; t < T; ++t) {
       const auto row = logits[t].contiguous();
-      const auto want =
-          reference(std::vector<double>(row.data_ptr<double>(), row.data_ptr<double>() + E), b, o);
+      const auto want = sigmoid_reference(
+          std::vector<double>(row.data_ptr<double>(), row.data_ptr<double>() + E), b, o);
       std::vector<std::pair<int64_t, double>> got;
       for (int64_t k = 0; k < o.k; ++k)
         got.push_back({r.indices_TK[t][k].item<int64_t>(), r.weights_TK[t][k].item<double>()});
@@ -121,7 +121,7 @@ TEST_CASE("sigmoid_topk: the balancing bias evens out a skewed router without a 
 
 TEST_CASE("sigmoid_topk: registered, with options, and trains inside an MoE layer") {
   const auto choice = btx::resolve_router("sigmoid_topk", {{"k", 2}, {"groups", 2}});
-  CHECK(choice.options.at("topk_groups") == 1);
+  CHECK(choice.options.at("topk_groups").get<int64_t>() == 1);
   CHECK(btx::active_experts({.num_experts = 4, .router = choice}) == 2);
   CHECK_THROWS_WITH_AS(
       btx::check_router({.num_experts = 6,

@@ -62,7 +62,7 @@ inline Glm4MoeConfig parse_glm4_moe_config(const nlohmann::json& j, const std::s
                               .max_position_embeddings = 131072,
                               .head_dim = std::nullopt});
   if (const double factor = glm4_rotary_factor(f); factor != 1.0) {
-    throw config_error(where, "\"partial_rotary_factor\" " + std::to_string(factor) +
+    throw config_error(where, "\"partial_rotary_factor\" " + nlohmann::json(factor).dump() +
                                   " is not supported (btx rotates every head dimension: 1.0; "
                                   "transformers' default when absent is 0.5)");
   }

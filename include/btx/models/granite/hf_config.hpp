@@ -142,6 +142,7 @@ inline nlohmann::ordered_json granitemoe_config_json(const DecoderConfig& c, con
   const bool shared = moe.shared_expert_size.has_value();
   const std::string arch = shared ? "GraniteMoeSharedForCausalLM" : "GraniteMoeForCausalLM";
   detail::check_granite_representable(c, arch);
+  refuse_moe_variants(moe, arch);
   if (shared && moe.shared_expert_gated) {
     throw std::invalid_argument("btx: " + arch +
                                 " adds its shared expert (shared_mlp) without a gate; this "
