@@ -169,6 +169,28 @@ class Qwen3InTransformers(PerExpertNames, FamilyChecks, unittest.TestCase):
                 "sliding_on_layer_1": {"use_sliding_window": True, "sliding_window": 4,
                                        "max_window_layers": 1}}
 
+    def test_leading_dense_layers_are_written_as_mlp_only_layers(self):
+        """btx-merge dense_layers: the first layers' FFNs averaged, written as Qwen3-MoE's
+        mlp_only_layers; copies of one model still equal it."""
+        model = self.dense(seed=24, num_hidden_layers=3)
+        with tempfile.TemporaryDirectory() as tmp:
+            base = os.path.join(tmp, "base")
+            model.save_pretrained(base)
+            ids = torch.randint(0, model.config.vocab_size, (2, 11))
+            with torch.no_grad():
+                expected = model(ids).logits
+            result, out = merge(tmp, yaml_config(base, [base] * 3, gate_mode="random",
+                                                 dense_layers=2))
+            self.assertEqual(result.returncode, 0, result.stderr)
+            moe = self.load_moe(out)
+            self.assertEqual(moe.config.mlp_only_layers, [0, 1])
+            self.assertIn("model.layers.1.mlp.gate_proj.weight", state_of(out))
+            with torch.no_grad():
+                got = moe(ids).logits
+            self.assertLessEqual((got - expected).abs().max().item(), TOLERANCE)
+            self.assertLessEqual((btx_logits(tmp, out, ids) - expected).abs().max().item(),
+                                 TOLERANCE)
+
 
 class Qwen2InTransformers(PerExpertNames, FamilyChecks, unittest.TestCase):
     """Qwen2 dense in (q/k/v biases, no o bias), Qwen2-MoE out: its shared expert

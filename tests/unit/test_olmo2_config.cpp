@@ -46,7 +46,7 @@ nlohmann::json flex_olmo_json() {
   return j;
 }
 
-std::string error_of(const nlohmann::json& j) {
+std::string olmo_error_of(const nlohmann::json& j) {
   try {
     (void)btx::hf::olmo2_config_from_json(j, "o/config.json");
   } catch (const std::exception& e) {
@@ -105,24 +105,24 @@ TEST_CASE("olmo2 config: OLMo3 layer types with different RoPE are refused, nami
   auto j = olmo3_json();
   j["rope_parameters"] = {{"full_attention", {{"rope_type", "default"}, {"rope_theta", 1e4}}},
                           {"sliding_attention", {{"rope_type", "default"}, {"rope_theta", 5e5}}}};
-  CHECK(error_of(j).find("rope_parameters") != std::string::npos);
-  CHECK(error_of(j).find("o/config.json") != std::string::npos);
+  CHECK(olmo_error_of(j).find("rope_parameters") != std::string::npos);
+  CHECK(olmo_error_of(j).find("o/config.json") != std::string::npos);
   // A top-level rope_theta reaches full_attention only (sliding keeps 500000) ...
   j = olmo3_json();
   j["rope_theta"] = 1e4;
-  CHECK(error_of(j).find("rope_theta") != std::string::npos);
+  CHECK(olmo_error_of(j).find("rope_theta") != std::string::npos);
   // ... which is harmless when no layer slides.
   j["layer_types"] = {"full_attention", "full_attention", "full_attention"};
   CHECK(btx::hf::olmo2_config_from_json(j).decoder.rope_theta == 1e4);
   j = olmo3_json();
   j["rope_parameters"] = {{"rope_theta", 1e4}, {"rope_type", "default"}};
-  CHECK(error_of(j).find("nested per layer type") != std::string::npos);
+  CHECK(olmo_error_of(j).find("nested per layer type") != std::string::npos);
   j = olmo3_json();
   j["rope_parameters"] = {{"full_attention", {{"rope_type", "yarn"}, {"factor", 2.0}}}};
-  CHECK(error_of(j).find("rope_parameters.full_attention") != std::string::npos);
+  CHECK(olmo_error_of(j).find("rope_parameters.full_attention") != std::string::npos);
   j = olmo3_json();
   j["sliding_window"] = nullptr;
-  CHECK(error_of(j).find("sliding_window") != std::string::npos);
+  CHECK(olmo_error_of(j).find("sliding_window") != std::string::npos);
 }
 
 TEST_CASE("olmo2 config: FlexOlmo reads each expert's width from intermediate_size") {
@@ -146,7 +146,7 @@ TEST_CASE("olmo2 config: FlexOlmo reads each expert's width from intermediate_si
   j["num_local_experts"] = 3;  // the attribute_map alias
   CHECK(btx::hf::olmo2_config_from_json(j).moe->num_experts == 3);
   j["num_experts_per_tok"] = 4;
-  CHECK(error_of(j).find("num_experts_per_tok") != std::string::npos);
+  CHECK(olmo_error_of(j).find("num_experts_per_tok") != std::string::npos);
   // Its model routes so: a top-k router that does not renormalise.
   auto spec = btx::Olmo2Family::read_config(flex_olmo_json(), "o");
   spec.shape.num_hidden_layers = 1;
@@ -238,19 +238,19 @@ TEST_CASE("olmo2 config: what FlexOlmo cannot carry is refused when writing, nam
 TEST_CASE("olmo2 config: other refusals name the field and the file") {
   auto j = olmo2_json();
   j["model_type"] = "olmo";
-  CHECK(error_of(j).find("model_type \"olmo\"") != std::string::npos);
+  CHECK(olmo_error_of(j).find("model_type \"olmo\"") != std::string::npos);
   j = olmo2_json();
   j["hidden_act"] = "gelu";
-  CHECK(error_of(j).find("hidden_act") != std::string::npos);
+  CHECK(olmo_error_of(j).find("hidden_act") != std::string::npos);
   j = olmo2_json();
   j["rope_parameters"] = {{"rope_type", "yarn"}, {"factor", 2.0}};
-  CHECK(error_of(j).find("rope_parameters") != std::string::npos);
+  CHECK(olmo_error_of(j).find("rope_parameters") != std::string::npos);
   j = olmo3_json();
   j["layer_types"] = {"full_attention"};
-  CHECK(error_of(j).find("layer_types") != std::string::npos);
+  CHECK(olmo_error_of(j).find("layer_types") != std::string::npos);
   j = olmo2_json();
   j["attention_bias"] = "yes";
-  CHECK(error_of(j).find("attention_bias") != std::string::npos);
+  CHECK(olmo_error_of(j).find("attention_bias") != std::string::npos);
 }
 
 TEST_CASE("olmo2 names: FlexOlmo's experts map to per-expert tensors and back") {

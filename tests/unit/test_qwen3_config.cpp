@@ -124,8 +124,11 @@ TEST_CASE("qwen3 config: what btx cannot represent is refused, naming the field 
   moe["decoder_sparse_step"] = 2;
   CHECK(error_of(moe).find("decoder_sparse_step") != std::string::npos);
   moe["decoder_sparse_step"] = 1;
-  moe["mlp_only_layers"] = {0};
+  moe["mlp_only_layers"] = {1};  // only leading layers may stay dense
   CHECK(error_of(moe).find("mlp_only_layers") != std::string::npos);
+  moe["mlp_only_layers"] = {0};  // read as one leading dense layer
+  CHECK(btx::hf::qwen3_config_from_json(moe, "q/config.json").moe->dense_layers == 1);
+  moe.erase("mlp_only_layers");
   auto j = qwen3_json();
   j["layer_types"] = {"full_attention"};
   CHECK(error_of(j).find("layer_types") != std::string::npos);
