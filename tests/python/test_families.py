@@ -232,6 +232,32 @@ class Qwen2InTransformers(PerExpertNames, FamilyChecks, unittest.TestCase):
             self.assertLessEqual((btx_logits(tmp, out, ids) - expected).abs().max().item(),
                                  TOLERANCE)
 
+    def test_two_shared_expert_sources_make_one_twice_as_wide(self):
+        """shared_experts listing the base and a different expert: one Qwen2-MoE shared
+        expert of both FFNs (each at 1/2), loading in transformers with btx's logits."""
+        with tempfile.TemporaryDirectory() as tmp:
+            base, other = os.path.join(tmp, "base"), os.path.join(tmp, "other")
+            self.dense(seed=42).save_pretrained(base)
+            self.dense(seed=43).save_pretrained(other)
+            config = yaml_config(base, [base, other], gate_mode="random", seed=4)
+            config += f"shared_experts:\n  - source_model: {base}\n  - source_model: {other}\n"
+            result, out = merge(tmp, config)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            moe = self.load_moe(out)
+            F = moe.config.intermediate_size
+            self.assertEqual(moe.config.shared_expert_intermediate_size, 2 * F)
+            merged, b, o = state_of(out), state_of(base), state_of(other)
+            up = merged["model.layers.1.mlp.shared_expert.up_proj.weight"]
+            self.assertTrue(torch.equal(up[:F], b["model.layers.1.mlp.up_proj.weight"]))
+            self.assertTrue(torch.equal(up[F:], o["model.layers.1.mlp.up_proj.weight"]))
+            down = merged["model.layers.1.mlp.shared_expert.down_proj.weight"]
+            self.assertTrue(torch.allclose(down[:, F:], o["model.layers.1.mlp.down_proj.weight"] / 2))
+            ids = torch.randint(0, moe.config.vocab_size, (2, 11))
+            with torch.no_grad():
+                expected = moe(ids).logits
+            self.assertLessEqual((btx_logits(tmp, out, ids) - expected).abs().max().item(),
+                                 TOLERANCE)
+
     def test_the_base_as_shared_expert_beside_three_routed_experts(self):
         with tempfile.TemporaryDirectory() as tmp:
             base = os.path.join(tmp, "base")
@@ -467,6 +493,15 @@ class PipelineOnOlmoSeed(unittest.TestCase):
             Olmo2InTransformers.dense(1, **PipelineOnQwenSeeds.SEED_SHAPE), FlexOlmoForCausalLM,
             "flex_olmo")
         self.assertEqual(moe.config.intermediate_size, 128)
+
+    def test_the_flexolmo_arm_from_an_olmo2_seed_writes_flex_olmo(self):
+        """The FlexOlmo-style merge (anchored experts, arms: [flexolmo]) of an OLMo2 seed is
+        written natively as a FlexOlmo."""
+        from transformers import FlexOlmoForCausalLM
+        moe = self.run_pipeline(
+            Olmo2InTransformers.dense(2, **PipelineOnQwenSeeds.SEED_SHAPE), FlexOlmoForCausalLM,
+            "flex_olmo", "arms: [flexolmo]\n", arm="flexolmo")
+        self.assertEqual(moe.config.num_experts, 4)  # the seed as anchor, three domain experts
 
 
 # Granite's four multipliers away from 1 (attention_multiplier replaces 1/sqrt(head_dim)),
