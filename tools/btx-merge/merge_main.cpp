@@ -404,8 +404,8 @@ int run(const MergeConfig& c, const std::string& config_text, const fs::path& ou
   } catch (const std::invalid_argument& e) {
     throw InputError(std::string("config key 'shared_experts': ") + e.what());
   }
-  ctx.router_bias = out_family->merge_router &&
-                    out_family->merge_router(c.experts_per_token).name == "sigmoid_topk";
+  ctx.router_bias =
+      out_family->merge_router && has_balancing_bias(out_family->merge_router(c.experts_per_token));
   ctx.dense_layers = c.dense_layers;
   ctx.shared = shared;
   const bool needs_base = c.merge.averaging.spec->needs_base || shared.uses_base();

@@ -66,7 +66,7 @@ inline CausalLM upcycle(const CausalLM& seed, const MoEConfig& moe, uint64_t rou
   up.router.seed = router_seed;
   up.experts_per_token = active_experts(moe);
   up.shared = merge::shared_expert_for(family_of(seed.spec()), {});  // Qwen2-MoE: zero-width
-  up.router_bias = moe.router.name == "sigmoid_topk";
+  up.router_bias = has_balancing_bias(moe.router);
   up.dense_layers = moe.dense_layers;
   const std::vector<merge::StateDictSource> source{merge::source_of(seed.module(), "seed")};
   CausalLM model = make_stage_model(seed.spec(), moe);

@@ -121,7 +121,7 @@ inline CausalLM mix(const std::vector<Expert>& experts, const CausalLM& seed,
     moe.shared_expert_gated = ctx.shared.gated;
   }
   // Parameters the MoE's own router and layers have beyond the contract's.
-  ctx.router_bias = moe.router.name == "sigmoid_topk";
+  ctx.router_bias = has_balancing_bias(moe.router);
   ctx.dense_layers = moe.dense_layers;
   if (options.seed_as_expert) ctx.base_source = sources.size() - 1;
   ctx.seed = options.seed;

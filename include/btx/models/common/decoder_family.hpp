@@ -81,7 +81,15 @@ struct DecoderFamily {
   static CausalLM make_moe(const ModelSpec& s) {
     if (!s.moe) throw std::invalid_argument("btx: make_moe needs a spec with MoE fields");
     ModelSpec moe = s;
-    moe.moe = resolved(*s.moe);
+    // An MoE architecture that always has the shared-expert slot (Qwen2-MoE, GLM-4-MoE):
+    // zero-width when nothing fills it, gated as the architecture gates it.
+    if constexpr (requires { F::moe_has_shared_expert(); }) {
+      if (F::moe_has_shared_expert() && !moe.moe->shared_expert_size)
+        moe.moe->shared_expert_size = 0;
+    }
+    if constexpr (requires { F::moe_shared_expert_gated(); })
+      moe.moe->shared_expert_gated = F::moe_shared_expert_gated();
+    moe.moe = resolved(*moe.moe);
     const auto attention = attention_factory(moe);
     // Leading dense layers (moe.dense_layers) keep the dense model's FFN width.
     const int64_t dense_F = F::parse(s.config, "model spec").decoder.intermediate_size;

@@ -15,7 +15,6 @@
 #include <string>
 #include <vector>
 
-#include <btx/core/causal_lm.hpp>
 #include <btx/core/model_spec.hpp>
 #include <btx/hf/name_map.hpp>
 #include <btx/models/common/decoder_family.hpp>
@@ -44,16 +43,6 @@ struct Glm4MoeFamily : DecoderFamily<Glm4MoeFamily> {
   static nlohmann::ordered_json moe_json(const DecoderConfig& c, const MoEConfig& moe,
                                          const std::string& dtype) {
     return hf::glm4_moe_config_json(c, moe, dtype);
-  }
-
-  // The shared-expert slot is always there (ungated; zero-width when nothing fills it).
-  static CausalLM make_moe(const ModelSpec& s) {
-    ModelSpec with_slot = s;
-    if (with_slot.moe) {
-      if (!with_slot.moe->shared_expert_size) with_slot.moe->shared_expert_size = 0;
-      with_slot.moe->shared_expert_gated = false;
-    }
-    return DecoderFamily<Glm4MoeFamily>::make_moe(with_slot);
   }
 
   // btx's mlp.shared_expert.* is GLM-4-MoE's mlp.shared_experts.*.

@@ -10,7 +10,6 @@
 
 #include <string>
 
-#include <btx/core/causal_lm.hpp>
 #include <btx/core/model_spec.hpp>
 #include <btx/models/common/decoder_family.hpp>
 #include <btx/models/family.hpp>
@@ -35,13 +34,6 @@ struct Qwen2Family : DecoderFamily<Qwen2Family> {
   static nlohmann::ordered_json moe_json(const DecoderConfig& c, const MoEConfig& moe,
                                          const std::string& dtype) {
     return hf::qwen2_moe_config_json(c, moe, dtype);
-  }
-
-  // Qwen2-MoE always has the shared-expert slot: zero-width when nothing fills it.
-  static CausalLM make_moe(const ModelSpec& s) {
-    ModelSpec with_slot = s;
-    if (with_slot.moe && !with_slot.moe->shared_expert_size) with_slot.moe->shared_expert_size = 0;
-    return DecoderFamily<Qwen2Family>::make_moe(with_slot);
   }
 };
 static_assert(ModelFamily<Qwen2Family>);

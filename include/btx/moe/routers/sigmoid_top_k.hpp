@@ -139,6 +139,12 @@ inline const schema::Schema<SigmoidTopKOptions>& sigmoid_top_k_options_schema() 
   return s;
 }
 
+// Whether `router` carries sigmoid_topk's balancing bias (gate.e_score_correction_bias),
+// which a merge plan must then produce beside the router weight.
+inline bool has_balancing_bias(const RouterChoice& router) {
+  return router.name == "sigmoid_topk";
+}
+
 inline RouterSpec sigmoid_top_k_router_spec() {
   const auto options_of = [](const RouterBuild& b) {
     auto o = b.read(sigmoid_top_k_options_schema());
