@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include <btx/core/moe_config.hpp>
 #include <btx/core/schema.hpp>
 #include <btx/moe/router_helpers.hpp>
 #include <btx/moe/router_spec.hpp>
