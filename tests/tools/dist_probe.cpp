@@ -5,7 +5,8 @@
 // MASTER_ADDR and MASTER_PORT set).
 //   btx-dist-probe train OUT_PREFIX [--steps N] [--batch B] [--ckpt DIR] [--moe]
 //                  [--expert-parallel] [--no-overlap] [--die-rank R --die-step S]
-//                  [--timeout-ms T]
+//                  [--timeout-ms T] [--sharding none|optimizer|gradients|full]
+//                  [--micro-batches M] [--checkpoint-activations]
 //   btx-dist-probe layer              (the expert-parallel layer against the local one)
 // train: each rank starts from its own random init (rank 0's is broadcast). Rank 0 writes
 // OUT_PREFIX.safetensors (final parameters, experts gathered) and OUT_PREFIX.losses (the
@@ -29,6 +30,7 @@
 #include <btx/moe/routers/top_k.hpp>
 #include <btx/parallel/data_parallel.hpp>
 #include <btx/parallel/expert_parallel.hpp>
+#include <btx/parallel/sharded_data_parallel.hpp>
 #include <btx/train/trainer.hpp>
 
 #include "../test_support.hpp"
@@ -36,9 +38,10 @@
 namespace {
 
 struct Args {
-  std::string mode, out, ckpt;
+  std::string mode, out, ckpt, sharding = "none";
   int64_t steps = 20, batch = 6, die_rank = -1, die_step = -1, timeout_ms = 20000;
-  bool moe = false, expert_parallel = false, overlap = true;
+  int64_t micro_batches = 1;
+  bool moe = false, expert_parallel = false, overlap = true, checkpoint_activations = false;
 };
 
 Args parse(int argc, char** argv) {
@@ -70,6 +73,12 @@ Args parse(int argc, char** argv) {
       a.die_step = std::stoll(value());
     else if (s == "--timeout-ms")
       a.timeout_ms = std::stoll(value());
+    else if (s == "--sharding")
+      a.sharding = value();
+    else if (s == "--micro-batches")
+      a.micro_batches = std::stoll(value());
+    else if (s == "--checkpoint-activations")
+      a.checkpoint_activations = true;
     else if (s == "--moe")
       a.moe = true;
     else if (s == "--expert-parallel")
@@ -106,6 +115,8 @@ int train(const Args& a, btx::dist::Communicator& comm) {
   options.log_every = 5;
   options.checkpoint_dir = a.ckpt;
   options.checkpoint_every = 4;
+  options.micro_batches = a.micro_batches;
+  options.activation_checkpointing = a.checkpoint_activations;
   options.on_step = [&](int64_t step) {
     if (comm.rank() == a.die_rank && step == a.die_step) std::raise(SIGKILL);
   };
@@ -113,7 +124,10 @@ int train(const Args& a, btx::dist::Communicator& comm) {
   if (a.moe) hooks.aux_loss = [&] { return btx::collect_aux_loss(*model); };
   torch::manual_seed(1234);  // the same generator state on every rank from here on
   const auto summary = btx::train_causal_lm(
-      model, sampler, options, btx::dist::data_parallel(comm, hooks, {.overlap = a.overlap}));
+      model, sampler, options,
+      btx::dist::sharded_data_parallel(
+          comm, hooks,
+          {.sharding = btx::dist::sharding_from_name(a.sharding), .overlap = a.overlap}));
   btx::dist::gather_experts(*model);
   if (comm.is_root()) {
     std::map<std::string, torch::Tensor> tensors;

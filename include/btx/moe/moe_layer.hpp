@@ -20,6 +20,7 @@
 
 #include <btx/core/collectives.hpp>
 #include <btx/core/concepts.hpp>
+#include <btx/core/recompute.hpp>
 #include <btx/core/routing.hpp>
 #include <btx/moe/aux_loss.hpp>
 #include <btx/moe/dispatch.hpp>
@@ -118,6 +119,7 @@ class MoEImpl : public torch::nn::Cloneable<MoEImpl<R, X>>, public MoELayerBase 
                      : local_routing(r, d.tokens_per_expert, d.dropped, aux_);
     stats_ = std::move(routing.stats);
     aux_loss_ = std::move(routing.aux_loss);
+    if (aux_loss_.defined()) keep_side_output(aux_loss_);
     if (shared_) return (d.y_TD + shared_.forward(x_TD)).view(x.sizes());
     return d.y_TD.view(x.sizes());
   }

@@ -267,6 +267,48 @@ class Communicator : public Collectives {
     return out;
   }
 
+  // Every rank's `shard` [n] into `full` [size * n] in rank order, started on the backend's
+  // threads (ZeRO-3's prefetch); `full` holds the result after wait().
+  [[nodiscard]] PendingCollective all_gather_async(const torch::Tensor& full,
+                                                   const torch::Tensor& shard,
+                                                   const std::string& what) {
+    check_sharded(full, shard, "all_gather of " + what);
+    if (size_ == 1) {
+      full.copy_(shard);
+      return {};
+    }
+#if BTX_HAS_GLOO
+    auto out = full, in = shard;
+    c10d::AllgatherOptions o;
+    o.timeout = timeout_;
+    auto work = start("all_gather of " + what,
+                      [&] { return backend_for(in)->_allgather_base(out, in, o); });
+    return PendingCollective([self = *this, work, what, out, in]() mutable {
+      self.finish("all_gather of " + what, work);
+    });
+#else
+    return {};
+#endif
+  }
+
+  // The sum over ranks of `full` [size * n]; this rank's slice of it into `shard` [n].
+  void reduce_scatter(const torch::Tensor& shard, const torch::Tensor& full,
+                      const std::string& what) {
+    check_sharded(full, shard, "reduce_scatter of " + what);
+    if (size_ == 1) {
+      shard.copy_(full);
+      return;
+    }
+#if BTX_HAS_GLOO
+    auto out = shard, in = full;
+    c10d::ReduceScatterOptions o;
+    o.reduceOp = c10d::ReduceOp::SUM;
+    o.timeout = timeout_;
+    run("reduce_scatter of " + what,
+        [&] { return backend_for(in)->_reduce_scatter_base(out, in, o); });
+#endif
+  }
+
   void barrier(const std::string& what) {
     if (size_ == 1) return;
 #if BTX_HAS_GLOO
@@ -307,6 +349,18 @@ class Communicator : public Collectives {
       m = m.substr(m.find("] ") + 2);
     const auto advice = m.find(" This is typically");
     return advice == std::string::npos ? m : m.substr(0, advice);
+  }
+
+  void check_sharded(const torch::Tensor& full, const torch::Tensor& shard,
+                     const std::string& what) const {
+    if (!full.is_contiguous() || !shard.is_contiguous() || full.numel() != size_ * shard.numel() ||
+        full.scalar_type() != shard.scalar_type()) {
+      throw std::invalid_argument(where() + ": " + what + ": a contiguous [" +
+                                  std::to_string(size_) +
+                                  " x n] tensor and its [n] shard of one "
+                                  "dtype expected, got " +
+                                  c10::str(full.sizes()) + " and " + c10::str(shard.sizes()));
+    }
   }
 
   [[nodiscard]] std::string where() const {

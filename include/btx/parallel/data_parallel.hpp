@@ -19,6 +19,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -38,7 +39,13 @@ namespace btx {
 BTX_NAMESPACE_BEGIN
 namespace dist {
 
+// What each data-parallel rank holds whole (parallel/sharded_data_parallel.hpp): none
+// (plain data parallelism), or 1/N of the optimizer state (ZeRO-1), also of the gradients
+// (ZeRO-2), also of the parameters outside the layer running (ZeRO-3, FSDP-style).
+enum class Sharding { none, optimizer, gradients, full };
+
 struct DataParallelOptions {
+  Sharding sharding = Sharding::none;          // honoured by sharded_data_parallel()
   int64_t bucket_bytes = kDefaultBucketBytes;  // gradients per all-reduce
   // Start each bucket's all-reduce during backward (on a group of its own, so it never
   // interleaves with an expert-parallel exchange); false: all after backward.
@@ -103,6 +110,9 @@ class ShardedExpertGradients {
   }
 
   [[nodiscard]] bool any() const { return !params_.empty(); }
+  [[nodiscard]] const std::vector<torch::Tensor>& parameters() const { return params_; }
+  // Data-parallel ranks holding the same experts (1: every rank its own).
+  [[nodiscard]] int64_t copies() const { return replicas_ ? replicas_->size() : 1; }
 
   void operator()() {
     torch::NoGradGuard no_grad;
@@ -124,6 +134,34 @@ class ShardedExpertGradients {
   int64_t ranks_;
   std::optional<Communicator> replicas_;
 };
+
+// Clipping by the global norm when experts are sharded: each rank holds other experts, so
+// the norm is the replicated gradients' (the same on every rank) plus every expert's once.
+inline torch::Tensor clip_with_sharded_experts(Communicator& dp, const ShardedExpertGradients& ex,
+                                               const std::vector<torch::Tensor>& parameters,
+                                               double max_norm) {
+  torch::NoGradGuard no_grad;
+  std::set<const void*> experts;
+  for (const auto& p : ex.parameters()) experts.insert(p.unsafeGetTensorImpl());
+  torch::Tensor replicated = torch::zeros({1}, torch::kFloat64);
+  torch::Tensor sharded = torch::zeros({1}, torch::kFloat64);
+  std::vector<torch::Tensor> grads;
+  for (const auto& p : parameters) {
+    if (!p.grad().defined()) continue;
+    grads.push_back(p.grad());
+    const auto square = p.grad().to(torch::kFloat64).pow(2).sum();
+    (experts.count(p.unsafeGetTensorImpl()) ? sharded : replicated) += square;
+  }
+  std::vector<torch::Tensor> t = {sharded / double(ex.copies())};
+  dp.all_reduce(t, Reduce::sum, "the experts' gradient norm");
+  const torch::Tensor norm = (replicated + t[0]).sqrt().reshape({});
+  if (grads.empty()) return {};
+  const double scale = std::min(1.0, max_norm / (norm.item<double>() + 1e-6));
+  if (scale < 1.0) {
+    for (auto& g : grads) g.mul_(scale);
+  }
+  return norm.to(grads[0].scalar_type());
+}
 
 }  // namespace detail
 
@@ -160,6 +198,11 @@ inline torch::Tensor shard_rows(const torch::Tensor& ids_BS, int64_t rank, int64
 // after the averaging).
 inline TrainHooks data_parallel(Communicator& comm, TrainHooks hooks = {},
                                 DataParallelOptions options = {}) {
+  if (options.sharding != Sharding::none) {
+    throw std::invalid_argument(
+        "btx::dist::data_parallel: sharding is chosen by btx::dist::sharded_data_parallel "
+        "(btx/parallel/sharded_data_parallel.hpp)");
+  }
   struct State {
     std::shared_ptr<GradientReducer> reducer;
     std::optional<detail::ShardedExpertGradients> experts;
@@ -197,8 +240,14 @@ inline TrainHooks data_parallel(Communicator& comm, TrainHooks hooks = {},
   hooks.before_step = [c, state, user = std::move(hooks.before_step)](const std::string& stage,
                                                                       int64_t step) {
     c->set_activity("step " + std::to_string(step + 1) + " of stage '" + stage + "'");
-    if (state->reducer) state->reducer->arm();
     if (user) user(stage, step);
+  };
+  // Overlap needs one backward per step: with micro-batches the hooks would see each one's
+  // gradient, so the reduction runs after the last backward from the accumulated ones.
+  hooks.before_micro_batch = [state, user = std::move(hooks.before_micro_batch)](int64_t index,
+                                                                                 int64_t count) {
+    if (state->reducer && index == 0 && count == 1) state->reducer->arm();
+    if (user) user(index, count);
   };
   hooks.place_batch = [c, user = std::move(hooks.place_batch)](const torch::Tensor& ids_BS) {
     const torch::Tensor mine = shard_rows(ids_BS, c->rank(), c->size());
@@ -209,6 +258,12 @@ inline TrainHooks data_parallel(Communicator& comm, TrainHooks hooks = {},
     if (state->reducer) state->reducer->finish();
     if (state->experts) (*state->experts)();
     if (user) user(parameters);
+  };
+  hooks.clip_gradients = [c, state, user = std::move(hooks.clip_gradients)](
+                             const std::vector<torch::Tensor>& parameters, double max_norm) {
+    if (state->experts && state->experts->any())
+      return detail::clip_with_sharded_experts(*c, *state->experts, parameters, max_norm);
+    return user ? user(parameters, max_norm) : clip_grad_norm(parameters, max_norm);
   };
   hooks.reduce_values = [c](const std::vector<double>& values) {
     return c->mean(values, "the step's losses");

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include <btx/train/grad_clip.hpp>
 #include <btx/train/loss.hpp>
 #include <btx/train/optimizer.hpp>
 #include <btx/train/options.hpp>
@@ -42,6 +43,16 @@ using OptionsCheck = std::function<void(const TrainOptions& options)>;
 using ForwardScope = std::function<std::shared_ptr<void>()>;
 // Called before each step of `stage` (0-based `step`), before its batch is drawn.
 using StepHook = std::function<void(const std::string& stage, int64_t step)>;
+// Called before each micro-batch's forward (`index` of `count`; count 1 without gradient
+// accumulation): a data-parallel reduction runs only after the last one's backward.
+using MicroBatchHook = std::function<void(int64_t index, int64_t count)>;
+// Clips the gradients of `parameters` to a global L2 norm of `max_norm` and returns the
+// norm before clipping (a 0-dim tensor; undefined: no gradient): where sharded gradients
+// take their norm over every rank's shard.
+using GradientClip =
+    std::function<torch::Tensor(const std::vector<torch::Tensor>& parameters, double max_norm)>;
+// Called once when training ends (not when it throws): e.g. sharded parameters made whole.
+using AfterTraining = std::function<void()>;
 // Called after each optimizer step that was taken (not after a skipped one): e.g. to put
 // back parameter slices that must not move (train/frozen_slices.hpp).
 using AfterStep = std::function<void()>;
@@ -59,8 +70,11 @@ struct TrainHooks {
   ForwardScope forward_scope;                    // empty: the forward as it is
   OptionsCheck check_options;                    // empty: everything fits
   StepHook before_step;                          // empty: nothing
+  MicroBatchHook before_micro_batch;             // empty: nothing
   GradientHook after_backward;                   // empty: gradients as backward left them
+  GradientClip clip_gradients = clip_grad_norm;  // over the parameters, in this process
   AfterStep after_step;                          // empty: nothing
+  AfterTraining after_training;                  // empty: nothing
   ValuesReduce reduce_values;                    // empty: this process's values
   bool writes_files = true;  // metrics, progress and checkpoints (false: other DP ranks)
 };

@@ -25,9 +25,16 @@ struct TrainOptions {
   double lr_floor_ratio = 0.1;  // cosine decays to this fraction of the peak
   double weight_decay = 0.1;    // decoupled weight decay of the default AdamW (paper: 0.1)
   double grad_clip = 1.0;       // max global grad norm (<= 0: off)
-  int64_t log_every = 10;       // progress/metrics interval
-  int64_t max_bad_steps = 5;    // consecutive non-finite steps before giving up
-  int64_t first_batch = 0;      // sampler index of step 0 (distinct streams per stage)
+  // Gradient accumulation: each step's batch (this rank's rows of it) runs as this many
+  // equal micro-batches, one forward and backward each, then one gradient reduction and
+  // one optimizer step. The LM loss is the same; an aux loss is each micro-batch's.
+  int64_t micro_batches = 1;
+  // Every LayerStack layer recomputed in backward instead of keeping its activations
+  // (train/activation_checkpoint.hpp): less memory for about one more forward.
+  bool activation_checkpointing = false;
+  int64_t log_every = 10;     // progress/metrics interval
+  int64_t max_bad_steps = 5;  // consecutive non-finite steps before giving up
+  int64_t first_batch = 0;    // sampler index of step 0 (distinct streams per stage)
   // Checkpoints (btx/train/checkpoint.hpp): with a folder, training resumes from its
   // newest complete checkpoint and writes one every `checkpoint_every` steps and at the end.
   std::string checkpoint_dir;    // empty: no checkpoints

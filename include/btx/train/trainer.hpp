@@ -25,7 +25,9 @@
 #include <nlohmann/json.hpp>
 
 #include <btx/core/detail/host_read.hpp>
+#include <btx/core/layer_stack.hpp>
 #include <btx/data/sampler.hpp>
+#include <btx/train/activation_checkpoint.hpp>
 #include <btx/train/checkpoint.hpp>
 #include <btx/train/grad_clip.hpp>
 #include <btx/train/hooks.hpp>
@@ -56,6 +58,10 @@ inline void check_train_options(const TrainOptions& options) {
                                 ") must be 0 or a positive multiple of log_every (" +
                                 std::to_string(options.log_every) + ")");
   }
+  if (options.micro_batches < 1) {
+    throw std::invalid_argument("stage '" + options.stage + "': micro_batches must be >= 1, got " +
+                                std::to_string(options.micro_batches));
+  }
   if (options.held_out_every > 0 && !options.held_out) {
     throw std::invalid_argument("stage '" + options.stage +
                                 "': held_out_every is set but held_out is empty");
@@ -82,6 +88,17 @@ class TrainLoop {
     if (!hooks_.optimizer) throw std::invalid_argument(where() + "TrainHooks::optimizer is empty");
     if (!hooks_.loss) throw std::invalid_argument(where() + "TrainHooks::loss is empty");
     model_->train();
+    // Innermost, so a runner that place_model installs (sharded parameters) wraps it.
+    if (options_.activation_checkpointing) {
+      checkpointing_ = LayerRunnerOverride(*model_, [](const LayerRunner& previous) {
+        return nest_runners(previous, checkpointing_runner());
+      });
+      if (checkpointing_.stacks() == 0) {
+        throw std::invalid_argument(where() +
+                                    "activation_checkpointing: the model has no btx::LayerStack "
+                                    "(core/layer_stack.hpp) whose layers could be recomputed");
+      }
+    }
     if (hooks_.place_model) hooks_.place_model(*model_);
     if (hooks_.check_options) hooks_.check_options(options_);
     parameters_ = model_->parameters();
@@ -154,21 +171,42 @@ class TrainLoop {
     torch::Tensor batch = sampler_.batch(state_.next_batch, options_.batch_size);
     if (hooks_.place_batch) batch = hooks_.place_batch(batch);
     opt_->zero_grad();
-    torch::Tensor loss, total;
-    {
-      const auto scope = hooks_.forward_scope ? hooks_.forward_scope() : nullptr;
-      const torch::Tensor logits_BSV = model_->forward(batch.slice(1, 0, S_));
-      loss = hooks_.loss(logits_BSV, batch.slice(1, 1, S_ + 1));
-      total = loss;
-      if (hooks_.aux_loss) {
-        auto aux = hooks_.aux_loss();
-        if (aux.defined()) total = total + aux;
-      }
+    const int64_t M = options_.micro_batches;
+    if (batch.size(0) % M != 0) {
+      throw std::invalid_argument(where() + std::to_string(batch.size(0)) +
+                                  " sequences per step (on this rank) do not split into " +
+                                  std::to_string(M) + " equal micro_batches");
     }
-    total.backward();
+    // Equal micro-batches: the mean of their mean losses is the batch's mean loss.
+    torch::Tensor loss, total;
+    for (int64_t m = 0; m < M; ++m) {
+      if (hooks_.before_micro_batch) hooks_.before_micro_batch(m, M);
+      const torch::Tensor micro = M == 1 ? batch : batch.chunk(M, 0)[size_t(m)];
+      torch::Tensor micro_loss, micro_total;
+      {
+        const auto scope = hooks_.forward_scope ? hooks_.forward_scope() : nullptr;
+        const torch::Tensor logits_BSV = model_->forward(micro.slice(1, 0, S_));
+        micro_loss = hooks_.loss(logits_BSV, micro.slice(1, 1, S_ + 1));
+        micro_total = micro_loss;
+        if (hooks_.aux_loss) {
+          auto aux = hooks_.aux_loss();
+          if (aux.defined()) micro_total = micro_total + aux;
+        }
+      }
+      if (M == 1) {
+        micro_total.backward();
+        loss = micro_loss, total = micro_total;
+        break;
+      }
+      (micro_total / double(M)).backward();
+      loss = m == 0 ? micro_loss.detach() : loss + micro_loss.detach();
+      total = m == 0 ? micro_total.detach() : total + micro_total.detach();
+    }
+    if (M > 1) loss = loss / double(M), total = total / double(M);
     if (hooks_.after_backward) hooks_.after_backward(parameters_);
-    const torch::Tensor norm =
-        options_.grad_clip > 0 ? clip_grad_norm(parameters_, options_.grad_clip) : torch::Tensor();
+    const torch::Tensor norm = options_.grad_clip > 0
+                                   ? hooks_.clip_gradients(parameters_, options_.grad_clip)
+                                   : torch::Tensor();
     // The step's one host read: loss, total and gradient norm in one transfer.
     const auto f64 = loss.options().dtype(torch::kFloat64);
     const torch::Tensor host = read_to_host(
@@ -268,6 +306,7 @@ class TrainLoop {
   }
 
   TrainSummary finish() {
+    if (hooks_.after_training) hooks_.after_training();
     TrainSummary summary;
     summary.steps = options_.steps;
     summary.skipped_steps = state_.skipped_steps;
@@ -299,6 +338,7 @@ class TrainLoop {
   double seconds_before_ = 0.0;  // trained before this process, from the checkpoint
   std::optional<ProgressLine> progress_;
   std::chrono::steady_clock::time_point window_start_;
+  LayerRunnerOverride checkpointing_;  // activation checkpointing, undone with the loop
 };
 
 }  // namespace detail

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include <btx/core/kv_cache.hpp>
+#include <btx/core/layer_stack.hpp>
 #include <btx/models/common/decoder_config.hpp>
 #include <btx/models/common/decoder_layers.hpp>
 #include <btx/models/common/layers.hpp>
@@ -123,7 +124,7 @@ class DecoderLayerImpl : public torch::nn::Cloneable<DecoderLayerImpl> {
 TORCH_MODULE(DecoderLayer);
 
 // ------------------------------------------------------------------ the trunk
-class DecoderModelImpl : public torch::nn::Cloneable<DecoderModelImpl> {
+class DecoderModelImpl : public torch::nn::Cloneable<DecoderModelImpl>, public LayerStack {
  public:
   DecoderModelImpl(const DecoderConfig& config, FeedForwardFactory ffn,
                    AttentionFactory attention = {})
@@ -156,7 +157,19 @@ class DecoderModelImpl : public torch::nn::Cloneable<DecoderModelImpl> {
     auto rope = rotary_tables(config_.resolved_head_dim(), config_.rope_theta, offset, S,
                               h.device(), h.scalar_type());
     if (mlp_inputs != nullptr) mlp_inputs->assign(layers->size(), torch::Tensor());
+    const bool through_runner = runner_.runner && cache == nullptr && mlp_inputs == nullptr;
     for (size_t i = 0; i < layers->size(); ++i) {
+      if (through_runner) {
+        // By value: a runner may call the layer again in backward (recompute).
+        auto layer = layers->ptr<DecoderLayerImpl>(i);
+        h = runner_.runner(
+            int64_t(i),
+            [layer, rope](const torch::Tensor& x) {
+              return layer->forward(x, rope, nullptr, nullptr, nullptr);
+            },
+            h);
+        continue;
+      }
       h = layers->ptr<DecoderLayerImpl>(i)->forward(
           h, rope, cache != nullptr ? &cache->keys[i] : nullptr,
           cache != nullptr ? &cache->values[i] : nullptr,
@@ -164,6 +177,14 @@ class DecoderModelImpl : public torch::nn::Cloneable<DecoderModelImpl> {
     }
     return norm(h);
   }
+
+  // LayerStack: the decoder layers, for activation checkpointing and sharded parameters.
+  [[nodiscard]] int64_t stacked_layers() const override { return int64_t(layers->size()); }
+  [[nodiscard]] std::shared_ptr<torch::nn::Module> stacked_layer(int64_t i) const override {
+    return layers->ptr(size_t(i));
+  }
+  [[nodiscard]] const LayerRunner& layer_runner() const override { return runner_.runner; }
+  void set_layer_runner(LayerRunner runner) override { runner_.runner = std::move(runner); }
 
   [[nodiscard]] DecoderLayerImpl& layer(size_t i) { return *layers->ptr<DecoderLayerImpl>(i); }
 
@@ -175,6 +196,7 @@ class DecoderModelImpl : public torch::nn::Cloneable<DecoderModelImpl> {
   DecoderConfig config_;
   FeedForwardFactory ffn_factory_;
   AttentionFactory attention_factory_;
+  LayerRunnerSlot runner_;
 };
 TORCH_MODULE(DecoderModel);
 

@@ -22,6 +22,7 @@
 #include <string>
 
 #include <btx/core/extra_state.hpp>
+#include <btx/core/recompute.hpp>
 #include <btx/moe/router_helpers.hpp>
 #include <btx/moe/router_spec.hpp>
 #include <btx/moe/routers/soft.hpp>
@@ -71,8 +72,11 @@ class SampleTop1 : public torch::nn::Cloneable<SampleTop1>, public ExtraState {
       r.weights_TK = torch::ones(r.indices_TK.sizes(), r.logits_TE.options());
       return r;
     }
-    const double tau = temperature();
-    ++step_;
+    // The temperature of the step before the count moves, the noise of the step after. A
+    // recomputed forward (activation checkpointing) finds the count moved already and
+    // draws the same noise again.
+    if (!recomputing()) ++step_;
+    const double tau = schedule_.at(step_ - 1);
     // Gumbel(0, 1) noise, on the logits' device.
     auto u_TE = torch::rand(r.logits_TE.sizes(), step_generator(r.logits_TE.device()),
                             r.logits_TE.options().dtype(torch::kFloat32))

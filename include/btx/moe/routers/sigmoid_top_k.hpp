@@ -26,6 +26,7 @@
 #include <vector>
 
 #include <btx/core/moe_config.hpp>
+#include <btx/core/recompute.hpp>
 #include <btx/core/schema.hpp>
 #include <btx/moe/router_helpers.hpp>
 #include <btx/moe/router_spec.hpp>
@@ -61,7 +62,11 @@ class SigmoidTopK : public torch::nn::Cloneable<SigmoidTopK> {
     RoutingResult r;
     r.logits_TE = router_logits(x_TD, weight, "btx::SigmoidTopK::route");
     const auto s_TE = torch::sigmoid(r.logits_TE);
-    auto c_TE = s_TE.detach() + e_score_correction_bias.detach().to(s_TE.scalar_type());
+    // A recomputed forward (activation checkpointing) chooses with the bias the first one
+    // chose with, before that one moved it.
+    const bool again = recomputing() && bias_before_.defined();
+    const auto& bias_E = again ? bias_before_ : e_score_correction_bias;
+    auto c_TE = s_TE.detach() + bias_E.detach().to(s_TE.scalar_type());
     const int64_t T = c_TE.size(0), G = o_.groups;
     if (G > 1) {
       const auto group_TG = std::get<0>(c_TE.view({T, G, experts_ / G}).topk(2, -1)).sum(-1);
@@ -76,7 +81,10 @@ class SigmoidTopK : public torch::nn::Cloneable<SigmoidTopK> {
     if (o_.renormalize) w_TK = w_TK / (w_TK.sum(-1, true) + 1e-20);
     r.weights_TK = o_.scaling == 1.0 ? w_TK : w_TK * o_.scaling;
     r.probs_TE = s_TE / s_TE.sum(-1, true);
-    if (is_training() && o_.bias_update_rate > 0.0) balance(r.indices_TK);
+    if (is_training() && o_.bias_update_rate > 0.0 && !recomputing()) {
+      bias_before_ = e_score_correction_bias.detach().clone();
+      balance(r.indices_TK);
+    }
     return r;
   }
 
@@ -120,6 +128,7 @@ class SigmoidTopK : public torch::nn::Cloneable<SigmoidTopK> {
     e_score_correction_bias.add_(step_E.to(e_score_correction_bias.scalar_type()));
   }
 
+  torch::Tensor bias_before_;  // the bias the last training forward chose with
   int64_t hidden_, experts_;
   SigmoidTopKOptions o_;
 };

@@ -1,0 +1,408 @@
+// SPDX-License-Identifier: MIT
+// Sharded data parallelism (ZeRO, FSDP) over a Communicator, through the trainer's seams.
+// The trainable parameters are flat units (detail/flat_units.hpp: one per decoder layer
+// and one for the rest, each padded to split over the N ranks); rank r owns slice r of
+// each and the optimizer is built over those slices only, so its state is 1/N:
+//   optimizer  (ZeRO-1) gradients are averaged whole, as plain data parallelism does; each
+//              rank steps its slices, then every unit is all-gathered.
+//   gradients  (ZeRO-2) each layer's gradient is reduce-scattered as soon as backward has
+//              finished that layer, and the full gradients are freed: a rank keeps 1/N.
+//   full       (ZeRO-3) also the parameters: a layer's unit is all-gathered just before
+//              the layer runs (the next layer's gather prefetched while it does) and freed
+//              after, gathered again when backward reaches it, then freed with its
+//              gradient reduced. The rest of the model (embeddings, final norm, head) stays
+//              whole; its gradient and optimizer state are sharded.
+// Expert-parallel shards (parallel/expert_parallel.hpp) stay outside the units: experts
+// are sharded by their expert group, everything else by the data-parallel group. Gradient
+// clipping takes the global norm over every rank's slices and every expert once. With
+// elementwise optimizers (AdamW, Adam, SGD) N ranks train as plain data parallelism does.
+//
+//   auto hooks = btx::dist::sharded_data_parallel(comm, {}, {.sharding = Sharding::full});
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <btx/core/layer_stack.hpp>
+#include <btx/moe/moe_layer.hpp>
+#include <btx/parallel/communicator.hpp>
+#include <btx/parallel/data_parallel.hpp>
+#include <btx/parallel/detail/flat_units.hpp>
+#include <btx/parallel/detail/gradient_reducer.hpp>
+#include <btx/train/hooks.hpp>
+#include <btx/version.hpp>
+
+namespace btx {
+BTX_NAMESPACE_BEGIN
+namespace dist {
+
+inline std::string sharding_name(Sharding s) {
+  switch (s) {
+    case Sharding::none:
+      return "none";
+    case Sharding::optimizer:
+      return "optimizer";
+    case Sharding::gradients:
+      return "gradients";
+    case Sharding::full:
+      return "full";
+  }
+  return "?";
+}
+
+inline Sharding sharding_from_name(const std::string& name) {
+  for (Sharding s : {Sharding::none, Sharding::optimizer, Sharding::gradients, Sharding::full}) {
+    if (sharding_name(s) == name) return s;
+  }
+  throw std::invalid_argument("sharding '" + name +
+                              "' is not one of none, optimizer, gradients, full");
+}
+
+namespace detail {
+
+// The state of one sharded training run on one rank.
+class ShardedState {
+ public:
+  ShardedState(Communicator& dp, Sharding mode, DataParallelOptions options)
+      : dp_(dp), mode_(mode), options_(options) {}
+
+  void place(torch::nn::Module& model) {
+    if (dp_.size() > 1) {
+      const auto ranks = std::make_shared<Communicator>(dp_);
+      for (const auto& [name, layer] : moe_layers(model)) layer->set_batch_ranks(ranks);
+    }
+    broadcast_module(dp_, model, options_.bucket_bytes);
+    // The sharding collectives (prefetches among them) on a group of their own, so they
+    // never interleave with an expert-parallel exchange or the MoE's global statistics.
+    shards_ = dp_.size() > 1 ? dp_.split(0, dp_.name() + "/shards") : dp_;
+    const auto excluded = sharded_expert_tensors(model);
+    units_ = build_units(model, dp_, excluded);
+    for (const auto& p : model.parameters()) {
+      if (p.requires_grad() && excluded.count(p.unsafeGetTensorImpl())) experts_.push_back(p);
+    }
+    for (size_t u = 0; u < units_.size(); ++u) {
+      if (units_[u].layer >= 0) layer_units_.resize(size_t(units_[u].layer) + 1);
+    }
+    for (size_t u = 0; u < units_.size(); ++u) {
+      if (units_[u].layer >= 0) layer_units_[size_t(units_[u].layer)].push_back(u);
+    }
+    expert_grads_.emplace(dp_, model);
+    expert_group_ = expert_group_size(model);
+    if (mode_ == Sharding::optimizer) {
+      std::vector<torch::Tensor> replicated;
+      for (auto& u : units_) replicated.insert(replicated.end(), u.params.begin(), u.params.end());
+      reducer_ = std::make_shared<GradientReducer>(dp_, std::move(replicated),
+                                                   options_.bucket_bytes, /*overlap=*/false);
+    }
+    if (mode_ == Sharding::full) {
+      for (auto& u : units_) {
+        if (u.layer >= 0) release(u);
+      }
+    }
+    if (mode_ != Sharding::optimizer) {
+      // Layer stacks numbered as build_units numbered their layers.
+      int64_t first = 0;
+      for (const auto& [path, stack] : layer_stacks(model)) {
+        const int64_t base = first;
+        saved_.emplace_back(stack, stack->layer_runner());
+        stack->set_layer_runner(nest_runners(
+            [this, base](int64_t layer, const LayerForward& f, const torch::Tensor& x) {
+              return run_layer(base + layer, f, x);
+            },
+            stack->layer_runner()));
+        first += stack->stacked_layers();
+      }
+    }
+  }
+
+  // What the optimizer is built over: this rank's slices, and the expert-parallel shards.
+  [[nodiscard]] std::vector<torch::Tensor> optimizer_parameters() const {
+    std::vector<torch::Tensor> out;
+    for (const auto& u : units_) out.insert(out.end(), u.pieces.begin(), u.pieces.end());
+    out.insert(out.end(), experts_.begin(), experts_.end());
+    return out;
+  }
+
+  void before_step() {
+    for (auto& u : units_) {
+      u.reduced = false;
+      for (auto& p : u.params) p.mutable_grad() = torch::Tensor();
+    }
+  }
+  void before_micro_batch(int64_t index, int64_t count) { last_micro_ = index + 1 == count; }
+
+  void after_backward() {
+    torch::NoGradGuard no_grad;
+    if (mode_ == Sharding::optimizer) {
+      reducer_->finish();
+      for (auto& u : units_) slices_of_whole_gradients(u);
+    } else {
+      for (auto& u : units_) {
+        if (!u.reduced) reduce(u);
+        if (mode_ == Sharding::full && u.layer >= 0) release(u);
+      }
+    }
+    (*expert_grads_)();
+  }
+
+  // The global L2 norm over every rank's slices (or the whole averaged gradients, ZeRO-1)
+  // and every expert once; the gradients scaled to at most max_norm.
+  torch::Tensor clip(double max_norm) {
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> grads, squares;
+    for (auto& u : units_) {
+      for (auto& piece : u.pieces) {
+        if (piece.grad().defined()) grads.push_back(piece.grad());
+      }
+    }
+    for (auto& g : grads) squares.push_back(g.to(torch::kFloat64).pow(2).sum());
+    std::vector<torch::Tensor> expert_squares;
+    for (auto& p : experts_) {
+      if (p.grad().defined()) {
+        expert_squares.push_back(p.grad().to(torch::kFloat64).pow(2).sum());
+        grads.push_back(p.grad());
+      }
+    }
+    // Ranks with the same experts (expert groups smaller than the world) count them once.
+    const double expert_weight = double(expert_group_) / double(dp_.size());
+    torch::Tensor total = torch::zeros({1}, torch::kFloat64);
+    if (!squares.empty()) total += torch::stack(squares).sum();
+    if (!expert_squares.empty()) total += torch::stack(expert_squares).sum() * expert_weight;
+    std::vector<torch::Tensor> t = {total};
+    dp_.all_reduce(t, Reduce::sum, "the gradient norm");
+    const torch::Tensor norm = t[0].sqrt().reshape({});
+    if (grads.empty()) return norm.to(torch::kFloat32);
+    const double scale = std::min(1.0, max_norm / (norm.item<double>() + 1e-6));
+    if (scale < 1.0) {
+      for (auto& g : grads) g.mul_(scale);
+    }
+    return norm.to(grads[0].scalar_type());
+  }
+
+  // After an optimizer step: every unit whole again on every rank (ZeRO-3: the rest only;
+  // its layers are gathered when they run).
+  void after_step() {
+    torch::NoGradGuard no_grad;
+    for (auto& u : units_) {
+      if (mode_ == Sharding::full && u.layer >= 0) continue;
+      shards_.all_gather_async(u.flat, u.shard, "parameters of " + u.name).wait();
+    }
+  }
+
+  // Training is over: every unit whole and the layer runners back as they were.
+  void after_training() {
+    torch::NoGradGuard no_grad;
+    for (auto& u : units_) gather(u);
+    for (auto& [stack, runner] : saved_) stack->set_layer_runner(std::move(runner));
+    saved_.clear();
+  }
+
+  [[nodiscard]] bool any_experts() const { return !experts_.empty(); }
+
+ private:
+  static int64_t expert_group_size(torch::nn::Module& model) {
+    for (const auto& [name, layer] : moe_layers(model)) {
+      if (const ExpertShard* shard = layer->expert_shard()) return shard->group->size();
+    }
+    return 1;
+  }
+
+  torch::Tensor run_layer(int64_t layer, const LayerForward& f, const torch::Tensor& x) {
+    const std::vector<size_t>& mine = layer_units_.at(size_t(layer));
+    const bool full = mode_ == Sharding::full;
+    if (full) {
+      for (size_t u : mine) gather(units_[u]);
+      if (size_t(layer) + 1 < layer_units_.size()) {
+        for (size_t u : layer_units_[size_t(layer) + 1]) prefetch(units_[u]);
+      }
+    }
+    torch::Tensor y = f(x);
+    if (!torch::GradMode::is_enabled() || !y.requires_grad()) {
+      if (full) {
+        for (size_t u : mine) release(units_[u]);
+      }
+      return y;
+    }
+    if (full) {
+      for (size_t u : mine) release(units_[u]);
+      // Backward reaches this layer: its parameters back (and the layer below prefetched).
+      y.register_hook([this, layer](const torch::Tensor& grad) {
+        for (size_t u : layer_units_[size_t(layer)]) gather(units_[u]);
+        if (layer > 0) {
+          for (size_t u : layer_units_[size_t(layer) - 1]) prefetch(units_[u]);
+        }
+        return grad;
+      });
+    }
+    // Backward has left this layer (its input's gradient exists only after every one of
+    // its parameters' gradients): reduce-scatter them, free them and (ZeRO-3) the layer.
+    if (x.requires_grad()) {
+      torch::Tensor input = x;
+      input.register_hook([this, layer](const torch::Tensor& grad) {
+        torch::NoGradGuard no_grad;
+        for (size_t u : layer_units_[size_t(layer)]) {
+          if (last_micro_) reduce(units_[u]);
+          if (mode_ == Sharding::full) release(units_[u]);
+        }
+        return grad;
+      });
+    }
+    return y;
+  }
+
+  void gather(FlatUnit& u) {
+    if (u.resident) return;
+    prefetch(u);
+    u.gathering.wait();
+    u.gather_started = false;
+    u.resident = true;
+  }
+  void prefetch(FlatUnit& u) {
+    if (u.resident || u.gather_started) return;
+    allocate_storage(u.flat);
+    u.gathering = shards_.all_gather_async(u.flat, u.shard, "parameters of " + u.name);
+    u.gather_started = true;
+  }
+  void release(FlatUnit& u) {
+    if (u.gather_started) gather(u);
+    if (!u.resident) return;
+    release_storage(u.flat);
+    u.resident = false;
+  }
+
+  // ZeRO-2/3: the mean gradient's slice of this rank into grad_shard, the pieces' gradients
+  // (undefined where no rank had one), and the parameters' whole gradients freed. One
+  // reduce-scatter per unit: each rank's [chunk | a "had a gradient" flag per parameter].
+  void reduce(FlatUnit& u) {
+    if (u.reduced) return;
+    u.reduced = true;
+    const int64_t N = dp_.size(), F = int64_t(u.params.size());
+    torch::Tensor send = torch::zeros({N, u.chunk + F}, u.grad_shard.options());
+    torch::Tensor flat_grad = torch::zeros({N * u.chunk}, u.grad_shard.options());
+    for (int64_t i = 0; i < F; ++i) {
+      auto& p = u.params[size_t(i)];
+      if (!p.grad().defined()) continue;
+      flat_grad.narrow(0, u.offsets[size_t(i)], p.numel()).copy_(p.grad().reshape({-1}));
+      send.select(1, u.chunk + i).fill_(1);
+      p.mutable_grad() = torch::Tensor();
+    }
+    send.narrow(1, 0, u.chunk).copy_(flat_grad.view({N, u.chunk}));
+    flat_grad = torch::Tensor();
+    torch::Tensor mine = torch::empty({u.chunk + F}, send.options());
+    shards_.reduce_scatter(mine, send.view({-1}), "gradients of " + u.name);
+    u.grad_shard.copy_(mine.narrow(0, 0, u.chunk)).div_(double(N));
+    const torch::Tensor had = mine.narrow(0, u.chunk, F).to(torch::kFloat64).cpu();
+    for (size_t k = 0; k < u.pieces.size(); ++k) {
+      auto& piece = u.pieces[k];
+      if (had.data_ptr<double>()[u.piece_param[k]] == 0.0) {
+        piece.mutable_grad() = torch::Tensor();
+        continue;
+      }
+      const int64_t from = u.offsets[u.piece_param[k]] + u.piece_from[k] - dp_.rank() * u.chunk;
+      // detach(): not a view to autograd, so zero_grad() may detach_() it.
+      piece.mutable_grad() = u.grad_shard.narrow(0, from, piece.numel()).detach();
+    }
+  }
+
+  // ZeRO-1: the pieces' gradients are views of the whole averaged gradients (so clipping
+  // them in place clips the pieces).
+  void slices_of_whole_gradients(FlatUnit& u) {
+    for (size_t k = 0; k < u.pieces.size(); ++k) {
+      const auto& g = u.params[u.piece_param[k]].grad();
+      u.pieces[k].mutable_grad() =
+          g.defined() ? g.reshape({-1}).narrow(0, u.piece_from[k], u.pieces[k].numel()).detach()
+                      : torch::Tensor();
+    }
+  }
+
+  Communicator& dp_;
+  Communicator shards_;
+  Sharding mode_;
+  DataParallelOptions options_;
+  std::vector<FlatUnit> units_;
+  std::vector<std::vector<size_t>> layer_units_;  // layer -> its units
+  std::vector<torch::Tensor> experts_;            // expert-parallel shards: not in units
+  std::optional<ShardedExpertGradients> expert_grads_;
+  int64_t expert_group_ = 1;
+  std::shared_ptr<GradientReducer> reducer_;  // ZeRO-1
+  std::vector<std::pair<LayerStack*, LayerRunner>> saved_;
+  bool last_micro_ = true;
+};
+
+}  // namespace detail
+
+// `hooks` made data-parallel over `comm` with `options.sharding` (none: data_parallel()).
+// The user's placement, step and gradient hooks still run; the optimizer factory is called
+// with this rank's parameter slices instead of the model's parameters.
+inline TrainHooks sharded_data_parallel(Communicator& comm, TrainHooks hooks = {},
+                                        DataParallelOptions options = {}) {
+  const Sharding mode = options.sharding;
+  if (mode == Sharding::none) return data_parallel(comm, std::move(hooks), options);
+  auto state = std::make_shared<detail::ShardedState>(comm, mode, options);
+  Communicator* c = &comm;
+  hooks.place_model = [state, user = std::move(hooks.place_model)](torch::nn::Module& m) {
+    if (user) user(m);
+    state->place(m);
+  };
+  hooks.optimizer = [state, user = std::move(hooks.optimizer)](
+                        std::vector<torch::Tensor> /*model parameters*/, const TrainOptions& o) {
+    return user(state->optimizer_parameters(), o);
+  };
+  hooks.check_options = [mode, user = std::move(hooks.check_options)](const TrainOptions& o) {
+    if (!o.checkpoint_dir.empty()) {
+      throw std::invalid_argument("btx::dist: stage '" + o.stage + "': checkpoint_dir " +
+                                  o.checkpoint_dir + " with sharding: " + sharding_name(mode) +
+                                  ": sharded checkpoints are not written yet; train with "
+                                  "sharding: none to checkpoint");
+    }
+    if (user) user(o);
+  };
+  hooks.before_step = [c, state, user = std::move(hooks.before_step)](const std::string& stage,
+                                                                      int64_t step) {
+    c->set_activity("step " + std::to_string(step + 1) + " of stage '" + stage + "'");
+    state->before_step();
+    if (user) user(stage, step);
+  };
+  hooks.before_micro_batch = [state, user = std::move(hooks.before_micro_batch)](int64_t index,
+                                                                                 int64_t count) {
+    state->before_micro_batch(index, count);
+    if (user) user(index, count);
+  };
+  hooks.place_batch = [c, user = std::move(hooks.place_batch)](const torch::Tensor& ids_BS) {
+    const torch::Tensor mine = shard_rows(ids_BS, c->rank(), c->size());
+    return user ? user(mine) : mine;
+  };
+  hooks.after_backward = [state, user = std::move(hooks.after_backward)](
+                             const std::vector<torch::Tensor>& parameters) {
+    state->after_backward();
+    if (user) user(parameters);
+  };
+  hooks.clip_gradients = [state](const std::vector<torch::Tensor>& /*model parameters*/,
+                                 double max_norm) { return state->clip(max_norm); };
+  hooks.after_step = [state, user = std::move(hooks.after_step)] {
+    state->after_step();
+    if (user) user();
+  };
+  hooks.after_training = [state, user = std::move(hooks.after_training)] {
+    state->after_training();
+    if (user) user();
+  };
+  hooks.reduce_values = [c](const std::vector<double>& values) {
+    return c->mean(values, "the step's losses");
+  };
+  hooks.writes_files = hooks.writes_files && comm.is_root();
+  return hooks;
+}
+
+}  // namespace dist
+BTX_NAMESPACE_END
+}  // namespace btx
