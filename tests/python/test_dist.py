@@ -36,10 +36,10 @@ def result(prefix):
     return losses, load_file(prefix + ".safetensors")
 
 
-def torchrun(ranks, *args, timeout=240):
+def torchrun(ranks, *args, timeout=240, max_restarts=0):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--no-python",
            "--nproc-per-node", str(ranks), "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), PROBE, *args]
+           "--master-port", str(free_port()), "--max-restarts", str(max_restarts), PROBE, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
@@ -170,11 +170,12 @@ class ShardedEqualsOneProcess(DataParallelEqualsOneProcess):
                          "--checkpoint-activations")
         self.check_ranks(3, "dense", "--sharding", "full", "--micro-batches", "2")
 
-    def test_sharded_checkpoints_are_refused_before_training(self):
-        r = torchrun(2, "train", os.path.join(self.tmp, "zero-ckpt"), "--steps", "2", "--batch",
-                     "6", "--sharding", "optimizer", "--ckpt", os.path.join(self.tmp, "ckpt"))
+    def test_expert_parallel_sharded_checkpoints_are_refused_before_training(self):
+        r = torchrun(2, "train", os.path.join(self.tmp, "zero-ep-ckpt"), "--steps", "2",
+                     "--batch", "6", "--expert-parallel", "--sharding", "full", "--ckpt",
+                     os.path.join(self.tmp, "ckpt"))
         self.assertNotEqual(r.returncode, 0)
-        self.assertIn("sharding: optimizer", r.stderr)
+        self.assertIn("with expert-parallel layers", r.stderr)
         self.assertFalse(os.path.exists(os.path.join(self.tmp, "ckpt")))
 
     def test_an_unknown_mode_is_named(self):
@@ -182,6 +183,112 @@ class ShardedEqualsOneProcess(DataParallelEqualsOneProcess):
                      "zero3")
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("sharding 'zero3' is not one of none, optimizer, gradients, full", r.stderr)
+
+
+class ShardedCheckpoints(unittest.TestCase):
+    """Fully sharded training on 3 ranks, checkpointing every 4 steps, against the same run
+    unbroken: killed at step 11 and rerun on 3 ranks it ends bit for bit where the unbroken
+    one does; rerun on 2 ranks (resharded, and with sharding: gradients) within 1e-5; a
+    damaged shard is named and its checkpoint skipped for the one before."""
+
+    COMMON = ["--steps", str(STEPS), "--batch", "6", "--sharding", "full"]
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="btx-zero-ckpt-")
+        r = torchrun(3, "train", os.path.join(cls.tmp, "unbroken"), *cls.COMMON, "--ckpt",
+                     os.path.join(cls.tmp, "ckpt-unbroken"))
+        assert r.returncode == 0, r.stderr[-3000:]
+        cls.unbroken = result(os.path.join(cls.tmp, "unbroken"))
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def killed_run(self, name, die_step=10):
+        """3 ranks, rank 1 SIGKILLed before step die_step + 1: returns the checkpoint folder."""
+        ckpt = os.path.join(self.tmp, "ckpt-" + name)
+        r = torchrun(3, "train", os.path.join(self.tmp, name + "-killed"), *self.COMMON,
+                     "--ckpt", ckpt, "--die-rank", "1", "--die-step", str(die_step))
+        self.assertNotEqual(r.returncode, 0)
+        return ckpt
+
+    def rerun(self, ranks, name, ckpt, *flags):
+        r = torchrun(ranks, "train", os.path.join(self.tmp, name), *self.COMMON, *flags,
+                     "--ckpt", ckpt)
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        self.assertIn("resumed from checkpoint", r.stderr)
+        return r, result(os.path.join(self.tmp, name))
+
+    def test_a_sharded_checkpoint_holds_every_rank_s_shard(self):
+        ckpt = self.killed_run("layout")
+        self.assertEqual(sorted(os.listdir(ckpt)), ["latest", "step-000004", "step-000008"])
+        files = sorted(os.listdir(os.path.join(ckpt, "step-000008")))
+        self.assertEqual(files, ["replicated.safetensors", "rng.safetensors",
+                                 "shard-00000-of-00003.safetensors",
+                                 "shard-00001-of-00003.safetensors",
+                                 "shard-00002-of-00003.safetensors", "state.json"])
+
+    def test_resume_on_three_ranks_is_bit_for_bit(self):
+        ckpt = self.killed_run("same")
+        _, (losses, weights) = self.rerun(3, "same", ckpt)
+        self.assertEqual(losses, self.unbroken[0])
+        for name, w in weights.items():
+            self.assertTrue(torch.equal(w, self.unbroken[1][name]), name)
+
+    def test_three_ranks_resume_on_two(self):
+        ckpt = self.killed_run("reshard")
+        # Resharded over 2 ranks, and its gradients sharded instead of everything.
+        _, (losses, weights) = self.rerun(2, "reshard", ckpt, "--sharding", "gradients")
+        self.assertEqual(losses[:8], self.unbroken[0][:8])  # the history, from step 8's
+        for step, (a, b) in enumerate(zip(losses, self.unbroken[0])):
+            self.assertLessEqual(abs(a - b), TOLERANCE, f"step {step + 1}: {a} vs {b}")
+        for name, w in weights.items():
+            self.assertLessEqual((w - self.unbroken[1][name]).abs().max().item(), TOLERANCE, name)
+
+    def test_a_damaged_shard_is_named_and_skipped(self):
+        ckpt = self.killed_run("damaged", die_step=14)  # checkpoints at 4, 8, 12
+        shard = os.path.join(ckpt, "step-000012", "shard-00001-of-00003.safetensors")
+        with open(shard, "r+b") as f:
+            f.seek(os.path.getsize(shard) - 8)
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 0x40]))
+        r, (losses, weights) = self.rerun(3, "damaged", ckpt)
+        self.assertIn("skipping damaged checkpoint", r.stderr)
+        self.assertIn("shard-00001-of-00003.safetensors", r.stderr)
+        self.assertIn("step-000008 at step 8", r.stderr)
+        self.assertEqual(losses, self.unbroken[0])
+        for name, w in weights.items():
+            self.assertTrue(torch.equal(w, self.unbroken[1][name]), name)
+
+
+class ElasticRestart(unittest.TestCase):
+    """torchrun --max-restarts 2: a SIGKILLed rank makes torchrun restart the job, which
+    finishes from its last complete checkpoint with the weights of an unbroken run."""
+
+    def check(self, *flags):
+        with tempfile.TemporaryDirectory() as tmp:
+            common = ["--steps", str(STEPS), "--batch", "6", *flags]
+            r = torchrun(3, "train", os.path.join(tmp, "unbroken"), *common)
+            self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+            r = torchrun(3, "train", os.path.join(tmp, "elastic"), *common, "--ckpt",
+                         os.path.join(tmp, "ckpt"), "--die-rank", "1", "--die-step", "10",
+                         max_restarts=2)
+            self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+            self.assertIn("resumed from checkpoint", r.stderr)
+            self.assertIn("at step 8", r.stderr)
+            unbroken, elastic = result(os.path.join(tmp, "unbroken")), result(
+                os.path.join(tmp, "elastic"))
+            self.assertEqual(elastic[0], unbroken[0])
+            for name, w in elastic[1].items():
+                self.assertTrue(torch.equal(w, unbroken[1][name]), name)
+
+    def test_data_parallel(self):
+        self.check()
+
+    def test_fully_sharded(self):
+        self.check("--sharding", "full")
 
 
 class ExpertParallelLayerEqualsLocalLayer(unittest.TestCase):

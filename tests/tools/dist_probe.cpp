@@ -17,6 +17,7 @@
 
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <map>
 #include <string>
@@ -117,8 +118,11 @@ int train(const Args& a, btx::dist::Communicator& comm) {
   options.checkpoint_every = 4;
   options.micro_batches = a.micro_batches;
   options.activation_checkpointing = a.checkpoint_activations;
+  // Under torchrun --max-restarts only the first attempt dies: the restarted job finishes.
+  const char* restarts = std::getenv("TORCHELASTIC_RESTART_COUNT");
+  const bool first_attempt = restarts == nullptr || std::string(restarts) == "0";
   options.on_step = [&](int64_t step) {
-    if (comm.rank() == a.die_rank && step == a.die_step) std::raise(SIGKILL);
+    if (first_attempt && comm.rank() == a.die_rank && step == a.die_step) std::raise(SIGKILL);
   };
   btx::TrainHooks hooks;
   if (a.moe) hooks.aux_loss = [&] { return btx::collect_aux_loss(*model); };

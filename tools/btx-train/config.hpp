@@ -47,6 +47,9 @@ struct TrainConfig {
   std::string cache_dir;          // tokenised documents (default <run_dir>/token-cache)
   bool allow_non_finite = false;  // load a checkpoint with NaN/Inf
   int64_t dist_timeout_s = 600;   // collectives under torchrun/srun
+  std::string sharding = "none";  // under torchrun/srun: none | optimizer | gradients | full
+  int64_t micro_batches = 1;      // gradient accumulation: micro-batches per step
+  bool activation_checkpointing = false;  // recompute each layer in backward
 };
 
 inline schema::Schema<TrainConfig> schema() {
@@ -88,6 +91,16 @@ inline schema::Schema<TrainConfig> schema() {
       .key("device", &C::device, "cpu | cuda | cuda:N", s::non_empty<std::string>())
       .key("aux_loss_alpha", &C::aux_loss_alpha,
            "an MoE's load-balancing alpha (null: the checkpoint's router_aux_loss_coef)")
+      .key("sharding", &C::sharding,
+           "data parallelism under torchrun/srun: none (replicated), optimizer (ZeRO-1), "
+           "gradients (ZeRO-2), full (ZeRO-3: parameters too)",
+           s::one_of(std::vector<std::string>{"none", "optimizer", "gradients", "full"}))
+      .key("micro_batches", &C::micro_batches,
+           "each step's batch (each rank's rows) as this many micro-batches, one gradient "
+           "reduction per step",
+           s::positive<int64_t>())
+      .key("activation_checkpointing", &C::activation_checkpointing,
+           "recompute each layer in backward instead of keeping its activations")
       .key("log_every", &C::log_every, "progress and metrics interval", s::positive<int64_t>())
       .key("checkpoint_every", &C::checkpoint_every,
            "training checkpoints every N steps (0: none); a rerun resumes from the newest",

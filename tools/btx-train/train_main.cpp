@@ -158,7 +158,10 @@ int run(const TrainConfig& c) {
   if (writer && c.precision == "auto") {
     std::fprintf(stderr, "[btx-train] precision %s\n", precision.why.c_str());
   }
-  options.hooks = recipe::stage_hooks(world, placed(placement));
+  options.hooks = recipe::stage_hooks(world, placed(placement),
+                                     dist::sharding_from_name(c.sharding));
+  options.micro_batches = c.micro_batches;
+  options.activation_checkpointing = c.activation_checkpointing;
   options.held_out = [held_out, c](const CausalLM& m) {
     return held_out_losses(m, held_out, c.seq_len, c.held_out_windows);
   };

@@ -122,6 +122,12 @@ class Communicator : public Collectives {
       o.waitWorkers = false;  // the group's rendezvous waits, and can name who is missing
       o.timeout = timeout;
       c.store_ = c10::make_intrusive<c10d::TCPStore>(env.master_addr, o);
+      // A restarted job (torchrun --max-restarts) meets the last attempt's keys in the
+      // agent's store; each attempt keeps to its own.
+      if (env.agent_store) {
+        c.store_ = c10::make_intrusive<c10d::PrefixStore>(
+            "btx-attempt-" + std::to_string(env.restart_count), c.store_);
+      }
       c.monitor_->start(c.store_, heartbeat, o.isServer);
     } catch (const std::exception& e) {
       throw DistError("btx::dist: " + env.describe() +

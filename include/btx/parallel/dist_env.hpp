@@ -40,6 +40,9 @@ struct DistEnv {
   // torchrun's agent already serves the TCPStore at MASTER_ADDR:MASTER_PORT; rank 0 then
   // connects to it instead of serving its own.
   bool agent_store = false;
+  // torchrun's restarts of this job so far (TORCHELASTIC_RESTART_COUNT): every attempt uses
+  // store keys of its own, as the agent's store outlives the workers of the last one.
+  int64_t restart_count = 0;
   // Rank 0 of btx's launcher: the store's socket, already bound and listening; else -1.
   int store_listen_fd = -1;
 
@@ -93,6 +96,7 @@ inline DistEnv dist_env_from_environment() {
     e.world_size = env_int("WORLD_SIZE", 1, 1);
     e.local_rank = env_int("LOCAL_RANK", 0, e.rank);
     e.agent_store = env("TORCHELASTIC_USE_AGENT_STORE").value_or("") == "True";
+    e.restart_count = env_int("TORCHELASTIC_RESTART_COUNT", 0, 0);
   } else if (env("SLURM_PROCID") && env("SLURM_NTASKS")) {
     e.launcher = "slurm";
     e.rank = env_int("SLURM_PROCID", 0, 0);

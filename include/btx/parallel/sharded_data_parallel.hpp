@@ -14,7 +14,8 @@
 //              whole; its gradient and optimizer state are sharded.
 // Expert-parallel shards (parallel/expert_parallel.hpp) stay outside the units: experts
 // are sharded by their expert group, everything else by the data-parallel group. Gradient
-// clipping takes the global norm over every rank's slices and every expert once. With
+// clipping takes the global norm over every rank's slices and every expert once.
+// Checkpoints are sharded (parallel/sharded_checkpoint.hpp) and reshard on resume. With
 // elementwise optimizers (AdamW, Adam, SGD) N ranks train as plain data parallelism does.
 //
 //   auto hooks = btx::dist::sharded_data_parallel(comm, {}, {.sharding = Sharding::full});
@@ -24,6 +25,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <set>
@@ -38,6 +40,7 @@
 #include <btx/parallel/data_parallel.hpp>
 #include <btx/parallel/detail/flat_units.hpp>
 #include <btx/parallel/detail/gradient_reducer.hpp>
+#include <btx/parallel/sharded_checkpoint.hpp>
 #include <btx/train/hooks.hpp>
 #include <btx/version.hpp>
 
@@ -208,6 +211,15 @@ class ShardedState {
 
   [[nodiscard]] bool any_experts() const { return !experts_.empty(); }
 
+  void save(const std::filesystem::path& dir, torch::nn::Module& model,
+            torch::optim::Optimizer& opt, const TrainState& state, int64_t keep) {
+    save_sharded_checkpoint(dp_, dir, model, units_, opt, state, keep);
+  }
+  std::optional<std::pair<std::filesystem::path, TrainState>> resume(
+      const std::filesystem::path& dir, torch::nn::Module& model, torch::optim::Optimizer& opt) {
+    return resume_sharded_checkpoint(dp_, dir, model, units_, opt);
+  }
+
  private:
   static int64_t expert_group_size(torch::nn::Module& model) {
     for (const auto& [name, layer] : moe_layers(model)) {
@@ -357,14 +369,21 @@ inline TrainHooks sharded_data_parallel(Communicator& comm, TrainHooks hooks = {
                         std::vector<torch::Tensor> /*model parameters*/, const TrainOptions& o) {
     return user(state->optimizer_parameters(), o);
   };
-  hooks.check_options = [mode, user = std::move(hooks.check_options)](const TrainOptions& o) {
-    if (!o.checkpoint_dir.empty()) {
-      throw std::invalid_argument("btx::dist: stage '" + o.stage + "': checkpoint_dir " +
-                                  o.checkpoint_dir + " with sharding: " + sharding_name(mode) +
-                                  ": sharded checkpoints are not written yet; train with "
-                                  "sharding: none to checkpoint");
+  hooks.check_options = [state, user = std::move(hooks.check_options)](const TrainOptions& o) {
+    if (state->any_experts() && !o.checkpoint_dir.empty()) {
+      throw std::invalid_argument(
+          "btx::dist: stage '" + o.stage + "': checkpoint_dir " + o.checkpoint_dir +
+          " with expert-parallel layers: sharded checkpoints hold the data-parallel units, not "
+          "the experts each rank keeps; train expert-parallel without checkpoints");
     }
     if (user) user(o);
+  };
+  hooks.save_checkpoint = [state](const std::filesystem::path& dir, torch::nn::Module& model,
+                                  torch::optim::Optimizer& opt, const TrainState& s,
+                                  int64_t keep) { state->save(dir, model, opt, s, keep); };
+  hooks.resume_checkpoint = [state](const std::filesystem::path& dir, torch::nn::Module& model,
+                                    torch::optim::Optimizer& opt) {
+    return state->resume(dir, model, opt);
   };
   hooks.before_step = [c, state, user = std::move(hooks.before_step)](const std::string& stage,
                                                                       int64_t step) {

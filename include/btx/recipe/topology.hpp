@@ -20,6 +20,7 @@
 
 #include <btx/parallel/communicator.hpp>
 #include <btx/parallel/data_parallel.hpp>
+#include <btx/parallel/sharded_data_parallel.hpp>
 #include <btx/parallel/dist_env.hpp>
 #include <btx/train/hooks.hpp>
 #include <btx/version.hpp>
@@ -99,9 +100,13 @@ inline ExpertGroup split_expert_groups(dist::Communicator& world,
   return {expert, world.split(expert, "expert-" + expert_names[size_t(expert)])};
 }
 
-// A stage's training hooks on `ranks`: data-parallel when there is more than one.
-inline TrainHooks stage_hooks(dist::Communicator& ranks, TrainHooks base = {}) {
-  return ranks.size() > 1 ? dist::data_parallel(ranks, std::move(base)) : base;
+// A stage's training hooks on `ranks`: data-parallel when there is more than one, its
+// state sharded as `sharding` says (parallel/sharded_data_parallel.hpp).
+inline TrainHooks stage_hooks(dist::Communicator& ranks, TrainHooks base = {},
+                              dist::Sharding sharding = dist::Sharding::none) {
+  return ranks.size() > 1 ? dist::sharded_data_parallel(ranks, std::move(base),
+                                                        {.sharding = sharding})
+                          : base;
 }
 
 }  // namespace recipe

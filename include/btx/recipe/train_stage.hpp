@@ -65,6 +65,10 @@ struct StageOptions {
   // stage that freezes parts of its model says what its steps really cost
   // (train/flops.hpp: partly_frozen_training_flops_per_token).
   double flops_per_token = 0.0;
+  // Memory for compute (TrainOptions): micro-batches per step (gradient accumulation) and
+  // layers recomputed in backward. Sharding is a choice of the hooks (recipe::stage_hooks).
+  int64_t micro_batches = 1;
+  bool activation_checkpointing = false;
 };
 
 // A model and the record (stage.json) of the stage that made it.
@@ -136,6 +140,8 @@ inline nlohmann::json train(const Run& run, const std::string& stage, const Caus
     t.checkpoint_every = run.train().checkpoint_every;
   }
   t.on_step = options.on_step;
+  t.micro_batches = options.micro_batches;
+  t.activation_checkpointing = options.activation_checkpointing;
   if (options.held_out) {
     t.held_out = [model, held_out = options.held_out] { return held_out(model); };
   }

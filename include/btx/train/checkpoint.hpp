@@ -73,6 +73,54 @@ inline std::map<std::string, torch::Tensor> rng_tensors(const torch::nn::Module&
   return out;
 }
 
+// state.json's fields for the loop state.
+inline nlohmann::json train_state_json(const TrainState& state, const std::string& format) {
+  nlohmann::json losses = nlohmann::json::array();
+  for (double l : state.losses) losses.push_back(std::isfinite(l) ? nlohmann::json(l) : nullptr);
+  return {{"format", format},
+          {"version", 1},
+          {"step", state.step},
+          {"next_batch", state.next_batch},
+          {"skipped_steps", state.skipped_steps},
+          {"bad_in_a_row", state.bad_in_a_row},
+          {"seconds", state.seconds},
+          {"losses", losses}};
+}
+
+inline TrainState train_state_from_json(const nlohmann::json& info,
+                                        const std::filesystem::path& folder) {
+  TrainState state;
+  try {
+    state.step = info.at("step").get<int64_t>();
+    state.next_batch = info.at("next_batch").get<int64_t>();
+    state.skipped_steps = info.at("skipped_steps").get<int64_t>();
+    state.bad_in_a_row = info.at("bad_in_a_row").get<int64_t>();
+    state.seconds = info.value("seconds", 0.0);  // absent in checkpoints before 0.1
+    for (const auto& l : info.at("losses"))
+      state.losses.push_back(l.is_null() ? std::numeric_limits<double>::quiet_NaN()
+                                         : l.get<double>());
+  } catch (const nlohmann::json::exception& e) {
+    throw CorruptCheckpoint("checkpoint " + folder.string() + ": state.json lacks a field (" +
+                            e.what() + ")");
+  }
+  return state;
+}
+
+// The generators of rng_tensors() put back.
+inline void apply_rng_tensors(const std::map<std::string, torch::Tensor>& rng_t,
+                              torch::nn::Module& model) {
+  set_generator_state(at::detail::getDefaultCPUGenerator(),
+                      rng_t.at("torch.default_cpu_generator"));
+  for (const auto& m : model.named_modules("", /*include_self=*/true)) {
+    if (auto* owner = dynamic_cast<ExtraState*>(m.value().get())) {
+      const std::string prefix = m.key().empty() ? "" : m.key() + ".";
+      std::map<std::string, torch::Tensor> own;
+      for (const auto& [k, v] : owner->extra_state()) own[k] = rng_t.at(prefix + k);
+      owner->load_extra_state(own);
+    }
+  }
+}
+
 }  // namespace detail
 
 // Writes `<dir>/step-NNNNNN/` for state.step, then `<dir>/latest`, then removes all but
@@ -101,16 +149,7 @@ inline std::filesystem::path save_training_checkpoint(const std::filesystem::pat
       }
     }
   }
-  nlohmann::json losses = nlohmann::json::array();
-  for (double l : state.losses) losses.push_back(std::isfinite(l) ? nlohmann::json(l) : nullptr);
-  nlohmann::json info = {{"format", detail::kCheckpointFormat},
-                         {"version", 1},
-                         {"step", state.step},
-                         {"next_batch", state.next_batch},
-                         {"skipped_steps", state.skipped_steps},
-                         {"bad_in_a_row", state.bad_in_a_row},
-                         {"seconds", state.seconds},
-                         {"losses", losses}};
+  nlohmann::json info = detail::train_state_json(state, detail::kCheckpointFormat);
   std::filesystem::create_directories(dir);
   io::AtomicDir out(dir / folder_name, /*overwrite=*/true);
   const std::map<std::string, const std::map<std::string, torch::Tensor>*> files = {
@@ -163,20 +202,7 @@ inline TrainState load_training_checkpoint(const std::filesystem::path& folder,
                               e.what() + ")");
     }
   }
-  TrainState state;
-  try {
-    state.step = info.at("step").get<int64_t>();
-    state.next_batch = info.at("next_batch").get<int64_t>();
-    state.skipped_steps = info.at("skipped_steps").get<int64_t>();
-    state.bad_in_a_row = info.at("bad_in_a_row").get<int64_t>();
-    state.seconds = info.value("seconds", 0.0);  // absent in checkpoints before 0.1
-    for (const auto& l : info.at("losses"))
-      state.losses.push_back(l.is_null() ? std::numeric_limits<double>::quiet_NaN()
-                                         : l.get<double>());
-  } catch (const nlohmann::json::exception& e) {
-    throw CorruptCheckpoint("checkpoint " + folder.string() + ": state.json lacks a field (" +
-                            e.what() + ")");
-  }
+  const TrainState state = detail::train_state_from_json(info, folder);
   std::map<std::string, std::string> opt_meta;
   const auto model_t = detail::read_tensors(folder, "model.safetensors", info);
   const auto opt_t = detail::read_tensors(folder, "optimizer.safetensors", info, &opt_meta);
@@ -206,16 +232,7 @@ inline TrainState load_training_checkpoint(const std::filesystem::path& folder,
     for (const auto& b : model.named_buffers()) b.value().copy_(model_t.at(b.key()));
   }
   load_optimizer_state_tensors(opt_t, model, opt);
-  set_generator_state(at::detail::getDefaultCPUGenerator(),
-                      rng_t.at("torch.default_cpu_generator"));
-  for (const auto& m : model.named_modules("", /*include_self=*/true)) {
-    if (auto* owner = dynamic_cast<ExtraState*>(m.value().get())) {
-      const std::string prefix = m.key().empty() ? "" : m.key() + ".";
-      std::map<std::string, torch::Tensor> own;
-      for (const auto& [k, v] : owner->extra_state()) own[k] = rng_t.at(prefix + k);
-      owner->load_extra_state(own);
-    }
-  }
+  detail::apply_rng_tensors(rng_t, model);
   return state;
 }
 

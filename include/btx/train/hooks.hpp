@@ -8,11 +8,15 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include <btx/train/checkpoint.hpp>
 #include <btx/train/grad_clip.hpp>
 #include <btx/train/loss.hpp>
 #include <btx/train/optimizer.hpp>
@@ -53,6 +57,16 @@ using GradientClip =
     std::function<torch::Tensor(const std::vector<torch::Tensor>& parameters, double max_norm)>;
 // Called once when training ends (not when it throws): e.g. sharded parameters made whole.
 using AfterTraining = std::function<void()>;
+// Writes a training checkpoint of `state` into `dir` keeping the `keep` newest (set: every
+// rank calls it, e.g. each writing its shard; empty: the ranks that write files call
+// btx::save_training_checkpoint).
+using CheckpointSave =
+    std::function<void(const std::filesystem::path& dir, torch::nn::Module& model,
+                       torch::optim::Optimizer& opt, const TrainState& state, int64_t keep)>;
+// Loads the newest loadable checkpoint in `dir` into the model and optimizer (every rank);
+// nullopt when there is none (btx::resume_training_checkpoint's contract).
+using CheckpointResume = std::function<std::optional<std::pair<std::filesystem::path, TrainState>>(
+    const std::filesystem::path& dir, torch::nn::Module& model, torch::optim::Optimizer& opt)>;
 // Called after each optimizer step that was taken (not after a skipped one): e.g. to put
 // back parameter slices that must not move (train/frozen_slices.hpp).
 using AfterStep = std::function<void()>;
@@ -75,6 +89,8 @@ struct TrainHooks {
   GradientClip clip_gradients = clip_grad_norm;  // over the parameters, in this process
   AfterStep after_step;                          // empty: nothing
   AfterTraining after_training;                  // empty: nothing
+  CheckpointSave save_checkpoint;                // empty: save_training_checkpoint
+  CheckpointResume resume_checkpoint;            // empty: resume_training_checkpoint
   ValuesReduce reduce_values;                    // empty: this process's values
   bool writes_files = true;  // metrics, progress and checkpoints (false: other DP ranks)
 };

@@ -87,6 +87,7 @@ class TrainLoop {
     check_train_options(options_);
     if (!hooks_.optimizer) throw std::invalid_argument(where() + "TrainHooks::optimizer is empty");
     if (!hooks_.loss) throw std::invalid_argument(where() + "TrainHooks::loss is empty");
+    if (!hooks_.clip_gradients) hooks_.clip_gradients = clip_grad_norm;
     model_->train();
     // Innermost, so a runner that place_model installs (sharded parameters) wraps it.
     if (options_.activation_checkpointing) {
@@ -139,7 +140,9 @@ class TrainLoop {
   // Continues from the newest checkpoint in checkpoint_dir, if there is one of this run.
   void resume_or_start() {
     if (options_.checkpoint_dir.empty()) return;
-    auto resumed = resume_training_checkpoint(options_.checkpoint_dir, *model_, *opt_);
+    auto resumed = hooks_.resume_checkpoint
+                       ? hooks_.resume_checkpoint(options_.checkpoint_dir, *model_, *opt_)
+                       : resume_training_checkpoint(options_.checkpoint_dir, *model_, *opt_);
     if (!resumed) return;
     state_ = resumed->second;
     if (state_.step > options_.steps || state_.next_batch != options_.first_batch + state_.step ||
@@ -294,13 +297,20 @@ class TrainLoop {
   }
 
   [[nodiscard]] bool checkpoint_due(int64_t done) const {
-    if (options_.checkpoint_dir.empty() || !hooks_.writes_files) return false;
+    // A checkpoint writer of the hooks' runs on every rank (a collective).
+    if (options_.checkpoint_dir.empty() || (!hooks_.writes_files && !hooks_.save_checkpoint))
+      return false;
     return (options_.checkpoint_every > 0 && done % options_.checkpoint_every == 0) ||
            done == options_.steps;
   }
 
   void save_checkpoint() {
     state_.seconds = trained_seconds();
+    if (hooks_.save_checkpoint) {
+      hooks_.save_checkpoint(options_.checkpoint_dir, *model_, *opt_, state_,
+                             options_.keep_checkpoints);
+      return;
+    }
     save_training_checkpoint(options_.checkpoint_dir, *model_, *opt_, state_,
                              options_.keep_checkpoints);
   }

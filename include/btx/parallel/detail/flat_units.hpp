@@ -51,8 +51,10 @@ struct FlatUnit {
   std::string name;                   // "model.layers.3 (float32)"
   int64_t layer = -1;                 // index in its stack; -1: the rest of the model
   std::vector<torch::Tensor> params;  // each a view of `flat`
+  std::vector<std::string> names;     // their names in the model
   std::vector<int64_t> offsets;       // of each parameter in `flat`
   int64_t numel = 0, chunk = 0;       // parameters' elements; per-rank slice (padded)
+  int64_t begin = 0;                  // where this rank's slice starts in `flat`
   torch::Tensor flat;                 // [N * chunk]
   torch::Tensor shard;                // [chunk]: this rank's slice
   torch::Tensor grad_shard;           // [chunk]: its mean gradient (ZeRO-2/3)
@@ -85,7 +87,8 @@ inline std::vector<FlatUnit> build_units(torch::nn::Module& model, const Communi
   }
   std::map<std::pair<int64_t, int>, size_t> index;  // (layer, dtype) -> unit
   std::vector<FlatUnit> units;
-  for (const auto& p : model.parameters()) {
+  for (const auto& named : model.named_parameters()) {
+    const torch::Tensor& p = named.value();
     const void* key = p.unsafeGetTensorImpl();
     if (!p.requires_grad() || excluded.count(key)) continue;
     const auto found = layer_of.find(key);
@@ -101,6 +104,7 @@ inline std::vector<FlatUnit> build_units(torch::nn::Module& model, const Communi
     }
     FlatUnit& u = units[index[slot]];
     u.params.push_back(p);
+    u.names.push_back(named.key());
     u.offsets.push_back(u.numel);
     u.numel += p.numel();
   }
@@ -117,6 +121,7 @@ inline std::vector<FlatUnit> build_units(torch::nn::Module& model, const Communi
     u.shard = u.flat.narrow(0, r * u.chunk, u.chunk).clone();
     u.grad_shard = torch::zeros_like(u.shard);
     const int64_t lo = r * u.chunk, hi = lo + u.chunk;
+    u.begin = lo;
     for (size_t i = 0; i < u.params.size(); ++i) {
       const int64_t from = std::max(lo, u.offsets[i]);
       const int64_t to = std::min(hi, u.offsets[i] + u.params[i].numel());
