@@ -70,13 +70,20 @@ int main(int argc, char** argv) {
     int64_t steps = 4, seq = 128, batch = 1;
     for (size_t i = 0; i < args.size(); ++i) {
       const auto next = [&] { return args.at(++i); };
-      if (args[i] == "--moe") moe = true;
-      else if (args[i] == "--checkpoint-activations") checkpoint = true;
-      else if (args[i] == "--sharding") sharding = next();
-      else if (args[i] == "--steps") steps = std::stoll(next());
-      else if (args[i] == "--seq") seq = std::stoll(next());
-      else if (args[i] == "--batch") batch = std::stoll(next());
-      else throw std::invalid_argument("unknown option " + args[i]);
+      if (args[i] == "--moe")
+        moe = true;
+      else if (args[i] == "--checkpoint-activations")
+        checkpoint = true;
+      else if (args[i] == "--sharding")
+        sharding = next();
+      else if (args[i] == "--steps")
+        steps = std::stoll(next());
+      else if (args[i] == "--seq")
+        seq = std::stoll(next());
+      else if (args[i] == "--batch")
+        batch = std::stoll(next());
+      else
+        throw std::invalid_argument("unknown option " + args[i]);
     }
     const int64_t rss_before_kb = status_kb("VmRSS");
     auto comm = btx::dist::Communicator::connect(btx::dist::dist_env_from_environment(),
@@ -84,9 +91,9 @@ int main(int argc, char** argv) {
     torch::manual_seed(1);
     const auto config = smollm2_135m();
     btx::LlamaForCausalLM model =
-        moe ? btx::LlamaForCausalLM(config, btx::moe_feed_forward({.num_experts = 4,
-                                                                   .router = "top2",
-                                                                   .load_balance_alpha = 0.01}))
+        moe ? btx::LlamaForCausalLM(
+                  config, btx::moe_feed_forward(
+                              {.num_experts = 4, .router = "top2", .load_balance_alpha = 0.01}))
             : btx::LlamaForCausalLM(config);
     int64_t parameters = 0;
     for (const auto& p : model->parameters()) parameters += p.numel();
@@ -111,8 +118,8 @@ int main(int argc, char** argv) {
     };
     const auto summary = btx::train_causal_lm(
         model, sampler, o,
-        btx::dist::sharded_data_parallel(
-            comm, hooks, {.sharding = btx::dist::sharding_from_name(sharding)}));
+        btx::dist::sharded_data_parallel(comm, hooks,
+                                         {.sharding = btx::dist::sharding_from_name(sharding)}));
     step_seconds.push_back(
         std::chrono::duration<double>(std::chrono::steady_clock::now() - last).count());
     const int64_t peak_kb = status_kb("VmHWM");

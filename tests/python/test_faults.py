@@ -6,6 +6,7 @@
     the fault resumes it from its last checkpoint and completes the whole pipeline. The
     finished MoE finetune's metrics carry per-layer expert load, and with load balancing on
     no expert's share falls below 1/(4N) (router health).
+    With max_restarts the launcher reruns the failed job itself and the one command succeeds.
 (b) A real SIGKILL to one running expert process: the others finish, a rerun completes.
     While it runs, a second driver and a second worker for the same expert are refused
     naming the holder; after it, a finished expert whose model was damaged is redone.
@@ -94,6 +95,21 @@ class Faults(unittest.TestCase):
             for e in range(n):
                 share = sum(routing[d][layer][e] for d in routing) / len(routing)
                 self.assertGreaterEqual(share, 1 / (4 * n), (layer, e, routing))
+
+    def test_max_restarts_finishes_the_failed_expert_in_the_same_run(self):
+        # btx's own launcher restarts a failed job (torchrun's --max-restarts for it): the
+        # restarted expert resumes from its last checkpoint and the one command succeeds.
+        config = {"baselines": False, "fail_expert": 1, "fail_step": 25, "max_restarts": 1}
+        r = pipeline(self.run_dir, config, "--until", "experts")
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        self.assertIn("FAILED: expert-code was killed by signal 6", r.stderr)
+        self.assertIn("restarting 1 failed stage(s) (restart 1 of max_restarts 1)", r.stderr)
+        self.assertIn("expert-code finished", r.stderr)
+        info = json.loads(read(self.stage("expert-code", "stage.json")))
+        self.assertEqual(info["resumed_from_step"], 20)
+        for ok in ["expert-math", "expert-prose"]:
+            info = json.loads(read(self.stage(ok, "stage.json")))
+            self.assertEqual(info["resumed_from_step"], 0, ok)  # not run again
 
     def test_sigkill_of_one_expert_process_leaves_the_others_to_finish(self):
         config = {"baselines": False, "expert_stage": {"steps": 150, "lr": 2e-3, "warmup": 5}}

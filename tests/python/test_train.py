@@ -564,17 +564,25 @@ class TrainedModels(unittest.TestCase):
         self.assertFalse(os.path.exists(os.path.join(self.tmp, "bad-omp")))
 
     def test_two_ranks_equal_one(self):
-        r = train(self.config("one", steps=4))
-        self.assertEqual(r.returncode, 0, r.stderr)
-        cfg = self.config("two", steps=4)
+        self.check_two_ranks("two")
+
+    def test_two_ranks_fully_sharded_and_recomputed_equal_one(self):
+        # ZeRO-3 and activation checkpointing from the config, saved as one HF checkpoint.
+        self.check_two_ranks("two-sharded", sharding="full", activation_checkpointing=True)
+
+    def check_two_ranks(self, name, **keys):
+        if not os.path.exists(os.path.join(self.tmp, "one", "train", "model")):
+            r = train(self.config("one", steps=4))
+            self.assertEqual(r.returncode, 0, r.stderr)
+        cfg = self.config(name, steps=4, **keys)
         env = dict(os.environ, OMP_NUM_THREADS="1")
         r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                             "--no-python", TRAIN, cfg], capture_output=True, text=True,
                            timeout=600, env=env)
         self.assertEqual(r.returncode, 0, r.stderr[-3000:])
-        stage = read_json(os.path.join(self.tmp, "two", "train", "stage.json"))
+        stage = read_json(os.path.join(self.tmp, name, "train", "stage.json"))
         self.assertEqual(stage["ranks"], 2)
-        a, b = self.weights("one"), self.weights("two")
+        a, b = self.weights("one"), self.weights(name)
         worst = max((a[n] - b[n]).abs().max().item() for n in a)
         self.assertLess(worst, 1e-4)
         self.assertTrue(any(not torch.equal(a[n], load_file(os.path.join(

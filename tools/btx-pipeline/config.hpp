@@ -111,6 +111,7 @@ struct PipelineConfig {
   int64_t checkpoint_every = 50;  // training checkpoints per stage (0: none); reruns resume
   int64_t stage_jobs = 0;     // stages trained at once in lanes (0: planned by cores and memory)
   int64_t threads = 0;        // threads per process (0: OMP_NUM_THREADS, else a share of the cores)
+  int64_t max_restarts = 0;   // a failed worker job runs again this many times, resuming
   recipe::Topology topology;  // ranks per expert and per synchronous stage
   std::string device = "cpu";         // where the stages train and evaluate: cpu, cuda, cuda:N
   std::string precision = "fp32";     // fp32 | bf16-mixed | bf16 | auto

@@ -212,6 +212,10 @@ s::Schema<PipelineConfig> make_schema() {
            s::positive<int64_t>())
       .key("checkpoint_every", &C::checkpoint_every, "training checkpoints (0: none)",
            s::at_least<int64_t>(0))
+      .key("max_restarts", &C::max_restarts,
+           "a failed worker job (an expert's group, a synchronous stage) runs again this many "
+           "times, resuming from its last checkpoint",
+           s::at_least<int64_t>(0))
       .key("stage_jobs", &C::stage_jobs,
            "stages trained at once (0: as many as the cores and the memory allow)",
            s::at_least<int64_t>(0))

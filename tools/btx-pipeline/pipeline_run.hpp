@@ -87,7 +87,10 @@ stage_options_of(const PipelineConfig& config, const std::vector<Domain>& domain
     recipe::StageOptions options;
     options.hooks = recipe::stage_hooks(ranks, btx::placed(placement(config)));
     options.record["ranks"] = ranks.size();  // stage.json says how it was trained
-    if (stage == failing && config.fail_rank == ranks.rank()) {
+    // Only the first attempt fails: a restarted job (max_restarts) then finishes.
+    const char* restart = std::getenv("BTX_RESTART_COUNT");
+    const bool first_attempt = restart == nullptr || std::string(restart) == "0";
+    if (stage == failing && config.fail_rank == ranks.rank() && first_attempt) {
       options.on_step = [config, stage](int64_t step) {
         if (step != config.fail_step) return;
         std::fprintf(stderr, "[%s] fault injected at step %lld: %s\n", stage.c_str(),
@@ -258,6 +261,7 @@ inline PipelineRun open_run(const PipelineConfig& given) {
   rec.arms = config.arms;
   rec.topology = config.topology;
   rec.stage_jobs = config.stage_jobs;
+  rec.max_restarts = config.max_restarts;
   rec.threads = config.threads;
   rec.useful_threads = useful_threads(training_flops_per_token(spec.shape, config.seq_len) *
                                       double(config.batch_size * config.seq_len));

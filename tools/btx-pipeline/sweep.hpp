@@ -164,7 +164,8 @@ inline void adopt_upstream(const PipelineConfig& earlier, const PipelineConfig& 
   (void)mix_keys_owned;
   const auto& graph = recipe::btx_graph();
   const auto without_run_keys = [](nlohmann::json j) {
-    for (const char* key : {"run_dir", "repeats", "sweep", "stage_jobs", "threads"}) j.erase(key);
+    for (const char* key : {"run_dir", "repeats", "sweep", "stage_jobs", "threads", "max_restarts"})
+      j.erase(key);
     return j;
   };
   const auto before = without_run_keys(to_json(earlier)), after = without_run_keys(to_json(now));

@@ -158,8 +158,8 @@ int run(const TrainConfig& c) {
   if (writer && c.precision == "auto") {
     std::fprintf(stderr, "[btx-train] precision %s\n", precision.why.c_str());
   }
-  options.hooks = recipe::stage_hooks(world, placed(placement),
-                                     dist::sharding_from_name(c.sharding));
+  options.hooks =
+      recipe::stage_hooks(world, placed(placement), dist::sharding_from_name(c.sharding));
   options.micro_batches = c.micro_batches;
   options.activation_checkpointing = c.activation_checkpointing;
   options.held_out = [held_out, c](const CausalLM& m) {

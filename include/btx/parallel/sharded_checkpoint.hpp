@@ -49,8 +49,8 @@ inline constexpr const char* kShardedCheckpointFormat = "btx-sharded-train-check
 
 inline std::string shard_file_name(int64_t rank, int64_t ranks) {
   char buf[64];
-  std::snprintf(buf, sizeof buf, "shard-%05lld-of-%05lld.safetensors",
-                static_cast<long long>(rank), static_cast<long long>(ranks));
+  std::snprintf(buf, sizeof buf, "shard-%05lld-of-%05lld.safetensors", static_cast<long long>(rank),
+                static_cast<long long>(ranks));
   return buf;
 }
 
@@ -69,9 +69,11 @@ inline std::map<std::string, torch::Tensor> piece_state(torch::optim::Optimizer&
   if (it == opt.state().end()) return out;
   const std::string context = "sharded checkpoint";
   if (kind == OptimizerStateKind::adamw) {
-    btx::detail::put_adam_state(btx::detail::state_as<torch::optim::AdamWParamState>(*it->second, opt, context), "p", out);
+    btx::detail::put_adam_state(
+        btx::detail::state_as<torch::optim::AdamWParamState>(*it->second, opt, context), "p", out);
   } else if (kind == OptimizerStateKind::adam) {
-    btx::detail::put_adam_state(btx::detail::state_as<torch::optim::AdamParamState>(*it->second, opt, context), "p", out);
+    btx::detail::put_adam_state(
+        btx::detail::state_as<torch::optim::AdamParamState>(*it->second, opt, context), "p", out);
   } else {
     const auto& s = btx::detail::state_as<torch::optim::SGDParamState>(*it->second, opt, context);
     if (s.momentum_buffer().defined()) out["p.momentum_buffer"] = s.momentum_buffer();
@@ -84,7 +86,8 @@ inline nlohmann::json unit_layout(const std::vector<FlatUnit>& units) {
   nlohmann::json out = nlohmann::json::array();
   for (const auto& u : units) {
     nlohmann::json params = nlohmann::json::array();
-    for (size_t i = 0; i < u.params.size(); ++i) params.push_back({u.names[i], u.params[i].numel()});
+    for (size_t i = 0; i < u.params.size(); ++i)
+      params.push_back({u.names[i], u.params[i].numel()});
     out.push_back({{"name", u.name}, {"numel", u.numel}, {"params", params}});
   }
   return out;
@@ -115,8 +118,7 @@ inline std::map<std::string, torch::Tensor> shard_tensors(std::vector<FlatUnit>&
         if (!state.count("p." + f)) continue;
         auto& flat = fields[f];
         if (!flat.defined()) flat = torch::zeros({u.chunk}, state.at("p." + f).options());
-        flat.narrow(0, at, u.pieces[j].numel())
-            .copy_(state.at("p." + f).reshape({-1}));
+        flat.narrow(0, at, u.pieces[j].numel()).copy_(state.at("p." + f).reshape({-1}));
       }
     }
     for (const auto& f : sharded_state_fields(kind)) {
@@ -299,7 +301,8 @@ inline TrainState load_sharded_checkpoint(Communicator& dp, const std::filesyste
     for (const auto& f : sharded_state_fields(kind)) {
       bool present = false;
       for (const auto& s : shards) {
-        present |= s.count(prefix + f + ".present") && s.at(prefix + f + ".present").item<int64_t>();
+        present |=
+            s.count(prefix + f + ".present") && s.at(prefix + f + ".present").item<int64_t>();
       }
       if (present) fields[f] = whole(f);
     }

@@ -77,6 +77,12 @@ class ShardedState {
  public:
   ShardedState(Communicator& dp, Sharding mode, DataParallelOptions options)
       : dp_(dp), mode_(mode), options_(options) {}
+  ShardedState(const ShardedState&) = delete;
+  ShardedState& operator=(const ShardedState&) = delete;
+  // Training that threw never reached after_training: the model keeps no runner of ours.
+  ~ShardedState() {
+    for (auto& [stack, runner] : saved_) stack->set_layer_runner(std::move(runner));
+  }
 
   void place(torch::nn::Module& model) {
     if (dp_.size() > 1) {

@@ -116,6 +116,7 @@ bool run_graph(const StageGraph<Context>& graph, const Context& c, const WorkerT
   }
   if constexpr (requires { c.worker_bytes; }) lanes.bytes_per_process = c.worker_bytes;
   if constexpr (requires { c.useful_threads; }) lanes.max_threads = c.useful_threads;
+  if constexpr (requires { c.max_restarts; }) lanes.max_restarts = c.max_restarts;
   for (const auto& phase : graph.phases()) {
     std::vector<WorkerJob> jobs;
     for (const auto& d : graph.declarations()) {

@@ -66,6 +66,7 @@ struct Recipe {
   int64_t threads = 0;         // threads per worker process (0: a share of the cores)
   int64_t worker_bytes = 0;    // a worker's peak memory estimate, for planning (0: unknown)
   int64_t useful_threads = 0;  // the most threads a stage uses well (0: no limit; useful_threads())
+  int64_t max_restarts = 0;    // a failed worker job runs again this many times (resuming)
   // How a stage trains on `ranks`: placement, data parallelism, learning curves, fault
   // injection. Unset: one process on the CPU in fp32 (stage_hooks only).
   std::function<StageOptions(const std::string& stage, dist::Communicator& ranks)> stage_options =

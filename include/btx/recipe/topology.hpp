@@ -20,8 +20,8 @@
 
 #include <btx/parallel/communicator.hpp>
 #include <btx/parallel/data_parallel.hpp>
-#include <btx/parallel/sharded_data_parallel.hpp>
 #include <btx/parallel/dist_env.hpp>
+#include <btx/parallel/sharded_data_parallel.hpp>
 #include <btx/train/hooks.hpp>
 #include <btx/version.hpp>
 
@@ -104,9 +104,9 @@ inline ExpertGroup split_expert_groups(dist::Communicator& world,
 // state sharded as `sharding` says (parallel/sharded_data_parallel.hpp).
 inline TrainHooks stage_hooks(dist::Communicator& ranks, TrainHooks base = {},
                               dist::Sharding sharding = dist::Sharding::none) {
-  return ranks.size() > 1 ? dist::sharded_data_parallel(ranks, std::move(base),
-                                                        {.sharding = sharding})
-                          : base;
+  return ranks.size() > 1
+             ? dist::sharded_data_parallel(ranks, std::move(base), {.sharding = sharding})
+             : base;
 }
 
 }  // namespace recipe

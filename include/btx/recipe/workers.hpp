@@ -69,6 +69,10 @@ struct WorkerOptions {
   // A worker's peak memory, estimated by the caller (0: unknown; memory then plans nothing).
   // A 135M-parameter seed's MoE stage takes ~9 GB in fp32 with AdamW.
   int64_t bytes_per_process = 0;
+  // A job whose worker failed runs again, up to this many times (torchrun's --max-restarts
+  // for btx's own launcher); it resumes from its last complete checkpoint. Each attempt's
+  // workers see BTX_RESTART_COUNT (0 first).
+  int64_t max_restarts = 0;
 };
 
 // How run_workers runs a set of pending jobs: in `lanes` lanes (as many as jobs: all at
@@ -267,11 +271,11 @@ inline WorkersReport run_together(const Run& run, const std::vector<WorkerJob>& 
 
 }  // namespace detail
 
-// Runs every job with an unfinished stage, in the lanes plan_lanes gives (options.max_jobs,
-// or as the cores and memory allow), each worker on its share of the cores, and waits for
-// all of them. Reports list stages in job order whatever the lanes.
-inline WorkersReport run_workers(const Run& run, const std::vector<WorkerJob>& jobs,
-                                 const WorkerOptions& options = {}) {
+namespace detail {
+
+// One attempt of run_workers.
+inline WorkersReport run_workers_once(const Run& run, const std::vector<WorkerJob>& jobs,
+                                      const WorkerOptions& options) {
   WorkersReport report;
   if (options.max_jobs < 0 || options.threads < 0 || options.cores < 0) {
     throw std::invalid_argument(
@@ -353,6 +357,32 @@ inline WorkersReport run_workers(const Run& run, const std::vector<WorkerJob>& j
     if (e) std::rethrow_exception(e);
   }
   for (const auto& r : per_job) add(r);
+  return report;
+}
+
+}  // namespace detail
+
+// Runs every job with an unfinished stage, in the lanes plan_lanes gives (options.max_jobs,
+// or as the cores and memory allow), each worker on its share of the cores, and waits for
+// all of them; failed jobs run again up to options.max_restarts times. Reports list stages
+// in job order whatever the lanes; `failed` holds what still failed after the last attempt.
+inline WorkersReport run_workers(const Run& run, const std::vector<WorkerJob>& jobs,
+                                 const WorkerOptions& options = {}) {
+  if (options.max_restarts < 0) {
+    throw std::invalid_argument("btx::recipe::run_workers: max_restarts must be >= 0, got " +
+                                std::to_string(options.max_restarts));
+  }
+  WorkerOptions attempt = options;
+  attempt.env.push_back("BTX_RESTART_COUNT=0");
+  WorkersReport report = detail::run_workers_once(run, jobs, attempt);
+  for (int64_t k = 1; k <= options.max_restarts && !report.ok(); ++k) {
+    run.log("restarting " + std::to_string(report.failed.size()) + " failed stage(s) (restart " +
+            std::to_string(k) + " of max_restarts " + std::to_string(options.max_restarts) + ")");
+    attempt.env.back() = "BTX_RESTART_COUNT=" + std::to_string(k);
+    const WorkersReport again = detail::run_workers_once(run, jobs, attempt);
+    report.finished.insert(report.finished.end(), again.finished.begin(), again.finished.end());
+    report.failed = again.failed;
+  }
   return report;
 }
 
