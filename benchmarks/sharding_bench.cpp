@@ -8,8 +8,17 @@
 // Prints one JSON line per rank: peak resident memory over the training steps (the peak is
 // reset after the model is built and placed, so construction, which holds the whole model
 // once on every rank, is not in it), resident memory before the model existed, and the
-// median step time.
+// median step time. glibc's malloc gets a fixed mmap threshold of 64 KB, so every tensor
+// of any size is its own mapping, returned on free: resident memory then follows the
+// tensors alive (glibc's default raises the threshold as large blocks are freed and keeps
+// later ones in its heap, which would measure the allocator's retention instead).
 #include <torch/torch.h>
+
+#include <climits>  // first: a libc header defines __GLIBC__
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -63,6 +72,9 @@ btx::LlamaConfig smollm2_135m() {
 
 int main(int argc, char** argv) {
   try {
+#if defined(__GLIBC__)
+    mallopt(M_MMAP_THRESHOLD, 1 << 16);
+#endif
     torch::set_num_threads(1);
     std::vector<std::string> args(argv + 1, argv + argc);
     bool moe = false, checkpoint = false;

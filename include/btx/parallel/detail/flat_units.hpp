@@ -57,7 +57,7 @@ struct FlatUnit {
   int64_t begin = 0;                  // where this rank's slice starts in `flat`
   torch::Tensor flat;                 // [N * chunk]
   torch::Tensor shard;                // [chunk]: this rank's slice
-  torch::Tensor grad_shard;           // [chunk]: its mean gradient (ZeRO-2/3)
+  torch::Tensor grad_shard;           // [chunk]: its mean gradient (ZeRO-2/3; made on first use)
   std::vector<torch::Tensor> pieces;  // views of shard, one per overlapping parameter
   std::vector<size_t> piece_param;    // the parameter of each piece
   std::vector<int64_t> piece_from;    // where the piece starts in its (flattened) parameter
@@ -119,7 +119,6 @@ inline std::vector<FlatUnit> build_units(torch::nn::Module& model, const Communi
       p.set_data(view.view(p.sizes()));
     }
     u.shard = u.flat.narrow(0, r * u.chunk, u.chunk).clone();
-    u.grad_shard = torch::zeros_like(u.shard);
     const int64_t lo = r * u.chunk, hi = lo + u.chunk;
     u.begin = lo;
     for (size_t i = 0; i < u.params.size(); ++i) {
