@@ -135,6 +135,18 @@ class ShardedExpertGradients {
   std::optional<Communicator> replicas_;
 };
 
+// Scales `grads` by min(1, max_norm / (norm + 1e-6)), as clip_grad_norm does, for a
+// global `norm` (float64, 0-dim) taken over more than this rank's gradients; returns the
+// norm in the gradients' dtype (float32 when this rank has none).
+inline torch::Tensor scale_to_max_norm(std::vector<torch::Tensor>& grads, const torch::Tensor& norm,
+                                       double max_norm) {
+  const double scale = std::min(1.0, max_norm / (norm.item<double>() + 1e-6));
+  if (scale < 1.0) {
+    for (auto& g : grads) g.mul_(scale);
+  }
+  return norm.to(grads.empty() ? torch::kFloat32 : grads[0].scalar_type());
+}
+
 // Clipping by the global norm when experts are sharded: each rank holds other experts, so
 // the norm is the replicated gradients' (the same on every rank) plus every expert's once.
 inline torch::Tensor clip_with_sharded_experts(Communicator& dp, const ShardedExpertGradients& ex,
@@ -154,13 +166,8 @@ inline torch::Tensor clip_with_sharded_experts(Communicator& dp, const ShardedEx
   }
   std::vector<torch::Tensor> t = {sharded / double(ex.copies())};
   dp.all_reduce(t, Reduce::sum, "the experts' gradient norm");
-  const torch::Tensor norm = (replicated + t[0]).sqrt().reshape({});
   if (grads.empty()) return {};
-  const double scale = std::min(1.0, max_norm / (norm.item<double>() + 1e-6));
-  if (scale < 1.0) {
-    for (auto& g : grads) g.mul_(scale);
-  }
-  return norm.to(grads[0].scalar_type());
+  return scale_to_max_norm(grads, (replicated + t[0]).sqrt().reshape({}), max_norm);
 }
 
 }  // namespace detail

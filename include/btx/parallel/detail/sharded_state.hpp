@@ -150,13 +150,7 @@ class ShardedState {
     if (!expert_squares.empty()) total += torch::stack(expert_squares).sum() * expert_weight;
     std::vector<torch::Tensor> t = {total};
     dp_.all_reduce(t, Reduce::sum, "the gradient norm");
-    const torch::Tensor norm = t[0].sqrt().reshape({});
-    if (grads.empty()) return norm.to(torch::kFloat32);
-    const double scale = std::min(1.0, max_norm / (norm.item<double>() + 1e-6));
-    if (scale < 1.0) {
-      for (auto& g : grads) g.mul_(scale);
-    }
-    return norm.to(grads[0].scalar_type());
+    return scale_to_max_norm(grads, t[0].sqrt().reshape({}), max_norm);
   }
 
   // After an optimizer step: every unit whole again on every rank (ZeRO-3: the rest only;
